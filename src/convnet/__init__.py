@@ -1,0 +1,13 @@
+"""convnet: AlexNet rebuilt from hand-written CUDA kernels.
+
+Devices: ``cpu`` (NumPy references), ``emu`` (the CUDA kernels on a CPU runtime),
+``cuda:N`` (the same kernels on a GPU through CuPy/NVRTC).
+"""
+from .backend import Device, DeviceError, devices, get_device
+from .tensor import Function, Tensor, no_grad, tensor
+from . import functional
+
+__version__ = "0.1.0"
+
+__all__ = ["Device", "DeviceError", "Function", "Tensor", "devices", "functional",
+           "get_device", "no_grad", "tensor"]

@@ -1,0 +1,66 @@
+"""What every device offers the rest of the library."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class DeviceError(RuntimeError):
+    """A device that is unknown, unavailable here, or misused."""
+
+
+class Device:
+    """A place where arrays live and ops run.
+
+    ``kind`` is ``"cpu"``, ``"emu"`` or ``"cuda"``; ``name`` is what users write
+    (``"cpu"``, ``"emu"``, ``"cuda:0"``); ``xp`` is the array module (NumPy or CuPy).
+    ``runs_kernels`` is False for ``cpu``, whose ops run their NumPy references.
+    """
+
+    kind: str = ""
+    name: str = ""
+    xp = np
+    runs_kernels: bool = False
+
+    def asarray(self, array, dtype=None):
+        """``array`` (host data or another device's array) as an array of this device."""
+        raise NotImplementedError  # every concrete device overrides this
+
+    def to_numpy(self, array) -> np.ndarray:
+        raise NotImplementedError  # every concrete device overrides this
+
+    def owns(self, array) -> bool:
+        """Whether ``array`` is of the array type this device holds."""
+        return isinstance(array, np.ndarray)
+
+    def launch(self, launch) -> None:
+        raise DeviceError(f"device {self.name!r} does not run CUDA kernels "
+                          f"(its ops run the NumPy references)")
+
+    def synchronize(self) -> None:
+        """Wait for queued work (a no-op on host devices)."""
+
+    def __repr__(self) -> str:
+        return f"device(type={self.kind!r}, name={self.name!r})"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, str):
+            return self.name == other
+        return isinstance(other, Device) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+class HostDevice(Device):
+    """A device whose arrays are NumPy arrays in host memory (``cpu``, ``emu``)."""
+
+    def asarray(self, array, dtype=None):
+        if hasattr(array, "get") and not isinstance(array, np.ndarray):  # a CuPy array
+            array = array.get()
+        return np.ascontiguousarray(np.asarray(array, dtype=dtype))
+
+    def to_numpy(self, array) -> np.ndarray:
+        return np.asarray(array)

@@ -1,0 +1,125 @@
+"""The launch description: everything one kernel call needs, for any executor.
+
+An op builds a ``Launch`` from its shapes; the ``emu`` executor (the CPU runtime)
+and the ``cuda`` executor (CuPy/NVRTC) both consume it, so the two cannot drift.
+
+A ``KernelModule`` is one ``kernels/*.cu`` file together with the kernels it
+exports: plain ``extern "C"`` names, or template instantiations written as C++
+name expressions (``"sgemm_tiled<64, 8>"``). That list is the one place where
+template instantiations are made, for NVRTC and g++ alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_THREADS_PER_BLOCK = 1024
+MAX_BLOCK_DIM = (1024, 1024, 64)
+MAX_GRID_DIM = (2**31 - 1, 65535, 65535)
+MAX_DYNAMIC_SHARED_BYTES = 227 * 1024  # the most an sm_90 block may opt into
+
+# Scalar argument types a kernel may take by value, as NumPy scalar types.
+SCALAR_TYPES = (np.int32, np.uint32, np.int64, np.uint64, np.float32, np.float64)
+
+
+class LaunchError(ValueError):
+    """A launch description that no executor could run."""
+
+
+@dataclass(frozen=True)
+class KernelModule:
+    """One kernel source file and the kernels (name expressions) it exports."""
+
+    source: str
+    kernels: tuple[str, ...]
+
+    def __post_init__(self):
+        if not self.kernels:
+            raise LaunchError(f"{self.source}: a kernel module must export at least one kernel")
+        if len(set(self.kernels)) != len(self.kernels):
+            raise LaunchError(f"{self.source}: kernel names listed twice: {self.kernels}")
+
+
+def name_expression(name: str, template_args: tuple = ()) -> str:
+    """``sgemm`` + ``(64, 8)`` -> ``"sgemm<64, 8>"``; no template arguments -> the name."""
+    if not template_args:
+        return name
+    return f"{name}<{', '.join(_template_arg(a) for a in template_args)}>"
+
+
+def _template_arg(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, str):
+        return value  # a type name such as "float"
+    raise LaunchError(f"unsupported template argument {value!r} (use int, bool or a type name)")
+
+
+def _dim3(value, what: str) -> tuple[int, int, int]:
+    if isinstance(value, (int, np.integer)):
+        value = (int(value),)
+    dims = tuple(int(v) for v in value)
+    if not 1 <= len(dims) <= 3:
+        raise LaunchError(f"{what} must have 1 to 3 dimensions, got {value!r}")
+    dims = dims + (1,) * (3 - len(dims))
+    if any(d < 1 for d in dims):
+        raise LaunchError(f"{what} dimensions must be positive, got {dims}")
+    return dims
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel call: which kernel, its launch shape, and its arguments.
+
+    ``args`` holds arrays (NumPy on ``emu``, CuPy on ``cuda``; passed as pointers)
+    and NumPy scalars (passed by value with exactly their type: ``np.int32`` for
+    ``int``, ``np.float32`` for ``float``, ``np.uint64`` for ``unsigned long long``).
+    """
+
+    module: KernelModule
+    kernel: str
+    grid: tuple
+    block: tuple
+    args: tuple
+    template_args: tuple = ()
+    shared_bytes: int = 0
+    name: str = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "name", name_expression(self.kernel, tuple(self.template_args)))
+        if self.name not in self.module.kernels:
+            raise LaunchError(
+                f"kernel {self.name!r} is not exported by {self.module.source} "
+                f"(exported: {', '.join(self.module.kernels)})")
+        grid = _dim3(self.grid, "grid")
+        block = _dim3(self.block, "block")
+        for d, (g, limit) in enumerate(zip(grid, MAX_GRID_DIM)):
+            if g > limit:
+                raise LaunchError(f"grid dimension {'xyz'[d]} = {g} exceeds the CUDA limit {limit}")
+        for d, (b, limit) in enumerate(zip(block, MAX_BLOCK_DIM)):
+            if b > limit:
+                raise LaunchError(f"block dimension {'xyz'[d]} = {b} exceeds the CUDA limit {limit}")
+        threads = block[0] * block[1] * block[2]
+        if threads > MAX_THREADS_PER_BLOCK:
+            raise LaunchError(f"block of {threads} threads exceeds {MAX_THREADS_PER_BLOCK}")
+        if not 0 <= int(self.shared_bytes) <= MAX_DYNAMIC_SHARED_BYTES:
+            raise LaunchError(f"dynamic shared memory of {self.shared_bytes} bytes is outside "
+                              f"0..{MAX_DYNAMIC_SHARED_BYTES}")
+        for i, arg in enumerate(self.args):
+            if isinstance(arg, SCALAR_TYPES) or hasattr(arg, "__array_interface__") \
+                    or hasattr(arg, "__cuda_array_interface__"):
+                continue
+            raise LaunchError(
+                f"{self.name}: argument {i} is {type(arg).__name__}; pass arrays or NumPy scalars "
+                f"of an exact type ({', '.join(t.__name__ for t in SCALAR_TYPES)})")
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "block", block)
+        object.__setattr__(self, "args", tuple(self.args))
+        object.__setattr__(self, "shared_bytes", int(self.shared_bytes))
+
+    @property
+    def threads_per_block(self) -> int:
+        return self.block[0] * self.block[1] * self.block[2]
