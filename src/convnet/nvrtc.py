@@ -1,0 +1,303 @@
+"""NVRTC: the compiler options of the ``cuda`` device and the compile check.
+
+``NVRTC_OPTIONS`` is the one list of options every kernel is compiled with on a
+GPU (``convnet.backend.cuda`` hands it to ``cupy.RawModule``); the compile check
+uses the same list, so what it reports is what runs.
+
+* ``-std=c++17``: the language level the kernel sources are written against
+  (spelled out so that a different NVRTC default cannot change it).
+* no ``--use_fast_math``: it swaps ``expf``/``logf``/division/``sqrtf`` for
+  approximate versions and flushes denormals to zero, which the ``emu`` device
+  (g++, IEEE math) and the NumPy references do not do. Every op is checked
+  against both, so the GPU build stays IEEE; a kernel that wants a fast
+  intrinsic writes it (``__expf``) where it is wanted.
+* no architecture: CuPy picks the GPU's own. The compile check adds
+  ``--gpu-architecture=sm_XX`` (a real architecture, so ptxas runs and a CUBIN
+  comes out) and ``--ptxas-options=-v`` for the register/spill report.
+
+``compile_report()`` compiles every ``KernelModule``'s expanded source (see
+``convnet.kernel_source.expand``) with NVRTC through ``cuda.bindings.nvrtc`` —
+no GPU and no driver needed — and reads, per exported kernel, the registers,
+spill stores/loads, static shared memory and stack frame from the ptxas log
+(ptxas names kernels by their mangled names; ``nvrtcGetLoweredName`` maps the
+module's name expressions to them). A source that does not compile raises
+``CompileError`` carrying NVRTC's full log, whose messages name the real file
+and line thanks to the ``#line`` markers of the expanded source.
+"""
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .kernel_source import expand
+from .launch import KernelModule
+
+NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
+REPORT_ARCHS: tuple[str, ...] = ("sm_80", "sm_90")
+PTXAS_VERBOSE = "--ptxas-options=-v"
+
+INSTALL_HINT = ('install the test extras, which bring NVRTC without a GPU or driver: '
+                'pip install -e ".[test]"  (cuda-bindings>=13 and nvidia-cuda-nvrtc>=13)')
+
+
+class NVRTCUnavailable(RuntimeError):
+    """cuda-bindings or the NVRTC library is missing."""
+
+
+class CompileError(RuntimeError):
+    """A kernel source NVRTC rejected; ``log`` is NVRTC's full log."""
+
+    def __init__(self, source: str, arch: str, log: str, what: str = "failed to compile"):
+        self.source = source
+        self.arch = arch
+        self.log = log
+        super().__init__(f"{source} ({arch}) {what}:\n{log.rstrip()}")
+
+
+class ReportError(RuntimeError):
+    """ptxas compiled a module but its log lacks a kernel's resource usage."""
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    """The resource usage ptxas reports for one kernel on one architecture."""
+
+    module: str
+    kernel: str
+    arch: str
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    shared_bytes: int  # static __shared__ memory (dynamic shared memory is a launch argument)
+    stack_bytes: int   # the per-thread stack frame (local arrays, spills)
+
+    @property
+    def spills(self) -> bool:
+        return self.spill_stores > 0 or self.spill_loads > 0
+
+
+# --------------------------------------------------------------------------- NVRTC access
+
+def _bindings():
+    """``cuda.bindings.nvrtc`` with its library loaded, or NVRTCUnavailable."""
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError as exc:
+        raise NVRTCUnavailable(f"cuda-bindings is not installed ({exc}); {INSTALL_HINT}") from exc
+    try:
+        _check(nvrtc, nvrtc.nvrtcVersion(), "nvrtcVersion")
+    except NVRTCUnavailable:
+        raise
+    except Exception as exc:  # the NVRTC shared library could not be found or loaded
+        raise NVRTCUnavailable(f"the NVRTC library could not be loaded ({exc}); {INSTALL_HINT}") from exc
+    return nvrtc
+
+
+def _check(nvrtc, result, what: str):
+    """Unpack a cuda-bindings ``(status, *values)`` tuple, raising on a bad status."""
+    status, *values = result
+    if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        _, message = nvrtc.nvrtcGetErrorString(status)
+        message = message.decode() if isinstance(message, bytes) else str(status)
+        raise NVRTCUnavailable(f"{what} failed: {message}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def version() -> tuple[int, int]:
+    """The NVRTC version ``(major, minor)`` that cuda-bindings loads."""
+    nvrtc = _bindings()
+    return tuple(_check(nvrtc, nvrtc.nvrtcVersion(), "nvrtcVersion"))
+
+
+def supported_archs() -> list[str]:
+    nvrtc = _bindings()
+    return [f"sm_{a}" for a in _check(nvrtc, nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs")]
+
+
+def normalize_arch(arch: str | int) -> str:
+    """``"sm_80"``, ``"sm80"``, ``"80"`` or ``80`` -> ``"sm_80"``."""
+    match = re.fullmatch(r"(?:sm_?)?(\d{2,3}[a-z]?)", str(arch).strip().lower())
+    if not match:
+        raise ValueError(f"not a GPU architecture: {arch!r} (expected e.g. sm_80)")
+    return f"sm_{match.group(1)}"
+
+
+# --------------------------------------------------------------------------- compiling
+
+@dataclass
+class _Build:
+    log: str
+    lowered: dict[str, str]  # name expression -> mangled name
+
+
+def _compile(source_text: str, program_name: str, kernels, options) -> _Build:
+    """Compile text with NVRTC; CompileError (with the full log) if it fails."""
+    nvrtc = _bindings()
+    prog = _check(nvrtc, nvrtc.nvrtcCreateProgram(source_text.encode(), program_name.encode(),
+                                                  0, [], []), "nvrtcCreateProgram")
+    try:
+        for name in kernels:
+            _check(nvrtc, nvrtc.nvrtcAddNameExpression(prog, name.encode()), "nvrtcAddNameExpression")
+        encoded = [o.encode() for o in options]
+        (status,) = nvrtc.nvrtcCompileProgram(prog, len(encoded), encoded)
+        size = _check(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+        buffer = b" " * size
+        _check(nvrtc, nvrtc.nvrtcGetProgramLog(prog, buffer), "nvrtcGetProgramLog")
+        log = buffer.rstrip(b"\0").decode(errors="replace")
+        if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            arch = next((o.split("=", 1)[1] for o in options
+                         if o.startswith("--gpu-architecture=")), "?")
+            raise CompileError(program_name, arch, log or str(status))
+        lowered = {}
+        for name in kernels:
+            mangled = _check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, name.encode()),
+                             "nvrtcGetLoweredName")
+            lowered[name] = mangled.decode()
+        return _Build(log=log, lowered=lowered)
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def compile_options(arch: str) -> list[str]:
+    """The options the compile check uses for ``arch``: NVRTC_OPTIONS + arch + ptxas -v."""
+    return [*NVRTC_OPTIONS, f"--gpu-architecture={normalize_arch(arch)}", PTXAS_VERBOSE]
+
+
+def compile_module(module: KernelModule, arch: str = "sm_80") -> list[KernelReport]:
+    """Compile one KernelModule for ``arch`` and report each of its kernels."""
+    arch = normalize_arch(arch)
+    build = _compile(expand(module.source), str(module.source), module.kernels,
+                     compile_options(arch))
+    usage = parse_ptxas_log(build.log)
+    rows = []
+    for name in module.kernels:
+        mangled = build.lowered[name]
+        found = usage.get(mangled)
+        if found is None or "registers" not in found or "stack_bytes" not in found:
+            raise ReportError(f"{module.source} ({arch}): the ptxas log has no resource usage "
+                              f"for {name} ({mangled}); log:\n{build.log}")
+        rows.append(KernelReport(module=str(module.source), kernel=name, arch=arch,
+                                 registers=found["registers"],
+                                 spill_stores=found["spill_stores"],
+                                 spill_loads=found["spill_loads"],
+                                 shared_bytes=found.get("shared_bytes", 0),
+                                 stack_bytes=found["stack_bytes"]))
+    return rows
+
+
+def compile_report(modules=None, archs=REPORT_ARCHS, jobs: int | None = None) -> list[KernelReport]:
+    """Compile every module (default: ``convnet.ops.kernel_modules()``) for each arch.
+
+    Rows come back in module, arch, kernel-list order. A module that fails raises
+    its CompileError (the first one, in that order).
+    """
+    rows, failures = compile_all(modules, archs, jobs)
+    if failures:
+        raise failures[0]
+    return rows
+
+
+def compile_all(modules=None, archs=REPORT_ARCHS, jobs: int | None = None):
+    """Like ``compile_report`` but keeps going: ``(rows, failures)``, failures being the
+    exceptions (CompileError, ReportError, KernelSourceError) of the builds that failed.
+    NVRTC releases the GIL, so the builds run in threads."""
+    if modules is None:
+        from .ops import kernel_modules
+        modules = kernel_modules()
+    archs = [normalize_arch(a) for a in archs]
+    _bindings()  # fail early, with the install hint, before any work
+    work = [(m, a) for m in modules for a in archs]
+    if not work:
+        return [], []
+
+    def build(job):
+        try:
+            return compile_module(*job), None
+        except (CompileError, ReportError, ValueError) as exc:  # KernelSourceError is a ValueError
+            return [], exc
+
+    with ThreadPoolExecutor(max_workers=jobs or min(8, len(work))) as pool:
+        results = list(pool.map(build, work))
+    rows = [row for built, _ in results for row in built]
+    failures = [exc for _, exc in results if exc is not None]
+    return rows, failures
+
+
+# --------------------------------------------------------------------------- the ptxas log
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '([^']+)'")
+_PROPERTIES = re.compile(r"Function properties for (\S+)")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def parse_ptxas_log(log: str) -> dict[str, dict[str, int]]:
+    """Resource usage per entry function (mangled name) from a ``ptxas -v`` log.
+
+    ptxas writes, for each entry::
+
+        ptxas info    : Compiling entry function '_Z4reluPfi' for 'sm_80'
+        ptxas info    : Function properties for _Z4reluPfi
+        ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+        ptxas info    : Used 10 registers, used 1 barriers, 256 bytes smem, 364 bytes cmem[0]
+
+    ``Function properties`` blocks of non-inlined device functions (not entries)
+    are read too, under their own mangled names.
+    """
+    found: dict[str, dict[str, int]] = {}
+    entry = None        # the entry function whose "Used ... registers" line comes next
+    properties = None   # the function whose stack-frame line comes next
+    for line in log.splitlines():
+        match = _ENTRY.search(line)
+        if match:
+            entry = match.group(1)
+            found.setdefault(entry, {})
+            continue
+        match = _PROPERTIES.search(line)
+        if match:
+            properties = match.group(1)
+            continue
+        match = _FRAME.search(line)
+        if match and properties is not None:
+            stack, stores, loads = (int(g) for g in match.groups())
+            found.setdefault(properties, {}).update(
+                stack_bytes=stack, spill_stores=stores, spill_loads=loads)
+            properties = None
+            continue
+        match = _USED.search(line)
+        if match and entry is not None:
+            smem = _SMEM.search(line)
+            found[entry].update(registers=int(match.group(1)),
+                                shared_bytes=int(smem.group(1)) if smem else 0)
+            entry = None
+    return found
+
+
+# --------------------------------------------------------------------------- printing
+
+_COLUMNS = (("module", "module"), ("kernel", "kernel"), ("arch", "arch"), ("registers", "regs"),
+            ("spill_stores", "spill st"), ("spill_loads", "spill ld"),
+            ("shared_bytes", "smem B"), ("stack_bytes", "stack B"))
+
+
+def format_report(rows) -> str:
+    """The rows as an aligned text table; spilling kernels are marked ``SPILLS``."""
+    header = [title for _, title in _COLUMNS] + [""]
+    body = [[str(getattr(row, attr)) for attr, _ in _COLUMNS] + ["SPILLS" if row.spills else ""]
+            for row in rows]
+    numeric = {i for i, (attr, _) in enumerate(_COLUMNS) if attr not in ("module", "kernel", "arch")}
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = []
+    for r in [header, *body]:
+        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths if w).rstrip())
+    return "\n".join(lines)
+
+
+def print_report(rows, file=None) -> None:
+    print(format_report(rows), file=file)
