@@ -1,0 +1,331 @@
+// cuda_emu.h — CUDA C++ for g++: forced into every kernel library the emulator
+// compiles (g++ -include cuda_emu.h). It gives kernels the CUDA built-ins
+// (threadIdx and friends, __shared__, __syncthreads, warp operations, vector types,
+// intrinsics, atomics) on top of the runtime in convnet._emu, reached through the
+// EmuApi table the runtime installs when it loads the library.
+//
+//   __shared__ T a[N];       static thread_local: one copy per OS thread, and a block
+//                            runs all of its threads on one OS thread
+//   extern __shared__ T a[]; rewritten by the compiler driver into a pointer to the
+//                            block's dynamic shared memory
+//   threadIdx etc.           read from the start of the calling fiber's stack region
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "emu_api.h"
+
+#define EMU_EXPORT extern "C" __attribute__((visibility("default")))
+
+static const EmuApi* emu_api = nullptr;
+
+// ---------------------------------------------------------------- qualifiers
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+#define __constant__
+#define __align__(n) alignas(n)
+#define __managed__
+
+// ---------------------------------------------------------------- thread indices
+static inline __attribute__((always_inline)) const EmuThreadIds* emu_self() {
+  uintptr_t sp;
+#if defined(__x86_64__)
+  __asm__("movq %%rsp, %0" : "=r"(sp));
+#elif defined(__aarch64__)
+  __asm__("mov %0, sp" : "=r"(sp));
+#else
+  sp = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+#endif
+  return reinterpret_cast<const EmuThreadIds*>(sp & ~static_cast<uintptr_t>(EMU_STACK_BYTES - 1));
+}
+
+#define threadIdx (emu_self()->thread_idx)
+#define blockIdx (emu_self()->block_idx)
+#define blockDim (emu_self()->block_dim)
+#define gridDim (emu_self()->grid_dim)
+static constexpr int warpSize = 32;
+
+// ---------------------------------------------------------------- vector types
+#define EMU_VEC2(T, N, A) struct alignas(A) N##2 { T x, y; }; \
+  static inline N##2 make_##N##2(T x, T y) { return N##2{x, y}; }
+#define EMU_VEC3(T, N) struct N##3 { T x, y, z; }; \
+  static inline N##3 make_##N##3(T x, T y, T z) { return N##3{x, y, z}; }
+#define EMU_VEC4(T, N, A) struct alignas(A) N##4 { T x, y, z, w; }; \
+  static inline N##4 make_##N##4(T x, T y, T z, T w) { return N##4{x, y, z, w}; }
+EMU_VEC2(float, float, 8) EMU_VEC3(float, float) EMU_VEC4(float, float, 16)
+EMU_VEC2(int, int, 8) EMU_VEC3(int, int) EMU_VEC4(int, int, 16)
+EMU_VEC2(unsigned int, uint, 8) EMU_VEC4(unsigned int, uint, 16)
+EMU_VEC2(double, double, 16)
+EMU_VEC2(long long, longlong, 16)
+EMU_VEC2(unsigned long long, ulonglong, 16)
+EMU_VEC4(unsigned char, uchar, 4)
+EMU_VEC4(signed char, char, 4)
+#undef EMU_VEC2
+#undef EMU_VEC3
+#undef EMU_VEC4
+static inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }
+
+// ---------------------------------------------------------------- barriers
+#define __syncthreads() ((void)emu_api->barrier(EMU_BARRIER_PLAIN, 0, __FILE__, __LINE__))
+#define __syncthreads_count(p) emu_api->barrier(EMU_BARRIER_COUNT, (p) ? 1 : 0, __FILE__, __LINE__)
+#define __syncthreads_and(p) emu_api->barrier(EMU_BARRIER_AND, (p) ? 1 : 0, __FILE__, __LINE__)
+#define __syncthreads_or(p) emu_api->barrier(EMU_BARRIER_OR, (p) ? 1 : 0, __FILE__, __LINE__)
+#define __threadfence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define __threadfence_block() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+
+// ---------------------------------------------------------------- warp operations
+template <class T>
+static inline uint64_t emu_to_bits(T v) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "warp operations take 4- or 8-byte values");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  return bits;
+}
+template <class T>
+static inline T emu_from_bits(uint64_t bits) {
+  T v;
+  std::memcpy(&v, &bits, sizeof(T));
+  return v;
+}
+template <class T>
+static inline T emu_shfl(int op, unsigned mask, T v, int arg, int width, const char* f, int l) {
+  return emu_from_bits<T>(emu_api->warp(op, mask, emu_to_bits(v), arg, width, f, l));
+}
+#define __shfl_sync(mask, v, ...) emu_shfl_at(EMU_SHFL_IDX, __FILE__, __LINE__, mask, v, __VA_ARGS__)
+#define __shfl_up_sync(mask, v, ...) emu_shfl_at(EMU_SHFL_UP, __FILE__, __LINE__, mask, v, __VA_ARGS__)
+#define __shfl_down_sync(mask, v, ...) emu_shfl_at(EMU_SHFL_DOWN, __FILE__, __LINE__, mask, v, __VA_ARGS__)
+#define __shfl_xor_sync(mask, v, ...) emu_shfl_at(EMU_SHFL_XOR, __FILE__, __LINE__, mask, v, __VA_ARGS__)
+template <class T>
+static inline T emu_shfl_at(int op, const char* f, int l, unsigned mask, T v, int arg, int width = 32) {
+  return emu_shfl(op, mask, v, arg, width, f, l);
+}
+#define __ballot_sync(mask, p) \
+  ((unsigned)emu_api->warp(EMU_VOTE_BALLOT, (mask), (p) ? 1u : 0u, 0, 32, __FILE__, __LINE__))
+#define __any_sync(mask, p) \
+  ((int)emu_api->warp(EMU_VOTE_ANY, (mask), (p) ? 1u : 0u, 0, 32, __FILE__, __LINE__))
+#define __all_sync(mask, p) \
+  ((int)emu_api->warp(EMU_VOTE_ALL, (mask), (p) ? 1u : 0u, 0, 32, __FILE__, __LINE__))
+#define __syncwarp(...) emu_syncwarp_at(__FILE__, __LINE__, ##__VA_ARGS__)
+static inline void emu_syncwarp_at(const char* f, int l, unsigned mask = 0xffffffffu) {
+  (void)emu_api->warp(EMU_WARP_SYNC, mask, 0, 0, 32, f, l);
+}
+static inline unsigned __lanemask_lt() { return (1u << (threadIdx.x & 31)) - 1u; }
+
+// ---------------------------------------------------------------- math and intrinsics
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+static inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+static inline long long min(long long a, long long b) { return a < b ? a : b; }
+static inline long long max(long long a, long long b) { return a > b ? a : b; }
+static inline unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
+static inline unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
+static inline float min(float a, float b) { return fminf(a, b); }
+static inline float max(float a, float b) { return fmaxf(a, b); }
+static inline double min(double a, double b) { return fmin(a, b); }
+static inline double max(double a, double b) { return fmax(a, b); }
+
+#if !defined(__GLIBC__)  // glibc's libm exports these very names as the float functions
+static inline float __expf(float x) { return expf(x); }
+static inline float __logf(float x) { return logf(x); }
+static inline float __log2f(float x) { return log2f(x); }
+static inline float __powf(float x, float y) { return powf(x, y); }
+static inline float __sinf(float x) { return sinf(x); }
+static inline float __cosf(float x) { return cosf(x); }
+#endif
+static inline float __fdividef(float x, float y) { return x / y; }
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+static inline float __frcp_rn(float x) { return 1.0f / x; }
+static inline float __fsqrt_rn(float x) { return sqrtf(x); }
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+static inline int __float2int_rn(float x) { return static_cast<int>(nearbyintf(x)); }
+static inline int __float2int_rz(float x) { return static_cast<int>(x); }
+static inline int __float2int_rd(float x) { return static_cast<int>(floorf(x)); }
+static inline int __float2int_ru(float x) { return static_cast<int>(ceilf(x)); }
+static inline unsigned __float2uint_rn(float x) { return static_cast<unsigned>(nearbyintf(x)); }
+static inline float __int2float_rn(int x) { return static_cast<float>(x); }
+static inline float __uint2float_rn(unsigned x) { return static_cast<float>(x); }
+static inline int __float_as_int(float x) { int i; std::memcpy(&i, &x, 4); return i; }
+static inline unsigned __float_as_uint(float x) { unsigned i; std::memcpy(&i, &x, 4); return i; }
+static inline float __int_as_float(int i) { float x; std::memcpy(&x, &i, 4); return x; }
+static inline float __uint_as_float(unsigned i) { float x; std::memcpy(&x, &i, 4); return x; }
+static inline long long __double_as_longlong(double x) { long long i; std::memcpy(&i, &x, 8); return i; }
+static inline double __longlong_as_double(long long i) { double x; std::memcpy(&x, &i, 8); return x; }
+static inline int __popc(unsigned x) { return __builtin_popcount(x); }
+static inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+static inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+static inline int __clzll(long long x) { return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x)); }
+static inline int __ffs(int x) { return __builtin_ffs(x); }
+static inline int __ffsll(long long x) { return __builtin_ffsll(x); }
+static inline unsigned __brev(unsigned x) {
+  x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
+  x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2);
+  x = ((x >> 4) & 0x0f0f0f0fu) | ((x & 0x0f0f0f0fu) << 4);
+  return __builtin_bswap32(x);
+}
+static inline unsigned __umulhi(unsigned a, unsigned b) {
+  return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
+}
+static inline int __mulhi(int a, int b) { return static_cast<int>((static_cast<long long>(a) * b) >> 32); }
+static inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
+}
+static inline int __mul24(int a, int b) { return a * b; }
+static inline unsigned __umul24(unsigned a, unsigned b) { return a * b; }
+template <class T>
+static inline T __ldg(const T* p) { return *p; }
+
+// ---------------------------------------------------------------- atomics (blocks run on several OS threads)
+template <class T, class F>
+static inline T emu_atomic_update(T* p, F f) {  // compare-and-swap loop on the value's bits
+  using Bits = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  static_assert(sizeof(T) == sizeof(Bits), "atomics take 4- or 8-byte values");
+  Bits* q = reinterpret_cast<Bits*>(p);
+  Bits old_bits = __atomic_load_n(q, __ATOMIC_RELAXED);
+  for (;;) {
+    T old_value, new_value;
+    std::memcpy(&old_value, &old_bits, sizeof(T));
+    new_value = f(old_value);
+    Bits new_bits;
+    std::memcpy(&new_bits, &new_value, sizeof(T));
+    if (__atomic_compare_exchange_n(q, &old_bits, new_bits, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+      return old_value;
+  }
+}
+template <class T>
+static inline T atomicAdd(T* p, T v) {
+  if constexpr (std::is_integral<T>::value) return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+  else return emu_atomic_update(p, [v](T a) { return a + v; });
+}
+template <class T>
+static inline T atomicSub(T* p, T v) { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
+template <class T>
+static inline T atomicMax(T* p, T v) {
+  return emu_atomic_update(p, [v](T a) { return a < v ? v : a; });
+}
+template <class T>
+static inline T atomicMin(T* p, T v) {
+  return emu_atomic_update(p, [v](T a) { return v < a ? v : a; });
+}
+template <class T>
+static inline T atomicExch(T* p, T v) {
+  return emu_atomic_update(p, [v](T) { return v; });
+}
+template <class T>
+static inline T atomicCAS(T* p, T compare, T v) {
+  __atomic_compare_exchange_n(p, &compare, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  return compare;  // on failure the current value was written here
+}
+template <class T>
+static inline T atomicAnd(T* p, T v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
+template <class T>
+static inline T atomicOr(T* p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+template <class T>
+static inline T atomicXor(T* p, T v) { return __atomic_fetch_xor(p, v, __ATOMIC_SEQ_CST); }
+static inline unsigned atomicInc(unsigned* p, unsigned limit) {
+  return emu_atomic_update(p, [limit](unsigned a) { return a >= limit ? 0u : a + 1u; });
+}
+
+// ---------------------------------------------------------------- dynamic shared memory
+template <class T>
+static inline T* emu_dynamic_shared() { return static_cast<T*>(emu_api->dynamic_shared()); }
+
+// ---------------------------------------------------------------- kernel table support
+// Parameter kinds, checked by the Python side before every launch: "f4" float,
+// "i4" int, "u8" unsigned long long, ...; pointers "P<kind>" (or "C<kind>" when the
+// pointee is const), "?" for anything else (vector types, structs).
+template <class U>
+static std::string emu_value_code() {
+  if (std::is_same<U, bool>::value) return "b1";
+  if (std::is_floating_point<U>::value) return sizeof(U) == 4 ? "f4" : "f8";
+  if (std::is_integral<U>::value)
+    return std::string(std::is_unsigned<U>::value ? "u" : "i") + std::to_string(sizeof(U));
+  return "?";
+}
+template <class T>
+static std::string emu_param_code() {
+  using U = typename std::remove_cv<T>::type;
+  if constexpr (std::is_pointer<U>::value) {
+    using P = typename std::remove_pointer<U>::type;
+    return std::string(std::is_const<P>::value ? "C" : "P") + emu_value_code<typename std::remove_cv<P>::type>();
+  } else {
+    return emu_value_code<U>();
+  }
+}
+template <class... A>
+static const char* emu_signature(void (*)(A...)) {
+  static const std::string text = [] {
+    std::string codes[] = {emu_param_code<A>()..., std::string()};
+    std::string joined;
+    for (std::size_t i = 0; i + 1 < sizeof(codes) / sizeof(codes[0]); ++i) joined += (i ? "," : "") + codes[i];
+    return joined;
+  }();
+  return text.c_str();
+}
+template <class... A, std::size_t... I>
+static inline void emu_invoke(void (*f)(A...), void** args, std::index_sequence<I...>) {
+  f(*static_cast<typename std::remove_cv<typename std::remove_reference<A>::type>::type*>(args[I])...);
+}
+template <class... A>
+static inline void emu_call(void (*f)(A...), void** args) {
+  emu_invoke(f, args, std::index_sequence_for<A...>{});
+}
+template <auto F>
+static void emu_thunk(void** args) { emu_call(F, args); }
+
+// ---------------------------------------------------------------- library entry points
+static thread_local char emu_tls_anchor;
+EMU_EXPORT void* emu_tls_probe(void) { return &emu_tls_anchor; }
+extern "C" void __asan_set_error_report_callback(void (*)(const char*)) __attribute__((weak));
+static void emu_asan_report(const char*) {
+  char where[256];
+  emu_api->describe_current(where, sizeof where);
+  std::fprintf(stderr, "convnet emu: the AddressSanitizer report above is from %s\n", where);
+}
+EMU_EXPORT int emu_library_init(const EmuApi* api) {
+  emu_api = api;
+  if (&__asan_set_error_report_callback) __asan_set_error_report_callback(emu_asan_report);
+  return EMU_API_VERSION;
+}
+
+// ---------------------------------------------------------------- index checks (check="bounds")
+// Kernels built with -fsanitize=bounds call these on an out-of-range index into a
+// fixed-size array (static __shared__ arrays, local arrays). The layout is the
+// UBSan handler ABI shared by GCC and Clang.
+struct EmuUbsanLocation { const char* file; uint32_t line; uint32_t column; };
+struct EmuUbsanType { uint16_t kind; uint16_t info; char name[1]; };
+struct EmuUbsanOutOfBounds { EmuUbsanLocation loc; const EmuUbsanType* array; const EmuUbsanType* index; };
+static long long emu_ubsan_integer(const EmuUbsanType* t, uintptr_t v) {
+  int bits = 1 << (t->info >> 1);
+  bool is_signed = t->info & 1;
+  if (bits >= 64 || !is_signed) return static_cast<long long>(v);
+  uint64_t m = 1ull << (bits - 1);
+  uint64_t x = v & ((1ull << bits) - 1);
+  return static_cast<long long>((x ^ m) - m);
+}
+extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_out_of_bounds(EmuUbsanOutOfBounds* d,
+                                                                                   uintptr_t index) {
+  char what[256];
+  std::snprintf(what, sizeof what, "index %lld out of bounds for type %s",
+                emu_ubsan_integer(d->index, index), d->array->name);
+  emu_api->fault(what, d->loc.file, static_cast<int>(d->loc.line));
+}
+extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_out_of_bounds_abort(EmuUbsanOutOfBounds* d,
+                                                                                         uintptr_t index) {
+  __ubsan_handle_out_of_bounds(d, index);
+}

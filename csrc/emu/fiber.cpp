@@ -1,0 +1,145 @@
+// fiber.cpp — stack regions and the context switch (see fiber.h).
+#include "fiber.h"
+
+#include <sys/mman.h>
+
+#include <cstdint>
+
+#include "emu_api.h"
+
+#if defined(__x86_64__)
+extern "C" void emu_fiber_switch(void** save_sp, void* load_sp);
+extern "C" void emu_fiber_trampoline();
+// rdi = where to save the current stack pointer, rsi = the stack pointer to resume.
+// A fresh fiber's stack holds: control words, r15..rbp (r12 = arg, r13 = entry), and
+// the trampoline as return address; the trampoline calls entry(arg).
+__asm__(
+    ".text\n"
+    ".p2align 4\n"
+    ".globl emu_fiber_switch\n"
+    ".hidden emu_fiber_switch\n"
+    ".type emu_fiber_switch,@function\n"
+    "emu_fiber_switch:\n"
+    "  pushq %rbp\n"
+    "  pushq %rbx\n"
+    "  pushq %r12\n"
+    "  pushq %r13\n"
+    "  pushq %r14\n"
+    "  pushq %r15\n"
+    "  subq $8, %rsp\n"
+    "  stmxcsr (%rsp)\n"
+    "  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n"
+    "  fldcw 4(%rsp)\n"
+    "  addq $8, %rsp\n"
+    "  popq %r15\n"
+    "  popq %r14\n"
+    "  popq %r13\n"
+    "  popq %r12\n"
+    "  popq %rbx\n"
+    "  popq %rbp\n"
+    "  ret\n"
+    ".size emu_fiber_switch, .-emu_fiber_switch\n"
+    ".p2align 4\n"
+    ".globl emu_fiber_trampoline\n"
+    ".hidden emu_fiber_trampoline\n"
+    ".type emu_fiber_trampoline,@function\n"
+    "emu_fiber_trampoline:\n"
+    "  movq %r12, %rdi\n"
+    "  callq *%r13\n"
+    "  ud2\n"
+    ".size emu_fiber_trampoline, .-emu_fiber_trampoline\n");
+#else
+#include <ucontext.h>
+#endif
+
+namespace emu {
+
+char* allocate_region() {
+  const std::size_t size = EMU_STACK_BYTES;
+  void* raw = mmap(nullptr, 2 * size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  uintptr_t aligned = (start + size - 1) & ~static_cast<uintptr_t>(size - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  uintptr_t end = start + 2 * size;
+  if (end > aligned + size) munmap(reinterpret_cast<void*>(aligned + size), end - (aligned + size));
+  char* region = reinterpret_cast<char*>(aligned);
+  mprotect(region + kCtxBytes, kGuardBytes, PROT_NONE);
+  return region;
+}
+
+void free_region(char* region) { munmap(region, EMU_STACK_BYTES); }
+
+#if defined(__x86_64__)
+
+void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg) {
+  uintptr_t top = reinterpret_cast<uintptr_t>(region) + EMU_STACK_BYTES;
+  uint64_t* frame = reinterpret_cast<uint64_t*>(top - 80);  // 16-aligned; see the switch's pop order
+  uint32_t mxcsr;
+  uint16_t fcw;
+  __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
+  __asm__ volatile("fnstcw %0" : "=m"(fcw));
+  frame[0] = static_cast<uint64_t>(mxcsr) | (static_cast<uint64_t>(fcw) << 32);
+  frame[1] = 0;                                           // r15
+  frame[2] = 0;                                           // r14
+  frame[3] = reinterpret_cast<uint64_t>(entry);           // r13
+  frame[4] = reinterpret_cast<uint64_t>(arg);             // r12
+  frame[5] = 0;                                           // rbx
+  frame[6] = 0;                                           // rbp
+  frame[7] = reinterpret_cast<uint64_t>(&emu_fiber_trampoline);
+  frame[8] = 0;
+  frame[9] = 0;
+  fiber->sp = frame;
+}
+
+void fiber_switch(Fiber* from, Fiber* to) { emu_fiber_switch(&from->sp, to->sp); }
+
+void fiber_release(Fiber*) {}
+
+#else
+
+namespace {
+struct Start {
+  FiberEntry entry;
+  void* arg;
+};
+void start_thunk(unsigned hi, unsigned lo) {
+  Start* s = reinterpret_cast<Start*>((static_cast<uintptr_t>(hi) << 32) | lo);
+  s->entry(s->arg);
+}
+}  // namespace
+
+void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg) {
+  if (!fiber->uctx) fiber->uctx = new ucontext_t();
+  ucontext_t* uc = static_cast<ucontext_t*>(fiber->uctx);
+  getcontext(uc);
+  char* stack = region + kCtxBytes + kGuardBytes;
+  uc->uc_stack.ss_sp = stack;
+  uc->uc_stack.ss_size = EMU_STACK_BYTES - kCtxBytes - kGuardBytes;
+  uc->uc_link = nullptr;
+  // The start record lives at the top of the fiber's own stack.
+  Start* s = reinterpret_cast<Start*>(region + EMU_STACK_BYTES - 64);
+  s->entry = entry;
+  s->arg = arg;
+  uc->uc_stack.ss_size -= 64;
+  uintptr_t p = reinterpret_cast<uintptr_t>(s);
+  makecontext(uc, reinterpret_cast<void (*)()>(start_thunk), 2, static_cast<unsigned>(p >> 32),
+              static_cast<unsigned>(p & 0xffffffffu));
+}
+
+void fiber_switch(Fiber* from, Fiber* to) {
+  if (!from->uctx) from->uctx = new ucontext_t();
+  swapcontext(static_cast<ucontext_t*>(from->uctx), static_cast<ucontext_t*>(to->uctx));
+}
+
+void fiber_release(Fiber* fiber) {
+  delete static_cast<ucontext_t*>(fiber->uctx);
+  fiber->uctx = nullptr;
+}
+
+#endif
+
+}  // namespace emu

@@ -1,0 +1,127 @@
+// module.cpp — the pybind11 module convnet._emu: load kernel libraries, launch
+// kernels on the CPU runtime, measure the fiber switch.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "loader.h"
+#include "scheduler.h"
+
+namespace py = pybind11;
+
+namespace {
+
+// Kernel arguments as the Python side packs them: one bytes object per parameter
+// (a pointer as 8 bytes, a scalar as its own bytes).
+struct PackedArgs {
+  std::vector<std::aligned_storage<16, 16>::type> slots;
+  std::vector<void*> pointers;
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  if (s.empty()) return out;
+  for (;;) {
+    std::size_t comma = s.find(',', start);
+    out.push_back(s.substr(start, comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+// Bytes a parameter of this kind takes: pointers ("P..", "C..") 8, scalars their size.
+std::size_t kind_size(const std::string& kind) {
+  if (!kind.empty() && (kind[0] == 'P' || kind[0] == 'C')) return sizeof(void*);
+  if (kind.size() == 2 && kind[1] >= '1' && kind[1] <= '8') return static_cast<std::size_t>(kind[1] - '0');
+  return 0;
+}
+
+void launch(const emu::Library& lib, int kernel, std::vector<unsigned> grid, std::vector<unsigned> block,
+            std::size_t shared_bytes, const std::vector<py::bytes>& args, bool reverse,
+            bool fill_shared, int workers) {
+  if (kernel < 0 || kernel >= lib.size()) throw py::index_error("no kernel with index " + std::to_string(kernel));
+  const EmuKernelEntry& entry = lib.kernel(kernel);
+  if (grid.size() != 3 || block.size() != 3) throw py::value_error("grid and block take three dimensions");
+  std::vector<std::string> params = split(entry.signature);
+  if (params.size() != args.size())
+    throw py::type_error(std::string("kernel ") + entry.name + " takes " + std::to_string(params.size()) +
+                         " arguments (" + entry.signature + "), got " + std::to_string(args.size()));
+  PackedArgs packed;
+  packed.slots.resize(args.size());
+  // The Python side has checked each argument against the signature; this checks
+  // only what could corrupt memory here: the byte count of every argument.
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string bytes = args[i];
+    std::size_t want = kind_size(params[i]);
+    if (want == 0)
+      throw py::type_error(std::string("kernel ") + entry.name + ": parameter " + std::to_string(i) +
+                           " is passed by value as a vector or struct type, which the emulator cannot check; "
+                           "pass scalars or pointers");
+    if (bytes.size() != want)
+      throw py::type_error(std::string("kernel ") + entry.name + ": argument " + std::to_string(i) + " has " +
+                           std::to_string(bytes.size()) + " bytes, its parameter (" + params[i] + ") takes " +
+                           std::to_string(want));
+    std::memcpy(&packed.slots[i], bytes.data(), bytes.size());
+    packed.pointers.push_back(&packed.slots[i]);
+  }
+  emu::LaunchSpec spec;
+  spec.library = &lib;
+  spec.kernel = kernel;
+  spec.grid = dim3(grid[0], grid[1], grid[2]);
+  spec.block = dim3(block[0], block[1], block[2]);
+  spec.shared_bytes = shared_bytes;
+  spec.args = packed.pointers.empty() ? nullptr : packed.pointers.data();
+  spec.reverse = reverse;
+  spec.fill_shared = fill_shared;
+  spec.workers = workers;
+  py::gil_scoped_release release;
+  emu::launch(spec);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_emu, m) {
+  m.doc() = "convnet's CUDA-on-CPU runtime: kernels compiled by g++, each CUDA thread a fiber";
+  static py::exception<emu::KernelFault> kernel_error(m, "KernelError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const emu::KernelFault& e) {
+      py::set_error(kernel_error, e.what());
+    }
+  });
+
+  py::class_<emu::Library, std::shared_ptr<emu::Library>>(m, "Library")
+      .def(py::init<const std::string&>(), py::arg("path"))
+      .def_property_readonly("path", &emu::Library::path)
+      .def("names", [](const emu::Library& lib) {
+        std::vector<std::string> names;
+        for (int i = 0; i < lib.size(); ++i) names.push_back(lib.kernel(i).name);
+        return names;
+      })
+      .def("signature", [](const emu::Library& lib, int i) {
+        if (i < 0 || i >= lib.size()) throw py::index_error("no kernel with index " + std::to_string(i));
+        return std::string(lib.kernel(i).signature);
+      })
+      .def("find", &emu::Library::find);
+
+  m.def("launch", &launch, py::arg("library"), py::arg("kernel"), py::arg("grid"), py::arg("block"),
+        py::arg("shared_bytes"), py::arg("args"), py::arg("reverse") = false, py::arg("fill_shared") = false,
+        py::arg("workers") = 1,
+        "Run one kernel launch to completion. args: one bytes object per parameter.");
+  m.def("switch_cost_ns", &emu::switch_cost_ns, py::arg("iterations") = 1000000,
+        "Nanoseconds per fiber context switch.");
+  m.attr("API_VERSION") = EMU_API_VERSION;
+  m.attr("STACK_BYTES") = EMU_STACK_BYTES;
+#if defined(__x86_64__)
+  m.attr("CONTEXT_SWITCH") = "x86-64 assembly";
+#else
+  m.attr("CONTEXT_SWITCH") = "ucontext";
+#endif
+}

@@ -1,0 +1,339 @@
+"""The ``emu`` device: the CUDA kernels compiled by g++ and run on the CPU.
+
+Each ``kernels/*.cu`` file is compiled once into a shared object (cached on disk,
+keyed on its expanded text, the flags and the compiler) with ``cuda_emu.h``
+forced in, and loaded into the runtime of ``convnet._emu``, where every CUDA
+thread is a fiber and every block runs on one OS thread of a pool.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+import platform
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .. import kernel_source
+from ..launch import KernelModule, Launch
+from ..paths import emu_include_dir
+from .base import DeviceError, HostDevice
+
+try:
+    from .. import _emu
+    _IMPORT_ERROR = None
+except ImportError as exc:  # the extension was not built
+    _emu = None
+    _IMPORT_ERROR = exc
+
+
+if _emu is not None:
+    KernelError = _emu.KernelError
+else:
+    class KernelError(RuntimeError):
+        """A fault diagnosed in an emulated kernel."""
+
+
+class EmuCompileError(RuntimeError):
+    """g++ rejected a kernel source; the message holds its diagnostics."""
+
+
+CHECKS = (None, "bounds", "address")
+SCHEDULES = ("forward", "reverse")
+
+
+@dataclass(frozen=True)
+class EmuOptions:
+    schedule: str = "forward"   # "reverse": threads and blocks in reverse order
+    fill_shared: bool = False   # NaN bytes in shared memory at every block start
+    check: str | None = None    # "bounds": index checks; "address": AddressSanitizer
+    threads: int = 0            # OS threads for blocks; 0: CONVNET_EMU_THREADS or all cores
+
+
+_OPTIONS: contextvars.ContextVar[EmuOptions] = contextvars.ContextVar("convnet_emu_options",
+                                                                       default=EmuOptions())
+
+
+@contextlib.contextmanager
+def debug(schedule: str | None = None, fill_shared: bool | None = None, check: str | None = "keep",
+          threads: int | None = None):
+    """Run emulated launches inside the block with debugging options (see EmuOptions)."""
+    current = _OPTIONS.get()
+    changes = {}
+    if schedule is not None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        changes["schedule"] = schedule
+    if fill_shared is not None:
+        changes["fill_shared"] = bool(fill_shared)
+    if check != "keep":
+        if check not in CHECKS:
+            raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+        changes["check"] = check
+    if threads is not None:
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
+        changes["threads"] = int(threads)
+    token = _OPTIONS.set(replace(current, **changes))
+    try:
+        yield _OPTIONS.get()
+    finally:
+        _OPTIONS.reset(token)
+
+
+def options() -> EmuOptions:
+    return _OPTIONS.get()
+
+
+# ---------------------------------------------------------------- the compiler
+
+def compiler() -> str:
+    """The C++ compiler used for kernels: $CXX, else g++."""
+    return os.environ.get("CXX") or "g++"
+
+
+@functools.lru_cache(maxsize=None)
+def _compiler_version(cxx: str) -> str:
+    path = shutil.which(cxx)
+    if path is None:
+        raise DeviceError(f"the emu device needs a C++ compiler, and {cxx!r} was not found "
+                          f"(install g++ or set CXX)")
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.splitlines()[0] if out.stdout else path
+
+
+def compiler_info() -> dict:
+    """The compiler the emu device uses: its command, path and version line."""
+    cxx = compiler()
+    return {"command": cxx, "path": shutil.which(cxx), "version": _compiler_version(cxx)}
+
+
+def available() -> bool:
+    """Whether the emu device works here: the runtime is built and a compiler exists."""
+    if _emu is None:
+        return False
+    try:
+        _compiler_version(compiler())
+    except DeviceError:
+        return False
+    return True
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CONVNET_CACHE_DIR")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "convnet"
+    return base / "emu"
+
+
+_OPTIMISE = ["-O3", "-march=native"]
+_CHECK_FLAGS = {
+    None: (_OPTIMISE, []),
+    "bounds": (["-O1", "-g", "-fsanitize=bounds", "-fno-sanitize-recover=bounds"], []),
+    "address": (["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"], ["-fsanitize=address"]),
+}
+_COMMON = ["-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-unused-function"]
+
+_DYNAMIC_SHARED = re.compile(
+    r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?"
+    r"(?P<type>[A-Za-z_][\w:]*(?:\s+[A-Za-z_][\w:]*)*?)\s+"
+    r"(?:__align__\s*\(\s*\d+\s*\)\s+)?(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*;")
+
+
+def translate(text: str, kernels: tuple[str, ...]) -> str:
+    """Expanded CUDA text -> the C++ g++ compiles: dynamic shared memory declarations
+    become pointers into the block's buffer, and a table of the exported kernels ends it."""
+    text = _DYNAMIC_SHARED.sub(
+        lambda m: f"{m['type']}* {m['name']} = emu_dynamic_shared<{m['type']}>();", text)
+    rows = ",\n".join(f'  {{"{name}", &emu_thunk<&{name}>, emu_signature(&{name})}}' for name in kernels)
+    return (f"{text}\n#line 1 \"<convnet kernel table>\"\n"
+            f"EMU_EXPORT const EmuKernelEntry* emu_kernel_table(int* count) {{\n"
+            f"  static const EmuKernelEntry table[] = {{\n{rows}\n  }};\n"
+            f"  *count = {len(kernels)};\n  return table;\n}}\n")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_signature() -> str:
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {flags}"
+
+
+_LIBRARIES: dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def library(module: KernelModule, check: str | None = None):
+    """The loaded kernel library of ``module`` built for ``check`` (compiled if needed)."""
+    if _emu is None:
+        raise DeviceError(f"the emu device is unavailable: convnet._emu did not import ({_IMPORT_ERROR}); "
+                          f"reinstall convnet (pip install -e .)")
+    if check == "address" and not asan_loaded():
+        raise DeviceError("check='address' needs AddressSanitizer loaded before Python starts: "
+                          "run the program through convnet.backend.emu.sanitized_command(...)")
+    include = emu_include_dir()
+    cflags, lflags = _CHECK_FLAGS[check]
+    text = translate(kernel_source.expand(module.source), module.kernels)
+    cxx = compiler()
+    runtime_header = (include / "cuda_emu.h").read_text() + (include / "emu_api.h").read_text()
+    key = kernel_source.digest(text, " ".join(_COMMON + cflags + lflags), _compiler_version(cxx),
+                               runtime_header, _cpu_signature())
+    with _LOCK:
+        if key in _LIBRARIES:
+            return _LIBRARIES[key]
+        path = cache_dir() / f"{Path(module.source).stem}-{key[:20]}.so"
+        if not path.exists():
+            _compile(text, path, cxx, include, cflags, lflags, module.source)
+        lib = _emu.Library(str(path))
+        _LIBRARIES[key] = lib
+        return lib
+
+
+def _compile(text: str, target: Path, cxx: str, include: Path, cflags, lflags, source: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        cpp = Path(tmp) / "kernel.cpp"
+        obj = Path(tmp) / "kernel.o"
+        out = Path(tmp) / "kernel.so"
+        cpp.write_text(text)
+        steps = [
+            [cxx, *_COMMON, *cflags, "-I", str(include), "-include", str(include / "cuda_emu.h"),
+             "-c", str(cpp), "-o", str(obj)],
+            [cxx, "-shared", *lflags, str(obj), "-o", str(out)],
+        ]
+        for cmd in steps:
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise EmuCompileError(f"g++ could not compile {source} for the emu device:\n"
+                                      f"{result.stderr.strip()}")
+        os.replace(out, target)  # atomic: a half-written library is never seen
+
+
+# ---------------------------------------------------------------- AddressSanitizer runs
+
+def asan_loaded() -> bool:
+    try:
+        return "libasan" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def sanitized_command(argv: list[str]) -> tuple[list[str], dict]:
+    """(argv, env) that run ``argv`` with AddressSanitizer preloaded, for check='address'."""
+    out = subprocess.run([compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True)
+    libasan = out.stdout.strip()
+    if out.returncode != 0 or not os.path.isabs(libasan):
+        raise DeviceError(f"{compiler()} has no AddressSanitizer runtime (libasan.so)")
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = libasan
+    env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0:abort_on_error=0"
+    return list(argv), env
+
+
+# ---------------------------------------------------------------- launching
+
+def _threads(opts: EmuOptions) -> int:
+    if opts.threads:
+        return opts.threads
+    env = os.environ.get("CONVNET_EMU_THREADS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise DeviceError(f"CONVNET_EMU_THREADS must be a whole number, got {env!r}") from None
+        if value < 1:
+            raise DeviceError(f"CONVNET_EMU_THREADS must be at least 1, got {value}")
+        return value
+    return os.cpu_count() or 1
+
+
+_DTYPE_NAMES = {"f4": "float32", "f8": "float64", "i4": "int32", "u4": "uint32", "i8": "int64",
+                "u8": "uint64", "i1": "int8", "u1": "uint8", "i2": "int16", "u2": "uint16", "b1": "bool"}
+
+
+def _code(dtype: np.dtype) -> str:
+    return f"{dtype.kind}{dtype.itemsize}"
+
+
+def pack_arguments(launch: Launch, signature: str) -> list[bytes]:
+    """Each argument as the bytes its parameter takes, after checking it against the
+    kernel's signature (kind of scalar, dtype of array, writability, contiguity)."""
+    params = signature.split(",") if signature else []
+    name = launch.name
+    if len(params) != len(launch.args):
+        raise TypeError(f"kernel {name} takes {len(params)} arguments ({signature}), "
+                        f"got {len(launch.args)}")
+    packed = []
+    for i, (param, arg) in enumerate(zip(params, launch.args)):
+        if param[0] in "PC":
+            if not isinstance(arg, np.ndarray):
+                where = "a CUDA array" if hasattr(arg, "__cuda_array_interface__") else type(arg).__name__
+                raise DeviceError(f"kernel {name}: argument {i} is {where}; the emu device takes NumPy arrays "
+                                  f"(move the tensor with .to('emu'))")
+            want = param[1:]
+            if want != "?" and _code(arg.dtype) != want:
+                raise TypeError(f"kernel {name}: argument {i} has dtype {arg.dtype}, the kernel takes "
+                                f"{_DTYPE_NAMES.get(want, want)}")
+            if not arg.flags.c_contiguous:
+                raise ValueError(f"kernel {name}: argument {i} is not C-contiguous; kernels index arrays "
+                                 f"densely (use np.ascontiguousarray)")
+            if param[0] == "P" and not arg.flags.writeable:
+                raise ValueError(f"kernel {name}: argument {i} is read-only, and the kernel writes through it")
+            packed.append(struct.pack("<Q", arg.__array_interface__["data"][0]))
+        else:
+            if isinstance(arg, np.ndarray) or not isinstance(arg, np.generic):
+                raise TypeError(f"kernel {name}: argument {i} must be a NumPy scalar of type "
+                                f"{_DTYPE_NAMES.get(param, param)}, got {type(arg).__name__}")
+            if _code(arg.dtype) != param:
+                raise TypeError(f"kernel {name}: argument {i} is {arg.dtype}, the kernel's parameter is "
+                                f"{_DTYPE_NAMES.get(param, param)}")
+            packed.append(arg.tobytes())
+    return packed
+
+
+class EmuDevice(HostDevice):
+    kind = "emu"
+    name = "emu"
+    runs_kernels = True
+
+    def __init__(self):
+        if not available():
+            reason = (f"convnet._emu did not import ({_IMPORT_ERROR})" if _emu is None
+                      else f"no C++ compiler ({compiler()!r}) was found")
+            raise DeviceError(f"the emu device is unavailable here: {reason}")
+
+    def launch(self, launch: Launch) -> None:
+        opts = _OPTIONS.get()
+        lib = library(launch.module, opts.check)
+        index = lib.find(launch.name)
+        if index < 0:
+            raise DeviceError(f"kernel {launch.name} is missing from the compiled {launch.module.source}")
+        args = pack_arguments(launch, lib.signature(index))
+        _emu.launch(lib, index, list(launch.grid), list(launch.block), launch.shared_bytes, args,
+                    reverse=opts.schedule == "reverse", fill_shared=opts.fill_shared,
+                    workers=_threads(opts))
+
+
+def switch_cost_ns(iterations: int = 1_000_000) -> float:
+    """Nanoseconds per fiber context switch, measured now."""
+    if _emu is None:
+        raise DeviceError(f"convnet._emu did not import ({_IMPORT_ERROR})")
+    return _emu.switch_cost_ns(iterations)
+
+
+__all__ = ["EmuDevice", "EmuCompileError", "EmuOptions", "KernelError", "available", "compiler_info",
+           "debug", "library", "options", "sanitized_command", "switch_cost_ns"]
