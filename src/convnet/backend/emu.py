@@ -26,7 +26,7 @@ import numpy as np
 from .. import kernel_source
 from ..launch import KernelModule, Launch
 from ..paths import emu_include_dir
-from .base import DeviceError, HostDevice
+from .base import DeviceError, HostDevice  # noqa: F401  (DeviceError is part of this module's API)
 
 try:
     from .. import _emu
