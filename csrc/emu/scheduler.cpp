@@ -355,8 +355,10 @@ class Worker {
       std::string site = c->state == State::AtWarp
                              ? format("%s(mask 0x%08x) %s", warp_op_name(c->op), c->mask, where(c->file, c->line).c_str())
                              : format("%s() %s", barrier_name(c->op), where(c->file, c->line).c_str());
-      text += format(" %s%s waits at %s;", thread_name(c).c_str(),
-                     count > 1 ? format(" and %d more", count - 1).c_str() : "", site.c_str());
+      if (count > 1)
+        text += format(" %s and %d more wait at %s;", thread_name(c).c_str(), count - 1, site.c_str());
+      else
+        text += format(" %s waits at %s;", thread_name(c).c_str(), site.c_str());
       if (c->state == State::AtWarp) {
         const int base = c->linear & ~31;
         for (int l = 0; l < 32; ++l) {
