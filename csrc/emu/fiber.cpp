@@ -7,7 +7,7 @@
 
 #include "emu_api.h"
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(EMU_FORCE_UCONTEXT)
 extern "C" void emu_fiber_switch(void** save_sp, void* load_sp);
 extern "C" void emu_fiber_trampoline();
 // rdi = where to save the current stack pointer, rsi = the stack pointer to resume.
@@ -73,7 +73,7 @@ char* allocate_region() {
 
 void free_region(char* region) { munmap(region, EMU_STACK_BYTES); }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(EMU_FORCE_UCONTEXT)
 
 void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg) {
   uintptr_t top = reinterpret_cast<uintptr_t>(region) + EMU_STACK_BYTES;

@@ -119,7 +119,7 @@ PYBIND11_MODULE(_emu, m) {
         "Nanoseconds per fiber context switch.");
   m.attr("API_VERSION") = EMU_API_VERSION;
   m.attr("STACK_BYTES") = EMU_STACK_BYTES;
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(EMU_FORCE_UCONTEXT)
   m.attr("CONTEXT_SWITCH") = "x86-64 assembly";
 #else
   m.attr("CONTEXT_SWITCH") = "ucontext";
