@@ -21,7 +21,7 @@ BROKEN = KernelModule(str(HERE / "broken.cu"), (
     "shuffle_outside_mask", "global_out_of_bounds", "dynamic_shared_out_of_bounds"))
 FEATURES = KernelModule(str(HERE / "features.cu"), (
     "coordinates", "warp_ops", "barrier_reductions", "histogram", "block_sum",
-    "read_uninitialised_shared", "scalar_kinds"))
+    "read_uninitialised_shared", "scalar_kinds", "busy"))
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,39 @@ def test_fill_shared_puts_nan_in_static_shared_memory(device):
         device.launch(Launch(FEATURES, "read_uninitialised_shared", grid=1, block=32,
                              args=(out, np.int32(1))))
     assert np.isnan(out).all()
+
+
+_INTERRUPT_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from convnet.backend import emu
+    from convnet.launch import KernelModule, Launch
+    module = KernelModule(sys.argv[1], ("busy",))
+    device = emu.EmuDevice()
+    out = np.zeros(64 * 100_000, np.float32)
+    launch = Launch(module, "busy", grid=100_000, block=64, args=(out, np.int32(2000)))
+    device.launch(Launch(module, "busy", grid=1, block=64, args=(out, np.int32(1))))  # compiled
+    print("started", flush=True)
+    try:
+        device.launch(launch)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+""")
+
+
+def test_ctrl_c_stops_a_long_launch():
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPT_SCRIPT, FEATURES.source],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert "interrupted" in out, err
 
 
 def test_switch_cost_is_measured():

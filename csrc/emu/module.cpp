@@ -80,8 +80,16 @@ void launch(const emu::Library& lib, int kernel, std::vector<unsigned> grid, std
   spec.reverse = reverse;
   spec.fill_shared = fill_shared;
   spec.workers = workers;
-  py::gil_scoped_release release;
-  emu::launch(spec);
+  spec.interrupted = [] {
+    py::gil_scoped_acquire gil;
+    return PyErr_CheckSignals() != 0;  // leaves KeyboardInterrupt set
+  };
+  try {
+    py::gil_scoped_release release;
+    emu::launch(spec);
+  } catch (const emu::Interrupted&) {
+    throw py::error_already_set();
+  }
 }
 
 }  // namespace

@@ -96,6 +96,7 @@ struct LaunchState {
   int threads;
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
+  bool interrupted = false;
   std::mutex mu;
   std::string error;
 
@@ -120,7 +121,8 @@ class Worker {
     fiber_release(&scheduler_);
   }
 
-  void run(LaunchState& launch) {
+  // Takes blocks until none are left; `poll` (the calling thread only) may stop the launch.
+  void run(LaunchState& launch, const std::function<bool()>* poll = nullptr) {
     launch_ = &launch;
     n_ = launch.threads;
     if (!prepare_fibers()) {
@@ -135,8 +137,20 @@ class Worker {
     }
     dynamic_shared_ = dynamic;
     const dim3 g = launch.spec.grid;
+    auto last_poll = std::chrono::steady_clock::now();
     for (;;) {
       if (launch.failed.load(std::memory_order_relaxed)) break;
+      if (poll && *poll) {
+        auto now = std::chrono::steady_clock::now();
+        if (now - last_poll > std::chrono::milliseconds(50)) {
+          last_poll = now;
+          if ((*poll)()) {
+            launch.fail("interrupted");
+            launch.interrupted = true;
+            break;
+          }
+        }
+      }
       uint64_t i = launch.next.fetch_add(1);
       if (i >= launch.total_blocks) break;
       uint64_t b = launch.spec.reverse ? launch.total_blocks - 1 - i : i;
@@ -496,8 +510,9 @@ void launch(const LaunchSpec& spec) {
     Worker* w = g_workers[i].get();
     threads.emplace_back([w, &state] { w->run(state); });
   }
-  g_workers[0]->run(state);
+  g_workers[0]->run(state, &spec.interrupted);
   for (auto& t : threads) t.join();
+  if (state.interrupted) throw Interrupted("kernel launch interrupted");
   if (state.failed.load()) throw KernelFault(state.error);
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <stdexcept>
 #include <string>
 
@@ -18,6 +19,11 @@ struct KernelFault : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The launch stopped because `interrupted` said so (Ctrl-C in Python).
+struct Interrupted : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 struct LaunchSpec {
   const Library* library = nullptr;
   int kernel = 0;
@@ -27,6 +33,8 @@ struct LaunchSpec {
   bool reverse = false;      // run threads and blocks in reverse order
   bool fill_shared = false;  // fill shared memory with 0xff bytes (NaN) at each block start
   int workers = 1;           // OS threads
+  // Polled between blocks by the calling thread (about every 50 ms); true stops the launch.
+  std::function<bool()> interrupted;
 };
 
 // Runs the launch to completion; throws KernelFault on a diagnosed fault.

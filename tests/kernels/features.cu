@@ -74,3 +74,10 @@ extern "C" __global__ void scalar_kinds(float* out, const float* in, int i, unsi
                                          unsigned long long big, double d) {
   out[0] = in[0] + (float)i + (float)u + f + (float)(big >> 40) + (float)d;
 }
+
+// Busy work: each thread runs `iterations` dependent steps (for interruption tests).
+extern "C" __global__ void busy(float* out, int iterations) {
+  float v = threadIdx.x;
+  for (int i = 0; i < iterations; ++i) v = v * 0.999f + 1.0f;
+  out[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
