@@ -1,0 +1,53 @@
+// dropout.cu: dropout with a Philox4x32-10 mask regenerated from a 64-bit seed.
+//
+//   y[i] = keep(i) ? x[i] * scale : 0,   keep(i) = word(i) >= threshold
+//
+// word(i) is element i's 32-bit Philox word (philox.cuh: counter i / 4, word i % 4,
+// key = seed). threshold = ceil(p * 2^32), computed on the host, is 64-bit so that
+// p = 1 (threshold 2^32) keeps nothing and p = 0 (threshold 0) keeps everything.
+// The same kernel serves both directions: forward with x, backward with the incoming
+// gradient in place of x and the forward's seed, threshold and scale, so the backward
+// regenerates the mask instead of storing one. With threshold 0 it is a plain scale
+// (the "paper" mode at eval time: y = x * (1 - p)) and skips the generator; with
+// threshold 2^32 it writes zeros.
+//
+// Layout: flat float32 arrays of n elements (C-contiguous), n 64-bit.
+// Launch shape: 1-D grid-stride over groups of four elements (one Philox call per
+// group, one element per output word); a full group moves as a float4 when x and y
+// are 16-byte aligned, otherwise element by element. Blocks of 256 threads,
+// min(ceil(n / 1024), 4096) blocks.
+#include "common.cuh"
+#include "philox.cuh"
+
+extern "C" __global__ void dropout_apply(const float* __restrict__ x, float* __restrict__ y,
+                                         long long n, unsigned long long seed,
+                                         unsigned long long threshold, float scale)
+{
+    const long long groups = (n + 3) / 4;
+    const bool vec = cn_aligned16(x) && cn_aligned16(y);
+    for (long long g = cn_global_thread(); g < groups; g += cn_grid_threads()) {
+        unsigned int keep = 0xFu;  // bit k: element 4g + k is kept
+        if (threshold > 0xFFFFFFFFull) {
+            keep = 0u;  // p = 1: nothing is kept, no words needed
+        } else if (threshold > 0ull) {
+            const cn_philox_block r = cn_philox_group(seed, (unsigned long long)g);
+            keep = 0u;
+            for (int k = 0; k < 4; ++k)
+                keep |= ((unsigned long long)r.w[k] >= threshold ? 1u : 0u) << k;
+        }
+        const long long i = 4 * g;
+        if (vec && i + 4 <= n) {
+            const float4 v = reinterpret_cast<const float4*>(x)[g];
+            float4 out;
+            out.x = (keep & 1u) ? v.x * scale : 0.0f;
+            out.y = (keep & 2u) ? v.y * scale : 0.0f;
+            out.z = (keep & 4u) ? v.z * scale : 0.0f;
+            out.w = (keep & 8u) ? v.w * scale : 0.0f;
+            reinterpret_cast<float4*>(y)[g] = out;
+        } else {
+            const long long end = i + 4 < n ? i + 4 : n;
+            for (long long k = i; k < end; ++k)
+                y[k] = ((keep >> (k - i)) & 1u) ? x[k] * scale : 0.0f;
+        }
+    }
+}

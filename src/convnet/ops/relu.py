@@ -1,0 +1,63 @@
+"""ReLU: ``y = max(x, 0)``; backward ``dx = dy * (y > 0)`` from the saved output.
+
+``forward(device, x)`` / ``backward(device, y, dy)`` take and return raw arrays of
+``device``: on ``cpu`` they run the NumPy references (any float dtype, float64 for
+gradient checks); on ``emu``/``cuda`` they launch ``kernels/relu.cu`` (float32 only;
+strided inputs are made contiguous first; empty arrays launch nothing).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..launch import KernelModule, Launch
+from ._elementwise import BLOCK, check_same_shape, grid_for, kernel_array
+
+MODULE = KernelModule("relu.cu", ("relu_forward", "relu_backward"))
+
+
+# --------------------------------------------------------------------------- references
+
+def forward_reference(x: np.ndarray) -> np.ndarray:
+    """``x > 0 ? x : 0`` elementwise, in x's dtype (NaN and -0.0 give +0.0, as the kernel)."""
+    return np.where(x > 0, x, x.dtype.type(0))
+
+
+def backward_reference(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``y > 0 ? dy : 0`` elementwise, in dy's dtype."""
+    return np.where(y > 0, dy, dy.dtype.type(0))
+
+
+# --------------------------------------------------------------------------- launches
+
+def forward_launch(x, y) -> Launch:
+    return Launch(MODULE, "relu_forward", grid=(grid_for(x.size),), block=(BLOCK,),
+                  args=(x, y, np.int64(x.size)))
+
+
+def backward_launch(y, dy, dx) -> Launch:
+    return Launch(MODULE, "relu_backward", grid=(grid_for(y.size),), block=(BLOCK,),
+                  args=(y, dy, dx, np.int64(y.size)))
+
+
+# --------------------------------------------------------------------------- on a device
+
+def forward(device, x):
+    if not device.runs_kernels:
+        return forward_reference(x)
+    x = kernel_array(device, x, "relu", "x")
+    y = device.xp.empty_like(x)
+    if x.size:
+        device.launch(forward_launch(x, y))
+    return y
+
+
+def backward(device, y, dy):
+    check_same_shape("relu backward", y=y, dy=dy)
+    if not device.runs_kernels:
+        return backward_reference(y, dy)
+    y = kernel_array(device, y, "relu backward", "the saved output y")
+    dy = kernel_array(device, dy, "relu backward", "the gradient dy")
+    dx = device.xp.empty_like(dy)
+    if dy.size:
+        device.launch(backward_launch(y, dy, dx))
+    return dx

@@ -1,0 +1,42 @@
+"""Shared fixtures: the devices a test runs on.
+
+``device`` runs a test on ``cpu``, ``emu`` and ``cuda:0``; ``kernel_device`` on the
+two that run kernels (``emu``, ``cuda:0``). A device this machine cannot run is
+skipped with the reason (no GPU, no CuPy, the emulator not built), never failed.
+``require_device(name)`` does the same for a test that names its device itself.
+"""
+from __future__ import annotations
+
+import pytest
+
+ALL_DEVICES = ("cpu", "emu", "cuda:0")
+KERNEL_DEVICES = ("emu", "cuda:0")
+
+
+def require_device(name: str):
+    """The device ``name``, or skip the calling test saying why it is unavailable."""
+    from convnet import DeviceError, get_device
+    try:
+        if name == "emu":
+            from convnet.backend import emu
+            if not emu.available():
+                pytest.skip("the emu device is unavailable here (convnet._emu did not load)")
+        elif name.startswith("cuda"):
+            from convnet.backend import cuda
+            index = int(name.partition(":")[2] or 0)
+            if cuda.device_count() <= index:
+                pytest.skip(f"{name} is unavailable: this machine has "
+                            f"{cuda.device_count()} usable CUDA device(s)")
+        return get_device(name)
+    except (DeviceError, ImportError) as exc:
+        pytest.skip(f"{name} is unavailable: {exc}")
+
+
+@pytest.fixture(params=ALL_DEVICES)
+def device(request):
+    return require_device(request.param)
+
+
+@pytest.fixture(params=KERNEL_DEVICES)
+def kernel_device(request):
+    return require_device(request.param)
