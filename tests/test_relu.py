@@ -3,6 +3,10 @@ over sizes around the float4 groups and the block, misaligned and strided views,
 special values, both emulator schedules, the autograd path and the errors."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -153,3 +157,36 @@ def test_errors(kernel_device):
     a = convnet.tensor(np.ones(3, np.float32), device=kernel_device)
     with pytest.raises(convnet.DeviceError, match=f"'{kernel_device.name}' and 'cpu'"):
         F.relu(a) + convnet.tensor(np.ones(3, np.float32))
+
+
+_ASAN_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import convnet
+    from convnet.backend import emu
+    from convnet.ops import dropout, relu
+    device = convnet.get_device("emu")
+    for n in (1, 3, 4, 5, 1027):
+        for offset in range(4):  # views ending exactly at the end of their allocation
+            base = np.random.default_rng(n).standard_normal(n + offset).astype(np.float32)
+            x = base[offset:]
+            with emu.debug(check="address"):
+                y = relu.forward(device, x)
+                dx = relu.backward(device, y, x)
+                z = dropout.apply(device, x, 5, 2**31, 2.0)
+            assert np.array_equal(y, relu.forward_reference(x))
+            assert np.array_equal(dx, relu.backward_reference(y, x))
+            assert np.array_equal(z, dropout.apply_reference(x, 5, 2**31, 2.0))
+    print("CLEAN")
+""")
+
+
+def test_relu_and_dropout_under_address_sanitizer():
+    """No out-of-bounds access in the float4 or the scalar paths (relu and dropout)."""
+    require_device("emu")
+    from convnet.backend import emu
+    try:
+        argv, env = emu.sanitized_command([sys.executable, "-c", _ASAN_SCRIPT])
+    except Exception as exc:  # no libasan on this machine
+        pytest.skip(f"AddressSanitizer is unavailable: {exc}")
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr
