@@ -59,6 +59,9 @@ def check_emu_module() -> Check:
 
 
 def _format_compiler_info(info) -> str:
+    if isinstance(info, dict) and info.get("version"):
+        where = info.get("path") or info.get("command")
+        return f"{info['version']} ({where})" if where else str(info["version"])
     if isinstance(info, dict):
         return ", ".join(f"{k}: {v}" for k, v in info.items())
     if isinstance(info, (tuple, list)):
