@@ -73,7 +73,7 @@ class Tensor:
         if isinstance(data, Tensor):
             data = data.data
         from_array = hasattr(data, "dtype")
-        array = _device_array(device, data, dtype)
+        array = device.asarray(data, dtype=dtype)
         if array is data or _shares_memory(device, array, data):
             array = array.copy()  # a tensor never aliases the caller's array
         if dtype is None and not from_array and array.dtype == np.float64:
@@ -183,7 +183,7 @@ class Tensor:
                     raise DeviceError(f"backward(): the gradient is on {grad.device.name!r}, "
                                       f"the tensor on {self.device.name!r}")
                 grad = grad.data
-            grad = _device_array(self.device, grad, self.dtype)
+            grad = self.device.asarray(grad, dtype=self.dtype)
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): gradient of shape {tuple(grad.shape)} given for a "
                                  f"tensor of shape {self.shape}")
@@ -234,13 +234,6 @@ class Tensor:
 
     def __getitem__(self, index) -> "Tensor":
         return GetItem.apply(self, index=index)
-
-
-def _device_array(device, data, dtype=None):
-    """``device.asarray(data, dtype)`` with data's shape (it makes 0-d arrays 1-d)."""
-    shape = tuple(data.shape) if hasattr(data, "shape") else np.shape(data)
-    array = device.asarray(data, dtype=dtype)
-    return array if tuple(array.shape) == shape else array.reshape(shape)
 
 
 def _shares_memory(device, a, b) -> bool:
@@ -516,8 +509,8 @@ class GetItem(Function):
 class _ToDevice(Function):
     def forward(self, x, target):
         self.output_device = target
-        out = _device_array(target, x)
+        out = target.asarray(x)
         return out.copy() if _shares_memory(target, out, x) else out  # cpu <-> emu
 
     def backward(self, grad):
-        return _device_array(self.device, grad)
+        return self.device.asarray(grad)

@@ -60,7 +60,7 @@ class HostDevice(Device):
     def asarray(self, array, dtype=None):
         if hasattr(array, "get") and not isinstance(array, np.ndarray):  # a CuPy array
             array = array.get()
-        return np.ascontiguousarray(np.asarray(array, dtype=dtype))
+        return np.asarray(array, dtype=dtype, order="C")  # keeps 0-d arrays 0-d
 
     def to_numpy(self, array) -> np.ndarray:
         return np.asarray(array)
