@@ -153,6 +153,20 @@ def test_compile_error_in_a_header_names_the_header(tmp_path):
 
 
 @needs_nvrtc
+def test_ptxas_error_names_the_kernel_by_its_name_expression(tmp_path):
+    source = tmp_path / "too_much_shared.cu"
+    source.write_text("template <int N>\n__global__ void big(float* x)\n{\n"
+                      "    __shared__ float s[N];\n    s[threadIdx.x] = x[0];\n"
+                      "    __syncthreads();\n    x[1] = s[N - 1];\n}\n")
+    module = KernelModule(str(source), ("big<256>", "big<16384>"))  # 64 KiB > 48 KiB static
+    with pytest.raises(nvrtc.CompileError) as info:
+        nvrtc.compile_module(module, "sm_80")
+    assert any("too much shared data" in line and "[big<16384>]" in line
+               for line in info.value.errors), info.value.errors
+    assert "\0" not in info.value.log
+
+
+@needs_nvrtc
 def test_unknown_kernel_name_is_a_compile_error(tmp_path):
     source = tmp_path / "one.cu"
     source.write_text('extern "C" __global__ void present(float* x) { x[0] = 1.0f; }\n')

@@ -48,11 +48,24 @@ class NVRTCUnavailable(RuntimeError):
 class CompileError(RuntimeError):
     """A kernel source NVRTC rejected; ``log`` is NVRTC's full log."""
 
-    def __init__(self, source: str, arch: str, log: str, what: str = "failed to compile"):
+    def __init__(self, source: str, arch: str, log: str, errors=()):
         self.source = source
         self.arch = arch
         self.log = log
-        super().__init__(f"{source} ({arch}) {what}:\n{log.rstrip()}")
+        self.errors = list(errors)  # the log's error lines, kernels named by name expression
+        summary = "".join(f"\n  {line}" for line in self.errors)
+        super().__init__(f"{source} ({arch}) failed to compile:{summary}\n"
+                         f"NVRTC log:\n{log.rstrip()}")
+
+
+def _error_lines(log: str, lowered: dict[str, str]) -> list[str]:
+    """The log's error lines, with mangled kernel names followed by their name expressions."""
+    lines = [line.strip() for line in log.splitlines() if re.search(r"\berror\b", line)]
+    lines = [line for line in lines if not re.match(r"\d+ errors? detected", line)]
+    for name, mangled in lowered.items():
+        if mangled != name:
+            lines = [line.replace(mangled, f"{mangled} [{name}]") for line in lines]
+    return lines
 
 
 class ReportError(RuntimeError):
@@ -146,11 +159,24 @@ def _compile(source_text: str, program_name: str, kernels, options) -> _Build:
         size = _check(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
         buffer = b" " * size
         _check(nvrtc, nvrtc.nvrtcGetProgramLog(prog, buffer), "nvrtcGetProgramLog")
-        log = buffer.rstrip(b"\0").decode(errors="replace")
+        log = buffer.replace(b"\0", b"").decode(errors="replace")
         if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             arch = next((o.split("=", 1)[1] for o in options
                          if o.startswith("--gpu-architecture=")), "?")
-            raise CompileError(program_name, arch, log or str(status))
+            lowered = {}
+            if "ptxas" in log and arch.startswith("sm_"):
+                # The front end passed and ptxas failed, naming kernels by their mangled
+                # names; NVRTC keeps no lowered names after a failure, so a PTX-only
+                # build (a virtual architecture: no ptxas) recovers them.
+                ptx_options = [o for o in options if o != PTXAS_VERBOSE
+                               and not o.startswith("--gpu-architecture=")]
+                ptx_options.append(f"--gpu-architecture=compute_{arch[3:]}")
+                try:
+                    lowered = _compile(source_text, program_name, kernels, ptx_options).lowered
+                except Exception:
+                    lowered = {}
+            raise CompileError(program_name, arch, log or str(status),
+                               errors=_error_lines(log, lowered))
         lowered = {}
         for name in kernels:
             mangled = _check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, name.encode()),
