@@ -1,0 +1,189 @@
+"""Benchmark the elementwise kernels: ReLU forward/backward and dropout forward, in GB/s.
+
+  python benchmarks/elementwise.py                      # every device here
+  python benchmarks/elementwise.py --devices emu --numel 1048576
+  python benchmarks/elementwise.py --quick --out /tmp/r
+
+``cpu`` times the ops' NumPy references (the baseline of ``emu``); ``emu`` and
+``cuda:N`` time the kernels' Launches (built once, outside the timing). On cuda the
+baselines, measured in the same run, are PyTorch (``torch.relu``,
+``threshold_backward``, ``torch.nn.functional.dropout``) when torch is importable,
+and CuPy's own elementwise ``maximum``/``where`` always. Bytes are the minimum
+traffic: ReLU forward reads x and writes y (8 B/element), backward reads y and dy
+and writes dx (12 B), dropout reads x and writes y (8 B; its mask is computed, not
+stored). Ratios are recorded, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from benchmarks import harness  # noqa: E402
+
+DEFAULT_NUMEL = (1 << 20, 1 << 24)
+QUICK_NUMEL = (1 << 16, 1 << 20)
+DROPOUT_P = 0.5
+SEED = 1234
+
+
+def _import_torch():
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def _ours(device, numel, x_host, dy_host, reps, report, baselines):
+    """Time the three kernels (emu, cuda) or the three references (cpu) on ``device``."""
+    from convnet.ops import dropout, relu
+
+    threshold, scale = dropout.plan(DROPOUT_P, training=True)
+    x = device.asarray(x_host)
+    dy = device.asarray(dy_host)
+    results = {}
+    if device.runs_kernels:
+        xp = device.xp
+        y, dx, yd = xp.empty_like(x), xp.empty_like(x), xp.empty_like(x)
+        fwd = relu.forward_launch(x, y)
+        device.launch(fwd)
+        bwd = relu.backward_launch(y, dy, dx)
+        drop = dropout.apply_launch(x, yd, SEED, threshold, scale)
+        cases = {"relu_forward": lambda: device.launch(fwd),
+                 "relu_backward": lambda: device.launch(bwd),
+                 "dropout_forward": lambda: device.launch(drop)}
+        # Correctness before timing: the kernels against the NumPy references.
+        for launch in (bwd, drop):
+            device.launch(launch)
+        device.synchronize()
+        y_ref = relu.forward_reference(x_host)
+        checks = {
+            "relu_forward": np.array_equal(device.to_numpy(y), y_ref),
+            "relu_backward": np.array_equal(device.to_numpy(dx),
+                                            relu.backward_reference(y_ref, dy_host)),
+            "dropout_forward": np.array_equal(
+                device.to_numpy(yd), dropout.apply_reference(x_host, SEED, threshold, scale)),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                report.notes[f"WRONG {name} on {device.name} numel={numel}"] = True
+    else:
+        y_ref = relu.forward_reference(x)
+        cases = {"relu_forward": lambda: relu.forward_reference(x),
+                 "relu_backward": lambda: relu.backward_reference(y_ref, dy),
+                 "dropout_forward": lambda: dropout.apply_reference(x, SEED, threshold, scale)}
+    traffic = {"relu_forward": 8, "relu_backward": 12, "dropout_forward": 8}
+    for name, fn in cases.items():
+        results[name] = report.add(harness.measure(
+            fn, device=device, name=name, bytes=traffic[name] * numel,
+            params={"numel": numel, **({"p": DROPOUT_P} if "dropout" in name else {})}, **reps))
+        base = baselines.get(name)
+        if base is not None:
+            report.add_ratio(results[name], base,
+                             label=f"{name} on {device.name} vs {base.name} on {base.device}, "
+                                   f"numel={numel}")
+    return results
+
+
+def _cuda_baselines(device, numel, x_host, dy_host, reps, report):
+    """CuPy (always) and PyTorch (when importable) versions of the three ops on the GPU."""
+    cp = device.xp
+    found = {}
+    traffic = {"relu_forward": 8, "relu_backward": 12, "dropout_forward": 8}
+    with cp.cuda.Device(device.index):
+        x, dy = cp.asarray(x_host), cp.asarray(dy_host)
+        y, dx = cp.empty_like(x), cp.empty_like(x)
+        cp.maximum(x, 0, out=y)
+        cupy_cases = {"relu_forward": ("cupy.maximum", lambda: cp.maximum(x, 0, out=y)),
+                      "relu_backward": ("cupy.where", lambda: cp.where(y > 0, dy, 0))}
+        for op, (label, fn) in cupy_cases.items():
+            found[op] = report.add(harness.measure(fn, device=device, name=label,
+                                                   bytes=traffic[op] * numel,
+                                                   params={"numel": numel}, **reps))
+        torch = _import_torch()
+        if torch is None:
+            report.notes["torch"] = "not importable (or no CUDA in torch): CuPy baselines only"
+            return found
+        report.notes["torch"] = torch.__version__
+        tdev = torch.device("cuda", device.index)
+        tx = torch.as_tensor(x_host, device=tdev)
+        tdy = torch.as_tensor(dy_host, device=tdev)
+        ty = torch.relu(tx)
+        torch_cases = {
+            "relu_forward": ("torch.relu", lambda: torch.relu(tx)),
+            "relu_backward": ("torch.threshold_backward",
+                              lambda: torch.ops.aten.threshold_backward(tdy, ty, 0)),
+            "dropout_forward": ("torch.dropout",
+                                lambda: torch.nn.functional.dropout(tx, DROPOUT_P, True)),
+        }
+        for op, (label, fn) in torch_cases.items():
+            p = {"p": DROPOUT_P} if "dropout" in op else {}
+            found[op] = report.add(harness.measure(fn, device=device, name=label,
+                                                   bytes=traffic[op] * numel,
+                                                   params={"numel": numel, **p}, **reps))
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    harness.add_common_args(parser)
+    parser.add_argument("--numel", type=int, nargs="+", default=None,
+                        help=f"elements per tensor (default {DEFAULT_NUMEL})")
+    args = parser.parse_args(argv)
+    sizes = args.numel or (QUICK_NUMEL if args.quick else DEFAULT_NUMEL)
+    names = args.devices or harness.available_devices()
+    report = harness.Report("elementwise", args=vars(args))
+
+    import convnet
+    devices = []
+    for name in names:
+        try:
+            devices.append(convnet.get_device(name))
+        except Exception as exc:
+            report.notes[f"skipped {name}"] = f"{type(exc).__name__}: {exc}"
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+    host_reps = dict(warmup=args.warmup if args.warmup is not None else 2,
+                     repeats=args.repeats or (5 if args.quick else 20), min_time_s=0.05)
+    emu_reps = dict(warmup=args.warmup if args.warmup is not None else 1,
+                    repeats=args.repeats or (3 if args.quick else 10),
+                    max_time_s=3.0 if args.quick else 15.0)
+    cuda_reps = dict(warmup=args.warmup if args.warmup is not None else 5,
+                     repeats=args.repeats or (10 if args.quick else 50), flush_l2=True)
+
+    failed = False
+    for numel in sizes:
+        rng = np.random.default_rng(numel)
+        x = rng.standard_normal(numel, dtype=np.float32)
+        dy = rng.standard_normal(numel, dtype=np.float32)
+        host = {}
+        if any(d.kind in ("cpu", "emu") for d in devices):
+            host = _ours(convnet.get_device("cpu"), numel, x, dy, host_reps, report, {})
+        for device in devices:
+            if device.kind == "cpu":
+                continue
+            try:
+                if device.kind == "emu":
+                    _ours(device, numel, x, dy, emu_reps, report, host)
+                else:
+                    # the ratio is against torch where torch runs, else against CuPy
+                    base = _cuda_baselines(device, numel, x, dy, cuda_reps, report)
+                    _ours(device, numel, x, dy, cuda_reps, report, base)
+            except Exception as exc:
+                failed = True
+                report.notes[f"error {device.name} numel={numel}"] = f"{type(exc).__name__}: {exc}"
+                print(f"error on {device.name} numel={numel}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+    if any(k.startswith("WRONG") for k in report.notes):
+        failed = True
+    harness.finish(report, args)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

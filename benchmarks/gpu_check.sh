@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# benchmarks/gpu_check.sh — the one command a GPU machine runs, offline, in under
+# 8 minutes: install, doctor, the whole test suite, the NVRTC compile report,
+# compute-sanitizer (memcheck, racecheck) over the kernel tests on cuda, and the
+# benchmarks. Without a GPU it runs in its CPU-only form: the same steps minus the
+# sanitizers and the GPU benchmarks (said so in the log and summary), with quick
+# emu benchmarks.
+#
+#   OUT=/path bash benchmarks/gpu_check.sh      # results folder: $OUT, else ./gpu-results
+#
+# Results folder (few files, one level):
+#   summary.txt      one line per step (ok / FAIL / TIMEOUT / SKIPPED, seconds), verdict
+#   check.log        everything every step printed, in order
+#   junit.xml        the pytest run
+#   benchmarks.json  every benchmark's JSON report, merged: {"runs": [...]}
+#
+# Every step is time-boxed with `timeout`; a failing step does not stop the later
+# ones, but the script exits non-zero if any step failed or timed out.
+#
+# Knobs (environment): CHECK_BUDGET_S (total seconds for the steps, default 450),
+# CHECK_SKIP_INSTALL=1, CHECK_PYTEST_ARGS (extra pytest arguments), SANITIZER_TESTS
+# (the kernel test files for compute-sanitizer), PYTHON (default: python).
+#
+# Benchmarks: every benchmarks/*.py that defines `def main(argv` runs as
+# `python benchmarks/NAME.py --out DIR` (plus --quick without a GPU). To add one,
+# write benchmarks/NAME.py with main(argv) using benchmarks/harness.py; nothing here
+# needs to change.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$(pwd)
+PY=${PYTHON:-python}
+RESULTS=${OUT:-./gpu-results}
+mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)
+LOG="$RESULTS/check.log"
+SUMMARY="$RESULTS/summary.txt"
+BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/convnet-bench.XXXXXX")
+trap 'rm -rf "$BENCH_TMP"' EXIT
+: >"$LOG"
+: >"$SUMMARY"
+
+BUDGET=${CHECK_BUDGET_S:-450}
+START=$SECONDS
+FAILED=0
+
+say() {  # to the terminal and the log
+  echo "$*"
+  echo "$*" >>"$LOG"
+}
+
+record() {  # record NAME STATUS DETAIL
+  printf '%-22s %-8s %s\n' "$1" "$2" "$3" >>"$SUMMARY"
+  say "---- [$1] $2 $3"
+}
+
+# run_step NAME LIMIT_S COMMAND...: run with a timeout (never past the budget), log all output.
+run_step() {
+  local name=$1 limit=$2 rc=0 t0 left
+  shift 2
+  left=$((BUDGET - (SECONDS - START)))
+  if ((left < 15)); then
+    record "$name" SKIPPED "(under 15s left of the ${BUDGET}s time budget)"
+    FAILED=1
+    return 0
+  fi
+  ((limit > left)) && limit=$left
+  say "==== [$name] $(date -u +%H:%M:%S) (timeout ${limit}s): $*"
+  t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1 || rc=$?
+  local took="$((SECONDS - t0))s"
+  if ((rc == 0)); then
+    record "$name" ok "($took)"
+  elif ((rc == 124 || rc == 137)); then
+    record "$name" TIMEOUT "(killed after ${limit}s)"
+    FAILED=1
+  elif [[ $name == sanitizer-* && $rc == 5 ]]; then
+    record "$name" EMPTY "(pytest selected no cuda test in: $SANITIZER_FILES)"
+  else
+    record "$name" FAIL "(exit $rc, $took)"
+    FAILED=1
+  fi
+}
+
+skip() {  # skip NAME WHY
+  record "$1" SKIPPED "($2)"
+}
+
+# ------------------------------------------------------------------ machine
+GPU=0
+if "$PY" -c 'import cupy, sys; sys.exit(0 if cupy.cuda.runtime.getDeviceCount() > 0 else 1)' \
+  >/dev/null 2>&1; then
+  GPU=1
+fi
+{
+  echo "convnet gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "repo: $REPO ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no git'))"
+  echo "host: $(uname -a)"
+  echo "cpus: $(nproc) x $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //')"
+  echo "python: $("$PY" --version 2>&1)"
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+  fi
+} >>"$LOG"
+if ((GPU)); then
+  MODE="GPU"
+  say "mode: GPU (CuPy sees a CUDA device)"
+else
+  MODE="CPU-only"
+  say "mode: CPU-only: no GPU usable through CuPy here; compute-sanitizer and the GPU"
+  say "      benchmarks are skipped, the emu benchmarks run in --quick form"
+fi
+echo "mode: $MODE" >>"$SUMMARY"
+
+# ------------------------------------------------------------------ install, doctor
+if [[ ${CHECK_SKIP_INSTALL:-0} == 1 ]]; then
+  skip install "CHECK_SKIP_INSTALL=1"
+else
+  run_step install 180 "$PY" -m pip install --no-build-isolation --no-deps -e .
+fi
+run_step doctor 60 "$PY" -m convnet doctor
+
+# ------------------------------------------------------------------ tests
+# shellcheck disable=SC2086  # CHECK_PYTEST_ARGS is split on purpose
+run_step pytest 240 "$PY" -m pytest -x -q -p no:cacheprovider \
+  --junitxml="$RESULTS/junit.xml" ${CHECK_PYTEST_ARGS:-}
+
+# ------------------------------------------------------------------ compile report
+if "$PY" -c 'from convnet import nvrtc; nvrtc.version()' >/dev/null 2>&1; then
+  run_step kernels 90 "$PY" -m convnet kernels
+else
+  skip kernels "NVRTC through cuda-bindings is not installed: pip install -e .[test]"
+fi
+
+# ------------------------------------------------------------------ compute-sanitizer
+SANITIZER_FILES=""
+for f in ${SANITIZER_TESTS:-tests/test_sgemm.py tests/test_relu.py tests/test_dropout.py}; do
+  [[ -f $f ]] && SANITIZER_FILES="$SANITIZER_FILES $f"
+done
+SANITIZER=$(command -v compute-sanitizer || true)
+if [[ -z $SANITIZER && -x /usr/local/cuda/bin/compute-sanitizer ]]; then
+  SANITIZER=/usr/local/cuda/bin/compute-sanitizer
+fi
+if ((!GPU)); then
+  skip sanitizer-memcheck "no GPU"
+  skip sanitizer-racecheck "no GPU"
+elif [[ -z $SANITIZER ]]; then
+  skip sanitizer-memcheck "compute-sanitizer not found"
+  skip sanitizer-racecheck "compute-sanitizer not found"
+elif [[ -z $SANITIZER_FILES ]]; then
+  skip sanitizer-memcheck "no kernel test files"
+  skip sanitizer-racecheck "no kernel test files"
+else
+  for tool in memcheck racecheck; do
+    # shellcheck disable=SC2086
+    run_step "sanitizer-$tool" 90 "$SANITIZER" --tool "$tool" --error-exitcode 1 \
+      "$PY" -m pytest -x -q -p no:cacheprovider -k cuda $SANITIZER_FILES
+  done
+fi
+
+# ------------------------------------------------------------------ benchmarks
+BENCH_ARGS=(--out "$BENCH_TMP")
+if ((!GPU)); then
+  BENCH_ARGS+=(--quick)
+  say "note: GPU benchmarks skipped (no GPU); emu/cpu benchmarks run with --quick"
+fi
+for script in benchmarks/*.py; do
+  name=$(basename "$script" .py)
+  case $name in harness | __init__) continue ;; esac
+  grep -q '^def main(argv' "$script" || continue
+  run_step "bench-$name" 150 "$PY" "$script" "${BENCH_ARGS[@]}"
+done
+
+# ------------------------------------------------------------------ merge, summary
+"$PY" - "$BENCH_TMP" "$RESULTS/benchmarks.json" "$MODE" >>"$LOG" 2>&1 <<'EOF' || true
+import json, sys
+from pathlib import Path
+src, dst, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+runs = []
+for path in sorted(src.glob("*.json")):
+    try:
+        runs.append(json.loads(path.read_text()))
+    except ValueError as exc:
+        runs.append({"file": path.name, "error": str(exc)})
+dst.write_text(json.dumps({"mode": mode, "runs": runs}, indent=1) + "\n")
+print(f"merged {len(runs)} benchmark report(s) into {dst}")
+EOF
+"$PY" - "$RESULTS/benchmarks.json" >>"$SUMMARY" 2>/dev/null <<'EOF' || true
+import json, sys
+data = json.load(open(sys.argv[1]))
+print("\nbenchmarks (median):")
+for run in data["runs"]:
+    for r in run.get("results", []):
+        rate = (f"{r['gflops']:.2f} GFLOP/s" if r.get("gflops") else
+                f"{r['gbps']:.2f} GB/s" if r.get("gbps") else "")
+        params = " ".join(f"{k}={v}" for k, v in r.get("params", {}).items()
+                          if k in ("n", "tile", "shape", "numel", "p"))
+        print(f"  {run['benchmark']:<12} {r['name']:<22} {r['device']:<7} {params:<28} "
+              f"{r['median_s'] * 1e3:10.3f} ms  {rate}")
+    for k, v in run.get("notes", {}).items():
+        print(f"  {run['benchmark']:<12} note {k}: {v}")
+EOF
+
+TOTAL=$((SECONDS - START))
+if ((FAILED)); then
+  VERDICT="FAILED"
+else
+  VERDICT="PASSED"
+fi
+printf '\n%s: %s in %ss (%s)\n' "gpu_check" "$VERDICT" "$TOTAL" "$MODE" >>"$SUMMARY"
+{
+  echo
+  echo "==== summary"
+  cat "$SUMMARY"
+} >>"$LOG"
+echo
+cat "$SUMMARY"
+echo "results in $RESULTS"
+exit "$FAILED"
