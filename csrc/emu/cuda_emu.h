@@ -4,8 +4,9 @@
 // intrinsics, atomics) on top of the runtime in convnet._emu, reached through the
 // EmuApi table the runtime installs when it loads the library.
 //
-//   __shared__ T a[N];       static thread_local: one copy per OS thread, and a block
-//                            runs all of its threads on one OS thread
+//   __shared__ T a[N];       a static in the section "emu_shared": every OS thread of
+//                            the pool runs blocks on its own loaded copy of the
+//                            library, and a block runs all its threads on one OS thread
 //   extern __shared__ T a[]; rewritten by the compiler driver into a pointer to the
 //                            block's dynamic shared memory
 //   threadIdx etc.           read from the start of the calling fiber's stack region
@@ -32,7 +33,7 @@ static const EmuApi* emu_api = nullptr;
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
-#define __shared__ static thread_local
+#define __shared__ static __attribute__((section("emu_shared")))
 #define __constant__
 #define __align__(n) alignas(n)
 #define __managed__
@@ -289,8 +290,13 @@ template <auto F>
 static void emu_thunk(void** args) { emu_call(F, args); }
 
 // ---------------------------------------------------------------- library entry points
-static thread_local char emu_tls_anchor;
-EMU_EXPORT void* emu_tls_probe(void) { return &emu_tls_anchor; }
+// The linker marks where the section of static __shared__ arrays starts and stops.
+extern "C" char __start_emu_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_emu_shared[] __attribute__((weak, visibility("hidden")));
+EMU_EXPORT void emu_shared_range(char** start, std::size_t* bytes) {
+  *start = __start_emu_shared;
+  *bytes = __start_emu_shared ? static_cast<std::size_t>(__stop_emu_shared - __start_emu_shared) : 0;
+}
 extern "C" void __asan_set_error_report_callback(void (*)(const char*)) __attribute__((weak));
 static void emu_asan_report(const char*) {
   char where[256];

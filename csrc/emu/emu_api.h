@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#define EMU_API_VERSION 3
+#define EMU_API_VERSION 4
 #define EMU_STACK_BYTES (1u << 18)   // 256 KiB per CUDA thread (virtual; touched lazily)
 
 struct uint3 { unsigned int x, y, z; };
@@ -69,4 +69,4 @@ struct EmuKernelEntry {
 // What a kernel library exports (C linkage):
 //   int emu_library_init(const EmuApi* api);          returns EMU_API_VERSION
 //   const EmuKernelEntry* emu_kernel_table(int* n);
-//   void* emu_tls_probe(void);                         address inside the library's TLS block
+//   void emu_shared_range(char** start, size_t* n);    where its static __shared__ arrays live

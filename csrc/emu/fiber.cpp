@@ -75,8 +75,8 @@ void free_region(char* region) { munmap(region, EMU_STACK_BYTES); }
 
 #if defined(__x86_64__) && !defined(EMU_FORCE_UCONTEXT)
 
-void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg) {
-  uintptr_t top = reinterpret_cast<uintptr_t>(region) + EMU_STACK_BYTES;
+void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg, std::size_t offset) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(region) + EMU_STACK_BYTES - offset) & ~static_cast<uintptr_t>(15);
   uint64_t* frame = reinterpret_cast<uint64_t*>(top - 80);  // 16-aligned; see the switch's pop order
   uint32_t mxcsr;
   uint16_t fcw;
@@ -112,16 +112,16 @@ void start_thunk(unsigned hi, unsigned lo) {
 }
 }  // namespace
 
-void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg) {
+void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg, std::size_t offset) {
   if (!fiber->uctx) fiber->uctx = new ucontext_t();
   ucontext_t* uc = static_cast<ucontext_t*>(fiber->uctx);
   getcontext(uc);
   char* stack = region + kCtxBytes + kGuardBytes;
   uc->uc_stack.ss_sp = stack;
-  uc->uc_stack.ss_size = EMU_STACK_BYTES - kCtxBytes - kGuardBytes;
+  uc->uc_stack.ss_size = EMU_STACK_BYTES - kCtxBytes - kGuardBytes - offset;
   uc->uc_link = nullptr;
   // The start record lives at the top of the fiber's own stack.
-  Start* s = reinterpret_cast<Start*>(region + EMU_STACK_BYTES - 64);
+  Start* s = reinterpret_cast<Start*>(region + EMU_STACK_BYTES - offset - 64);
   s->entry = entry;
   s->arg = arg;
   uc->uc_stack.ss_size -= 64;

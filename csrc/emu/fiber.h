@@ -27,8 +27,10 @@ struct Fiber {
 
 using FiberEntry = void (*)(void* arg);
 
-// Prepares `fiber` to start entry(arg) on the stack of `region` at its next resume.
-void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg);
+// Prepares `fiber` to start entry(arg) on the stack of `region` at its next resume,
+// `offset` bytes below the region's top (fibers' stacks are staggered so that their
+// frames do not all fall into the same cache sets).
+void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg, std::size_t offset = 0);
 // Saves the running context into `from` and resumes `to`.
 void fiber_switch(Fiber* from, Fiber* to);
 // Frees what fiber_prepare allocated (ucontext platforms).

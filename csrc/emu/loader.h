@@ -1,13 +1,28 @@
 // loader.h — a kernel library: a kernels/*.cu file compiled by g++ into a shared
 // object with cuda_emu.h forced in, loaded with dlopen and bound to the runtime.
+//
+// Static __shared__ arrays are plain statics of the library, so each OS thread of
+// the pool runs its blocks on its own loaded instance: instance 0 is the file
+// itself, the others are private in-memory copies of it (memfd), loaded on demand.
 #pragma once
 
+#include <cstddef>
+#include <memory>
 #include <string>
-#include <utility>
+#include <vector>
 
 #include "emu_api.h"
 
 namespace emu {
+
+struct LibraryInstance {
+  void* handle = nullptr;
+  int fd = -1;                       // the memfd of a copy (-1 for instance 0)
+  const EmuKernelEntry* table = nullptr;
+  int count = 0;
+  char* shared = nullptr;            // its static __shared__ arrays
+  std::size_t shared_bytes = 0;
+};
 
 class Library {
  public:
@@ -16,21 +31,20 @@ class Library {
   Library(const Library&) = delete;
   Library& operator=(const Library&) = delete;
 
-  int size() const { return count_; }
-  const EmuKernelEntry& kernel(int i) const { return table_[i]; }
+  int size() const { return instances_[0]->count; }
+  const EmuKernelEntry& kernel(int i) const { return instances_[0]->table[i]; }
   int find(const std::string& name) const;  // -1 when absent
   const std::string& path() const { return path_; }
 
-  // The calling OS thread's copy of the library's thread-local data, where the
-  // kernels' static __shared__ arrays live: {start, bytes}.
-  std::pair<char*, std::size_t> thread_shared_block() const;
+  // Makes sure `n` instances are loaded (call before a launch, from one thread).
+  void prepare(int n);
+  const LibraryInstance& instance(int i) const { return *instances_[i]; }
 
  private:
+  std::unique_ptr<LibraryInstance> load(const std::string& file, int fd) const;
+
   std::string path_;
-  void* handle_ = nullptr;
-  const EmuKernelEntry* table_ = nullptr;
-  int count_ = 0;
-  void* (*tls_probe_)() = nullptr;
+  std::vector<std::unique_ptr<LibraryInstance>> instances_;
 };
 
 const EmuApi* runtime_api();

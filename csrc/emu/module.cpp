@@ -42,7 +42,7 @@ std::size_t kind_size(const std::string& kind) {
   return 0;
 }
 
-void launch(const emu::Library& lib, int kernel, std::vector<unsigned> grid, std::vector<unsigned> block,
+void launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std::vector<unsigned> block,
             std::size_t shared_bytes, const std::vector<py::bytes>& args, bool reverse,
             bool fill_shared, int workers) {
   if (kernel < 0 || kernel >= lib.size()) throw py::index_error("no kernel with index " + std::to_string(kernel));

@@ -30,23 +30,30 @@ enum class State : uint8_t { Runnable, AtBarrier, AtWarp, Exited, Faulted };
 
 class Worker;
 
+// At the base of each CUDA thread's stack region: what the kernel reads (its ids)
+// and how the runtime finds its way back from a call on that stack.
 struct ThreadCtx {
   EmuThreadIds ids;  // first: kernels find it by masking their stack pointer
   Worker* worker;
   int linear;
-  State state;
-  const char* file;
-  int line;
-  int op;          // barrier op (EmuBarrierOp) or warp op (EmuWarpOp)
-  unsigned mask;   // warp ops
-  uint64_t value;  // warp operand, or barrier predicate
-  int arg;
-  int width;
-  uint64_t result;
-  Fiber fiber;
 };
 static_assert(offsetof(ThreadCtx, ids) == 0, "kernels read EmuThreadIds at the region start");
 static_assert(sizeof(ThreadCtx) <= kCtxBytes, "thread context must fit its page");
+
+// The scheduling state of one CUDA thread, kept densely per worker (the regions are
+// aligned to 256 KiB, so state kept there would crowd into a few cache sets).
+struct Slot {
+  State state;
+  int op;          // barrier op (EmuBarrierOp) or warp op (EmuWarpOp)
+  const char* file;
+  int line;
+  unsigned mask;   // warp ops
+  int arg;
+  int width;
+  uint64_t value;  // warp operand, or barrier predicate
+  uint64_t result;
+  Fiber fiber;
+};
 
 inline ThreadCtx* self() {
   uintptr_t sp = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
@@ -80,9 +87,6 @@ std::string where(const char* file, int line) {
   return format("%s:%d", slash ? slash + 1 : file, line);
 }
 
-std::string thread_name(const ThreadCtx* c) {
-  return format("thread (%u,%u,%u)", c->ids.thread_idx.x, c->ids.thread_idx.y, c->ids.thread_idx.z);
-}
 
 struct LaunchState {
   explicit LaunchState(const LaunchSpec& s)
@@ -113,17 +117,17 @@ void thread_main(void* arg);
 
 class Worker {
  public:
+  explicit Worker(int index) : index_(index) {}
   ~Worker() {
-    for (char* r : regions_) {
-      fiber_release(&ctx_of(r)->fiber);
-      free_region(r);
-    }
+    for (Slot& slot : slots_) fiber_release(&slot.fiber);
+    for (char* r : regions_) free_region(r);
     fiber_release(&scheduler_);
   }
 
   // Takes blocks until none are left; `poll` (the calling thread only) may stop the launch.
   void run(LaunchState& launch, const std::function<bool()>* poll = nullptr) {
     launch_ = &launch;
+    instance_ = &launch.spec.library->instance(index_);
     n_ = launch.threads;
     if (!prepare_fibers()) {
       launch.fail("the emulator could not allocate stacks for a block of " + std::to_string(n_) + " threads");
@@ -156,9 +160,7 @@ class Worker {
       uint64_t b = launch.spec.reverse ? launch.total_blocks - 1 - i : i;
       uint3 block{static_cast<unsigned>(b % g.x), static_cast<unsigned>((b / g.x) % g.y),
                   static_cast<unsigned>(b / (static_cast<uint64_t>(g.x) * g.y))};
-      if (!run_block(block)) {
-        break;  // the block's fibers stay abandoned; the next launch prepares them afresh
-      }
+      if (!run_block(block)) break;  // the block's fibers stay abandoned; the next launch prepares them afresh
     }
     std::free(dynamic);
     dynamic_shared_ = nullptr;
@@ -166,76 +168,86 @@ class Worker {
   }
 
   // ---- called on a fiber, through the EmuApi table
-  int barrier(ThreadCtx* c, int op, int predicate, const char* file, int line) {
-    c->state = State::AtBarrier;
-    c->op = op;
-    c->value = predicate ? 1 : 0;
-    c->file = file;
-    c->line = line;
+  int barrier(int i, int op, int predicate, const char* file, int line) {
+    Slot& s = slots_[i];
+    s.state = State::AtBarrier;
+    s.op = op;
+    s.value = predicate ? 1 : 0;
+    s.file = file;
+    s.line = line;
     --runnable_;
     ++at_barrier_;
-    yield(c);
-    return static_cast<int>(c->result);
+    yield(i);
+    return static_cast<int>(s.result);
   }
 
-  uint64_t warp(ThreadCtx* c, int op, unsigned mask, uint64_t value, int arg, int width, const char* file,
-                int line) {
-    const int lane = c->linear & 31;
-    const int base = c->linear - lane;
-    c->file = file;
-    c->line = line;
+  uint64_t warp(int i, int op, unsigned mask, uint64_t value, int arg, int width, const char* file, int line) {
+    Slot& s = slots_[i];
+    const int lane = i & 31;
+    const int base = i - lane;
+    s.file = file;
+    s.line = line;
     if (!((mask >> lane) & 1u))
-      fault(c, format("%s: the calling lane %d is not in its mask 0x%08x", warp_op_name(op), lane, mask));
+      fault(i, format("%s: the calling lane %d is not in its mask 0x%08x", warp_op_name(op), lane, mask));
     if (op >= EMU_SHFL_IDX && op <= EMU_SHFL_XOR && (width < 1 || width > 32 || (width & (width - 1))))
-      fault(c, format("%s: width %d is not a power of two from 1 to 32", warp_op_name(op), width));
+      fault(i, format("%s: width %d is not a power of two from 1 to 32", warp_op_name(op), width));
     for (int l = 0; l < 32; ++l) {
       if (((mask >> l) & 1u) && base + l >= n_)
-        fault(c, format("%s: mask 0x%08x names lane %d, but this warp has only %d threads", warp_op_name(op),
+        fault(i, format("%s: mask 0x%08x names lane %d, but this warp has only %d threads", warp_op_name(op),
                         mask, l, n_ - base));
     }
-    c->state = State::AtWarp;
-    c->op = op;
-    c->mask = mask;
-    c->value = value;
-    c->arg = arg;
-    c->width = width;
+    s.state = State::AtWarp;
+    s.op = op;
+    s.mask = mask;
+    s.value = value;
+    s.arg = arg;
+    s.width = width;
     --runnable_;
     ++at_warp_;
-    if (!complete_warp(c, base)) yield(c);
-    return c->result;
+    if (!complete_warp(i, base)) yield(i);
+    return s.result;
   }
 
-  [[noreturn]] void fault(ThreadCtx* c, const std::string& what) { fault_as(c, c, what); }
+  [[noreturn]] void fault(int i, const std::string& what) { fault_as(i, i, what); }
 
   // Ends the running fiber `current` and the launch, blaming thread `blame`.
-  [[noreturn]] void fault_as(ThreadCtx* current, const ThreadCtx* blame, const std::string& what) {
-    record_fault(blame, what + " at " + where(blame->file, blame->line));
-    current->state = State::Faulted;
-    fiber_switch(&current->fiber, &scheduler_);
+  [[noreturn]] void fault_as(int current, int blame, const std::string& what) {
+    record_fault(blame, what + " at " + where(slots_[blame].file, slots_[blame].line));
+    slots_[current].state = State::Faulted;
+    fiber_switch(&slots_[current].fiber, &scheduler_);
     std::abort();  // a faulted fiber is never resumed
+  }
+
+  void set_site(int i, const char* file, int line) {
+    slots_[i].file = file;
+    slots_[i].line = line;
   }
 
   void* dynamic_shared() const { return dynamic_shared_; }
 
-  std::string describe(const ThreadCtx* c) const {
-    const uint3 b = c->ids.block_idx;
-    return format("kernel %s, block (%u,%u,%u), %s", launch_->kernel.name, b.x, b.y, b.z,
-                  thread_name(c).c_str());
+  std::string describe(int i) const {
+    const uint3 b = ctx(i)->ids.block_idx;
+    return format("kernel %s, block (%u,%u,%u), %s", launch_->kernel.name, b.x, b.y, b.z, thread_name(i).c_str());
   }
 
-  // ---- the fiber body's end
-  void exited(ThreadCtx* c) {
-    c->state = State::Exited;
+  // ---- the fiber body
+  void run_kernel() const { instance_->table[launch_->spec.kernel].run(launch_->spec.args); }
+
+  void exited(int i) {
+    slots_[i].state = State::Exited;
     --runnable_;
     ++exited_;
-    fiber_switch(&c->fiber, &scheduler_);
+    yield(i);
   }
-
-  const LaunchState& launch() const { return *launch_; }
 
  private:
   static ThreadCtx* ctx_of(char* region) { return reinterpret_cast<ThreadCtx*>(region); }
   ThreadCtx* ctx(int i) const { return ctx_of(regions_[i]); }
+
+  std::string thread_name(int i) const {
+    const uint3 t = ctx(i)->ids.thread_idx;
+    return format("thread (%u,%u,%u)", t.x, t.y, t.z);
+  }
 
   bool prepare_fibers() {
     while (static_cast<int>(regions_.size()) < n_) {
@@ -244,21 +256,41 @@ class Worker {
       new (ctx_of(r)) ThreadCtx{};
       regions_.push_back(r);
     }
+    if (static_cast<int>(slots_.size()) < n_) slots_.resize(n_);  // Fiber handles stay with their slot
     // Fresh fibers at every launch: a fiber must start on this OS thread.
     for (int i = 0; i < n_; ++i) {
       ThreadCtx* c = ctx(i);
       c->worker = this;
       c->linear = i;
-      fiber_prepare(&c->fiber, regions_[i], thread_main, c);
+      // Staggered by 576 bytes (nine cache lines) a thread: 64 distinct L1 sets.
+      std::size_t stagger = (static_cast<std::size_t>(i) * 576) % 65536;
+      fiber_prepare(&slots_[i].fiber, regions_[i], thread_main, c, stagger);
     }
     return true;
   }
 
-  void yield(ThreadCtx* c) { fiber_switch(&c->fiber, &scheduler_); }
+  // The next runnable thread after `i` in schedule order, or -1.
+  int next_runnable(int i) const {
+    if (reverse_) {
+      for (int j = i - 1; j >= 0; --j)
+        if (slots_[j].state == State::Runnable) return j;
+    } else {
+      for (int j = i + 1; j < n_; ++j)
+        if (slots_[j].state == State::Runnable) return j;
+    }
+    return -1;
+  }
 
-  void record_fault(const ThreadCtx* c, const std::string& what) {
+  // Hands the OS thread straight to the next runnable fiber of this pass, else back
+  // to the scheduler.
+  void yield(int i) {
+    int next = next_runnable(i);
+    fiber_switch(&slots_[i].fiber, next >= 0 ? &slots_[next].fiber : &scheduler_);
+  }
+
+  void record_fault(int i, const std::string& what) {
     faulted_ = true;
-    launch_->fail(describe(c) + ": " + what);
+    launch_->fail(describe(i) + ": " + what);
   }
 
   bool run_block(uint3 block) {
@@ -271,27 +303,24 @@ class Worker {
       c->ids.block_idx = block;
       c->ids.block_dim = bd;
       c->ids.grid_dim = spec.grid;
-      c->state = State::Runnable;
-      c->file = nullptr;
-      c->line = 0;
+      Slot& s = slots_[i];
+      s.state = State::Runnable;
+      s.file = nullptr;
+      s.line = 0;
     }
     if (spec.fill_shared) {
       if (dynamic_shared_) std::memset(dynamic_shared_, 0xff, spec.shared_bytes);
-      auto tls = spec.library->thread_shared_block();
-      if (tls.first) std::memset(tls.first, 0xff, tls.second);
+      if (instance_->shared) std::memset(instance_->shared, 0xff, instance_->shared_bytes);
     }
     runnable_ = n_;
     at_barrier_ = at_warp_ = exited_ = 0;
     faulted_ = false;
-    const bool reverse = spec.reverse;
+    reverse_ = spec.reverse;
     for (;;) {
       while (runnable_ > 0) {
-        for (int k = 0; k < n_; ++k) {
-          ThreadCtx* c = ctx(reverse ? n_ - 1 - k : k);
-          if (c->state != State::Runnable) continue;
-          fiber_switch(&scheduler_, &c->fiber);
-          if (faulted_) return false;
-        }
+        int first = next_runnable(reverse_ ? n_ : -1);
+        fiber_switch(&scheduler_, &slots_[first].fiber);  // runs a pass of hand-offs
+        if (faulted_) return false;
       }
       if (exited_ == n_) return true;
       if (!release_barrier()) return false;
@@ -301,42 +330,43 @@ class Worker {
   // Every fiber is stopped: release the barrier or diagnose why it cannot be.
   bool release_barrier() {
     if (at_warp_ == 0 && at_barrier_ > 0 && at_barrier_ + exited_ == n_) {
-      const ThreadCtx* first = nullptr;
-      const ThreadCtx* gone = nullptr;
+      int first = -1;
+      int gone = -1;
       for (int i = 0; i < n_; ++i) {
-        const ThreadCtx* c = ctx(i);
-        if (c->state == State::Exited) {
-          if (!gone) gone = c;
+        const Slot& s = slots_[i];
+        if (s.state == State::Exited) {
+          if (gone < 0) gone = i;
           continue;
         }
-        if (!first) {
-          first = c;
-        } else if (c->file != first->file || c->line != first->line || c->op != first->op) {
-          record_fault(c, format("threads of one block wait at different barriers: %s at %s() %s, %s at %s() %s",
-                                 thread_name(first).c_str(), barrier_name(first->op),
-                                 where(first->file, first->line).c_str(), thread_name(c).c_str(),
-                                 barrier_name(c->op), where(c->file, c->line).c_str()));
+        if (first < 0) {
+          first = i;
+          continue;
+        }
+        const Slot& f = slots_[first];
+        if (s.file != f.file || s.line != f.line || s.op != f.op) {
+          record_fault(i, format("threads of one block wait at different barriers: %s at %s() %s, %s at %s() %s",
+                                 thread_name(first).c_str(), barrier_name(f.op), where(f.file, f.line).c_str(),
+                                 thread_name(i).c_str(), barrier_name(s.op), where(s.file, s.line).c_str()));
           return false;
         }
       }
-      if (gone) {
+      const Slot& f = slots_[first];
+      if (gone >= 0) {
         record_fault(gone, format("exited while %d other threads of its block wait at %s() %s", at_barrier_,
-                                  barrier_name(first->op), where(first->file, first->line).c_str()));
+                                  barrier_name(f.op), where(f.file, f.line).c_str()));
         return false;
       }
-      uint64_t count = 0;
-      for (int i = 0; i < n_; ++i) count += ctx(i)->value;
       uint64_t result = 0;
-      switch (first->op) {
-        case EMU_BARRIER_COUNT: result = count; break;
-        case EMU_BARRIER_AND: result = count == static_cast<uint64_t>(n_); break;
-        case EMU_BARRIER_OR: result = count > 0; break;
-        default: result = 0;
+      if (f.op != EMU_BARRIER_PLAIN) {
+        uint64_t count = 0;
+        for (int i = 0; i < n_; ++i) count += slots_[i].value;
+        result = f.op == EMU_BARRIER_COUNT ? count
+                 : f.op == EMU_BARRIER_AND ? (count == static_cast<uint64_t>(n_))
+                                           : (count > 0);
       }
       for (int i = 0; i < n_; ++i) {
-        ThreadCtx* c = ctx(i);
-        c->result = result;
-        c->state = State::Runnable;
+        slots_[i].result = result;
+        slots_[i].state = State::Runnable;
       }
       runnable_ = n_;
       at_barrier_ = 0;
@@ -350,35 +380,32 @@ class Worker {
     // Group the stopped threads by where they wait; name the first of each group.
     std::string text = "deadlock: no thread of the block can go on;";
     std::vector<bool> listed(n_, false);
-    const ThreadCtx* first_waiting = nullptr;
+    int first_waiting = -1;
     for (int i = 0; i < n_; ++i) {
-      if (listed[i]) continue;
-      const ThreadCtx* c = ctx(i);
-      if (c->state == State::Exited) continue;
-      if (!first_waiting) first_waiting = c;
+      const Slot& c = slots_[i];
+      if (listed[i] || c.state == State::Exited) continue;
+      if (first_waiting < 0) first_waiting = i;
       int count = 0;
       for (int j = i; j < n_; ++j) {
-        const ThreadCtx* d = ctx(j);
-        bool same = d->state == c->state && d->file == c->file && d->line == c->line && d->op == c->op &&
-                    (c->state != State::AtWarp || d->mask == c->mask);
+        const Slot& d = slots_[j];
+        bool same = d.state == c.state && d.file == c.file && d.line == c.line && d.op == c.op &&
+                    (c.state != State::AtWarp || d.mask == c.mask);
         if (same) {
           listed[j] = true;
           ++count;
         }
       }
-      std::string site = c->state == State::AtWarp
-                             ? format("%s(mask 0x%08x) %s", warp_op_name(c->op), c->mask, where(c->file, c->line).c_str())
-                             : format("%s() %s", barrier_name(c->op), where(c->file, c->line).c_str());
+      std::string site = c.state == State::AtWarp
+                             ? format("%s(mask 0x%08x) %s", warp_op_name(c.op), c.mask, where(c.file, c.line).c_str())
+                             : format("%s() %s", barrier_name(c.op), where(c.file, c.line).c_str());
       if (count > 1)
-        text += format(" %s and %d more wait at %s;", thread_name(c).c_str(), count - 1, site.c_str());
+        text += format(" %s and %d more wait at %s;", thread_name(i).c_str(), count - 1, site.c_str());
       else
-        text += format(" %s waits at %s;", thread_name(c).c_str(), site.c_str());
-      if (c->state == State::AtWarp) {
-        const int base = c->linear & ~31;
+        text += format(" %s waits at %s;", thread_name(i).c_str(), site.c_str());
+      if (c.state == State::AtWarp) {
+        const int base = i & ~31;
         for (int l = 0; l < 32; ++l) {
-          if (!((c->mask >> l) & 1u)) continue;
-          const ThreadCtx* d = ctx(base + l);
-          if (d->state == State::Exited) {
+          if (((c.mask >> l) & 1u) && slots_[base + l].state == State::Exited) {
             text += format(" lane %d named in that mask has exited;", l);
             break;
           }
@@ -386,70 +413,73 @@ class Worker {
       }
     }
     if (exited_) text += format(" %d threads have exited", exited_);
-    if (first_waiting) record_fault(first_waiting, text);
+    if (first_waiting >= 0) record_fault(first_waiting, text);
   }
 
-  // When every lane named in c's mask waits at a warp operation, performs it.
-  bool complete_warp(ThreadCtx* c, int base) {
-    const unsigned mask = c->mask;
+  // When every lane named in thread i's mask waits at a warp operation, performs it.
+  bool complete_warp(int i, int base) {
+    const Slot& c = slots_[i];
+    const unsigned mask = c.mask;
     for (int l = 0; l < 32; ++l) {
       if (!((mask >> l) & 1u)) continue;
-      ThreadCtx* d = ctx(base + l);
-      if (d->state == State::Exited)
-        fault(c, format("%s(mask 0x%08x) waits for lane %d, which has exited", warp_op_name(c->op), mask, l));
-      if (d->state != State::AtWarp) return false;
+      const Slot& d = slots_[base + l];
+      if (d.state == State::Exited)
+        fault(i, format("%s(mask 0x%08x) waits for lane %d, which has exited", warp_op_name(c.op), mask, l));
+      if (d.state != State::AtWarp) return false;
     }
     for (int l = 0; l < 32; ++l) {
       if (!((mask >> l) & 1u)) continue;
-      ThreadCtx* d = ctx(base + l);
-      if (d->mask != mask || d->op != c->op)
-        fault(c, format("lanes of one warp disagree: lane %d calls %s(mask 0x%08x) at %s, lane %d calls "
+      const Slot& d = slots_[base + l];
+      if (d.mask != mask || d.op != c.op)
+        fault(i, format("lanes of one warp disagree: lane %d calls %s(mask 0x%08x) at %s, lane %d calls "
                         "%s(mask 0x%08x)",
-                        l, warp_op_name(d->op), d->mask, where(d->file, d->line).c_str(), c->linear & 31,
-                        warp_op_name(c->op), mask));
+                        l, warp_op_name(d.op), d.mask, where(d.file, d.line).c_str(), i & 31, warp_op_name(c.op),
+                        mask));
     }
     uint64_t votes = 0;
     for (int l = 0; l < 32; ++l)
-      if (((mask >> l) & 1u) && ctx(base + l)->value) votes |= 1ull << l;
+      if (((mask >> l) & 1u) && slots_[base + l].value) votes |= 1ull << l;
+    for (int l = 0; l < 32; ++l)
+      if ((mask >> l) & 1u) slots_[base + l].result = warp_result(i, l, base, votes, mask);
     for (int l = 0; l < 32; ++l) {
       if (!((mask >> l) & 1u)) continue;
-      ThreadCtx* d = ctx(base + l);
-      d->result = warp_result(c, d, l, base, votes, mask);
-    }
-    for (int l = 0; l < 32; ++l) {
-      if (!((mask >> l) & 1u)) continue;
-      ThreadCtx* d = ctx(base + l);
-      d->state = State::Runnable;
+      slots_[base + l].state = State::Runnable;
       ++runnable_;
       --at_warp_;
     }
     return true;
   }
 
-  uint64_t warp_result(ThreadCtx* current, ThreadCtx* d, int lane, int base, uint64_t votes, unsigned mask) {
-    const int w = d->width;
+  // The result of lane `lane`'s warp operation; `current` is the running thread.
+  uint64_t warp_result(int current, int lane, int base, uint64_t votes, unsigned mask) {
+    const Slot& d = slots_[base + lane];
+    const int w = d.width;
     const int segment = lane & ~(w - 1);
     int src = lane;
-    switch (d->op) {
+    switch (d.op) {
       case EMU_WARP_SYNC: return 0;
       case EMU_VOTE_BALLOT: return votes;
       case EMU_VOTE_ANY: return votes != 0;
       case EMU_VOTE_ALL: return votes == mask;
-      case EMU_SHFL_IDX: src = segment + (d->arg & (w - 1)); break;
-      case EMU_SHFL_UP: src = lane - d->arg; if (src < segment) return d->value; break;
-      case EMU_SHFL_DOWN: src = lane + d->arg; if (src >= segment + w) return d->value; break;
-      case EMU_SHFL_XOR: src = lane ^ d->arg; if (src < segment || src >= segment + w) return d->value; break;
+      case EMU_SHFL_IDX: src = segment + (d.arg & (w - 1)); break;
+      case EMU_SHFL_UP: src = lane - d.arg; if (src < segment) return d.value; break;
+      case EMU_SHFL_DOWN: src = lane + d.arg; if (src >= segment + w) return d.value; break;
+      case EMU_SHFL_XOR: src = lane ^ d.arg; if (src < segment || src >= segment + w) return d.value; break;
       default: return 0;
     }
     if (!((mask >> src) & 1u))
-      fault_as(current, d, format("%s(mask 0x%08x): lane %d reads lane %d, which is not in the mask", warp_op_name(d->op),
-                      mask, lane, src));
-    return ctx(base + src)->value;
+      fault_as(current, base + lane,
+               format("%s(mask 0x%08x): lane %d reads lane %d, which is not in the mask", warp_op_name(d.op), mask,
+                      lane, src));
+    return slots_[base + src].value;
   }
 
+  const int index_;  // which library instance this worker's OS thread uses
   std::vector<char*> regions_;
+  std::vector<Slot> slots_;
   Fiber scheduler_;
   LaunchState* launch_ = nullptr;
+  const LibraryInstance* instance_ = nullptr;
   void* dynamic_shared_ = nullptr;
   int n_ = 0;
   int runnable_ = 0;
@@ -457,36 +487,35 @@ class Worker {
   int at_warp_ = 0;
   int exited_ = 0;
   bool faulted_ = false;
+  bool reverse_ = false;
 };
 
 void thread_main(void* arg) {
   ThreadCtx* c = static_cast<ThreadCtx*>(arg);
   for (;;) {
-    const LaunchState& l = c->worker->launch();
-    l.kernel.run(l.spec.args);
-    c->worker->exited(c);
+    c->worker->run_kernel();
+    c->worker->exited(c->linear);
   }
 }
 
 // ---- the table kernels call through
 int api_barrier(int op, int predicate, const char* file, int line) {
   ThreadCtx* c = self();
-  return c->worker->barrier(c, op, predicate, file, line);
+  return c->worker->barrier(c->linear, op, predicate, file, line);
 }
 uint64_t api_warp(int op, unsigned mask, uint64_t value, int arg, int width, const char* file, int line) {
   ThreadCtx* c = self();
-  return c->worker->warp(c, op, mask, value, arg, width, file, line);
+  return c->worker->warp(c->linear, op, mask, value, arg, width, file, line);
 }
 void* api_dynamic_shared() { return self()->worker->dynamic_shared(); }
 void api_fault(const char* what, const char* file, int line) {
   ThreadCtx* c = self();
-  c->file = file;
-  c->line = line;
-  c->worker->fault(c, what);
+  c->worker->set_site(c->linear, file, line);
+  c->worker->fault(c->linear, what);
 }
 void api_describe(char* buffer, int size) {
   ThreadCtx* c = self();
-  std::snprintf(buffer, static_cast<std::size_t>(size), "%s", c->worker->describe(c).c_str());
+  std::snprintf(buffer, static_cast<std::size_t>(size), "%s", c->worker->describe(c->linear).c_str());
 }
 
 const EmuApi kApi = {EMU_API_VERSION, api_barrier, api_warp, api_dynamic_shared, api_fault, api_describe};
@@ -504,7 +533,9 @@ void launch(const LaunchSpec& spec) {
   if (state.total_blocks == 0 || state.threads == 0) return;
   uint64_t want = static_cast<uint64_t>(spec.workers < 1 ? 1 : spec.workers);
   int workers = static_cast<int>(want < state.total_blocks ? want : state.total_blocks);
-  while (static_cast<int>(g_workers.size()) < workers) g_workers.emplace_back(new Worker());
+  spec.library->prepare(workers);  // one library instance (own static __shared__ arrays) per worker
+  while (static_cast<int>(g_workers.size()) < workers)
+    g_workers.emplace_back(new Worker(static_cast<int>(g_workers.size())));
   std::vector<std::thread> threads;
   for (int i = 1; i < workers; ++i) {
     Worker* w = g_workers[i].get();

@@ -25,7 +25,7 @@ struct Interrupted : std::runtime_error {
 };
 
 struct LaunchSpec {
-  const Library* library = nullptr;
+  Library* library = nullptr;
   int kernel = 0;
   dim3 grid, block;
   std::size_t shared_bytes = 0;
