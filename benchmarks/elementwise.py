@@ -98,7 +98,7 @@ def _cuda_baselines(device, numel, x_host, dy_host, reps, report):
     traffic = {"relu_forward": 8, "relu_backward": 12, "dropout_forward": 8}
     with cp.cuda.Device(device.index):
         x, dy = cp.asarray(x_host), cp.asarray(dy_host)
-        y, dx = cp.empty_like(x), cp.empty_like(x)
+        y = cp.empty_like(x)
         cp.maximum(x, 0, out=y)
         cupy_cases = {"relu_forward": ("cupy.maximum", lambda: cp.maximum(x, 0, out=y)),
                       "relu_backward": ("cupy.where", lambda: cp.where(y > 0, dy, 0))}
@@ -137,24 +137,13 @@ def main(argv=None) -> int:
                         help=f"elements per tensor (default {DEFAULT_NUMEL})")
     args = parser.parse_args(argv)
     sizes = args.numel or (QUICK_NUMEL if args.quick else DEFAULT_NUMEL)
-    names = args.devices or harness.available_devices()
+    names = args.devices
     report = harness.Report("elementwise", args=vars(args))
 
     import convnet
-    devices = []
-    for name in names:
-        try:
-            devices.append(convnet.get_device(name))
-        except Exception as exc:
-            report.notes[f"skipped {name}"] = f"{type(exc).__name__}: {exc}"
-            print(f"skipping {name}: {exc}", file=sys.stderr)
-    host_reps = dict(warmup=args.warmup if args.warmup is not None else 2,
-                     repeats=args.repeats or (5 if args.quick else 20), min_time_s=0.05)
-    emu_reps = dict(warmup=args.warmup if args.warmup is not None else 1,
-                    repeats=args.repeats or (3 if args.quick else 10),
-                    max_time_s=3.0 if args.quick else 15.0)
-    cuda_reps = dict(warmup=args.warmup if args.warmup is not None else 5,
-                     repeats=args.repeats or (10 if args.quick else 50), flush_l2=True)
+    devices = harness.open_devices(names, report)
+    reps = harness.repetitions(args)
+    host_reps, emu_reps, cuda_reps = reps["cpu"], reps["emu"], reps["cuda"]
 
     failed = False
     for numel in sizes:

@@ -516,6 +516,33 @@ def available_devices() -> list[str]:
         return ["cpu"]
 
 
+def open_devices(names: list[str] | None, report: Report) -> list:
+    """The named devices (default: all this machine has) as convnet Devices; one that
+    cannot open here is noted in the report and skipped."""
+    import convnet
+    devices = []
+    for name in names or available_devices():
+        try:
+            devices.append(convnet.get_device(name))
+        except Exception as exc:
+            report.notes[f"skipped {name}"] = f"{type(exc).__name__}: {exc}"
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+    return devices
+
+
+def repetitions(args: argparse.Namespace, *, emu_repeats: int = 10,
+                emu_max_time_s: float = 15.0) -> dict[str, dict]:
+    """measure() settings per device kind ("cpu", "emu", "cuda") from the common options."""
+    def warmup(default: int) -> int:
+        return args.warmup if args.warmup is not None else default
+    return {
+        "cpu": dict(warmup=warmup(2), repeats=args.repeats or (5 if args.quick else 20), min_time_s=0.05),
+        "emu": dict(warmup=warmup(1), repeats=args.repeats or (3 if args.quick else emu_repeats),
+                    max_time_s=3.0 if args.quick else emu_max_time_s),
+        "cuda": dict(warmup=warmup(5), repeats=args.repeats or (10 if args.quick else 50), flush_l2=True),
+    }
+
+
 def finish(report: Report, args: argparse.Namespace) -> int:
     """Print the report's table and write its JSON (unless ``--no-json``); return 0."""
     report.print()
@@ -526,7 +553,8 @@ def finish(report: Report, args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "BenchmarkError", "Report", "Result", "add_common_args", "available_devices",
+    "BenchmarkError", "Report", "Result", "add_common_args", "available_devices", "open_devices",
+    "repetitions",
     "cuda_l2_bytes", "device_kind", "finish", "format_ratios", "format_table", "gpu_info",
     "l2_flush_bytes", "machine_info", "measure", "print_table", "read_json", "results_dir",
     "speed_ratio", "write_json",

@@ -15,7 +15,6 @@ README.md), next to the issue's goal of 5 GFLOP/s on a 2-core machine. Ratios an
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -36,30 +35,6 @@ def _operands(n: int, seed: int = 0):
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     return a, b
-
-
-def _emu_switch_cost_ns() -> float | None:
-    try:
-        from convnet import _emu
-    except Exception:
-        return None
-    fn = getattr(_emu, "switch_cost_ns", None)
-    if fn is None:
-        return None
-    try:
-        return float(fn(200_000))
-    except Exception:
-        return None
-
-
-def _emu_workers() -> int:
-    value = os.environ.get("CONVNET_EMU_THREADS")
-    if value and value.isdigit() and int(value) > 0:
-        return int(value)
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def switches_per_launch(n: int, tile) -> int:
@@ -116,7 +91,8 @@ def bench_device(report, device, n, a, b, expected, tiles, reps, baseline):
         if device.kind == "emu":
             cost = report.notes.get("emu_switch_cost_ns")
             if cost:
-                seconds = switches_per_launch(n, tile) * cost * 1e-9 / _emu_workers()
+                from convnet.backend import emu
+                seconds = switches_per_launch(n, tile) * cost * 1e-9 / emu.worker_threads()
                 result.params["switch_share_est"] = round(seconds / result.median, 4)
         first = first or result
     return first
@@ -136,31 +112,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    names = args.devices or harness.available_devices()
+    names = args.devices
     report = harness.Report("sgemm", args=vars(args))
     report.notes["emu_goal_gflops"] = EMU_GOAL_GFLOPS
 
-    import convnet
-    devices = []
-    for name in names:
-        try:
-            devices.append(convnet.get_device(name))
-        except Exception as exc:
-            report.notes[f"skipped {name}"] = f"{type(exc).__name__}: {exc}"
-            print(f"skipping {name}: {exc}", file=sys.stderr)
-    host_reps = dict(warmup=args.warmup if args.warmup is not None else 2,
-                     repeats=args.repeats or (5 if args.quick else 20), min_time_s=0.05)
-    emu_reps = dict(warmup=args.warmup if args.warmup is not None else 1,
-                    repeats=args.repeats or (3 if args.quick else 7),
-                    max_time_s=args.emu_max_time or (3.0 if args.quick else 20.0))
-    cuda_reps = dict(warmup=args.warmup if args.warmup is not None else 5,
-                     repeats=args.repeats or (10 if args.quick else 50), flush_l2=True)
+    from convnet.backend import emu
+    devices = harness.open_devices(names, report)
+    reps = harness.repetitions(args, emu_repeats=7, emu_max_time_s=args.emu_max_time or 20.0)
+    host_reps, emu_reps, cuda_reps = reps["cpu"], reps["emu"], reps["cuda"]
     if any(d.kind == "emu" for d in devices):
-        cost = _emu_switch_cost_ns()
+        cost = emu.switch_cost_ns()
         report.notes["emu_switch_cost_ns"] = cost
-        report.notes["emu_workers"] = _emu_workers()
-        if cost is None:
-            report.notes["emu_switch_cost"] = "convnet._emu.switch_cost_ns is not available"
+        report.notes["emu_workers"] = emu.worker_threads()
 
     failed = False
     for n in sizes:

@@ -246,7 +246,9 @@ def sanitized_command(argv: list[str]) -> tuple[list[str], dict]:
 
 # ---------------------------------------------------------------- launching
 
-def _threads(opts: EmuOptions) -> int:
+def worker_threads(opts: EmuOptions | None = None) -> int:
+    """How many OS threads run blocks: debug(threads=...), else CONVNET_EMU_THREADS, else all cores."""
+    opts = opts or _OPTIONS.get()
     if opts.threads:
         return opts.threads
     env = os.environ.get("CONVNET_EMU_THREADS")
@@ -325,7 +327,7 @@ class EmuDevice(HostDevice):
         args = pack_arguments(launch, lib.signature(index))
         _emu.launch(lib, index, list(launch.grid), list(launch.block), launch.shared_bytes, args,
                     reverse=opts.schedule == "reverse", fill_shared=opts.fill_shared,
-                    workers=_threads(opts))
+                    workers=worker_threads(opts))
 
 
 def switch_cost_ns(iterations: int = 1_000_000) -> float:
@@ -336,4 +338,4 @@ def switch_cost_ns(iterations: int = 1_000_000) -> float:
 
 
 __all__ = ["EmuDevice", "EmuCompileError", "EmuOptions", "KernelError", "available", "compiler_info",
-           "debug", "library", "options", "sanitized_command", "switch_cost_ns"]
+           "debug", "library", "options", "sanitized_command", "switch_cost_ns", "worker_threads"]
