@@ -8,10 +8,11 @@
 // elements are moved one by one, so misaligned views (x[1:]) stay correct.
 // The host side uses blocks of 256 threads and min(ceil(n / 1024), 4096) blocks.
 //
-// x > 0 ? x : 0 sends NaN and -0.0 to +0.0, as the NumPy reference does.
+// NaN propagates (a diverging network must not be hidden by its activations);
+// -0.0 becomes +0.0. The NumPy reference does the same.
 #include "common.cuh"
 
-static __device__ __forceinline__ float cn_relu(float v) { return v > 0.0f ? v : 0.0f; }
+static __device__ __forceinline__ float cn_relu(float v) { return (v > 0.0f || v != v) ? v : 0.0f; }
 
 // y = relu(x)
 extern "C" __global__ void relu_forward(const float* __restrict__ x, float* __restrict__ y,

@@ -90,7 +90,8 @@ def test_special_values(kernel_device):
     y = _forward(kernel_device, x)
     ref = relu_ops.forward_reference(x)
     assert np.array_equal(y.view(np.uint32), ref.view(np.uint32))  # bits: +0.0, never -0.0
-    assert not np.signbit(y).any()
+    assert np.isnan(y[:2]).all()  # NaN propagates
+    assert not np.signbit(y[2:]).any()
 
 
 def test_emu_schedule_order_does_not_matter():

@@ -18,8 +18,8 @@ MODULE = KernelModule("relu.cu", ("relu_forward", "relu_backward"))
 # --------------------------------------------------------------------------- references
 
 def forward_reference(x: np.ndarray) -> np.ndarray:
-    """``x > 0 ? x : 0`` elementwise, in x's dtype (NaN and -0.0 give +0.0, as the kernel)."""
-    return np.where(x > 0, x, x.dtype.type(0))
+    """``x > 0 ? x : 0`` elementwise, in x's dtype; NaN stays NaN, -0.0 gives +0.0 (as the kernel)."""
+    return np.where((x > 0) | np.isnan(x), x, x.dtype.type(0))
 
 
 def backward_reference(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
