@@ -122,7 +122,7 @@ run_step doctor 60 "$PY" -m convnet doctor
 
 # ------------------------------------------------------------------ tests
 # shellcheck disable=SC2086  # CHECK_PYTEST_ARGS is split on purpose
-run_step pytest 240 "$PY" -m pytest -x -q -p no:cacheprovider \
+run_step pytest 240 "$PY" -m pytest -q -p no:cacheprovider \
   --junitxml="$RESULTS/junit.xml" ${CHECK_PYTEST_ARGS:-}
 
 # ------------------------------------------------------------------ compile report
