@@ -27,7 +27,8 @@ import numpy as np
 
 from .. import philox
 from ..launch import KernelModule, Launch
-from ._elementwise import BLOCK, grid_for, kernel_array
+from ._arrays import kernel_array
+from ._elementwise import BLOCK, grid_for
 
 MODULE = KernelModule("dropout.cu", ("dropout_apply",))
 MODES = ("inverted", "paper")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..launch import KernelModule, Launch
-from ._elementwise import BLOCK, check_same_shape, grid_for, kernel_array
+from ._arrays import check_same_shape, kernel_array
+from ._elementwise import BLOCK, grid_for
 
 MODULE = KernelModule("relu.cu", ("relu_forward", "relu_backward"))
 

@@ -1,26 +1,12 @@
-"""User-facing ops as autograd Functions.
-
-Each op is a ``Function`` whose ``forward``/``backward`` call its op family in
-``convnet.ops`` (``ops.<family>.forward(device, ...)`` and friends), which runs the
-NumPy reference on ``cpu`` and the CUDA kernel on ``emu``/``cuda``; a plain
-function with the user's signature validates the arguments and applies it.
-
-Sections, one per op family, in the order of the network: add new ops in their
-own section.
-"""
+"""Activations: ReLU and dropout."""
 from __future__ import annotations
 
-from .ops import dropout as _dropout_ops
-from .ops import relu as _relu_ops
-from .tensor import Function, Tensor
+from ..ops import dropout as _dropout_ops
+from ..ops import relu as _relu_ops
+from ..tensor import Function, Tensor
+from ._checks import _check_tensor
 
 __all__ = ["relu", "dropout"]
-
-
-def _check_tensor(x, op: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{op}: expected a convnet.Tensor, got {type(x).__name__} "
-                        f"(make one with convnet.tensor(...))")
 
 
 # --------------------------------------------------------------------------- relu

@@ -1,0 +1,11 @@
+"""User-facing ops as autograd Functions.
+
+Each op is a ``Function`` whose ``forward``/``backward`` call its op family in
+``convnet.ops`` (``ops.<family>.forward(device, ...)`` and friends), which runs the
+NumPy reference on ``cpu`` and the CUDA kernel on ``emu``/``cuda``; a plain
+function with the user's signature validates the arguments and applies it.
+One module per op family; this package re-exports them.
+"""
+from .activation import dropout, relu
+
+__all__ = ["dropout", "relu"]
