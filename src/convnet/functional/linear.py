@@ -1,0 +1,49 @@
+"""Fully-connected layers: ``linear(x, w, b=None, relu=False)``."""
+from __future__ import annotations
+
+from ..ops import linear as _linear_ops
+from ..tensor import Function, Tensor
+from ._checks import _check_tensor
+
+__all__ = ["linear"]
+
+
+class Linear(Function):
+    """``y = act(x · Wᵀ + b)``; saves x (for dW), W (for dx) and, with ReLU, y (for the mask),
+    each only when a gradient needs it."""
+
+    def forward(self, x, w, b=None, relu=False):
+        self.relu, self.has_bias = relu, b is not None
+        y = _linear_ops.forward(self.device, x, w, b, relu)
+        need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
+        need_b = self.has_bias and self.needs_input_grad[2]
+        if need_x or need_w or need_b:
+            self.save_for_backward(x if need_w else None, w if need_x else None,
+                                   y if relu else None)
+        return y
+
+    def backward(self, grad):
+        x, w, y = self.saved
+        needs = self.needs_input_grad + (False,) * (3 - len(self.needs_input_grad))
+        dx, dw, db = _linear_ops.backward(self.device, x, w, y, grad, self.relu, needs)
+        return (dx, dw, db) if self.has_bias else (dx, dw)
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None, relu: bool = False) -> Tensor:
+    """``act(x · wᵀ + b)`` for ``x`` (batch, in), ``w`` (out, in), ``b`` (out,) or None;
+    ``relu=True`` applies ReLU in the same elementwise pass as the bias.
+
+    The product runs in the device's array library (cuBLAS through CuPy on ``cuda``,
+    NumPy on ``cpu``/``emu``); the bias and ReLU in ``kernels/bias_act.cu`` on
+    ``emu``/``cuda``.
+    """
+    _check_tensor(x, "linear")
+    _check_tensor(w, "linear")
+    if b is not None:
+        _check_tensor(b, "linear")
+    for what, t in (("input", x), ("weight", w), ("bias", b)):
+        if t is not None and t.dtype.kind != "f":
+            raise TypeError(f"linear: the {what} must be floating point, not {t.dtype}")
+    _linear_ops.check_shapes(x.data, w.data, None if b is None else b.data)
+    inputs = (x, w) if b is None else (x, w, b)
+    return Linear.apply(*inputs, relu=bool(relu))

@@ -1,0 +1,48 @@
+"""Metrics: ``topk_accuracy`` (no gradient)."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..tensor import Tensor
+from ._checks import _check_tensor
+from .loss import _labels_array
+
+__all__ = ["topk_accuracy"]
+
+
+def topk_accuracy(logits: Tensor, labels, k=(1, 5)):
+    """The fraction of rows whose label is among the ``k`` largest logits.
+
+    ``k`` is an int (returns a float) or a sequence of ints (returns a tuple of
+    floats, one per k). A label counts as in the top k when fewer than k logits of its
+    row are strictly greater than the label's own (ties go in the label's favour, so
+    the answer does not depend on how a sort orders equal values). A row holding NaN
+    is always wrong. ``labels`` as for ``cross_entropy``.
+    """
+    _check_tensor(logits, "topk_accuracy")
+    if logits.ndim != 2:
+        raise ValueError(f"topk_accuracy: logits must be 2-D (batch, classes), got shape "
+                         f"{logits.shape}")
+    n, c = logits.shape
+    if n == 0:
+        raise ValueError("topk_accuracy: the batch is empty")
+    single = isinstance(k, numbers.Integral) and not isinstance(k, bool)
+    if not single and not isinstance(k, (tuple, list)):
+        raise TypeError(f"topk_accuracy: k must be an int or a sequence of ints, got {k!r}")
+    ks = (k,) if single else tuple(k)
+    for kk in ks:
+        if isinstance(kk, bool) or not isinstance(kk, numbers.Integral):
+            raise TypeError(f"topk_accuracy: k must be an int or a sequence of ints, got {k!r}")
+        if not 1 <= kk <= c:
+            raise ValueError(f"topk_accuracy: k={kk} is out of range for {c} classes "
+                             f"(1 <= k <= {c})")
+    xp = logits.device.xp
+    labels = _labels_array(labels, logits.device, n, c)
+    x = logits.data
+    own = x[xp.arange(n), labels]
+    greater = (x > own[:, None]).sum(axis=1)
+    valid = ~xp.isnan(x).any(axis=1)
+    found = tuple(float(((greater < kk) & valid).sum()) / n for kk in ks)
+    return found[0] if single else found

@@ -1,0 +1,141 @@
+"""Fully-connected layer: ``y = act(x · Wᵀ + b)``, ``W`` of shape (out, in).
+
+The matrix products run in the array library of the device (``device.xp.matmul``:
+cuBLAS through CuPy on ``cuda``, NumPy on ``cpu`` and ``emu``); the epilogue (bias
+add and optional ReLU) is ``kernels/bias_act.cu`` on ``emu``/``cuda``, NumPy on ``cpu``.
+
+Backward, from the saved input ``x``, the weight ``W`` and (with ReLU) the output ``y``:
+``dz = relu ? dy·[y > 0] : dy``, ``db = Σ_rows dz`` (one kernel with the mask),
+``dx = dz · W``, ``dW = dzᵀ · x``.
+
+All functions take and return raw arrays of ``device``; on ``cpu`` any float dtype
+(float64 for gradient checks), on ``emu``/``cuda`` float32 only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..launch import KernelModule, Launch
+from . import relu as _relu
+from ._arrays import kernel_array
+from ._elementwise import BLOCK, grid_for
+
+MODULE = KernelModule("bias_act.cu", ("bias_act_forward<true>", "bias_act_forward<false>",
+                                      "bias_relu_backward", "bias_grad"))
+
+REDUCE_BLOCK = (32, 8)  # columns × row strides of the backward kernels (see bias_act.cu)
+_INT32_MAX = 2**31 - 1
+
+
+def check_shapes(x, w, b=None, op: str = "linear") -> tuple[int, int, int]:
+    """``(rows, in_features, out_features)``, or a ValueError naming the mismatch."""
+    if x.ndim != 2:
+        raise ValueError(f"{op}: the input must be 2-D (batch, features), got shape {tuple(x.shape)}; "
+                         f"flatten it first")
+    if w.ndim != 2:
+        raise ValueError(f"{op}: the weight must be 2-D (out_features, in_features), "
+                         f"got shape {tuple(w.shape)}")
+    rows, k = x.shape
+    out, k2 = w.shape
+    if k != k2:
+        raise ValueError(f"{op}: the input has {k} features but the weight {tuple(w.shape)} "
+                         f"expects {k2}")
+    if b is not None and tuple(b.shape) != (out,):
+        raise ValueError(f"{op}: the bias must have shape ({out},), got {tuple(b.shape)}")
+    if rows > _INT32_MAX or out > _INT32_MAX:
+        raise ValueError(f"{op}: {rows}×{out} outputs exceed the kernels' int32 rows/columns")
+    return rows, k, out
+
+
+# --------------------------------------------------------------------------- references
+
+def epilogue_reference(z, b, relu: bool):
+    """``act(z + b)`` (b may be None), in z's dtype; ReLU keeps NaN as relu does."""
+    y = z if b is None else z + b
+    return _relu.forward_reference(y) if relu else y
+
+
+def epilogue_backward_reference(y, dy, relu: bool, bias: bool):
+    """``(dz, db)``: dz = dy masked by y > 0 (with ReLU), db its column sums (or None)."""
+    dz = _relu.backward_reference(y, dy) if relu else dy
+    return dz, (dz.sum(axis=0) if bias else None)
+
+
+# --------------------------------------------------------------------------- launches
+
+def forward_launch(y, b, relu: bool) -> Launch:
+    """In place: ``y = act(y + b)`` over a rows×cols ``y``."""
+    return Launch(MODULE, "bias_act_forward", grid=(grid_for(y.size),), block=(BLOCK,),
+                  args=(y, b, np.int64(y.size), np.int32(y.shape[1])), template_args=(bool(relu),))
+
+
+def backward_launch(y, dy, dz, db) -> Launch:
+    """dz = dy·[y > 0] and db = column sums of dz; with ``y`` None, db = column sums of dy."""
+    rows, cols = dy.shape
+    grid = (-(-cols // REDUCE_BLOCK[0]),)
+    if y is None:
+        return Launch(MODULE, "bias_grad", grid=grid, block=REDUCE_BLOCK,
+                      args=(dy, db, np.int32(rows), np.int32(cols)))
+    return Launch(MODULE, "bias_relu_backward", grid=grid, block=REDUCE_BLOCK,
+                  args=(y, dy, dz, db, np.int32(rows), np.int32(cols)))
+
+
+# --------------------------------------------------------------------------- on a device
+
+def epilogue(device, z, b, relu: bool):
+    """``act(z + b)``; on a kernel device ``z`` (a fresh matmul result) is overwritten."""
+    if not device.runs_kernels:
+        return epilogue_reference(z, b, relu)
+    if b is None:
+        return _relu.forward(device, z) if relu else z
+    z = kernel_array(device, z, "linear", "the product x·Wᵀ")
+    b = kernel_array(device, b, "linear", "the bias")
+    if z.size:
+        device.launch(forward_launch(z, b, relu))
+    return z
+
+
+def epilogue_backward(device, y, dy, relu: bool, bias: bool):
+    """``(dz, db)`` as in ``epilogue_backward_reference``."""
+    if not device.runs_kernels:
+        return epilogue_backward_reference(y, dy, relu, bias)
+    if not bias:
+        return (_relu.backward(device, y, dy) if relu else dy), None
+    xp = device.xp
+    dy = kernel_array(device, dy, "linear backward", "the gradient dy")
+    rows, cols = dy.shape
+    db = xp.empty((cols,), dtype=np.float32)
+    if relu:
+        y = kernel_array(device, y, "linear backward", "the saved output y")
+        dz = xp.empty_like(dy)
+    else:
+        y, dz = None, dy
+    if rows == 0:
+        db[...] = 0
+        return dz, db
+    if cols:
+        device.launch(backward_launch(y, dy, dz, db))
+    return dz, db
+
+
+def forward(device, x, w, b=None, relu: bool = False):
+    """``act(x · Wᵀ + b)`` for x (rows, in), w (out, in), b (out,) or None."""
+    check_shapes(x, w, b)
+    if device.runs_kernels:
+        x = kernel_array(device, x, "linear", "the input x")
+        w = kernel_array(device, w, "linear", "the weight")
+    z = device.xp.matmul(x, w.T)
+    return epilogue(device, z, b, relu)
+
+
+def backward(device, x, w, y, dy, relu: bool, needs=(True, True, True)):
+    """``(dx, dW, db)`` (each None where ``needs`` says it is not wanted).
+
+    ``y`` is the forward output (needed only with ReLU), ``needs`` flags x, W, b.
+    """
+    xp = device.xp
+    need_x, need_w, need_b = (tuple(needs) + (False,) * 3)[:3]
+    dz, db = epilogue_backward(device, y, dy, relu, need_b)
+    dx = xp.matmul(dz, w) if need_x else None
+    dw = xp.matmul(dz.T, x) if need_w else None
+    return dx, dw, db
