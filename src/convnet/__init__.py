@@ -6,8 +6,9 @@ Devices: ``cpu`` (NumPy references), ``emu`` (the CUDA kernels on a CPU runtime)
 from .backend import Device, DeviceError, devices, get_device
 from .tensor import Function, Tensor, no_grad, tensor
 from . import functional
+from .training import train_step
 
 __version__ = "0.1.0"
 
 __all__ = ["Device", "DeviceError", "Function", "Tensor", "devices", "functional",
-           "get_device", "no_grad", "tensor"]
+           "get_device", "no_grad", "tensor", "train_step"]

@@ -27,6 +27,13 @@ each node's saved arrays as soon as its backward has run (unless
 ``retain_graph=True``) and adds the results into ``.grad`` of the leaf tensors that
 require grad (accumulating across calls, like PyTorch). A second backward through
 a freed graph is an error.
+
+Device crossings: ``Tensor.to`` and the gradient flowing back through it are the
+only places a tensor changes device. Inside ``with record_transfers() as log:``
+each crossing is recorded (phase, from, to, bytes, and the crossing point's name
+when the caller gives one: ``x.to(d, name="fc6")``). A named ``to`` onto the
+tensor's own device is a logical crossing (two model columns placed on one
+device): logged, but nothing is copied.
 """
 from __future__ import annotations
 
@@ -149,12 +156,16 @@ class Tensor:
         """The same array, cut from the graph (no copy)."""
         return Tensor._wrap(self.data, self.device)
 
-    def to(self, device) -> "Tensor":
-        """A copy on ``device`` (this tensor if it is there already); gradients flow back."""
+    def to(self, device, name: str | None = None) -> "Tensor":
+        """A copy on ``device`` (this tensor if it is there already); gradients flow back.
+
+        ``name`` names the crossing point in the transfer log; with a name, a move
+        onto the same device is logged too (without a copy), see ``record_transfers``.
+        """
         device = get_device(device)
-        if device == self.device:
+        if device == self.device and name is None:
             return self
-        return _ToDevice.apply(self, target=device)
+        return _ToDevice.apply(self, target=device, name=name)
 
     def __repr__(self) -> str:
         values = np.array2string(self.numpy(), separator=", ", prefix="tensor(", threshold=64)
@@ -507,10 +518,88 @@ class GetItem(Function):
 
 
 class _ToDevice(Function):
-    def forward(self, x, target):
-        self.output_device = target
+    def forward(self, x, target, name=None):
+        self.output_device, self.name = target, name
+        _record("forward", self.device, target, x.nbytes, name)
+        if target == self.device:
+            return x  # a logical crossing between columns on one device: nothing to copy
         out = target.asarray(x)
         return out.copy() if _shares_memory(target, out, x) else out  # cpu <-> emu
 
     def backward(self, grad):
+        _record("backward", self.output_device, self.device, grad.nbytes, self.name)
         return self.device.asarray(grad)
+
+
+# --------------------------------------------------------------------------- transfer log
+
+class TransferLog:
+    """The device crossings recorded inside one ``record_transfers()`` block.
+
+    ``records`` holds one ``(phase, from, to, name, nbytes)`` per crossing, in order
+    (phase "forward" for ``Tensor.to``, "backward" for the gradient going back).
+    """
+
+    def __init__(self):
+        self.records: list[tuple[str, str, str, str | None, int]] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r[4] for r in self.records)
+
+    def summary(self) -> dict:
+        """``{(phase, from, to, name): {"count": c, "bytes": b}}``, in first-seen order."""
+        out: dict = {}
+        for phase, src, dst, name, nbytes in self.records:
+            entry = out.setdefault((phase, src, dst, name), {"count": 0, "bytes": 0})
+            entry["count"] += 1
+            entry["bytes"] += nbytes
+        return out
+
+    def by_pair(self) -> dict:
+        """``{(from, to): {"count": c, "bytes": b}}`` over both phases."""
+        out: dict = {}
+        for _, src, dst, _, nbytes in self.records:
+            entry = out.setdefault((src, dst), {"count": 0, "bytes": 0})
+            entry["count"] += 1
+            entry["bytes"] += nbytes
+        return out
+
+    def format(self) -> str:
+        lines = [f"{self.count} crossings, {self.nbytes} bytes"]
+        for (phase, src, dst, name), e in self.summary().items():
+            lines.append(f"  {phase:<8} {src} -> {dst}  {name or '-':<24} "
+                         f"x{e['count']}  {e['bytes']} B")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"TransferLog({self.count} crossings, {self.nbytes} bytes)"
+
+
+def _active_logs() -> list:
+    logs = getattr(_mode, "transfer_logs", None)
+    if logs is None:
+        logs = _mode.transfer_logs = []
+    return logs
+
+
+def _record(phase: str, src: Device, dst: Device, nbytes: int, name) -> None:
+    for log in _active_logs():
+        log.records.append((phase, src.name, dst.name, name, int(nbytes)))
+
+
+@contextmanager
+def record_transfers():
+    """Record every device crossing (forward and backward) made in this thread
+    inside the block into the ``TransferLog`` it yields; blocks may nest."""
+    log = TransferLog()
+    logs = _active_logs()
+    logs.append(log)
+    try:
+        yield log
+    finally:
+        logs.remove(log)

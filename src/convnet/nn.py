@@ -1,0 +1,373 @@
+"""Layers: modules that hold parameters and call ``convnet.functional``.
+
+A ``Module`` registers the ``Parameter``s and sub-modules assigned to its
+attributes, in assignment order, and offers ``parameters()`` /
+``named_parameters()``, ``train()`` / ``eval()``, ``state_dict()`` /
+``load_state_dict()`` (NumPy arrays by dotted name) and ``to(device)``. Calling a
+module runs its ``forward``.
+
+Initialisation follows Krizhevsky et al. (2012), section 5: weights from a zero-mean
+Gaussian with standard deviation 0.01, biases constant (0 unless ``bias_init`` says
+otherwise). ``rng`` (a seed or a ``numpy.random.Generator``) makes it reproducible;
+layers built one after another from one Generator draw from one stream.
+"""
+from __future__ import annotations
+
+import numbers
+from collections import OrderedDict
+
+import numpy as np
+
+from . import functional as F
+from .backend import get_device
+from .tensor import Tensor
+
+__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "LocalResponseNorm", "MaxPool2d",
+           "ReLU", "Dropout", "Linear", "Flatten"]
+
+
+class Parameter(Tensor):
+    """A leaf tensor that requires grad and that a Module registers as its parameter."""
+
+    def __init__(self, data, device="cpu", dtype=None):
+        super().__init__(data, device=device, dtype=dtype, requires_grad=True)
+
+    def __repr__(self) -> str:
+        return "Parameter(" + super().__repr__()[len("tensor("):]
+
+
+def _generator(rng) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, "
+                    f"not {type(rng).__name__}")
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"parameters must have a floating-point dtype, not {dtype}")
+    return dtype
+
+
+def _positive_int(value, what: str, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < (0 if allow_zero else 1):
+        raise ValueError(f"{what} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+    return int(value)
+
+
+def _gaussian(rng, shape, std: float, dtype) -> np.ndarray:
+    rng = _generator(rng)
+    draw_dtype = np.float64 if dtype == np.float64 else np.float32
+    return (rng.standard_normal(shape, dtype=draw_dtype) * draw_dtype(std)).astype(dtype, copy=False)
+
+
+def _constant(shape, value: float, dtype) -> np.ndarray:
+    return np.full(shape, value, dtype=dtype)
+
+
+def _new_parameter(array: np.ndarray, device) -> Parameter:
+    """A Parameter owning ``array`` (freshly made, so no copy is needed on the host)."""
+    return Parameter._wrap(device.asarray(array), device, requires_grad=True)
+
+
+class Module:
+    """The base of every layer; see the module docstring."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                               f"before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ---------------------------------------------------------------- structure
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix: str = ""):
+        """(dotted name, Parameter) for this module's parameters, then its children's."""
+        seen = set()
+        for mod_name, module in self.named_modules(prefix):
+            for name, p in module._parameters.items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    # ---------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> "Module":
+        for _, module in self.named_modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    # ---------------------------------------------------------------- placement
+    def to(self, device) -> "Module":
+        """Move every parameter to ``device`` in place (the Parameter objects stay the
+        same, so an optimizer built later or earlier still holds them; gradients are
+        dropped)."""
+        device = get_device(device)
+        for p in self.parameters():
+            if p.device != device:
+                p.data = device.asarray(p.data)
+                p.device = device
+            p.grad = None
+        return self
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Every parameter as a NumPy array (a copy), by dotted name, in registration order."""
+        return OrderedDict((name, np.array(p.numpy(), copy=True))
+                           for name, p in self.named_parameters())
+
+    def load_state_dict(self, state) -> None:
+        """Copy ``state`` (name → array) into the parameters, in place.
+
+        Every name must be present, none extra, and every shape equal; otherwise a
+        ValueError lists all that differ and no parameter is changed. Values are
+        cast to each parameter's dtype and copied to its device.
+        """
+        if not hasattr(state, "items"):
+            raise TypeError(f"load_state_dict: expected a mapping of names to arrays, "
+                            f"not {type(state).__name__}")
+        params = OrderedDict(self.named_parameters())
+        problems = []
+        missing = [n for n in params if n not in state]
+        unexpected = [n for n in state if n not in params]
+        if missing:
+            problems.append(f"missing: {', '.join(missing)}")
+        if unexpected:
+            problems.append(f"unexpected: {', '.join(map(str, unexpected))}")
+        for name, p in params.items():
+            if name in state:
+                shape = tuple(np.shape(state[name]))
+                if shape != p.shape:
+                    problems.append(f"{name}: shape {shape} in the state dict, {p.shape} in "
+                                    f"the model")
+        if problems:
+            raise ValueError(f"load_state_dict: the state dict does not match "
+                             f"{type(self).__name__}: " + "; ".join(problems))
+        for name, p in params.items():
+            value = state[name]
+            if isinstance(value, Tensor):
+                value = value.numpy()
+            value = np.asarray(value) if not hasattr(value, "__cuda_array_interface__") else value
+            if getattr(value, "dtype", np.dtype(np.float64)).kind not in "fiu":
+                raise TypeError(f"load_state_dict: {name} has dtype {value.dtype}, not a number")
+            p.data[...] = p.device.asarray(value, dtype=p.dtype)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            for name, child in self._modules.items():
+                text = repr(child).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {text}")
+            return "\n".join(lines) + "\n)"
+        return lines[0] + ")"
+
+
+class Sequential(Module):
+    """Modules applied in order; named "0", "1", ... or by a dict's keys."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], dict):
+            items = list(modules[0].items())
+        else:
+            items = [(str(i), m) for i, m in enumerate(modules)]
+        for name, module in items:
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential: item {name!r} is a {type(module).__name__}, "
+                                f"not a Module")
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(f"Sequential: names must be non-empty strings without dots, "
+                                 f"got {name!r}")
+            setattr(self, name, module)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            return self._modules[index]
+        return list(self._modules.values())[index]
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+
+class Conv2d(Module):
+    """2-D convolution with fused bias and optional ReLU; weight (out, in/groups, kh, kw)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 bias=True, relu=False, *, weight_std=0.01, bias_init=0.0, rng=None,
+                 device="cpu", dtype=np.float32):
+        super().__init__()
+        in_channels = _positive_int(in_channels, "Conv2d: in_channels")
+        out_channels = _positive_int(out_channels, "Conv2d: out_channels")
+        groups = _positive_int(groups, "Conv2d: groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        kh, kw = _pair(kernel_size, "Conv2d: kernel_size")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = (kh, kw), stride
+        self.padding, self.relu = padding, bool(relu)
+        dtype, device = _float_dtype(dtype), get_device(device)
+        shape = (out_channels, in_channels // groups, kh, kw)
+        self.weight = _new_parameter(_gaussian(rng, shape, weight_std, dtype), device)
+        self.bias = (_new_parameter(_constant((out_channels,), bias_init, dtype), device)
+                     if bias else None)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                        groups=self.groups, relu=self.relu)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
+                f"relu={self.relu}")
+
+
+class Linear(Module):
+    """``y = act(x · Wᵀ + b)``, weight (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True, relu=False, *, weight_std=0.01,
+                 bias_init=0.0, rng=None, device="cpu", dtype=np.float32):
+        super().__init__()
+        self.in_features = _positive_int(in_features, "Linear: in_features")
+        self.out_features = _positive_int(out_features, "Linear: out_features")
+        self.relu = bool(relu)
+        dtype, device = _float_dtype(dtype), get_device(device)
+        shape = (self.out_features, self.in_features)
+        self.weight = _new_parameter(_gaussian(rng, shape, weight_std, dtype), device)
+        self.bias = (_new_parameter(_constant((self.out_features,), bias_init, dtype), device)
+                     if bias else None)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias, relu=self.relu)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, relu={self.relu}"
+
+
+class LocalResponseNorm(Module):
+    """Cross-channel LRN of the paper, ``b = a / (k + α Σ a²)^β`` over ``size`` channels
+    (α not divided by size); ``groups`` confines the windows to each channel group."""
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=1):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
+
+    def forward(self, x):
+        return F.local_response_norm(x, size=self.size, alpha=self.alpha, beta=self.beta,
+                                     k=self.k, groups=self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
+                f"groups={self.groups}")
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size=3, stride=2, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        return F.max_pool2d(x, kernel_size=self.kernel_size, stride=self.stride,
+                            padding=self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Dropout(Module):
+    """Dropout with probability ``p`` in training, per ``F.dropout`` (``mode`` "inverted"
+    or "paper"). ``seed`` gives the layer its own reproducible stream of mask seeds
+    (one drawn per training forward); without it, seeds come from
+    ``convnet.ops.dropout``'s generator."""
+
+    def __init__(self, p=0.5, mode="inverted", seed=None):
+        super().__init__()
+        from .ops import dropout as _dropout_ops
+        _dropout_ops.plan(p, True, mode)  # validates p and mode now
+        self.p, self.mode = float(p), mode
+        self._seeds = None if seed is None else _generator(seed)
+
+    def forward(self, x):
+        seed = None
+        if self.training and self._seeds is not None:
+            seed = int(self._seeds.integers(0, 2**64, dtype=np.uint64))
+        return F.dropout(x, self.p, training=self.training, seed=seed, mode=self.mode)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode!r}"
+
+
+class Flatten(Module):
+    def __init__(self, start_dim=1):
+        super().__init__()
+        self.start_dim = start_dim
+
+    def forward(self, x):
+        return F.flatten(x, self.start_dim)
+
+
+def _pair(value, what: str) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{what} must be an int or a pair, got {value!r}")
+        return _positive_int(value[0], what), _positive_int(value[1], what)
+    v = _positive_int(value, what)
+    return v, v
