@@ -1,0 +1,292 @@
+"""Worker processes with one pipe each: the engine of ``prepare`` and ``Loader``.
+
+Each worker runs ``handler(state, payload, progress)`` for every task it is sent,
+where ``state = init(*init_args)`` was made once when it started; ``handler`` and
+``init`` are named as ``"module:function"`` so that any start method can import
+them. Messages back are ``(task_id, "done", result)``, ``(task_id, "progress", n)`` or
+``(task_id, "error", traceback text)``. The parent waits on every worker's pipe and
+its process sentinel at once (``multiprocessing.connection.wait``), so a worker that
+dies is noticed at once, and there are no feeder threads to hang at exit.
+
+Workers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group, and
+only the parent decides what happens (it shuts the pool down). A worker exits when
+it is told to, or when its pipe to the parent closes (the parent died).
+
+Start method: ``forkserver`` where the platform has it (safe when the parent has
+threads, e.g. a CUDA context or the emulator's thread pool), else ``spawn``; as with
+any multiprocessing program, the main script needs an ``if __name__ == "__main__":``
+guard. ``start_method="fork"`` is faster to start on Linux and is accepted.
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import wait as _wait
+
+# Modules the fork server imports once, so that workers forked from it start fast.
+_PRELOAD = ["numpy", "PIL.Image", "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "convnet.data"]
+
+
+class WorkerError(RuntimeError):
+    """A task that raised in a worker, or a worker that died."""
+
+
+def default_start_method() -> str:
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def get_context(start_method: str | None = None):
+    method = start_method or default_start_method()
+    if method not in mp.get_all_start_methods():
+        raise ValueError(f"start method {method!r} is not available here "
+                         f"(available: {', '.join(mp.get_all_start_methods())})")
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
+def resolve(name: str):
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _worker_main(conn, handler_name: str, init_name: str | None, init_args: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        handler = resolve(handler_name)
+        state = resolve(init_name)(*init_args) if init_name else None
+    except BaseException:
+        try:
+            conn.send((None, "error", traceback.format_exc()))
+        finally:
+            return
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if message is None:
+            return
+        task_id, payload = message
+
+        def progress(n, _id=task_id):
+            conn.send((_id, "progress", n))
+
+        try:
+            result = handler(state, payload, progress)
+        except BaseException:
+            reply = (task_id, "error", traceback.format_exc())
+        else:
+            reply = (task_id, "done", result)
+        try:
+            conn.send(reply)
+        except (EOFError, OSError, BrokenPipeError):
+            return
+
+
+class WorkerPool:
+    """``workers`` processes running ``handler``; see the module docstring."""
+
+    def __init__(self, workers: int, handler: str, init: str | None = None, init_args: tuple = (),
+                 start_method: str | None = None, name: str = "convnet-worker"):
+        if workers < 1:
+            raise ValueError(f"a worker pool needs at least one worker, got {workers}")
+        ctx = get_context(start_method)
+        self.processes = []
+        self.conns = []
+        self.outstanding = [0] * workers
+        self._pids: list[int] = []
+        self._closed = False
+        try:
+            for i in range(workers):
+                parent, child = ctx.Pipe(duplex=True)
+                p = ctx.Process(target=_worker_main, args=(child, handler, init, init_args),
+                                name=f"{name}-{i}", daemon=True)
+                p.start()
+                child.close()
+                self.processes.append(p)
+                self.conns.append(parent)
+                self._pids.append(p.pid)
+        except BaseException:
+            self.terminate()
+            raise
+
+    @property
+    def size(self) -> int:
+        return len(self.processes)
+
+    def pids(self) -> list[int]:
+        """The workers' process ids (kept after shutdown, for checks)."""
+        return list(self._pids)
+
+    def submit(self, worker: int, task_id, payload) -> None:
+        try:
+            self.conns[worker].send((task_id, payload))
+        except (BrokenPipeError, EOFError, OSError):
+            self._raise_dead(worker)
+        self.outstanding[worker] += 1
+
+    def least_busy(self) -> int:
+        return min(range(len(self.outstanding)), key=self.outstanding.__getitem__)
+
+    def _raise_dead(self, worker: int):
+        p = self.processes[worker]
+        p.join(timeout=1.0)
+        code = p.exitcode
+        how = (f"was killed by signal {-code}" if code is not None and code < 0
+               else f"exited with code {code}" if code is not None else "stopped answering")
+        raise WorkerError(f"worker process {p.name} (pid {p.pid}) {how}"
+                          + (" (out of memory?)" if code == -signal.SIGKILL else ""))
+
+    def receive(self, timeout: float | None = None) -> list[tuple]:
+        """Messages that arrived within ``timeout`` seconds (all that are ready).
+
+        A task error is returned as a message; a worker that died or failed to start
+        raises WorkerError.
+        """
+        sentinels = {p.sentinel: i for i, p in enumerate(self.processes)}
+        ready = _wait(list(self.conns) + list(sentinels), timeout)
+        messages = []
+        dead = []
+        for obj in ready:
+            if obj in sentinels:
+                dead.append(sentinels[obj])
+                continue
+            worker = self.conns.index(obj)
+            while True:
+                try:
+                    if not obj.poll():
+                        break
+                    message = obj.recv()
+                except (EOFError, OSError):
+                    dead.append(worker)
+                    break
+                task_id, kind, _ = message
+                if task_id is None and kind == "error":
+                    raise WorkerError(f"worker process {self.processes[worker].name} failed to "
+                                      f"start:\n{message[2]}")
+                if kind in ("done", "error"):
+                    self.outstanding[worker] -= 1
+                messages.append(message + (worker,))
+        if dead and not messages:
+            self._raise_dead(dead[0])
+        return messages
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self, timeout: float = 5.0) -> None:
+        """Ask every worker to stop, wait up to ``timeout`` s, then terminate the rest."""
+        if self._closed:
+            return
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, EOFError, OSError):
+                pass
+        deadline = time.monotonic() + timeout
+        for p in self.processes:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.terminate()
+
+    def terminate(self) -> None:
+        """Stop every worker now (SIGTERM, then SIGKILL) and close the pipes."""
+        if self._closed:
+            return
+        for p in self.processes:
+            if p.is_alive():
+                p.terminate()
+        for p in self.processes:
+            p.join(timeout=2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=2.0)
+        for conn in self.conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        for p in self.processes:
+            try:
+                p.close()
+            except ValueError:
+                pass
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            self.close()
+        else:
+            self.terminate()
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class ProgressBar:
+    """A tqdm bar with images/s and ETA on stderr, or nothing when disabled."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # a dependency; only a broken install lacks it
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, initial=initial, desc=desc, unit="img",
+                                dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_tasks(handler, tasks: list[dict], workers: int, bar: ProgressBar, start_method=None):
+    """Run ``handler`` over ``tasks``; yields ``(task, result)`` as each finishes."""
+    if not tasks:
+        return
+    if workers <= 0:  # in this process: for debugging and deterministic tests
+        for task in tasks:
+            yield task, handler(None, task, bar.update)
+        return
+    name = f"{handler.__module__}:{handler.__name__}"
+    pool = WorkerPool(min(workers, len(tasks)), name, start_method=start_method,
+                      name="convnet-task")
+    try:
+        queue = list(enumerate(tasks))[::-1]
+        done = 0
+        for worker in range(pool.size):  # two tasks each in flight, so no worker waits
+            for _ in range(2):
+                if queue:
+                    pool.submit(worker, *queue.pop())
+        while done < len(tasks):
+            for task_id, kind, value, worker in pool.receive(timeout=0.5):
+                if kind == "progress":
+                    bar.update(value)
+                    continue
+                if kind == "error":
+                    what = tasks[task_id].get("path") or f"task {task_id}"
+                    raise WorkerError(f"a worker failed on {what}:\n{value}")
+                done += 1
+                if queue:
+                    pool.submit(worker, *queue.pop())
+                yield tasks[task_id], value
+        pool.close()
+    finally:
+        pool.terminate()

@@ -1,0 +1,363 @@
+"""``convnet prepare SRC DST``: an ImageNet-style folder to packed shards, once.
+
+Every image is loaded as RGB (``folders.load_rgb``: any format Pillow reads, EXIF
+orientation applied), its shorter side rescaled to ``size`` (Lanczos) and the
+central ``size x size`` square kept (``folders.resize_center_crop``), then written
+into shards (``shards``): re-encoded as JPEG (default, quality 95) or as raw uint8
+pixels (``format="raw"``, memory-mappable; for small sets: 196 KiB an image).
+
+The plan is fixed by the source listing: each split's files, in sorted order, are
+cut into shards of ``shard_size`` source files, so shard ``k`` always holds the same
+sources (less those skipped). A shard records the digest of its sources (path,
+size, modification time) and the settings; a later run with the same plan reuses
+every complete shard and redoes the rest, so an interrupted run resumes where it
+stopped and produces the same files as an uninterrupted one. Shards are written
+under a temporary name and renamed when complete (``ShardWriter``); temporaries
+left by a killed run are deleted.
+
+A file that cannot be read is skipped, and the run goes on; ``skipped.txt`` and
+the manifest list each with its reason. After the shards, one more pass over the
+training shards computes the statistics (``stats``): the mean image (``mean.npy``)
+and the RGB covariance's eigenvalues and eigenvectors. ``manifest.json`` is
+written last: a folder without it is not (yet) a prepared data set.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import folders, shards, stats
+from ._pool import ProgressBar, run_tasks, usable_cpus
+
+DEFAULT_SIZE = 256
+DEFAULT_QUALITY = 95
+MAX_SHARD_SIZE = 1024
+FORMATS = ("jpeg", "raw")
+_SHARD_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})" + re.escape(shards.SHARD_SUFFIX) + "$")
+
+
+class PrepareError(ValueError):
+    """Arguments or folders that ``prepare`` cannot work with."""
+
+
+def default_shard_size(sources: int) -> int:
+    """Source files per shard: 1024 for large sets, fewer for small ones (at least 64
+    shards when there are at least 64 * 16 files), never fewer than 16."""
+    return int(min(MAX_SHARD_SIZE, max(16, math.ceil(sources / 64))))
+
+
+# --------------------------------------------------------------------------- worker side
+
+def _prepare_shard(state, task: dict, progress) -> dict:
+    """Make one shard from its sources (runs in a worker, or inline)."""
+    root = Path(task["root"])
+    size = task["size"]
+    kind = task["format"]
+    quality = task["quality"]
+    sources, skipped = [], []
+    pending = 0
+    with shards.ShardWriter(task["path"], kind, (size, size, 3)) as writer:
+        for relative, label in task["entries"]:
+            try:
+                image = folders.prepare_image(root / relative, size)
+            except Exception as exc:  # noqa: BLE001 - every unreadable file is skipped, with why
+                skipped.append([relative, folders.describe_error(exc)])
+            else:
+                writer.add(shards.encode_jpeg(image, quality) if kind == "jpeg" else image, label)
+                sources.append(relative)
+            pending += 1
+            if pending == 8:
+                progress(pending)
+                pending = 0
+        meta = {"split": task["split"], "index": task["index"], "plan": task["plan"],
+                "sources": sources, "skipped": skipped}
+        writer.close(meta)
+    if pending:
+        progress(pending)
+    return {"index": task["index"], "split": task["split"], "count": len(sources),
+            "skipped": skipped, "plan": task["plan"]}
+
+
+def _shard_stats(state, task: dict, progress) -> dict:
+    """Sum the images of one training shard and sample its pixels (runs in a worker)."""
+    info = shards.read_shard_info(task["path"])
+    h, w, c = info.size
+    acc = stats.Accumulator((h, w, c))
+    k = task["per_image"]
+    with open(info.path, "rb") as f:
+        for i in range(info.count):
+            offset, length = info.image_range(i)
+            f.seek(offset)
+            data = f.read(length)
+            where = f"{info.path} image {i}"
+            if info.kind == "jpeg":
+                image = shards.decode_jpeg(data, info.size, where=where)
+            else:
+                image = np.frombuffer(data, np.uint8).reshape(info.size)
+            positions = None if k is None else stats.sample_positions(
+                task["seed"], task["first"] + i, k, h * w)
+            acc.add(image, positions)
+            if i % 16 == 15:
+                progress(16)
+    if info.count % 16:
+        progress(info.count % 16)
+    return acc.to_payload()
+
+
+# --------------------------------------------------------------------------- planning
+
+def _plan_digest(root: Path, entries, settings: dict, split: str, index: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"settings": settings, "split": split, "index": index,
+                         "container": shards.CONTAINER_VERSION}, sort_keys=True).encode())
+    for relative, label in entries:
+        try:
+            st = os.stat(root / relative)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"\0{relative}\0{label}\0{stamp}".encode())
+    return h.hexdigest()
+
+
+def _check_folders(src: Path, dst: Path) -> None:
+    src_r, dst_r = src.resolve(), dst.resolve()
+    if dst_r == src_r:
+        raise PrepareError(f"the destination {dst} is the source folder; choose another folder")
+    for split in folders.SPLITS:
+        inside = src_r / split
+        if dst_r == inside or inside in dst_r.parents:
+            raise PrepareError(f"the destination {dst} is inside the source's {split}/ folder, "
+                               f"where its files would be read as images; choose another folder")
+    if dst.exists() and not dst.is_dir():
+        raise PrepareError(f"the destination {dst} exists and is not a folder")
+
+
+def _check_settings(format: str, size: int, quality: int, shard_size, pixels: int, seed: int):
+    if format not in FORMATS:
+        raise PrepareError(f"format must be one of {FORMATS}, got {format!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+        raise PrepareError(f"size must be an integer in [8, 4096], got {size!r}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 90 <= quality <= 100:
+        raise PrepareError(f"JPEG quality must be an integer in [90, 100], got {quality!r}")
+    if shard_size is not None and (isinstance(shard_size, bool) or not isinstance(shard_size, int)
+                                   or shard_size < 1):
+        raise PrepareError(f"shard size must be a positive integer, got {shard_size!r}")
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 2:
+        raise PrepareError(f"pixels (the covariance sample) must be an integer >= 2, got {pixels!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise PrepareError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+
+
+# --------------------------------------------------------------------------- prepare
+
+def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
+            quality: int = DEFAULT_QUALITY, shard_size: int | None = None,
+            workers: int | None = None, pixels: int = stats.DEFAULT_PIXELS, seed: int = 0,
+            synsets=None, progress: bool | None = None, start_method: str | None = None,
+            log=None) -> dict:
+    """Prepare the image folder ``src`` into ``dst``; returns the manifest (a dict).
+
+    ``format``: ``"jpeg"`` (re-encoded at ``quality``) or ``"raw"`` (uint8 pixels).
+    ``size``: the side of the stored images (256, as in the paper). ``shard_size``:
+    source files per shard (default: ``default_shard_size``). ``workers``: processes
+    (default: every usable core; 0 runs in this process). ``pixels``/``seed``: the
+    covariance sample. ``synsets``: a file of readable class names. ``progress``:
+    show progress bars (default: when stderr is a terminal). ``log``: a callable
+    for one-line messages (default: print to stderr).
+    """
+    src, dst = Path(src), Path(dst)
+    _check_settings(format, size, quality, shard_size, pixels, seed)
+    _check_folders(src, dst)
+    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    workers = usable_cpus() if workers is None else int(workers)
+    if workers < 0:
+        raise PrepareError(f"workers must be >= 0, got {workers}")
+    started = time.monotonic()
+
+    folder = folders.scan_folder(src, synsets=synsets)
+    if not folder.splits.get("train"):
+        raise PrepareError(f"{src / 'train'} holds no image files")
+    dst.mkdir(parents=True, exist_ok=True)
+    for entry in dst.iterdir():  # temporaries of an interrupted run
+        if _is_our_temporary(entry.name):
+            entry.unlink()
+
+    settings = {"size": size, "format": format, "quality": quality if format == "jpeg" else None,
+                "resample": "lanczos", "crop": "center"}
+    tasks, reused = [], {}
+    wanted_files = set()
+    total_sources = 0
+    plan_sizes = {}
+    for split, entries in folder.splits.items():
+        per_shard = shard_size or default_shard_size(len(entries))
+        plan_sizes[split] = per_shard
+        total_sources += len(entries)
+        for index in range(math.ceil(len(entries) / per_shard)):
+            chunk = entries[index * per_shard:(index + 1) * per_shard]
+            path = dst / shards.shard_name(split, index)
+            wanted_files.add(path.name)
+            digest = _plan_digest(src, chunk, settings, split, index)
+            try:
+                info = shards.read_shard_info(path)
+                if info.meta.get("plan") == digest:
+                    reused[(split, index)] = {"index": index, "split": split, "count": info.count,
+                                              "skipped": info.meta.get("skipped", []),
+                                              "sources": len(chunk), "plan": digest}
+                    continue
+            except shards.ShardError:
+                pass  # missing, incomplete or of another plan: (re)make it
+            tasks.append({"root": str(src), "split": split, "index": index, "path": str(path),
+                          "entries": chunk, "plan": digest, "size": size, "format": format,
+                          "quality": quality, "sources": len(chunk)})
+    for entry in dst.iterdir():  # shards of an earlier plan that this one does not have
+        match = _SHARD_FILE.match(entry.name)
+        if match and entry.name not in wanted_files:
+            entry.unlink()
+
+    done_sources = sum(r["sources"] for r in reused.values())
+    if reused:
+        say(f"prepare: resuming: {len(reused)} shard(s) already complete, {len(tasks)} to make")
+    results = dict(reused)
+    bar = ProgressBar(total_sources, done_sources, "prepare", show)
+    try:
+        for task, result in run_tasks(_prepare_shard, tasks, workers, bar, start_method):
+            result["sources"] = task["sources"]
+            results[(task["split"], task["index"])] = result
+    finally:
+        bar.close()
+
+    # ---------------------------------------------------------------- manifest parts
+    splits, skipped = {}, []
+    for split, entries in folder.splits.items():
+        shard_list = []
+        count = 0
+        for index in range(math.ceil(len(entries) / plan_sizes[split])):
+            r = results[(split, index)]
+            shard_list.append({"file": shards.shard_name(split, index), "count": r["count"],
+                               "sources": r["sources"]})
+            count += r["count"]
+            skipped.extend({"split": split, "path": p, "reason": why} for p, why in r["skipped"])
+        splits[split] = {"count": count, "sources": len(entries), "skipped": len(entries) - count,
+                         "shard_size": plan_sizes[split], "shards": shard_list}
+    if splits["train"]["count"] == 0:
+        raise PrepareError(f"none of the {len(folder.splits['train'])} training files could be "
+                           f"read; see {dst / shards.SKIPPED_FILE}")
+    _write_skipped(dst, skipped)
+
+    # ---------------------------------------------------------------- statistics
+    stat_key = hashlib.sha256(json.dumps(
+        {"pixels": pixels, "seed": seed,
+         "shards": [results[("train", i)]["plan"]
+                    for i in range(len(splits["train"]["shards"]))]}, sort_keys=True).encode()
+    ).hexdigest()
+    stats_entry = _reuse_stats(dst, stat_key)
+    if stats_entry is None:
+        stats_entry = _compute_stats(dst, splits["train"], size, pixels, seed, workers, show,
+                                     start_method)
+        stats_entry["key"] = stat_key
+
+    manifest = {
+        "format": shards.FORMAT_NAME,
+        "version": shards.FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "convnet_version": _version(),
+        "source": str(src.resolve()),
+        "settings": {**settings, "pixels": pixels, "seed": seed},
+        "image_shape": [size, size, 3],
+        "classes": folder.classes,
+        "class_names": folder.class_names,
+        "splits": splits,
+        "skipped": skipped,
+        "ignored_files": len(folder.ignored),
+        "stats": stats_entry,
+    }
+    shards.write_json_atomic(dst / shards.MANIFEST, manifest)
+    elapsed = time.monotonic() - started
+    made = sum(t["sources"] for t in tasks)
+    say(f"prepare: {dst}: " + ", ".join(f"{k} {v['count']} images" for k, v in splits.items())
+        + f", {len(skipped)} skipped" + (f" (listed in {dst / shards.SKIPPED_FILE})" if skipped else "")
+        + f"; {made} files processed in {elapsed:.1f} s")
+    return manifest
+
+
+def _is_our_temporary(name: str) -> bool:
+    if shards.is_temporary(name):
+        return True
+    return any(name.startswith(f".{base}.tmp-")
+               for base in (shards.MANIFEST, shards.MEAN_FILE, shards.SKIPPED_FILE))
+
+
+def _write_skipped(dst: Path, skipped: list[dict]) -> None:
+    lines = ["# files convnet prepare skipped: split<TAB>path<TAB>reason"]
+    lines += [f"{s['split']}\t{s['path']}\t{s['reason']}" for s in skipped]
+    tmp = dst / f".{shards.SKIPPED_FILE}.tmp-{os.getpid()}"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, dst / shards.SKIPPED_FILE)
+
+
+def _reuse_stats(dst: Path, key: str) -> dict | None:
+    """The statistics of an earlier complete run over the same training shards."""
+    try:
+        old = shards.read_manifest(dst)
+    except shards.ManifestError:
+        return None
+    entry = old.get("stats") or {}
+    if entry.get("key") != key or not (dst / entry.get("mean_file", "")).is_file():
+        return None
+    return entry
+
+
+def _compute_stats(dst: Path, train: dict, size: int, pixels: int, seed: int, workers: int,
+                   show: bool, start_method) -> dict:
+    n = train["count"]
+    per_image = stats.pixels_per_image(n, pixels, size, size)
+    tasks, first = [], 0
+    for s in train["shards"]:
+        if s["count"]:
+            tasks.append({"path": str(dst / s["file"]), "first": first, "per_image": per_image,
+                          "seed": seed})
+        first += s["count"]
+    total = stats.Accumulator((size, size, 3))
+    bar = ProgressBar(n, 0, "statistics", show)
+    try:
+        for _, payload in run_tasks(_shard_stats, tasks, workers, bar, start_method):
+            total.merge(stats.Accumulator.from_payload(payload))
+    finally:
+        bar.close()
+    mean = total.mean_image()
+    covariance = total.covariance()
+    values, vectors = stats.rgb_eigen(covariance)
+    tmp = dst / f".{shards.MEAN_FILE}.tmp-{os.getpid()}.npy"
+    np.save(tmp, mean.astype(np.float32))
+    os.replace(tmp, dst / shards.MEAN_FILE)
+    return {
+        "split": "train",
+        "images": total.images,
+        "mean_file": shards.MEAN_FILE,
+        "mean_rgb": mean.reshape(-1, 3).mean(axis=0).tolist(),
+        "pixels_sampled": total.pixel_count,
+        "pixels_per_image": per_image,  # None: every pixel of every image
+        "covariance": covariance.tolist(),
+        "eigenvalues": values.tolist(),
+        "eigenvectors": vectors.tolist(),
+        "pixel_scale": "0..255",
+    }
+
+
+def _version() -> str:
+    try:
+        from .. import __version__
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
