@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
-
 from ..tensor import Tensor
 from ._checks import _check_tensor
 from .loss import _labels_array

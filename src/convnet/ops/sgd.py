@@ -41,7 +41,7 @@ def _check(device, w, v, g) -> None:
             raise ValueError(f"sgd: {what} has shape {tuple(a.shape)}, the parameter "
                              f"{tuple(w.shape)}")
     for what, a in (("the parameter", w), ("the momentum buffer", v)):
-        if not a.flags.c_contiguous or not a.flags.writeable:
+        if not a.flags.c_contiguous or not getattr(a.flags, "writeable", True):  # CuPy: no flag
             raise ValueError(f"sgd: {what} must be a writable C-contiguous array "
                              f"(it is updated in place)")
     if device.runs_kernels:
