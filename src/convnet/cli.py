@@ -56,6 +56,49 @@ def cmd_kernels(args) -> int:
     return 1 if spilling or failures else 0
 
 
+def cmd_prepare(args) -> int:
+    """Prepare an ImageNet-style folder into shards; 2 on bad arguments, 130 on Ctrl-C."""
+    from .data import DatasetError, PrepareError, prepare
+    from .data._pool import WorkerError
+    try:
+        prepare(args.src, args.dst, format=args.format, size=args.size, quality=args.quality,
+                shard_size=args.shard_size, workers=args.workers, pixels=args.pixels,
+                seed=args.seed, synsets=args.synsets,
+                progress=False if args.no_progress else None)
+    except (DatasetError, PrepareError) as exc:
+        print(f"convnet prepare: {exc}", file=sys.stderr)
+        return 2
+    except WorkerError as exc:
+        print(f"convnet prepare: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nconvnet prepare: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_make_demo_data(args) -> int:
+    """Write the generated demo data set; 2 on bad arguments."""
+    from .data import make_demo_data
+    from .data.demo import DemoError
+    try:
+        summary = make_demo_data(args.dir, classes=args.classes,
+                                 train_per_class=args.train_per_class,
+                                 val_per_class=args.val_per_class, size=args.size, seed=args.seed,
+                                 workers=args.workers, progress=False if args.no_progress else None)
+    except DemoError as exc:
+        print(f"convnet make-demo-data: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nconvnet make-demo-data: interrupted", file=sys.stderr)
+        return 130
+    print(f"make-demo-data: {summary['root']}: {summary['classes']} classes, "
+          f"{summary['train']} train and {summary['val']} val images in "
+          f"{summary['seconds']:.1f} s", file=sys.stderr)
+    return 0
+
+
 def _add(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help, description=help)
     parser.set_defaults(func=func)
@@ -83,6 +126,43 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--module", action="append", metavar="FILE",
                          help="only this kernel file, as named in its KernelModule "
                               "(e.g. relu.cu; repeatable)")
+
+    prep = _add(sub, "prepare", cmd_prepare,
+                "resize (shorter side to 256), center-crop and pack an ImageNet-style folder "
+                "(SRC/train/<class>/*.JPEG, SRC/val/<class>/*) into shards in DST, with the "
+                "mean image and RGB eigen-statistics; an interrupted run resumes")
+    prep.add_argument("src", help="the image folder (train/<class>/..., val/<class>/...)")
+    prep.add_argument("dst", help="the output folder (created; resumable)")
+    prep.add_argument("--format", choices=("jpeg", "raw"), default="jpeg",
+                      help="shard contents: re-encoded JPEG (default) or raw uint8 pixels")
+    prep.add_argument("--quality", type=int, default=95, help="JPEG quality, 90..100 (default 95)")
+    prep.add_argument("--size", type=int, default=256, help="side of the stored images (default 256)")
+    prep.add_argument("--shard-size", type=int, default=None,
+                      help="source files per shard (default: 1024, fewer for small sets)")
+    prep.add_argument("--workers", type=int, default=None,
+                      help="worker processes (default: every usable core; 0: no workers)")
+    prep.add_argument("--pixels", type=int, default=1_000_000,
+                      help="pixels sampled for the RGB covariance (default 10^6)")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the pixel sample (default 0)")
+    prep.add_argument("--synsets", default=None,
+                      help="class names file (default: SRC/synset_words.txt when present)")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    demo = _add(sub, "make-demo-data", cmd_make_demo_data,
+                "write a generated data set of real JPEGs in the ImageNet folder layout "
+                "(textured shapes on cluttered backgrounds; deterministic from the seed)")
+    demo.add_argument("dir", help="the output folder")
+    demo.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    demo.add_argument("--train-per-class", type=int, default=300,
+                      help="training images per class (default 300)")
+    demo.add_argument("--val-per-class", type=int, default=50,
+                      help="validation images per class (default 50)")
+    demo.add_argument("--size", type=int, default=256,
+                      help="shorter side of the images (default 256)")
+    demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    demo.add_argument("--workers", type=int, default=None,
+                      help="worker processes (default: every usable core)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
