@@ -7,9 +7,11 @@ function with the user's signature validates the arguments and applies it.
 One module per op family; this package re-exports them.
 """
 from .activation import dropout, relu
+from .conv import conv2d
 from .linear import linear
 from .loss import cross_entropy
 from .shape import cat, flatten
 from .metrics import topk_accuracy
 
-__all__ = ["cat", "cross_entropy", "dropout", "flatten", "linear", "relu", "topk_accuracy"]
+__all__ = ["cat", "conv2d", "cross_entropy", "dropout", "flatten", "linear", "relu",
+           "topk_accuracy"]

@@ -1,0 +1,138 @@
+// conv_backward_filter.cu: the gradients of a 2-D convolution with respect to its
+// filters and its bias,
+//   dw[g*Kg + k][c][r][s] = sum_{n,p,q} dy[n][g*Kg + k][p][q] * x[n][g*Cg + c][p*sh - ph + r][q*sw - pw + s]
+//   db[k] = sum_{n,p,q} dy[n][k][p][q]
+// (groups as in conv_forward.cu; x is zero outside the image).
+//
+// Layout: NCHW float32, C-contiguous: x (N, C, H, W), dy (N, K, P, Q), dw (K, Cg, R, S),
+// db (K,).
+//
+// conv_backward_filter: an implicit GEMM per group whose reduction runs over N*P*Q,
+//   A[m][kk] = dy[n][g*Kg + m][p][q]                        kk = (n, p, q), m = k
+//   B[kk][j] = x[n][g*Cg + c][p*sh - ph + r][q*sw - pw + s]  j = (c, r, s)
+// The reduction is long and the result small (few filters), so it is split into
+// `splits` consecutive chunks of `chunk` (a multiple of BK) that separate blocks
+// reduce: blockIdx.z = split * groups + g, and block (split, g) writes its partial
+// sums to out[split][g*Kg + k][j] (out is dw itself when splits == 1, else a
+// workspace of splits * K * Cg*R*S floats). conv_split_sum then adds the partials
+// in split order. No atomics: the result does not depend on the schedule.
+// Launch: block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(Cg*R*S / BN),
+// ceil(Kg / BM), splits * groups); no dynamic shared memory.
+//
+// conv_split_sum: out[i] = sum_{s < splits} part[s * count + i], in order of s.
+// Launch: any 1-D grid (grid-stride loop); the host uses 256 threads.
+//
+// conv_bias_grad: db[k] for k = blockIdx.x. Each of the block's threads sums a fixed
+// set of dy's elements in a fixed order, then a tree in shared memory adds the
+// threads' sums: deterministic. Launch: grid = (K), block = (CONV_BIAS_THREADS).
+//
+// 32-bit indices: the host checks the sizes.
+#include "conv_common.cuh"
+
+#define CONV_BIAS_THREADS 256
+
+template <int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+conv_backward_filter(const float* __restrict__ x, const float* __restrict__ dy,
+                     float* __restrict__ out,
+                     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                     int sh, int sw, int ph, int pw, int groups, int chunk)
+{
+    using T = CnTile<BM, BN, BK, TM, TN>;
+    __align__(16) __shared__ float As[2][BK][T::LDA];
+    __align__(16) __shared__ float Bs[2][BK][T::LDB];
+
+    const int split = blockIdx.z / groups;
+    const int g = blockIdx.z - split * groups;
+    const int Cg = C / groups;
+    const int Kg = K / groups;
+    const int RS = R * S;
+    const int HW = H * W;
+    const int PQ = P * Q;
+    const int crs = Cg * RS;                 // GEMM columns
+    const int npq = N * PQ;                  // the whole reduction
+    const int kbeg = split * chunk;
+    const int kend = min(kbeg + chunk, npq);
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    const int tid = threadIdx.x;
+    const int tx = tid % T::TX;
+    const int ty = tid / T::TX;
+
+    // A: dy rows k, reduction (n, p, q): contiguous along kk within an image.
+    CnGather<T, BM, true, false> la;
+    la.init(dy + g * Kg * PQ, kend, 0, 0, tid);
+    la.dg = cn_digits(P, Q, K * PQ, Q, 1, 0, 0, BK);
+#pragma unroll
+    for (int j = 0; j < la.XN; ++j) {
+        const int k = min(m0 + la.x_of(j), Kg - 1);
+        la.set_x(j, k * PQ, 0, 0);
+    }
+
+    // B: x at (p*sh - ph + r, q*sw - pw + s) for column (c, r, s), zero outside the image.
+    CnGather<T, BN, false, true> lb;
+    lb.init(x + g * Cg * HW, kend, H, W, tid);
+    lb.dg = cn_digits(P, Q, C * HW, sh * W, sw, sh, sw, BK);
+#pragma unroll
+    for (int j = 0; j < lb.XN; ++j) {
+        const int col = min(n0 + lb.x_of(j), crs - 1);
+        const int c = col / RS;
+        const int rs = col - c * RS;
+        const int r = rs / S;
+        const int s = rs - r * S;
+        lb.set_x(j, c * HW + (r - ph) * W + (s - pw), r - ph, s - pw);
+    }
+
+    const int tiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
+    if (tiles > 0) {
+        la.start(kbeg);
+        lb.start(kbeg);
+    }
+    float acc[TN][TM];
+    cn_zero<T>(acc);
+    cn_mainloop<T>(la, lb, As, Bs, acc, tiles, tx, ty);
+
+    float* part = out + split * K * crs;
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int m = m0 + cn_tile_index<T::TY>(i, ty);
+        if (m >= Kg) continue;
+        float* row = part + (g * Kg + m) * crs;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const int col = n0 + cn_tile_index<T::TX>(j, tx);
+            if (col < crs) row[col] = acc[j][i];
+        }
+    }
+}
+
+extern "C" __global__ void conv_split_sum(const float* __restrict__ part, float* __restrict__ out,
+                                          int count, int splits)
+{
+    for (long long i = cn_global_thread(); i < count; i += cn_grid_threads()) {
+        float sum = 0.0f;
+        for (int s = 0; s < splits; ++s) sum += part[(long long)s * count + i];
+        out[i] = sum;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_BIAS_THREADS)
+conv_bias_grad(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ)
+{
+    __shared__ float partial[CONV_BIAS_THREADS];
+    const int k = blockIdx.x;
+    const int tid = threadIdx.x;
+    float sum = 0.0f;
+    for (int n = 0; n < N; ++n) {
+        const float* plane = dy + (n * K + k) * PQ;
+        for (int i = tid; i < PQ; i += CONV_BIAS_THREADS) sum += plane[i];
+    }
+    partial[tid] = sum;
+    __syncthreads();
+#pragma unroll
+    for (int width = CONV_BIAS_THREADS / 2; width > 0; width /= 2) {
+        if (tid < width) partial[tid] += partial[tid + width];
+        __syncthreads();
+    }
+    if (tid == 0) db[k] = partial[0];
+}

@@ -1,0 +1,70 @@
+"""Convolution: ``conv2d(x, w, b=None, stride=1, padding=0, groups=1, relu=False)``."""
+from __future__ import annotations
+
+from ..ops import conv as _conv_ops
+from ..ops import relu as _relu_ops
+from ..tensor import Function, Tensor
+from ._checks import _check_tensor
+
+__all__ = ["conv2d"]
+
+
+class Conv2d(Function):
+    """``y = act(conv(x, w) + b)``. Saves x (for dw), w (for dx) and, with ReLU, y (for
+    the mask), each only when a gradient needs it; the backward masks the incoming
+    gradient by ``y > 0`` once, then runs the backward-data, backward-filter and bias
+    kernels for the inputs that need a gradient."""
+
+    def forward(self, x, w, b=None, stride=1, padding=0, groups=1, relu=False):
+        self.args = (stride, padding, groups)
+        self.relu, self.has_bias = relu, b is not None
+        self.x_shape, self.w_shape = tuple(x.shape), tuple(w.shape)
+        y = _conv_ops.forward(self.device, x, w, b, stride, padding, groups, relu)
+        need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
+        need_b = self.has_bias and self.needs_input_grad[2]
+        if need_x or need_w or need_b:
+            self.save_for_backward(x if need_w else None, w if need_x else None,
+                                   y if relu else None)
+        return y
+
+    def backward(self, grad):
+        x, w, y = self.saved
+        device = self.device
+        if self.relu:
+            grad = _relu_ops.backward(device, y, grad)
+        need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
+        need_b = self.has_bias and self.needs_input_grad[2]
+        dx = (_conv_ops.backward_data(device, grad, w, self.x_shape, *self.args)
+              if need_x else None)
+        dw = (_conv_ops.backward_filter(device, x, grad, self.w_shape, *self.args)
+              if need_w else None)
+        if not self.has_bias:
+            return dx, dw
+        db = _conv_ops.backward_bias(device, grad) if need_b else None
+        return dx, dw, db
+
+
+def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, groups=1,
+           relu: bool = False) -> Tensor:
+    """2-D convolution (cross-correlation) with PyTorch's conventions.
+
+    ``x`` (N, C, H, W), ``w`` (K, C/groups, R, S), ``b`` (K,) or None; ``stride`` and
+    ``padding`` an int or an (h, w) pair (zero padding); ``groups`` dividing C and K.
+    The output is (N, K, P, Q) with ``P = (H + 2*pad_h - R) // stride_h + 1`` (Q
+    likewise). ``relu=True`` applies ReLU in the kernel's epilogue together with the
+    bias (one pass over the output). Gradients flow to x, w and b through the
+    backward-data, backward-filter and bias-gradient kernels (``kernels/conv_*.cu``
+    on ``emu``/``cuda``; NumPy references on ``cpu``, any float dtype there).
+    """
+    _check_tensor(x, "conv2d")
+    _check_tensor(w, "conv2d")
+    if b is not None:
+        _check_tensor(b, "conv2d")
+    for what, t in (("input", x), ("weight", w), ("bias", b)):
+        if t is not None and t.dtype.kind != "f":
+            raise TypeError(f"conv2d: the {what} must be floating point, not {t.dtype}")
+    g = _conv_ops.geometry(x.shape, w.shape, stride, padding, groups)
+    _conv_ops.check_bias(b, g.k)
+    inputs = (x, w) if b is None else (x, w, b)
+    return Conv2d.apply(*inputs, stride=stride, padding=padding, groups=groups,
+                        relu=bool(relu))
