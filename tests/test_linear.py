@@ -1,8 +1,13 @@
 """Fully-connected layers and the shape ops around them: the bias/ReLU epilogue kernels
 (kernels/bias_act.cu) against the NumPy reference, misaligned rows, both emulator
 schedules with NaN-filled shared memory and bounds checks, finite-difference gradients
-of linear, flatten and cat in float64, every device through autograd, and the errors."""
+of linear, flatten and cat in float64, every device through autograd, and the errors;
+and the epilogue, cross-entropy and SGD kernels under AddressSanitizer."""
 from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -208,3 +213,46 @@ def test_shape_op_errors():
         F.flatten(a, start_dim=2)
     with pytest.raises(TypeError, match="int"):
         F.flatten(a, start_dim=1.0)
+
+
+_ASAN_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import convnet
+    from convnet.backend import emu
+    from convnet.ops import cross_entropy, linear, sgd
+    device = convnet.get_device("emu")
+    rng = np.random.default_rng(0)
+    for rows, cols in ((1, 1), (3, 5), (2, 33), (5, 4)):
+        for offset in range(4):  # views ending exactly at the end of their allocation
+            n = rows * cols
+            z = rng.standard_normal(n + offset).astype(np.float32)[offset:].reshape(rows, cols)
+            b = rng.standard_normal(cols + offset).astype(np.float32)[offset:]
+            dy = rng.standard_normal(n + offset).astype(np.float32)[offset:].reshape(rows, cols)
+            labels = cross_entropy.check_labels(device, rng.integers(0, cols, rows), rows, cols)
+            w, v = z.copy().reshape(-1)[:n], dy.copy().reshape(-1)[:n]
+            with emu.debug(check="address"):
+                y = linear.epilogue(device, z.copy(), b, True)
+                dz, db = linear.epilogue_backward(device, y, dy, True, True)
+                _, db2 = linear.epilogue_backward(device, y, dy, False, True)
+                loss, stats = cross_entropy.forward(device, z, labels)
+                dx = cross_entropy.backward(device, z, labels, stats, np.float32(1.0))
+                sgd.update(device, w, v, dy.reshape(-1), 0.1, 0.9, 0.01)
+            ref_dz, ref_db = linear.epilogue_backward_reference(y, dy, True, True)
+            assert np.array_equal(dz, ref_dz) and np.allclose(db, ref_db, atol=1e-5)
+            assert np.allclose(db2, dy.sum(axis=0), atol=1e-5)
+            assert np.isfinite(loss).all() and np.isfinite(dx).all()
+    print("CLEAN")
+""")
+
+
+def test_kernels_under_address_sanitizer():
+    """No out-of-bounds access in the epilogue, cross-entropy and SGD kernels, on arrays
+    that end exactly where their allocation ends (float4 and scalar paths)."""
+    require_device("emu")
+    from convnet.backend import emu
+    try:
+        argv, env = emu.sanitized_command([sys.executable, "-c", _ASAN_SCRIPT])
+    except Exception as exc:  # no libasan on this machine
+        pytest.skip(f"AddressSanitizer is unavailable: {exc}")
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr
