@@ -12,6 +12,7 @@ from .linear import linear
 from .loss import cross_entropy
 from .shape import cat, flatten
 from .metrics import topk_accuracy
+from .pooling import max_pool2d
 
-__all__ = ["cat", "conv2d", "cross_entropy", "dropout", "flatten", "linear", "relu",
-           "topk_accuracy"]
+__all__ = ["cat", "conv2d", "cross_entropy", "dropout", "flatten", "linear", "max_pool2d",
+           "relu", "topk_accuracy"]

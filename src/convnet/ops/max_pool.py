@@ -1,0 +1,279 @@
+"""2-D max-pooling over NCHW tensors, overlapping windows allowed (Krizhevsky et al.
+2012, section 3.4: 3×3 windows with stride 2).
+
+Semantics (PyTorch's ``max_pool2d`` with ``ceil_mode=False``, no dilation):
+
+* output size ``(H + 2·pad − kernel) // stride + 1`` per spatial axis;
+* padding counts as −inf and is never chosen; ``pad <= kernel // 2`` (PyTorch's
+  rule), so every window holds at least one input element;
+* ties go to the first element in row-major window order; a NaN beats every number,
+  the first NaN of a window is chosen (so NaN propagates and its position gets the
+  gradient);
+* the backward sends each output's gradient to its window's argmax; an input chosen
+  by several overlapping windows receives the sum, added in row-major output order
+  (deterministic: the kernel gathers per input, no atomics).
+
+The argmax is kept from the forward as the offset ``i·kw + j`` inside the window:
+``uint8`` for windows of up to 256 elements, ``int32`` above (``index_dtype``). That
+choice, keep rather than recompute, was measured (``benchmarks/lrn_pool.py``,
+``backward_recompute`` against ``backward``): see ``SAVE_ARGMAX``.
+
+``forward(device, x, params, with_index)`` / ``backward(device, dy, argmax, params,
+input_shape)`` take and return raw arrays of ``device``: NumPy references on ``cpu``
+(any float dtype), ``kernels/max_pool.cu`` on ``emu``/``cuda`` (float32).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from ..launch import KernelModule, Launch
+from ._arrays import check_same_shape, kernel_array
+
+INDEX_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.int32): "int"}
+MODULE = KernelModule("max_pool.cu", (
+    "max_pool_forward",
+    "max_pool_forward_index<unsigned char>", "max_pool_forward_index<int>",
+    "max_pool_backward<unsigned char>", "max_pool_backward<int>",
+    "max_pool_backward_recompute",
+))
+
+# Keep the argmax from the forward (one uint8 per output for windows of up to 256
+# elements) instead of recomputing it in the backward: on emu the saved-index backward
+# is several times faster (benchmarks/lrn_pool.py, AlexNet shapes), and on a GPU it
+# reads dy and a byte per output instead of the whole input x.
+SAVE_ARGMAX = True
+
+BLOCK = 256
+CUDA_MAX_PLANES = 65535     # grid.y: a GPU grid covers up to 65535 planes at once
+EMU_MAX_PLANES = 16         # blocks of planes on emu: fibers are costly, each loops over many
+_INT32_MAX = 2**31 - 1
+
+
+class PoolParams(NamedTuple):
+    """Kernel, stride and padding per spatial axis (rows, columns)."""
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        return (h + 2 * self.ph - self.kh) // self.sh + 1, (w + 2 * self.pw - self.kw) // self.sw + 1
+
+
+def _pair(value, what: str, minimum: int) -> tuple[int, int]:
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2:
+        raise ValueError(f"max_pool2d: {what} must be an int or a pair of ints, got {value!r}")
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"max_pool2d: {what} must be an int or a pair of ints, got {value!r}")
+        if v < minimum:
+            raise ValueError(f"max_pool2d: {what} must be >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def make_params(kernel_size=3, stride=None, padding=0) -> PoolParams:
+    """Validated PoolParams; ``stride=None`` means ``stride = kernel_size`` (PyTorch)."""
+    kh, kw = _pair(kernel_size, "kernel_size", 1)
+    sh, sw = _pair(kernel_size if stride is None else stride, "stride", 1)
+    ph, pw = _pair(padding, "padding", 0)
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"max_pool2d: padding {(ph, pw)} must be at most half the kernel "
+                         f"{(kh, kw)} (pad <= kernel // 2), so that no window is all padding")
+    return PoolParams(kh, kw, sh, sw, ph, pw)
+
+
+def output_shape(shape, params: PoolParams) -> tuple[int, int, int, int]:
+    """The output shape for an input of ``shape`` (N, C, H, W), or a clear error."""
+    if len(shape) != 4:
+        raise ValueError(f"max_pool2d expects an (N, C, H, W) tensor, got shape {tuple(shape)}")
+    n, c, h, w = (int(v) for v in shape)
+    p = params
+    if h + 2 * p.ph < p.kh or w + 2 * p.pw < p.kw:
+        raise ValueError(f"max_pool2d: kernel {(p.kh, p.kw)} is larger than the padded input "
+                         f"{(h + 2 * p.ph, w + 2 * p.pw)} (input {(h, w)}, padding {(p.ph, p.pw)})")
+    oh, ow = p.output_size(h, w)
+    return n, c, oh, ow
+
+
+def index_dtype(params: PoolParams) -> np.dtype:
+    """uint8 window offsets for windows of up to 256 elements, int32 above."""
+    return np.dtype(np.uint8) if params.kh * params.kw <= 256 else np.dtype(np.int32)
+
+
+# --------------------------------------------------------------------------- references
+
+def _windows(x: np.ndarray, p: PoolParams, oh: int, ow: int):
+    """(values, is_padding): (N, C, OH, OW, kh*kw) views of every window, row-major."""
+    n, c, h, w = x.shape
+    padded = np.full((n, c, h + 2 * p.ph, w + 2 * p.pw), -np.inf, dtype=x.dtype)
+    padded[:, :, p.ph:p.ph + h, p.pw:p.pw + w] = x
+    real = np.zeros((h + 2 * p.ph, w + 2 * p.pw), dtype=bool)
+    real[p.ph:p.ph + h, p.pw:p.pw + w] = True
+    values, mask = [], []
+    for i in range(p.kh):
+        for j in range(p.kw):
+            rows = slice(i, i + p.sh * (oh - 1) + 1, p.sh)
+            cols = slice(j, j + p.sw * (ow - 1) + 1, p.sw)
+            values.append(padded[:, :, rows, cols])
+            mask.append(real[rows, cols])
+    return np.stack(values, axis=-1), np.stack(mask, axis=-1)
+
+
+def forward_reference(x: np.ndarray, params: PoolParams) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, argmax)``: the pooled values and each window's offset (``index_dtype``)."""
+    n, c, oh, ow = output_shape(x.shape, params)
+    if x.size == 0 or n * c * oh * ow == 0:
+        return (np.empty((n, c, oh, ow), x.dtype), np.empty((n, c, oh, ow), index_dtype(params)))
+    values, real = _windows(x, params, oh, ow)
+    # np.argmax returns the first maximum and treats NaN as the maximum (its first one).
+    pick = np.argmax(values, axis=-1)
+    # A window whose real elements are all -inf: argmax may land on padding (also -inf);
+    # take its first real element instead, as the kernel does.
+    on_pad = ~real[np.arange(oh)[:, None], np.arange(ow)[None, :], pick]
+    if on_pad.any():
+        first_real = np.argmax(real, axis=-1)
+        pick = np.where(on_pad, np.broadcast_to(first_real, pick.shape), pick)
+    y = np.take_along_axis(values, pick[..., None], axis=-1)[..., 0]
+    return np.ascontiguousarray(y), pick.astype(index_dtype(params))
+
+
+def backward_reference(dy: np.ndarray, argmax: np.ndarray, params: PoolParams,
+                       input_shape) -> np.ndarray:
+    """dx: each output's gradient added to its argmax's position (row-major output order)."""
+    n, c, h, w = (int(v) for v in input_shape)
+    p = params
+    _, _, oh, ow = dy.shape
+    dx = np.zeros((n, c, h, w), dtype=dy.dtype)
+    if dy.size == 0:
+        return dx
+    offset = argmax.astype(np.int64)
+    rows = np.arange(oh)[:, None] * p.sh - p.ph + offset // p.kw
+    cols = np.arange(ow)[None, :] * p.sw - p.pw + offset % p.kw
+    planes = np.arange(n * c).reshape(n, c, 1, 1)
+    flat = (planes * h + rows) * w + cols
+    np.add.at(dx.reshape(-1), flat.reshape(-1), dy.reshape(-1))  # in output order
+    return dx
+
+
+# --------------------------------------------------------------------------- launches
+
+def _shape(shape, array) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(grid, block) for a thread per element of the planes of ``shape`` (N, C, H, W):
+    a block is a warp-rounded run of a plane's elements (at most BLOCK) times as many
+    planes as fill BLOCK threads (small planes share blocks)."""
+    n, c, h, w = shape
+    bx = min(BLOCK, -(-h * w // 32) * 32)
+    by = max(1, BLOCK // bx)
+    cap = CUDA_MAX_PLANES if hasattr(array, "__cuda_array_interface__") else EMU_MAX_PLANES
+    return (max(1, -(-h * w // bx)), max(1, min(-(-n * c // by), cap))), (bx, by)
+
+
+def _shape_args(x_shape, out_shape, p: PoolParams) -> tuple:
+    n, c, h, w = x_shape
+    return (np.int64(n * c), np.int32(h), np.int32(w), np.int32(out_shape[2]),
+            np.int32(out_shape[3]), np.int32(p.kh), np.int32(p.kw), np.int32(p.sh),
+            np.int32(p.sw), np.int32(p.ph), np.int32(p.pw))
+
+
+def forward_launch(x, y, params: PoolParams, argmax=None) -> Launch:
+    """y (and the argmax, when given: uint8 or int32 as ``index_dtype``) from x."""
+    args = _shape_args(x.shape, y.shape, params)
+    grid, block = _shape(y.shape, x)
+    if argmax is None:
+        return Launch(MODULE, "max_pool_forward", grid=grid, block=block, args=(x, y, *args))
+    return Launch(MODULE, "max_pool_forward_index", grid=grid, block=block,
+                  args=(x, y, argmax, *args), template_args=(INDEX_TYPES[np.dtype(argmax.dtype)],))
+
+
+def backward_launch(dy, argmax, dx, params: PoolParams) -> Launch:
+    grid, block = _shape(dx.shape, dx)
+    return Launch(MODULE, "max_pool_backward", grid=grid, block=block,
+                  args=(dy, argmax, dx, *_shape_args(dx.shape, dy.shape, params)),
+                  template_args=(INDEX_TYPES[np.dtype(argmax.dtype)],))
+
+
+def backward_recompute_launch(x, dy, dx, params: PoolParams) -> Launch:
+    grid, block = _shape(dx.shape, dx)
+    return Launch(MODULE, "max_pool_backward_recompute", grid=grid, block=block, args=(x, dy, dx, *_shape_args(dx.shape, dy.shape, params)))
+
+
+# --------------------------------------------------------------------------- on a device
+
+def _check_input(x, op: str = "max_pool2d") -> None:
+    if getattr(x, "ndim", None) != 4:
+        raise ValueError(f"{op} expects an (N, C, H, W) tensor, got shape "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op} takes a floating-point tensor, not {x.dtype}")
+
+
+def _check_sizes(x_shape) -> None:
+    n, c, h, w = x_shape
+    if h * w > _INT32_MAX:
+        raise ValueError(f"max_pool2d: a plane of {h}×{w} elements exceeds the kernels' int32 indices")
+
+
+def forward(device, x, params: PoolParams, with_index: bool = True):
+    """``(y, argmax)`` (argmax None unless ``with_index``) as arrays of ``device``."""
+    _check_input(x)
+    out_shape = output_shape(x.shape, params)
+    if not device.runs_kernels:
+        y, argmax = forward_reference(x, params)
+        return y, (argmax if with_index else None)
+    x = kernel_array(device, x, "max_pool2d", "x")
+    _check_sizes(x.shape)
+    xp = device.xp
+    y = xp.empty(out_shape, dtype=np.float32)
+    argmax = xp.empty(out_shape, dtype=index_dtype(params)) if with_index else None
+    if y.size:
+        device.launch(forward_launch(x, y, params, argmax))
+    return y, argmax
+
+
+def backward(device, dy, argmax, params: PoolParams, input_shape):
+    """dx (of ``input_shape``) from dy and the forward's argmax."""
+    input_shape = tuple(int(v) for v in input_shape)
+    expected = output_shape(input_shape, params)
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"max_pool2d backward: dy has shape {tuple(dy.shape)}, the output of "
+                         f"an input of shape {input_shape} is {expected}")
+    check_same_shape("max_pool2d backward", dy=dy, argmax=argmax)
+    if np.dtype(argmax.dtype) != index_dtype(params):
+        raise TypeError(f"max_pool2d backward: argmax has dtype {argmax.dtype}, expected "
+                        f"{index_dtype(params)} for a {params.kh}×{params.kw} window")
+    if not device.runs_kernels:
+        return backward_reference(dy, argmax, params, input_shape)
+    dy = kernel_array(device, dy, "max_pool2d backward", "the gradient dy")
+    if not device.owns(argmax):
+        raise TypeError(f"max_pool2d backward: argmax is not an array of device {device.name!r}")
+    argmax = device.xp.ascontiguousarray(argmax)
+    _check_sizes(input_shape)
+    dx = device.xp.empty(input_shape, dtype=np.float32)
+    if dx.size:
+        device.launch(backward_launch(dy, argmax, dx, params))
+    return dx
+
+
+def backward_recompute(device, x, dy, params: PoolParams):
+    """dx from x and dy, finding each window's argmax again (the alternative to a saved one)."""
+    _check_input(x, "max_pool2d backward")
+    expected = output_shape(x.shape, params)
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"max_pool2d backward: dy has shape {tuple(dy.shape)}, expected {expected}")
+    if not device.runs_kernels:
+        _, argmax = forward_reference(x, params)
+        return backward_reference(dy, argmax, params, x.shape)
+    x = kernel_array(device, x, "max_pool2d backward", "x")
+    dy = kernel_array(device, dy, "max_pool2d backward", "the gradient dy")
+    _check_sizes(x.shape)
+    dx = device.xp.empty(x.shape, dtype=np.float32)
+    if dx.size:
+        device.launch(backward_recompute_launch(x, dy, dx, params))
+    return dx
