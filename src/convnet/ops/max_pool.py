@@ -14,9 +14,9 @@ Semantics (PyTorch's ``max_pool2d`` with ``ceil_mode=False``, no dilation):
   (deterministic: the kernel gathers per input, no atomics).
 
 The argmax is kept from the forward as the offset ``i·kw + j`` inside the window:
-``uint8`` for windows of up to 256 elements, ``int32`` above (``index_dtype``). That
-choice, keep rather than recompute, was measured (``benchmarks/lrn_pool.py``,
-``backward_recompute`` against ``backward``): see ``SAVE_ARGMAX``.
+``uint8`` for windows of up to 256 elements, ``int32`` above (``index_dtype``). Keeping
+it rather than recomputing it was measured (``benchmarks/lrn_pool.py``,
+``pool_backward_recompute`` against ``pool_backward``; see the note above ``BLOCK``).
 
 ``forward(device, x, params, with_index)`` / ``backward(device, dy, argmax, params,
 input_shape)`` take and return raw arrays of ``device``: NumPy references on ``cpu``
@@ -40,11 +40,10 @@ MODULE = KernelModule("max_pool.cu", (
     "max_pool_backward_recompute",
 ))
 
-# Keep the argmax from the forward (one uint8 per output for windows of up to 256
-# elements) instead of recomputing it in the backward: on emu the saved-index backward
-# is several times faster (benchmarks/lrn_pool.py, AlexNet shapes), and on a GPU it
-# reads dy and a byte per output instead of the whole input x.
-SAVE_ARGMAX = True
+# Why the argmax is kept rather than recomputed in the backward (benchmarks/lrn_pool.py,
+# notes "pool saved-vs-recomputed argmax"): on emu the backward that reads it is 6.5-7.5x
+# as fast as max_pool_backward_recompute (AlexNet's three pools, batch 8), and on a GPU
+# it reads dy and one byte per output instead of the whole input x as well.
 
 BLOCK = 256
 CUDA_MAX_PLANES = 65535     # grid.y: a GPU grid covers up to 65535 planes at once
