@@ -12,7 +12,9 @@ from .linear import linear
 from .loss import cross_entropy
 from .shape import cat, flatten
 from .metrics import topk_accuracy
+from .normalization import local_response_norm, local_response_norm_max_pool2d
 from .pooling import max_pool2d
 
-__all__ = ["cat", "conv2d", "cross_entropy", "dropout", "flatten", "linear", "max_pool2d",
-           "relu", "topk_accuracy"]
+__all__ = ["cat", "conv2d", "cross_entropy", "dropout", "flatten", "linear",
+           "local_response_norm", "local_response_norm_max_pool2d", "max_pool2d", "relu",
+           "topk_accuracy"]
