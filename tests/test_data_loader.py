@@ -250,6 +250,29 @@ def test_ctrl_c_leaves_nothing_behind(prepared, tmp_path, pause):
     assert not os.path.exists(f"/dev/shm/{name}") and not _our_segments(process.pid)
 
 
+def test_workers_exit_when_the_parent_is_killed(prepared, tmp_path):
+    """SIGKILL leaves no finalizer to run: the workers notice by themselves, and the
+    resource tracker unlinks the shared memory."""
+    script = tmp_path / "run_loader.py"
+    script.write_text(_SIGINT_SCRIPT)
+    process = subprocess.Popen([sys.executable, str(script), str(prepared["jpeg"]), "0.001"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline().split()
+        assert line and line[0] == "READY", process.stderr.read()
+        name, pids = line[1], [int(p) for p in line[2:]]
+        process.kill()
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert _gone(pids, timeout=15), "worker processes outlived their killed parent"
+    deadline = time.monotonic() + 15
+    while os.path.exists(f"/dev/shm/{name}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
 # --------------------------------------------------------------------------- errors
 
 def test_bad_arguments(prepared):
