@@ -245,15 +245,17 @@ struct CnGather {
 
 // A dense operand: V[kk][x] = src[row(x) * ld + kk] for kk < kend, where row(x) =
 // min(x0 + x, rows - 1). Each thread moves groups of four consecutive kk: one float4
-// when ld is a multiple of 4 and src is 16-byte aligned, else four floats.
+// when ld is a multiple of 4 and src is 16-byte aligned, else four floats. A thin
+// tile (BX smaller than the threads' rows per pass) leaves the surplus threads idle.
 template <class T, int BX>
 struct CnDense {
     static constexpr int BK = T::BK;
     static constexpr int THREADS = T::THREADS;
     static constexpr int VK = BK / 4;          // threads along kk, four kk each
     static constexpr int RP = THREADS / VK;    // rows per pass
-    static constexpr int XP = BX / RP;         // passes
-    static_assert(THREADS % VK == 0 && RP <= BX && BX % RP == 0,
+    static constexpr int XP = RP < BX ? BX / RP : 1;  // passes
+    static constexpr bool SPARE = RP > BX;     // threads with tr >= BX load nothing
+    static_assert(THREADS % VK == 0 && (SPARE || BX % RP == 0),
                   "the dense loader's thread grid must tile the BK x BX slice");
 
     const float* src;
@@ -283,6 +285,7 @@ struct CnDense {
 
     __device__ __forceinline__ void load()
     {
+        if (SPARE && tr >= BX) return;
         if (vec && k + 4 <= kend) {
 #pragma unroll
             for (int p = 0; p < XP; ++p) {
@@ -304,6 +307,7 @@ struct CnDense {
     template <int LD>
     __device__ __forceinline__ void store(float (&S)[BK][LD]) const
     {
+        if (SPARE && tr >= BX) return;
 #pragma unroll
         for (int p = 0; p < XP; ++p)
 #pragma unroll
@@ -315,6 +319,7 @@ struct CnDense {
     template <int LD>
     __device__ __forceinline__ void copy(float (&S)[BK][LD]) const
     {
+        if (SPARE && tr >= BX) return;
         if (vec && k + 4 <= kend) {
 #pragma unroll
             for (int p = 0; p < XP; ++p) {

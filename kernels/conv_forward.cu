@@ -18,7 +18,9 @@
 //
 // Launch: block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(N*P*Q / BN),
 // ceil(Kg / BM), groups); no dynamic shared memory. Every index is guarded, so any
-// shape works. 32-bit indices: the host checks the sizes.
+// shape works. 32-bit indices: the host checks the sizes. Tiles of 256 threads ask
+// for two resident blocks per SM (at most 128 registers), which they fit without
+// spilling; the backward kernels, with two gathers, need more and do not ask.
 #include "conv_common.cuh"
 
 #define CONV_BIAS 1

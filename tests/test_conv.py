@@ -543,14 +543,15 @@ def test_filter_plan():
 
 
 def test_choose_tile():
-    assert conv.choose_tile("emu", 256, 10000) == conv.EMU
-    assert conv.choose_tile("emu", 3, 20) == conv.SMALL
+    assert conv.choose_tile("emu", 256, 10000, units=2) == conv.EMU
+    assert conv.choose_tile("emu", 3, 10000, units=2) == conv.THIN
+    assert conv.choose_tile("emu", 3, 20, units=2) == conv.SMALL
     # AlexNet at batch 128 on 132 SMs: conv3 forward, conv1 forward, conv2 backward data
     # (48 input channels per group), conv1 backward data (3 channels, 16 stride phases)
-    assert conv.choose_tile("cuda", 384, 128 * 169, 1, sms=132) == conv.LARGE
-    assert conv.choose_tile("cuda", 96, 128 * 55 * 55, 1, sms=132) == conv.LARGE
-    assert conv.choose_tile("cuda", 48, 128 * 27 * 27, 2, sms=132) == conv.MEDIUM
-    assert conv.choose_tile("cuda", 3, 128 * 57 * 57, 16, sms=132) == conv.SMALL
+    assert conv.choose_tile("cuda", 384, 128 * 169, 1, units=132) == conv.LARGE
+    assert conv.choose_tile("cuda", 96, 128 * 55 * 55, 1, units=132) == conv.LARGE
+    assert conv.choose_tile("cuda", 48, 128 * 27 * 27, 2, units=132) == conv.MEDIUM
+    assert conv.choose_tile("cuda", 3, 128 * 57 * 57, 16, units=132) == conv.THIN
 
 
 def test_32_bit_limits():

@@ -78,7 +78,10 @@ SMALL = Tile(32, 32, 16, 4, 4)
 # a barrier (two fiber switches per thread) comes once per 2048 multiply-adds.
 EMU = Tile(128, 128, 16, 16, 8)
 
-TILES: tuple[Tile, ...] = (LARGE, MEDIUM, SMALL, EMU)
+# Four rows: GEMMs with very few rows (backward data of an RGB input's three channels).
+THIN = Tile(4, 256, 16, 4, 8)
+
+TILES: tuple[Tile, ...] = (LARGE, MEDIUM, SMALL, EMU, THIN)
 
 FORWARD = KernelModule("conv_forward.cu", tuple(t.name("conv_forward") for t in TILES))
 BACKWARD_DATA = KernelModule("conv_backward_data.cu",
@@ -98,34 +101,37 @@ def _sm_count(device) -> int:
         return 108
 
 
-# How a GPU runs each tile, for choose_tile: blocks resident per SM (from the compile
-# report's registers: LARGE 124-165, MEDIUM up to 167 of 65536 per SM, SMALL 64 threads)
-# and the arithmetic rate relative to LARGE (an estimate; 4x4 thread tiles load more
-# shared memory per multiply-add). Not yet measured on a GPU.
-GPU_TILE_MODEL = {LARGE: (1, 1.0), MEDIUM: (3, 0.8), SMALL: (8, 0.45)}
+# How a device runs each tile, for choose_tile: (blocks resident per SM or emulator
+# worker, arithmetic rate relative to the device's main tile). GPU: residency from the
+# compile report's registers (LARGE 124-165, MEDIUM up to 167 per thread, of 65536 per
+# SM), rates estimated (4x4 and 4x8 thread tiles read more shared memory per
+# multiply-add); not yet measured on a GPU. emu: rates measured on AlexNet's layers
+# (benchmarks/conv.py): a thin or small tile does ~1/6 of EMU's arithmetic per second.
+GPU_TILE_MODEL = {LARGE: (1, 1.0), MEDIUM: (3, 0.8), SMALL: (8, 0.45), THIN: (10, 0.35)}
+EMU_TILE_MODEL = {EMU: (1, 1.0), SMALL: (1, 0.18), THIN: (1, 0.17)}
 
 
-def choose_tile(kind: str, rows: int, cols: int, batches: int = 1, sms: int = 0) -> Tile:
+def choose_tile(kind: str, rows: int, cols: int, batches: int = 1, units: int = 0) -> Tile:
     """The tile for ``batches`` GEMMs of ``rows`` x ``cols`` results (one block grid of
-    ceil(rows/BM) x ceil(cols/BN) x batches) on a device kind.
+    ceil(rows/BM) x ceil(cols/BN) x batches) on a device kind ("cuda" or "emu").
 
-    emu: ``EMU``, or ``SMALL`` for a problem too small to keep two workers busy.
-    cuda: the tile with the least estimated time: waves of resident blocks over the
-    ``sms`` SMs times the work of a wave, each tile's rate from ``GPU_TILE_MODEL``.
-    Tiles wider than the matrix waste their edge, so few rows pick small tiles."""
-    def blocks(t: Tile) -> int:
-        return -(-rows // t.bm) * -(-cols // t.bn) * max(1, batches)
-
-    if kind != "cuda":
-        return EMU if blocks(EMU) >= 2 else SMALL
-    sms = sms or 108
+    The tile with the least estimated time: waves of resident blocks over the device's
+    ``units`` (SMs; emulator workers) times the work of a wave, each tile's residency
+    and rate from ``GPU_TILE_MODEL`` / ``EMU_TILE_MODEL``. Rows and columns past the
+    matrix are work too, so GEMMs with few rows pick narrow tiles."""
+    if kind == "cuda":
+        model, units = GPU_TILE_MODEL, units or 108
+    else:
+        from ..backend import emu
+        model, units = EMU_TILE_MODEL, units or emu.worker_threads()
 
     def cost(t: Tile) -> float:
-        resident, rate = GPU_TILE_MODEL[t]
-        waves = -(-blocks(t) // (sms * resident))
+        resident, rate = model[t]
+        blocks = -(-rows // t.bm) * -(-cols // t.bn) * max(1, batches)
+        waves = -(-blocks // (units * resident))
         return waves * resident * t.bm * t.bn / rate
 
-    return min(GPU_TILE_MODEL, key=cost)
+    return min(model, key=cost)
 
 
 # --------------------------------------------------------------------------- geometry
