@@ -76,3 +76,15 @@ def test_bad_arguments_and_cli(tmp_path, capsys):
     assert len(scan_folder(tmp_path / "d").splits["train"]) == 4
     assert cli.main(["make-demo-data", str(tmp_path / "e"), "--classes", "-1"]) == 2
     assert "classes must be" in capsys.readouterr().err
+
+
+def test_refuses_a_folder_with_other_files(tmp_path):
+    args = dict(classes=2, train_per_class=1, val_per_class=0, size=40, workers=0)
+    make_demo_data(tmp_path / "d", **args)
+    make_demo_data(tmp_path / "d", **args)  # the same set again: fine
+    with pytest.raises(DemoError, match="other settings"):
+        make_demo_data(tmp_path / "d", **{**args, "classes": 1})
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(b"")
+    with pytest.raises(DemoError, match="not empty"):
+        make_demo_data(tmp_path / "photos", **args)

@@ -31,6 +31,7 @@ number of workers; they may differ across NumPy or libjpeg versions).
 from __future__ import annotations
 
 import io
+import json
 import math
 import sys
 import time
@@ -51,6 +52,7 @@ PALETTES = (
     ("earth", (115, 75, 35), (205, 170, 120)),
 )
 JPEG_QUALITY = 90
+MARKER = ".convnet-demo.json"  # the settings of the set in a folder (hidden: not an image)
 
 
 class DemoError(ValueError):
@@ -282,8 +284,9 @@ def make_demo_data(root, *, classes: int = 10, train_per_class: int = 300,
                    start_method: str | None = None) -> dict:
     """Write the demo data set under ``root``; returns a summary dict.
 
-    Files already there with the same names are overwritten (the result depends only
-    on the arguments). ``workers``: processes (default: every usable core; 0 runs here).
+    ``root`` must be empty or hold a demo set made with the same arguments (which is
+    then written again, identically). ``workers``: processes (default: every usable
+    core; 0 runs here).
     """
     from ._pool import ProgressBar, run_tasks, usable_cpus
     classes = _check_int("classes", classes, 1, 1000)
@@ -294,6 +297,18 @@ def make_demo_data(root, *, classes: int = 10, train_per_class: int = 300,
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DemoError(f"{root} exists and is not a folder")
+    settings = {"classes": classes, "train_per_class": train_per_class,
+                "val_per_class": val_per_class, "size": size, "seed": seed}
+    marker = root / MARKER
+    if root.is_dir() and any(root.iterdir()):
+        try:
+            previous = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != settings:
+            raise DemoError(f"{root} is not empty" + (
+                " and holds a demo set made with other settings" if previous else "")
+                + "; choose an empty or new folder (files of another set would mix into this one)")
     workers = usable_cpus() if workers is None else int(workers)
     show = sys.stderr.isatty() if progress is None else bool(progress)
     started = time.monotonic()
@@ -310,6 +325,8 @@ def make_demo_data(root, *, classes: int = 10, train_per_class: int = 300,
         lines.append(f"{class_folder(k)} {spec['shape']}, {spec['texture']}, {spec['palette']} palette")
     (root / "synset_words.txt").write_text("\n".join(lines) + "\n")
 
+    root.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(settings) + "\n")
     chunk = 32
     tasks = [{"root": str(root), "items": items[s:s + chunk], "seed": seed, "size": size,
               "classes": classes} for s in range(0, len(items), chunk)]

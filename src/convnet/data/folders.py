@@ -22,6 +22,7 @@ target size (Lanczos) and takes the central square, as the paper does with
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,18 +206,23 @@ def load_rgb(source, min_size: int | None = None):
     """
     Image = _pil()
     from PIL import ImageOps
-    with Image.open(source) as im:
-        if min_size and im.format == "JPEG":
-            im.draft(None, (2 * min_size, 2 * min_size))
-        im.load()
-        try:
-            oriented = ImageOps.exif_transpose(im)
-        except Exception:  # broken EXIF data: keep the stored orientation
-            oriented = im
-        rgb = _to_rgb(oriented)
-        if rgb is im:
-            rgb = im.copy()  # outlive the with block
-        return rgb
+    with warnings.catch_warnings():
+        # Pillow's notes on odd files (possibly corrupt EXIF, large images, palette
+        # transparency) would interleave with the progress bar from every worker; the
+        # file is either converted as described above or skipped with the error.
+        warnings.simplefilter("ignore")
+        with Image.open(source) as im:
+            if min_size and im.format == "JPEG":
+                im.draft(None, (2 * min_size, 2 * min_size))
+            im.load()
+            try:
+                oriented = ImageOps.exif_transpose(im)
+            except Exception:  # broken EXIF data: keep the stored orientation
+                oriented = im
+            rgb = _to_rgb(oriented)
+            if rgb is im:
+                rgb = im.copy()  # outlive the with block
+            return rgb
 
 
 def resize_center_crop(im, size: int = 256) -> np.ndarray:
@@ -255,6 +261,10 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, Image.DecompressionBombError):
         return f"too many pixels (Pillow's decompression-bomb limit): {exc}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found (removed after the folder was read?)"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {text}"
     if isinstance(exc, OSError) and "truncated" in text:
         return f"truncated file: {text}"
     if isinstance(exc, OSError) and text:
