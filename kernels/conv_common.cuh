@@ -17,7 +17,9 @@
 // Shared tiles are kk-major (As[kk][m], Bs[kk][n]) and double-buffered: while the
 // threads multiply slice t out of one buffer, the loaders have already fetched slice
 // t+1 into registers and store it into the other buffer afterwards, so there is one
-// __syncthreads per slice and the global loads overlap the arithmetic on a GPU.
+// __syncthreads per slice and the global loads overlap the arithmetic on a GPU. Tiles
+// whose staging would cost more than 16 registers per thread (the emulator's deep
+// tiles, the thin tile) copy slice t+1 straight into the other buffer instead.
 // Rows are padded by 4 floats (16-byte aligned, and stores along kk spread over banks).
 //
 // Gathers: an operand element is src[base(x) + off(kk)], where x is the row (of A)

@@ -91,14 +91,21 @@ BACKWARD_FILTER = KernelModule("conv_backward_filter.cu",
                                + ("conv_split_sum", "conv_bias_grad"))
 
 
+_SM_COUNTS: dict[int, int] = {}
+
+
 def _sm_count(device) -> int:
     """Streaming multiprocessors of a cuda device (132 on an H100 SXM); 0 elsewhere."""
     if getattr(device, "kind", None) != "cuda":
         return 0
-    try:
-        return int(device.xp.cuda.Device(device.index).attributes["MultiProcessorCount"])
-    except Exception:  # attribute names differ across CuPy versions
-        return 108
+    index = int(device.index)
+    if index not in _SM_COUNTS:
+        try:
+            count = int(device.xp.cuda.Device(index).attributes["MultiProcessorCount"])
+        except Exception:  # attribute names differ across CuPy versions
+            count = 108
+        _SM_COUNTS[index] = count
+    return _SM_COUNTS[index]
 
 
 # How a device runs each tile, for choose_tile: (blocks resident per SM or emulator
