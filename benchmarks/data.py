@@ -84,6 +84,59 @@ def _rate(result: "harness.Result", images: int) -> float:
     return rate
 
 
+def _augmented(report, devices, folder, fmt, n, cores, reps, Loader, baseline) -> bool:
+    """One epoch of augmented training batches on each device; True if a device failed."""
+    failed = False
+    for device in devices:
+        try:
+            with Loader(folder, "train", batch_size=BATCH, workers=cores, device=device,
+                        augment="train") as loader:
+                def epoch(loader=loader, device=device):
+                    for _ in loader:
+                        pass
+                    device.synchronize()
+                result = report.add(harness.measure(epoch, device="cpu", name=f"loader_{fmt}+augment",
+                                                    params={"workers": cores, "device": device.name},
+                                                    **reps))
+            rate = _rate(result, n)
+            if baseline is not None:
+                report.add_ratio(result, baseline, label=f"loader_{fmt}+augment on {device.name} "
+                                                         f"vs {baseline.name}")
+            print(f"loader {fmt}+augment on {device.name}: {rate:.0f} img/s", file=sys.stderr,
+                  flush=True)
+        except Exception as exc:  # report and go on with the other devices
+            failed = True
+            report.notes[f"error {device.name}"] = f"{type(exc).__name__}: {exc}"
+            print(f"error on {device.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return failed
+
+
+def _without_pillow(args, report, devices, work, images, reps, cores, prepare_arrays, Loader) -> int:
+    """Pillow missing (a machine set up by hand): raw shards of random images only."""
+    report.notes["pillow"] = ("not installed: prepare, the JPEG cases and the PIL baseline are "
+                              "skipped; raw shards made from random arrays")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (images, 256, 256, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, images)
+    folder = work / "arrays-raw"
+    prepare_arrays(folder, {"train": (pixels, labels)}, [f"c{k}" for k in range(10)],
+                   log=lambda _: None)
+    del pixels
+    for workers in sorted({1, cores}):
+        with Loader(folder, "train", batch_size=BATCH, workers=workers) as loader:
+            def epoch(loader=loader):
+                for _ in loader:
+                    pass
+            result = report.add(harness.measure(epoch, device="cpu", name="loader_raw",
+                                                params={"workers": workers}, **reps))
+        _rate(result, images)
+    failed = _augmented(report, devices, folder, "raw", images, cores, reps, Loader, None)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    harness.finish(report, args)
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_common_args(parser)
@@ -94,8 +147,13 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None, help="where shards go (default: a temporary folder)")
     args = parser.parse_args(argv)
 
-    from convnet.data import Loader, make_demo_data, prepare, scan_folder
+    from convnet.data import Loader, make_demo_data, prepare, prepare_arrays, scan_folder
     from convnet.data._pool import usable_cpus
+    try:
+        import PIL.Image  # noqa: F401
+        have_pil = True
+    except ImportError:
+        have_pil = False
 
     cores = usable_cpus()
     images = args.images or (300 if args.quick else 2000)
@@ -107,6 +165,9 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="convnet-bench-data-"))
     failed = False
     try:
+        if not have_pil:
+            return _without_pillow(args, report, devices, work, images, reps, cores, prepare_arrays,
+                                   Loader)
         if args.data:
             src = Path(args.data)
         else:
@@ -142,8 +203,7 @@ def main(argv=None) -> int:
                 shutil.rmtree(dst, ignore_errors=True)
                 prepare(src, dst, format=fmt, workers=workers, **quiet)
             name = "prepare" if fmt == "jpeg" else "prepare_raw"
-            result = report.add(harness.measure(run, device="cpu", name=name, warmup=0,
-                                                repeats=1 if args.quick else 2,
+            result = report.add(harness.measure(run, device="cpu", name=name, warmup=0, repeats=1,
                                                 params={"workers": workers, "format": fmt}))
             rate = _rate(result, n)
             report.notes[f"{name}_img_per_s_per_worker_w{workers}"] = round(rate / workers, 1)
@@ -185,29 +245,8 @@ def main(argv=None) -> int:
                              label=f"loader_{fmt} ({cores} workers) vs {baseline.name}")
             report.add_ratio(best[fmt], pil, label=f"loader_{fmt} ({cores} workers) vs pil_per_image (1 process)")
 
-        for device in devices:
-            try:
-                with Loader(prepared["jpeg"], "train", batch_size=BATCH, workers=cores,
-                            device=device, augment="train") as loader:
-                    def epoch(loader=loader, device=device):
-                        for batch in loader:
-                            pass
-                        device.synchronize()
-                        return batch
-                    result = report.add(harness.measure(epoch, device="cpu",
-                                                        name="loader_jpeg+augment",
-                                                        params={"workers": cores,
-                                                                "device": device.name}, **reps))
-                rate = _rate(result, n)
-                baseline = pil_pool or pil
-                report.add_ratio(result, baseline, label=f"loader_jpeg+augment on {device.name} "
-                                                         f"vs {baseline.name}")
-                print(f"loader jpeg+augment on {device.name}: {rate:.0f} img/s", file=sys.stderr,
-                      flush=True)
-            except Exception as exc:  # report and go on with the other devices
-                failed = True
-                report.notes[f"error {device.name}"] = f"{type(exc).__name__}: {exc}"
-                print(f"error on {device.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        failed = _augmented(report, devices, prepared["jpeg"], "jpeg", n, cores, reps, Loader,
+                            pil_pool or pil)
 
         jpeg_rate = best["jpeg"].params["img_per_s"]
         raw_rate = best["raw"].params["img_per_s"]
@@ -218,6 +257,7 @@ def main(argv=None) -> int:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+    report.notes["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     harness.finish(report, args)
     return 1 if failed else 0
 

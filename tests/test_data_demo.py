@@ -5,12 +5,13 @@ import hashlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from convnet import cli
 from convnet.data import make_demo_data, scan_folder
 from convnet.data import demo as demo_module
 from convnet.data.demo import DemoError, class_spec
+
+Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed (a dependency of convnet.data)")
 
 
 def _digests(root):

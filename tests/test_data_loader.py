@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import convnet
-from convnet.data import (Augmentation, Loader, LoaderError, epoch_order, make_demo_data,
-                          open_prepared, prepare)
+from convnet.data import (Augmentation, Loader, LoaderError, PrepareError, epoch_order,
+                          make_demo_data, open_prepared, prepare, prepare_arrays)
 from convnet.data.loader import SHM_PREFIX
 
 from conftest import require_device
@@ -27,6 +27,7 @@ SIZE = 40
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> dict[str, Path]:
+    pytest.importorskip("PIL.Image", reason="Pillow is not installed (a dependency of convnet.data)")
     root = tmp_path_factory.mktemp("loader")
     make_demo_data(root / "src", classes=3, train_per_class=9, val_per_class=3, size=48, seed=2,
                    workers=0)
@@ -36,6 +37,17 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
                 progress=False, log=lambda _: None)
         out[fmt] = root / fmt
     return out
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """Raw shards of random 30x38 images from arrays: no Pillow needed, not square."""
+    rng = np.random.default_rng(12)
+    splits = {"train": (rng.integers(0, 256, (30, 30, 38, 3), dtype=np.uint8), rng.integers(0, 3, 30)),
+              "val": (rng.integers(0, 256, (7, 30, 38, 3), dtype=np.uint8), rng.integers(0, 3, 7))}
+    dst = tmp_path_factory.mktemp("synthetic")
+    prepare_arrays(dst, splits, ["a", "b", "c"], shard_size=8, log=lambda _: None)
+    return dst
 
 
 def _alive(pid: int) -> bool:
@@ -155,6 +167,50 @@ def test_augmented_batches(prepared, name):
         batches = list(loader)
     assert [b.images.shape[0] for b in batches] == [40, 40, 10]
     assert [b.labels.shape for b in batches] == [(4,), (4,), (1,)]
+
+
+@pytest.mark.parametrize("augment", [None, "train", "ten_crop"])
+def test_batches_on_every_device(synthetic, device, augment):
+    """Worker processes, the device copy (pinned memory and a copy stream on cuda) and
+    the augmentation kernel give what the NumPy reference gives from the shards."""
+    ds = open_prepared(synthetic)
+    split = ds.split("val" if augment == "ten_crop" else "train")
+    with Loader(ds, split.name, batch_size=4, workers=2, device=device, augment=augment,
+                crop=25, seed=8) as loader:
+        batches = list(loader.epoch(3))
+    assert sorted(np.concatenate([b.indices for b in batches])) == list(range(len(split)))
+    reference = Augmentation.from_dataset(ds, augment, crop=25, seed=8) if augment else None
+    cpu = convnet.get_device("cpu")
+    for b in batches:
+        images, labels = device.to_numpy(b.images), device.to_numpy(b.labels)
+        np.testing.assert_array_equal(labels, split.labels[b.indices])
+        raw = np.stack([split.read(i) for i in b.indices])
+        if reference is None:
+            np.testing.assert_array_equal(images, raw)
+        else:
+            expected = reference(cpu, raw, b.indices, 3)
+            assert images.shape == expected.shape and images.dtype == np.float32
+            np.testing.assert_allclose(images, expected, rtol=1e-6, atol=1e-4)
+
+
+def test_prepare_arrays(tmp_path, synthetic):
+    ds = open_prepared(synthetic)
+    assert ds.image_size == (30, 38, 3) and ds.format == "raw" and ds.class_names == ["a", "b", "c"]
+    train = ds.split("train")
+    images = np.stack([train.read(i) for i in range(len(train))])
+    np.testing.assert_allclose(ds.mean, images.mean(axis=0), atol=1e-4)
+    covariance = np.cov(images.reshape(-1, 3).astype(np.float64), rowvar=False)
+    np.testing.assert_allclose(ds.stats["covariance"], covariance, rtol=1e-10)
+    assert train.source(9) == "train[9]"
+    good = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(PrepareError, match="uint8"):
+        prepare_arrays(tmp_path, {"train": (good.astype(np.float32), [0, 0])}, ["a"])
+    with pytest.raises(PrepareError, match="labels"):
+        prepare_arrays(tmp_path, {"train": (good, [0, 1])}, ["a"])
+    with pytest.raises(PrepareError, match="'train'"):
+        prepare_arrays(tmp_path, {"val": (good, [0, 0])}, ["a"])
+    with pytest.raises(PrepareError, match="other splits"):
+        prepare_arrays(tmp_path, {"train": (good, [0, 0]), "val": (good[:, :4], [0, 0])}, ["a"])
 
 
 # --------------------------------------------------------------------------- shutdown

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from convnet import cli
 from convnet.data import (DatasetError, ManifestError, PrepareError, ShardError, make_demo_data,
                           open_prepared, prepare, prepare_image, scan_folder, shards, stats)
 from convnet.data.folders import resize_center_crop
+
+Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed (a dependency of convnet.data)")
 
 SIZE = 48  # small stored images keep these tests fast; the odd-files test uses 256
 

@@ -4,7 +4,8 @@
   ``val/<wnid>/*.JPEG``, optional ``synset_words.txt``): ``folders``.
 * ``prepare(src, dst)`` (``convnet prepare SRC DST``) resizes, center-crops and packs
   the images into shards once, with the mean image and the RGB eigen-statistics:
-  ``prepare``, ``shards`` (formats, manifest), ``stats``.
+  ``prepare``, ``shards`` (formats, manifest), ``stats``. ``prepare_arrays`` does the
+  same for images already in memory.
 * ``open_prepared(dst)`` reads a prepared folder; ``Loader(dst, "train", ...)`` delivers
   batches from it with worker processes and shared memory: ``loader``.
 * ``Augmentation`` (crop, mirror, mean subtraction, PCA lighting, ten-crop; one fused
@@ -17,7 +18,7 @@ from .augment import Augmentation, AugmentError, ten_crop_average
 from .demo import make_demo_data
 from .folders import DatasetError, ImageFolder, load_rgb, prepare_image, scan_folder
 from .loader import Batch, Loader, LoaderError, epoch_order
-from .prepare import PrepareError, prepare
+from .prepare import PrepareError, prepare, prepare_arrays
 from .shards import (FORMAT_VERSION, ManifestError, PreparedDataset, PreparedSplit, ShardError,
                      open_prepared, read_manifest)
 
@@ -25,5 +26,5 @@ __all__ = [
     "AugmentError", "Augmentation", "Batch", "DatasetError", "FORMAT_VERSION", "ImageFolder",
     "Loader", "LoaderError", "ManifestError", "PrepareError", "PreparedDataset", "PreparedSplit",
     "ShardError", "epoch_order", "load_rgb", "make_demo_data", "open_prepared", "prepare",
-    "prepare_image", "read_manifest", "scan_folder", "ten_crop_average",
+    "prepare_arrays", "prepare_image", "read_manifest", "scan_folder", "ten_crop_average",
 ]

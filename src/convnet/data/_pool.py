@@ -247,26 +247,53 @@ def usable_cpus() -> int:
 
 
 class ProgressBar:
-    """A tqdm bar with images/s and ETA on stderr, or nothing when disabled."""
+    """A one-line progress bar on stderr: count, percent, images/s and ETA.
 
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:  # a dependency; only a broken install lacks it
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, initial=initial, desc=desc, unit="img",
-                                dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
+    Redrawn at most five times a second; disabled (does nothing) when ``enabled`` is
+    false. ``initial`` counts work already done (a resumed run), which is left out of
+    the rate.
+    """
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool, file=None):
+        self.total, self.n, self.desc = int(total), int(initial), desc
+        self.enabled = bool(enabled) and self.total > 0
+        self.file = file or sys.stderr
+        self.start = time.monotonic()
+        self.first = self.n
+        self.drawn = 0.0
+        if self.enabled:
+            self._draw()
 
     def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+        self.n += int(n)
+        if self.enabled and time.monotonic() - self.drawn >= 0.2:
+            self._draw()
+
+    def _draw(self, end: str = "") -> None:
+        now = time.monotonic()
+        self.drawn = now
+        elapsed = now - self.start
+        rate = (self.n - self.first) / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.n) / rate if rate > 0 else None
+        eta = "?" if left is None else _clock(left)
+        width = 24
+        filled = int(width * self.n / self.total) if self.total else width
+        self.file.write(f"\r{self.desc}: {100 * self.n / self.total:3.0f}% |{'#' * filled}"
+                        f"{'.' * (width - filled)}| {self.n}/{self.total} [{_clock(elapsed)}<{eta}, "
+                        f"{rate:.0f} img/s]{end}")
+        self.file.flush()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.enabled:
+            self._draw(end="\n")
+            self.enabled = False
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 def run_tasks(handler, tasks: list[dict], workers: int, bar: ProgressBar, start_method=None):

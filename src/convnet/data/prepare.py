@@ -220,10 +220,13 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
             tasks.append({"root": str(src), "split": split, "index": index, "path": str(path),
                           "entries": chunk, "plan": digest, "size": size, "format": format,
                           "quality": quality, "sources": len(chunk)})
-    for entry in dst.iterdir():  # shards of an earlier plan that this one does not have
-        match = _SHARD_FILE.match(entry.name)
-        if match and entry.name not in wanted_files:
-            entry.unlink()
+    previous_stats = _previous_stats(dst)
+    stale = [entry for entry in dst.iterdir()  # shards of an earlier plan that this one lacks
+             if _SHARD_FILE.match(entry.name) and entry.name not in wanted_files]
+    if tasks or stale:  # the folder is about to change: it is no prepared data set until done
+        (dst / shards.MANIFEST).unlink(missing_ok=True)
+    for entry in stale:
+        entry.unlink()
 
     done_sources = sum(r["sources"] for r in reused.values())
     if reused:
@@ -261,33 +264,91 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
          "shards": [results[("train", i)]["plan"]
                     for i in range(len(splits["train"]["shards"]))]}, sort_keys=True).encode()
     ).hexdigest()
-    stats_entry = _reuse_stats(dst, stat_key)
+    stats_entry = previous_stats if previous_stats and previous_stats.get("key") == stat_key \
+        and (dst / previous_stats.get("mean_file", "")).is_file() else None
     if stats_entry is None:
-        stats_entry = _compute_stats(dst, splits["train"], size, pixels, seed, workers, show,
-                                     start_method)
+        stats_entry = _compute_stats(dst, splits["train"], (size, size), pixels, seed, workers,
+                                     show, start_method)
         stats_entry["key"] = stat_key
 
-    manifest = {
-        "format": shards.FORMAT_NAME,
-        "version": shards.FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "convnet_version": _version(),
-        "source": str(src.resolve()),
-        "settings": {**settings, "pixels": pixels, "seed": seed},
-        "image_shape": [size, size, 3],
-        "classes": folder.classes,
-        "class_names": folder.class_names,
-        "splits": splits,
-        "skipped": skipped,
-        "ignored_files": len(folder.ignored),
-        "stats": stats_entry,
-    }
-    shards.write_json_atomic(dst / shards.MANIFEST, manifest)
+    manifest = _write_manifest(dst, str(src.resolve()), {**settings, "pixels": pixels, "seed": seed},
+                               (size, size), folder.classes, folder.class_names, splits, skipped,
+                               stats_entry, ignored_files=len(folder.ignored))
     elapsed = time.monotonic() - started
     made = sum(t["sources"] for t in tasks)
     say(f"prepare: {dst}: " + ", ".join(f"{k} {v['count']} images" for k, v in splits.items())
         + f", {len(skipped)} skipped" + (f" (listed in {dst / shards.SKIPPED_FILE})" if skipped else "")
         + f"; {made} files processed in {elapsed:.1f} s")
+    return manifest
+
+
+def prepare_arrays(dst, splits: dict, classes, *, class_names=None, format: str = "raw",
+                   quality: int = DEFAULT_QUALITY, shard_size: int | None = None,
+                   pixels: int = stats.DEFAULT_PIXELS, seed: int = 0, log=None) -> dict:
+    """Prepare images already in memory (no resizing; no Pillow needed for ``"raw"``).
+
+    ``splits``: ``{"train": (images, labels), "val": ...}`` with uint8 images (N, H, W, 3),
+    the same H x W in every split, and integer labels in ``[0, len(classes))``. The
+    shards, statistics and manifest are those of ``prepare`` (image ``i`` of a split
+    is recorded as its source ``"split[i]"``); ``dst`` is written afresh.
+    """
+    dst = Path(dst)
+    _check_settings(format, 8, quality, shard_size, pixels, seed)
+    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    classes = [str(c) for c in classes]
+    names = list(class_names) if class_names is not None else list(classes)
+    if not classes or len(names) != len(classes):
+        raise PrepareError("give at least one class, and as many class names as classes")
+    if "train" not in splits:
+        raise PrepareError("splits must include 'train' (the statistics come from it)")
+    shape = None
+    checked = {}
+    for split, pair in splits.items():
+        if not re.fullmatch(r"[A-Za-z0-9_]+", str(split)):
+            raise PrepareError(f"split names are letters, digits and '_', got {split!r}")
+        images, labels = np.asarray(pair[0]), np.asarray(pair[1])
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise PrepareError(f"{split}: images must be uint8 (N, H, W, 3), got {images.dtype} "
+                               f"{images.shape}")
+        if shape is not None and images.shape[1:3] != shape:
+            raise PrepareError(f"{split}: images of {images.shape[1:3]}, other splits have {shape}")
+        shape = images.shape[1:3]
+        if labels.shape != (len(images),) or labels.dtype.kind not in "iu" or (
+                len(labels) and (labels.min() < 0 or labels.max() >= len(classes))):
+            raise PrepareError(f"{split}: labels must be {len(images)} integers in "
+                               f"[0, {len(classes)})")
+        checked[split] = (images, labels)
+    if not len(checked["train"][0]):
+        raise PrepareError("the train split holds no images")
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / shards.MANIFEST).unlink(missing_ok=True)
+    for entry in dst.iterdir():
+        if _is_our_temporary(entry.name) or _SHARD_FILE.match(entry.name):
+            entry.unlink()
+    entries = {}
+    for split, (images, labels) in checked.items():
+        per_shard = shard_size or default_shard_size(len(images))
+        shard_list = []
+        for index in range(math.ceil(len(images) / per_shard)):
+            lo, hi = index * per_shard, min(len(images), (index + 1) * per_shard)
+            path = dst / shards.shard_name(split, index)
+            with shards.ShardWriter(path, format, images.shape[1:]) as writer:
+                for i in range(lo, hi):
+                    image = np.ascontiguousarray(images[i])
+                    writer.add(shards.encode_jpeg(image, quality) if format == "jpeg" else image,
+                               int(labels[i]))
+                writer.close({"split": split, "index": index, "plan": None,
+                              "sources": [f"{split}[{i}]" for i in range(lo, hi)], "skipped": []})
+            shard_list.append({"file": path.name, "count": hi - lo, "sources": hi - lo})
+        entries[split] = {"count": len(images), "sources": len(images), "skipped": 0,
+                          "shard_size": per_shard, "shards": shard_list}
+    _write_skipped(dst, [])
+    stats_entry = _compute_stats(dst, entries["train"], shape, pixels, seed, 0, False, None)
+    settings = {"size": None, "format": format, "quality": quality if format == "jpeg" else None,
+                "resample": None, "crop": None, "pixels": pixels, "seed": seed}
+    manifest = _write_manifest(dst, "arrays", settings, shape, classes, names, entries, [],
+                               stats_entry)
+    say(f"prepare: {dst}: " + ", ".join(f"{k} {v['count']} images" for k, v in entries.items()))
     return manifest
 
 
@@ -306,29 +367,47 @@ def _write_skipped(dst: Path, skipped: list[dict]) -> None:
     os.replace(tmp, dst / shards.SKIPPED_FILE)
 
 
-def _reuse_stats(dst: Path, key: str) -> dict | None:
-    """The statistics of an earlier complete run over the same training shards."""
+def _previous_stats(dst: Path) -> dict | None:
+    """The statistics of an earlier complete run in ``dst`` (reused when their key matches)."""
     try:
-        old = shards.read_manifest(dst)
+        return shards.read_manifest(dst).get("stats") or None
     except shards.ManifestError:
         return None
-    entry = old.get("stats") or {}
-    if entry.get("key") != key or not (dst / entry.get("mean_file", "")).is_file():
-        return None
-    return entry
 
 
-def _compute_stats(dst: Path, train: dict, size: int, pixels: int, seed: int, workers: int,
+def _write_manifest(dst: Path, source: str, settings: dict, shape, classes, class_names, splits,
+                    skipped, stats_entry, **extra) -> dict:
+    manifest = {
+        "format": shards.FORMAT_NAME,
+        "version": shards.FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "convnet_version": _version(),
+        "source": source,
+        "settings": settings,
+        "image_shape": [int(shape[0]), int(shape[1]), 3],
+        "classes": list(classes),
+        "class_names": list(class_names),
+        "splits": splits,
+        "skipped": skipped,
+        **extra,
+        "stats": stats_entry,
+    }
+    shards.write_json_atomic(dst / shards.MANIFEST, manifest)
+    return manifest
+
+
+def _compute_stats(dst: Path, train: dict, shape, pixels: int, seed: int, workers: int,
                    show: bool, start_method) -> dict:
     n = train["count"]
-    per_image = stats.pixels_per_image(n, pixels, size, size)
+    h, w = shape
+    per_image = stats.pixels_per_image(n, pixels, h, w)
     tasks, first = [], 0
     for s in train["shards"]:
         if s["count"]:
             tasks.append({"path": str(dst / s["file"]), "first": first, "per_image": per_image,
                           "seed": seed})
         first += s["count"]
-    total = stats.Accumulator((size, size, 3))
+    total = stats.Accumulator((h, w, 3))
     bar = ProgressBar(n, 0, "statistics", show)
     try:
         for _, payload in run_tasks(_shard_stats, tasks, workers, bar, start_method):
