@@ -36,6 +36,7 @@ number of workers or the device.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -158,13 +159,21 @@ def apply(device, images, mean, params: np.ndarray, offsets: np.ndarray, crop: i
     if not device.runs_kernels:
         return apply_reference(images, mean, params, offsets, crop, scale)
     xp = device.xp
-    images = xp.ascontiguousarray(images)
-    mean = xp.ascontiguousarray(mean)
-    out = xp.empty((len(params), 3, crop, crop), dtype=np.float32)
-    if len(params):
-        device.launch(apply_launch(images, mean, device.asarray(params), device.asarray(offsets),
-                                   out, crop, float(scale), device.kind))
+    with _on(device):
+        images = xp.ascontiguousarray(images)
+        mean = xp.ascontiguousarray(mean)
+        out = xp.empty((len(params), 3, crop, crop), dtype=np.float32)
+        if len(params):
+            device.launch(apply_launch(images, mean, device.asarray(params), device.asarray(offsets),
+                                       out, crop, float(scale), device.kind))
     return out
+
+
+def _on(device):
+    """The device's context on cuda (allocations land on its GPU), else nothing."""
+    if device.kind == "cuda":
+        return device.xp.cuda.Device(device.index)
+    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- parameters

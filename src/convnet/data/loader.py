@@ -403,13 +403,15 @@ class Loader:
         return batches
 
     def _emit(self, host: np.ndarray, indices: np.ndarray, epoch: int, number: int) -> Batch:
-        images, token = self._stage.put(host)
-        if self.augment is not None:
-            images = self.augment(self.device, images, indices, epoch)
-        else:
-            images = images.copy()  # the caller may keep it; the slot is reused
-        self._stage.release(token)
-        labels = self._stage.labels(self.split.labels[indices])
+        from .augment import _on
+        with _on(self.device):
+            images, token = self._stage.put(host)
+            if self.augment is not None:
+                images = self.augment(self.device, images, indices, epoch)
+            else:
+                images = images.copy()  # the caller may keep it; the slot is reused
+            self._stage.release(token)
+            labels = self._stage.labels(self.split.labels[indices])
         return Batch(images=images, labels=labels, indices=indices, epoch=epoch, number=number)
 
     def _run_epoch(self, epoch: int):
