@@ -84,6 +84,15 @@ def _rate(result: "harness.Result", images: int) -> float:
     return rate
 
 
+def _rate_notes(report) -> None:
+    """Each case's images/s as a note too (gpu_check's summary prints notes), and the load
+    average: other work on the machine shows in these rates."""
+    for r in report.results:
+        where = r.params.get("device") or f"{r.params.get('workers')} worker(s)"
+        report.notes[f"img/s {r.name} ({where})"] = r.params.get("img_per_s")
+    report.notes["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+
 def _augmented(report, devices, folder, fmt, n, cores, reps, Loader, baseline) -> bool:
     """One epoch of augmented training batches on each device; True if a device failed."""
     failed = False
@@ -133,6 +142,7 @@ def _without_pillow(args, report, devices, work, images, reps, cores, prepare_ar
     failed = _augmented(report, devices, folder, "raw", images, cores, reps, Loader, None)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
+    _rate_notes(report)
     harness.finish(report, args)
     return 1 if failed else 0
 
@@ -161,6 +171,7 @@ def main(argv=None) -> int:
     reps = dict(warmup=args.warmup if args.warmup is not None else 1, repeats=repeats)
     report = harness.Report("data", args=vars(args))
     report.notes["cores"] = cores
+    report.notes["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     devices = harness.open_devices(args.devices, report)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="convnet-bench-data-"))
     failed = False
@@ -257,7 +268,7 @@ def main(argv=None) -> int:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    report.notes["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    _rate_notes(report)
     harness.finish(report, args)
     return 1 if failed else 0
 
