@@ -54,7 +54,7 @@ from ._pool import WorkerError, WorkerPool, usable_cpus
 from .augment import Augmentation
 from .shards import PreparedDataset, ShardError, decode_jpeg, open_prepared
 
-SHM_PREFIX = "convnet-loader-"
+SHM_PREFIX = "convnet-ld-"  # short: macOS allows 31 characters
 DEFAULT_PREFETCH = 4
 _SHUFFLE_TAG = 0x53480000  # "SH"
 _MAX_OUTSTANDING = 3       # chunks queued per worker

@@ -197,9 +197,10 @@ class ShardInfo:
         return self.payload_offset + int(self.offsets[i]), int(self.offsets[i + 1] - self.offsets[i])
 
 
-def read_shard_info(path, verify: bool = False) -> ShardInfo:
-    """Parse a shard's header, labels, offsets and metadata; ``verify`` also checks the
-    payload's CRC-32. Raises ShardError naming the file and what is wrong."""
+def read_shard_info(path, verify: bool = False, meta: bool = True) -> ShardInfo:
+    """Parse a shard's header, labels, offsets and (unless ``meta=False``) metadata;
+    ``verify`` also checks the payload's CRC-32. Raises ShardError naming the file and
+    what is wrong."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -238,11 +239,13 @@ def read_shard_info(path, verify: bool = False) -> ShardInfo:
                     raise ShardError(f"{path}: raw payload of {p_len} bytes does not hold "
                                      f"{count} images of {h}x{w}x{c}")
                 offsets = np.arange(count + 1, dtype=np.int64) * item
-            f.seek(m_off)
-            try:
-                meta = json.loads(f.read(m_len).decode())
-            except ValueError as exc:
-                raise ShardError(f"{path}: corrupt shard metadata ({exc})") from None
+            metadata = {}
+            if meta:
+                f.seek(m_off)
+                try:
+                    metadata = json.loads(f.read(m_len).decode())
+                except ValueError as exc:
+                    raise ShardError(f"{path}: corrupt shard metadata ({exc})") from None
             if verify:
                 f.seek(p_off)
                 running, left = 0, p_len
@@ -260,7 +263,7 @@ def read_shard_info(path, verify: bool = False) -> ShardInfo:
         raise ShardError(f"{path}: cannot read shard ({exc})") from None
     return ShardInfo(path=path, kind=KIND_NAMES[kind], count=int(count), size=(h, w, c),
                      payload_offset=int(p_off), payload_length=int(p_len), crc32=int(crc),
-                     labels=labels, offsets=offsets, meta=meta)
+                     labels=labels, offsets=offsets, meta=metadata)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -350,7 +353,7 @@ class PreparedSplit:
         self.paths = [str(folder / s["file"]) for s in entry["shards"]]
         infos = []
         for path, s in zip(self.paths, entry["shards"]):
-            info = read_shard_info(path)
+            info = read_shard_info(path, meta=False)  # the source lists are read when asked for
             if info.count != s["count"] or info.kind != kind or info.size != self.size:
                 raise ShardError(f"{path}: holds {info.count} {info.kind} images of {info.size}, "
                                  f"the manifest says {s['count']} {kind} images of {self.size}; "
@@ -401,6 +404,8 @@ class PreparedSplit:
         i = self._check(i)
         k = int(self.shard_ids[i])
         first = int(np.searchsorted(self.shard_ids, k))
+        if not self._infos[k].meta:
+            self._infos[k] = read_shard_info(self.paths[k])
         return self._infos[k].meta["sources"][i - first]
 
 
