@@ -399,3 +399,7 @@ def test_cli_prepare(tmp_path, demo, capsys):
     assert "no such folder" in capsys.readouterr().err
     assert cli.main(["prepare", str(demo), str(tmp_path / "q"), "--quality", "50"]) == 2
     assert "quality" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert cli.main(["prepare", str(demo), str(tmp_path / "a-file" / "out"), "--workers", "0",
+                     "--no-progress"]) == 1
+    assert "a-file" in capsys.readouterr().err  # the OSError's message, no traceback

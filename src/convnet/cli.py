@@ -68,7 +68,7 @@ def cmd_prepare(args) -> int:
     except (DatasetError, PrepareError) as exc:
         print(f"convnet prepare: {exc}", file=sys.stderr)
         return 2
-    except WorkerError as exc:
+    except (WorkerError, OSError) as exc:  # a worker failed; disk full, permissions, ...
         print(f"convnet prepare: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -81,6 +81,7 @@ def cmd_prepare(args) -> int:
 def cmd_make_demo_data(args) -> int:
     """Write the generated demo data set; 2 on bad arguments."""
     from .data import make_demo_data
+    from .data._pool import WorkerError
     from .data.demo import DemoError
     try:
         summary = make_demo_data(args.dir, classes=args.classes,
@@ -90,6 +91,9 @@ def cmd_make_demo_data(args) -> int:
     except DemoError as exc:
         print(f"convnet make-demo-data: {exc}", file=sys.stderr)
         return 2
+    except (WorkerError, OSError) as exc:
+        print(f"convnet make-demo-data: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nconvnet make-demo-data: interrupted", file=sys.stderr)
         return 130
