@@ -42,6 +42,10 @@ DEFAULT_SIZE = 256
 DEFAULT_QUALITY = 95
 MAX_SHARD_SIZE = 1024
 FORMATS = ("jpeg", "raw")
+# Bumped whenever the pixels prepare writes for a file would change (decoding, colour
+# conversion, resizing): it is part of each shard's plan, so a resumed run redoes shards
+# made by an older pipeline instead of mixing them in.
+PIPELINE_VERSION = 1
 _SHARD_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{5})" + re.escape(shards.SHARD_SUFFIX) + "$")
 
 
@@ -194,7 +198,7 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
             entry.unlink()
 
     settings = {"size": size, "format": format, "quality": quality if format == "jpeg" else None,
-                "resample": "lanczos", "crop": "center"}
+                "resample": "lanczos", "crop": "center", "pipeline": PIPELINE_VERSION}
     tasks, reused = [], {}
     wanted_files = set()
     total_sources = 0
