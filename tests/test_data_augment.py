@@ -177,7 +177,8 @@ def test_draws_reproducible_and_per_image():
 
 def test_draw_distributions():
     n = 20_000
-    augmentation = Augmentation("train", None, np.array([100.0, 25.0, 4.0]), np.eye(3), seed=7)
+    augmentation = Augmentation("train", None, np.array([100.0, 25.0, 4.0]), np.eye(3), seed=7,
+                                lighting="std")
     params, offsets = augmentation.params(np.arange(n), epoch=1)
     y0, x0, flip = params[:, 1], params[:, 2], params[:, 3]
     assert y0.min() == 0 and y0.max() == 29 and x0.min() == 0 and x0.max() == 29
@@ -199,9 +200,9 @@ def test_lighting_formula():
     values, vectors = _stats()
     indices = np.arange(50)
     alpha = 0.1 * aug.standard_normals(3, indices, 2)
-    std = Augmentation("train", None, values, vectors, seed=3).lighting_offsets(indices, 2)
+    std = Augmentation("train", None, values, vectors, seed=3, lighting="std").lighting_offsets(indices, 2)
     np.testing.assert_allclose(std, (vectors @ (alpha * np.sqrt(values)).T).T, rtol=1e-5, atol=1e-5)
-    literal = Augmentation("train", None, values, vectors, seed=3, lighting="eigenvalue01")
+    literal = Augmentation("train", None, values, vectors, seed=3)  # the default
     np.testing.assert_allclose(literal.lighting_offsets(indices, 2),
                                255 * (vectors @ (alpha * values / 255**2).T).T, rtol=1e-5, atol=1e-5)
     off = Augmentation("train", None, values, vectors, alpha_std=0).lighting_offsets(indices, 2)

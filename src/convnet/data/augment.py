@@ -51,13 +51,14 @@ MODES = ("train", "center", "ten_crop")
 DEFAULT_CROP = 227
 DEFAULT_ALPHA_STD = 0.1
 # PCA lighting magnitudes m_i from the covariance eigenvalues lambda_i (of pixel values 0..255):
-#   "std":          m_i = sqrt(lambda_i), the standard deviation along p_i. The paper's
-#                   formula with lambda_i read as a spread, which does not depend on the
-#                   unit of pixel values; the magnitudes widely used reimplementations
-#                   use (about 5 grey levels on ImageNet). The default.
-#   "eigenvalue01": m_i = lambda_i / 255, the formula taken literally with pixel values in
-#                   [0, 1] (lambda_i / 255**2), converted back to 0..255 (about 1 grey level).
-LIGHTING = ("std", "eigenvalue01")
+#   "eigenvalue01": m_i = lambda_i / 255, the paper's formula (Krizhevsky et al. 2012,
+#                   sec. 4.1: alpha_i * lambda_i * p_i) with the eigenvalues of pixel values in
+#                   [0, 1] (lambda_i / 255**2), converted back to 0..255. This is how common
+#                   reimplementations apply it; ImageNet's top eigenvalue is about 0.2 on
+#                   [0, 1] pixels, so alpha = 0.1 moves pixels by about 5 grey levels. The default.
+#   "std":          m_i = sqrt(lambda_i), the standard deviation along p_i (a unit-free
+#                   reading; about twice as strong on ImageNet).
+LIGHTING = ("eigenvalue01", "std")
 _TAG = 0x41470000  # "AG": this stream apart from the statistics' sampling
 # (y0, x0) of the ten patches for a crop of c in an image of h x w, then mirrored (flip 1)
 TEN_CROP = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
@@ -230,7 +231,7 @@ class Augmentation:
     def __init__(self, mode: str = "train", mean=None, eigenvalues=None, eigenvectors=None, *,
                  crop: int = DEFAULT_CROP, image_size=(256, 256), seed: int = 0,
                  mirror: bool = True, alpha_std: float = DEFAULT_ALPHA_STD,
-                 lighting: str = "std", scale: float = 1.0):
+                 lighting: str = "eigenvalue01", scale: float = 1.0):
         if mode not in MODES:
             raise AugmentError(f"augmentation mode must be one of {MODES}, got {mode!r}")
         if lighting not in LIGHTING:
