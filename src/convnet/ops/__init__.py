@@ -1,6 +1,7 @@
 """Op families: each module holds an op's NumPy reference, its KernelModule(s)
 and the functions that build its Launches. ``kernel_modules()`` finds every
-KernelModule declared here (the compile check and the emulator's warm-up use it).
+KernelModule declared here and in ``convnet.data`` (the augmentation kernel), for
+the compile check and the compile report.
 """
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ import pkgutil
 from ..launch import KernelModule
 
 
+_PACKAGES = (__name__, "convnet.data")
+
+
 def kernel_modules() -> list[KernelModule]:
-    """Every KernelModule declared at module level in ``convnet.ops.*``, sorted by source."""
+    """Every KernelModule declared at module level in ``convnet.ops.*`` and
+    ``convnet.data.*``, sorted by source."""
     found: dict[tuple, KernelModule] = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for value in vars(module).values():
-            if isinstance(value, KernelModule):
-                found[(value.source, value.kernels)] = value
+    for package_name in _PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            module = importlib.import_module(f"{package_name}.{info.name}")
+            for value in vars(module).values():
+                if isinstance(value, KernelModule):
+                    found[(value.source, value.kernels)] = value
     return sorted(found.values(), key=lambda m: (m.source, m.kernels))
