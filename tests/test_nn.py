@@ -190,3 +190,38 @@ def test_nan_loss_raises_and_leaves_the_weights():
         np.testing.assert_array_equal(value, weights[name])
     for name, value in opt.state_dict()["velocity"].items():
         np.testing.assert_array_equal(value, velocity[name])
+
+
+# --------------------------------------------------------------------------- a whole network
+
+def test_small_network_gradients_float64():
+    """conv (fused ReLU) → LRN → max-pool → flatten → linear → cross-entropy, every
+    parameter and the input against central differences."""
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, relu=True, weight_std=0.5, bias_init=0.1, rng=1,
+                  dtype=np.float64),
+        nn.LocalResponseNorm(size=3, alpha=0.5, beta=0.75, k=2.0, groups=2),
+        nn.MaxPool2d(3, 2),
+        nn.Flatten(),
+        nn.Linear(16, 3, weight_std=0.5, bias_init=0.2, rng=2, dtype=np.float64))
+    x = convnet.tensor(np.random.default_rng(3).standard_normal((2, 2, 5, 5)),
+                       requires_grad=True)
+    labels = np.array([2, 0])
+    leaves = [x] + net.parameters()
+    assert len(leaves) == 5
+    check_grads(lambda: F.cross_entropy(net(x), labels), leaves, max_checks=40)
+
+
+def test_layers_match_their_functions(device):
+    x = convnet.tensor(np.random.default_rng(4).standard_normal((2, 4, 9, 9)).astype(np.float32),
+                       device=device)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, relu=True, rng=5, device=device,
+                     weight_std=0.2)
+    want = F.conv2d(x, conv.weight, conv.bias, stride=2, padding=1, groups=2, relu=True)
+    np.testing.assert_array_equal(conv(x).numpy(), want.numpy())
+    lrn = nn.LocalResponseNorm(groups=2)
+    np.testing.assert_array_equal(lrn(x).numpy(), F.local_response_norm(x, groups=2).numpy())
+    pool = nn.MaxPool2d(3, 2)
+    np.testing.assert_array_equal(pool(x).numpy(), F.max_pool2d(x, 3, 2).numpy())
+    assert pool(x).shape == (2, 4, 4, 4)
+    np.testing.assert_array_equal(nn.ReLU()(x).numpy(), F.relu(x).numpy())
