@@ -4,11 +4,12 @@ Devices: ``cpu`` (NumPy references), ``emu`` (the CUDA kernels on a CPU runtime)
 ``cuda:N`` (the same kernels on a GPU through CuPy/NVRTC).
 """
 from .backend import Device, DeviceError, devices, get_device
-from .tensor import Function, Tensor, no_grad, tensor
-from . import functional
+from .tensor import Function, Tensor, no_grad, record_transfers, tensor
+from . import functional, models, nn, optim
 from .training import train_step
 
 __version__ = "0.1.0"
 
 __all__ = ["Device", "DeviceError", "Function", "Tensor", "devices", "functional",
-           "get_device", "no_grad", "tensor", "train_step"]
+           "get_device", "models", "nn", "no_grad", "optim", "record_transfers", "tensor",
+           "train_step"]

@@ -314,9 +314,11 @@ class Function:
         fn = cls(device)
         fn.needs_input_grad = tuple(t.requires_grad for t in inputs)
         record = is_grad_enabled() and any(fn.needs_input_grad)
-        out = fn.forward(*(t.data for t in inputs), **kwargs)
+        with device.activate():  # ops allocate on the inputs' GPU, not CuPy's current one
+            out = fn.forward(*(t.data for t in inputs), **kwargs)
         out_device = getattr(fn, "output_device", device)
-        out = out_device.xp.asarray(out)  # NumPy reductions return scalars
+        with out_device.activate():
+            out = out_device.xp.asarray(out)  # NumPy reductions return scalars
         if not record:
             fn.saved = ()
             return Tensor._wrap(out, out_device)
@@ -371,7 +373,8 @@ def _run_backward(root: Function, grad, retain_graph: bool) -> None:
         if grad_out is None:
             continue
         name = type(node).__name__
-        in_grads = node.backward(grad_out)
+        with node.device.activate():
+            in_grads = node.backward(grad_out)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
         if len(in_grads) != len(node._parents):
@@ -383,7 +386,8 @@ def _run_backward(root: Function, grad, retain_graph: bool) -> None:
             if tuple(g.shape) != shape:
                 raise RuntimeError(f"{name}.backward returned a gradient of shape "
                                    f"{tuple(g.shape)} for an input of shape {shape}")
-            g = node.device.xp.asarray(g).astype(dtype, copy=False)  # scalars -> 0-d arrays
+            with node.device.activate():
+                g = node.device.xp.asarray(g).astype(dtype, copy=False)  # scalars -> 0-d arrays
             if isinstance(parent, Tensor):
                 key = id(parent)
                 previous = leaves.get(key)

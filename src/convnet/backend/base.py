@@ -1,6 +1,8 @@
 """What every device offers the rest of the library."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 
@@ -38,6 +40,11 @@ class Device:
 
     def synchronize(self) -> None:
         """Wait for queued work (a no-op on host devices)."""
+
+    def activate(self):
+        """A context in which new arrays and kernels land on this device (CuPy's current
+        GPU on ``cuda``; nothing to do on host devices)."""
+        return contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return f"device(type={self.kind!r}, name={self.name!r})"

@@ -160,6 +160,9 @@ class CUDADevice(Device):
     def synchronize(self) -> None:
         self._device().synchronize()
 
+    def activate(self):
+        return self._device()
+
     # ---------------------------------------------------------------- kernels
     def _check_args(self, launch) -> None:
         cp = self.xp
