@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benchmarks/gpu_check.sh — the one command a GPU machine runs, offline, in under
 # 8 minutes: install, doctor, the whole test suite, the NVRTC compile report,
-# compute-sanitizer (memcheck, racecheck) over the kernel tests on cuda, and the
+# compute-sanitizer (memcheck, racecheck, synccheck) over the kernel tour, and the
 # benchmarks. Without a GPU it runs in its CPU-only form: the same steps minus the
 # sanitizers and the GPU benchmarks (said so in the log and summary), with quick
 # emu benchmarks.
@@ -18,8 +18,7 @@
 # ones, but the script exits non-zero if any step failed or timed out.
 #
 # Knobs (environment): CHECK_BUDGET_S (total seconds for the steps, default 450),
-# CHECK_SKIP_INSTALL=1, CHECK_PYTEST_ARGS (extra pytest arguments), SANITIZER_TESTS
-# (the kernel test files for compute-sanitizer), PYTHON (default: python).
+# CHECK_SKIP_INSTALL=1, CHECK_PYTEST_ARGS (extra pytest arguments), PYTHON (default: python).
 #
 # Benchmarks: every benchmarks/*.py that defines `def main(argv` runs as
 # `python benchmarks/NAME.py --out DIR` (plus --quick without a GPU). To add one,
@@ -74,8 +73,6 @@ run_step() {
   elif ((rc == 124 || rc == 137)); then
     record "$name" TIMEOUT "(killed after ${limit}s)"
     FAILED=1
-  elif [[ $name == sanitizer-* && $rc == 5 ]]; then
-    record "$name" EMPTY "(pytest selected no cuda test in: $SANITIZER_FILES)"
   else
     record "$name" FAIL "(exit $rc, $took)"
     FAILED=1
@@ -133,30 +130,22 @@ else
 fi
 
 # ------------------------------------------------------------------ compute-sanitizer
-SANITIZER_FILES=""
-for f in ${SANITIZER_TESTS:-tests/test_sgemm.py tests/test_relu.py tests/test_dropout.py}; do
-  [[ -f $f ]] && SANITIZER_FILES="$SANITIZER_FILES $f"
-done
+# The kernel tour (benchmarks/kernel_tour.py) launches every kernel once on small
+# shapes, every variant and tile included, and checks each against the cpu reference.
 SANITIZER=$(command -v compute-sanitizer || true)
 if [[ -z $SANITIZER && -x /usr/local/cuda/bin/compute-sanitizer ]]; then
   SANITIZER=/usr/local/cuda/bin/compute-sanitizer
 fi
-if ((!GPU)); then
-  skip sanitizer-memcheck "no GPU"
-  skip sanitizer-racecheck "no GPU"
-elif [[ -z $SANITIZER ]]; then
-  skip sanitizer-memcheck "compute-sanitizer not found"
-  skip sanitizer-racecheck "compute-sanitizer not found"
-elif [[ -z $SANITIZER_FILES ]]; then
-  skip sanitizer-memcheck "no kernel test files"
-  skip sanitizer-racecheck "no kernel test files"
-else
-  for tool in memcheck racecheck; do
-    # shellcheck disable=SC2086
-    run_step "sanitizer-$tool" 90 "$SANITIZER" --tool "$tool" --error-exitcode 1 \
-      "$PY" -m pytest -x -q -p no:cacheprovider -k cuda $SANITIZER_FILES
-  done
-fi
+for tool in memcheck racecheck synccheck; do
+  if ((!GPU)); then
+    skip "sanitizer-$tool" "no GPU"
+  elif [[ -z $SANITIZER ]]; then
+    skip "sanitizer-$tool" "compute-sanitizer not found"
+  else
+    run_step "sanitizer-$tool" 120 "$SANITIZER" --tool "$tool" --error-exitcode 1 \
+      "$PY" benchmarks/kernel_tour.py cuda:0
+  fi
+done
 
 # ------------------------------------------------------------------ benchmarks
 BENCH_ARGS=(--out "$BENCH_TMP")
@@ -166,7 +155,7 @@ if ((!GPU)); then
 fi
 for script in benchmarks/*.py; do
   name=$(basename "$script" .py)
-  case $name in harness | __init__) continue ;; esac
+  case $name in harness | __init__ | kernel_tour) continue ;; esac
   grep -q '^def main(argv' "$script" || continue
   run_step "bench-$name" 150 "$PY" "$script" "${BENCH_ARGS[@]}"
 done

@@ -1,0 +1,166 @@
+"""Every kernel of the project once, on small shapes, checked against the cpu reference.
+
+Not a benchmark: the workload that sanitizers run over. ``gpu_check.sh`` runs it
+under compute-sanitizer (memcheck, racecheck) on ``cuda:0``; the test suite runs it
+on ``emu`` with AddressSanitizer (``tests/test_kernel_tour.py``). Each case launches
+its kernels on the device under test and on ``cpu`` with the same inputs and
+compares; the variants an op can choose between (saved or recomputed LRN scale,
+fused or separate LRN + max-pool, saved or recomputed argmax, every tile shape
+of the convolutions) all run.
+
+    python benchmarks/kernel_tour.py [DEVICE]     # default: cuda:0 if present, else emu
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import convnet
+from convnet.data import augment
+from convnet.ops import conv, cross_entropy, dropout, linear, lrn, max_pool, relu, sgd, sgemm
+
+
+class Tour:
+    def __init__(self, device):
+        self.device = convnet.get_device(device)
+        if self.device.kind == "cuda":
+            # Plain cudaMalloc per array instead of CuPy's pool, so that memcheck sees
+            # each array's own bounds rather than one large pooled block.
+            self.device.xp.cuda.set_allocator(None)
+        self.cpu = convnet.get_device("cpu")
+        self.rng = np.random.default_rng(0)
+        self.cases = 0
+
+    def data(self, *shape, dtype=np.float32):
+        return self.rng.standard_normal(shape).astype(dtype)
+
+    def on(self, array):
+        return self.device.asarray(array)
+
+    def check(self, name, got, want, rtol=1e-4, atol=1e-4):
+        got = self.device.to_numpy(got)
+        want = np.asarray(want)
+        if got.shape != want.shape or not np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True):
+            raise AssertionError(f"kernel tour: {name} on {self.device.name} differs from cpu")
+        self.cases += 1
+        print(f"ok  {name}", flush=True)
+
+    # ---------------------------------------------------------------- elementwise
+    def elementwise(self):
+        d, c = self.device, self.cpu
+        x, dy = self.data(1031), self.data(1031)
+        y = relu.forward(d, self.on(x))
+        self.check("relu forward", y, relu.forward(c, x))
+        self.check("relu backward", relu.backward(d, y, self.on(dy)), relu.backward(c, relu.forward(c, x), dy))
+        threshold, scale = dropout.plan(0.5, True, "inverted")
+        self.check("dropout", dropout.apply(d, self.on(x), 7, threshold, scale),
+                   dropout.apply(c, x, 7, threshold, scale))
+        a, b = self.data(37, 19), self.data(19, 41)
+        self.check("sgemm", sgemm.matmul(d, self.on(a), self.on(b)), a @ b, rtol=1e-3, atol=1e-3)
+
+    # ---------------------------------------------------------------- convolution
+    def convolution(self):
+        d, c = self.device, self.cpu
+        shapes = [  # (x, w, stride, padding, groups): tiny, grouped, strided, many filters
+            ((2, 3, 13, 11), (5, 3, 3, 3), 1, 1, 1),
+            ((1, 4, 9, 9), (6, 2, 3, 3), 2, 0, 2),
+            ((2, 8, 7, 7), (130, 8, 3, 3), 1, 1, 1),
+        ]
+        for (xs, ws, stride, padding, groups), tile in zip(shapes * len(conv.TILES), conv.TILES * 2):
+            x, w, b = self.data(*xs), self.data(*ws) * 0.1, self.data(ws[0])
+            kw = dict(stride=stride, padding=padding, groups=groups)
+            name = f"conv x{xs} w{ws} tile {tuple(tile)}"
+            want = conv.forward(c, x, w, b, relu=True, **kw)
+            self.check(f"{name} forward",
+                       conv.forward(d, self.on(x), self.on(w), self.on(b), relu=True, tile=tile, **kw),
+                       want, rtol=1e-3, atol=1e-3)
+            dy = self.data(*want.shape)
+            self.check(f"{name} backward data",
+                       conv.backward_data(d, self.on(dy), self.on(w), xs, tile=tile, **kw),
+                       conv.backward_data(c, dy, w, xs, **kw), rtol=1e-3, atol=1e-3)
+            self.check(f"{name} backward filter",
+                       conv.backward_filter(d, self.on(x), self.on(dy), ws, tile=tile, **kw),
+                       conv.backward_filter(c, x, dy, ws, **kw), rtol=1e-3, atol=1e-3)
+        dy = self.data(2, 7, 5, 6)
+        self.check("conv bias gradient", conv.backward_bias(d, self.on(dy)), conv.backward_bias(c, dy),
+                   rtol=1e-3, atol=1e-3)
+
+    # ---------------------------------------------------------------- LRN and max-pool
+    def normalization(self):
+        d, c = self.device, self.cpu
+        x, params = self.data(2, 12, 9, 7), lrn.make_params(5, 1e-4, 0.75, 2.0, groups=2)
+        y, s = lrn.forward(d, self.on(x), params, with_scale=True)
+        y_ref, s_ref = lrn.forward(c, x, params, with_scale=True)
+        self.check("lrn forward", y, y_ref)
+        dy = self.data(*x.shape)
+        want = lrn.backward(c, x, dy, params)
+        self.check("lrn backward (saved scale)", lrn.backward(d, self.on(x), self.on(dy), params, scale=s), want)
+        self.check("lrn backward (recomputed scale)", lrn.backward(d, self.on(x), self.on(dy), params), want)
+        pool = max_pool.make_params(3, 2, 0)
+        for fuse in (False, True):
+            y, argmax = lrn.fused_forward(d, self.on(x), params, pool, fuse=fuse)
+            self.check(f"lrn + max-pool ({'fused' if fuse else 'separate'})", y,
+                       lrn.fused_forward(c, x, params, pool)[0])
+        for padding in (0, 1):
+            pool = max_pool.make_params(3, 2, padding)
+            y, argmax = max_pool.forward(d, self.on(x), pool)
+            y_ref, argmax_ref = max_pool.forward(c, x, pool)
+            self.check(f"max-pool forward (padding {padding})", y, y_ref)
+            dy = self.data(*y_ref.shape)
+            want = max_pool.backward(c, dy, argmax_ref, pool, x.shape)
+            self.check(f"max-pool backward (padding {padding})",
+                       max_pool.backward(d, self.on(dy), argmax, pool, x.shape), want)
+            self.check(f"max-pool backward, recomputed argmax (padding {padding})",
+                       max_pool.backward_recompute(d, self.on(x), self.on(dy), pool), want)
+
+    # ---------------------------------------------------------------- classifier and update
+    def classifier(self):
+        d, c = self.device, self.cpu
+        x, w, b = self.data(6, 20), self.data(9, 20), self.data(9)
+        y = linear.forward(d, self.on(x), self.on(w), self.on(b), relu=True)
+        y_ref = linear.forward(c, x, w, b, relu=True)
+        self.check("linear + bias + relu", y, y_ref, rtol=1e-3, atol=1e-3)
+        dy = self.data(*y_ref.shape)
+        for got, want, what in zip(linear.backward(d, self.on(x), self.on(w), y, self.on(dy), relu=True),
+                                   linear.backward(c, x, w, y_ref, dy, relu=True), ("x", "w", "b")):
+            self.check(f"linear backward d{what}", got, want, rtol=1e-3, atol=1e-3)
+        logits, labels = self.data(6, 11), self.rng.integers(0, 11, 6)
+        dev_labels = cross_entropy.check_labels(d, labels, 6, 11)
+        loss, stats = cross_entropy.forward(d, self.on(logits), dev_labels)
+        ref_labels = cross_entropy.check_labels(c, labels, 6, 11)
+        loss_ref, stats_ref = cross_entropy.forward(c, logits, ref_labels)
+        self.check("cross-entropy forward", loss, loss_ref)
+        self.check("cross-entropy backward",
+                   cross_entropy.backward(d, self.on(logits), dev_labels, stats, np.float32(1.0)),
+                   cross_entropy.backward(c, logits, ref_labels, stats_ref, np.float32(1.0)))
+        w, v, g = self.data(300), self.data(300), self.data(300)
+        wd, vd = self.on(w), self.on(v)
+        sgd.update(d, wd, vd, self.on(g), 0.01, 0.9, 0.0005)
+        sgd.update(c, w, v, g, 0.01, 0.9, 0.0005)
+        self.check("sgd update (w)", wd, w)
+        self.check("sgd update (v)", vd, v)
+
+    # ---------------------------------------------------------------- data augmentation
+    def augmentation(self):
+        images = self.rng.integers(0, 256, (3, 40, 44, 3), dtype=np.uint8)
+        mean = self.rng.random((40, 44, 3)).astype(np.float32) * 255
+        values, vectors = np.array([300.0, 30.0, 3.0]), np.linalg.qr(self.data(3, 3).astype(np.float64))[0]
+        for mode in ("train", "center", "ten_crop"):
+            a = augment.Augmentation(mode, mean, values, vectors, crop=32, image_size=(40, 44), seed=5)
+            self.check(f"augment {mode}", a(self.device, self.on(images)), a(self.cpu, images),
+                       rtol=1e-4, atol=1e-3)
+
+    def run(self):
+        for part in (self.elementwise, self.convolution, self.normalization, self.classifier,
+                     self.augmentation):
+            part()
+        print(f"kernel tour on {self.device.name}: {self.cases} checks passed")
+
+
+def default_device() -> str:
+    return "cuda:0" if "cuda:0" in convnet.devices() else "emu"
+
+
+if __name__ == "__main__":
+    Tour(sys.argv[1] if len(sys.argv) > 1 else default_device()).run()

@@ -1,0 +1,51 @@
+"""Every kernel once (benchmarks/kernel_tour.py) on emu under the runtime's checks:
+index checks and NaN-filled shared memory in reverse schedule order in-process, and
+AddressSanitizer in a subprocess. On a GPU, gpu_check.sh runs the same tour under
+compute-sanitizer."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import require_device
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.kernel_tour import Tour  # noqa: E402
+
+
+def test_tour_under_bounds_checks_reverse_order_and_nan_shared_memory(capsys):
+    require_device("emu")
+    from convnet.backend import emu
+    with emu.debug(check="bounds", schedule="reverse", fill_shared=True):
+        tour = Tour("emu")
+        tour.run()
+    assert tour.cases >= 50
+
+
+def test_tour_under_address_sanitizer():
+    require_device("emu")
+    from convnet.backend import emu
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from convnet.backend import emu
+        from benchmarks.kernel_tour import Tour
+        with emu.debug(check="address"):
+            Tour("emu").run()
+    """)
+    argv, env = emu.sanitized_command([sys.executable, "-c", script])
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert "checks passed" in result.stdout
+
+
+def test_tour_on_cuda():
+    require_device("cuda:0")
+    Tour("cuda:0").run()
