@@ -12,7 +12,7 @@
 // -0.0 becomes +0.0. The NumPy reference does the same.
 #include "common.cuh"
 
-static __device__ __forceinline__ float cn_relu(float v) { return (v > 0.0f || v != v) ? v : 0.0f; }
+static __device__ __forceinline__ float cn_relu(float v) { return v <= 0.0f ? 0.0f : v; }  // NaN <= 0 is false
 
 // y = relu(x)
 extern "C" __global__ void relu_forward(const float* __restrict__ x, float* __restrict__ y,
