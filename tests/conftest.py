@@ -7,6 +7,9 @@ skipped with the reason (no GPU, no CuPy, the emulator not built), never failed.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 ALL_DEVICES = ("cpu", "emu", "cuda:0")
@@ -40,3 +43,17 @@ def device(request):
 @pytest.fixture(params=KERNEL_DEVICES)
 def kernel_device(request):
     return require_device(request.param)
+
+
+def run_clean_under_asan(script: str, timeout: int = 300) -> None:
+    """Run the Python ``script`` in a subprocess with AddressSanitizer preloaded (for
+    ``emu.debug(check="address")``): it must exit 0 and print CLEAN; an ASan report
+    fails the test with the report."""
+    require_device("emu")
+    from convnet.backend import emu
+    try:
+        argv, env = emu.sanitized_command([sys.executable, "-c", script])
+    except Exception as exc:  # no libasan on this machine
+        pytest.skip(f"AddressSanitizer is unavailable: {exc}")
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr

@@ -9,8 +9,6 @@ too, so every instantiation is checked on this machine.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -21,7 +19,7 @@ from convnet import functional as F
 from convnet.launch import LaunchError
 from convnet.ops import conv
 
-from conftest import require_device
+from conftest import require_device, run_clean_under_asan
 from gradcheck import check_grads
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -379,14 +377,7 @@ _ASAN_SCRIPT = textwrap.dedent("""
 def test_kernels_under_address_sanitizer():
     """No global-memory access outside x, w, b, dy or the outputs, for every tile, with
     operands that end exactly at their allocation's end."""
-    require_device("emu")
-    from convnet.backend import emu
-    try:
-        argv, env = emu.sanitized_command([sys.executable, "-c", _ASAN_SCRIPT])
-    except Exception as exc:  # no libasan on this machine
-        pytest.skip(f"AddressSanitizer is unavailable: {exc}")
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr
+    run_clean_under_asan(_ASAN_SCRIPT, timeout=600)
 
 
 # --------------------------------------------------------------------------- the reference

@@ -3,8 +3,6 @@ mirrors bit for bit, mean subtraction and PCA lighting within float tolerance (a
 bit for bit on emu); ten-crop positions; the host-side random draws; errors."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -14,7 +12,7 @@ import convnet
 from convnet.data import Augmentation, AugmentError, ten_crop_average
 from convnet.data import augment as aug
 
-from conftest import require_device
+from conftest import require_device, run_clean_under_asan
 
 CPU = convnet.get_device("cpu")
 
@@ -289,11 +287,4 @@ _ASAN_SCRIPT = textwrap.dedent("""
 
 def test_kernel_under_address_sanitizer():
     """Crops at every edge and corner, mirrored or not, read nothing outside the arrays."""
-    require_device("emu")
-    from convnet.backend import emu
-    try:
-        argv, env = emu.sanitized_command([sys.executable, "-c", _ASAN_SCRIPT])
-    except Exception as exc:  # no libasan on this machine
-        pytest.skip(f"AddressSanitizer is unavailable: {exc}")
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr
+    run_clean_under_asan(_ASAN_SCRIPT)

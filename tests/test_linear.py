@@ -5,8 +5,6 @@ of linear, flatten and cat in float64, every device through autograd, and the er
 and the epilogue, cross-entropy and SGD kernels under AddressSanitizer."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -17,7 +15,7 @@ from convnet import DeviceError
 from convnet import functional as F
 from convnet.ops import linear as linear_ops
 
-from conftest import require_device
+from conftest import require_device, run_clean_under_asan
 from gradcheck import check_grads, weighted_sum
 
 CPU = convnet.get_device("cpu")
@@ -248,11 +246,4 @@ _ASAN_SCRIPT = textwrap.dedent("""
 def test_kernels_under_address_sanitizer():
     """No out-of-bounds access in the epilogue, cross-entropy and SGD kernels, on arrays
     that end exactly where their allocation ends (float4 and scalar paths)."""
-    require_device("emu")
-    from convnet.backend import emu
-    try:
-        argv, env = emu.sanitized_command([sys.executable, "-c", _ASAN_SCRIPT])
-    except Exception as exc:  # no libasan on this machine
-        pytest.skip(f"AddressSanitizer is unavailable: {exc}")
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr
+    run_clean_under_asan(_ASAN_SCRIPT)

@@ -5,8 +5,6 @@ columns, groups), the running sums against spikes, NaN and inf, both emulator
 schedules, index checks, the fused LRN + max-pool forward, autograd and the errors."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -17,7 +15,7 @@ from convnet import functional as F
 from convnet.ops import lrn as lrn_ops
 from convnet.ops import max_pool as pool_ops
 
-from conftest import require_device
+from conftest import require_device, run_clean_under_asan
 
 CPU = convnet.get_device("cpu")
 PAPER = lrn_ops.make_params()  # size 5, alpha 1e-4, beta 0.75, k 2
@@ -283,14 +281,7 @@ _ASAN_SCRIPT = textwrap.dedent("""
 
 def test_lrn_kernels_under_address_sanitizer():
     """No out-of-bounds access to global or dynamic shared memory (rings, chunks, edges)."""
-    require_device("emu")
-    from convnet.backend import emu
-    try:
-        argv, env = emu.sanitized_command([sys.executable, "-c", _ASAN_SCRIPT])
-    except Exception as exc:  # no libasan on this machine
-        pytest.skip(f"AddressSanitizer is unavailable: {exc}")
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr
+    run_clean_under_asan(_ASAN_SCRIPT)
 
 
 # --------------------------------------------------------------------------- fused with max-pool

@@ -5,8 +5,6 @@ NaN, -inf and padding; the reference against a direct loop and finite difference
 AddressSanitizer; autograd and the errors."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -16,7 +14,7 @@ import convnet
 from convnet import functional as F
 from convnet.ops import max_pool as pool_ops
 
-from conftest import require_device
+from conftest import require_device, run_clean_under_asan
 
 CPU = convnet.get_device("cpu")
 ALEXNET = pool_ops.make_params(3, 2, 0)
@@ -266,14 +264,7 @@ _ASAN_SCRIPT = textwrap.dedent("""
 
 def test_pool_kernels_under_address_sanitizer():
     """No out-of-bounds access at the edges, with padding, uint8 and int32 offsets."""
-    require_device("emu")
-    from convnet.backend import emu
-    try:
-        argv, env = emu.sanitized_command([sys.executable, "-c", _ASAN_SCRIPT])
-    except Exception as exc:  # no libasan on this machine
-        pytest.skip(f"AddressSanitizer is unavailable: {exc}")
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr
+    run_clean_under_asan(_ASAN_SCRIPT)
 
 
 def test_launch_shape():

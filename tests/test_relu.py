@@ -3,8 +3,6 @@ over sizes around the float4 groups and the block, misaligned and strided views,
 special values, both emulator schedules, the autograd path and the errors."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -15,7 +13,7 @@ from convnet import functional as F
 from convnet.ops import relu as relu_ops
 from convnet.ops._elementwise import BLOCK, MAX_BLOCKS, grid_for
 
-from conftest import require_device
+from conftest import require_device, run_clean_under_asan
 
 SIZES = [1, 2, 3, 4, 5, 7, 255, 256, 257, 1023, 1025, 4099, 1 << 20]
 SHAPES = [(3, 5, 7), (2, 96, 13, 13), (0,), (4, 0, 3)]
@@ -183,11 +181,4 @@ _ASAN_SCRIPT = textwrap.dedent("""
 
 def test_relu_and_dropout_under_address_sanitizer():
     """No out-of-bounds access in the float4 or the scalar paths (relu and dropout)."""
-    require_device("emu")
-    from convnet.backend import emu
-    try:
-        argv, env = emu.sanitized_command([sys.executable, "-c", _ASAN_SCRIPT])
-    except Exception as exc:  # no libasan on this machine
-        pytest.skip(f"AddressSanitizer is unavailable: {exc}")
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr
+    run_clean_under_asan(_ASAN_SCRIPT)
