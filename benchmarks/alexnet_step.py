@@ -349,10 +349,7 @@ def main(argv=None) -> int:
                                                                f"on {device.name}, batch {batch}")
                 except Exception as exc:
                     report.notes[f"error torch {device.name}"] = f"{type(exc).__name__}: {exc}"
-    if any(k.startswith("WRONG") for k in report.notes):
-        failed = True
-    harness.finish(report, args)
-    return 1 if failed else 0
+    return harness.finish(report, args, failed)
 
 
 if __name__ == "__main__":

@@ -352,12 +352,12 @@ def main(argv=None) -> int:
         bench_cuda(report, device, args.layers, passes, batch, reps, failures, summary)
     if summary:
         report.notes.update(targets(summary))
-    harness.finish(report, args)
+    code = harness.finish(report, args, bool(failures))
     if summary:
         print("\n" + format_summary(summary), flush=True)
     if failures:
         print(f"failed: {', '.join(failures)}", file=sys.stderr)
-    return 1 if failures else 0
+    return code
 
 
 if __name__ == "__main__":

@@ -143,8 +143,7 @@ def _without_pillow(args, report, devices, work, images, reps, cores, prepare_ar
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     _rate_notes(report)
-    harness.finish(report, args)
-    return 1 if failed else 0
+    return harness.finish(report, args, failed)
 
 
 def main(argv=None) -> int:
@@ -269,8 +268,7 @@ def main(argv=None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     _rate_notes(report)
-    harness.finish(report, args)
-    return 1 if failed else 0
+    return harness.finish(report, args, failed)
 
 
 if __name__ == "__main__":

@@ -543,13 +543,15 @@ def repetitions(args: argparse.Namespace, *, emu_repeats: int = 10,
     }
 
 
-def finish(report: Report, args: argparse.Namespace) -> int:
-    """Print the report's table and write its JSON (unless ``--no-json``); return 0."""
+def finish(report: Report, args: argparse.Namespace, failed: bool = False) -> int:
+    """Print the report's table and write its JSON (unless ``--no-json``); the exit
+    code: 1 when the caller says a case failed or a result was marked WRONG, else 0."""
     report.print()
     if not getattr(args, "no_json", False):
         path = report.write(getattr(args, "out", None))
         print(f"wrote {path}", flush=True)
-    return 0
+    wrong = any(key.startswith("WRONG") for key in report.notes)
+    return 1 if failed or wrong else 0
 
 
 __all__ = [
