@@ -103,6 +103,66 @@ def cmd_make_demo_data(args) -> int:
     return 0
 
 
+def _train_errors():
+    """The exceptions ``train``/``evaluate`` report as one line: (usage errors, failures)."""
+    from .backend import DeviceError
+    from .checkpoint import CheckpointError
+    from .data import DatasetError, LoaderError, ManifestError, PrepareError, ShardError
+    from .data._pool import WorkerError
+    from .data.demo import DemoError
+    from .train import TrainError, TrainingStopped
+    return ((TrainError, DeviceError, DatasetError, PrepareError, DemoError, ManifestError,
+             CheckpointError),
+            (TrainingStopped, ShardError, LoaderError, WorkerError, OSError))
+
+
+def cmd_train(args) -> int:
+    """Train AlexNet; 2 on bad arguments, 1 when training fails, 130 on Ctrl-C."""
+    from .train import TrainOptions, train
+    usage, failure = _train_errors()
+    options = TrainOptions(
+        data=args.data, prepared=args.prepared, out=args.out, device=args.device,
+        devices=args.devices, model=args.model, columns=args.columns, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
+        patience=args.patience, lr_drops=args.lr_drops, crop=args.crop, widths=args.widths,
+        weight_std=args.weight_std, dropout=args.dropout, resume=args.resume, force=args.force,
+        progress=False if args.no_progress else None, final_eval=not args.no_final_eval)
+    try:
+        train(options)
+    except usage as exc:
+        print(f"convnet train: {exc}", file=sys.stderr)
+        return 2
+    except failure as exc:
+        print(f"convnet train: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("convnet train: interrupted; continue with `convnet train --resume"
+              + (f" --out {args.out}`" if args.out else "`"), file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Top-1/top-5 error of a checkpoint on the val split; 2 on bad arguments, 130 on Ctrl-C."""
+    from .evaluate import evaluate_checkpoint
+    usage, failure = _train_errors()
+    try:
+        result = evaluate_checkpoint(args.checkpoint, data=args.data, mode=args.mode,
+                                     device=args.device, batch_size=args.batch_size,
+                                     workers=args.workers)
+    except usage as exc:
+        print(f"convnet evaluate: {exc}", file=sys.stderr)
+        return 2
+    except failure as exc:
+        print(f"convnet evaluate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nconvnet evaluate: interrupted", file=sys.stderr)
+        return 130
+    print(f"{args.checkpoint}: {result}")
+    return 0
+
+
 def _add(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help, description=help)
     parser.set_defaults(func=func)
@@ -167,6 +227,75 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=None,
                       help="worker processes (default: every usable core)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr = _add(sub, "train", cmd_train,
+              "train AlexNet (Krizhevsky et al. 2012) with the paper's SGD, augmentation and "
+              "learning-rate schedule; with no arguments, on a generated demo set (made on "
+              "first use) on cuda:0 if there is one, else on the CPU")
+    tr.add_argument("--data", metavar="DIR",
+                    help="a prepared data set (`convnet prepare`), or an image folder "
+                         "(train/<class>/*, val/<class>/*) that is prepared first into --prepared "
+                         "(default: the demo set under ~/.cache/convnet/demo)")
+    tr.add_argument("--prepared", metavar="DIR",
+                    help="where an image folder given by --data is prepared "
+                         "(default: DIR-prepared beside it; reused when complete)")
+    tr.add_argument("--out", metavar="DIR",
+                    help="the run folder: checkpoints and metrics.jsonl (default: "
+                         "./runs/<date>-<time>; with --resume: the newest run under ./runs)")
+    tr.add_argument("--device", help="cpu, emu or cuda:N (default: cuda:0 if present, else cpu)")
+    tr.add_argument("--devices", nargs="+", metavar="DEVICE",
+                    help="one device per column, e.g. --devices cuda:0 cuda:1 (two columns)")
+    tr.add_argument("--model", choices=("alexnet", "alexnet-small"),
+                    help="the paper's network, or a narrow one for the CPU "
+                         "(default: alexnet on cuda, else alexnet-small)")
+    tr.add_argument("--columns", type=int, choices=(1, 2),
+                    help="one column, or two as in the paper (default 1, or the number of "
+                         "--devices)")
+    tr.add_argument("--epochs", type=int, help="epochs in all (default 30 on cuda, 8 elsewhere)")
+    tr.add_argument("--batch-size", type=int, help="default 128 on cuda, 32 elsewhere")
+    tr.add_argument("--lr", type=float, help="learning rate (default 0.01; with --resume: "
+                                             "replaces the run's current rate)")
+    tr.add_argument("--seed", type=int, help="seed of the weights, data order, augmentation "
+                                             "and dropout (default 0)")
+    tr.add_argument("--workers", type=int,
+                    help="data loader processes (default: every usable core; 0: none)")
+    tr.add_argument("--patience", type=int,
+                    help="epochs without a better validation error before the learning rate "
+                         "is divided by 10 (default 2)")
+    tr.add_argument("--lr-drops", type=int, help="divide the learning rate at most this "
+                                                 "many times (default 3, as in the paper)")
+    tr.add_argument("--crop", type=int, help="side of the training patches (default 227)")
+    tr.add_argument("--widths", type=int, nargs=7, metavar="W",
+                    help="the 7 layer widths: conv1..conv5 filters, fc6, fc7 units "
+                         "(default: the --model's)")
+    tr.add_argument("--weight-std", type=float,
+                    help="standard deviation of the initial weights (default 0.01 for alexnet, "
+                         "0.05 for alexnet-small)")
+    tr.add_argument("--dropout", type=float,
+                    help="dropout probability in fc6 and fc7 (default 0.5, the paper's)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its newest checkpoint that loads")
+    tr.add_argument("--force", action="store_true",
+                    help="start afresh in an --out that holds another run, deleting its "
+                         "checkpoints and metrics")
+    tr.add_argument("--no-final-eval", action="store_true",
+                    help="skip the ten-crop evaluation after the last epoch")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ev = _add(sub, "evaluate", cmd_evaluate,
+              "top-1 and top-5 error of a checkpoint on the validation images")
+    ev.add_argument("checkpoint", help="a checkpoint file, or a run folder (its best checkpoint)")
+    ev.add_argument("--data", metavar="DIR",
+                    help="a prepared data set (default: the one the run trained on)")
+    mode = ev.add_mutually_exclusive_group()
+    mode.add_argument("--ten-crop", dest="mode", action="store_const", const="ten_crop",
+                      help="average the softmax of the 4 corner and center patches and their "
+                           "mirror images (the paper's test; default)")
+    mode.add_argument("--center", dest="mode", action="store_const", const="center",
+                      help="the center patch only")
+    ev.set_defaults(mode="ten_crop")
+    ev.add_argument("--device", help="default: cuda:0 if present, else cpu")
+    ev.add_argument("--batch-size", type=int, help="default: the run's batch size")
+    ev.add_argument("--workers", type=int, help="data loader processes (default: every core)")
     return parser
 
 

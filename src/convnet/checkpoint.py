@@ -1,0 +1,231 @@
+"""Checkpoints: a training run's state in one safetensors file, written safely.
+
+A checkpoint is a `safetensors <https://huggingface.co/docs/safetensors>`_ file (a JSON
+header, then the raw little-endian tensors), so other tools can read its weights:
+
+* tensors ``model.<parameter>`` (the model's ``state_dict()``) and
+  ``velocity.<parameter>`` (the SGD velocities), each in its own dtype;
+* metadata (strings): ``format`` = ``"convnet-checkpoint"``, ``version`` =
+  ``FORMAT_VERSION``, ``optimizer`` (JSON: the SGD hyperparameters and step count),
+  ``state`` (JSON: whatever the caller keeps there; the training driver keeps the
+  epoch, the run's settings, the learning-rate schedule and the last metrics) and
+  ``sha256``, a digest of every tensor's name, dtype, shape and bytes.
+
+``save`` writes to a temporary file in the same folder (``.NAME.tmp-PID``), flushes
+and fsyncs it, renames it into place (atomic) and fsyncs the folder: a crash leaves
+the old file or the new one, never half of one. ``load`` checks the format name, the
+version and the digest, so a truncated or corrupt file is a ``CheckpointError`` naming
+the file and what is wrong, never a model with garbage weights. ``restore`` checks
+every tensor's name, shape and dtype against a model (and optimizer), lists all that
+differ, and changes nothing unless all match.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Checkpoint", "CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SUFFIX", "load",
+           "restore", "save", "is_temporary"]
+
+FORMAT_NAME = "convnet-checkpoint"
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+_MODEL = "model."
+_VELOCITY = "velocity."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read (missing, truncated, corrupt, another format or
+    version) or that does not fit the model it is loaded into."""
+
+
+@dataclass
+class Checkpoint:
+    """What ``load`` read: the model's parameters and the optimizer's state (in the
+    form of ``SGD.state_dict()``, or None when none was saved) as NumPy arrays, and the
+    caller's ``state`` dict."""
+
+    path: Path
+    model: "OrderedDict[str, np.ndarray]"
+    optimizer: dict | None = None
+    state: dict = field(default_factory=dict)
+
+
+def _digest(tensors: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = tensors[name]
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _host(name: str, array) -> np.ndarray:
+    a = np.asarray(array)
+    if a.dtype.kind not in "fiub":
+        raise CheckpointError(f"cannot save {name}: dtype {a.dtype} is not a number")
+    return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False))
+
+
+def temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def is_temporary(name: str) -> bool:
+    """True for the name of a temporary that an interrupted ``save`` left behind."""
+    return name.startswith(".") and f"{SUFFIX}.tmp-" in name
+
+
+def save(path, model_state, optimizer_state: dict | None = None, state: dict | None = None) -> Path:
+    """Write a checkpoint to ``path`` atomically (see the module docstring); returns the path.
+
+    ``model_state``: name → array (``Module.state_dict()``); ``optimizer_state``:
+    ``SGD.state_dict()`` (its ``velocity`` dict is stored as tensors, the rest as JSON);
+    ``state``: a JSON-serialisable dict.
+    """
+    path = Path(path)
+    tensors = OrderedDict((_MODEL + n, _host(n, a)) for n, a in model_state.items())
+    hyper = None
+    if optimizer_state is not None:
+        hyper = {k: v for k, v in optimizer_state.items() if k != "velocity"}
+        for n, v in optimizer_state.get("velocity", {}).items():
+            tensors[_VELOCITY + n] = _host(f"the velocity of {n}", v)
+    try:
+        state_text = json.dumps(state or {}, allow_nan=True)
+        hyper_text = json.dumps(hyper)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot save {path}: the state is not JSON-serialisable ({exc})") \
+            from None
+    metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "state": state_text,
+                "optimizer": hyper_text, "sha256": _digest(tensors)}
+    from safetensors.numpy import save_file
+    tmp = temporary_name(path)
+    try:
+        save_file(dict(tensors), str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; a checkpoint is a normal file
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path) -> Checkpoint:
+    """Read and verify a checkpoint; ``CheckpointError`` says what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != FORMAT_NAME:
+                raise CheckpointError(f"{path}: not a convnet checkpoint (a safetensors file "
+                                      f"without \"format\": \"{FORMAT_NAME}\" in its metadata)")
+            version = metadata.get("version")
+            if version != str(FORMAT_VERSION):
+                raise CheckpointError(f"{path}: checkpoint format version {version}, this convnet "
+                                      f"reads version {FORMAT_VERSION}")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupt ({exc})") \
+            from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
+    if _digest(tensors) != metadata.get("sha256"):
+        raise CheckpointError(f"{path}: checksum mismatch: the checkpoint is corrupt")
+    try:
+        state = json.loads(metadata.get("state", "{}"))
+        hyper = json.loads(metadata.get("optimizer", "null"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+    model, velocity = OrderedDict(), OrderedDict()
+    for name in sorted(tensors):
+        if name.startswith(_MODEL):
+            model[name[len(_MODEL):]] = tensors[name]
+        elif name.startswith(_VELOCITY):
+            velocity[name[len(_VELOCITY):]] = tensors[name]
+        else:
+            raise CheckpointError(f"{path}: unexpected tensor {name!r} in the checkpoint")
+    optimizer = None if hyper is None else {**hyper, "velocity": velocity}
+    return Checkpoint(path=path, model=model, optimizer=optimizer, state=state)
+
+
+def _differences(expected: dict, given: dict, what: str) -> list[str]:
+    """Every difference between name → (shape, dtype) and name → array."""
+    problems = []
+    missing = [n for n in expected if n not in given]
+    unexpected = [n for n in given if n not in expected]
+    if missing:
+        problems.append(f"{what} missing from the checkpoint: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"{what} in the checkpoint but not in the model: {', '.join(unexpected)}")
+    for name, (shape, dtype) in expected.items():
+        if name not in given:
+            continue
+        a = given[name]
+        if tuple(a.shape) != tuple(shape):
+            problems.append(f"{what} {name}: shape {tuple(a.shape)} in the checkpoint, "
+                            f"{tuple(shape)} in the model")
+        elif np.dtype(a.dtype) != np.dtype(dtype):
+            problems.append(f"{what} {name}: dtype {a.dtype} in the checkpoint, "
+                            f"{np.dtype(dtype)} in the model")
+    return problems
+
+
+def restore(checkpoint: Checkpoint, model, optimizer=None) -> None:
+    """Load ``checkpoint`` into ``model`` (and ``optimizer``, an ``SGD``), in place.
+
+    Every parameter (and velocity) name, shape and dtype must match; otherwise a
+    ``CheckpointError`` lists all that differ and nothing is changed.
+    """
+    expected = OrderedDict((n, (p.shape, p.dtype)) for n, p in model.named_parameters())
+    problems = _differences(expected, checkpoint.model, "parameter")
+    if optimizer is not None:
+        if checkpoint.optimizer is None:
+            problems.append("the checkpoint holds no optimizer state")
+        else:
+            wanted = OrderedDict((n, (p.shape, p.dtype)) for n, p in optimizer.params.items())
+            problems += _differences(wanted, checkpoint.optimizer["velocity"], "velocity")
+    if problems:
+        raise CheckpointError(f"{checkpoint.path} does not fit this model: " + "; ".join(problems))
+    if optimizer is not None:
+        try:
+            optimizer.load_state_dict(checkpoint.optimizer)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{checkpoint.path}: bad optimizer state ({exc})") from None
+    model.load_state_dict(checkpoint.model)

@@ -1,0 +1,144 @@
+"""Evaluation: the top-1 and top-5 error of a network on a prepared split.
+
+::
+
+    convnet evaluate runs/20261127-170000              # a run folder: its best checkpoint, ten-crop
+    convnet evaluate runs/x/epoch-0010.safetensors --center --data prepared/
+
+Two ways to look at an image (Krizhevsky et al. 2012, section 4.1):
+
+* ``"center"``: the central ``crop`` x ``crop`` patch (what the training driver
+  measures after every epoch);
+* ``"ten_crop"``: the four corner patches and the center one, and their mirror
+  images; the network's softmax outputs on the ten are averaged (the paper's test).
+
+The error is the fraction of images whose label is not the top-ranked class (top-1)
+or not among the five top-ranked (top-5; among all classes when there are fewer than
+five). Ties go in the label's favour, as in ``functional.topk_accuracy``. The loss is
+the mean cross-entropy of the logits (center) or of the averaged softmax (ten-crop).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from . import functional as F
+from .data import ten_crop_average
+from .tensor import Tensor, no_grad
+
+__all__ = ["EvalResult", "MODES", "evaluate_batches", "evaluate_checkpoint"]
+
+MODES = ("center", "ten_crop")
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation measured, over ``images`` images."""
+
+    mode: str
+    images: int
+    loss: float
+    top1_error: float
+    top5_error: float
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"top-1 error {100 * self.top1_error:.2f}%, top-5 error "
+                f"{100 * self.top5_error:.2f}% ({self.mode.replace('_', '-')}, {self.images} "
+                f"images, loss {self.loss:.4f})")
+
+
+def _softmax(xp, logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = xp.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def evaluate_batches(model, batches, mode: str = "center", should_stop=None,
+                     on_batch=None) -> EvalResult:
+    """Evaluate ``model`` (in eval mode, without gradients) on ``batches``, the batches of
+    a ``Loader`` made with ``augment=mode``.
+
+    ``should_stop``: a callable checked before each batch; when it returns True the
+    evaluation stops with ``KeyboardInterrupt``. ``on_batch(images)`` is called after
+    each batch (for a progress display).
+    """
+    if mode not in MODES:
+        raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
+    model.eval()
+    started = time.monotonic()
+    count, loss_sum, right1, right5 = 0, 0.0, 0, 0
+    with no_grad():
+        for batch in batches:
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
+            n = len(batch)
+            logits = model(batch.images)
+            classes = logits.shape[1]
+            labels = batch.labels
+            if mode == "ten_crop":
+                xp = logits.device.xp
+                probs = ten_crop_average(_softmax(xp, logits.data), 10)
+                picked = probs[xp.arange(n), xp.asarray(labels)]
+                loss_sum += float(-xp.log(xp.maximum(picked, 1e-30)).sum())
+                scores = Tensor(probs, device=logits.device)
+            else:
+                loss_sum += float(F.cross_entropy(logits, labels).item()) * n
+                scores = logits
+            top1, top5 = F.topk_accuracy(scores, labels, (1, min(5, classes)))
+            right1 += round(top1 * n)
+            right5 += round(top5 * n)
+            count += n
+            if on_batch is not None:
+                on_batch(n)
+    if count == 0:
+        raise ValueError("evaluate: the split holds no images")
+    return EvalResult(mode=mode, images=count, loss=loss_sum / count,
+                      top1_error=1 - right1 / count, top5_error=1 - right5 / count,
+                      seconds=time.monotonic() - started)
+
+
+def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=None,
+                        batch_size: int | None = None, workers: int | None = None,
+                        split: str = "val") -> EvalResult:
+    """The error of a checkpoint written by the training driver on ``split`` of a
+    prepared data set.
+
+    ``checkpoint``: a checkpoint file or a run folder (its best checkpoint).
+    ``data``: a prepared data set or an image folder prepared before (default: the
+    one the run trained on). ``device``: default ``cuda:0`` when there is one, else
+    ``cpu``. ``batch_size``: images per batch (default: the run's; ten-crop runs
+    ``batch_size // 10`` images, ten patches each, at a time).
+    """
+    from . import checkpoint as ckpt
+    from . import train as tr
+    from .backend import get_device
+    from .data import Loader, open_prepared
+
+    if mode not in MODES:
+        raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
+    path = tr.resolve_checkpoint(checkpoint)
+    saved = ckpt.load(path)
+    settings = tr.settings_of(saved)
+    data_dir = tr.resolve_data(data if data is not None else settings["data"], None,
+                               demo=data is None and settings.get("demo", False), workers=workers)
+    dataset = open_prepared(data_dir)
+    if list(dataset.classes) != list(settings["classes"]):
+        raise tr.TrainError(f"{data_dir} has classes {tr.short_list(dataset.classes)}, the "
+                            f"checkpoint was trained on {tr.short_list(settings['classes'])}")
+    if split not in dataset.splits or len(dataset.split(split)) == 0:
+        raise tr.TrainError(f"{data_dir} has no images in a {split!r} split to evaluate on")
+    tr.check_crop(settings["crop"], dataset)
+    device = get_device(device or tr.default_device())
+    model = tr.build_model(settings, [device] * settings["columns"])
+    ckpt.restore(saved, model)
+    per_batch = batch_size or settings["batch_size"]
+    if mode == "ten_crop":
+        per_batch = max(1, per_batch // 10)
+    with Loader(dataset, split, batch_size=per_batch, shuffle=False, workers=workers,
+                device=device, augment=mode, crop=settings["crop"], seed=settings["seed"]) as loader:
+        return evaluate_batches(model, loader.epoch(0), mode)
+

@@ -1,0 +1,826 @@
+"""The training driver: ``convnet train`` and ``train(TrainOptions(...))``.
+
+Usage
+-----
+::
+
+    convnet train                      # the built-in demo: see "With no arguments" below
+    convnet train --data ~/imagenet --device cuda:0 --epochs 90
+                                       # an ImageNet-style folder (train/<class>/*.JPEG,
+                                       # val/<class>/*), prepared once into ~/imagenet-prepared
+    convnet train --data prepared/ --out runs/alexnet
+    convnet train --out runs/alexnet --resume   # go on after Ctrl-C or a crash
+    convnet train --resume             # go on with the newest run under ./runs
+    convnet evaluate runs/alexnet      # ten-crop top-1/top-5 error of the run's best checkpoint
+
+With no arguments, ``convnet train`` trains on a generated demo set of 10 classes
+(3,000 training and 500 validation images, textured shapes on cluttered backgrounds;
+made and prepared under ``~/.cache/convnet/demo`` on first use, in about 20 s) on
+``cuda:0`` when there is one, else on ``cpu``. On a GPU it trains the paper's AlexNet
+(batch 128); on a CPU an AlexNet-shaped network narrow enough for the host
+(``--model alexnet-small``: 24/48/64/64/48/256/256 filters and units, batch 32),
+about 45 s an epoch on 2 cores, well above chance on the validation images after the
+default 8 epochs. The run goes into ``./runs/<date>-<time>``.
+
+What a run does (Krizhevsky, Sutskever & Hinton 2012):
+
+* Data: random ``crop`` x ``crop`` patches (227) of the 256 x 256 prepared images,
+  mirrored at random, with PCA lighting from the training set's RGB statistics and
+  the mean image subtracted (sections 4.1, 4.2); the validation images' center
+  patch after every epoch; the ten-patch test (corners, center, mirrored; softmax
+  averaged) on the final weights.
+* SGD with momentum 0.9 and weight decay 0.0005 (section 5); learning rate 0.01,
+  divided by 10 when the validation top-1 error has not improved for ``--patience``
+  epochs, at most ``--lr-drops`` (3) times. Weights N(0, 0.01) for the paper's
+  network; the narrow one starts from N(0, 0.05), as 0.01 leaves too little signal
+  through its small fan-ins to learn in a few epochs.
+
+The run folder (``--out``):
+
+* ``epoch-NNNN.safetensors``: a checkpoint after every epoch (``convnet.checkpoint``:
+  weights, SGD velocities, learning rate, schedule, settings), written to a temporary
+  file, fsynced and renamed; the last two and the best (lowest validation top-1
+  error) are kept.
+* ``metrics.jsonl``: one JSON object per line: ``{"event": "start", ...settings}``,
+  one ``{"event": "epoch", ...}`` per epoch (train loss and top-1/top-5 error, val
+  loss and errors, lr, seconds, images/s), ``{"event": "final", ...}`` (the ten-crop
+  evaluation) and ``resume``/``interrupted``/``stopped`` events. A resumed run
+  appends; where an epoch appears twice, the later line is the one that counts.
+
+``--resume`` continues from the newest checkpoint that loads (a truncated or corrupt
+one is skipped with a warning; if none loads, it stops with an error): weights,
+velocities, learning rate, schedule; the data order, augmentation and dropout masks
+of each epoch depend on (seed, epoch) only, so a resumed run trains exactly as an
+uninterrupted one. The run's settings (model, widths, crop, seed, batch size) come
+from the checkpoint; ``--epochs``, ``--lr``, ``--patience``, ``--device``/``--devices``/
+``--columns`` (a one-column checkpoint resumes as two columns and back) and
+``--workers`` may change. Without ``--resume``, an ``--out`` that holds another run
+is refused (``--force`` deletes that run's checkpoints and metrics and starts afresh).
+
+Ctrl-C stops at the next step boundary: the loader shuts down, the checkpoint of
+the last complete epoch stays as it was, and the command exits with 130 (a second
+Ctrl-C stops at once). A loss that is not finite stops the run (exit 1) before the
+weights change; the checkpoints are untouched.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+
+__all__ = ["TrainError", "TrainOptions", "TrainingStopped", "MODELS", "train", "build_model",
+           "cache_dir", "demo_dataset", "resolve_data", "default_device", "run_checkpoints",
+           "resolve_checkpoint"]
+
+# --------------------------------------------------------------------------- defaults
+
+MODELS = {
+    # the paper's widths and initialisation
+    "alexnet": {"widths": (96, 256, 384, 384, 256, 4096, 4096), "weight_std": 0.01},
+    # narrow enough for a CPU: ~45 s an epoch of the demo set at batch 32 on 2 cores
+    "alexnet-small": {"widths": (24, 48, 64, 64, 48, 256, 256), "weight_std": 0.05},
+}
+DEMO = {"classes": 10, "train_per_class": 300, "val_per_class": 50, "size": 256, "seed": 0}
+DEFAULT_EPOCHS = {"gpu": 30, "host": 8}
+DEFAULT_BATCH = {"gpu": 128, "host": 32}
+DEFAULT_LR = 0.01
+MOMENTUM = 0.9
+WEIGHT_DECAY = 0.0005
+DEFAULT_PATIENCE = 2
+DEFAULT_LR_DROPS = 3
+DEFAULT_CROP = 227
+DROPOUT = 0.5
+CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})" + re.escape(ckpt.SUFFIX) + "$")
+METRICS = "metrics.jsonl"
+KEEP_LAST = 2
+
+
+class TrainError(ValueError):
+    """Settings, data or a run folder the driver cannot work with (a usage error)."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training could not go on (a loss that is not finite); the checkpoints are untouched."""
+
+
+@dataclass
+class TrainOptions:
+    """The ``convnet train`` options; None means the default (or, with ``resume``, the
+    run's own setting). See the module docstring."""
+
+    data: str | None = None
+    prepared: str | None = None
+    out: str | None = None
+    device: str | None = None
+    devices: list | None = None
+    model: str | None = None
+    columns: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    workers: int | None = None
+    patience: int | None = None
+    lr_drops: int | None = None
+    crop: int | None = None
+    widths: tuple | None = None
+    weight_std: float | None = None
+    dropout: float | None = None
+    resume: bool = False
+    force: bool = False
+    progress: bool | None = None
+    final_eval: bool = True
+    log: object = field(default=None, repr=False)  # one-line messages (default: stderr)
+    out_file: object = field(default=None, repr=False)  # epoch summaries (default: stdout)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def short_list(items, n: int = 5) -> str:
+    items = [str(i) for i in items]
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+# --------------------------------------------------------------------------- data
+
+def cache_dir() -> Path:
+    """convnet's cache folder: ``$CONVNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/convnet``,
+    else ``~/.cache/convnet`` (as the emulator's kernel cache)."""
+    root = os.environ.get("CONVNET_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "convnet"
+
+
+def _complete(prepared: Path, source: Path) -> bool:
+    from .data import ManifestError, read_manifest
+    try:
+        manifest = read_manifest(prepared)
+    except ManifestError:
+        return False
+    return manifest.get("source") == str(source.resolve())
+
+
+def demo_dataset(workers: int | None = None, log=_say) -> Path:
+    """The prepared demo set under ``cache_dir()/demo``, made on first use: generated
+    images in ``images/`` (``convnet make-demo-data``), prepared into ``prepared/``."""
+    from .data import make_demo_data, prepare
+    root = cache_dir() / "demo"
+    images, prepared = root / "images", root / "prepared"
+    if _complete(prepared, images):
+        return prepared
+    counts = DEMO["classes"] * DEMO["train_per_class"], DEMO["classes"] * DEMO["val_per_class"]
+    log(f"train: making the demo data set in {root} ({DEMO['classes']} classes, {counts[0]} "
+        f"training and {counts[1]} validation images; once)")
+    from .data.demo import DemoError
+    try:
+        make_demo_data(images, workers=workers, **DEMO)
+    except DemoError as exc:
+        raise TrainError(f"cannot make the demo set: {exc} (delete {images} to start it "
+                         f"afresh)") from None
+    prepare(images, prepared, workers=workers, log=log)
+    return prepared
+
+
+def resolve_data(data, prepared=None, *, demo: bool = False, workers: int | None = None,
+                 log=_say) -> Path:
+    """The prepared data set to use: ``data`` prepared (a folder with ``manifest.json``),
+    or an image folder (``train/<class>/...``) prepared into ``prepared`` (default: a
+    folder ``<data>-prepared`` beside it) unless that already holds it; None (or
+    ``demo``): the demo set."""
+    from .data import prepare
+    if data is None or (demo and not Path(data).is_dir()):
+        if prepared is not None:
+            raise TrainError("--prepared names where an image folder given by --data is "
+                             "prepared; give --data too")
+        return demo_dataset(workers, log)
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise TrainError(f"--data {data}: no such folder")
+    if (data / "manifest.json").is_file():
+        if prepared is not None:
+            raise TrainError(f"{data} is already prepared; --prepared is for an image folder")
+        return data
+    if not (data / "train").is_dir():
+        raise TrainError(f"--data {data} is neither a prepared data set (no manifest.json) nor "
+                         f"an image folder (no train/ folder of class folders)")
+    target = Path(prepared).expanduser() if prepared is not None \
+        else data.parent / f"{data.name}-prepared"
+    if _complete(target, data):
+        log(f"train: using {target}, prepared from {data} (run `convnet prepare {data} "
+            f"{target}` after changing the images)")
+        return target
+    if (target / "manifest.json").is_file():
+        raise TrainError(f"{target} holds a data set prepared from another folder; give "
+                         f"--prepared DIR for {data}")
+    log(f"train: preparing {data} into {target} (once)")
+    prepare(data, target, workers=workers, log=log)
+    return target
+
+
+def check_crop(crop: int, dataset) -> None:
+    h, w = dataset.image_size[:2]
+    if crop > min(h, w):
+        raise TrainError(f"the crop {crop} is larger than the prepared images ({h}x{w})")
+
+
+# --------------------------------------------------------------------------- model
+
+def default_device() -> str:
+    from . import devices
+    return "cuda:0" if "cuda:0" in devices() else "cpu"
+
+
+def build_model(settings: dict, devices):
+    """The network ``settings`` describe (``model``, ``widths``, ``weight_std``, ``crop``,
+    ``classes``, ``columns``, ``seed``) on ``devices`` (one per column)."""
+    from .models import alexnet
+    return alexnet(num_classes=len(settings["classes"]), columns=settings["columns"],
+                   devices=devices, input_size=settings["crop"], widths=tuple(settings["widths"]),
+                   weight_std=settings["weight_std"], dropout=settings.get("dropout", DROPOUT),
+                   seed=settings["seed"])
+
+
+def _reseed_dropout(model, seed: int, epoch: int) -> None:
+    """Each dropout layer's masks in epoch ``epoch`` from (seed, epoch, layer) alone, so a
+    resumed run draws what an uninterrupted one would."""
+    from . import nn
+    for i, (_, module) in enumerate(model.named_modules()):
+        if isinstance(module, nn.Dropout):
+            module._seeds = np.random.default_rng([seed, epoch, i])
+
+
+def _convert_columns(state: dict, columns_from: int, columns_to: int) -> dict:
+    from .models import one_to_two_columns, two_to_one_columns
+    if columns_from == columns_to:
+        return state
+    return (one_to_two_columns if columns_to == 2 else two_to_one_columns)(state)
+
+
+# --------------------------------------------------------------------------- run folders
+
+def run_checkpoints(folder) -> list[tuple[int, Path]]:
+    """(epoch, path) of the checkpoints in a run folder, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = CHECKPOINT_NAME.match(entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found, reverse=True)
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    return Path(folder) / f"epoch-{epoch:04d}{ckpt.SUFFIX}"
+
+
+def latest_checkpoint(folder, log=_say):
+    """The newest checkpoint of a run folder that loads; a broken one is skipped with a
+    warning. None when there is no checkpoint; TrainError when none of them loads."""
+    found = run_checkpoints(folder)
+    failures = []
+    for _, path in found:
+        try:
+            return ckpt.load(path)
+        except ckpt.CheckpointError as exc:
+            failures.append(str(exc))
+            log(f"train: warning: {exc}; trying the previous checkpoint")
+    if found:
+        raise TrainError(f"none of the {len(found)} checkpoints in {folder} loads:\n  "
+                         + "\n  ".join(failures))
+    return None
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint file, or a run folder's best checkpoint (else its newest that loads)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        if not path.exists():
+            raise TrainError(f"{path}: no such checkpoint file or run folder")
+        return path
+    newest = latest_checkpoint(path)
+    if newest is None:
+        raise TrainError(f"{path} holds no checkpoints (epoch-NNNN{ckpt.SUFFIX})")
+    best = newest.state.get("schedule", {}).get("best_epoch")
+    if best is not None and checkpoint_path(path, best).is_file():
+        return checkpoint_path(path, best)
+    return newest.path
+
+
+def settings_of(checkpoint) -> dict:
+    settings = checkpoint.state.get("settings")
+    needed = ("model", "widths", "weight_std", "crop", "classes", "columns", "seed",
+              "batch_size", "data")
+    if not isinstance(settings, dict) or any(k not in settings for k in needed):
+        raise TrainError(f"{checkpoint.path} was not written by `convnet train` (its state "
+                         f"lacks the run's settings)")
+    return settings
+
+
+def _prune(folder: Path, keep_best: int | None) -> None:
+    found = run_checkpoints(folder)
+    keep = {e for e, _ in found[:KEEP_LAST]}
+    if keep_best is not None:
+        keep.add(keep_best)
+    for epoch, path in found:
+        if epoch not in keep:
+            path.unlink(missing_ok=True)
+
+
+def _default_out() -> Path:
+    base = Path("runs") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
+
+
+def _newest_run() -> Path:
+    runs = Path("runs")
+    candidates = [d for d in runs.iterdir() if d.is_dir() and run_checkpoints(d)] \
+        if runs.is_dir() else []
+    if not candidates:
+        raise TrainError("--resume without --out continues the newest run under ./runs, and "
+                         "there is none with a checkpoint here; give --out RUN_FOLDER")
+    return max(candidates, key=lambda d: max(p.stat().st_mtime for _, p in run_checkpoints(d)))
+
+
+def _open_run(options: TrainOptions, log) -> tuple[Path, object]:
+    """The run folder and, with --resume, the checkpoint to continue from."""
+    if options.resume and options.force:
+        raise TrainError("--resume continues a run and --force starts one afresh; give one")
+    if options.out is None:
+        out = _newest_run() if options.resume else _default_out()
+    else:
+        out = Path(options.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out} exists and is not a folder")
+    if options.resume:
+        saved = latest_checkpoint(out, log)
+        if saved is None:
+            raise TrainError(f"--resume: {out} holds no checkpoint to continue from"
+                             + (" (the run stopped before its first epoch ended; start it "
+                                "again with --force)" if (out / METRICS).exists() else ""))
+        return out, saved
+    ours = [p for _, p in run_checkpoints(out)] + ([out / METRICS] if (out / METRICS).exists()
+                                                    else [])
+    if ours and not options.force:
+        raise TrainError(f"{out} holds another run ({len(ours)} file(s): "
+                         f"{short_list([p.name for p in ours], 3)}); continue it with --resume, "
+                         f"choose another --out, or give --force to delete it and start afresh")
+    for path in ours:
+        path.unlink()
+    if ours:
+        log(f"train: --force: deleted the previous run in {out} ({len(ours)} file(s))")
+    return out, None
+
+
+def _clean_temporaries(out: Path) -> None:
+    for entry in out.iterdir():
+        if ckpt.is_temporary(entry.name):
+            entry.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- settings
+
+def _positive(name: str, value, low: int = 1):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        raise TrainError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _settings(options: TrainOptions, saved, gpu: bool) -> dict:
+    """The run's settings: from the checkpoint when resuming (the fixed ones must not
+    be given differently), else from the options and the defaults."""
+    for name in ("epochs", "batch_size", "columns", "crop"):
+        _positive(f"--{name.replace('_', '-')}", getattr(options, name))
+    _positive("--patience", options.patience, 0)
+    _positive("--lr-drops", options.lr_drops, 0)
+    _positive("--seed", options.seed, 0)
+    if options.lr is not None and not (math.isfinite(options.lr) and options.lr > 0):
+        raise TrainError(f"--lr must be a positive number, got {options.lr}")
+    if options.weight_std is not None and not (math.isfinite(options.weight_std)
+                                               and options.weight_std > 0):
+        raise TrainError(f"--weight-std must be a positive number, got {options.weight_std}")
+    if options.dropout is not None and not 0 <= options.dropout < 1:
+        raise TrainError(f"--dropout must be in [0, 1), got {options.dropout}")
+    if options.model is not None and options.model not in MODELS:
+        raise TrainError(f"--model must be one of {', '.join(MODELS)}, got {options.model!r}")
+    if options.columns not in (None, 1, 2):
+        raise TrainError(f"--columns must be 1 or 2, got {options.columns}")
+    if saved is not None:
+        settings = dict(settings_of(saved))
+        fixed = {"model": options.model, "widths": options.widths, "weight_std": options.weight_std,
+                 "dropout": options.dropout, "crop": options.crop, "seed": options.seed,
+                 "batch_size": options.batch_size}
+        clashes = [f"--{k.replace('_', '-')} {_show(v)} (the run has {_show(settings[k])})"
+                   for k, v in fixed.items()
+                   if v is not None and _show(v) != _show(settings[k])]
+        if clashes:
+            raise TrainError("a resumed run keeps its settings; these differ: " + "; ".join(clashes)
+                             + " (start a new run with another --out instead)")
+        for k in ("epochs", "patience", "lr_drops"):
+            if getattr(options, k) is not None:
+                settings[k] = getattr(options, k)
+        return settings
+    kind = "gpu" if gpu else "host"
+    model = options.model or ("alexnet" if gpu else "alexnet-small")
+    widths = tuple(options.widths) if options.widths is not None else MODELS[model]["widths"]
+    return {
+        "model": model,
+        "widths": list(widths),
+        "weight_std": options.weight_std or MODELS[model]["weight_std"],
+        "dropout": DROPOUT if options.dropout is None else options.dropout,
+        "crop": options.crop or DEFAULT_CROP,
+        "seed": 0 if options.seed is None else options.seed,
+        "batch_size": options.batch_size or DEFAULT_BATCH[kind],
+        "epochs": options.epochs or DEFAULT_EPOCHS[kind],
+        "lr": options.lr or DEFAULT_LR,
+        "momentum": MOMENTUM,
+        "weight_decay": WEIGHT_DECAY,
+        "patience": DEFAULT_PATIENCE if options.patience is None else options.patience,
+        "lr_drops": DEFAULT_LR_DROPS if options.lr_drops is None else options.lr_drops,
+    }
+
+
+def _show(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _placement(options: TrainOptions, saved_columns: int | None):
+    """(columns, devices) from --device, --devices and --columns."""
+    from .backend import DeviceError, get_device
+    names = list(options.devices) if options.devices else None
+    columns = options.columns or (len(names) if names else None) or saved_columns or 1
+    if names is None:
+        names = [options.device or default_device()] * columns
+    elif options.device is not None:
+        raise TrainError("give --device (one device for every column) or --devices (one per "
+                         "column), not both")
+    if len(names) != columns:
+        raise TrainError(f"--columns {columns} needs {columns} device(s) in --devices, got "
+                         f"{len(names)}: {' '.join(names)}")
+    try:
+        return columns, [get_device(n) for n in names]
+    except DeviceError as exc:
+        raise TrainError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- schedule
+
+class Plateau:
+    """The paper's schedule: divide the learning rate by 10 when the validation error
+    has not improved for ``patience`` epochs, at most ``drops`` times."""
+
+    def __init__(self, patience: int, drops: int, state: dict | None = None):
+        self.patience, self.max_drops = patience, drops
+        state = state or {}
+        self.best = state.get("best")
+        self.best_epoch = state.get("best_epoch")
+        self.bad_epochs = state.get("bad_epochs", 0)
+        self.drops = state.get("drops", 0)
+
+    def step(self, error: float, epoch: int) -> bool:
+        """Record epoch ``epoch``'s validation error; True when the rate should drop."""
+        if self.best is None or error < self.best:
+            self.best, self.best_epoch, self.bad_epochs = error, epoch, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs >= max(self.patience, 1) and self.drops < self.max_drops:
+            self.drops += 1
+            self.bad_epochs = 0
+            return True
+        return False
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "drops": self.drops}
+
+
+# --------------------------------------------------------------------------- Ctrl-C, progress
+
+class _StopOnInterrupt:
+    """While active, the first Ctrl-C (SIGINT) only sets ``requested`` (the loop stops at
+    the next step boundary); a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ntrain: stopping after this step (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+class _Bar:
+    """One status line on stderr, redrawn at most 5 times a second (only on a terminal)."""
+
+    def __init__(self, desc: str, total: int, enabled: bool):
+        self.desc, self.total, self.enabled = desc, total, enabled
+        self.n, self.start, self.drawn, self.width = 0, time.monotonic(), 0.0, 0
+        self.extra = ""
+
+    def update(self, n: int, extra: str = "") -> None:
+        self.n += n
+        self.extra = extra
+        now = time.monotonic()
+        if self.enabled and (now - self.drawn >= 0.2 or self.n >= self.total):
+            self.drawn = now
+            elapsed = now - self.start
+            rate = self.n / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - self.n) / rate if rate > 0 else 0.0
+            filled = int(20 * self.n / max(self.total, 1))
+            line = (f"{self.desc} |{'#' * filled}{'.' * (20 - filled)}| {self.n}/{self.total} "
+                    f"[{_clock(elapsed)}<{_clock(eta)}, {rate:.0f} img/s] {self.extra}")
+            sys.stderr.write("\r" + line.ljust(self.width))
+            sys.stderr.flush()
+            self.width = len(line)
+
+    def close(self) -> None:
+        if self.enabled and self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m:02d}:{s:02d}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+# --------------------------------------------------------------------------- the run
+
+class _Run:
+    """One training run: the model, optimizer, loaders and run folder, epoch by epoch."""
+
+    def __init__(self, options: TrainOptions):
+        from .optim import SGD
+        self.log = options.log or _say
+        self.out_file = options.out_file or sys.stdout
+        self.options = options
+        self.out, saved = _open_run(options, self.log)
+        columns, devices = _placement(options, saved and settings_of(saved)["columns"])
+        gpu = devices[0].kind == "cuda"
+        self.settings = _settings(options, saved, gpu)
+        data_dir = resolve_data(options.data if options.data is not None
+                                else (saved and self.settings["data"]), options.prepared,
+                                demo=saved is not None and options.data is None
+                                and self.settings.get("demo", False),
+                                workers=options.workers, log=self.log)
+        from .data import open_prepared
+        self.dataset = open_prepared(data_dir)
+        classes = list(self.dataset.classes)
+        if saved is not None and classes != list(self.settings["classes"]):
+            raise TrainError(f"{data_dir} has classes {short_list(classes)}, the run was trained "
+                             f"on {short_list(self.settings['classes'])}")
+        check_crop(self.settings["crop"], self.dataset)
+        if "val" in self.dataset.splits and len(self.dataset.split("val")):
+            self.has_val = True
+        else:
+            self.has_val = False
+            self.log(f"train: warning: {data_dir} has no validation images: no per-epoch "
+                     f"validation, and the learning rate stays at its value")
+        saved_columns = self.settings.get("columns", columns)
+        self.settings.update(classes=classes, columns=columns, data=str(Path(data_dir).resolve()),
+                             demo=options.data is None and (saved is None
+                                                            or self.settings.get("demo", False)))
+        self.devices = devices
+        try:
+            self.model = build_model(self.settings, devices)
+        except (TypeError, ValueError) as exc:  # widths, crop: alexnet() says what is wrong
+            raise TrainError(str(exc)) from None
+        self.optimizer = SGD(self.model, lr=self.settings["lr"], momentum=self.settings["momentum"],
+                             weight_decay=self.settings["weight_decay"])
+        self.schedule = Plateau(self.settings["patience"], self.settings["lr_drops"])
+        self.epoch = 0
+        self.resumed_from = None
+        if saved is not None:
+            self._restore(saved, saved_columns)
+
+    def _restore(self, saved, saved_columns: int) -> None:
+        columns = self.settings["columns"]
+        if saved_columns != columns:
+            saved.model = _convert_columns(saved.model, saved_columns, columns)
+            saved.optimizer["velocity"] = _convert_columns(saved.optimizer["velocity"],
+                                                           saved_columns, columns)
+            saved.optimizer.pop("lr_multipliers", None)
+            saved.optimizer.pop("weight_decay_multipliers", None)
+        ckpt.restore(saved, self.model, self.optimizer)
+        self.schedule = Plateau(self.settings["patience"], self.settings["lr_drops"],
+                                saved.state.get("schedule"))
+        self.epoch = int(saved.state["epoch"])
+        self.resumed_from = saved.path
+        if self.options.lr is not None:
+            self.optimizer.set_lr(self.options.lr)
+        self.settings["lr"] = self.optimizer.lr
+
+    # ------------------------------------------------------------------ helpers
+    def _print(self, text: str) -> None:
+        print(text, file=self.out_file, flush=True)
+
+    def _record(self, event: str, **fields) -> None:
+        line = {"event": event, "time": _dt.datetime.now(_dt.timezone.utc).isoformat(
+            timespec="seconds"), **fields}
+        with open(self.out / METRICS, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _loader(self, split: str, augment: str, batch_size: int):
+        from .data import Loader
+        return Loader(self.dataset, split, batch_size=batch_size, seed=self.settings["seed"],
+                      workers=self.options.workers, device=self.devices[0], augment=augment,
+                      crop=self.settings["crop"])
+
+    def _save(self, metrics: dict) -> Path:
+        state = {"epoch": self.epoch, "settings": self.settings,
+                 "schedule": self.schedule.state(), "metrics": metrics,
+                 "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        path = ckpt.save(checkpoint_path(self.out, self.epoch), self.model.state_dict(),
+                         self.optimizer.state_dict(), state)
+        _prune(self.out, self.schedule.best_epoch)
+        return path
+
+    # ------------------------------------------------------------------ epochs
+    def _train_epoch(self, loader, stop) -> dict:
+        from .training import train_step
+        s = self.settings
+        _reseed_dropout(self.model, s["seed"], self.epoch)
+        bar = _Bar(f"epoch {self.epoch + 1}/{s['epochs']}", len(loader.split), self.show)
+        count, loss_sum, right1, right5 = 0, 0.0, 0.0, 0.0
+        started = time.monotonic()
+        try:
+            for batch in loader.epoch(self.epoch):
+                n = len(batch)
+                try:
+                    with np.errstate(over="ignore", invalid="ignore"):  # caught below instead
+                        step = train_step(self.model, self.optimizer, batch.images, batch.labels)
+                except FloatingPointError as exc:
+                    raise TrainingStopped(
+                        f"epoch {self.epoch + 1}, step {batch.number + 1}: {exc}. The run stopped; "
+                        f"its checkpoints are untouched (resume with a lower --lr)") from None
+                count += n
+                loss_sum += step.loss * n
+                right1 += step.top1 * n
+                right5 += step.top5 * n
+                bar.update(n, f"loss {loss_sum / count:.3f} top-1 err {_pct(1 - right1 / count)}")
+                if stop():
+                    raise KeyboardInterrupt
+        finally:
+            bar.close()
+        seconds = time.monotonic() - started
+        return {"train_loss": loss_sum / count, "train_top1_error": 1 - right1 / count,
+                "train_top5_error": 1 - right5 / count, "train_seconds": seconds,
+                "images_per_second": count / seconds if seconds > 0 else None}
+
+    def _evaluate(self, loader, epoch: int, mode: str, stop, desc: str):
+        from .evaluate import evaluate_batches
+        bar = _Bar(desc, len(loader.split), self.show)
+        try:
+            return evaluate_batches(self.model, loader.epoch(epoch), mode, should_stop=stop,
+                                    on_batch=bar.update)
+        finally:
+            bar.close()
+
+    def run(self) -> dict:
+        s = self.settings
+        self.show = sys.stderr.isatty() if self.options.progress is None else self.options.progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        _clean_temporaries(self.out)
+        params = self.model.num_parameters()
+        where = " ".join(d.name for d in self.devices)
+        if self.resumed_from is not None:
+            self.log(f"train: resuming {self.out} after epoch {self.epoch} from "
+                     f"{self.resumed_from.name} (lr {self.optimizer.lr:g})")
+            self._record("resume", epoch=self.epoch, checkpoint=self.resumed_from.name,
+                         lr=self.optimizer.lr, devices=[d.name for d in self.devices])
+        else:
+            self._record("start", **s, parameters=params, devices=[d.name for d in self.devices])
+        self._print(f"train: {s['model']} ({params:,} parameters, widths "
+                    f"{'/'.join(map(str, s['widths']))}, {s['columns']} column(s)) on {where}; "
+                    f"{len(self.dataset.split('train'))} training images of "
+                    f"{len(s['classes'])} classes from {s['data']}; batch {s['batch_size']}, "
+                    f"{s['epochs']} epochs; run folder {self.out}")
+        if self.epoch >= s["epochs"]:
+            self._print(f"train: the run has finished its {s['epochs']} epochs; give --epochs "
+                        f"N > {self.epoch} to train on")
+            return {"out": str(self.out), "epochs": self.epoch, "final": None}
+        started = time.monotonic()
+        metrics = {}
+        with _StopOnInterrupt() as stop:
+            try:
+                with self._loader("train", "train", s["batch_size"]) as train_loader, \
+                        (self._loader("val", "center", s["batch_size"]) if self.has_val
+                         else _Nothing()) as val_loader:
+                    while self.epoch < s["epochs"]:
+                        metrics = self._one_epoch(train_loader, val_loader, stop)
+                    final = None
+                    if self.options.final_eval and self.has_val:
+                        final = self._final(stop)
+            except KeyboardInterrupt:
+                self._record("interrupted", epoch=self.epoch)
+                self.log(f"train: interrupted; {self.out} keeps the checkpoint of epoch "
+                         f"{self.epoch}" if run_checkpoints(self.out) else
+                         "train: interrupted before the first epoch ended; no checkpoint")
+                raise
+            except TrainingStopped as exc:
+                self._record("stopped", epoch=self.epoch, reason=str(exc))
+                raise
+        total = time.monotonic() - started
+        self._print(f"train: done in {_clock(total)}; checkpoints in {self.out}")
+        return {"out": str(self.out), "epochs": self.epoch, "last": metrics, "final": final,
+                "seconds": total}
+
+    def _one_epoch(self, train_loader, val_loader, stop) -> dict:
+        s = self.settings
+        lr = self.optimizer.lr
+        started = time.monotonic()
+        metrics = self._train_epoch(train_loader, stop)
+        self.epoch += 1
+        line = (f"epoch {self.epoch}/{s['epochs']}: train loss {metrics['train_loss']:.3f} "
+                f"err {_pct(metrics['train_top1_error'])}/{_pct(metrics['train_top5_error'])}")
+        if self.has_val:
+            val = self._evaluate(val_loader, 0, "center", stop, f"val {self.epoch}")
+            metrics.update(val_loss=val.loss, val_top1_error=val.top1_error,
+                           val_top5_error=val.top5_error)
+            line += (f" | val loss {val.loss:.3f} err {_pct(val.top1_error)}/"
+                     f"{_pct(val.top5_error)}")
+            if self.schedule.step(val.top1_error, self.epoch):
+                self.optimizer.set_lr(lr / 10)
+        metrics.update(epoch=self.epoch, lr=lr, seconds=time.monotonic() - started)
+        line += (f" | lr {lr:g} | {metrics['train_seconds']:.0f} s, "
+                 f"{metrics['images_per_second'] or 0:.0f} img/s")
+        self._save(metrics)
+        self._record("epoch", **metrics)
+        if self.optimizer.lr != lr:
+            line += f" | no improvement for {self.settings['patience']} epoch(s): lr -> " \
+                    f"{self.optimizer.lr:g}"
+        self._print(line)
+        return metrics
+
+    def _final(self, stop):
+        s = self.settings
+        with self._loader("val", "ten_crop", max(1, s["batch_size"] // 10)) as loader:
+            result = self._evaluate(loader, 0, "ten_crop", stop, "ten-crop")
+        self._record("final", epoch=self.epoch, **result.as_dict())
+        self._print(f"final (epoch {self.epoch} weights, ten-crop, {result.images} val images): "
+                    f"top-1 error {_pct(result.top1_error)}, top-5 error "
+                    f"{_pct(result.top5_error)}")
+        return result.as_dict()
+
+
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(options: TrainOptions | None = None, **kwargs) -> dict:
+    """Run ``convnet train`` with ``options`` (or keyword arguments of ``TrainOptions``);
+    returns a summary dict (run folder, epochs, last epoch's metrics, final evaluation).
+
+    Raises ``TrainError`` for unusable settings, data or run folders,
+    ``TrainingStopped`` when the loss stops being finite, and ``KeyboardInterrupt``
+    after Ctrl-C (at a step boundary, the loader shut down).
+    """
+    if options is None:
+        options = TrainOptions(**kwargs)
+    elif kwargs:
+        raise TypeError("train: give options or keyword arguments, not both")
+    return _Run(options).run()
