@@ -136,8 +136,7 @@ def cmd_train(args) -> int:
         print(f"convnet train: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("convnet train: interrupted; continue with `convnet train --resume"
-              + (f" --out {args.out}`" if args.out else "`"), file=sys.stderr)
+        print("convnet train: interrupted", file=sys.stderr)
         return 130
     return 0
 
@@ -145,9 +144,11 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     """Top-1/top-5 error of a checkpoint on the val split; 2 on bad arguments, 130 on Ctrl-C."""
     from .evaluate import evaluate_checkpoint
+    from .train import resolve_checkpoint
     usage, failure = _train_errors()
     try:
-        result = evaluate_checkpoint(args.checkpoint, data=args.data, mode=args.mode,
+        path = resolve_checkpoint(args.checkpoint)
+        result = evaluate_checkpoint(path, data=args.data, mode=args.mode,
                                      device=args.device, batch_size=args.batch_size,
                                      workers=args.workers)
     except usage as exc:
@@ -159,7 +160,7 @@ def cmd_evaluate(args) -> int:
     except KeyboardInterrupt:
         print("\nconvnet evaluate: interrupted", file=sys.stderr)
         return 130
-    print(f"{args.checkpoint}: {result}")
+    print(f"{path}: {result}")
     return 0
 
 
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--columns", type=int, choices=(1, 2),
                     help="one column, or two as in the paper (default 1, or the number of "
                          "--devices)")
-    tr.add_argument("--epochs", type=int, help="epochs in all (default 30 on cuda, 8 elsewhere)")
+    tr.add_argument("--epochs", type=int, help="epochs in all (default 30 on cuda, 6 elsewhere)")
     tr.add_argument("--batch-size", type=int, help="default 128 on cuda, 32 elsewhere")
     tr.add_argument("--lr", type=float, help="learning rate (default 0.01; with --resume: "
                                              "replaces the run's current rate)")

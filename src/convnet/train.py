@@ -20,7 +20,7 @@ made and prepared under ``~/.cache/convnet/demo`` on first use, in about 20 s) o
 (batch 128); on a CPU an AlexNet-shaped network narrow enough for the host
 (``--model alexnet-small``: 24/48/64/64/48/256/256 filters and units, batch 32),
 about 45 s an epoch on 2 cores, well above chance on the validation images after the
-default 8 epochs. The run goes into ``./runs/<date>-<time>``.
+default 6 epochs. The run goes into ``./runs/<date>-<time>``.
 
 What a run does (Krizhevsky, Sutskever & Hinton 2012):
 
@@ -93,7 +93,7 @@ MODELS = {
     "alexnet-small": {"widths": (24, 48, 64, 64, 48, 256, 256), "weight_std": 0.05},
 }
 DEMO = {"classes": 10, "train_per_class": 300, "val_per_class": 50, "size": 256, "seed": 0}
-DEFAULT_EPOCHS = {"gpu": 30, "host": 8}
+DEFAULT_EPOCHS = {"gpu": 30, "host": 6}
 DEFAULT_BATCH = {"gpu": 128, "host": 32}
 DEFAULT_LR = 0.01
 MOMENTUM = 0.9
@@ -753,9 +753,12 @@ class _Run:
                         final = self._final(stop)
             except KeyboardInterrupt:
                 self._record("interrupted", epoch=self.epoch)
-                self.log(f"train: interrupted; {self.out} keeps the checkpoint of epoch "
-                         f"{self.epoch}" if run_checkpoints(self.out) else
-                         "train: interrupted before the first epoch ended; no checkpoint")
+                if run_checkpoints(self.out):
+                    self.log(f"train: interrupted; {self.out} keeps the checkpoint of epoch "
+                             f"{self.epoch}: continue with `convnet train --resume --out "
+                             f"{self.out}`")
+                else:
+                    self.log("train: interrupted before the first epoch ended; no checkpoint")
                 raise
             except TrainingStopped as exc:
                 self._record("stopped", epoch=self.epoch, reason=str(exc))
