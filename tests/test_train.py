@@ -289,9 +289,10 @@ def test_two_columns_and_back_to_one(data, tmp_path, capsys):
 def test_one_step_on_emu(data, tmp_path, capsys):
     require_device("emu")
     out = tmp_path / "run"
-    args = _args(data, out, "--epochs", 1, "--no-final-eval", device="emu")
+    args = _args(data, out, "--epochs", 1, device="emu")
     args[args.index("--batch-size") + 1] = "24"  # the whole training split: one step
     assert cli.main(args) == 0
+    assert _metrics(out)[2]["event"] == "final" and _metrics(out)[2]["images"] == 9
     line = _metrics(out)[1]
     assert line["event"] == "epoch" and 0 <= line["val_top1_error"] <= 1
     assert np.isfinite(line["train_loss"])
@@ -350,3 +351,26 @@ def test_an_image_folder_is_prepared_beside_it_once(tmp_path, capsys):
     assert cli.main(args + ["--data", str(other), "--out", str(tmp_path / "d"), "--prepared",
                             str(elsewhere)]) == 2
     assert "prepared from another folder" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_says_so(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(_args(data, out, "--epochs", 1, "--no-final-eval")) == 0
+    capsys.readouterr()
+    assert cli.main(_args(data, out, "--resume")) == 0
+    assert "has finished its 1 epochs" in capsys.readouterr().out
+    assert [l["event"] for l in _metrics(out)] == ["start", "epoch"]
+
+
+def test_a_data_set_without_validation_images(tmp_path, capsys):
+    from convnet.data import prepare_arrays
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (6, 70, 70, 3), dtype=np.uint8)
+    prepare_arrays(tmp_path / "p", {"train": (images, np.array([0, 1, 0, 1, 0, 1]))}, ["a", "b"],
+                   log=lambda _: None)
+    out = tmp_path / "run"
+    assert cli.main(_args(tmp_path / "p", out, "--epochs", 2)) == 0
+    assert "no validation images" in capsys.readouterr().err
+    lines = _metrics(out)
+    assert [l["event"] for l in lines] == ["start", "epoch", "epoch"]
+    assert "val_top1_error" not in lines[1] and lines[2]["lr"] == lines[1]["lr"]

@@ -15,12 +15,13 @@ Usage
 
 With no arguments, ``convnet train`` trains on a generated demo set of 10 classes
 (3,000 training and 500 validation images, textured shapes on cluttered backgrounds;
-made and prepared under ``~/.cache/convnet/demo`` on first use, in about 20 s) on
+made and prepared under ``~/.cache/convnet/demo`` on first use, in about 15 s) on
 ``cuda:0`` when there is one, else on ``cpu``. On a GPU it trains the paper's AlexNet
-(batch 128); on a CPU an AlexNet-shaped network narrow enough for the host
-(``--model alexnet-small``: 24/48/64/64/48/256/256 filters and units, batch 32),
-about 45 s an epoch on 2 cores, well above chance on the validation images after the
-default 6 epochs. The run goes into ``./runs/<date>-<time>``.
+(batch 128, 30 epochs); on a CPU an AlexNet-shaped network narrow enough for the host
+(``--model alexnet-small``: 24/48/64/64/48/256/256 filters and units, batch 32, 6
+epochs): about 45 s an epoch on 2 cores, 5.5 minutes in all, ending near 41% ten-crop
+top-1 error on the validation images (chance: 90%). The run goes into
+``./runs/<date>-<time>``.
 
 What a run does (Krizhevsky, Sutskever & Hinton 2012):
 
@@ -64,6 +65,7 @@ weights change; the checkpoints are untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -723,6 +725,10 @@ class _Run:
         _clean_temporaries(self.out)
         params = self.model.num_parameters()
         where = " ".join(d.name for d in self.devices)
+        if self.epoch >= s["epochs"]:
+            self._print(f"train: {self.out} has finished its {s['epochs']} epochs; give "
+                        f"--epochs N > {self.epoch} with --resume to train on")
+            return {"out": str(self.out), "epochs": self.epoch, "final": None}
         if self.resumed_from is not None:
             self.log(f"train: resuming {self.out} after epoch {self.epoch} from "
                      f"{self.resumed_from.name} (lr {self.optimizer.lr:g})")
@@ -735,17 +741,13 @@ class _Run:
                     f"{len(self.dataset.split('train'))} training images of "
                     f"{len(s['classes'])} classes from {s['data']}; batch {s['batch_size']}, "
                     f"{s['epochs']} epochs; run folder {self.out}")
-        if self.epoch >= s["epochs"]:
-            self._print(f"train: the run has finished its {s['epochs']} epochs; give --epochs "
-                        f"N > {self.epoch} to train on")
-            return {"out": str(self.out), "epochs": self.epoch, "final": None}
         started = time.monotonic()
         metrics = {}
         with _StopOnInterrupt() as stop:
             try:
                 with self._loader("train", "train", s["batch_size"]) as train_loader, \
                         (self._loader("val", "center", s["batch_size"]) if self.has_val
-                         else _Nothing()) as val_loader:
+                         else contextlib.nullcontext()) as val_loader:
                     while self.epoch < s["epochs"]:
                         metrics = self._one_epoch(train_loader, val_loader, stop)
                     final = None
@@ -804,14 +806,6 @@ class _Run:
                     f"top-1 error {_pct(result.top1_error)}, top-5 error "
                     f"{_pct(result.top5_error)}")
         return result.as_dict()
-
-
-class _Nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(options: TrainOptions | None = None, **kwargs) -> dict:
