@@ -183,6 +183,9 @@ def test_bad_arguments_are_one_line_errors(data, tmp_path, capsys):
     cases = [
         (["--epochs", 0], "--epochs must be an integer >= 1"),
         (["--lr", -1], "--lr must be a positive number"),
+        (["--seed", 2**64], "--seed must be below 2**63"),
+        (["--workers", -1], "--workers must be an integer >= 0"),
+        (["--dropout", 1], "--dropout must be in [0, 1)"),
         (["--crop", 200], "the crop 200 is larger than the prepared images (76x76)"),
         (["--devices", "cpu", "cpu"], "give --device (one device for every column) or "
                                       "--devices (one per column), not both"),

@@ -416,6 +416,9 @@ def _settings(options: TrainOptions, saved, gpu: bool) -> dict:
     _positive("--patience", options.patience, 0)
     _positive("--lr-drops", options.lr_drops, 0)
     _positive("--seed", options.seed, 0)
+    _positive("--workers", options.workers, 0)
+    if options.seed is not None and options.seed >= 2**63:
+        raise TrainError(f"--seed must be below 2**63, got {options.seed}")
     if options.lr is not None and not (math.isfinite(options.lr) and options.lr > 0):
         raise TrainError(f"--lr must be a positive number, got {options.lr}")
     if options.weight_std is not None and not (math.isfinite(options.weight_std)
@@ -432,9 +435,9 @@ def _settings(options: TrainOptions, saved, gpu: bool) -> dict:
         fixed = {"model": options.model, "widths": options.widths, "weight_std": options.weight_std,
                  "dropout": options.dropout, "crop": options.crop, "seed": options.seed,
                  "batch_size": options.batch_size}
-        clashes = [f"--{k.replace('_', '-')} {_show(v)} (the run has {_show(settings[k])})"
+        clashes = [f"--{k.replace('_', '-')} {_show(v)} (the run has {_show(settings.get(k))})"
                    for k, v in fixed.items()
-                   if v is not None and _show(v) != _show(settings[k])]
+                   if v is not None and _show(v) != _show(settings.get(k))]
         if clashes:
             raise TrainError("a resumed run keeps its settings; these differ: " + "; ".join(clashes)
                              + " (start a new run with another --out instead)")
