@@ -345,6 +345,11 @@ class Dropout(Module):
         self.p, self.mode = float(p), mode
         self._seeds = None if seed is None else _generator(seed)
 
+    def reseed(self, seed) -> None:
+        """Restart the layer's stream of mask seeds from ``seed`` (an int, a sequence of
+        ints such as (run seed, epoch, layer), or a numpy Generator)."""
+        self._seeds = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
     def forward(self, x):
         seed = None
         if self.training and self._seeds is not None:

@@ -263,7 +263,7 @@ def _reseed_dropout(model, seed: int, epoch: int) -> None:
     from . import nn
     for i, (_, module) in enumerate(model.named_modules()):
         if isinstance(module, nn.Dropout):
-            module._seeds = np.random.default_rng([seed, epoch, i])
+            module.reseed([seed, epoch, i])
 
 
 def _convert_columns(state: dict, columns_from: int, columns_to: int) -> dict:
