@@ -14,6 +14,7 @@ from convnet import functional as F
 from convnet.backend import HostDevice
 from convnet.tensor import is_grad_enabled
 from convnet.functional.activation import ReLU
+from gradcheck import numeric_grad
 
 
 class OtherHost(HostDevice):
@@ -38,20 +39,7 @@ def _leaf(shape, seed=0, away_from_zero=False):
 
 def numeric_grads(f, leaves, eps=1e-6):
     """Central differences of the scalar f() with respect to each leaf's array."""
-    grads = []
-    for leaf in leaves:
-        g = np.zeros(leaf.shape)
-        flat = leaf.data.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps
-            hi = f().item()
-            flat[i] = old - eps
-            lo = f().item()
-            flat[i] = old
-            g.reshape(-1)[i] = (hi - lo) / (2 * eps)
-        grads.append(g)
-    return grads
+    return [numeric_grad(f, leaf, eps).reshape(leaf.shape) for leaf in leaves]
 
 
 def check_grads(f, leaves, rtol=1e-6, atol=1e-8):

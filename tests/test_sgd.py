@@ -145,7 +145,7 @@ def test_load_state_dict_errors_name_what_differs():
     opt = optim.SGD({"a": _param(np.ones(2)), "b": _param(np.ones(3))})
     state = opt.state_dict()
     bad = dict(state, velocity={"a": np.zeros(5), "c": np.zeros(3)})
-    with pytest.raises(ValueError, match=r"missing b.*unexpected c.*a: shape \(5,\) given, "
+    with pytest.raises(ValueError, match=r"missing: b.*unexpected: c.*a: shape \(5,\) given, "
                                          r"\(2,\) expected"):
         opt.load_state_dict(bad)
     with pytest.raises(KeyError, match="velocity"):

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import functional as F
 from .backend import get_device
+from ._mapping import differences
 from .tensor import Tensor
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv2d", "LocalResponseNorm", "MaxPool2d",
@@ -169,19 +170,8 @@ class Module:
             raise TypeError(f"load_state_dict: expected a mapping of names to arrays, "
                             f"not {type(state).__name__}")
         params = OrderedDict(self.named_parameters())
-        problems = []
-        missing = [n for n in params if n not in state]
-        unexpected = [n for n in state if n not in params]
-        if missing:
-            problems.append(f"missing: {', '.join(missing)}")
-        if unexpected:
-            problems.append(f"unexpected: {', '.join(map(str, unexpected))}")
-        for name, p in params.items():
-            if name in state:
-                shape = tuple(np.shape(state[name]))
-                if shape != p.shape:
-                    problems.append(f"{name}: shape {shape} in the state dict, {p.shape} in "
-                                    f"the model")
+        problems = differences(state, {name: p.shape for name, p in params.items()},
+                               given_where="in the state dict", expected_where="in the model")
         if problems:
             raise ValueError(f"load_state_dict: the state dict does not match "
                              f"{type(self).__name__}: " + "; ".join(problems))

@@ -21,6 +21,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .ops import sgd as _sgd_ops
+from ._mapping import differences
 from .tensor import Tensor
 
 __all__ = ["SGD"]
@@ -172,7 +173,10 @@ class SGD:
         if missing:
             raise KeyError(f"SGD.load_state_dict: the state lacks {', '.join(missing)}")
         velocity = state["velocity"]
-        problems = _compare(velocity, {n: p.shape for n, p in self.params.items()})
+        if not isinstance(velocity, dict):
+            raise TypeError(f"SGD.load_state_dict: velocity must be a dict of arrays, "
+                            f"not {type(velocity).__name__}")
+        problems = differences(velocity, {n: p.shape for n, p in self.params.items()})
         if problems:
             raise ValueError("SGD.load_state_dict: the velocities do not match the parameters: "
                              + "; ".join(problems))
@@ -202,21 +206,3 @@ def _full_multipliers(spec, names, what):
     return out
 
 
-def _compare(given: dict, expected: dict) -> list[str]:
-    """Every difference between a name → array dict and name → shape: missing and
-    unexpected names, shape mismatches."""
-    if not isinstance(given, dict):
-        return [f"expected a dict of arrays, not {type(given).__name__}"]
-    problems = []
-    missing = [n for n in expected if n not in given]
-    unexpected = [n for n in given if n not in expected]
-    if missing:
-        problems.append(f"missing {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected)}")
-    for n, shape in expected.items():
-        if n in given:
-            got = tuple(np.shape(given[n]))
-            if got != tuple(shape):
-                problems.append(f"{n}: shape {got} given, {tuple(shape)} expected")
-    return problems
