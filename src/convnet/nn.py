@@ -97,7 +97,8 @@ class Module:
         object.__setattr__(self, name, value)
 
     def forward(self, *args, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+        raise TypeError(f"{type(self).__name__} does not define forward(); every Module "
+                        f"subclass that is called must")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

@@ -292,10 +292,12 @@ class Function:
         self.saved = arrays
 
     def forward(self, *arrays, **kwargs):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} does not define forward(); every Function "
+                        f"subclass must")
 
     def backward(self, grad_out):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} does not define backward(), so no gradient "
+                        f"flows through it")
 
     @classmethod
     def apply(cls, *inputs, **kwargs) -> Tensor:

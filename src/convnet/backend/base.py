@@ -1,6 +1,7 @@
 """What every device offers the rest of the library."""
 from __future__ import annotations
 
+import abc
 import contextlib
 
 import numpy as np
@@ -10,7 +11,7 @@ class DeviceError(RuntimeError):
     """A device that is unknown, unavailable here, or misused."""
 
 
-class Device:
+class Device(abc.ABC):
     """A place where arrays live and ops run.
 
     ``kind`` is ``"cpu"``, ``"emu"`` or ``"cuda"``; ``name`` is what users write
@@ -23,12 +24,13 @@ class Device:
     xp = np
     runs_kernels: bool = False
 
+    @abc.abstractmethod
     def asarray(self, array, dtype=None):
         """``array`` (host data or another device's array) as an array of this device."""
-        raise NotImplementedError  # every concrete device overrides this
 
+    @abc.abstractmethod
     def to_numpy(self, array) -> np.ndarray:
-        raise NotImplementedError  # every concrete device overrides this
+        """``array`` of this device as a NumPy array in host memory."""
 
     def owns(self, array) -> bool:
         """Whether ``array`` is of the array type this device holds."""

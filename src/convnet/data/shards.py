@@ -105,7 +105,7 @@ class ShardWriter:
         self.size = tuple(int(s) for s in size)
         self.tmp = temporary_name(self.path)
         self._file = open(self.tmp, "wb")
-        self._file.write(bytes(PAYLOAD_OFFSET))  # header placeholder: zeros until complete
+        self._file.write(bytes(PAYLOAD_OFFSET))  # the header stays zeros until the shard is complete
         self._labels: list[int] = []
         self._offsets: list[int] = [0]
         self._crc = 0
