@@ -144,7 +144,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     """Top-1/top-5 error of a checkpoint on the val split; 2 on bad arguments, 130 on Ctrl-C."""
     from .evaluate import evaluate_checkpoint
-    from .train import resolve_checkpoint
+    from .runs import resolve_checkpoint
     usage, failure = _train_errors()
     try:
         path = resolve_checkpoint(args.checkpoint)

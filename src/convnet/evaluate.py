@@ -115,20 +115,21 @@ def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=No
     """
     from . import checkpoint as ckpt
     from . import train as tr
+    from . import runs
     from .backend import get_device
     from .data import Loader, open_prepared
 
     if mode not in MODES:
         raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
-    path = tr.resolve_checkpoint(checkpoint)
+    path = runs.resolve_checkpoint(checkpoint)
     saved = ckpt.load(path)
-    settings = tr.settings_of(saved)
+    settings = runs.settings_of(saved)
     data_dir = tr.resolve_data(data if data is not None else settings["data"], None,
                                demo=data is None and settings.get("demo", False), workers=workers)
     dataset = open_prepared(data_dir)
     if list(dataset.classes) != list(settings["classes"]):
-        raise tr.TrainError(f"{data_dir} has classes {tr.short_list(dataset.classes)}, the "
-                            f"checkpoint was trained on {tr.short_list(settings['classes'])}")
+        raise tr.TrainError(f"{data_dir} has classes {runs.short_list(dataset.classes)}, the "
+                            f"checkpoint was trained on {runs.short_list(settings['classes'])}")
     if split not in dataset.splits or len(dataset.split(split)) == 0:
         raise tr.TrainError(f"{data_dir} has no images in a {split!r} split to evaluate on")
     tr.check_crop(settings["crop"], dataset)
