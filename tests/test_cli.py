@@ -11,6 +11,7 @@ import pytest
 import convnet.ops
 from convnet import cli
 from convnet.launch import KernelModule
+from test_compile import SPILLING_KERNEL
 
 try:
     import cuda.bindings.nvrtc  # noqa: F401
@@ -92,25 +93,12 @@ def test_kernels_bad_arguments(capsys):
     assert cli.main(["kernels", "--module", "no_such_file.cu"]) == 2
 
 
-SPILLING = """\
-extern "C" __global__ void __launch_bounds__(1024, 2) heavy(float* x, int n)
-{
-    float a[96];
-#pragma unroll
-    for (int i = 0; i < 96; ++i) a[i] = x[i * n + threadIdx.x];
-    __syncthreads();
-    float s = 0.f;
-#pragma unroll
-    for (int i = 95; i >= 0; --i) s = s * a[i] + x[i];
-    x[threadIdx.x] = s;
-}
-"""
 
 
 @needs_nvrtc
 def test_kernels_fails_on_spill_and_compile_error(tmp_path, monkeypatch, capsys):
     spill = tmp_path / "heavy.cu"
-    spill.write_text(SPILLING)
+    spill.write_text(SPILLING_KERNEL.replace("must_spill", "heavy"))
     broken = tmp_path / "broken.cu"
     broken.write_text('extern "C" __global__ void b(float* x)\n{\n    x[0] = oops;\n}\n')
     ok = tmp_path / "fine.cu"

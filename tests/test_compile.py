@@ -29,10 +29,7 @@ MODULES = kernel_modules()
 # A module with a kernel that must spill (96 values live across a barrier under a
 # 32-register cap from __launch_bounds__(1024, 2)), a plain kernel, and a template
 # whose instantiations differ in static shared memory (4 * N bytes).
-TEST_SOURCE = """\
-// test kernels for the compile check
-#include "test_helpers.cuh"
-
+SPILLING_KERNEL = """\
 extern "C" __global__ void __launch_bounds__(1024, 2) must_spill(float* x, int n)
 {
     float a[96];
@@ -44,7 +41,13 @@ extern "C" __global__ void __launch_bounds__(1024, 2) must_spill(float* x, int n
     for (int i = 95; i >= 0; --i) s = s * a[i] + x[i];
     x[threadIdx.x] = s;
 }
+"""
 
+TEST_SOURCE = """\
+// test kernels for the compile check
+#include "test_helpers.cuh"
+
+""" + SPILLING_KERNEL + """
 extern "C" __global__ void no_spill(float* x, int n)
 {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
