@@ -13,7 +13,7 @@ from convnet import DeviceError, Function, Tensor, no_grad
 from convnet import functional as F
 from convnet.backend import HostDevice
 from convnet.tensor import is_grad_enabled
-from convnet.functional.activation import ReLU
+from convnet.functional.relu import ReLU
 from gradcheck import numeric_grad
 
 

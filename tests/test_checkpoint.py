@@ -1,4 +1,4 @@
-"""Checkpoints (convnet.checkpoint): the round trip of weights, velocities and state; the
+"""Checkpoints (convnet.app.checkpoint): the round trip of weights, velocities and state; the
 errors for a checkpoint that does not fit the model, and for files that are truncated,
 corrupt, of another format or version; a save that fails leaves the old file as it was."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import convnet
-from convnet import checkpoint as ckpt
+from convnet.app import checkpoint as ckpt
 from convnet.models import alexnet
 from convnet.optim import SGD
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import convnet.ops
-from convnet import cli
-from convnet.launch import KernelModule
+from convnet.app import cli
+from convnet.toolchain.launch import KernelModule
 from test_compile import SPILLING_KERNEL
 
 try:

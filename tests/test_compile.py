@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from convnet import nvrtc
-from convnet.launch import KernelModule
+from convnet.toolchain import nvrtc
+from convnet.toolchain.launch import KernelModule
 from convnet.ops import kernel_modules
 
 try:
@@ -245,6 +245,6 @@ def test_missing_bindings_say_how_to_install(monkeypatch):
 
 
 def test_module_paths_exist():
-    from convnet.kernel_source import source_path
+    from convnet.toolchain.kernel_source import source_path
     for module in MODULES:
         assert Path(source_path(module.source)).is_file()

@@ -16,7 +16,7 @@ import pytest
 
 import convnet
 from convnet import functional as F
-from convnet.launch import LaunchError
+from convnet.toolchain.launch import LaunchError
 from convnet.ops import conv
 
 from conftest import require_device, run_clean_under_asan

@@ -260,7 +260,7 @@ def test_construction_errors():
 
 @pytest.mark.skipif(not HAVE_NVRTC, reason="cuda-bindings is not installed")
 def test_kernel_compiles_for_sm80_sm90_without_spills():
-    from convnet import nvrtc
+    from convnet.toolchain import nvrtc
     rows = nvrtc.compile_report([aug.MODULE], archs=("sm_80", "sm_90"))
     assert {(r.kernel, r.arch) for r in rows} == {("augment_crops", "sm_80"), ("augment_crops", "sm_90")}
     assert not [r for r in rows if r.spills] and all(r.registers > 0 for r in rows)

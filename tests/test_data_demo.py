@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from convnet import cli
+from convnet.app import cli
 from convnet.data import make_demo_data, scan_folder
 from convnet.data import demo as demo_module
 from convnet.data.demo import DemoError, class_spec

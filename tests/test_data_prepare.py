@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convnet import cli
+from convnet.app import cli
 from convnet.data import (DatasetError, ManifestError, PrepareError, ShardError, make_demo_data,
                           open_prepared, prepare, prepare_image, scan_folder, shards, stats)
 from convnet.data.folders import resize_center_crop

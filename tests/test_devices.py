@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import convnet
-from convnet import doctor
+from convnet.app import doctor
 from convnet.backend import DeviceError, cuda, get_device
-from convnet.launch import KernelModule, Launch
+from convnet.toolchain.launch import KernelModule, Launch
 
 
 def _cupy_importable() -> bool:
@@ -233,8 +233,8 @@ def test_broken_cupy_import_is_reported(monkeypatch, tmp_path):
 
 
 def test_fake_launch_compiles_once_with_expanded_source(fake_cupy, kernel_module):
-    from convnet.kernel_source import expand
-    from convnet.nvrtc import NVRTC_OPTIONS
+    from convnet.toolchain.kernel_source import expand
+    from convnet.toolchain.nvrtc import NVRTC_OPTIONS
 
     cupy, calls = fake_cupy(count=2)
     device = cuda.CUDADevice(1)
@@ -329,7 +329,7 @@ def test_doctor_emu_runtime():
 
 def test_doctor_nvrtc():
     pytest.importorskip("cuda.bindings.nvrtc")
-    from convnet import nvrtc
+    from convnet.toolchain import nvrtc
     check = _lines()["NVRTC"]
     assert check.ok and check.detail.startswith("%d.%d" % nvrtc.version())
 

@@ -8,7 +8,7 @@ import pytest
 
 import convnet
 from convnet import functional as F
-from convnet import philox
+from convnet.ops import philox
 from convnet.ops import dropout as dropout_ops
 from convnet.ops._elementwise import BLOCK
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from convnet.backend import emu
-from convnet.launch import KernelModule, Launch, LaunchError
+from convnet.toolchain.launch import KernelModule, Launch, LaunchError
 
 pytestmark = pytest.mark.skipif(not emu.available(), reason="emu runtime not built")
 
@@ -107,7 +107,7 @@ _INTERRUPT_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     from convnet.backend import emu
-    from convnet.launch import KernelModule, Launch
+    from convnet.toolchain.launch import KernelModule, Launch
     module = KernelModule(sys.argv[1], ("busy",))
     device = emu.EmuDevice()
     out = np.zeros(64 * 100_000, np.float32)
@@ -208,7 +208,7 @@ _ASAN_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     from convnet.backend import emu
-    from convnet.launch import KernelModule, Launch
+    from convnet.toolchain.launch import KernelModule, Launch
     module = KernelModule(sys.argv[1], ("global_out_of_bounds", "dynamic_shared_out_of_bounds"))
     device = emu.EmuDevice()
     with emu.debug(check="address"):

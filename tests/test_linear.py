@@ -1,5 +1,5 @@
 """Fully-connected layers and the shape ops around them: the bias/ReLU epilogue kernels
-(kernels/bias_act.cu) against the NumPy reference, misaligned rows, both emulator
+(kernels/linear.cu) against the NumPy reference, misaligned rows, both emulator
 schedules with NaN-filled shared memory and bounds checks, finite-difference gradients
 of linear, flatten and cat in float64, every device through autograd, and the errors;
 and the epilogue, cross-entropy and SGD kernels under AddressSanitizer."""

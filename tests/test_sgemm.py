@@ -12,7 +12,7 @@ import pytest
 
 from conftest import KERNEL_DEVICES
 from conftest import require_device as _device
-from convnet.launch import LaunchError
+from convnet.toolchain.launch import LaunchError
 from convnet.ops import sgemm as sg
 
 # (M, N, K): C is M×N, A is M×K, B is K×N. Ones, primes, and sizes just past a tile.

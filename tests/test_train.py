@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convnet import checkpoint as ckpt
-from convnet import cli
-from convnet.evaluate import evaluate_checkpoint
-from convnet.train import TrainError, TrainOptions, train
+from convnet.app import checkpoint as ckpt
+from convnet.app import cli
+from convnet.app.evaluate import evaluate_checkpoint
+from convnet.app.train import TrainError, TrainOptions, train
 
 from conftest import require_device
 
@@ -125,7 +125,7 @@ def test_resume_restores_weights_velocities_and_lr(data, tmp_path):
     out = tmp_path / "run"
     assert cli.main(_args(data, out, "--epochs", 1, "--no-final-eval", "--lr", 0.02)) == 0
     saved = ckpt.load(out / "epoch-0001.safetensors")
-    from convnet.train import _Run
+    from convnet.app.train import _Run
     run = _Run(TrainOptions(out=str(out), resume=True, device="cpu", workers=0, log=lambda _: None))
     assert run.epoch == 1 and run.optimizer.lr == saved.optimizer["lr"] == 0.02
     for name, value in saved.model.items():

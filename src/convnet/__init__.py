@@ -6,7 +6,7 @@ Devices: ``cpu`` (NumPy references), ``emu`` (the CUDA kernels on a CPU runtime)
 from .backend import Device, DeviceError, devices, get_device
 from .tensor import Function, Tensor, no_grad, record_transfers, tensor
 from . import functional, models, nn, optim
-from .training import train_step
+from .step import train_step
 
 __version__ = "0.1.0"
 

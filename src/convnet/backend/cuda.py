@@ -16,8 +16,8 @@ import threading
 
 import numpy as np
 
-from ..kernel_source import digest, expand
-from ..nvrtc import NVRTC_OPTIONS
+from ..toolchain.kernel_source import digest, expand
+from ..toolchain.nvrtc import NVRTC_OPTIONS
 from .base import Device, DeviceError
 
 # Dynamic shared memory a block gets without opting in (cudaFuncSetAttribute).

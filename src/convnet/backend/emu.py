@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import kernel_source
-from ..launch import KernelModule, Launch
-from ..paths import emu_include_dir
+from ..toolchain import kernel_source
+from ..toolchain.launch import KernelModule, Launch
+from ..toolchain.paths import emu_include_dir
 from .base import DeviceError, HostDevice  # noqa: F401  (DeviceError is part of this module's API)
 
 try:

@@ -42,8 +42,8 @@ import numbers
 
 import numpy as np
 
-from .. import philox
-from ..launch import KernelModule, Launch
+from ..ops import philox
+from ..toolchain.launch import KernelModule, Launch
 
 MODULE = KernelModule("augment.cu", ("augment_crops",))
 BLOCK = (32, 8)

@@ -49,7 +49,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from .. import philox
+from ..ops import philox
 from ._pool import WorkerError, WorkerPool, usable_cpus
 from .augment import Augmentation
 from .shards import PreparedDataset, ShardError, decode_jpeg, open_prepared

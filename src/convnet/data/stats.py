@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import philox
+from ..ops import philox
 
 DEFAULT_PIXELS = 1_000_000
 _STATS_TAG = 0x5354  # "ST": keeps this stream apart from the augmentation's

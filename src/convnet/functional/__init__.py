@@ -6,14 +6,15 @@ NumPy reference on ``cpu`` and the CUDA kernel on ``emu``/``cuda``; a plain
 function with the user's signature validates the arguments and applies it.
 One module per op family; this package re-exports them.
 """
-from .activation import dropout, relu
+from .dropout import dropout
+from .relu import relu
 from .conv import conv2d
 from .linear import linear
-from .loss import cross_entropy
+from .cross_entropy import cross_entropy
 from .shape import cat, flatten
 from .metrics import topk_accuracy
-from .normalization import local_response_norm, local_response_norm_max_pool2d
-from .pooling import max_pool2d
+from .lrn import local_response_norm, local_response_norm_max_pool2d
+from .max_pool import max_pool2d
 
 __all__ = ["cat", "conv2d", "cross_entropy", "dropout", "flatten", "linear",
            "local_response_norm", "local_response_norm_max_pool2d", "max_pool2d", "relu",

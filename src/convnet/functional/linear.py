@@ -34,7 +34,7 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None, relu: bool = False) ->
     ``relu=True`` applies ReLU in the same elementwise pass as the bias.
 
     The product runs in the device's array library (cuBLAS through CuPy on ``cuda``,
-    NumPy on ``cpu``/``emu``); the bias and ReLU in ``kernels/bias_act.cu`` on
+    NumPy on ``cpu``/``emu``); the bias and ReLU in ``kernels/linear.cu`` on
     ``emu``/``cuda``.
     """
     _check_tensor(x, "linear")

@@ -5,7 +5,7 @@ import numbers
 
 from ..tensor import Tensor
 from ._checks import _check_tensor
-from .loss import _labels_array
+from .cross_entropy import _labels_array
 
 __all__ = ["topk_accuracy"]
 

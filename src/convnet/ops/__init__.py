@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ..launch import KernelModule
+from ..toolchain.launch import KernelModule
 
 
 _PACKAGES = (__name__, "convnet.data")

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..launch import KernelModule, Launch, LaunchError, name_expression
+from ..toolchain.launch import KernelModule, Launch, LaunchError, name_expression
 from ._arrays import kernel_array
 
 INT32_MAX = 2**31 - 1

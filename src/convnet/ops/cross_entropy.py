@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..launch import KernelModule, Launch
+from ..toolchain.launch import KernelModule, Launch
 from ._arrays import kernel_array
 
 MODULE = KernelModule("cross_entropy.cu", ("cross_entropy_forward", "cross_entropy_backward"))

@@ -25,8 +25,8 @@ import numbers
 
 import numpy as np
 
-from .. import philox
-from ..launch import KernelModule, Launch
+from . import philox
+from ..toolchain.launch import KernelModule, Launch
 from ._arrays import kernel_array
 from ._elementwise import BLOCK, grid_for
 

@@ -2,7 +2,7 @@
 
 The matrix products run in the array library of the device (``device.xp.matmul``:
 cuBLAS through CuPy on ``cuda``, NumPy on ``cpu`` and ``emu``); the epilogue (bias
-add and optional ReLU) is ``kernels/bias_act.cu`` on ``emu``/``cuda``, NumPy on ``cpu``.
+add and optional ReLU) is ``kernels/linear.cu`` on ``emu``/``cuda``, NumPy on ``cpu``.
 
 Backward, from the saved input ``x``, the weight ``W`` and (with ReLU) the output ``y``:
 ``dz = relu ? dy·[y > 0] : dy``, ``db = Σ_rows dz`` (one kernel with the mask),
@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..launch import KernelModule, Launch
+from ..toolchain.launch import KernelModule, Launch
 from . import relu as _relu
 from ._arrays import kernel_array
 from ._elementwise import BLOCK, grid_for
 
-MODULE = KernelModule("bias_act.cu", ("bias_act_forward<true>", "bias_act_forward<false>",
+MODULE = KernelModule("linear.cu", ("bias_act_forward<true>", "bias_act_forward<false>",
                                       "bias_relu_backward", "bias_grad"))
 
-REDUCE_BLOCK = (32, 8)  # columns × row strides of the backward kernels (see bias_act.cu)
+REDUCE_BLOCK = (32, 8)  # columns × row strides of the backward kernels (see linear.cu)
 _INT32_MAX = 2**31 - 1
 
 

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..launch import MAX_DYNAMIC_SHARED_BYTES, KernelModule, Launch
+from ..toolchain.launch import MAX_DYNAMIC_SHARED_BYTES, KernelModule, Launch
 from ._arrays import check_same_shape, kernel_array
 
 MODULE = KernelModule("lrn.cu", ("lrn_forward<false>", "lrn_forward<true>",

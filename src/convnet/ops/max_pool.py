@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..launch import KernelModule, Launch
+from ..toolchain.launch import KernelModule, Launch
 from ._arrays import check_same_shape, kernel_array
 
 INDEX_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.int32): "int"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..launch import KernelModule, Launch
+from ..toolchain.launch import KernelModule, Launch
 from ._arrays import check_same_shape, kernel_array
 from ._elementwise import BLOCK, grid_for
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..launch import KernelModule, Launch
+from ..toolchain.launch import KernelModule, Launch
 from ._elementwise import BLOCK, grid_for
 
 MODULE = KernelModule("sgd.cu", ("sgd_momentum",))

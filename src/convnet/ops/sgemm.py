@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..launch import KernelModule, Launch, LaunchError, name_expression
+from ..toolchain.launch import KernelModule, Launch, LaunchError, name_expression
 
 
 class Tile(NamedTuple):

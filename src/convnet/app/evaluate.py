@@ -22,9 +22,9 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from . import functional as F
-from .data import ten_crop_average
-from .tensor import Tensor, no_grad
+from .. import functional as F
+from ..data import ten_crop_average
+from ..tensor import Tensor, no_grad
 
 __all__ = ["EvalResult", "MODES", "evaluate_batches", "evaluate_checkpoint"]
 
@@ -116,8 +116,8 @@ def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=No
     from . import checkpoint as ckpt
     from . import train as tr
     from . import runs
-    from .backend import get_device
-    from .data import Loader, open_prepared
+    from ..backend import get_device
+    from ..data import Loader, open_prepared
 
     if mode not in MODES:
         raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")

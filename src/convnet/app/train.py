@@ -153,7 +153,7 @@ def cache_dir() -> Path:
 
 
 def _complete(prepared: Path, source: Path) -> bool:
-    from .data import ManifestError, read_manifest
+    from ..data import ManifestError, read_manifest
     try:
         manifest = read_manifest(prepared)
     except ManifestError:
@@ -164,7 +164,7 @@ def _complete(prepared: Path, source: Path) -> bool:
 def demo_dataset(workers: int | None = None, log=_say) -> Path:
     """The prepared demo set under ``cache_dir()/demo``, made on first use: generated
     images in ``images/`` (``convnet make-demo-data``), prepared into ``prepared/``."""
-    from .data import make_demo_data, prepare
+    from ..data import make_demo_data, prepare
     root = cache_dir() / "demo"
     images, prepared = root / "images", root / "prepared"
     if _complete(prepared, images):
@@ -172,7 +172,7 @@ def demo_dataset(workers: int | None = None, log=_say) -> Path:
     counts = DEMO["classes"] * DEMO["train_per_class"], DEMO["classes"] * DEMO["val_per_class"]
     log(f"train: making the demo data set in {root} ({DEMO['classes']} classes, {counts[0]} "
         f"training and {counts[1]} validation images; once)")
-    from .data.demo import DemoError
+    from ..data.demo import DemoError
     try:
         make_demo_data(images, workers=workers, **DEMO)
     except DemoError as exc:
@@ -188,7 +188,7 @@ def resolve_data(data, prepared=None, *, demo: bool = False, workers: int | None
     or an image folder (``train/<class>/...``) prepared into ``prepared`` (default: a
     folder ``<data>-prepared`` beside it) unless that already holds it; None (or
     ``demo``): the demo set."""
-    from .data import prepare
+    from ..data import prepare
     if data is None or (demo and not Path(data).is_dir()):
         if prepared is not None:
             raise TrainError("--prepared names where an image folder given by --data is "
@@ -227,14 +227,14 @@ def check_crop(crop: int, dataset) -> None:
 # --------------------------------------------------------------------------- model
 
 def default_device() -> str:
-    from . import devices
+    from .. import devices
     return "cuda:0" if "cuda:0" in devices() else "cpu"
 
 
 def build_model(settings: dict, devices):
     """The network ``settings`` describe (``model``, ``widths``, ``weight_std``, ``crop``,
     ``classes``, ``columns``, ``seed``) on ``devices`` (one per column)."""
-    from .models import alexnet
+    from ..models import alexnet
     return alexnet(num_classes=len(settings["classes"]), columns=settings["columns"],
                    devices=devices, input_size=settings["crop"], widths=tuple(settings["widths"]),
                    weight_std=settings["weight_std"], dropout=settings.get("dropout", DROPOUT),
@@ -244,14 +244,14 @@ def build_model(settings: dict, devices):
 def _reseed_dropout(model, seed: int, epoch: int) -> None:
     """Each dropout layer's masks in epoch ``epoch`` from (seed, epoch, layer) alone, so a
     resumed run draws what an uninterrupted one would."""
-    from . import nn
+    from .. import nn
     for i, (_, module) in enumerate(model.named_modules()):
         if isinstance(module, nn.Dropout):
             module.reseed([seed, epoch, i])
 
 
 def _convert_columns(state: dict, columns_from: int, columns_to: int) -> dict:
-    from .models import one_to_two_columns, two_to_one_columns
+    from ..models import one_to_two_columns, two_to_one_columns
     if columns_from == columns_to:
         return state
     return (one_to_two_columns if columns_to == 2 else two_to_one_columns)(state)
@@ -328,7 +328,7 @@ def _show(value):
 
 def _placement(options: TrainOptions, saved_columns: int | None):
     """(columns, devices) from --device, --devices and --columns."""
-    from .backend import DeviceError, get_device
+    from ..backend import DeviceError, get_device
     names = list(options.devices) if options.devices else None
     columns = options.columns or (len(names) if names else None) or saved_columns or 1
     if names is None:
@@ -452,7 +452,7 @@ class _Run:
     """One training run: the model, optimizer, loaders and run folder, epoch by epoch."""
 
     def __init__(self, options: TrainOptions):
-        from .optim import SGD
+        from ..optim import SGD
         self.log = options.log or _say
         self.out_file = options.out_file or sys.stdout
         self.options = options
@@ -465,7 +465,7 @@ class _Run:
                                 demo=saved is not None and options.data is None
                                 and self.settings.get("demo", False),
                                 workers=options.workers, log=self.log)
-        from .data import open_prepared
+        from ..data import open_prepared
         self.dataset = open_prepared(data_dir)
         classes = list(self.dataset.classes)
         if saved is not None and classes != list(self.settings["classes"]):
@@ -523,7 +523,7 @@ class _Run:
             f.write(json.dumps(line) + "\n")
 
     def _loader(self, split: str, augment: str, batch_size: int):
-        from .data import Loader
+        from ..data import Loader
         return Loader(self.dataset, split, batch_size=batch_size, seed=self.settings["seed"],
                       workers=self.options.workers, device=self.devices[0], augment=augment,
                       crop=self.settings["crop"])
@@ -539,7 +539,7 @@ class _Run:
 
     # ------------------------------------------------------------------ epochs
     def _train_epoch(self, loader, stop) -> dict:
-        from .training import train_step
+        from ..step import train_step
         s = self.settings
         _reseed_dropout(self.model, s["seed"], self.epoch)
         bar = _Bar(f"epoch {self.epoch + 1}/{s['epochs']}", len(loader.split), self.show)

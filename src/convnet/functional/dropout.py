@@ -1,36 +1,12 @@
-"""Activations: ReLU and dropout."""
+"""Dropout: ``dropout(x, p, training, seed, mode)`` (the kernel in ``kernels/dropout.cu``)."""
 from __future__ import annotations
 
 from ..ops import dropout as _dropout_ops
-from ..ops import relu as _relu_ops
 from ..tensor import Function, Tensor
 from ._checks import _check_tensor
 
-__all__ = ["relu", "dropout"]
+__all__ = ["dropout"]
 
-
-# --------------------------------------------------------------------------- relu
-
-class ReLU(Function):
-    """``y = max(x, 0)``; saves only ``y`` (the backward masks by ``y > 0``)."""
-
-    def forward(self, x):
-        y = _relu_ops.forward(self.device, x)
-        if self.needs_input_grad[0]:
-            self.save_for_backward(y)
-        return y
-
-    def backward(self, grad):
-        (y,) = self.saved
-        return _relu_ops.backward(self.device, y, grad)
-
-
-def relu(x: Tensor) -> Tensor:
-    _check_tensor(x, "relu")
-    return ReLU.apply(x)
-
-
-# --------------------------------------------------------------------------- dropout
 
 class Dropout(Function):
     """``y = keep ? x * scale : 0`` with the Philox mask of ``seed``; the backward

@@ -1,4 +1,4 @@
-// bias_act.cu: the epilogue of a fully-connected layer, y = act(z + b), and its backward.
+// linear.cu: the epilogue of a fully-connected layer, y = act(z + b), and its backward.
 // The matrix product z = x · Wᵀ comes from the array library (cuBLAS through CuPy on a
 // GPU, NumPy on the host); these kernels add the bias and apply the optional ReLU in the
 // same pass, and in the backward mask the gradient by the saved output and reduce it

@@ -19,8 +19,8 @@ def cmd_doctor(args) -> int:
 
 def cmd_kernels(args) -> int:
     """Compile every kernel module with NVRTC and print registers/spills; 1 on spill or error."""
-    from . import nvrtc
-    from .ops import kernel_modules
+    from ..toolchain import nvrtc
+    from ..ops import kernel_modules
 
     modules = kernel_modules()
     if args.module:
@@ -58,8 +58,8 @@ def cmd_kernels(args) -> int:
 
 def cmd_prepare(args) -> int:
     """Prepare an ImageNet-style folder into shards; 2 on bad arguments, 130 on Ctrl-C."""
-    from .data import DatasetError, PrepareError, prepare
-    from .data._pool import WorkerError
+    from ..data import DatasetError, PrepareError, prepare
+    from ..data._pool import WorkerError
     try:
         prepare(args.src, args.dst, format=args.format, size=args.size, quality=args.quality,
                 shard_size=args.shard_size, workers=args.workers, pixels=args.pixels,
@@ -80,9 +80,9 @@ def cmd_prepare(args) -> int:
 
 def cmd_make_demo_data(args) -> int:
     """Write the generated demo data set; 2 on bad arguments."""
-    from .data import make_demo_data
-    from .data._pool import WorkerError
-    from .data.demo import DemoError
+    from ..data import make_demo_data
+    from ..data._pool import WorkerError
+    from ..data.demo import DemoError
     try:
         summary = make_demo_data(args.dir, classes=args.classes,
                                  train_per_class=args.train_per_class,
@@ -105,11 +105,11 @@ def cmd_make_demo_data(args) -> int:
 
 def _train_errors():
     """The exceptions ``train``/``evaluate`` report as one line: (usage errors, failures)."""
-    from .backend import DeviceError
+    from ..backend import DeviceError
     from .checkpoint import CheckpointError
-    from .data import DatasetError, LoaderError, ManifestError, PrepareError, ShardError
-    from .data._pool import WorkerError
-    from .data.demo import DemoError
+    from ..data import DatasetError, LoaderError, ManifestError, PrepareError, ShardError
+    from ..data._pool import WorkerError
+    from ..data.demo import DemoError
     from .train import TrainError, TrainingStopped
     return ((TrainError, DeviceError, DatasetError, PrepareError, DemoError, ManifestError,
              CheckpointError),
@@ -171,7 +171,7 @@ def _add(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="convnet", description="AlexNet rebuilt from hand-written CUDA kernels.")

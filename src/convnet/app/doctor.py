@@ -50,7 +50,7 @@ def check_numpy() -> Check:
 
 def check_emu_module() -> Check:
     try:
-        from . import _emu
+        from .. import _emu
     except Exception as exc:
         return Check(False, "emu runtime (convnet._emu)",
                      f"cannot import ({_error(exc)}) — rebuild the package: "
@@ -73,7 +73,7 @@ def check_emu_compiler() -> Check:
     label = "emu compiler"
     compiler_info = None
     try:
-        from .backend import emu
+        from ..backend import emu
         compiler_info = getattr(emu, "compiler_info", None)
     except Exception:
         pass  # the emu backend is not importable; fall back to looking for g++ ourselves
@@ -97,7 +97,7 @@ def check_emu_compiler() -> Check:
 
 def check_cuda() -> list[Check]:
     """CuPy, the driver, and each GPU."""
-    from .backend import cuda
+    from ..backend import cuda
 
     checks: list[Check] = []
     try:
@@ -169,7 +169,7 @@ def _driver_without_cupy() -> Check:
 
 def check_nvrtc() -> Check:
     label = "NVRTC"
-    from . import nvrtc
+    from ..toolchain import nvrtc
     try:
         major, minor = nvrtc.version()
     except Exception as bindings_error:
@@ -197,7 +197,7 @@ def checks() -> list[Check]:
 
 
 def report() -> str:
-    from .backend import devices
+    from ..backend import devices
     lines = [c.line() for c in checks()]
     try:
         lines.append(f"devices: {', '.join(devices())}")

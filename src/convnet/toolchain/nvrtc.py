@@ -231,7 +231,7 @@ def compile_all(modules=None, archs=REPORT_ARCHS, jobs: int | None = None):
     exceptions (CompileError, ReportError, KernelSourceError) of the builds that failed.
     NVRTC releases the GIL, so the builds run in threads."""
     if modules is None:
-        from .ops import kernel_modules
+        from ..ops import kernel_modules
         modules = kernel_modules()
     archs = [normalize_arch(a) for a in archs]
     _bindings()  # fail early, with the install hint, before any work
