@@ -20,7 +20,7 @@ import numpy as np
 
 from . import functional as F
 from .backend import get_device
-from ._mapping import differences
+from .state_dict import differences
 from .tensor import Tensor
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv2d", "LocalResponseNorm", "MaxPool2d",

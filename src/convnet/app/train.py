@@ -80,6 +80,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
+from ..optim import Plateau
 from .runs import (METRICS, TrainError, _say, checkpoint_path, clean_temporaries, open_run, prune,
                    resolve_checkpoint, run_checkpoints, settings_of, short_list)
 
@@ -346,35 +347,6 @@ def _placement(options: TrainOptions, saved_columns: int | None):
 
 
 # --------------------------------------------------------------------------- schedule
-
-class Plateau:
-    """The paper's schedule: divide the learning rate by 10 when the validation error
-    has not improved for ``patience`` epochs, at most ``drops`` times."""
-
-    def __init__(self, patience: int, drops: int, state: dict | None = None):
-        self.patience, self.max_drops = patience, drops
-        state = state or {}
-        self.best = state.get("best")
-        self.best_epoch = state.get("best_epoch")
-        self.bad_epochs = state.get("bad_epochs", 0)
-        self.drops = state.get("drops", 0)
-
-    def step(self, error: float, epoch: int) -> bool:
-        """Record epoch ``epoch``'s validation error; True when the rate should drop."""
-        if self.best is None or error < self.best:
-            self.best, self.best_epoch, self.bad_epochs = error, epoch, 0
-            return False
-        self.bad_epochs += 1
-        if self.bad_epochs >= max(self.patience, 1) and self.drops < self.max_drops:
-            self.drops += 1
-            self.bad_epochs = 0
-            return True
-        return False
-
-    def state(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "drops": self.drops}
-
 
 # --------------------------------------------------------------------------- Ctrl-C, progress
 

@@ -20,9 +20,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .ops import sgd as _sgd_ops
-from ._mapping import differences
-from .tensor import Tensor
+from ..ops import sgd as _sgd_ops
+from ..state_dict import differences
+from ..tensor import Tensor
 
 __all__ = ["SGD"]
 
