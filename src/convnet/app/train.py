@@ -80,6 +80,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
+from ..cache import cache_dir
 from ..optim import Plateau
 from .runs import (METRICS, TrainError, _say, checkpoint_path, clean_temporaries, open_run, prune,
                    resolve_checkpoint, run_checkpoints, settings_of, short_list)
@@ -143,15 +144,6 @@ class TrainOptions:
 
 
 # --------------------------------------------------------------------------- data
-
-def cache_dir() -> Path:
-    """convnet's cache folder: ``$CONVNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/convnet``,
-    else ``~/.cache/convnet`` (as the emulator's kernel cache)."""
-    root = os.environ.get("CONVNET_CACHE_DIR")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "convnet"
-
 
 def _complete(prepared: Path, source: Path) -> bool:
     from ..data import ManifestError, read_manifest

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import cache_dir as _cache_root
 from ..toolchain import kernel_source
 from ..toolchain.launch import KernelModule, Launch
 from ..toolchain.paths import emu_include_dir
@@ -129,9 +130,8 @@ def available() -> bool:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CONVNET_CACHE_DIR")
-    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "convnet"
-    return base / "emu"
+    """Where compiled kernels are kept: ``emu/`` in convnet's cache folder."""
+    return _cache_root() / "emu"
 
 
 _OPTIMISE = ["-O3", "-march=native"]
