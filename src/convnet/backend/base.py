@@ -17,6 +17,9 @@ class Device(abc.ABC):
     ``kind`` is ``"cpu"``, ``"emu"`` or ``"cuda"``; ``name`` is what users write
     (``"cpu"``, ``"emu"``, ``"cuda:0"``); ``xp`` is the array module (NumPy or CuPy).
     ``runs_kernels`` is False for ``cpu``, whose ops run their NumPy references.
+    ``parallel_units`` is how many blocks' worth of work the device runs at once, for
+    launch builders sizing their grids: streaming multiprocessors on ``cuda``, worker
+    threads on ``emu``, 1 on ``cpu``.
     """
 
     kind: str = ""
@@ -31,6 +34,10 @@ class Device(abc.ABC):
     @abc.abstractmethod
     def to_numpy(self, array) -> np.ndarray:
         """``array`` of this device as a NumPy array in host memory."""
+
+    @property
+    def parallel_units(self) -> int:
+        return 1
 
     def owns(self, array) -> bool:
         """Whether ``array`` is of the array type this device holds."""

@@ -137,6 +137,15 @@ class CUDADevice(Device):
         self.name = f"cuda:{index}"
         self.xp = cupy
         self._functions: dict[tuple, object] = {}
+        self._sm_count = None
+
+    @property
+    def parallel_units(self) -> int:
+        """Streaming multiprocessors of this GPU (132 on an H100 SXM), read once."""
+        if self._sm_count is None:
+            props = self.xp.cuda.runtime.getDeviceProperties(self.index)
+            self._sm_count = int(props["multiProcessorCount"])
+        return self._sm_count
 
     # ---------------------------------------------------------------- arrays
     def _device(self):

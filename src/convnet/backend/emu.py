@@ -318,6 +318,12 @@ class EmuDevice(HostDevice):
                       else f"no C++ compiler ({compiler()!r}) was found")
             raise DeviceError(f"the emu device is unavailable here: {reason}")
 
+    @property
+    def parallel_units(self) -> int:
+        """The OS threads that run blocks now (``debug(threads=...)``, CONVNET_EMU_THREADS,
+        else every core)."""
+        return worker_threads()
+
     def launch(self, launch: Launch) -> None:
         opts = _OPTIONS.get()
         lib = library(launch.module, opts.check)
