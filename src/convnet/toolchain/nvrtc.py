@@ -144,6 +144,7 @@ def normalize_arch(arch: str | int) -> str:
 class _Build:
     log: str
     lowered: dict[str, str]  # name expression -> mangled name
+    cubin: bytes = b""       # the machine code (ELF) when the architecture is a real sm_XX
 
 
 def _compile(source_text: str, program_name: str, kernels, options) -> _Build:
@@ -182,7 +183,12 @@ def _compile(source_text: str, program_name: str, kernels, options) -> _Build:
             mangled = _check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, name.encode()),
                              "nvrtcGetLoweredName")
             lowered[name] = mangled.decode()
-        return _Build(log=log, lowered=lowered)
+        cubin = b""
+        if any(o.startswith("--gpu-architecture=sm_") for o in options):
+            size = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+            cubin = b" " * size
+            _check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        return _Build(log=log, lowered=lowered, cubin=cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
