@@ -19,7 +19,7 @@ import pytest
 from convnet.app import checkpoint as ckpt
 from convnet.app import cli
 from convnet.app.evaluate import evaluate_checkpoint
-from convnet.app.train import TrainError, TrainOptions, train
+from convnet.app.train import TrainError, TrainingRun, TrainOptions, train
 
 from conftest import require_device
 
@@ -125,8 +125,8 @@ def test_resume_restores_weights_velocities_and_lr(data, tmp_path):
     out = tmp_path / "run"
     assert cli.main(_args(data, out, "--epochs", 1, "--no-final-eval", "--lr", 0.02)) == 0
     saved = ckpt.load(out / "epoch-0001.safetensors")
-    from convnet.app.train import _Run
-    run = _Run(TrainOptions(out=str(out), resume=True, device="cpu", workers=0, log=lambda _: None))
+    run = TrainingRun(TrainOptions(out=str(out), resume=True, device="cpu", workers=0,
+                                   log=lambda _: None))
     assert run.epoch == 1 and run.optimizer.lr == saved.optimizer["lr"] == 0.02
     for name, value in saved.model.items():
         np.testing.assert_array_equal(run.model.state_dict()[name], value, err_msg=name)
@@ -134,10 +134,11 @@ def test_resume_restores_weights_velocities_and_lr(data, tmp_path):
                                       saved.optimizer["velocity"][name], err_msg=name)
     assert run.settings["batch_size"] == 8 and run.settings["crop"] == 67
     # --lr replaces the rate on resume; the run's fixed settings may not change
-    run = _Run(TrainOptions(out=str(out), resume=True, lr=0.005, workers=0, log=lambda _: None))
+    run = TrainingRun(TrainOptions(out=str(out), resume=True, lr=0.005, workers=0,
+                                   log=lambda _: None))
     assert run.optimizer.lr == 0.005
     with pytest.raises(TrainError, match=r"--batch-size 16 \(the run has 8\)"):
-        _Run(TrainOptions(out=str(out), resume=True, batch_size=16, log=lambda _: None))
+        TrainingRun(TrainOptions(out=str(out), resume=True, batch_size=16, log=lambda _: None))
 
 
 def test_a_broken_checkpoint_falls_back_to_the_previous(data, tmp_path, capsys):

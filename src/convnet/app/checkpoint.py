@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..state_dict import differences
+
 __all__ = ["Checkpoint", "CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SUFFIX", "load",
            "restore", "save", "is_temporary"]
 
@@ -185,26 +187,14 @@ def load(path) -> Checkpoint:
     return Checkpoint(path=path, model=model, optimizer=optimizer, state=state)
 
 
-def _differences(expected: dict, given: dict, what: str) -> list[str]:
-    """Every difference between name → (shape, dtype) and name → array."""
-    problems = []
-    missing = [n for n in expected if n not in given]
-    unexpected = [n for n in given if n not in expected]
-    if missing:
-        problems.append(f"{what} missing from the checkpoint: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"{what} in the checkpoint but not in the model: {', '.join(unexpected)}")
-    for name, (shape, dtype) in expected.items():
-        if name not in given:
-            continue
-        a = given[name]
-        if tuple(a.shape) != tuple(shape):
-            problems.append(f"{what} {name}: shape {tuple(a.shape)} in the checkpoint, "
-                            f"{tuple(shape)} in the model")
-        elif np.dtype(a.dtype) != np.dtype(dtype):
-            problems.append(f"{what} {name}: dtype {a.dtype} in the checkpoint, "
-                            f"{np.dtype(dtype)} in the model")
-    return problems
+def _differences(expected, given: dict, what: str) -> list[str]:
+    """Every difference between the model's ``expected`` (name -> parameter, or
+    velocity) and the checkpoint's name -> array ``given``."""
+    return differences(given, {n: p.shape for n, p in expected.items()},
+                       expected_dtypes={n: p.dtype for n, p in expected.items()}, what=what,
+                       given_where="in the checkpoint", expected_where="in the model",
+                       missing="missing from the checkpoint",
+                       unexpected="in the checkpoint but not in the model")
 
 
 def restore(checkpoint: Checkpoint, model, optimizer=None) -> None:
@@ -213,14 +203,13 @@ def restore(checkpoint: Checkpoint, model, optimizer=None) -> None:
     Every parameter (and velocity) name, shape and dtype must match; otherwise a
     ``CheckpointError`` lists all that differ and nothing is changed.
     """
-    expected = OrderedDict((n, (p.shape, p.dtype)) for n, p in model.named_parameters())
-    problems = _differences(expected, checkpoint.model, "parameter")
+    problems = _differences(OrderedDict(model.named_parameters()), checkpoint.model, "parameter")
     if optimizer is not None:
         if checkpoint.optimizer is None:
             problems.append("the checkpoint holds no optimizer state")
         else:
-            wanted = OrderedDict((n, (p.shape, p.dtype)) for n, p in optimizer.params.items())
-            problems += _differences(wanted, checkpoint.optimizer["velocity"], "velocity")
+            problems += _differences(optimizer.params, checkpoint.optimizer["velocity"],
+                                     "velocity")
     if problems:
         raise CheckpointError(f"{checkpoint.path} does not fit this model: " + "; ".join(problems))
     if optimizer is not None:

@@ -172,6 +172,7 @@ def _add(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
+    from ..models import PRESETS
 
     parser = argparse.ArgumentParser(
         prog="convnet", description="AlexNet rebuilt from hand-written CUDA kernels.")
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", help="cpu, emu or cuda:N (default: cuda:0 if present, else cpu)")
     tr.add_argument("--devices", nargs="+", metavar="DEVICE",
                     help="one device per column, e.g. --devices cuda:0 cuda:1 (two columns)")
-    tr.add_argument("--model", choices=("alexnet", "alexnet-small"),
+    tr.add_argument("--model", choices=tuple(PRESETS),
                     help="the paper's network, or a narrow one for the CPU "
                          "(default: alexnet on cuda, else alexnet-small)")
     tr.add_argument("--columns", type=int, choices=(1, 2),

@@ -114,32 +114,34 @@ def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=No
     ``batch_size // 10`` images, ten patches each, at a time).
     """
     from . import checkpoint as ckpt
-    from . import train as tr
-    from . import runs
     from ..backend import get_device
-    from ..data import Loader, open_prepared
+    from ..data import Loader, open_prepared, resolve_data
+    from ..models import build_model
+    from .runs import TrainError, resolve_checkpoint, settings_of, short_list
+    from .settings import check_crop, default_device
 
     if mode not in MODES:
         raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
-    path = runs.resolve_checkpoint(checkpoint)
+    path = resolve_checkpoint(checkpoint)
     saved = ckpt.load(path)
-    settings = runs.settings_of(saved)
-    data_dir = tr.resolve_data(data if data is not None else settings["data"], None,
-                               demo=data is None and settings.get("demo", False), workers=workers)
+    settings = settings_of(saved)
+    data_dir = resolve_data(data if data is not None else settings["data"], None,
+                            demo=data is None and settings.get("demo", False), workers=workers,
+                            error=TrainError)
     dataset = open_prepared(data_dir)
     if list(dataset.classes) != list(settings["classes"]):
-        raise tr.TrainError(f"{data_dir} has classes {runs.short_list(dataset.classes)}, the "
-                            f"checkpoint was trained on {runs.short_list(settings['classes'])}")
+        raise TrainError(f"{data_dir} has classes {short_list(dataset.classes)}, the "
+                         f"checkpoint was trained on {short_list(settings['classes'])}")
     if split not in dataset.splits or len(dataset.split(split)) == 0:
-        raise tr.TrainError(f"{data_dir} has no images in a {split!r} split to evaluate on")
-    tr.check_crop(settings["crop"], dataset)
-    device = get_device(device or tr.default_device())
-    model = tr.build_model(settings, [device] * settings["columns"])
+        raise TrainError(f"{data_dir} has no images in a {split!r} split to evaluate on")
+    check_crop(settings["crop"], dataset)
+    device = get_device(device or default_device())
+    model = build_model(settings, [device] * settings["columns"])
     ckpt.restore(saved, model)
     per_batch = batch_size or settings["batch_size"]
     if mode == "ten_crop":
         per_batch = max(1, per_batch // 10)
     with Loader(dataset, split, batch_size=per_batch, shuffle=False, workers=workers,
-                device=device, augment=mode, crop=settings["crop"], seed=settings["seed"]) as loader:
+                device=device, augment=mode, crop=settings["crop"],
+                seed=settings["seed"]) as loader:
         return evaluate_batches(model, loader.epoch(0), mode)
-

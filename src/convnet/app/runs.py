@@ -1,14 +1,14 @@
 """Run folders of ``convnet train``: their checkpoints (``epoch-NNNN.safetensors``, the
 last ``KEEP_LAST`` and the best kept), the metrics log, and which run and checkpoint a
-command means. See ``convnet.train`` for what a run is."""
+command means. See ``convnet.app.train`` for what a run is."""
 from __future__ import annotations
 
 import datetime as _dt
 import re
-import sys
 from pathlib import Path
 
 from . import checkpoint as ckpt
+from ..progress import say
 
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})" + re.escape(ckpt.SUFFIX) + "$")
 METRICS = "metrics.jsonl"
@@ -17,10 +17,6 @@ KEEP_LAST = 2
 
 class TrainError(ValueError):
     """Settings, data or a run folder the driver cannot work with (a usage error)."""
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def short_list(items, n: int = 5) -> str:
@@ -45,7 +41,7 @@ def checkpoint_path(folder: Path, epoch: int) -> Path:
     return Path(folder) / f"epoch-{epoch:04d}{ckpt.SUFFIX}"
 
 
-def latest_checkpoint(folder, log=_say):
+def latest_checkpoint(folder, log=say):
     """The newest checkpoint of a run folder that loads; a broken one is skipped with a
     warning. None when there is no checkpoint; TrainError when none of them loads."""
     found = run_checkpoints(folder)

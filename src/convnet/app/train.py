@@ -68,279 +68,48 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import math
-import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint as ckpt
-from ..cache import cache_dir
-from ..optim import Plateau
-from .runs import (METRICS, TrainError, _say, checkpoint_path, clean_temporaries, open_run, prune,
-                   resolve_checkpoint, run_checkpoints, settings_of, short_list)
+from .. import nn
+from ..data import Loader, open_prepared, resolve_data
+from ..models import build_model, one_to_two_columns, two_to_one_columns
+from ..optim import SGD, Plateau
+from ..progress import ProgressBar, clock, say
+from ..step import train_step
+from .evaluate import evaluate_batches
+from .runs import (METRICS, TrainError, checkpoint_path, clean_temporaries, open_run, prune,
+                   run_checkpoints, settings_of, short_list)
+from .settings import TrainOptions, check_crop, placement, run_settings
 
-__all__ = ["TrainError", "TrainOptions", "TrainingStopped", "MODELS", "train", "build_model",
-           "cache_dir", "demo_dataset", "resolve_data", "default_device"]
-
-# --------------------------------------------------------------------------- defaults
-
-MODELS = {
-    # the paper's widths and initialisation
-    "alexnet": {"widths": (96, 256, 384, 384, 256, 4096, 4096), "weight_std": 0.01},
-    # narrow enough for a CPU: ~45 s an epoch of the demo set at batch 32 on 2 cores
-    "alexnet-small": {"widths": (24, 48, 64, 64, 48, 256, 256), "weight_std": 0.05},
-}
-DEMO = {"classes": 10, "train_per_class": 300, "val_per_class": 50, "size": 256, "seed": 0}
-DEFAULT_EPOCHS = {"gpu": 30, "host": 6}
-DEFAULT_BATCH = {"gpu": 128, "host": 32}
-DEFAULT_LR = 0.01
-MOMENTUM = 0.9
-WEIGHT_DECAY = 0.0005
-DEFAULT_PATIENCE = 2
-DEFAULT_LR_DROPS = 3
-DEFAULT_CROP = 227
-DROPOUT = 0.5
+__all__ = ["TrainError", "TrainOptions", "TrainingRun", "TrainingStopped", "train"]
 
 
 class TrainingStopped(RuntimeError):
     """Training could not go on (a loss that is not finite); the checkpoints are untouched."""
 
 
-@dataclass
-class TrainOptions:
-    """The ``convnet train`` options; None means the default (or, with ``resume``, the
-    run's own setting). See the module docstring."""
-
-    data: str | None = None
-    prepared: str | None = None
-    out: str | None = None
-    device: str | None = None
-    devices: list | None = None
-    model: str | None = None
-    columns: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int | None = None
-    workers: int | None = None
-    patience: int | None = None
-    lr_drops: int | None = None
-    crop: int | None = None
-    widths: tuple | None = None
-    weight_std: float | None = None
-    dropout: float | None = None
-    resume: bool = False
-    force: bool = False
-    progress: bool | None = None
-    final_eval: bool = True
-    log: object = field(default=None, repr=False)  # one-line messages (default: stderr)
-    out_file: object = field(default=None, repr=False)  # epoch summaries (default: stdout)
-
-
-# --------------------------------------------------------------------------- data
-
-def _complete(prepared: Path, source: Path) -> bool:
-    from ..data import ManifestError, read_manifest
-    try:
-        manifest = read_manifest(prepared)
-    except ManifestError:
-        return False
-    return manifest.get("source") == str(source.resolve())
-
-
-def demo_dataset(workers: int | None = None, log=_say) -> Path:
-    """The prepared demo set under ``cache_dir()/demo``, made on first use: generated
-    images in ``images/`` (``convnet make-demo-data``), prepared into ``prepared/``."""
-    from ..data import make_demo_data, prepare
-    root = cache_dir() / "demo"
-    images, prepared = root / "images", root / "prepared"
-    if _complete(prepared, images):
-        return prepared
-    counts = DEMO["classes"] * DEMO["train_per_class"], DEMO["classes"] * DEMO["val_per_class"]
-    log(f"train: making the demo data set in {root} ({DEMO['classes']} classes, {counts[0]} "
-        f"training and {counts[1]} validation images; once)")
-    from ..data.demo import DemoError
-    try:
-        make_demo_data(images, workers=workers, **DEMO)
-    except DemoError as exc:
-        raise TrainError(f"cannot make the demo set: {exc} (delete {images} to start it "
-                         f"afresh)") from None
-    prepare(images, prepared, workers=workers, log=log)
-    return prepared
-
-
-def resolve_data(data, prepared=None, *, demo: bool = False, workers: int | None = None,
-                 log=_say) -> Path:
-    """The prepared data set to use: ``data`` prepared (a folder with ``manifest.json``),
-    or an image folder (``train/<class>/...``) prepared into ``prepared`` (default: a
-    folder ``<data>-prepared`` beside it) unless that already holds it; None (or
-    ``demo``): the demo set."""
-    from ..data import prepare
-    if data is None or (demo and not Path(data).is_dir()):
-        if prepared is not None:
-            raise TrainError("--prepared names where an image folder given by --data is "
-                             "prepared; give --data too")
-        return demo_dataset(workers, log)
-    data = Path(data).expanduser()
-    if not data.exists():
-        raise TrainError(f"--data {data}: no such folder")
-    if (data / "manifest.json").is_file():
-        if prepared is not None:
-            raise TrainError(f"{data} is already prepared; --prepared is for an image folder")
-        return data
-    if not (data / "train").is_dir():
-        raise TrainError(f"--data {data} is neither a prepared data set (no manifest.json) nor "
-                         f"an image folder (no train/ folder of class folders)")
-    target = Path(prepared).expanduser() if prepared is not None \
-        else data.parent / f"{data.name}-prepared"
-    if _complete(target, data):
-        log(f"train: using {target}, prepared from {data} (run `convnet prepare {data} "
-            f"{target}` after changing the images)")
-        return target
-    if (target / "manifest.json").is_file():
-        raise TrainError(f"{target} holds a data set prepared from another folder; give "
-                         f"--prepared DIR for {data}")
-    log(f"train: preparing {data} into {target} (once)")
-    prepare(data, target, workers=workers, log=log)
-    return target
-
-
-def check_crop(crop: int, dataset) -> None:
-    h, w = dataset.image_size[:2]
-    if crop > min(h, w):
-        raise TrainError(f"the crop {crop} is larger than the prepared images ({h}x{w})")
-
-
-# --------------------------------------------------------------------------- model
-
-def default_device() -> str:
-    from .. import devices
-    return "cuda:0" if "cuda:0" in devices() else "cpu"
-
-
-def build_model(settings: dict, devices):
-    """The network ``settings`` describe (``model``, ``widths``, ``weight_std``, ``crop``,
-    ``classes``, ``columns``, ``seed``) on ``devices`` (one per column)."""
-    from ..models import alexnet
-    return alexnet(num_classes=len(settings["classes"]), columns=settings["columns"],
-                   devices=devices, input_size=settings["crop"], widths=tuple(settings["widths"]),
-                   weight_std=settings["weight_std"], dropout=settings.get("dropout", DROPOUT),
-                   seed=settings["seed"])
-
-
 def _reseed_dropout(model, seed: int, epoch: int) -> None:
     """Each dropout layer's masks in epoch ``epoch`` from (seed, epoch, layer) alone, so a
     resumed run draws what an uninterrupted one would."""
-    from .. import nn
     for i, (_, module) in enumerate(model.named_modules()):
         if isinstance(module, nn.Dropout):
             module.reseed([seed, epoch, i])
 
 
 def _convert_columns(state: dict, columns_from: int, columns_to: int) -> dict:
-    from ..models import one_to_two_columns, two_to_one_columns
     if columns_from == columns_to:
         return state
     return (one_to_two_columns if columns_to == 2 else two_to_one_columns)(state)
 
 
-# --------------------------------------------------------------------------- settings
-
-def _positive(name: str, value, low: int = 1):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-        raise TrainError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _settings(options: TrainOptions, saved, gpu: bool) -> dict:
-    """The run's settings: from the checkpoint when resuming (the fixed ones must not
-    be given differently), else from the options and the defaults."""
-    for name in ("epochs", "batch_size", "columns", "crop"):
-        _positive(f"--{name.replace('_', '-')}", getattr(options, name))
-    _positive("--patience", options.patience, 0)
-    _positive("--lr-drops", options.lr_drops, 0)
-    _positive("--seed", options.seed, 0)
-    _positive("--workers", options.workers, 0)
-    if options.seed is not None and options.seed >= 2**63:
-        raise TrainError(f"--seed must be below 2**63, got {options.seed}")
-    if options.lr is not None and not (math.isfinite(options.lr) and options.lr > 0):
-        raise TrainError(f"--lr must be a positive number, got {options.lr}")
-    if options.weight_std is not None and not (math.isfinite(options.weight_std)
-                                               and options.weight_std > 0):
-        raise TrainError(f"--weight-std must be a positive number, got {options.weight_std}")
-    if options.dropout is not None and not 0 <= options.dropout < 1:
-        raise TrainError(f"--dropout must be in [0, 1), got {options.dropout}")
-    if options.model is not None and options.model not in MODELS:
-        raise TrainError(f"--model must be one of {', '.join(MODELS)}, got {options.model!r}")
-    if options.columns not in (None, 1, 2):
-        raise TrainError(f"--columns must be 1 or 2, got {options.columns}")
-    if saved is not None:
-        settings = dict(settings_of(saved))
-        fixed = {"model": options.model, "widths": options.widths, "weight_std": options.weight_std,
-                 "dropout": options.dropout, "crop": options.crop, "seed": options.seed,
-                 "batch_size": options.batch_size}
-        clashes = [f"--{k.replace('_', '-')} {_show(v)} (the run has {_show(settings.get(k))})"
-                   for k, v in fixed.items()
-                   if v is not None and _show(v) != _show(settings.get(k))]
-        if clashes:
-            raise TrainError("a resumed run keeps its settings; these differ: " + "; ".join(clashes)
-                             + " (start a new run with another --out instead)")
-        for k in ("epochs", "patience", "lr_drops"):
-            if getattr(options, k) is not None:
-                settings[k] = getattr(options, k)
-        return settings
-    kind = "gpu" if gpu else "host"
-    model = options.model or ("alexnet" if gpu else "alexnet-small")
-    widths = tuple(options.widths) if options.widths is not None else MODELS[model]["widths"]
-    return {
-        "model": model,
-        "widths": list(widths),
-        "weight_std": options.weight_std or MODELS[model]["weight_std"],
-        "dropout": DROPOUT if options.dropout is None else options.dropout,
-        "crop": options.crop or DEFAULT_CROP,
-        "seed": 0 if options.seed is None else options.seed,
-        "batch_size": options.batch_size or DEFAULT_BATCH[kind],
-        "epochs": options.epochs or DEFAULT_EPOCHS[kind],
-        "lr": options.lr or DEFAULT_LR,
-        "momentum": MOMENTUM,
-        "weight_decay": WEIGHT_DECAY,
-        "patience": DEFAULT_PATIENCE if options.patience is None else options.patience,
-        "lr_drops": DEFAULT_LR_DROPS if options.lr_drops is None else options.lr_drops,
-    }
-
-
-def _show(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
-def _placement(options: TrainOptions, saved_columns: int | None):
-    """(columns, devices) from --device, --devices and --columns."""
-    from ..backend import DeviceError, get_device
-    names = list(options.devices) if options.devices else None
-    columns = options.columns or (len(names) if names else None) or saved_columns or 1
-    if names is None:
-        names = [options.device or default_device()] * columns
-    elif options.device is not None:
-        raise TrainError("give --device (one device for every column) or --devices (one per "
-                         "column), not both")
-    if len(names) != columns:
-        raise TrainError(f"--columns {columns} needs {columns} device(s) in --devices, got "
-                         f"{len(names)}: {' '.join(names)}")
-    try:
-        return columns, [get_device(n) for n in names]
-    except DeviceError as exc:
-        raise TrainError(str(exc)) from None
-
-
-# --------------------------------------------------------------------------- schedule
-
-# --------------------------------------------------------------------------- Ctrl-C, progress
+# --------------------------------------------------------------------------- Ctrl-C
 
 class _StopOnInterrupt:
     """While active, the first Ctrl-C (SIGINT) only sets ``requested`` (the loop stops at
@@ -371,65 +140,32 @@ class _StopOnInterrupt:
         return self.requested
 
 
-class _Bar:
-    """One status line on stderr, redrawn at most 5 times a second (only on a terminal)."""
-
-    def __init__(self, desc: str, total: int, enabled: bool):
-        self.desc, self.total, self.enabled = desc, total, enabled
-        self.n, self.start, self.drawn, self.width = 0, time.monotonic(), 0.0, 0
-        self.extra = ""
-
-    def update(self, n: int, extra: str = "") -> None:
-        self.n += n
-        self.extra = extra
-        now = time.monotonic()
-        if self.enabled and (now - self.drawn >= 0.2 or self.n >= self.total):
-            self.drawn = now
-            elapsed = now - self.start
-            rate = self.n / elapsed if elapsed > 0 else 0.0
-            eta = (self.total - self.n) / rate if rate > 0 else 0.0
-            filled = int(20 * self.n / max(self.total, 1))
-            line = (f"{self.desc} |{'#' * filled}{'.' * (20 - filled)}| {self.n}/{self.total} "
-                    f"[{_clock(elapsed)}<{_clock(eta)}, {rate:.0f} img/s] {self.extra}")
-            sys.stderr.write("\r" + line.ljust(self.width))
-            sys.stderr.flush()
-            self.width = len(line)
-
-    def close(self) -> None:
-        if self.enabled and self.width:
-            sys.stderr.write("\r" + " " * self.width + "\r")
-            sys.stderr.flush()
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m:02d}:{s:02d}"
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
 # --------------------------------------------------------------------------- the run
 
-class _Run:
-    """One training run: the model, optimizer, loaders and run folder, epoch by epoch."""
+class TrainingRun:
+    """One training run: the model, optimizer, loaders and run folder, epoch by epoch.
+
+    Made from the options, it has opened (or resumed) its run folder and built the model
+    and optimizer (``settings``, ``model``, ``optimizer``, ``epoch``); ``run()`` trains.
+    """
 
     def __init__(self, options: TrainOptions):
-        from ..optim import SGD
-        self.log = options.log or _say
+        self.log = options.log or say
         self.out_file = options.out_file or sys.stdout
         self.options = options
         self.out, saved = open_run(options, self.log)
-        columns, devices = _placement(options, saved and settings_of(saved)["columns"])
+        columns, devices = placement(options, saved and settings_of(saved)["columns"])
         gpu = devices[0].kind == "cuda"
-        self.settings = _settings(options, saved, gpu)
+        self.settings = run_settings(options, saved, gpu)
         data_dir = resolve_data(options.data if options.data is not None
                                 else (saved and self.settings["data"]), options.prepared,
                                 demo=saved is not None and options.data is None
                                 and self.settings.get("demo", False),
-                                workers=options.workers, log=self.log)
-        from ..data import open_prepared
+                                workers=options.workers, log=self.log, error=TrainError)
         self.dataset = open_prepared(data_dir)
         classes = list(self.dataset.classes)
         if saved is not None and classes != list(self.settings["classes"]):
@@ -487,7 +223,6 @@ class _Run:
             f.write(json.dumps(line) + "\n")
 
     def _loader(self, split: str, augment: str, batch_size: int):
-        from ..data import Loader
         return Loader(self.dataset, split, batch_size=batch_size, seed=self.settings["seed"],
                       workers=self.options.workers, device=self.devices[0], augment=augment,
                       crop=self.settings["crop"])
@@ -503,10 +238,10 @@ class _Run:
 
     # ------------------------------------------------------------------ epochs
     def _train_epoch(self, loader, stop) -> dict:
-        from ..step import train_step
         s = self.settings
         _reseed_dropout(self.model, s["seed"], self.epoch)
-        bar = _Bar(f"epoch {self.epoch + 1}/{s['epochs']}", len(loader.split), self.show)
+        bar = ProgressBar(len(loader.split), f"epoch {self.epoch + 1}/{s['epochs']}", self.show,
+                          leave=False)
         count, loss_sum, right1, right5 = 0, 0.0, 0.0, 0.0
         started = time.monotonic()
         try:
@@ -534,8 +269,7 @@ class _Run:
                 "images_per_second": count / seconds if seconds > 0 else None}
 
     def _evaluate(self, loader, epoch: int, mode: str, stop, desc: str):
-        from .evaluate import evaluate_batches
-        bar = _Bar(desc, len(loader.split), self.show)
+        bar = ProgressBar(len(loader.split), desc, self.show, leave=False)
         try:
             return evaluate_batches(self.model, loader.epoch(epoch), mode, should_stop=stop,
                                     on_batch=bar.update)
@@ -590,7 +324,7 @@ class _Run:
                 self._record("stopped", epoch=self.epoch, reason=str(exc))
                 raise
         total = time.monotonic() - started
-        self._print(f"train: done in {_clock(total)}; checkpoints in {self.out}")
+        self._print(f"train: done in {clock(total)}; checkpoints in {self.out}")
         return {"out": str(self.out), "epochs": self.epoch, "last": metrics, "final": final,
                 "seconds": total}
 
@@ -644,4 +378,4 @@ def train(options: TrainOptions | None = None, **kwargs) -> dict:
         options = TrainOptions(**kwargs)
     elif kwargs:
         raise TypeError("train: give options or keyword arguments, not both")
-    return _Run(options).run()
+    return TrainingRun(options).run()

@@ -13,8 +13,11 @@
   ``augment``.
 * ``make_demo_data(dir)`` (``convnet make-demo-data DIR``) writes a generated data set
   in the same layout: ``demo``.
+* ``resolve_data(data)`` finds the prepared set a command means (preparing an image
+  folder once; none: the demo set, made on first use by ``demo_dataset``): ``datasets``.
 """
 from .augment import Augmentation, AugmentError, ten_crop_average
+from .datasets import demo_dataset, resolve_data
 from .demo import make_demo_data
 from .folders import DatasetError, ImageFolder, load_rgb, prepare_image, scan_folder
 from .loader import Batch, Loader, LoaderError, epoch_order
@@ -25,6 +28,7 @@ from .shards import (FORMAT_VERSION, ManifestError, PreparedDataset, PreparedSpl
 __all__ = [
     "AugmentError", "Augmentation", "Batch", "DatasetError", "FORMAT_VERSION", "ImageFolder",
     "Loader", "LoaderError", "ManifestError", "PrepareError", "PreparedDataset", "PreparedSplit",
-    "ShardError", "epoch_order", "load_rgb", "make_demo_data", "open_prepared", "prepare",
-    "prepare_arrays", "prepare_image", "read_manifest", "scan_folder", "ten_crop_average",
+    "ShardError", "demo_dataset", "epoch_order", "load_rgb", "make_demo_data", "open_prepared",
+    "prepare", "prepare_arrays", "prepare_image", "read_manifest", "resolve_data", "scan_folder",
+    "ten_crop_average",
 ]

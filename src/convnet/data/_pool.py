@@ -246,58 +246,9 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-class ProgressBar:
-    """A one-line progress bar on stderr: count, percent, images/s and ETA.
-
-    Redrawn at most five times a second; disabled (does nothing) when ``enabled`` is
-    false. ``initial`` counts work already done (a resumed run), which is left out of
-    the rate.
-    """
-
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool, file=None):
-        self.total, self.n, self.desc = int(total), int(initial), desc
-        self.enabled = bool(enabled) and self.total > 0
-        self.file = file or sys.stderr
-        self.start = time.monotonic()
-        self.first = self.n
-        self.drawn = 0.0
-        if self.enabled:
-            self._draw()
-
-    def update(self, n: int) -> None:
-        self.n += int(n)
-        if self.enabled and time.monotonic() - self.drawn >= 0.2:
-            self._draw()
-
-    def _draw(self, end: str = "") -> None:
-        now = time.monotonic()
-        self.drawn = now
-        elapsed = now - self.start
-        rate = (self.n - self.first) / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.n) / rate if rate > 0 else None
-        eta = "?" if left is None else _clock(left)
-        width = 24
-        filled = int(width * self.n / self.total) if self.total else width
-        self.file.write(f"\r{self.desc}: {100 * self.n / self.total:3.0f}% |{'#' * filled}"
-                        f"{'.' * (width - filled)}| {self.n}/{self.total} [{_clock(elapsed)}<{eta}, "
-                        f"{rate:.0f} img/s]{end}")
-        self.file.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw(end="\n")
-            self.enabled = False
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-def run_tasks(handler, tasks: list[dict], workers: int, bar: ProgressBar, start_method=None):
-    """Run ``handler`` over ``tasks``; yields ``(task, result)`` as each finishes."""
+def run_tasks(handler, tasks: list[dict], workers: int, bar, start_method=None):
+    """Run ``handler`` over ``tasks``; yields ``(task, result)`` as each finishes. Each
+    task's progress reports go to ``bar.update`` (a ``convnet.progress.ProgressBar``)."""
     if not tasks:
         return
     if workers <= 0:  # in this process: for debugging and deterministic tests

@@ -39,6 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arguments import integer
+from ..progress import ProgressBar
+
 SPLIT_CODES = {"train": 0, "val": 1}
 SHAPES = ("disk", "triangle", "square", "hexagon", "star", "cross", "arrow", "crescent",
           "ring", "heart")
@@ -53,6 +56,8 @@ PALETTES = (
 )
 JPEG_QUALITY = 90
 MARKER = ".convnet-demo.json"  # the settings of the set in a folder (hidden: not an image)
+# make_demo_data's defaults: the set `convnet train` makes and trains on with no --data
+DEMO = {"classes": 10, "train_per_class": 300, "val_per_class": 50, "size": 256, "seed": 0}
 
 
 class DemoError(ValueError):
@@ -272,14 +277,10 @@ def _write_images(state, task: dict, progress) -> int:
     return done
 
 
-def _check_int(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise DemoError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return int(value)
-
-
-def make_demo_data(root, *, classes: int = 10, train_per_class: int = 300,
-                   val_per_class: int = 50, size: int = 256, seed: int = 0,
+def make_demo_data(root, *, classes: int = DEMO["classes"],
+                   train_per_class: int = DEMO["train_per_class"],
+                   val_per_class: int = DEMO["val_per_class"], size: int = DEMO["size"],
+                   seed: int = DEMO["seed"],
                    workers: int | None = None, progress: bool | None = None,
                    start_method: str | None = None) -> dict:
     """Write the demo data set under ``root``; returns a summary dict.
@@ -288,12 +289,13 @@ def make_demo_data(root, *, classes: int = 10, train_per_class: int = 300,
     then written again, identically). ``workers``: processes (default: every usable
     core; 0 runs here).
     """
-    from ._pool import ProgressBar, run_tasks, usable_cpus
-    classes = _check_int("classes", classes, 1, 1000)
-    train_per_class = _check_int("train-per-class", train_per_class, 1, 100_000)
-    val_per_class = _check_int("val-per-class", val_per_class, 0, 100_000)
-    size = _check_int("size", size, 32, 4096)
-    seed = _check_int("seed", seed, 0, 2**63 - 1)
+    from ._pool import run_tasks, usable_cpus
+    classes = integer(classes, "classes", low=1, high=1000, error=DemoError)
+    train_per_class = integer(train_per_class, "train-per-class", low=1, high=100_000,
+                              error=DemoError)
+    val_per_class = integer(val_per_class, "val-per-class", low=0, high=100_000, error=DemoError)
+    size = integer(size, "size", low=32, high=4096, error=DemoError)
+    seed = integer(seed, "seed", low=0, high=2**63 - 1, error=DemoError)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DemoError(f"{root} exists and is not a folder")
@@ -330,7 +332,7 @@ def make_demo_data(root, *, classes: int = 10, train_per_class: int = 300,
     chunk = 32
     tasks = [{"root": str(root), "items": items[s:s + chunk], "seed": seed, "size": size,
               "classes": classes} for s in range(0, len(items), chunk)]
-    bar = ProgressBar(len(items), 0, "make-demo-data", show)
+    bar = ProgressBar(len(items), "make-demo-data", show)
     try:
         for _ in run_tasks(_write_images, tasks, workers, bar, start_method):
             pass

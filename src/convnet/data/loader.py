@@ -49,6 +49,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from ..arguments import integer, positive_int
 from ..ops import philox
 from ._pool import WorkerError, WorkerPool, usable_cpus
 from .augment import Augmentation
@@ -271,14 +272,14 @@ class Loader:
         self.dataset: PreparedDataset = open_prepared(data)
         self.split = self.dataset.split(split)
         self.device = get_device(device)
-        self.batch_size = _positive("batch_size", batch_size)
+        self.batch_size = positive_int(batch_size, "batch_size", error=LoaderError)
         self.seed = philox.check_seed(seed)
         self.shuffle = (split == "train") if shuffle is None else bool(shuffle)
         self.drop_last = bool(drop_last)
-        self.workers = usable_cpus() if workers is None else int(workers)
-        if self.workers < 0:
-            raise LoaderError(f"workers must be >= 0, got {workers}")
-        self.prefetch = DEFAULT_PREFETCH if prefetch is None else _positive("prefetch", prefetch)
+        self.workers = usable_cpus() if workers is None else integer(workers, "workers", low=0,
+                                                                     error=LoaderError)
+        self.prefetch = (DEFAULT_PREFETCH if prefetch is None
+                         else positive_int(prefetch, "prefetch", error=LoaderError))
         self.next_epoch = int(epoch)
         self.start_method = start_method
         if isinstance(augment, str):
@@ -385,12 +386,11 @@ class Loader:
 
     def epoch(self, epoch: int):
         """An iterator over the batches of epoch ``epoch`` (starting it abandons a running one)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= epoch < 2**32:
-            raise LoaderError(f"epoch must be an integer in [0, 2**32), got {epoch!r}")
+        epoch = integer(epoch, "epoch", low=0, high=2**32 - 1, error=LoaderError)
         if self._closed:
             raise LoaderError("this loader is closed")
         self._close_active()
-        generator = self._run_epoch(int(epoch))
+        generator = self._run_epoch(epoch)
         self._active = weakref.ref(generator)
         return generator
 
@@ -515,12 +515,6 @@ class Loader:
                 yield self._emit(host, idx, epoch, number)
         finally:
             reader.close()
-
-
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise LoaderError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_shm_space(nbytes: int) -> None:

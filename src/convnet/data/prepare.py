@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from . import folders, shards, stats
-from ._pool import ProgressBar, run_tasks, usable_cpus
+from .. import arguments
+from ..progress import ProgressBar, say as _say
+from ._pool import run_tasks, usable_cpus
 
 DEFAULT_SIZE = 256
 DEFAULT_QUALITY = 95
@@ -146,21 +148,17 @@ def _check_folders(src: Path, dst: Path) -> None:
         raise PrepareError(f"the destination {dst} exists and is not a folder")
 
 
-def _check_settings(format: str, size: int, quality: int, shard_size, pixels: int, seed: int):
+def _check_settings(format: str, size, quality, shard_size, pixels, seed) -> tuple:
+    """(size, quality, shard_size, pixels, seed) as plain ints, or a PrepareError."""
     if format not in FORMATS:
         raise PrepareError(f"format must be one of {FORMATS}, got {format!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
-        raise PrepareError(f"size must be an integer in [8, 4096], got {size!r}")
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 90 <= quality <= 100:
-        raise PrepareError(f"JPEG quality must be an integer in [90, 100], got {quality!r}")
-    if shard_size is not None and (isinstance(shard_size, bool) or not isinstance(shard_size, int)
-                                   or shard_size < 1):
-        raise PrepareError(f"shard size must be a positive integer, got {shard_size!r}")
-    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 2:
-        raise PrepareError(f"pixels (the covariance sample) must be an integer >= 2, got {pixels!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise PrepareError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-
+    check = arguments.integer
+    return (check(size, "size", low=8, high=4096, error=PrepareError),
+            check(quality, "JPEG quality", low=90, high=100, error=PrepareError),
+            None if shard_size is None else arguments.positive_int(shard_size, "shard size",
+                                                                     error=PrepareError),
+            check(pixels, "pixels (the covariance sample)", low=2, error=PrepareError),
+            check(seed, "seed", low=0, high=2**64 - 1, error=PrepareError))
 
 # --------------------------------------------------------------------------- prepare
 
@@ -180,13 +178,13 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
     for one-line messages (default: print to stderr).
     """
     src, dst = Path(src), Path(dst)
-    _check_settings(format, size, quality, shard_size, pixels, seed)
+    size, quality, shard_size, pixels, seed = _check_settings(format, size, quality,
+                                                              shard_size, pixels, seed)
     _check_folders(src, dst)
-    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    say = log or _say
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    workers = usable_cpus() if workers is None else int(workers)
-    if workers < 0:
-        raise PrepareError(f"workers must be >= 0, got {workers}")
+    workers = usable_cpus() if workers is None else arguments.integer(workers, "workers", low=0,
+                                                                      error=PrepareError)
     started = time.monotonic()
 
     folder = folders.scan_folder(src, synsets=synsets)
@@ -236,7 +234,7 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
     if reused:
         say(f"prepare: resuming: {len(reused)} shard(s) already complete, {len(tasks)} to make")
     results = dict(reused)
-    bar = ProgressBar(total_sources, done_sources, "prepare", show)
+    bar = ProgressBar(total_sources, "prepare", show, initial=done_sources)
     try:
         for task, result in run_tasks(_prepare_shard, tasks, workers, bar, start_method):
             result["sources"] = task["sources"]
@@ -297,8 +295,9 @@ def prepare_arrays(dst, splits: dict, classes, *, class_names=None, format: str 
     is recorded as its source ``"split[i]"``); ``dst`` is written afresh.
     """
     dst = Path(dst)
-    _check_settings(format, 8, quality, shard_size, pixels, seed)
-    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    _, quality, shard_size, pixels, seed = _check_settings(format, 8, quality, shard_size,
+                                                           pixels, seed)
+    say = log or _say
     classes = [str(c) for c in classes]
     names = list(class_names) if class_names is not None else list(classes)
     if not classes or len(names) != len(classes):
@@ -412,7 +411,7 @@ def _compute_stats(dst: Path, train: dict, shape, pixels: int, seed: int, worker
                           "seed": seed})
         first += s["count"]
     total = stats.Accumulator((h, w, 3))
-    bar = ProgressBar(n, 0, "statistics", show)
+    bar = ProgressBar(n, "statistics", show)
     try:
         for _, payload in run_tasks(_shard_stats, tasks, workers, bar, start_method):
             total.merge(stats.Accumulator.from_payload(payload))
