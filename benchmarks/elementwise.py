@@ -44,17 +44,17 @@ def _ours(device, numel, x_host, dy_host, reps, report, baselines):
     """Time the three kernels (emu, cuda) or the three references (cpu) on ``device``."""
     from convnet.ops import dropout, relu
 
-    threshold, scale = dropout.plan(DROPOUT_P, training=True)
+    plan = dropout.plan(DROPOUT_P, training=True, seed=SEED)
     x = device.asarray(x_host)
     dy = device.asarray(dy_host)
     results = {}
     if device.runs_kernels:
         xp = device.xp
         y, dx, yd = xp.empty_like(x), xp.empty_like(x), xp.empty_like(x)
-        fwd = relu.forward_launch(x, y)
+        fwd = relu.forward_launch(device, x, y)
         device.launch(fwd)
-        bwd = relu.backward_launch(y, dy, dx)
-        drop = dropout.apply_launch(x, yd, SEED, threshold, scale)
+        bwd = relu.backward_launch(device, y, dy, dx)
+        drop = dropout.apply_launch(device, x, yd, plan)
         cases = {"relu_forward": lambda: device.launch(fwd),
                  "relu_backward": lambda: device.launch(bwd),
                  "dropout_forward": lambda: device.launch(drop)}
@@ -68,7 +68,7 @@ def _ours(device, numel, x_host, dy_host, reps, report, baselines):
             "relu_backward": np.array_equal(device.to_numpy(dx),
                                             relu.backward_reference(y_ref, dy_host)),
             "dropout_forward": np.array_equal(
-                device.to_numpy(yd), dropout.apply_reference(x_host, SEED, threshold, scale)),
+                device.to_numpy(yd), dropout.apply_reference(x_host, plan)),
         }
         for name, ok in checks.items():
             if not ok:
@@ -77,7 +77,7 @@ def _ours(device, numel, x_host, dy_host, reps, report, baselines):
         y_ref = relu.forward_reference(x)
         cases = {"relu_forward": lambda: relu.forward_reference(x),
                  "relu_backward": lambda: relu.backward_reference(y_ref, dy),
-                 "dropout_forward": lambda: dropout.apply_reference(x, SEED, threshold, scale)}
+                 "dropout_forward": lambda: dropout.apply_reference(x, plan)}
     traffic = {"relu_forward": 8, "relu_backward": 12, "dropout_forward": 8}
     for name, fn in cases.items():
         results[name] = report.add(harness.measure(

@@ -147,10 +147,10 @@ def bench_lrn(bench, batch, baselines):
         xp = device.xp
         x, dy = device.asarray(x_h), device.asarray(dy_h)
         y, s, dx, dx2 = (xp.empty_like(x) for _ in range(4))
-        fwd = lrn.forward_launch(x, y, params)
-        fwd_s = lrn.forward_launch(x, y, params, scale=s)
-        bwd = lrn.backward_launch(x, dy, dx, params)
-        bwd_s = lrn.backward_launch(x, dy, dx2, params, scale=s)
+        fwd = lrn.forward_launch(device, x, y, params)
+        fwd_s = lrn.forward_launch(device, x, y, params, scale=s)
+        bwd = lrn.backward_launch(device, x, dy, dx, params)
+        bwd_s = lrn.backward_launch(device, x, dy, dx2, params, scale=s)
         for launch in (fwd_s, bwd, bwd_s):
             device.launch(launch)
         device.synchronize()
@@ -201,10 +201,10 @@ def bench_pool(bench, batch, baselines):
         y = xp.empty(out_shape, np.float32)
         a = xp.empty(out_shape, max_pool.index_dtype(params))
         dx, dx2 = xp.empty(shape, np.float32), xp.empty(shape, np.float32)
-        fwd = max_pool.forward_launch(x, y, params, a)
-        fwd0 = max_pool.forward_launch(x, y, params)
-        bwd = max_pool.backward_launch(dy, a, dx, params)
-        bwd_re = max_pool.backward_recompute_launch(x, dy, dx2, params)
+        fwd = max_pool.forward_launch(device, x, y, params, a)
+        fwd0 = max_pool.forward_launch(device, x, y, params)
+        bwd = max_pool.backward_launch(device, dy, a, dx, params)
+        bwd_re = max_pool.backward_recompute_launch(device, x, dy, dx2, params)
         for launch in (fwd, bwd, bwd_re):
             device.launch(launch)
         device.synchronize()
@@ -230,7 +230,7 @@ def bench_pool(bench, batch, baselines):
 
 
 def bench_fused(bench, batch, baselines):
-    from convnet.ops import lrn, max_pool
+    from convnet.ops import lrn, lrn_max_pool, max_pool
     params, pool = lrn.make_params(), max_pool.make_params(3, 2, 0)
     device = bench.device
     for label, chw in FUSED_SHAPES.items():
@@ -250,9 +250,9 @@ def bench_fused(bench, batch, baselines):
         z = xp.empty_like(x)
         y, y2 = xp.empty(out_shape, np.float32), xp.empty(out_shape, np.float32)
         a, a2 = (xp.empty(out_shape, max_pool.index_dtype(pool)) for _ in range(2))
-        first = lrn.forward_launch(x, z, params)
-        second = max_pool.forward_launch(z, y, pool, a)
-        fused = lrn.fused_forward_launch(x, y2, a2, params, pool)
+        first = lrn.forward_launch(device, x, z, params)
+        second = max_pool.forward_launch(device, z, y, pool, a)
+        fused = lrn_max_pool.forward_launch(device, x, y2, a2, params, pool)
         for launch in (first, second, fused):
             device.launch(launch)
         device.synchronize()

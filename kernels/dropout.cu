@@ -14,8 +14,8 @@
 // Layout: flat float32 arrays of n elements (C-contiguous), n 64-bit.
 // Launch shape: 1-D grid-stride over groups of four elements (one Philox call per
 // group, one element per output word); a full group moves as a float4 when x and y
-// are 16-byte aligned, otherwise element by element. Blocks of 256 threads,
-// min(ceil(n / 1024), 4096) blocks.
+// are 16-byte aligned, otherwise element by element. Any 1-D launch covers any n;
+// the host sizes it per device (ops/_elementwise.py).
 #include "common.cuh"
 #include "philox.cuh"
 

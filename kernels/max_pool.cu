@@ -23,8 +23,9 @@
 // Layout: NCHW float32, C-contiguous; `planes` = N * C; a plane (H * W, OH * OW) must
 // have fewer than 2^31 elements. Launch: a thread per output (forward) or input
 // (backward) element of a plane: blockDim.x = the plane's elements rounded up to a warp
-// (at most 256), blockDim.y = 256 / blockDim.x planes; grid.x = ceil(plane elements /
-// blockDim.x), grid.y <= 65535 blocks of planes, looping over the rest.
+// (at most the host's block size, ops/max_pool.py), blockDim.y planes per block;
+// grid.x = ceil(plane elements / blockDim.x), grid.y blocks of planes (at most 65535,
+// the CUDA limit; few on emu), looping over the rest.
 #include "common.cuh"
 #include "pool_window.cuh"
 

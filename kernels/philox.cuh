@@ -1,6 +1,6 @@
 // philox.cuh: the Philox4x32-10 counter-based generator (Salmon, Moraes, Dror, Shaw,
 // "Parallel random numbers: as easy as 1, 2, 3", SC 2011), the device twin of
-// src/convnet/philox.py. Same counter and key give the same four words on every
+// src/convnet/ops/philox.py. Same counter and key give the same four words on every
 // device, so masks drawn from it are bit-identical on cpu, emu and cuda.
 //
 // Stream convention (shared with the NumPy side): key = (seed low 32, seed high 32);

@@ -6,7 +6,7 @@
 // is moved as one float4 when every pointer of the call is 16-byte aligned (the
 // usual case: allocations are); otherwise, and for the last partial group, the
 // elements are moved one by one, so misaligned views (x[1:]) stay correct.
-// The host side uses blocks of 256 threads and min(ceil(n / 1024), 4096) blocks.
+// Any 1-D launch covers any n; the host sizes it per device (ops/_elementwise.py).
 //
 // NaN propagates (a diverging network must not be hidden by its activations);
 // -0.0 becomes +0.0. The NumPy reference does the same.

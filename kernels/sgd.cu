@@ -11,7 +11,8 @@
 // Layout: flat float32 arrays of n elements (any shape, C-contiguous); n is 64-bit.
 // Launch shape: 1-D grid-stride over groups of four elements, moved as float4 when
 // all three pointers are 16-byte aligned, element by element otherwise (and for the
-// last partial group). Blocks of 256 threads, min(ceil(n / 1024), 4096) blocks.
+// last partial group). Any 1-D launch covers any n; the host sizes it per device
+// (ops/_elementwise.py).
 #include "common.cuh"
 
 static __device__ __forceinline__ void sgd_one(float& w, float& v, float g, float lr,

@@ -6,6 +6,7 @@ schedules, index checks, the fused LRN + max-pool forward, autograd and the erro
 from __future__ import annotations
 
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,12 +14,16 @@ import pytest
 import convnet
 from convnet import functional as F
 from convnet.ops import lrn as lrn_ops
+from convnet.ops import lrn_max_pool as fused_ops
 from convnet.ops import max_pool as pool_ops
 
 from conftest import require_device, run_clean_under_asan
 
 CPU = convnet.get_device("cpu")
 PAPER = lrn_ops.make_params()  # size 5, alpha 1e-4, beta 0.75, k 2
+# What the launch builders read of a device, for launch shapes without the device.
+H100 = SimpleNamespace(kind="cuda", parallel_units=132)
+EMU = SimpleNamespace(kind="emu", parallel_units=2)
 
 
 def _data(shape, seed, scale=1.0):
@@ -54,19 +59,37 @@ def _close(got, expected, rtol):
                            f"expected {e[bad][:4]}")
 
 
+def _forward(device, x, params, with_scale=False, chunk=None):
+    """``ops.lrn.forward``, or its launch with ``chunk`` channels per thread."""
+    if chunk is None:
+        return lrn_ops.forward(device, x, params, with_scale)
+    y, s = device.xp.empty_like(x), (device.xp.empty_like(x) if with_scale else None)
+    device.launch(lrn_ops.forward_launch(device, x, y, params, s, chunk))
+    return (y, s) if with_scale else y
+
+
+def _backward(device, x, dy, params, scale=None, chunk=None):
+    """``ops.lrn.backward``, or its launch with ``chunk`` channels per thread."""
+    if chunk is None:
+        return lrn_ops.backward(device, x, dy, params, scale)
+    dx = device.xp.empty_like(x)
+    device.launch(lrn_ops.backward_launch(device, x, dy, dx, params, scale, chunk))
+    return dx
+
+
 def _check_kernels(device, x, dy, params, chunk=None):
     """Forward (with and without s) and both backward variants against the references."""
     y_ref, s_ref = lrn_ops.forward_reference(x, params, with_scale=True)
     dx_ref = lrn_ops.backward_reference(x, dy, params)
     dx_saved_ref = lrn_ops.backward_reference(x, dy, params, s_ref)
     xd, dyd = device.asarray(x), device.asarray(dy)
-    y = device.to_numpy(lrn_ops.forward(device, xd, params, chunk=chunk))
-    y2, s = (device.to_numpy(a) for a in lrn_ops.forward(device, xd, params, True, chunk))
+    y = device.to_numpy(_forward(device, xd, params, chunk=chunk))
+    y2, s = (device.to_numpy(a) for a in _forward(device, xd, params, True, chunk))
     _close(y, y_ref, 2e-6)
     np.testing.assert_array_equal(y, y2)
     np.testing.assert_array_equal(s, s_ref)  # s is k + alpha * sum in double, rounded once
-    dx = device.to_numpy(lrn_ops.backward(device, xd, dyd, params, chunk=chunk))
-    dx2 = device.to_numpy(lrn_ops.backward(device, xd, dyd, params, device.asarray(s), chunk))
+    dx = device.to_numpy(_backward(device, xd, dyd, params, chunk=chunk))
+    dx2 = device.to_numpy(_backward(device, xd, dyd, params, device.asarray(s), chunk))
     _close(dx, dx_ref, 2e-5)
     _close(dx2, dx_saved_ref, 2e-5)
     return y, dx
@@ -180,7 +203,7 @@ def test_chunked_columns_on_a_gpu_shaped_launch():
     """The GPU's default splits short columns' channels into chunks; emu runs that launch."""
     device = require_device("emu")
     shape = (1, 64, 3, 5)
-    chunk = lrn_ops.default_chunk(shape, PAPER, on_gpu=True)
+    chunk = lrn_ops.default_chunk(H100, shape, PAPER)
     assert 16 <= chunk < 64
     x, dy = _data(shape, 5, 20.0), _data(shape, 6)
     _check_kernels(device, x, dy, PAPER, chunk)
@@ -229,8 +252,8 @@ def test_emu_schedule_and_shared_fill_do_not_matter():
         y, s = lrn_ops.forward(device, x, params, with_scale=True)
         return (y, s, lrn_ops.backward(device, x, dy, params),
                 lrn_ops.backward(device, x, dy, params, s),
-                lrn_ops.backward(device, x, dy, params, chunk=2),
-                *lrn_ops.fused_forward(device, x, params, pool, fuse=True))
+                _backward(device, x, dy, params, chunk=2),
+                *fused_ops.forward(device, x, params, pool, fuse=True))
 
     forward = run()
     with emu.debug(schedule="reverse", fill_shared=True):
@@ -249,14 +272,14 @@ def test_index_checks():
         for shape in [(1, 3, 2, 2), (2, 9, 3, 5)]:
             x, dy = _data(shape, 13), _data(shape, 14)
             _check_kernels(device, x, dy, params, chunk=2)
-            lrn_ops.fused_forward(device, x, params, pool_ops.make_params(2, 1, 1), fuse=True)
+            fused_ops.forward(device, x, params, pool_ops.make_params(2, 1, 1), fuse=True)
 
 
 _ASAN_SCRIPT = textwrap.dedent("""
     import numpy as np
     import convnet
     from convnet.backend import emu
-    from convnet.ops import lrn, max_pool
+    from convnet.ops import lrn, lrn_max_pool, max_pool
     device = convnet.get_device("emu")
     rng = np.random.default_rng(0)
     cases = [((1, 1, 1, 1), 5, 1, None), ((2, 7, 3, 5), 6, 1, 2), ((1, 12, 4, 3), 3, 4, 1),
@@ -265,14 +288,15 @@ _ASAN_SCRIPT = textwrap.dedent("""
         for shape, size, groups, chunk in cases:
             params = lrn.make_params(size, alpha=0.1, groups=groups)
             x = rng.standard_normal(shape).astype(np.float32)
-            y, s = lrn.forward(device, x, params, with_scale=True, chunk=chunk)
-            dx = lrn.backward(device, x, x, params, chunk=chunk)
-            dx2 = lrn.backward(device, x, x, params, s, chunk=chunk)
+            y, s, dx, dx2 = (np.empty_like(x) for _ in range(4))
+            device.launch(lrn.forward_launch(device, x, y, params, s, chunk))
+            device.launch(lrn.backward_launch(device, x, x, dx, params, None, chunk))
+            device.launch(lrn.backward_launch(device, x, x, dx2, params, s, chunk))
             assert np.allclose(y, lrn.forward_reference(x, params), rtol=1e-5)
             assert np.allclose(dx, dx2, rtol=1e-4, atol=1e-6)
             for pool in (max_pool.make_params(3, 2, 1), max_pool.make_params(1, 1, 0)):
                 if shape[2] + 2 * pool.ph >= pool.kh and shape[3] + 2 * pool.pw >= pool.kw:
-                    f = lrn.fused_forward(device, x, params, pool, fuse=True)
+                    f = lrn_max_pool.forward(device, x, params, pool, fuse=True)
                     ref = max_pool.forward_reference(lrn.forward_reference(x, params), pool)
                     assert np.array_equal(f[1], ref[1])
     print("CLEAN")
@@ -299,18 +323,18 @@ def test_fused_forward_equals_lrn_then_pool(kernel_device, case):
     x = kernel_device.asarray(np.maximum(_data((2, channels, h, w), case, 5.0), 0))
     z = lrn_ops.forward(kernel_device, x, params)
     y_seq, a_seq = pool_ops.forward(kernel_device, z, pool)
-    y, a = lrn_ops.fused_forward(kernel_device, x, params, pool, fuse=True)
+    y, a = fused_ops.forward(kernel_device, x, params, pool, fuse=True)
     np.testing.assert_array_equal(kernel_device.to_numpy(y), kernel_device.to_numpy(y_seq))
     np.testing.assert_array_equal(kernel_device.to_numpy(a), kernel_device.to_numpy(a_seq))
 
 
 def test_fused_geometry():
     pool = pool_ops.make_params(3, 2, 0)
-    g = lrn_ops.fused_geometry((128, 96, 55, 55), PAPER, pool, on_gpu=True)
+    g = fused_ops.geometry(H100, (128, 96, 55, 55), PAPER, pool)
     assert (g.tile_h, g.tile_w) == (9, 9) and g.threads == 19 * 19  # 27 outputs as 3 x 9
     assert g.shared_bytes == 4 * g.threads * (5 + g.depth) <= lrn_ops.PREFERRED_SHARED_BYTES
     assert g.blocks == 128 * 9
-    g = lrn_ops.fused_geometry((1, 4, 27, 27), PAPER, pool, on_gpu=False)
+    g = fused_ops.geometry(EMU, (1, 4, 27, 27), PAPER, pool)
     assert (g.tile_h, g.tile_w) == (7, 7) and g.depth == 4  # 13 outputs as 7 + 6
 
 
@@ -379,7 +403,7 @@ def test_empty_tensors_launch_nothing(kernel_device, monkeypatch):
 
 def test_argument_errors():
     x = convnet.tensor(np.ones((1, 6, 2, 2), np.float32))
-    with pytest.raises(ValueError, match="size must be >= 1"):
+    with pytest.raises(ValueError, match="size must be an integer >= 1"):
         F.local_response_norm(x, size=0)
     with pytest.raises(TypeError, match="size must be an int"):
         F.local_response_norm(x, size=2.5)
@@ -395,11 +419,11 @@ def test_argument_errors():
         F.local_response_norm(x, k=1e39)
     with pytest.raises(ValueError, match="6 channels cannot be split into 4"):
         F.local_response_norm(x, groups=4)
-    with pytest.raises(ValueError, match="groups must be >= 1"):
+    with pytest.raises(ValueError, match="groups must be an integer >= 1"):
         F.local_response_norm(x, groups=0)
     with pytest.raises(ValueError, match=r"expects an \(N, C, H, W\) tensor, got shape \(6, 2, 2\)"):
         F.local_response_norm(convnet.tensor(np.ones((6, 2, 2), np.float32)))
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(TypeError, match="floating point"):
         F.local_response_norm(convnet.tensor(np.ones((1, 2, 2, 2), np.int32)))
     with pytest.raises(TypeError, match="convnet.Tensor"):
         F.local_response_norm(np.ones((1, 2, 2, 2), np.float32))
@@ -419,17 +443,17 @@ def test_kernel_errors(kernel_device):
 
 
 def test_launch_geometry():
-    g = lrn_ops.geometry((128, 96, 55, 55), PAPER, rings=3, on_gpu=True)
+    g = lrn_ops.geometry(H100, (128, 96, 55, 55), PAPER, rings=3)
     assert (g.lo, g.hi, g.chunk, g.threads) == (2, 2, 96, 256)  # enough columns: no split
     assert g.shared_bytes == 256 * 3 * 5 * 4 and g.blocks == -(-128 * 55 * 55 // 256)
-    g = lrn_ops.geometry((2, 256, 13, 13), PAPER, rings=1, on_gpu=True)
+    g = lrn_ops.geometry(H100, (2, 256, 13, 13), PAPER, rings=1)
     assert g.chunk == 16 and g.columns == 2 * 16 * 169  # few columns: split into chunks
-    g = lrn_ops.geometry((2, 256, 13, 13), PAPER, rings=1, on_gpu=False)
+    g = lrn_ops.geometry(EMU, (2, 256, 13, 13), PAPER, rings=1)
     assert g.chunk == 256 and g.blocks <= lrn_ops.EMU_MAX_BLOCKS  # emu: whole columns
-    g = lrn_ops.geometry((1, 300, 1, 1), lrn_ops.make_params(size=401), rings=3, on_gpu=True)
+    g = lrn_ops.geometry(H100, (1, 300, 1, 1), lrn_ops.make_params(size=401), rings=3)
     assert (g.lo, g.hi) == (200, 200) and g.threads == 32 and g.shared_bytes > 48 * 1024
-    g = lrn_ops.geometry((1, 4, 1, 1), lrn_ops.make_params(size=101), rings=3, on_gpu=True)
+    g = lrn_ops.geometry(H100, (1, 4, 1, 1), lrn_ops.make_params(size=101), rings=3)
     assert (g.lo, g.hi, g.threads) == (3, 3, 256)  # clipped to the group: the same windows
-    launch = lrn_ops.forward_launch(np.zeros((1, 4, 2, 2), np.float32),
+    launch = lrn_ops.forward_launch(EMU, np.zeros((1, 4, 2, 2), np.float32),
                                     np.zeros((1, 4, 2, 2), np.float32), PAPER)
     assert launch.name == "lrn_forward<false>" and isinstance(launch.args[-1], np.float32)

@@ -115,7 +115,7 @@ def test_to_moves_parameters_in_place_and_keeps_optimizer_links():
 def test_layer_argument_errors():
     with pytest.raises(ValueError, match="groups=3 must divide"):
         nn.Conv2d(4, 6, 3, groups=3)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="in_features must be an integer >= 1"):
         nn.Linear(0, 3)
     with pytest.raises(TypeError, match="floating-point"):
         nn.Linear(2, 3, dtype=np.int32)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import textwrap
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 import convnet
 from convnet import functional as F
 from convnet.ops import relu as relu_ops
-from convnet.ops._elementwise import BLOCK, MAX_BLOCKS, grid_for
+from convnet.ops._elementwise import BLOCK, EMU_MAX_BLOCKS, grid_for
 
 from conftest import require_device, run_clean_under_asan
 
@@ -124,12 +126,18 @@ def test_cpu_runs_the_reference_in_any_float_dtype():
 
 
 def test_launch_shape():
+    # what the launch builders read of a device
+    emu, h100 = SimpleNamespace(kind="emu", parallel_units=2), SimpleNamespace(kind="cuda",
+                                                                                parallel_units=132)
     x = np.zeros(1 << 20, np.float32)
-    launch = relu_ops.forward_launch(x, x)
+    launch = relu_ops.forward_launch(emu, x, x)
     assert launch.block == (BLOCK, 1, 1) and launch.grid == ((1 << 20) // (BLOCK * 4), 1, 1)
     assert launch.args[2] == np.int64(1 << 20) and isinstance(launch.args[2], np.int64)
-    assert grid_for(1) == 1 and grid_for(BLOCK * 4 + 1) == 2
-    assert grid_for(1 << 40) == MAX_BLOCKS  # larger arrays are covered by the grid-stride loop
+    assert grid_for(emu, 1) == 1 and grid_for(emu, BLOCK * 4 + 1) == 2
+    # larger arrays are covered by the grid-stride loop: on emu a few fibers, on a GPU
+    # four waves of the blocks its SMs hold (2048 threads each)
+    assert grid_for(emu, 1 << 40) == EMU_MAX_BLOCKS
+    assert grid_for(h100, 1 << 40) == 4 * 132 * 2048 // BLOCK
     assert set(relu_ops.MODULE.kernels) == {"relu_forward", "relu_backward"}
 
 
@@ -171,10 +179,10 @@ _ASAN_SCRIPT = textwrap.dedent("""
             with emu.debug(check="address"):
                 y = relu.forward(device, x)
                 dx = relu.backward(device, y, x)
-                z = dropout.apply(device, x, 5, 2**31, 2.0)
+                z = dropout.apply(device, x, dropout.Plan(5, 2**31, 2.0))
             assert np.array_equal(y, relu.forward_reference(x))
             assert np.array_equal(dx, relu.backward_reference(y, x))
-            assert np.array_equal(z, dropout.apply_reference(x, 5, 2**31, 2.0))
+            assert np.array_equal(z, dropout.apply_reference(x, dropout.Plan(5, 2**31, 2.0)))
     print("CLEAN")
 """)
 

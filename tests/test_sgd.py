@@ -173,7 +173,7 @@ def test_parameters_on_two_devices_are_updated_where_they_live():
 
 def test_errors():
     p = _param(np.ones(3))
-    with pytest.raises(ValueError, match="lr must be finite"):
+    with pytest.raises(ValueError, match="lr must be >= 0"):
         optim.SGD([p], lr=-1.0)
     with pytest.raises(ValueError, match="momentum"):
         optim.SGD([p], momentum=1.0)

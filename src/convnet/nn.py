@@ -18,8 +18,10 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import arguments
 from . import functional as F
 from .backend import get_device
+from .ops.dropout import check_arguments as _check_dropout
 from .state_dict import differences
 from .tensor import Tensor
 
@@ -51,14 +53,6 @@ def _float_dtype(dtype) -> np.dtype:
     if dtype.kind != "f":
         raise TypeError(f"parameters must have a floating-point dtype, not {dtype}")
     return dtype
-
-
-def _positive_int(value, what: str, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < (0 if allow_zero else 1):
-        raise ValueError(f"{what} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
-    return int(value)
 
 
 def _gaussian(rng, shape, std: float, dtype) -> np.ndarray:
@@ -240,13 +234,13 @@ class Conv2d(Module):
                  bias=True, relu=False, *, weight_std=0.01, bias_init=0.0, rng=None,
                  device="cpu", dtype=np.float32):
         super().__init__()
-        in_channels = _positive_int(in_channels, "Conv2d: in_channels")
-        out_channels = _positive_int(out_channels, "Conv2d: out_channels")
-        groups = _positive_int(groups, "Conv2d: groups")
+        in_channels = arguments.positive_int(in_channels, "Conv2d: in_channels")
+        out_channels = arguments.positive_int(out_channels, "Conv2d: out_channels")
+        groups = arguments.positive_int(groups, "Conv2d: groups")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
-        kh, kw = _pair(kernel_size, "Conv2d: kernel_size")
+        kh, kw = arguments.pair(kernel_size, "Conv2d: kernel_size")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = (kh, kw), stride
         self.padding, self.relu = padding, bool(relu)
@@ -272,8 +266,8 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, relu=False, *, weight_std=0.01,
                  bias_init=0.0, rng=None, device="cpu", dtype=np.float32):
         super().__init__()
-        self.in_features = _positive_int(in_features, "Linear: in_features")
-        self.out_features = _positive_int(out_features, "Linear: out_features")
+        self.in_features = arguments.positive_int(in_features, "Linear: in_features")
+        self.out_features = arguments.positive_int(out_features, "Linear: out_features")
         self.relu = bool(relu)
         dtype, device = _float_dtype(dtype), get_device(device)
         shape = (self.out_features, self.in_features)
@@ -331,9 +325,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, mode="inverted", seed=None):
         super().__init__()
-        from .ops import dropout as _dropout_ops
-        _dropout_ops.plan(p, True, mode)  # validates p and mode now
-        self.p, self.mode = float(p), mode
+        self.p, self.mode = _check_dropout(p, mode), mode
         self._seeds = None if seed is None else _generator(seed)
 
     def reseed(self, seed) -> None:
@@ -359,11 +351,3 @@ class Flatten(Module):
     def forward(self, x):
         return F.flatten(x, self.start_dim)
 
-
-def _pair(value, what: str) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{what} must be an int or a pair, got {value!r}")
-        return _positive_int(value[0], what), _positive_int(value[1], what)
-    v = _positive_int(value, what)
-    return v, v

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 from ..ops import dropout as _dropout_ops
 from ..tensor import Function, Tensor
-from ._checks import _check_tensor
+from ._checks import check_float_tensors
 
 __all__ = ["dropout"]
 
 
 class Dropout(Function):
-    """``y = keep ? x * scale : 0`` with the Philox mask of ``seed``; the backward
-    regenerates the mask from the seed (nothing but three numbers is saved)."""
+    """``y = keep ? x * scale : 0`` with the Philox mask of the plan's seed; the backward
+    regenerates the mask from the plan (nothing but three numbers is saved)."""
 
-    def forward(self, x, seed, threshold, scale):
-        self.seed, self.threshold, self.scale = seed, threshold, scale
-        return _dropout_ops.apply(self.device, x, seed, threshold, scale)
+    def forward(self, x, plan):
+        self.plan = plan
+        return _dropout_ops.apply(self.device, x, plan)
 
     def backward(self, grad):
-        return _dropout_ops.apply(self.device, grad, self.seed, self.threshold, self.scale)
+        return _dropout_ops.apply(self.device, grad, self.plan)
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, seed=None,
@@ -31,15 +31,8 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, seed=None,
     [0, 2**64)) fixes the mask, which is the same on every device; ``None`` draws
     a fresh seed (``convnet.ops.dropout.set_seed`` makes the draws reproducible).
     """
-    _check_tensor(x, "dropout")
-    if x.dtype.kind != "f":
-        raise TypeError(f"dropout takes a floating-point tensor, not {x.dtype}")
-    plan = _dropout_ops.plan(p, training, mode)
-    if seed is not None:
-        seed = _dropout_ops.philox.check_seed(seed)
+    check_float_tensors("dropout", input=x)
+    plan = _dropout_ops.plan(p, training, mode, seed)
     if plan is None:
         return x
-    threshold, scale = plan
-    if seed is None:
-        seed = _dropout_ops.draw_seed() if threshold else 0  # no mask: no seed needed
-    return Dropout.apply(x, seed=seed, threshold=threshold, scale=scale)
+    return Dropout.apply(x, plan=plan)

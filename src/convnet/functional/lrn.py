@@ -3,9 +3,10 @@ section 3.3), alone and followed by max-pooling (the paper's layers 1 and 2)."""
 from __future__ import annotations
 
 from ..ops import lrn as _lrn_ops
+from ..ops import lrn_max_pool as _fused_ops
 from ..ops import max_pool as _pool_ops
 from ..tensor import Function, Tensor, is_grad_enabled
-from ._checks import _check_tensor
+from ._checks import check_float_tensors
 
 __all__ = ["local_response_norm", "local_response_norm_max_pool2d"]
 
@@ -35,7 +36,7 @@ class LocalResponseNormMaxPool2d(Function):
 
     def forward(self, x, params, pool):
         self.params, self.pool = params, pool
-        y, argmax = _lrn_ops.fused_forward(self.device, x, params, pool)
+        y, argmax = _fused_ops.forward(self.device, x, params, pool)
         if self.needs_input_grad[0] and is_grad_enabled():
             self.save_for_backward(x, argmax)
         return y
@@ -44,13 +45,6 @@ class LocalResponseNormMaxPool2d(Function):
         x, argmax = self.saved
         dz = _pool_ops.backward(self.device, grad, argmax, self.pool, x.shape)
         return _lrn_ops.backward(self.device, x, dz, self.params)
-
-
-def _lrn_params(x, size, alpha, beta, k, groups, op):
-    _check_tensor(x, op)
-    params = _lrn_ops.make_params(size, alpha, beta, k, groups)
-    _lrn_ops.check_input(x.data, params, op)
-    return params
 
 
 def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
@@ -71,7 +65,8 @@ def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
     single-device form of the paper's two-column network. Requires size >= 1,
     alpha >= 0, k >= 0 (with k = 0 an all-zero window gives 0/0 = NaN), finite beta.
     """
-    params = _lrn_params(x, size, alpha, beta, k, groups, "local_response_norm")
+    check_float_tensors("local_response_norm", input=x)
+    params = _lrn_ops.make_params(size, alpha, beta, k, groups)
     return LocalResponseNorm.apply(x, params=params)
 
 
@@ -80,10 +75,10 @@ def local_response_norm_max_pool2d(x: Tensor, size: int = 5, alpha: float = 1e-4
                                    kernel_size=3, stride=2, padding=0) -> Tensor:
     """``max_pool2d(local_response_norm(x, size, alpha, beta, k, groups), kernel_size,
     stride, padding)``, the paper's layers 1 and 2, in one op: on a GPU one kernel
-    reads x once and writes only the pooled output (``ops.lrn.FUSE``). Results are
-    bit-identical to the two ops in sequence, gradients too.
+    reads x once and writes only the pooled output (``ops.lrn_max_pool.FUSE``).
+    Results are bit-identical to the two ops in sequence, gradients too.
     """
-    params = _lrn_params(x, size, alpha, beta, k, groups, "local_response_norm_max_pool2d")
+    check_float_tensors("local_response_norm_max_pool2d", input=x)
+    params = _lrn_ops.make_params(size, alpha, beta, k, groups)
     pool = _pool_ops.make_params(kernel_size, stride, padding)
-    _pool_ops.output_shape(x.shape, pool)
     return LocalResponseNormMaxPool2d.apply(x, params=params, pool=pool)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..ops import max_pool as _pool_ops
 from ..tensor import Function, Tensor, is_grad_enabled
-from ._checks import _check_tensor
+from ._checks import check_float_tensors
 
 __all__ = ["max_pool2d"]
 
@@ -37,9 +37,5 @@ def max_pool2d(x: Tensor, kernel_size=3, stride=2, padding=0) -> Tensor:
     chosen, and receives the gradient). The backward adds each output's gradient to its
     window's maximum; inputs chosen by several overlapping windows get the sum.
     """
-    _check_tensor(x, "max_pool2d")
-    params = _pool_ops.make_params(kernel_size, stride, padding)
-    _pool_ops.output_shape(x.shape, params)  # rank and size errors before any work
-    if x.dtype.kind != "f":
-        raise TypeError(f"max_pool2d takes a floating-point tensor, not {x.dtype}")
-    return MaxPool2d.apply(x, params=params)
+    check_float_tensors("max_pool2d", input=x)
+    return MaxPool2d.apply(x, params=_pool_ops.make_params(kernel_size, stride, padding))

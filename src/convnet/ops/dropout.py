@@ -1,16 +1,17 @@
 """Dropout with a counter-based mask: ``y = keep ? x * scale : 0``.
 
 The mask of element ``i`` (flat index) is ``word(i) >= threshold`` where ``word(i)``
-is its Philox4x32-10 word under the 64-bit seed (``convnet.philox``: counter
+is its Philox4x32-10 word under the 64-bit seed (``ops.philox``: counter
 ``i // 4``, word ``i % 4``) and ``threshold = ceil(p * 2**32)`` (so the kept units
 are exactly those with ``word / 2**32 >= p``; p = 0 keeps all, p = 1 none). The
 NumPy reference and ``kernels/dropout.cu`` compute the same words, so the mask is
 bit-identical on cpu, emu and cuda.
 
-One primitive, ``apply(device, x, seed, threshold, scale)``, serves the forward and
-the backward (which passes the incoming gradient with the forward's seed, threshold
-and scale: the mask is regenerated, never stored). ``plan(p, training, mode)`` turns
-the user's arguments into ``(threshold, scale)``:
+``plan(p, training, mode, seed)`` checks the user's arguments once and returns the
+``Plan`` (seed, threshold, scale), or None where dropout is the identity; one
+primitive, ``apply(device, x, plan)``, serves the forward and the backward (which
+passes the incoming gradient with the forward's plan: the mask is regenerated,
+never stored):
 
 =========  ===============================  ===============================
 mode       training                         eval (training=False)
@@ -21,10 +22,11 @@ paper      drop, no scaling                 keep all, scale by (1-p)
 """
 from __future__ import annotations
 
-import numbers
+from typing import NamedTuple
 
 import numpy as np
 
+from .. import arguments
 from . import philox
 from ..toolchain.launch import KernelModule, Launch
 from ._arrays import kernel_array
@@ -47,23 +49,39 @@ def set_seed(seed) -> None:
     _SEEDS = np.random.default_rng(philox.check_seed(seed))
 
 
-def plan(p, training: bool = True, mode: str = "inverted"):
-    """``(threshold, scale)`` for ``apply``, or None where dropout is the identity."""
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"dropout probability p must be a real number, not {type(p).__name__}")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+class Plan(NamedTuple):
+    """What ``apply`` does: keep element i iff its Philox word under ``seed`` is
+    >= ``threshold`` (an int in [0, 2**32]), then multiply by ``scale``."""
+
+    seed: int
+    threshold: int
+    scale: float
+
+
+def check_arguments(p, mode: str) -> float:
+    """``p`` as a float in [0, 1], after checking ``mode``; or a clear error."""
+    p = arguments.real(p, "dropout probability p", low=0, high=1)
     if mode not in MODES:
         raise ValueError(f"dropout mode must be one of {MODES}, got {mode!r}")
+    return p
+
+
+def plan(p, training: bool = True, mode: str = "inverted", seed=None) -> Plan | None:
+    """The ``Plan`` of one dropout call, or None where it is the identity. ``seed=None``
+    draws a fresh seed where a mask is needed (``draw_seed``)."""
+    p = check_arguments(p, mode)
+    if seed is not None:
+        seed = philox.check_seed(seed)
     if training:
         threshold = philox.keep_threshold(p)
-        if mode == "paper":
-            return threshold, 1.0
-        return threshold, (1.0 / (1.0 - p) if p < 1.0 else 0.0)
-    if mode == "inverted":
+        scale = 1.0 if mode == "paper" else (1.0 / (1.0 - p) if p < 1.0 else 0.0)
+    elif mode == "inverted":
         return None
-    return 0, 1.0 - p
+    else:
+        threshold, scale = 0, 1.0 - p
+    if seed is None:
+        seed = draw_seed() if threshold else 0  # no mask: no seed needed
+    return Plan(seed, threshold, scale)
 
 
 def keep_mask(seed: int, shape, p: float) -> np.ndarray:
@@ -75,30 +93,28 @@ def keep_mask(seed: int, shape, p: float) -> np.ndarray:
 
 # --------------------------------------------------------------------------- reference
 
-def apply_reference(x: np.ndarray, seed: int, threshold: int, scale: float) -> np.ndarray:
+def apply_reference(x: np.ndarray, plan: Plan) -> np.ndarray:
     """``keep ? x * scale : 0`` in x's dtype (the scale rounded to that dtype once)."""
-    mask = philox.keep_mask(seed, x.size, threshold).reshape(x.shape)
-    return np.where(mask, x * x.dtype.type(scale), x.dtype.type(0))
+    mask = philox.keep_mask(plan.seed, x.size, plan.threshold).reshape(x.shape)
+    return np.where(mask, x * x.dtype.type(plan.scale), x.dtype.type(0))
 
 
 # --------------------------------------------------------------------------- launch
 
-def apply_launch(x, y, seed: int, threshold: int, scale: float) -> Launch:
-    return Launch(MODULE, "dropout_apply", grid=(grid_for(x.size),), block=(BLOCK,),
-                  args=(x, y, np.int64(x.size), np.uint64(seed), np.uint64(threshold),
-                        np.float32(scale)))
+def apply_launch(device, x, y, plan: Plan) -> Launch:
+    return Launch(MODULE, "dropout_apply", grid=(grid_for(device, x.size),), block=(BLOCK,),
+                  args=(x, y, np.int64(x.size), np.uint64(plan.seed), np.uint64(plan.threshold),
+                        np.float32(plan.scale)))
 
 
 # --------------------------------------------------------------------------- on a device
 
-def apply(device, x, seed: int, threshold: int, scale: float):
-    seed = philox.check_seed(seed)
-    if not 0 <= threshold <= 2**32:
-        raise ValueError(f"dropout threshold must be in [0, 2**32], got {threshold}")
+def apply(device, x, plan: Plan):
+    """``x`` with ``plan``'s mask and scale applied, as an array of ``device``."""
     if not device.runs_kernels:
-        return apply_reference(x, seed, threshold, scale)
+        return apply_reference(x, plan)
     x = kernel_array(device, x, "dropout", "x")
     y = device.xp.empty_like(x)
     if x.size:
-        device.launch(apply_launch(x, y, seed, threshold, scale))
+        device.launch(apply_launch(device, x, y, plan))
     return y

@@ -18,18 +18,22 @@ The argmax is kept from the forward as the offset ``i·kw + j`` inside the windo
 it rather than recomputing it was measured (``benchmarks/lrn_pool.py``,
 ``pool_backward_recompute`` against ``pool_backward``; see the note above ``BLOCK``).
 
+``make_params`` checks the user's kernel, stride and padding once and gives the
+``PoolParams`` that the references and the launch builders take as they are.
 ``forward(device, x, params, with_index)`` / ``backward(device, dy, argmax, params,
-input_shape)`` take and return raw arrays of ``device``: NumPy references on ``cpu``
-(any float dtype), ``kernels/max_pool.cu`` on ``emu``/``cuda`` (float32).
+input_shape)`` are where raw arrays enter: they check the arrays against ``params``
+(``output_shape``), then run the NumPy references on ``cpu`` (any float dtype) or
+launch ``kernels/max_pool.cu`` on ``emu``/``cuda`` (float32). The launch builders
+(``*_launch(device, ...)``) size their grids by ``device.kind``.
 """
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
-from ..toolchain.launch import KernelModule, Launch
+from .. import arguments
+from ..toolchain.launch import MAX_GRID_DIM, KernelModule, Launch
 from ._arrays import check_same_shape, kernel_array
 
 INDEX_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.int32): "int"}
@@ -45,8 +49,7 @@ MODULE = KernelModule("max_pool.cu", (
 # as fast as max_pool_backward_recompute (AlexNet's three pools, batch 8), and on a GPU
 # it reads dy and one byte per output instead of the whole input x as well.
 
-BLOCK = 256
-CUDA_MAX_PLANES = 65535     # grid.y: a GPU grid covers up to 65535 planes at once
+BLOCK = 256                 # threads per block (a plane's elements times planes)
 EMU_MAX_PLANES = 16         # blocks of planes on emu: fibers are costly, each loops over many
 _INT32_MAX = 2**31 - 1
 
@@ -65,23 +68,11 @@ class PoolParams(NamedTuple):
         return (h + 2 * self.ph - self.kh) // self.sh + 1, (w + 2 * self.pw - self.kw) // self.sw + 1
 
 
-def _pair(value, what: str, minimum: int) -> tuple[int, int]:
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(items) != 2:
-        raise ValueError(f"max_pool2d: {what} must be an int or a pair of ints, got {value!r}")
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"max_pool2d: {what} must be an int or a pair of ints, got {value!r}")
-        if v < minimum:
-            raise ValueError(f"max_pool2d: {what} must be >= {minimum}, got {value!r}")
-    return int(items[0]), int(items[1])
-
-
 def make_params(kernel_size=3, stride=None, padding=0) -> PoolParams:
     """Validated PoolParams; ``stride=None`` means ``stride = kernel_size`` (PyTorch)."""
-    kh, kw = _pair(kernel_size, "kernel_size", 1)
-    sh, sw = _pair(kernel_size if stride is None else stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
+    kh, kw = arguments.pair(kernel_size, "max_pool2d: kernel_size")
+    sh, sw = arguments.pair(kernel_size if stride is None else stride, "max_pool2d: stride")
+    ph, pw = arguments.pair(padding, "max_pool2d: padding", low=0)
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"max_pool2d: padding {(ph, pw)} must be at most half the kernel "
                          f"{(kh, kw)} (pad <= kernel // 2), so that no window is all padding")
@@ -109,7 +100,8 @@ def index_dtype(params: PoolParams) -> np.dtype:
 # --------------------------------------------------------------------------- references
 
 def _windows(x: np.ndarray, p: PoolParams, oh: int, ow: int):
-    """(values, is_padding): (N, C, OH, OW, kh*kw) views of every window, row-major."""
+    """(values, is_real): (N, C, OH, OW, kh*kw) views of every window, row-major, and
+    whether each element is of x (not padding)."""
     n, c, h, w = x.shape
     padded = np.full((n, c, h + 2 * p.ph, w + 2 * p.pw), -np.inf, dtype=x.dtype)
     padded[:, :, p.ph:p.ph + h, p.pw:p.pw + w] = x
@@ -126,8 +118,10 @@ def _windows(x: np.ndarray, p: PoolParams, oh: int, ow: int):
 
 
 def forward_reference(x: np.ndarray, params: PoolParams) -> tuple[np.ndarray, np.ndarray]:
-    """``(y, argmax)``: the pooled values and each window's offset (``index_dtype``)."""
-    n, c, oh, ow = output_shape(x.shape, params)
+    """``(y, argmax)``: the pooled values and each window's offset (``index_dtype``), for
+    an x that ``output_shape`` accepts."""
+    n, c, h, w = x.shape
+    oh, ow = params.output_size(h, w)
     if x.size == 0 or n * c * oh * ow == 0:
         return (np.empty((n, c, oh, ow), x.dtype), np.empty((n, c, oh, ow), index_dtype(params)))
     values, real = _windows(x, params, oh, ow)
@@ -163,86 +157,83 @@ def backward_reference(dy: np.ndarray, argmax: np.ndarray, params: PoolParams,
 
 # --------------------------------------------------------------------------- launches
 
-def _shape(shape, array) -> tuple[tuple[int, int], tuple[int, int]]:
+def _grid(device, shape) -> tuple[tuple[int, int], tuple[int, int]]:
     """(grid, block) for a thread per element of the planes of ``shape`` (N, C, H, W):
     a block is a warp-rounded run of a plane's elements (at most BLOCK) times as many
-    planes as fill BLOCK threads (small planes share blocks)."""
+    planes as fill BLOCK threads (small planes share blocks); grid.y covers the planes
+    up to the CUDA limit on a GPU, EMU_MAX_PLANES blocks of them on emu."""
     n, c, h, w = shape
     bx = min(BLOCK, -(-h * w // 32) * 32)
     by = max(1, BLOCK // bx)
-    cap = CUDA_MAX_PLANES if hasattr(array, "__cuda_array_interface__") else EMU_MAX_PLANES
+    cap = MAX_GRID_DIM[1] if device.kind == "cuda" else EMU_MAX_PLANES
     return (max(1, -(-h * w // bx)), max(1, min(-(-n * c // by), cap))), (bx, by)
 
 
 def _shape_args(x_shape, out_shape, p: PoolParams) -> tuple:
     n, c, h, w = x_shape
+    if h * w > _INT32_MAX:
+        raise ValueError(f"max_pool2d: a plane of {h}×{w} elements exceeds the kernels' int32 "
+                         f"indices")
     return (np.int64(n * c), np.int32(h), np.int32(w), np.int32(out_shape[2]),
             np.int32(out_shape[3]), np.int32(p.kh), np.int32(p.kw), np.int32(p.sh),
             np.int32(p.sw), np.int32(p.ph), np.int32(p.pw))
 
 
-def forward_launch(x, y, params: PoolParams, argmax=None) -> Launch:
+def _index_type(argmax) -> str:
+    return INDEX_TYPES[np.dtype(argmax.dtype)]
+
+
+def forward_launch(device, x, y, params: PoolParams, argmax=None) -> Launch:
     """y (and the argmax, when given: uint8 or int32 as ``index_dtype``) from x."""
     args = _shape_args(x.shape, y.shape, params)
-    grid, block = _shape(y.shape, x)
+    grid, block = _grid(device, y.shape)
     if argmax is None:
         return Launch(MODULE, "max_pool_forward", grid=grid, block=block, args=(x, y, *args))
     return Launch(MODULE, "max_pool_forward_index", grid=grid, block=block,
-                  args=(x, y, argmax, *args), template_args=(INDEX_TYPES[np.dtype(argmax.dtype)],))
+                  args=(x, y, argmax, *args), template_args=(_index_type(argmax),))
 
 
-def backward_launch(dy, argmax, dx, params: PoolParams) -> Launch:
-    grid, block = _shape(dx.shape, dx)
+def backward_launch(device, dy, argmax, dx, params: PoolParams) -> Launch:
+    grid, block = _grid(device, dx.shape)
     return Launch(MODULE, "max_pool_backward", grid=grid, block=block,
                   args=(dy, argmax, dx, *_shape_args(dx.shape, dy.shape, params)),
-                  template_args=(INDEX_TYPES[np.dtype(argmax.dtype)],))
+                  template_args=(_index_type(argmax),))
 
 
-def backward_recompute_launch(x, dy, dx, params: PoolParams) -> Launch:
-    grid, block = _shape(dx.shape, dx)
-    return Launch(MODULE, "max_pool_backward_recompute", grid=grid, block=block, args=(x, dy, dx, *_shape_args(dx.shape, dy.shape, params)))
+def backward_recompute_launch(device, x, dy, dx, params: PoolParams) -> Launch:
+    grid, block = _grid(device, dx.shape)
+    return Launch(MODULE, "max_pool_backward_recompute", grid=grid, block=block,
+                  args=(x, dy, dx, *_shape_args(dx.shape, dy.shape, params)))
 
 
 # --------------------------------------------------------------------------- on a device
 
-def _check_input(x, op: str = "max_pool2d") -> None:
-    if getattr(x, "ndim", None) != 4:
-        raise ValueError(f"{op} expects an (N, C, H, W) tensor, got shape "
-                         f"{tuple(getattr(x, 'shape', ()))}")
-    if x.dtype.kind != "f":
-        raise TypeError(f"{op} takes a floating-point tensor, not {x.dtype}")
-
-
-def _check_sizes(x_shape) -> None:
-    n, c, h, w = x_shape
-    if h * w > _INT32_MAX:
-        raise ValueError(f"max_pool2d: a plane of {h}×{w} elements exceeds the kernels' int32 indices")
+def _check_dy(dy, params: PoolParams, input_shape) -> None:
+    expected = output_shape(input_shape, params)
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"max_pool2d backward: dy has shape {tuple(dy.shape)}, the output of "
+                         f"an input of shape {tuple(input_shape)} is {expected}")
 
 
 def forward(device, x, params: PoolParams, with_index: bool = True):
     """``(y, argmax)`` (argmax None unless ``with_index``) as arrays of ``device``."""
-    _check_input(x)
     out_shape = output_shape(x.shape, params)
     if not device.runs_kernels:
         y, argmax = forward_reference(x, params)
         return y, (argmax if with_index else None)
     x = kernel_array(device, x, "max_pool2d", "x")
-    _check_sizes(x.shape)
     xp = device.xp
     y = xp.empty(out_shape, dtype=np.float32)
     argmax = xp.empty(out_shape, dtype=index_dtype(params)) if with_index else None
     if y.size:
-        device.launch(forward_launch(x, y, params, argmax))
+        device.launch(forward_launch(device, x, y, params, argmax))
     return y, argmax
 
 
 def backward(device, dy, argmax, params: PoolParams, input_shape):
     """dx (of ``input_shape``) from dy and the forward's argmax."""
     input_shape = tuple(int(v) for v in input_shape)
-    expected = output_shape(input_shape, params)
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"max_pool2d backward: dy has shape {tuple(dy.shape)}, the output of "
-                         f"an input of shape {input_shape} is {expected}")
+    _check_dy(dy, params, input_shape)
     check_same_shape("max_pool2d backward", dy=dy, argmax=argmax)
     if np.dtype(argmax.dtype) != index_dtype(params):
         raise TypeError(f"max_pool2d backward: argmax has dtype {argmax.dtype}, expected "
@@ -253,26 +244,22 @@ def backward(device, dy, argmax, params: PoolParams, input_shape):
     if not device.owns(argmax):
         raise TypeError(f"max_pool2d backward: argmax is not an array of device {device.name!r}")
     argmax = device.xp.ascontiguousarray(argmax)
-    _check_sizes(input_shape)
     dx = device.xp.empty(input_shape, dtype=np.float32)
     if dx.size:
-        device.launch(backward_launch(dy, argmax, dx, params))
+        device.launch(backward_launch(device, dy, argmax, dx, params))
     return dx
 
 
 def backward_recompute(device, x, dy, params: PoolParams):
-    """dx from x and dy, finding each window's argmax again (the alternative to a saved one)."""
-    _check_input(x, "max_pool2d backward")
-    expected = output_shape(x.shape, params)
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"max_pool2d backward: dy has shape {tuple(dy.shape)}, expected {expected}")
+    """dx from x and dy, finding each window's argmax again: the measured alternative to
+    a saved argmax (see the note above ``BLOCK``), run by the kernel tour and the tests."""
+    _check_dy(dy, params, x.shape)
     if not device.runs_kernels:
         _, argmax = forward_reference(x, params)
         return backward_reference(dy, argmax, params, x.shape)
     x = kernel_array(device, x, "max_pool2d backward", "x")
     dy = kernel_array(device, dy, "max_pool2d backward", "the gradient dy")
-    _check_sizes(x.shape)
     dx = device.xp.empty(x.shape, dtype=np.float32)
     if dx.size:
-        device.launch(backward_recompute_launch(x, dy, dx, params))
+        device.launch(backward_recompute_launch(device, x, dy, dx, params))
     return dx

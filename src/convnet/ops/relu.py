@@ -30,13 +30,13 @@ def backward_reference(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- launches
 
-def forward_launch(x, y) -> Launch:
-    return Launch(MODULE, "relu_forward", grid=(grid_for(x.size),), block=(BLOCK,),
+def forward_launch(device, x, y) -> Launch:
+    return Launch(MODULE, "relu_forward", grid=(grid_for(device, x.size),), block=(BLOCK,),
                   args=(x, y, np.int64(x.size)))
 
 
-def backward_launch(y, dy, dx) -> Launch:
-    return Launch(MODULE, "relu_backward", grid=(grid_for(y.size),), block=(BLOCK,),
+def backward_launch(device, y, dy, dx) -> Launch:
+    return Launch(MODULE, "relu_backward", grid=(grid_for(device, y.size),), block=(BLOCK,),
                   args=(y, dy, dx, np.int64(y.size)))
 
 
@@ -48,7 +48,7 @@ def forward(device, x):
     x = kernel_array(device, x, "relu", "x")
     y = device.xp.empty_like(x)
     if x.size:
-        device.launch(forward_launch(x, y))
+        device.launch(forward_launch(device, x, y))
     return y
 
 
@@ -60,5 +60,5 @@ def backward(device, y, dy):
     dy = kernel_array(device, dy, "relu backward", "the gradient dy")
     dx = device.xp.empty_like(dy)
     if dy.size:
-        device.launch(backward_launch(y, dy, dx))
+        device.launch(backward_launch(device, y, dy, dx))
     return dx

@@ -26,8 +26,8 @@ def update_reference(w, v, g, lr: float, momentum: float, decay: float) -> None:
     w += v
 
 
-def update_launch(w, v, g, lr: float, momentum: float, decay: float) -> Launch:
-    return Launch(MODULE, "sgd_momentum", grid=(grid_for(w.size),), block=(BLOCK,),
+def update_launch(device, w, v, g, lr: float, momentum: float, decay: float) -> Launch:
+    return Launch(MODULE, "sgd_momentum", grid=(grid_for(device, w.size),), block=(BLOCK,),
                   args=(w, v, g, np.int64(w.size), np.float32(lr), np.float32(momentum),
                         np.float32(decay)))
 
@@ -61,4 +61,4 @@ def update(device, w, v, g, lr: float, momentum: float, weight_decay: float) -> 
     if not g.flags.c_contiguous:
         g = device.xp.ascontiguousarray(g)
     if w.size:
-        device.launch(update_launch(w, v, g, lr, momentum, decay))
+        device.launch(update_launch(device, w, v, g, lr, momentum, decay))

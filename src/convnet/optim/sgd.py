@@ -14,12 +14,11 @@ it lives on, so a model split over two devices is updated where it lies.
 from __future__ import annotations
 
 import fnmatch
-import math
-import numbers
 from collections import OrderedDict
 
 import numpy as np
 
+from .. import arguments
 from ..ops import sgd as _sgd_ops
 from ..state_dict import differences
 from ..tensor import Tensor
@@ -27,14 +26,13 @@ from ..tensor import Tensor
 __all__ = ["SGD"]
 
 
-def _real(value, what: str, low: float = 0.0, high: float = math.inf, high_open: bool = False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"SGD: {what} must be a real number, not {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < low or value > high or (high_open and value == high):
-        bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise ValueError(f"SGD: {what} must be finite and in {bound}, got {value}")
-    return value
+def _non_negative(value, what: str) -> float:
+    """A finite number >= 0 (a rate, a decay, a multiplier)."""
+    return arguments.real(value, f"SGD: {what}", low=0)
+
+
+def _momentum(value) -> float:
+    return arguments.real(value, "SGD: momentum", low=0, high=1, high_open=True)
 
 
 def _named(params) -> list[tuple[str, Tensor]]:
@@ -81,7 +79,7 @@ def _multipliers(spec, names: list[str], what: str) -> dict[str, float]:
                         f"'*.bias') to numbers, not {type(spec).__name__}")
     matched_by: dict[str, str] = {}
     for key, value in spec.items():
-        factor = _real(value, f"{what}[{key!r}]")
+        factor = _non_negative(value, f"{what}[{key!r}]")
         hits = [n for n in names if n == key or fnmatch.fnmatchcase(n, str(key))]
         if not hits:
             raise ValueError(f"SGD: {what} key {key!r} matches no parameter "
@@ -109,9 +107,9 @@ class SGD:
                  weight_decay: float = 0.0005, lr_multipliers=None, weight_decay_multipliers=None):
         self.params: "OrderedDict[str, Tensor]" = OrderedDict(_named(params))
         names = list(self.params)
-        self.lr = _real(lr, "lr")
-        self.momentum = _real(momentum, "momentum", 0.0, 1.0, high_open=True)
-        self.weight_decay = _real(weight_decay, "weight_decay")
+        self.lr = _non_negative(lr, "lr")
+        self.momentum = _momentum(momentum)
+        self.weight_decay = _non_negative(weight_decay, "weight_decay")
         self.lr_multipliers = _multipliers(lr_multipliers, names, "lr_multipliers")
         self.weight_decay_multipliers = _multipliers(weight_decay_multipliers, names,
                                                      "weight_decay_multipliers")
@@ -121,7 +119,7 @@ class SGD:
 
     def set_lr(self, lr: float) -> None:
         """A new global learning rate (the paper divides it by 10 on a plateau)."""
-        self.lr = _real(lr, "lr")
+        self.lr = _non_negative(lr, "lr")
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -181,9 +179,9 @@ class SGD:
             raise ValueError("SGD.load_state_dict: the velocities do not match the parameters: "
                              + "; ".join(problems))
         names = list(self.params)
-        lr = _real(state["lr"], "lr")
-        momentum = _real(state["momentum"], "momentum", 0.0, 1.0, high_open=True)
-        weight_decay = _real(state["weight_decay"], "weight_decay")
+        lr = _non_negative(state["lr"], "lr")
+        momentum = _momentum(state["momentum"])
+        weight_decay = _non_negative(state["weight_decay"], "weight_decay")
         lr_mult = _full_multipliers(state.get("lr_multipliers"), names, "lr_multipliers")
         wd_mult = _full_multipliers(state.get("weight_decay_multipliers"), names,
                                     "weight_decay_multipliers")
@@ -202,7 +200,7 @@ def _full_multipliers(spec, names, what):
         raise ValueError(f"SGD.load_state_dict: {what} names unknown parameters: "
                          f"{', '.join(unknown)}")
     out = {n: 1.0 for n in names}
-    out.update({n: _real(v, f"{what}[{n!r}]") for n, v in spec.items()})
+    out.update({n: _non_negative(v, f"{what}[{n!r}]") for n, v in spec.items()})
     return out
 
 

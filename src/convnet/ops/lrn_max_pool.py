@@ -1,0 +1,115 @@
+"""LRN followed by max-pooling, the paper's layers 1 and 2, in one forward kernel
+(``kernels/lrn_max_pool.cu``): x is read once and only the pooled output and its
+argmax are written. The results are bit-identical to ``ops.lrn`` then
+``ops.max_pool``; ``FUSE`` says on which devices the fused kernel runs, the two ops
+in turn elsewhere. The backward is the two ops' backwards (``functional.lrn``).
+
+``forward(device, x, params, pool)`` is where raw arrays enter: it checks x against
+the ``LRNParams`` and the ``PoolParams`` (both checked by their ``make_params``),
+then runs the references on ``cpu``, or the kernels on ``emu``/``cuda``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..toolchain.launch import MAX_DYNAMIC_SHARED_BYTES, MAX_THREADS_PER_BLOCK, KernelModule, Launch
+from . import lrn, max_pool
+from ._arrays import kernel_array
+
+MODULE = KernelModule("lrn_max_pool.cu", ("lrn_max_pool_forward<unsigned char>",
+                                          "lrn_max_pool_forward<int>"))
+MAX_REGION = 512   # threads per block: input pixels under one tile of windows
+MAX_TILE = 16      # pooled outputs per tile side
+MAX_DEPTH = 32     # channels whose LRN output a block keeps in shared memory at once
+
+# Per device kind: does local_response_norm_max_pool2d run the fused kernel? Measured
+# with benchmarks/lrn_pool.py (notes "fused-vs-separate"; the outputs are bit-identical):
+# * emu: no. The fused kernel is 10-14 % slower than lrn_forward + max_pool_forward_index
+#   on both AlexNet shapes (batch 8): the emulator is compute-bound, and the fusion
+#   saves memory traffic while adding the windows' overlap (11 % more LRN) and two
+#   barriers per `depth` channels.
+# * cuda: yes. Memory-bound there, it moves 4 bytes per input element + 5 per output
+#   instead of 12 + 5 (2.5x less). Not yet measured on a GPU: the benchmark times both.
+FUSE = {"emu": False, "cuda": True}
+
+
+class Geometry(NamedTuple):
+    """The clipped LRN window, the tile of pooled outputs a block computes, the channels
+    it keeps at once, and the launch shape."""
+
+    lo: int
+    hi: int
+    tile_h: int
+    tile_w: int
+    depth: int
+    threads: int
+    blocks: int
+    shared_bytes: int
+
+
+def geometry(device, shape, params: lrn.LRNParams, pool: max_pool.PoolParams) -> Geometry:
+    """Tile, channel depth and launch shape of ``lrn_max_pool_forward``, or a clear error
+    where the block would be too large (then the two ops run separately)."""
+    n, c, h, w = shape
+    _, _, oh, ow = max_pool.output_shape(shape, pool)
+    lo, hi = lrn.check_window(shape, params)
+    width = lo + hi + 1
+    tile = MAX_TILE
+    while tile > 1 and ((tile - 1) * pool.sh + pool.kh) * ((tile - 1) * pool.sw + pool.kw) \
+            > MAX_REGION:
+        tile -= 1
+    # Balanced tiles (13 outputs as 7 + 6, not 10 + 3): fewer idle threads in edge blocks.
+    tile_h, tile_w = -(-oh // -(-oh // tile)), -(-ow // -(-ow // tile))
+    threads = ((tile_h - 1) * pool.sh + pool.kh) * ((tile_w - 1) * pool.sw + pool.kw)
+    if threads > MAX_THREADS_PER_BLOCK:
+        raise ValueError(f"lrn + max_pool2d: a {pool.kh}×{pool.kw} window needs {threads} threads "
+                         f"per block, more than {MAX_THREADS_PER_BLOCK}; run the two ops "
+                         f"separately")
+    cg = c // params.groups
+    depth = max(1, min(MAX_DEPTH, cg, lrn.PREFERRED_SHARED_BYTES // (4 * threads) - width))
+    shared = 4 * threads * (width + depth)
+    if shared > MAX_DYNAMIC_SHARED_BYTES:
+        raise ValueError(f"lrn + max_pool2d: {shared} bytes of shared memory per block exceed "
+                         f"{MAX_DYNAMIC_SHARED_BYTES}; run the two ops separately")
+    blocks = n * params.groups * -(-oh // tile_h) * -(-ow // tile_w)
+    if device.kind != "cuda":
+        blocks = min(blocks, lrn.EMU_MAX_BLOCKS)
+    return Geometry(lo, hi, tile_h, tile_w, depth, threads, max(blocks, 1), shared)
+
+
+def forward_launch(device, x, y, argmax, params: lrn.LRNParams,
+                   pool: max_pool.PoolParams) -> Launch:
+    """y = max_pool(lrn(x)) and its argmax (uint8 or int32, as max_pool.index_dtype)."""
+    g = geometry(device, x.shape, params, pool)
+    n, c, h, w = x.shape
+    return Launch(MODULE, "lrn_max_pool_forward", grid=(g.blocks,), block=(g.threads,),
+                  args=(x, y, argmax, np.int32(n), np.int32(c), np.int32(h), np.int32(w),
+                        np.int32(params.groups), np.int32(g.lo), np.int32(g.hi),
+                        np.float32(params.alpha), np.float32(params.beta), np.float32(params.k),
+                        np.int32(y.shape[2]), np.int32(y.shape[3]), np.int32(pool.kh),
+                        np.int32(pool.kw), np.int32(pool.sh), np.int32(pool.sw),
+                        np.int32(pool.ph), np.int32(pool.pw), np.int32(g.tile_h),
+                        np.int32(g.tile_w), np.int32(g.depth)),
+                  template_args=(max_pool.INDEX_TYPES[np.dtype(argmax.dtype)],),
+                  shared_bytes=g.shared_bytes)
+
+
+def forward(device, x, params: lrn.LRNParams, pool: max_pool.PoolParams,
+            fuse: bool | None = None):
+    """``(y, argmax)`` of max-pooling the LRN of x: the fused kernel, or LRN then
+    max-pool, on emu/cuda as ``FUSE`` says (``fuse`` picks one: the kernel tour and
+    the tests run both); the references on cpu."""
+    lrn.check_input(x.shape, params, "local_response_norm_max_pool2d")
+    out_shape = max_pool.output_shape(x.shape, pool)
+    if not device.runs_kernels:
+        return max_pool.forward_reference(lrn.forward_reference(x, params), pool)
+    if not (FUSE.get(device.kind, False) if fuse is None else fuse):
+        return max_pool.forward(device, lrn.forward(device, x, params), pool, with_index=True)
+    x = kernel_array(device, x, "local_response_norm_max_pool2d", "x")
+    y = device.xp.empty(out_shape, dtype=np.float32)
+    argmax = device.xp.empty(out_shape, dtype=max_pool.index_dtype(pool))
+    if y.size:
+        device.launch(forward_launch(device, x, y, argmax, params, pool))
+    return y, argmax
