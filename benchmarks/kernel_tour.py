@@ -18,7 +18,7 @@ import numpy as np
 
 import convnet
 from convnet.data import augment
-from convnet.ops import conv, cross_entropy, dropout, linear, lrn, max_pool, relu, sgd
+from convnet.ops import conv, cross_entropy, dropout, linear, lrn, lrn_max_pool, max_pool, relu, sgd
 
 
 class Tour:
@@ -53,9 +53,8 @@ class Tour:
         y = relu.forward(d, self.on(x))
         self.check("relu forward", y, relu.forward(c, x))
         self.check("relu backward", relu.backward(d, y, self.on(dy)), relu.backward(c, relu.forward(c, x), dy))
-        threshold, scale = dropout.plan(0.5, True, "inverted")
-        self.check("dropout", dropout.apply(d, self.on(x), 7, threshold, scale),
-                   dropout.apply(c, x, 7, threshold, scale))
+        plan = dropout.plan(0.5, True, "inverted", seed=7)
+        self.check("dropout", dropout.apply(d, self.on(x), plan), dropout.apply(c, x, plan))
 
     # ---------------------------------------------------------------- convolution
     def convolution(self):
@@ -97,9 +96,9 @@ class Tour:
         self.check("lrn backward (recomputed scale)", lrn.backward(d, self.on(x), self.on(dy), params), want)
         pool = max_pool.make_params(3, 2, 0)
         for fuse in (False, True):
-            y, argmax = lrn.fused_forward(d, self.on(x), params, pool, fuse=fuse)
+            y, argmax = lrn_max_pool.forward(d, self.on(x), params, pool, fuse=fuse)
             self.check(f"lrn + max-pool ({'fused' if fuse else 'separate'})", y,
-                       lrn.fused_forward(c, x, params, pool)[0])
+                       lrn_max_pool.forward(c, x, params, pool)[0])
         for padding in (0, 1):
             pool = max_pool.make_params(3, 2, padding)
             y, argmax = max_pool.forward(d, self.on(x), pool)
