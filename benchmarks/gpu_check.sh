@@ -155,7 +155,7 @@ if ((!GPU)); then
 fi
 for script in benchmarks/*.py; do
   name=$(basename "$script" .py)
-  case $name in harness | __init__ | kernel_tour) continue ;; esac
+  case $name in harness | __init__ | kernel_tour | sgemm_kernel) continue ;; esac
   grep -q '^def main(argv' "$script" || continue
   run_step "bench-$name" 150 "$PY" "$script" "${BENCH_ARGS[@]}"
 done

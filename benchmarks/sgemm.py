@@ -1,4 +1,4 @@
-"""Benchmark the tiled SGEMM test kernel (kernels/sgemm_tiled.cu), C = A · B, square sizes.
+"""Benchmark the tiled SGEMM test kernel (tests/kernels/sgemm_tiled.cu), C = A · B, square sizes.
 
   python benchmarks/sgemm.py                      # every device here, sizes 256 512 1024
   python benchmarks/sgemm.py --devices emu --sizes 512 --sweep   # every instantiation
@@ -24,6 +24,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
+from benchmarks import sgemm_kernel as sg  # noqa: E402
 
 EMU_GOAL_GFLOPS = 5.0
 DEFAULT_SIZES = (256, 512, 1024)
@@ -47,7 +48,6 @@ def switches_per_launch(n: int, tile) -> int:
 
 
 def _tiles_for(kind: str, args):
-    from convnet.ops import sgemm as sg
     if args.tile:
         return [sg.Tile(*args.tile)]
     if args.sweep:
@@ -68,7 +68,6 @@ def bench_host_numpy(report, n, a, b, reps):
 
 
 def bench_device(report, device, n, a, b, expected, tiles, reps, baseline):
-    from convnet.ops import sgemm as sg
     xp = device.xp
     da, db = device.asarray(a), device.asarray(b)
     dc = xp.empty((n, n), dtype=np.float32)

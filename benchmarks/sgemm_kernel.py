@@ -1,8 +1,13 @@
-"""SGEMM, C = A · B (float32, row-major): the toolchain's test kernel.
+"""SGEMM, C = A · B (float32, row-major): the launch description of the test kernel.
 
-``kernels/sgemm_tiled.cu`` is a tiled shared-memory kernel with register blocking,
-templated on its tile shape ``<BM, BN, BK, TM, TN>`` (see the file's header). The
-instantiations it exports are listed in ``MODULE``; ``EMU_TILE`` and ``CUDA_TILE``
+``tests/kernels/sgemm_tiled.cu`` is a tiled shared-memory kernel with register
+blocking, templated on its tile shape ``<BM, BN, BK, TM, TN>`` (see the file's
+header). It is not part of the library (the fully-connected layers use the array
+library's matmul: NumPy on cpu/emu, cuBLAS through CuPy on cuda); it stays as a
+runtime test of the emulator (``tests/test_sgemm.py``) and as the measure of its
+throughput (``benchmarks/sgemm.py``), which both use this module.
+
+The instantiations it exports are listed in ``MODULE``; ``EMU_TILE`` and ``CUDA_TILE``
 are the tuned defaults (``benchmarks/sgemm.py`` measures them): the emulator wants
 few, fat steps between barriers, a GPU wants more threads per block.
 
@@ -12,11 +17,13 @@ reference on ``cpu`` and the kernel on ``emu``/``cuda``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from ..toolchain.launch import KernelModule, Launch, LaunchError, name_expression
+from convnet.backend import get_device
+from convnet.toolchain.launch import KernelModule, Launch, LaunchError, name_expression
 
 
 class Tile(NamedTuple):
@@ -46,7 +53,7 @@ class Tile(NamedTuple):
 # along the 16 rows, and BK = 32 so that a barrier (two fiber switches) comes once
 # per 8192 flops of a thread. It also compiles for a GPU without spills (168
 # registers, 33 KB of static shared memory): every instantiation must, because
-# NVRTC compiles the whole module and `convnet kernels` fails on a spill.
+# NVRTC compiles the whole module (tests/test_sgemm.py fails on a spill).
 EMU_TILE = Tile(128, 128, 32, 16, 8)
 # The GPU's default: 256 threads per block, 8×8 per thread, a 128×128 block tile
 # (122 registers, 8 KB of shared memory: two blocks per SM). Not yet timed on a GPU.
@@ -62,7 +69,9 @@ EXTRA_TILES = (
 )
 TILES: tuple[Tile, ...] = (EMU_TILE, CUDA_TILE, *EXTRA_TILES)
 
-MODULE = KernelModule(source="sgemm_tiled.cu", kernels=tuple(t.name for t in TILES))
+# The kernel lives with the other test kernels; a KernelModule takes an absolute path.
+SOURCE = Path(__file__).resolve().parent.parent / "tests" / "kernels" / "sgemm_tiled.cu"
+MODULE = KernelModule(source=str(SOURCE), kernels=tuple(t.name for t in TILES))
 
 _INT32_MAX = 2**31 - 1
 
@@ -149,8 +158,6 @@ def matmul(device, a, b, *, tile: Tile | tuple | None = None):
     ``a`` and ``b`` are float32 matrices (host arrays are moved to ``device``);
     the result is an array of ``device``.
     """
-    from ..backend import get_device
-
     device = get_device(device)
     for label, x in (("a", a), ("b", b)):
         dtype = getattr(x, "dtype", None)

@@ -161,9 +161,9 @@ def test_state_dict_mapping_round_trip_and_errors():
     assert list(back) == list(state)
     for name in state:
         np.testing.assert_array_equal(back[name], state[name])
-    with pytest.raises(ValueError, match="not a one-column AlexNet state dict: missing fc8.bias"):
+    with pytest.raises(ValueError, match="not a one-column AlexNet state dict: missing: fc8.bias"):
         one_to_two_columns({k: v for k, v in state.items() if k != "fc8.bias"})
-    with pytest.raises(ValueError, match="unexpected conv1.weight"):
+    with pytest.raises(ValueError, match="not a two-column AlexNet state dict: unexpected: conv1.weight"):
         two_to_one_columns(dict(one_to_two_columns(state), **{"conv1.weight": state["conv1.weight"]}))
     two = alexnet(num_classes=7, columns=2, input_size=SIZE, widths=TINY, seed=6)
     with pytest.raises(ValueError, match="missing: column0.conv1.weight"):

@@ -1,4 +1,5 @@
-"""Every kernel compiles with NVRTC (no GPU needed) and none spills registers.
+"""Every kernel compiles with NVRTC (no GPU needed) and none spills registers; the
+list of kernel modules (``convnet.ops.KERNEL_MODULES``) misses no kernel file.
 
 Also proves the compile check itself: a broken source fails with its file and
 line, a kernel that must spill is reported as spilling, and template name
@@ -6,6 +7,7 @@ expressions are mapped to the right kernels.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import pytest
 
 from convnet.toolchain import nvrtc
 from convnet.toolchain.launch import KernelModule
-from convnet.ops import kernel_modules
+from convnet.ops import KERNEL_MODULES, kernel_modules
+from convnet.toolchain.paths import kernels_dir
 
 try:
     import cuda.bindings.nvrtc  # noqa: F401  (in the test extras, so present in CI)
@@ -242,6 +245,38 @@ def test_missing_bindings_say_how_to_install(monkeypatch):
         nvrtc.version()
     with pytest.raises(nvrtc.NVRTCUnavailable, match="cuda-bindings"):
         nvrtc.compile_report([], archs=["sm_80"])
+
+
+# `__global__ void name(` or `__global__ void __launch_bounds__(...) name(` (one level of
+# parentheses inside the bounds), with or without `extern "C"` or a template before it.
+_GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\s*\((?:[^()]|\([^()]*\))*\)\s*)?"
+                     r"(\w+)\s*\(")
+
+
+def _kernel_files() -> dict[str, list[str]]:
+    """``{file name: [kernel names]}`` of every kernels/*.cu that defines a __global__."""
+    found = {}
+    for path in sorted(kernels_dir().glob("*.cu")):
+        names = _GLOBAL.findall(path.read_text(encoding="utf-8"))
+        if names:
+            found[path.name] = names
+    return found
+
+
+def test_every_kernel_file_is_listed():
+    """A kernels/*.cu with a __global__ that KERNEL_MODULES lacks would escape the compile
+    check and `convnet kernels`; so would a kernel its module does not export."""
+    files = _kernel_files()
+    assert "relu.cu" in files and files["relu.cu"] == ["relu_forward", "relu_backward"]
+    listed = {Path(m.source).name: m for m in KERNEL_MODULES}
+    assert len(listed) == len(KERNEL_MODULES), "a kernel file is listed twice"
+    missing = sorted(set(files) - set(listed))
+    assert not missing, f"kernel files not in convnet.ops.KERNEL_MODULES: {missing}"
+    for name, kernels in files.items():
+        exported = {k.partition("<")[0] for k in listed[name].kernels}
+        absent = [k for k in kernels if k not in exported]
+        assert not absent, f"{name}: kernels its KernelModule does not export: {absent}"
+    assert kernel_modules() == list(KERNEL_MODULES)
 
 
 def test_module_paths_exist():

@@ -11,6 +11,7 @@ import pytest
 import convnet
 from convnet.data import Augmentation, AugmentError, ten_crop_average
 from convnet.data import augment as aug
+from convnet.ops import augment as augment_op
 
 from conftest import require_device, run_clean_under_asan
 
@@ -105,9 +106,9 @@ def test_launch_shape():
     params = np.zeros((40, 4), np.int32)
     offsets = np.zeros((40, 3), np.float32)
     out = np.zeros((40, 3, 227, 227), np.float32)
-    gpu = aug.apply_launch(images, mean, params, offsets, out, 227, 1.0, "cuda")
+    gpu = augment_op.apply_launch(images, mean, params, offsets, out, 227, 1.0, "cuda")
     assert gpu.grid == (40, 29, 1) and gpu.block == (32, 8, 1)
-    assert aug.apply_launch(images, mean, params, offsets, out, 227, 1.0, "emu").grid == (40, 1, 1)
+    assert augment_op.apply_launch(images, mean, params, offsets, out, 227, 1.0, "emu").grid == (40, 1, 1)
     assert isinstance(gpu.args[-1], np.float32) and isinstance(gpu.args[-2], np.int32)
 
 
@@ -261,7 +262,7 @@ def test_construction_errors():
 @pytest.mark.skipif(not HAVE_NVRTC, reason="cuda-bindings is not installed")
 def test_kernel_compiles_for_sm80_sm90_without_spills():
     from convnet.toolchain import nvrtc
-    rows = nvrtc.compile_report([aug.MODULE], archs=("sm_80", "sm_90"))
+    rows = nvrtc.compile_report([augment_op.MODULE], archs=("sm_80", "sm_90"))
     assert {(r.kernel, r.arch) for r in rows} == {("augment_crops", "sm_80"), ("augment_crops", "sm_90")}
     assert not [r for r in rows if r.spills] and all(r.registers > 0 for r in rows)
 
@@ -271,6 +272,7 @@ _ASAN_SCRIPT = textwrap.dedent("""
     import convnet
     from convnet.backend import emu
     from convnet.data import augment as aug
+    from convnet.ops import augment as augment_op
     device = convnet.get_device("emu")
     for n, h, w, crop in ((1, 5, 7, 5), (3, 12, 9, 4), (2, 33, 40, 33)):
         images = np.random.default_rng(n).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
@@ -280,7 +282,7 @@ _ASAN_SCRIPT = textwrap.dedent("""
         offsets = np.ones((len(params), 3), np.float32)
         with emu.debug(check="address"):
             out = aug.apply(device, images, mean, params, offsets, crop)
-        assert np.array_equal(out, aug.apply_reference(images, mean, params, offsets, crop))
+        assert np.array_equal(out, augment_op.apply_reference(images, mean, params, offsets, crop))
     print("CLEAN")
 """)
 

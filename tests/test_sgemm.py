@@ -1,11 +1,17 @@
-"""The tiled SGEMM test kernel (kernels/sgemm_tiled.cu) against the NumPy reference.
+"""The tiled SGEMM test kernel (tests/kernels/sgemm_tiled.cu) against the NumPy reference.
 
-Kernel devices are ``emu`` and ``cuda:0`` (the cuda cases skip without a GPU; select
-them alone with ``-k cuda``). The emulator's debug modes prove the kernel free of
-races (reverse schedule), of reads of unwritten shared memory (NaN fill) and of
-out-of-range indices into its fixed-size arrays (bounds build).
+The kernel is no part of the library: its launch description is
+``benchmarks/sgemm_kernel.py``, shared with the benchmark. Kernel devices are ``emu``
+and ``cuda:0`` (the cuda cases skip without a GPU; select them alone with ``-k
+cuda``). The emulator's debug modes prove the kernel free of races (reverse
+schedule), of reads of unwritten shared memory (NaN fill) and of out-of-range
+indices into its fixed-size arrays (bounds build); NVRTC proves every instantiation
+compiles for a GPU without spilling registers.
 """
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +19,18 @@ import pytest
 from conftest import KERNEL_DEVICES
 from conftest import require_device as _device
 from convnet.toolchain.launch import LaunchError
-from convnet.ops import sgemm as sg
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import sgemm_kernel as sg  # noqa: E402
+
+try:
+    import cuda.bindings.nvrtc  # noqa: F401  (in the test extras)
+    HAVE_NVRTC = True
+except ImportError:
+    HAVE_NVRTC = False
 
 # (M, N, K): C is M×N, A is M×K, B is K×N. Ones, primes, and sizes just past a tile.
 SHAPES = [
@@ -151,12 +168,26 @@ def test_launch_shape():
 
 
 def test_module_lists_every_tile():
-    assert sg.MODULE.source == "sgemm_tiled.cu"
+    assert Path(sg.MODULE.source).resolve() == (Path(__file__).parent / "kernels"
+                                                / "sgemm_tiled.cu").resolve()
+    assert Path(sg.MODULE.source).is_file()
     assert set(sg.MODULE.kernels) == {t.name for t in sg.TILES}
     for t in sg.TILES:
         assert t.bm % t.tm == 0 and t.bn % t.tn == 0
         assert (t.bm * t.bk) % t.threads == 0 and (t.bk * t.bn) % t.threads == 0
         assert t.threads <= 1024
+
+
+@pytest.mark.skipif(not HAVE_NVRTC, reason="cuda-bindings is not installed "
+                                            '(pip install -e ".[test]")')
+def test_every_instantiation_compiles_without_spills():
+    from convnet.toolchain import nvrtc
+    rows = nvrtc.compile_report([sg.MODULE], archs=("sm_80", "sm_90"))
+    assert {(r.kernel, r.arch) for r in rows} == {(t.name, a) for t in sg.TILES
+                                                  for a in ("sm_80", "sm_90")}
+    spilling = [f"{r.kernel} ({r.arch})" for r in rows if r.spills]
+    assert not spilling, f"sgemm_tiled spills registers: {', '.join(spilling)}"
+    assert all(r.registers > 0 for r in rows)
 
 
 @pytest.mark.parametrize("a_shape, b_shape, c_shape, message", [

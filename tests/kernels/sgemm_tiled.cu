@@ -1,6 +1,8 @@
 // sgemm_tiled.cu — C = A · B in float32: a tiled shared-memory SGEMM with register
-// blocking. It is the test kernel of the toolchain (emu vs cuda vs NumPy) and the
-// benchmark of the emulator's speed; it is not (yet) used by the network's layers.
+// blocking. It is a test kernel of the toolchain (emu vs cuda vs NumPy: tiled shared
+// memory, barriers) and the benchmark of the emulator's speed, not part of the library:
+// the network's fully-connected layers use cuBLAS/NumPy matmul. Its launch description
+// is benchmarks/sgemm_kernel.py (used by tests/test_sgemm.py and benchmarks/sgemm.py).
 //
 // Layout: row-major and contiguous. A is M×K, B is K×N, C is M×N (C is written, not
 // accumulated into). Any M, N, K ≥ 1 works (K = 0 writes zeros); every global

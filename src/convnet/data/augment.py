@@ -2,7 +2,8 @@
 crop, horizontal mirror, mean-image subtraction, PCA lighting, uint8 NHWC -> float32 NCHW.
 
 One primitive, ``apply(device, images, mean, params, offsets, crop, scale)``, runs
-``kernels/augment.cu`` on ``emu``/``cuda`` and the NumPy reference on ``cpu``::
+``kernels/augment.cu`` on ``emu``/``cuda`` and the NumPy reference on ``cpu`` (both in
+``convnet.ops.augment``)::
 
     out[m, c, y, x] = ((float)images[src, y0 + y, sx, c] - mean[y0 + y, sx, c] + offsets[m, c]) * scale
     sx = x0 + x, or x0 + crop - 1 - x when mirrored;   params[m] = (src, y0, x0, flip)
@@ -37,16 +38,13 @@ number of workers or the device.
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 
 import numpy as np
 
+from .. import arguments
 from ..ops import philox
-from ..toolchain.launch import KernelModule, Launch
+from ..ops.augment import apply_launch, apply_reference
 
-MODULE = KernelModule("augment.cu", ("augment_crops",))
-BLOCK = (32, 8)
 MODES = ("train", "center", "ten_crop")
 DEFAULT_CROP = 227
 DEFAULT_ALPHA_STD = 0.1
@@ -70,8 +68,9 @@ class AugmentError(ValueError):
 
 # --------------------------------------------------------------------------- checks
 
-def check_inputs(images, mean, params: np.ndarray, offsets: np.ndarray, crop: int) -> None:
-    """Shapes, dtypes and parameter ranges; a clear error naming what is wrong."""
+def check_inputs(images, mean, params: np.ndarray, offsets: np.ndarray, crop: int) -> int:
+    """Shapes, dtypes and parameter ranges, or a clear error naming what is wrong; the crop
+    as an int."""
     if getattr(images, "ndim", None) != 4 or images.shape[-1] != 3:
         raise AugmentError(f"augment: images must be (N, H, W, 3), got shape "
                            f"{getattr(images, 'shape', type(images).__name__)}")
@@ -82,9 +81,7 @@ def check_inputs(images, mean, params: np.ndarray, offsets: np.ndarray, crop: in
         raise AugmentError(f"augment: the mean image must be float32 ({h}, {w}, 3) like the images, "
                            f"got {getattr(mean, 'dtype', type(mean).__name__)} "
                            f"{getattr(mean, 'shape', '')}")
-    if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or not 1 <= crop <= min(h, w):
-        raise AugmentError(f"augment: crop must be an integer in [1, {min(h, w)}] for {h}x{w} "
-                           f"images, got {crop!r}")
+    crop = arguments.integer(crop, "augment: crop", low=1, high=min(h, w), error=AugmentError)
     if not isinstance(params, np.ndarray) or params.dtype != np.int32 or params.ndim != 2 \
             or params.shape[1] != 4:
         raise AugmentError("augment: params must be a host int32 array (M, 4) of (src, y0, x0, flip)")
@@ -104,39 +101,7 @@ def check_inputs(images, mean, params: np.ndarray, offsets: np.ndarray, crop: in
             raise AugmentError(f"augment: bad params: {bad}")
     if not np.isfinite(offsets).all():
         raise AugmentError("augment: offsets must be finite")
-
-
-# --------------------------------------------------------------------------- reference
-
-def apply_reference(images: np.ndarray, mean: np.ndarray, params: np.ndarray,
-                    offsets: np.ndarray, crop: int, scale: float = 1.0) -> np.ndarray:
-    """float32 (M, 3, crop, crop), the same float32 operations in the same order as the kernel
-    (mirroring before or after the elementwise steps gives the same values)."""
-    out = np.empty((len(params), 3, crop, crop), np.float32)
-    s = np.float32(scale)
-    planes = np.ascontiguousarray(mean.transpose(2, 0, 1))  # (3, H, W)
-    for m, (src, y0, x0, flip) in enumerate(params.tolist()):
-        pixels = images[src, y0:y0 + crop, x0:x0 + crop].transpose(2, 0, 1)
-        means = planes[:, y0:y0 + crop, x0:x0 + crop]
-        if flip:
-            pixels, means = pixels[:, :, ::-1], means[:, :, ::-1]
-        o = out[m]
-        np.subtract(pixels, means, out=o, dtype=np.float32)
-        o += offsets[m][:, None, None]
-        o *= s
-    return out
-
-
-# --------------------------------------------------------------------------- launch
-
-def apply_launch(images, mean, params, offsets, out, crop: int, scale: float,
-                 kind: str = "cuda") -> Launch:
-    """The launch of ``augment_crops``: grid (M, row groups); one row group on ``emu``."""
-    m = int(out.shape[0])
-    groups = 1 if kind == "emu" else -(-int(crop) // BLOCK[1])
-    return Launch(MODULE, "augment_crops", grid=(m, groups), block=BLOCK,
-                  args=(images, mean, params, offsets, out, np.int32(images.shape[1]),
-                        np.int32(images.shape[2]), np.int32(crop), np.float32(scale)))
+    return crop
 
 
 # --------------------------------------------------------------------------- on a device
@@ -148,15 +113,13 @@ def apply(device, images, mean, params: np.ndarray, offsets: np.ndarray, crop: i
     ``images`` (uint8 NHWC) and ``mean`` (float32 HWC) are arrays of ``device``;
     ``params`` (int32 (M, 4)) and ``offsets`` (float32 (M, 3)) are host arrays.
     """
-    if not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)):
-        raise AugmentError(f"augment: scale must be a finite number, got {scale!r}")
+    scale = arguments.real(scale, "augment: scale", error=AugmentError)
     for what, array in (("images", images), ("the mean image", mean)):
         if not device.owns(array):
             raise AugmentError(f"augment: {what} is a {type(array).__module__}."
                                f"{type(array).__name__}, not an array of device {device.name!r} "
                                f"(move it with device.asarray)")
-    check_inputs(images, mean, params, offsets, int(crop) if isinstance(crop, np.integer) else crop)
-    crop = int(crop)
+    crop = check_inputs(images, mean, params, offsets, crop)
     if not device.runs_kernels:
         return apply_reference(images, mean, params, offsets, crop, scale)
     xp = device.xp
@@ -166,7 +129,7 @@ def apply(device, images, mean, params: np.ndarray, offsets: np.ndarray, crop: i
         out = xp.empty((len(params), 3, crop, crop), dtype=np.float32)
         if len(params):
             device.launch(apply_launch(images, mean, device.asarray(params), device.asarray(offsets),
-                                       out, crop, float(scale), device.kind))
+                                       out, crop, scale, device.kind))
     return out
 
 
@@ -210,14 +173,6 @@ def ten_crop_corners(height: int, width: int, crop: int) -> list[tuple[int, int]
     return [(0, 0), (0, dx), (dy, 0), (dy, dx), (dy // 2, dx // 2)]
 
 
-def _check_int(name, value, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
-            or (high is not None and value > high):
-        rng = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise AugmentError(f"{name} must be an integer {rng}, got {value!r}")
-    return int(value)
-
-
 class Augmentation:
     """The paper's augmentation for one mode; call it on a batch.
 
@@ -236,16 +191,14 @@ class Augmentation:
             raise AugmentError(f"augmentation mode must be one of {MODES}, got {mode!r}")
         if lighting not in LIGHTING:
             raise AugmentError(f"lighting must be one of {LIGHTING}, got {lighting!r}")
-        if not isinstance(alpha_std, numbers.Real) or not (0 <= float(alpha_std) < math.inf):
-            raise AugmentError(f"alpha_std must be a finite number >= 0, got {alpha_std!r}")
-        if not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)):
-            raise AugmentError(f"scale must be a finite number, got {scale!r}")
+        alpha_std = arguments.real(alpha_std, "alpha_std", low=0.0, error=AugmentError)
+        scale = arguments.real(scale, "scale", error=AugmentError)
         self.mode = mode
         self.seed = philox.check_seed(seed)
         self.mirror = bool(mirror)
-        self.alpha_std = float(alpha_std)
+        self.alpha_std = alpha_std
         self.lighting = lighting
-        self.scale = float(scale)
+        self.scale = scale
         if mean is not None:
             mean = np.ascontiguousarray(np.asarray(mean), dtype=np.float32)
             if mean.ndim != 3 or mean.shape[2] != 3:
@@ -253,7 +206,7 @@ class Augmentation:
             image_size = mean.shape[:2]
         self.image_size = tuple(int(s) for s in image_size)
         h, w = self.image_size
-        self.crop = _check_int("crop", crop, 1, min(h, w))
+        self.crop = arguments.integer(crop, "crop", low=1, high=min(h, w), error=AugmentError)
         self.mean = mean if mean is not None else np.zeros((h, w, 3), np.float32)
         self.magnitudes = self.eigenvectors = None
         if mode == "train" and self.alpha_std > 0:
@@ -296,7 +249,7 @@ class Augmentation:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size and indices.min() < 0:
             raise AugmentError("image indices must be >= 0")
-        epoch = _check_int("epoch", epoch, 0, 2**32 - 1)
+        epoch = arguments.integer(epoch, "epoch", low=0, high=2**32 - 1, error=AugmentError)
         n = len(indices)
         h, w = self.image_size
         c = self.crop

@@ -36,14 +36,16 @@ both layouts can run the same weights.
 """
 from __future__ import annotations
 
-import numbers
+import inspect
 from collections import OrderedDict
 
 import numpy as np
 
+from .. import arguments
 from .. import functional as F
 from .. import nn
 from ..backend import get_device
+from ..state_dict import differences
 from ..tensor import Tensor
 
 __all__ = ["AlexNet", "alexnet", "one_to_two_columns", "two_to_one_columns", "PAPER_WIDTHS",
@@ -81,30 +83,28 @@ def feature_sizes(input_size: int) -> OrderedDict:
 
 
 def _check_input_size(input_size) -> int:
-    if isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral):
-        raise TypeError(f"alexnet: input_size must be an int, not {type(input_size).__name__}")
+    input_size = arguments.integer(input_size, "alexnet: input_size")
     if input_size < 11:
         raise ValueError(f"alexnet: input_size {input_size} is smaller than conv1's 11×11 filter")
-    sizes = feature_sizes(int(input_size))
+    sizes = feature_sizes(input_size)
     for pool, src in (("pool1", "conv1"), ("pool2", "conv2"), ("pool5", "conv5")):
         if sizes[pool] < 1:
             raise ValueError(f"alexnet: input_size {input_size} is too small: {src} gives "
                              f"{sizes[src]}×{sizes[src]} maps and {pool} (3×3, stride 2) "
                              f"needs at least 3×3")
-    return int(input_size)
+    return input_size
 
 
 def _check_widths(widths) -> tuple[int, ...]:
-    widths = tuple(widths)
-    if len(widths) != 7 or any(isinstance(w, bool) or not isinstance(w, numbers.Integral)
-                               for w in widths):
+    given = tuple(widths)
+    if len(given) != 7:
         raise ValueError(f"alexnet: widths must be 7 ints (conv1..conv5 filters, fc6, fc7 "
-                         f"units), got {widths!r}")
-    odd = [w for w in widths if w < 2 or w % 2]
-    if odd:
+                         f"units), got {given!r}")
+    widths = tuple(arguments.integer(w, f"alexnet: widths[{i}]") for i, w in enumerate(given))
+    if any(w < 2 or w % 2 for w in widths):
         raise ValueError(f"alexnet: every width must be even and >= 2 (each column takes half), "
-                         f"got {widths!r}")
-    return tuple(int(w) for w in widths)
+                         f"got {given!r}")
+    return widths
 
 
 class _Column(nn.Module):
@@ -167,14 +167,35 @@ def _seed(rng):
 
 
 class AlexNet(nn.Module):
-    """The paper's network; see the module docstring and ``alexnet()``."""
+    """The network of Krizhevsky et al. (2012); see this module's docstring
+    (``alexnet(...)`` builds it with the same arguments).
+
+    ``input_size``: 227 (default) gives 55×55 maps after conv1 with no padding, as the
+    paper's figure shows. The paper says 224, but (224 − 11)/4 + 1 = 54.25 is not a
+    whole number of positions; ``input_size=224`` therefore pads conv1 by 2, which
+    gives (224 + 4 − 11)/4 + 1 = 55 (floor) as well. Other sizes use no padding and
+    must leave every pooling layer at least 3×3 to pool.
+    ``columns``/``devices``: one column on ``devices[0]``, or two, column c on
+    ``devices[c]`` (default: "cpu"). ``lrn_groups``: 2 (default) keeps each column's
+    LRN windows in its own channels; 1 (one column only) normalises across all.
+    ``widths``: the seven layer widths (default the paper's; even numbers), for
+    smaller networks of the same shape. ``dropout``/``dropout_mode``: probability 0.5
+    and the paper's scheme (no scaling in training, outputs halved at test time;
+    "inverted" scales in training instead). ``weight_std``: the standard deviation of
+    the initial weights (the paper's 0.01; narrower networks need more to carry a
+    signal through their smaller fan-ins). ``fuse_lrn_pool``: run each LRN and the
+    max-pool after it as one op (``F.local_response_norm_max_pool2d``: same results, the
+    LRN output is never stored; the record then holds "pool1"/"pool2" but no "norm1"/
+    "norm2"). ``seed`` makes the initial weights and the
+    dropout masks reproducible. ``dtype``: float32 (float64 runs on ``cpu``, for
+    gradient checks).
+    """
 
     def __init__(self, num_classes=1000, columns=1, devices=None, input_size=227,
                  lrn_groups=None, widths=PAPER_WIDTHS, dropout=0.5, dropout_mode="paper",
                  weight_std=WEIGHT_STD, fuse_lrn_pool=True, seed=None, dtype=np.float32):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-            raise TypeError(f"alexnet: num_classes must be an int, not {type(num_classes).__name__}")
+        num_classes = arguments.integer(num_classes, "alexnet: num_classes")
         if columns not in (1, 2) or isinstance(columns, bool):
             raise ValueError(f"alexnet: columns must be 1 or 2, got {columns!r}")
         if num_classes < columns:
@@ -182,7 +203,7 @@ class AlexNet(nn.Module):
                              f"(fc8 is split over the columns), got {num_classes}")
         self.input_size = _check_input_size(input_size)
         self.widths = _check_widths(widths)
-        self.num_classes, self.columns = int(num_classes), columns
+        self.num_classes, self.columns = num_classes, columns
         self.devices = _devices(devices, columns)
         if columns == 1:
             lrn_groups = 2 if lrn_groups is None else lrn_groups
@@ -280,35 +301,13 @@ def _devices(devices, columns):
     return devices
 
 
-def alexnet(num_classes=1000, columns=1, devices=None, input_size=227, lrn_groups=None,
-            widths=PAPER_WIDTHS, dropout=0.5, dropout_mode="paper", weight_std=WEIGHT_STD,
-            fuse_lrn_pool=True, seed=None, dtype=np.float32) -> AlexNet:
-    """The network of Krizhevsky et al. (2012); see this module's docstring.
+def alexnet(*args, **kwargs) -> AlexNet:
+    """The network of Krizhevsky et al. (2012): ``AlexNet(*args, **kwargs)``, with the
+    arguments and defaults ``AlexNet`` documents."""
+    return AlexNet(*args, **kwargs)
 
-    ``input_size``: 227 (default) gives 55×55 maps after conv1 with no padding, as the
-    paper's figure shows. The paper says 224, but (224 − 11)/4 + 1 = 54.25 is not a
-    whole number of positions; ``input_size=224`` therefore pads conv1 by 2, which
-    gives (224 + 4 − 11)/4 + 1 = 55 (floor) as well. Other sizes use no padding and
-    must leave every pooling layer at least 3×3 to pool.
-    ``columns``/``devices``: one column on ``devices[0]``, or two, column c on
-    ``devices[c]`` (default: "cpu"). ``lrn_groups``: 2 (default) keeps each column's
-    LRN windows in its own channels; 1 (one column only) normalises across all.
-    ``widths``: the seven layer widths (default the paper's; even numbers), for
-    smaller networks of the same shape. ``dropout``/``dropout_mode``: probability 0.5
-    and the paper's scheme (no scaling in training, outputs halved at test time;
-    "inverted" scales in training instead). ``weight_std``: the standard deviation of
-    the initial weights (the paper's 0.01; narrower networks need more to carry a
-    signal through their smaller fan-ins). ``fuse_lrn_pool``: run each LRN and the
-    max-pool after it as one op (``F.local_response_norm_max_pool2d``: same results, the
-    LRN output is never stored; the record then holds "pool1"/"pool2" but no "norm1"/
-    "norm2"). ``seed`` makes the initial weights and the
-    dropout masks reproducible. ``dtype``: float32 (float64 runs on ``cpu``, for
-    gradient checks).
-    """
-    return AlexNet(num_classes=num_classes, columns=columns, devices=devices,
-                   input_size=input_size, lrn_groups=lrn_groups, widths=widths, dropout=dropout,
-                   dropout_mode=dropout_mode, weight_std=weight_std, fuse_lrn_pool=fuse_lrn_pool,
-                   seed=seed, dtype=dtype)
+
+alexnet.__signature__ = inspect.signature(AlexNet)  # help() and editors show the keywords
 
 
 # --------------------------------------------------------------------------- state-dict mapping
@@ -320,15 +319,10 @@ def _check_names(state, expected, layout):
     if not hasattr(state, "items"):
         raise TypeError(f"expected a state dict (a mapping of names to arrays), not "
                         f"{type(state).__name__}")
-    missing = [n for n in expected if n not in state]
-    unexpected = [n for n in state if n not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(map(str, unexpected))}")
-        raise ValueError(f"not a {layout} AlexNet state dict: " + "; ".join(parts))
+    # names only (every value stands in as a scalar): each mapping checks the shapes it cuts
+    problems = differences(dict.fromkeys(state, 0), dict.fromkeys(expected, ()))
+    if problems:
+        raise ValueError(f"not a {layout} AlexNet state dict: " + "; ".join(problems))
 
 
 def one_to_two_columns(state) -> "OrderedDict[str, np.ndarray]":

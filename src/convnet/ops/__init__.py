@@ -1,28 +1,33 @@
-"""Op families: each module holds an op's NumPy reference, its KernelModule(s)
-and the functions that build its Launches. ``kernel_modules()`` finds every
-KernelModule declared here and in ``convnet.data`` (the augmentation kernel), for
-the compile check and the compile report.
+"""Op families: each module holds an op's NumPy reference, its KernelModule(s) and the
+functions that build its Launches; a module is named after its kernel file
+(``kernels/relu.cu`` ↔ ``ops/relu.py``).
+
+``KERNEL_MODULES`` lists every KernelModule of the library, one entry per
+``kernels/*.cu`` file, for the NVRTC compile check (``tests/test_compile.py``) and the
+compile report (``convnet kernels``). A new kernel file is added here by hand; a test
+fails on any ``kernels/*.cu`` that defines a ``__global__`` and is missing.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from ..toolchain.launch import KernelModule
+from . import augment, conv, cross_entropy, dropout, linear, lrn, lrn_max_pool, max_pool, relu, sgd
 
-
-_PACKAGES = (__name__, "convnet.data")
+KERNEL_MODULES: tuple[KernelModule, ...] = (
+    augment.MODULE,
+    conv.BACKWARD_DATA,
+    conv.BACKWARD_FILTER,
+    conv.FORWARD,
+    cross_entropy.MODULE,
+    dropout.MODULE,
+    linear.MODULE,
+    lrn.MODULE,
+    lrn_max_pool.MODULE,
+    max_pool.MODULE,
+    relu.MODULE,
+    sgd.MODULE,
+)
 
 
 def kernel_modules() -> list[KernelModule]:
-    """Every KernelModule declared at module level in ``convnet.ops.*`` and
-    ``convnet.data.*``, sorted by source."""
-    found: dict[tuple, KernelModule] = {}
-    for package_name in _PACKAGES:
-        package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(package.__path__):
-            module = importlib.import_module(f"{package_name}.{info.name}")
-            for value in vars(module).values():
-                if isinstance(value, KernelModule):
-                    found[(value.source, value.kernels)] = value
-    return sorted(found.values(), key=lambda m: (m.source, m.kernels))
+    """``KERNEL_MODULES`` as a list (what ``convnet kernels`` and the compile check use)."""
+    return list(KERNEL_MODULES)

@@ -5,7 +5,7 @@ and the ``cuda`` executor (CuPy/NVRTC) both consume it, so the two cannot drift.
 
 A ``KernelModule`` is one ``kernels/*.cu`` file together with the kernels it
 exports: plain ``extern "C"`` names, or template instantiations written as C++
-name expressions (``"sgemm_tiled<64, 8>"``). That list is the one place where
+name expressions (``"lrn_forward<true>"``). That list is the one place where
 template instantiations are made, for NVRTC and g++ alike.
 """
 from __future__ import annotations
@@ -42,7 +42,8 @@ class KernelModule:
 
 
 def name_expression(name: str, template_args: tuple = ()) -> str:
-    """``sgemm`` + ``(64, 8)`` -> ``"sgemm<64, 8>"``; no template arguments -> the name."""
+    """``"max_pool_backward"`` + ``("int",)`` -> ``"max_pool_backward<int>"``; no template
+    arguments -> the name."""
     if not template_args:
         return name
     return f"{name}<{', '.join(_template_arg(a) for a in template_args)}>"
