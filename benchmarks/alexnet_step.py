@@ -99,9 +99,8 @@ def forward_flops(model, record) -> int:
 # --------------------------------------------------------------------------- memory
 
 def _pointer(array) -> int:
-    if hasattr(array, "__cuda_array_interface__"):
-        return int(array.data.ptr)
-    return int(array.__array_interface__["data"][0])
+    """The address of an array's first element (NumPy's, else CuPy's)."""
+    return int(array.ctypes.data) if isinstance(array, np.ndarray) else int(array.data.ptr)
 
 
 def _arrays_in(value):

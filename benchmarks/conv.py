@@ -119,18 +119,17 @@ def kernel_calls(device, x, w, b, dy, g):
     """{pass: (callable, output array)} with every launch built once."""
     from convnet.ops import conv
     xp = device.xp
-    sms = conv._sm_count(device)
     xd, wd, bd, dyd = (device.asarray(a) for a in (x, w, b, dy))
     y = xp.empty(g.y_shape, dtype=np.float32)
     dx = xp.empty(g.x_shape, dtype=np.float32)
     dw = xp.empty(g.w_shape, dtype=np.float32)
     conv.check_kernel_sizes(g)
-    fwd = conv.forward_launch(g, xd, wd, bd, y, relu=True, sms=sms)
-    data = conv.backward_data_launch(g, dyd, wd, dx, sms=sms)
-    plan = conv.plan_filter(g, device.kind, sms=sms)
+    fwd = conv.forward_launch(device, g, xd, wd, bd, y, relu=True)
+    data = conv.backward_data_launch(device, g, dyd, wd, dx)
+    plan = conv.plan_filter(device, g)
     size = plan.workspace_size(g)
     workspace = xp.empty(size, dtype=np.float32) if size else None
-    filt = conv.backward_filter_launches(g, xd, dyd, dw, plan, workspace)
+    filt = conv.backward_filter_launches(device, g, xd, dyd, dw, plan, workspace)
 
     def run_filter():
         for launch in filt:
@@ -147,10 +146,9 @@ def kernel_calls(device, x, w, b, dy, g):
 
 def reference_calls(x, w, b, dy, g):
     from convnet.ops import conv
-    args = (g.stride_h, g.stride_w), (g.pad_h, g.pad_w), g.groups
-    return {"forward": lambda: conv.forward_reference(x, w, b, *args, relu=True),
-            "backward_data": lambda: conv.backward_data_reference(dy, w, g.x_shape, *args),
-            "backward_filter": lambda: conv.backward_filter_reference(x, dy, g.w_shape, *args)}
+    return {"forward": lambda: conv.forward_reference(g, x, w, b, relu=True),
+            "backward_data": lambda: conv.backward_data_reference(g, dy, w),
+            "backward_filter": lambda: conv.backward_filter_reference(g, x, dy)}
 
 
 def relative_error(got, want) -> float:

@@ -66,22 +66,23 @@ class Tour:
         ]
         for (xs, ws, stride, padding, groups), tile in zip(shapes * len(conv.TILES), conv.TILES * 2):
             x, w, b = self.data(*xs), self.data(*ws) * 0.1, self.data(ws[0])
-            kw = dict(stride=stride, padding=padding, groups=groups)
+            g = conv.geometry(xs, ws, stride, padding, groups)
             name = f"conv x{xs} w{ws} tile {tuple(tile)}"
-            want = conv.forward(c, x, w, b, relu=True, **kw)
+            want = conv.forward(c, g, x, w, b, relu=True)
             self.check(f"{name} forward",
-                       conv.forward(d, self.on(x), self.on(w), self.on(b), relu=True, tile=tile, **kw),
+                       conv.forward(d, g, self.on(x), self.on(w), self.on(b), relu=True, tile=tile),
                        want, rtol=1e-3, atol=1e-3)
             dy = self.data(*want.shape)
             self.check(f"{name} backward data",
-                       conv.backward_data(d, self.on(dy), self.on(w), xs, tile=tile, **kw),
-                       conv.backward_data(c, dy, w, xs, **kw), rtol=1e-3, atol=1e-3)
+                       conv.backward_data(d, g, self.on(dy), self.on(w), tile=tile),
+                       conv.backward_data(c, g, dy, w), rtol=1e-3, atol=1e-3)
             self.check(f"{name} backward filter",
-                       conv.backward_filter(d, self.on(x), self.on(dy), ws, tile=tile, **kw),
-                       conv.backward_filter(c, x, dy, ws, **kw), rtol=1e-3, atol=1e-3)
-        dy = self.data(2, 7, 5, 6)
-        self.check("conv bias gradient", conv.backward_bias(d, self.on(dy)), conv.backward_bias(c, dy),
-                   rtol=1e-3, atol=1e-3)
+                       conv.backward_filter(d, g, self.on(x), self.on(dy), tile=tile),
+                       conv.backward_filter(c, g, x, dy), rtol=1e-3, atol=1e-3)
+        g = conv.geometry((2, 3, 7, 8), (7, 3, 3, 3))  # dy (2, 7, 5, 6)
+        dy = self.data(*g.y_shape)
+        self.check("conv bias gradient", conv.backward_bias(d, g, self.on(dy)),
+                   conv.backward_bias(c, g, dy), rtol=1e-3, atol=1e-3)
 
     # ---------------------------------------------------------------- LRN and max-pool
     def normalization(self):
@@ -123,14 +124,12 @@ class Tour:
                                    linear.backward(c, x, w, y_ref, dy, relu=True), ("x", "w", "b")):
             self.check(f"linear backward d{what}", got, want, rtol=1e-3, atol=1e-3)
         logits, labels = self.data(6, 11), self.rng.integers(0, 11, 6)
-        dev_labels = cross_entropy.check_labels(d, labels, 6, 11)
-        loss, stats = cross_entropy.forward(d, self.on(logits), dev_labels)
-        ref_labels = cross_entropy.check_labels(c, labels, 6, 11)
-        loss_ref, stats_ref = cross_entropy.forward(c, logits, ref_labels)
+        loss, saved = cross_entropy.forward(d, self.on(logits), self.on(labels))
+        loss_ref, saved_ref = cross_entropy.forward(c, logits, labels)
         self.check("cross-entropy forward", loss, loss_ref)
         self.check("cross-entropy backward",
-                   cross_entropy.backward(d, self.on(logits), dev_labels, stats, np.float32(1.0)),
-                   cross_entropy.backward(c, logits, ref_labels, stats_ref, np.float32(1.0)))
+                   cross_entropy.backward(d, self.on(logits), saved, np.float32(1.0)),
+                   cross_entropy.backward(c, logits, saved_ref, np.float32(1.0)))
         w, v, g = self.data(300), self.data(300), self.data(300)
         wd, vd = self.on(w), self.on(v)
         sgd.update(d, wd, vd, self.on(g), 0.01, 0.9, 0.0005)

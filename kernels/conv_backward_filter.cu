@@ -20,16 +20,15 @@
 // ceil(Kg / BM), splits * groups); no dynamic shared memory.
 //
 // conv_split_sum: out[i] = sum_{s < splits} part[s * count + i], in order of s.
-// Launch: any 1-D grid (grid-stride loop); the host uses 256 threads.
+// Launch: any 1-D grid (grid-stride loop).
 //
-// conv_bias_grad: db[k] for k = blockIdx.x. Each of the block's threads sums a fixed
-// set of dy's elements in a fixed order, then a tree in shared memory adds the
-// threads' sums: deterministic. Launch: grid = (K), block = (CONV_BIAS_THREADS).
+// conv_bias_grad<THREADS>: db[k] for k = blockIdx.x. Each of the block's THREADS
+// threads (a power of two) sums a fixed set of dy's elements in a fixed order, then a
+// tree in shared memory adds the threads' sums: deterministic. Launch: grid = (K),
+// block = (THREADS).
 //
 // 32-bit indices: the host checks the sizes.
 #include "conv_common.cuh"
-
-#define CONV_BIAS_THREADS 256
 
 template <int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
@@ -116,21 +115,23 @@ extern "C" __global__ void conv_split_sum(const float* __restrict__ part, float*
     }
 }
 
-extern "C" __global__ void __launch_bounds__(CONV_BIAS_THREADS)
+template <int THREADS>
+__global__ void __launch_bounds__(THREADS)
 conv_bias_grad(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ)
 {
-    __shared__ float partial[CONV_BIAS_THREADS];
+    static_assert(THREADS > 0 && (THREADS & (THREADS - 1)) == 0, "a power of two");
+    __shared__ float partial[THREADS];
     const int k = blockIdx.x;
     const int tid = threadIdx.x;
     float sum = 0.0f;
     for (int n = 0; n < N; ++n) {
         const float* plane = dy + (n * K + k) * PQ;
-        for (int i = tid; i < PQ; i += CONV_BIAS_THREADS) sum += plane[i];
+        for (int i = tid; i < PQ; i += THREADS) sum += plane[i];
     }
     partial[tid] = sum;
     __syncthreads();
 #pragma unroll
-    for (int width = CONV_BIAS_THREADS / 2; width > 0; width /= 2) {
+    for (int width = THREADS / 2; width > 0; width /= 2) {
         if (tid < width) partial[tid] += partial[tid + width];
         __syncthreads();
     }

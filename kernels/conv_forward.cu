@@ -3,8 +3,8 @@
 //   y[n][k][p][q] = act(bias[k] + sum_{c,r,s} w[k][c][r][s] * x[n][g*Cg + c][p*sh - ph + r][q*sw - pw + s])
 // for output channel k of group g = k / Kg (Cg = C / groups, Kg = K / groups); x is
 // zero outside the image (zero padding); act is ReLU (NaN kept, as kernels/relu.cu)
-// when flags & 2, else the identity; the bias is added when flags & 1 (else `bias`
-// is not read and may be any float array).
+// when relu != 0, else the identity; the bias is added when has_bias != 0 (else
+// `bias` is not read and may be any float array).
 //
 // Layout: NCHW float32, all C-contiguous: x (N, C, H, W), w (K, Cg, R, S), bias (K,),
 // y (N, K, P, Q) with P = (H + 2ph - R) / sh + 1, Q = (W + 2pw - S) / sw + 1.
@@ -23,15 +23,12 @@
 // spilling; the backward kernels, with two gathers, need more and do not ask.
 #include "conv_common.cuh"
 
-#define CONV_BIAS 1
-#define CONV_RELU 2
-
 template <int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) >= 256 ? 2 : 1)
 conv_forward(const float* __restrict__ x, const float* __restrict__ w,
              const float* __restrict__ bias, float* __restrict__ y,
              int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-             int sh, int sw, int ph, int pw, int groups, int flags)
+             int sh, int sw, int ph, int pw, int groups, int has_bias, int relu)
 {
     using T = CnTile<BM, BN, BK, TM, TN>;
     __align__(16) __shared__ float As[2][BK][T::LDA];
@@ -86,13 +83,13 @@ conv_forward(const float* __restrict__ x, const float* __restrict__ w,
         const int m = m0 + cn_tile_index<T::TY>(i, ty);
         if (m >= Kg) continue;
         const int k = g * Kg + m;
-        const float b = (flags & CONV_BIAS) ? bias[k] : 0.0f;
+        const float b = has_bias ? bias[k] : 0.0f;
         float* yrow = y + k * PQ;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
             if (yoff[j] < 0) continue;
             float v = acc[j][i] + b;
-            if (flags & CONV_RELU) v = (v > 0.0f || v != v) ? v : 0.0f;
+            if (relu) v = (v > 0.0f || v != v) ? v : 0.0f;
             yrow[yoff[j]] = v;
         }
     }

@@ -16,17 +16,15 @@
 //
 // Layout: x and dx N×C float32, row-major, contiguous; labels N int32, already checked
 // to lie in 0..C-1 on the host; loss, m and ls N float32.
-// Launch shape: one block per row (grid = N), CE_THREADS threads striding over the
-// C classes; the block's max and sum are reduced with warp shuffles, then across the
-// warps through shared memory (two barriers per reduction). No dynamic shared memory.
+// Launch shape: one block per row (grid = N), THREADS threads (the template argument
+// of both kernels, a multiple of 32) striding over the C classes; the forward's max
+// and sum are reduced with warp shuffles, then across the warps through shared memory
+// (two barriers per reduction). No dynamic shared memory.
 
-#define CE_THREADS 256
-#define CE_WARPS (CE_THREADS / 32)
-
-// The reduction of v over the whole block (op: max or sum); every thread gets the result.
-// `scratch` holds CE_WARPS floats; the first barrier also protects it from the
-// previous reduction's readers.
-template <bool MAX>
+// The reduction of v over the whole block of THREADS threads (op: max or sum); every
+// thread gets the result. `scratch` holds THREADS / 32 floats; the first barrier also
+// protects it from the previous reduction's readers.
+template <bool MAX, int THREADS>
 static __device__ __forceinline__ float ce_block_reduce(float v, float* scratch)
 {
     for (int offset = 16; offset > 0; offset >>= 1) {
@@ -39,26 +37,28 @@ static __device__ __forceinline__ float ce_block_reduce(float v, float* scratch)
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     float r = scratch[0];
-    for (int w = 1; w < CE_WARPS; ++w) r = MAX ? fmaxf(r, scratch[w]) : r + scratch[w];
+    for (int w = 1; w < THREADS / 32; ++w) r = MAX ? fmaxf(r, scratch[w]) : r + scratch[w];
     return r;
 }
 
-extern "C" __global__ void __launch_bounds__(CE_THREADS)
+template <int THREADS>
+__global__ void __launch_bounds__(THREADS)
 cross_entropy_forward(const float* __restrict__ x, const int* __restrict__ labels,
                       float* __restrict__ loss, float* __restrict__ mx, float* __restrict__ ls,
                       int C)
 {
-    __shared__ float scratch[CE_WARPS];
+    static_assert(THREADS % 32 == 0, "whole warps");
+    __shared__ float scratch[THREADS / 32];
     const long long n = blockIdx.x;
     const float* row = x + n * (long long)C;
 
     float m = __int_as_float((int)0xff800000u);  // -inf
-    for (int c = threadIdx.x; c < C; c += CE_THREADS) m = fmaxf(m, row[c]);
-    m = ce_block_reduce<true>(m, scratch);
+    for (int c = threadIdx.x; c < C; c += THREADS) m = fmaxf(m, row[c]);
+    m = ce_block_reduce<true, THREADS>(m, scratch);
 
     float s = 0.0f;
-    for (int c = threadIdx.x; c < C; c += CE_THREADS) s += expf(row[c] - m);
-    s = ce_block_reduce<false>(s, scratch);
+    for (int c = threadIdx.x; c < C; c += THREADS) s += expf(row[c] - m);
+    s = ce_block_reduce<false, THREADS>(s, scratch);
 
     if (threadIdx.x == 0) {
         const float l = logf(s);
@@ -68,7 +68,8 @@ cross_entropy_forward(const float* __restrict__ x, const int* __restrict__ label
     }
 }
 
-extern "C" __global__ void __launch_bounds__(CE_THREADS)
+template <int THREADS>
+__global__ void __launch_bounds__(THREADS)
 cross_entropy_backward(const float* __restrict__ x, const int* __restrict__ labels,
                        const float* __restrict__ mx, const float* __restrict__ ls,
                        const float* __restrict__ dloss,
@@ -80,7 +81,7 @@ cross_entropy_backward(const float* __restrict__ x, const int* __restrict__ labe
     const float m = mx[n];
     const float l = ls[n];
     const int label = labels[n];
-    for (int c = threadIdx.x; c < C; c += CE_THREADS) {
+    for (int c = threadIdx.x; c < C; c += THREADS) {
         const float p = expf((x[base + c] - m) - l);
         dx[base + c] = (c == label ? p - 1.0f : p) * scale;
     }

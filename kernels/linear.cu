@@ -11,17 +11,16 @@
 //   -0.0 becomes +0.0, as relu.cu) or the identity; n = rows·cols is 64-bit. 1-D
 //   grid-stride over groups of four elements; a full group of y moves as one float4
 //   when y is 16-byte aligned (b is read per element: a group may straddle two rows).
-//   Blocks of 256 threads, min(ceil(n / 1024), 4096) blocks.
-// bias_relu_backward: dz[r,c] = y[r,c] > 0 ? dy[r,c] : 0 and db[c] = sum_r dz[r,c].
-// bias_grad:          db[c] = sum_r dy[r,c] (no activation to mask by).
-//   Both: block (32, 8): threadIdx.x walks 32 consecutive columns (coalesced rows),
-//   threadIdx.y strides over the rows by 8; the 8 partial sums of a column meet in
-//   shared memory after one barrier. grid = ceil(cols / 32). The sum order is fixed, so
-//   results are deterministic (no atomics).
+//   Launch: any 1-D grid; the host sizes it as for the elementwise kernels
+//   (ops/_elementwise.py: 256 threads, min(ceil(n / 1024), 4096) blocks).
+// bias_relu_backward<COLS, ROWS>: dz[r,c] = y[r,c] > 0 ? dy[r,c] : 0 and
+//   db[c] = sum_r dz[r,c].
+// bias_grad<COLS, ROWS>: db[c] = sum_r dy[r,c] (no activation to mask by).
+//   Both: block (COLS, ROWS): threadIdx.x walks COLS consecutive columns (coalesced
+//   rows), threadIdx.y strides over the rows by ROWS; the ROWS partial sums of a column
+//   meet in shared memory after one barrier. grid = ceil(cols / COLS). The sum order is
+//   fixed, so results are deterministic (no atomics).
 #include "common.cuh"
-
-#define BA_COLS 32
-#define BA_ROWS 8
 
 static __device__ __forceinline__ float ba_relu(float v) { return (v > 0.0f || v != v) ? v : 0.0f; }
 
@@ -59,16 +58,16 @@ __global__ void bias_act_forward(float* y, const float* __restrict__ b, long lon
     }
 }
 
-// The column sums of dy (masked by y > 0 when y is given, then also written to dz).
-template <bool MASK>
+// The column sums of dy (masked by y > 0 when MASK, then also written to dz).
+template <bool MASK, int COLS, int ROWS>
 static __device__ __forceinline__ void ba_column_sums(const float* y, const float* dy, float* dz,
                                                       float* db, int rows, int cols)
 {
-    __shared__ float partial[BA_ROWS][BA_COLS];
-    const int c = blockIdx.x * BA_COLS + threadIdx.x;
+    __shared__ float partial[ROWS][COLS];
+    const int c = blockIdx.x * COLS + threadIdx.x;
     float sum = 0.0f;
     if (c < cols) {
-        for (int r = threadIdx.y; r < rows; r += BA_ROWS) {
+        for (int r = threadIdx.y; r < rows; r += ROWS) {
             const long long k = (long long)r * cols + c;
             float d = dy[k];
             if (MASK) {
@@ -82,20 +81,22 @@ static __device__ __forceinline__ void ba_column_sums(const float* y, const floa
     __syncthreads();
     if (threadIdx.y == 0 && c < cols) {
         float total = partial[0][threadIdx.x];
-        for (int j = 1; j < BA_ROWS; ++j) total += partial[j][threadIdx.x];
+        for (int j = 1; j < ROWS; ++j) total += partial[j][threadIdx.x];
         db[c] = total;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BA_COLS * BA_ROWS)
+template <int COLS, int ROWS>
+__global__ void __launch_bounds__(COLS * ROWS)
 bias_relu_backward(const float* __restrict__ y, const float* __restrict__ dy,
                    float* __restrict__ dz, float* __restrict__ db, int rows, int cols)
 {
-    ba_column_sums<true>(y, dy, dz, db, rows, cols);
+    ba_column_sums<true, COLS, ROWS>(y, dy, dz, db, rows, cols);
 }
 
-extern "C" __global__ void __launch_bounds__(BA_COLS * BA_ROWS)
+template <int COLS, int ROWS>
+__global__ void __launch_bounds__(COLS * ROWS)
 bias_grad(const float* __restrict__ dy, float* __restrict__ db, int rows, int cols)
 {
-    ba_column_sums<false>(nullptr, dy, nullptr, db, rows, cols);
+    ba_column_sums<false, COLS, ROWS>(nullptr, dy, nullptr, db, rows, cols);
 }

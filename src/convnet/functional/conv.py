@@ -4,22 +4,21 @@ from __future__ import annotations
 from ..ops import conv as _conv_ops
 from ..ops import relu as _relu_ops
 from ..tensor import Function, Tensor
-from ._checks import _check_tensor
+from ._checks import check_float_tensors
 
 __all__ = ["conv2d"]
 
 
 class Conv2d(Function):
-    """``y = act(conv(x, w) + b)``. Saves x (for dw), w (for dx) and, with ReLU, y (for
-    the mask), each only when a gradient needs it; the backward masks the incoming
-    gradient by ``y > 0`` once, then runs the backward-data, backward-filter and bias
-    kernels for the inputs that need a gradient."""
+    """``y = act(conv(x, w) + b)`` for the convolution ``g`` (an ``ops.conv.Geometry``).
+    Saves x (for dw), w (for dx) and, with ReLU, y (for the mask), each only when a
+    gradient needs it; the backward masks the incoming gradient by ``y > 0`` once, then
+    runs the backward-data, backward-filter and bias kernels for the inputs that need a
+    gradient."""
 
-    def forward(self, x, w, b=None, stride=1, padding=0, groups=1, relu=False):
-        self.args = (stride, padding, groups)
-        self.relu, self.has_bias = relu, b is not None
-        self.x_shape, self.w_shape = tuple(x.shape), tuple(w.shape)
-        y = _conv_ops.forward(self.device, x, w, b, stride, padding, groups, relu)
+    def forward(self, x, w, b=None, g=None, relu=False):
+        self.g, self.relu, self.has_bias = g, relu, b is not None
+        y = _conv_ops.forward(self.device, g, x, w, b, relu)
         need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
         need_b = self.has_bias and self.needs_input_grad[2]
         if need_x or need_w or need_b:
@@ -29,18 +28,16 @@ class Conv2d(Function):
 
     def backward(self, grad):
         x, w, y = self.saved
-        device = self.device
+        device, g = self.device, self.g
         if self.relu:
             grad = _relu_ops.backward(device, y, grad)
         need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
         need_b = self.has_bias and self.needs_input_grad[2]
-        dx = (_conv_ops.backward_data(device, grad, w, self.x_shape, *self.args)
-              if need_x else None)
-        dw = (_conv_ops.backward_filter(device, x, grad, self.w_shape, *self.args)
-              if need_w else None)
+        dx = _conv_ops.backward_data(device, g, grad, w) if need_x else None
+        dw = _conv_ops.backward_filter(device, g, x, grad) if need_w else None
         if not self.has_bias:
             return dx, dw
-        db = _conv_ops.backward_bias(device, grad) if need_b else None
+        db = _conv_ops.backward_bias(device, g, grad) if need_b else None
         return dx, dw, db
 
 
@@ -56,15 +53,7 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, g
     backward-data, backward-filter and bias-gradient kernels (``kernels/conv_*.cu``
     on ``emu``/``cuda``; NumPy references on ``cpu``, any float dtype there).
     """
-    _check_tensor(x, "conv2d")
-    _check_tensor(w, "conv2d")
-    if b is not None:
-        _check_tensor(b, "conv2d")
-    for what, t in (("input", x), ("weight", w), ("bias", b)):
-        if t is not None and t.dtype.kind != "f":
-            raise TypeError(f"conv2d: the {what} must be floating point, not {t.dtype}")
+    check_float_tensors("conv2d", input=x, weight=w, bias=b)
     g = _conv_ops.geometry(x.shape, w.shape, stride, padding, groups)
-    _conv_ops.check_bias(b, g.k)
     inputs = (x, w) if b is None else (x, w, b)
-    return Conv2d.apply(*inputs, stride=stride, padding=padding, groups=groups,
-                        relu=bool(relu))
+    return Conv2d.apply(*inputs, g=g, relu=bool(relu))

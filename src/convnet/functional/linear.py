@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..ops import linear as _linear_ops
 from ..tensor import Function, Tensor
-from ._checks import _check_tensor
+from ._checks import check_float_tensors
 
 __all__ = ["linear"]
 
@@ -37,13 +37,6 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None, relu: bool = False) ->
     NumPy on ``cpu``/``emu``); the bias and ReLU in ``kernels/linear.cu`` on
     ``emu``/``cuda``.
     """
-    _check_tensor(x, "linear")
-    _check_tensor(w, "linear")
-    if b is not None:
-        _check_tensor(b, "linear")
-    for what, t in (("input", x), ("weight", w), ("bias", b)):
-        if t is not None and t.dtype.kind != "f":
-            raise TypeError(f"linear: the {what} must be floating point, not {t.dtype}")
-    _linear_ops.check_shapes(x.data, w.data, None if b is None else b.data)
+    check_float_tensors("linear", input=x, weight=w, bias=b)
     inputs = (x, w) if b is None else (x, w, b)
     return Linear.apply(*inputs, relu=bool(relu))

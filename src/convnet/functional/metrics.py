@@ -1,11 +1,11 @@
 """Metrics: ``topk_accuracy`` (no gradient)."""
 from __future__ import annotations
 
-import numbers
-
+from ..arguments import integer
+from ..ops.cross_entropy import check_labels
 from ..tensor import Tensor
 from ._checks import _check_tensor
-from .cross_entropy import _labels_array
+from .cross_entropy import labels_on
 
 __all__ = ["topk_accuracy"]
 
@@ -26,18 +26,12 @@ def topk_accuracy(logits: Tensor, labels, k=(1, 5)):
     n, c = logits.shape
     if n == 0:
         raise ValueError("topk_accuracy: the batch is empty")
-    single = isinstance(k, numbers.Integral) and not isinstance(k, bool)
-    if not single and not isinstance(k, (tuple, list)):
-        raise TypeError(f"topk_accuracy: k must be an int or a sequence of ints, got {k!r}")
-    ks = (k,) if single else tuple(k)
-    for kk in ks:
-        if isinstance(kk, bool) or not isinstance(kk, numbers.Integral):
-            raise TypeError(f"topk_accuracy: k must be an int or a sequence of ints, got {k!r}")
-        if not 1 <= kk <= c:
-            raise ValueError(f"topk_accuracy: k={kk} is out of range for {c} classes "
-                             f"(1 <= k <= {c})")
-    xp = logits.device.xp
-    labels = _labels_array(labels, logits.device, n, c)
+    single = not isinstance(k, (tuple, list))
+    ks = tuple(integer(kk, f"topk_accuracy: k (of {c} classes)", low=1, high=c)
+               for kk in ((k,) if single else k))
+    device = logits.device
+    xp = device.xp
+    labels = check_labels(device, labels_on(device, labels), n, c)
     x = logits.data
     own = x[xp.arange(n), labels]
     greater = (x > own[:, None]).sum(axis=1)

@@ -1,8 +1,7 @@
 """Shape ops: ``flatten`` and ``cat``."""
 from __future__ import annotations
 
-import numbers
-
+from ..arguments import integer
 from ..backend import DeviceError
 from ..tensor import Function, Tensor
 from ._checks import _check_tensor
@@ -25,9 +24,8 @@ def flatten(x: Tensor, start_dim: int = 1) -> Tensor:
     """Merge the dimensions from ``start_dim`` on into one: (N, C, H, W) -> (N, C·H·W)
     with the default ``start_dim=1`` (the order is C, then H, then W)."""
     _check_tensor(x, "flatten")
-    if isinstance(start_dim, bool) or not isinstance(start_dim, numbers.Integral):
-        raise TypeError(f"flatten: start_dim must be an int, not {type(start_dim).__name__}")
-    start = int(start_dim) + (x.ndim if start_dim < 0 else 0)
+    start_dim = integer(start_dim, "flatten: start_dim")
+    start = start_dim + (x.ndim if start_dim < 0 else 0)
     if not 0 <= start < max(x.ndim, 1):
         raise ValueError(f"flatten: start_dim {start_dim} is out of range for a "
                          f"{x.ndim}-D tensor")
@@ -80,11 +78,10 @@ def cat(tensors, dim: int = 1) -> Tensor:
             raise TypeError(f"cat: tensor {i} has dtype {t.dtype}, tensor 0 {first.dtype}")
         if t.ndim != first.ndim:
             raise ValueError(f"cat: tensor {i} is {t.ndim}-D, tensor 0 {first.ndim}-D")
-    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
-        raise TypeError(f"cat: dim must be an int, not {type(dim).__name__}")
+    dim = integer(dim, "cat: dim")
     if first.ndim == 0:
         raise ValueError("cat: 0-d tensors cannot be concatenated")
-    axis = int(dim) + (first.ndim if dim < 0 else 0)
+    axis = dim + (first.ndim if dim < 0 else 0)
     if not 0 <= axis < first.ndim:
         raise ValueError(f"cat: dim {dim} is out of range for {first.ndim}-D tensors")
     for i, t in enumerate(tensors[1:], 1):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+INT32_MAX = 2**31 - 1  # the kernels index with 32-bit ints
+
 
 def kernel_array(device, array, op: str, what: str = "input"):
     """``array`` as the kernels of ``device`` take it, or a clear error.
@@ -23,6 +25,22 @@ def kernel_array(device, array, op: str, what: str = "input"):
     if isinstance(array, np.ndarray) and not array.flags.aligned:
         array = array.copy()  # a float32 not on a 4-byte boundary (host buffers only)
     return array
+
+
+def check_shape(op: str, array, shape: tuple, what: str) -> None:
+    """TypeError unless ``array`` is an array, ValueError unless it has ``shape``."""
+    if not (hasattr(array, "shape") and hasattr(array, "dtype")):
+        raise TypeError(f"{op}: {what} must be an array, not {type(array).__name__}")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{op}: {what} must have shape {tuple(shape)}, got {tuple(array.shape)}")
+
+
+def check_one_dtype(op: str, **arrays) -> None:
+    """TypeError unless the arrays (None skipped) share one dtype."""
+    dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
+    if len(set(dtypes.values())) > 1:
+        described = ", ".join(f"{n} {d}" for n, d in dtypes.items())
+        raise TypeError(f"{op}: the arrays must share one dtype, got {described}")
 
 
 def check_same_shape(op: str, **arrays) -> None:

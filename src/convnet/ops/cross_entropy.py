@@ -10,23 +10,36 @@ relative precision in the softmax. ``kernels/cross_entropy.cu`` does each direct
 (one block per row) on ``emu``/``cuda``; the NumPy references run on ``cpu`` in any
 float dtype.
 
-``labels`` are checked here, on every device: an integer array of shape (N,) with
-every value in 0..C-1, else a clear error (an out-of-range label would otherwise
-read outside the row).
+``forward(device, x, labels)`` is where raw arrays enter: it checks the logits (2-D,
+not empty) and the labels (``check_labels``: an integer array of shape (N,) with every
+value in 0..C-1, else a clear error; an out-of-range label would otherwise read
+outside the row) once, and returns with the rows' losses a ``Saved`` that
+``backward`` takes as it is.
 """
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
-from ..toolchain.launch import KernelModule, Launch
-from ._arrays import kernel_array
+from ..toolchain.launch import KernelModule, Launch, name_expression
+from ._arrays import INT32_MAX, kernel_array
 
-MODULE = KernelModule("cross_entropy.cu", ("cross_entropy_forward", "cross_entropy_backward"))
-THREADS = 256  # CE_THREADS in the kernel
-_INT32_MAX = 2**31 - 1
+THREADS = 256  # both kernels' block (their template argument: a multiple of 32)
+MODULE = KernelModule("cross_entropy.cu", (name_expression("cross_entropy_forward", (THREADS,)),
+                                           name_expression("cross_entropy_backward", (THREADS,))))
 
 
-def check_logits(x) -> tuple[int, int]:
+class Saved(NamedTuple):
+    """What the backward needs besides the logits: the checked int32 labels, and per
+    row the max ``m`` and the log of the shifted sum ``ls``."""
+
+    labels: Any
+    m: Any
+    ls: Any
+
+
+def _check_logits(x) -> tuple[int, int]:
     if x.ndim != 2:
         raise ValueError(f"cross_entropy: logits must be 2-D (batch, classes), got shape "
                          f"{tuple(x.shape)}")
@@ -37,7 +50,7 @@ def check_logits(x) -> tuple[int, int]:
     if c == 0:
         raise ValueError("cross_entropy: logits have no classes (shape "
                          f"{tuple(x.shape)})")
-    if n > _INT32_MAX or c > _INT32_MAX:
+    if n > INT32_MAX or c > INT32_MAX:
         raise ValueError(f"cross_entropy: {n}×{c} logits exceed the kernels' int32 sizes")
     return n, c
 
@@ -63,18 +76,18 @@ def check_labels(device, labels, n: int, c: int):
 # --------------------------------------------------------------------------- references
 
 def forward_reference(x, labels):
-    """``(loss_rows, (m, ls))``, each of shape (N,), in x's dtype."""
+    """``(loss_rows, Saved)``, the rows' losses and statistics of shape (N,) in x's dtype."""
     m = x.max(axis=1)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN logits give NaN, as the kernel
         ls = np.log(np.exp(x - m[:, None]).sum(axis=1))
         loss = (m - x[np.arange(x.shape[0]), labels]) + ls
-    return loss, (m, ls)
+    return loss, Saved(labels, m, ls)
 
 
-def backward_reference(x, labels, stats, dloss):
+def backward_reference(x, saved: Saved, dloss):
     """``(exp((x - m) - ls) - onehot) * dloss / N`` in x's dtype."""
     n = x.shape[0]
-    m, ls = stats
+    labels, m, ls = saved
     with np.errstate(invalid="ignore", over="ignore"):
         p = np.exp((x - m[:, None]) - ls[:, None])
     p[np.arange(n), labels] -= 1
@@ -86,37 +99,39 @@ def backward_reference(x, labels, stats, dloss):
 def forward_launch(x, labels, loss, m, ls) -> Launch:
     n, c = x.shape
     return Launch(MODULE, "cross_entropy_forward", grid=(n,), block=(THREADS,),
-                  args=(x, labels, loss, m, ls, np.int32(c)))
+                  args=(x, labels, loss, m, ls, np.int32(c)), template_args=(THREADS,))
 
 
-def backward_launch(x, labels, m, ls, dloss, dx) -> Launch:
+def backward_launch(x, saved: Saved, dloss, dx) -> Launch:
     n, c = x.shape
     return Launch(MODULE, "cross_entropy_backward", grid=(n,), block=(THREADS,),
-                  args=(x, labels, m, ls, dloss, dx, np.int32(n), np.int32(c)))
+                  args=(x, *saved, dloss, dx, np.int32(n), np.int32(c)),
+                  template_args=(THREADS,))
 
 
 # --------------------------------------------------------------------------- on a device
 
 def forward(device, x, labels):
-    """``(loss_rows, stats)``, stats = (row max, log of the shifted sum) for ``backward``;
-    ``labels`` must have passed ``check_labels``."""
-    check_logits(x)
+    """``(loss_rows, saved)`` for logits ``x`` (N, C) and ``labels`` (N integers of
+    ``device``); ``saved`` is what ``backward`` takes."""
+    n, c = _check_logits(x)
+    labels = check_labels(device, labels, n, c)
     if not device.runs_kernels:
         return forward_reference(x, labels)
     x = kernel_array(device, x, "cross_entropy", "the logits")
-    n = x.shape[0]
     loss, m, ls = (device.xp.empty((n,), dtype=np.float32) for _ in range(3))
     device.launch(forward_launch(x, labels, loss, m, ls))
-    return loss, (m, ls)
+    return loss, Saved(labels, m, ls)
 
 
-def backward(device, x, labels, stats, dloss):
-    """The gradient of ``dloss · mean(loss_rows)`` with respect to the logits."""
+def backward(device, x, saved: Saved, dloss):
+    """The gradient of ``dloss · mean(loss_rows)`` with respect to the logits ``x``
+    (those given to ``forward``, which returned ``saved``)."""
     if not device.runs_kernels:
-        return backward_reference(x, labels, stats, dloss)
+        return backward_reference(x, saved, dloss)
     x = kernel_array(device, x, "cross_entropy backward", "the logits")
     dloss = kernel_array(device, device.xp.asarray(dloss).reshape((1,)),
                          "cross_entropy backward", "the gradient of the loss")
     dx = device.xp.empty_like(x)
-    device.launch(backward_launch(x, labels, *stats, dloss, dx))
+    device.launch(backward_launch(x, saved, dloss, dx))
     return dx

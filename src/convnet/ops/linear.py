@@ -9,42 +9,43 @@ Backward, from the saved input ``x``, the weight ``W`` and (with ReLU) the outpu
 ``dx = dz · W``, ``dW = dzᵀ · x``.
 
 All functions take and return raw arrays of ``device``; on ``cpu`` any float dtype
-(float64 for gradient checks), on ``emu``/``cuda`` float32 only.
+(float64 for gradient checks), on ``emu``/``cuda`` float32 only. ``forward`` and
+``backward`` are where raw arrays enter: they check them once; ``epilogue`` and
+``epilogue_backward`` are their kernel halves.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..toolchain.launch import KernelModule, Launch
+from ..toolchain.launch import KernelModule, Launch, name_expression
 from . import relu as _relu
-from ._arrays import kernel_array
+from ._arrays import INT32_MAX, kernel_array
 from ._elementwise import BLOCK, grid_for
 
+# The backward kernels' block: columns × row strides (their template arguments).
+REDUCE_BLOCK = (32, 8)
 MODULE = KernelModule("linear.cu", ("bias_act_forward<true>", "bias_act_forward<false>",
-                                      "bias_relu_backward", "bias_grad"))
-
-REDUCE_BLOCK = (32, 8)  # columns × row strides of the backward kernels (see linear.cu)
-_INT32_MAX = 2**31 - 1
+                                    name_expression("bias_relu_backward", REDUCE_BLOCK),
+                                    name_expression("bias_grad", REDUCE_BLOCK)))
 
 
-def check_shapes(x, w, b=None, op: str = "linear") -> tuple[int, int, int]:
-    """``(rows, in_features, out_features)``, or a ValueError naming the mismatch."""
+def _check_shapes(x, w, b) -> None:
+    """ValueError naming the mismatch unless x (rows, in), w (out, in), b (out,) or None."""
     if x.ndim != 2:
-        raise ValueError(f"{op}: the input must be 2-D (batch, features), got shape {tuple(x.shape)}; "
-                         f"flatten it first")
+        raise ValueError(f"linear: the input must be 2-D (batch, features), got shape "
+                         f"{tuple(x.shape)}; flatten it first")
     if w.ndim != 2:
-        raise ValueError(f"{op}: the weight must be 2-D (out_features, in_features), "
+        raise ValueError(f"linear: the weight must be 2-D (out_features, in_features), "
                          f"got shape {tuple(w.shape)}")
     rows, k = x.shape
     out, k2 = w.shape
     if k != k2:
-        raise ValueError(f"{op}: the input has {k} features but the weight {tuple(w.shape)} "
+        raise ValueError(f"linear: the input has {k} features but the weight {tuple(w.shape)} "
                          f"expects {k2}")
     if b is not None and tuple(b.shape) != (out,):
-        raise ValueError(f"{op}: the bias must have shape ({out},), got {tuple(b.shape)}")
-    if rows > _INT32_MAX or out > _INT32_MAX:
-        raise ValueError(f"{op}: {rows}×{out} outputs exceed the kernels' int32 rows/columns")
-    return rows, k, out
+        raise ValueError(f"linear: the bias must have shape ({out},), got {tuple(b.shape)}")
+    if rows > INT32_MAX or out > INT32_MAX:
+        raise ValueError(f"linear: {rows}×{out} outputs exceed the kernels' int32 rows/columns")
 
 
 # --------------------------------------------------------------------------- references
@@ -63,9 +64,9 @@ def epilogue_backward_reference(y, dy, relu: bool, bias: bool):
 
 # --------------------------------------------------------------------------- launches
 
-def forward_launch(y, b, relu: bool) -> Launch:
+def forward_launch(device, y, b, relu: bool) -> Launch:
     """In place: ``y = act(y + b)`` over a rows×cols ``y``."""
-    return Launch(MODULE, "bias_act_forward", grid=(grid_for(y.size),), block=(BLOCK,),
+    return Launch(MODULE, "bias_act_forward", grid=(grid_for(device, y.size),), block=(BLOCK,),
                   args=(y, b, np.int64(y.size), np.int32(y.shape[1])), template_args=(bool(relu),))
 
 
@@ -75,23 +76,23 @@ def backward_launch(y, dy, dz, db) -> Launch:
     grid = (-(-cols // REDUCE_BLOCK[0]),)
     if y is None:
         return Launch(MODULE, "bias_grad", grid=grid, block=REDUCE_BLOCK,
-                      args=(dy, db, np.int32(rows), np.int32(cols)))
+                      args=(dy, db, np.int32(rows), np.int32(cols)), template_args=REDUCE_BLOCK)
     return Launch(MODULE, "bias_relu_backward", grid=grid, block=REDUCE_BLOCK,
-                  args=(y, dy, dz, db, np.int32(rows), np.int32(cols)))
+                  args=(y, dy, dz, db, np.int32(rows), np.int32(cols)),
+                  template_args=REDUCE_BLOCK)
 
 
 # --------------------------------------------------------------------------- on a device
 
 def epilogue(device, z, b, relu: bool):
-    """``act(z + b)``; on a kernel device ``z`` (a fresh matmul result) is overwritten."""
+    """``act(z + b)``; on a kernel device ``z`` (a fresh matmul result) is overwritten.
+    ``z`` and ``b`` as the kernels take them (``forward`` checks them)."""
     if not device.runs_kernels:
         return epilogue_reference(z, b, relu)
     if b is None:
         return _relu.forward(device, z) if relu else z
-    z = kernel_array(device, z, "linear", "the product x·Wᵀ")
-    b = kernel_array(device, b, "linear", "the bias")
     if z.size:
-        device.launch(forward_launch(z, b, relu))
+        device.launch(forward_launch(device, z, b, relu))
     return z
 
 
@@ -120,10 +121,12 @@ def epilogue_backward(device, y, dy, relu: bool, bias: bool):
 
 def forward(device, x, w, b=None, relu: bool = False):
     """``act(x · Wᵀ + b)`` for x (rows, in), w (out, in), b (out,) or None."""
-    check_shapes(x, w, b)
+    _check_shapes(x, w, b)
     if device.runs_kernels:
         x = kernel_array(device, x, "linear", "the input x")
         w = kernel_array(device, w, "linear", "the weight")
+        if b is not None:
+            b = kernel_array(device, b, "linear", "the bias")
     z = device.xp.matmul(x, w.T)
     return epilogue(device, z, b, relu)
 

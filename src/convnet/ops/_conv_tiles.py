@@ -1,0 +1,85 @@
+"""The convolution kernels' tiles and how one is chosen per launch.
+
+Every kernel of ``kernels/conv_*.cu`` is an implicit GEMM instantiated for the tiles
+``<BM, BN, BK, TM, TN>`` of ``TILES``; ``choose_tile(device, ...)`` picks the one with
+the least estimated time on that device (its kind and ``parallel_units``).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..toolchain.launch import LaunchError, name_expression
+
+
+class Tile(NamedTuple):
+    """An implicit-GEMM instantiation: block tile BM x BN, reduction slice BK,
+    thread tile TM x TN; (BM/TM) * (BN/TN) threads per block."""
+
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    def name(self, kernel: str) -> str:
+        return name_expression(kernel, tuple(self))
+
+
+# The GPU's main tile: 256 threads, 8x8 results each (128x128 per block).
+LARGE = Tile(128, 128, 8, 8, 8)
+# Fewer rows for layers with few output (forward, filter) or input (data) channels.
+MEDIUM = Tile(64, 128, 8, 8, 8)
+# Small problems: 64 threads, 4x4 results each.
+SMALL = Tile(32, 32, 16, 4, 4)
+# The emulator's tile: few fibers with fat register tiles and a deep slice, so that
+# a barrier (two fiber switches per thread) comes once per 2048 multiply-adds.
+EMU = Tile(128, 128, 16, 16, 8)
+# Four rows: GEMMs with very few rows (backward data of an RGB input's three channels).
+THIN = Tile(4, 256, 16, 4, 8)
+
+TILES: tuple[Tile, ...] = (LARGE, MEDIUM, SMALL, EMU, THIN)
+
+# How a device kind runs each tile it may choose: (blocks resident per SM or emulator
+# worker, arithmetic rate relative to the device's main tile). GPU: residency from the
+# compile report's registers (LARGE 124-165, MEDIUM up to 167 per thread, of 65536 per
+# SM), rates estimated (4x4 and 4x8 thread tiles read more shared memory per
+# multiply-add); not yet measured on a GPU. emu: rates measured on AlexNet's layers
+# (benchmarks/conv.py): a thin or small tile does ~1/6 of EMU's arithmetic per second.
+TILE_MODELS = {
+    "cuda": {LARGE: (1, 1.0), MEDIUM: (3, 0.8), SMALL: (8, 0.45), THIN: (10, 0.35)},
+    "emu": {EMU: (1, 1.0), SMALL: (1, 0.18), THIN: (1, 0.17)},
+}
+
+
+def choose_tile(device, rows: int, cols: int, batches: int = 1) -> Tile:
+    """The tile for ``batches`` GEMMs of ``rows`` x ``cols`` results (one block grid of
+    ceil(rows/BM) x ceil(cols/BN) x batches) on a kernel ``device``.
+
+    The tile with the least estimated time: waves of resident blocks over the device's
+    ``parallel_units`` (SMs; emulator workers) times the work of a wave, each tile's
+    residency and rate from ``TILE_MODELS``. Rows and columns past the matrix are work
+    too, so GEMMs with few rows pick narrow tiles."""
+    model, units = TILE_MODELS[device.kind], device.parallel_units
+
+    def cost(t: Tile) -> float:
+        resident, rate = model[t]
+        blocks = -(-rows // t.bm) * -(-cols // t.bn) * max(1, batches)
+        waves = -(-blocks // (units * resident))
+        return waves * resident * t.bm * t.bn / rate
+
+    return min(model, key=cost)
+
+
+def pick_tile(device, tile, rows: int, cols: int, batches: int) -> Tile:
+    """``tile`` (a 5-tuple, which must be in ``TILES``), or ``choose_tile``'s when None."""
+    if tile is None:
+        return choose_tile(device, rows, cols, batches)
+    tile = Tile(*tile)
+    if tile not in TILES:
+        raise LaunchError(f"conv2d: tile {tuple(tile)} is not instantiated; exported: "
+                          + ", ".join(str(tuple(t)) for t in TILES))
+    return tile
