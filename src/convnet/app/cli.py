@@ -58,8 +58,7 @@ def cmd_kernels(args) -> int:
 
 def cmd_prepare(args) -> int:
     """Prepare an ImageNet-style folder into shards; 2 on bad arguments, 130 on Ctrl-C."""
-    from ..data import DatasetError, PrepareError, prepare
-    from ..data._pool import WorkerError
+    from ..data import DatasetError, PrepareError, WorkerError, prepare
     try:
         prepare(args.src, args.dst, format=args.format, size=args.size, quality=args.quality,
                 shard_size=args.shard_size, workers=args.workers, pixels=args.pixels,
@@ -80,9 +79,7 @@ def cmd_prepare(args) -> int:
 
 def cmd_make_demo_data(args) -> int:
     """Write the generated demo data set; 2 on bad arguments."""
-    from ..data import make_demo_data
-    from ..data._pool import WorkerError
-    from ..data.demo import DemoError
+    from ..data import DemoError, WorkerError, make_demo_data
     try:
         summary = make_demo_data(args.dir, classes=args.classes,
                                  train_per_class=args.train_per_class,
@@ -107,9 +104,8 @@ def _train_errors():
     """The exceptions ``train``/``evaluate`` report as one line: (usage errors, failures)."""
     from ..backend import DeviceError
     from .checkpoint import CheckpointError
-    from ..data import DatasetError, LoaderError, ManifestError, PrepareError, ShardError
-    from ..data._pool import WorkerError
-    from ..data.demo import DemoError
+    from ..data import (DatasetError, DemoError, LoaderError, ManifestError, PrepareError,
+                        ShardError, WorkerError)
     from .train import TrainError, TrainingStopped
     return ((TrainError, DeviceError, DatasetError, PrepareError, DemoError, ManifestError,
              CheckpointError),

@@ -17,8 +17,9 @@
   folder once; none: the demo set, made on first use by ``demo_dataset``): ``datasets``.
 """
 from .augment import Augmentation, AugmentError, ten_crop_average
+from ._pool import WorkerError
 from .datasets import demo_dataset, resolve_data
-from .demo import make_demo_data
+from .demo import DemoError, make_demo_data
 from .folders import DatasetError, ImageFolder, load_rgb, prepare_image, scan_folder
 from .loader import Batch, Loader, LoaderError, epoch_order
 from .prepare import PrepareError, prepare, prepare_arrays
@@ -26,9 +27,9 @@ from .shards import (FORMAT_VERSION, ManifestError, PreparedDataset, PreparedSpl
                      open_prepared, read_manifest)
 
 __all__ = [
-    "AugmentError", "Augmentation", "Batch", "DatasetError", "FORMAT_VERSION", "ImageFolder",
-    "Loader", "LoaderError", "ManifestError", "PrepareError", "PreparedDataset", "PreparedSplit",
-    "ShardError", "demo_dataset", "epoch_order", "load_rgb", "make_demo_data", "open_prepared",
-    "prepare", "prepare_arrays", "prepare_image", "read_manifest", "resolve_data", "scan_folder",
-    "ten_crop_average",
+    "AugmentError", "Augmentation", "Batch", "DatasetError", "DemoError", "FORMAT_VERSION",
+    "ImageFolder", "Loader", "LoaderError", "ManifestError", "PrepareError", "PreparedDataset",
+    "PreparedSplit", "ShardError", "WorkerError", "demo_dataset", "epoch_order", "load_rgb",
+    "make_demo_data", "open_prepared", "prepare", "prepare_arrays", "prepare_image",
+    "read_manifest", "resolve_data", "scan_folder", "ten_crop_average",
 ]
