@@ -2,6 +2,7 @@
 #include "loader.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -56,6 +57,21 @@ std::unique_ptr<LibraryInstance> Library::load(const std::string& file, int fd) 
   }
   inst->table = table(&inst->count);
   shared(&inst->shared, &inst->shared_bytes);
+  using HooksFn = int (*)(EmuHookSlot**, EmuHookImage*);
+  if (auto hooks = reinterpret_cast<HooksFn>(dlsym(inst->handle, "emu_hooks_init"))) {
+    EmuHookSlot* slot = nullptr;
+    int version = hooks(&slot, &inst->image);
+    if (version != EMU_HOOKS_VERSION) {
+      dlclose(inst->handle);
+      if (fd >= 0) close(fd);
+      throw std::runtime_error("kernel library " + path_ + " was built for access hooks version " +
+                               std::to_string(version) + ", this runtime has version " +
+                               std::to_string(EMU_HOOKS_VERSION) + ": rebuild it");
+    }
+    inst->hooks = slot;
+    struct link_map* map = nullptr;
+    if (dlinfo(inst->handle, RTLD_DI_LINKMAP, &map) == 0 && map) inst->base = static_cast<uintptr_t>(map->l_addr);
+  }
   return inst;
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "emu_api.h"
+#include "emu_hooks.h"
 
 namespace emu {
 
@@ -22,6 +23,10 @@ struct LibraryInstance {
   int count = 0;
   char* shared = nullptr;            // its static __shared__ arrays
   std::size_t shared_bytes = 0;
+  // Libraries built with memory-access hooks (check mode "profile"); null otherwise.
+  EmuHookSlot* hooks = nullptr;
+  EmuHookImage image{nullptr, nullptr};  // the instance's own image
+  uintptr_t base = 0;                    // its load base (pc - base: address in the file's code)
 };
 
 class Library {

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -42,9 +43,11 @@ std::size_t kind_size(const std::string& kind) {
   return 0;
 }
 
-void launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std::vector<unsigned> block,
-            std::size_t shared_bytes, const std::vector<py::bytes>& args, bool reverse,
-            bool fill_shared, int workers) {
+py::object launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std::vector<unsigned> block,
+                  std::size_t shared_bytes, const std::vector<py::bytes>& args, bool reverse,
+                  bool fill_shared, int workers, bool profile, std::shared_ptr<emu::Library> profile_library,
+                  std::vector<uint64_t> profile_blocks,
+                  std::vector<std::pair<uint64_t, uint64_t>> profile_allocations) {
   if (kernel < 0 || kernel >= lib.size()) throw py::index_error("no kernel with index " + std::to_string(kernel));
   const EmuKernelEntry& entry = lib.kernel(kernel);
   if (grid.size() != 3 || block.size() != 3) throw py::value_error("grid and block take three dimensions");
@@ -80,6 +83,29 @@ void launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std::vect
   spec.reverse = reverse;
   spec.fill_shared = fill_shared;
   spec.workers = workers;
+  emu::LaunchProfile result;
+  if (profile) {
+    spec.profile = &result;
+    if (profile_library) {
+      if (profile_library->find(entry.name) != kernel)
+        throw py::value_error(std::string("the profiling build has no kernel ") + entry.name + " at index " +
+                              std::to_string(kernel));
+      spec.profile_library = profile_library.get();
+      std::sort(profile_blocks.begin(), profile_blocks.end());
+      for (const auto& a : profile_allocations) {
+        uintptr_t start = static_cast<uintptr_t>(a.first);
+        spec.profile_rebase.push_back({start, start + static_cast<uintptr_t>(a.second), (256 - start % 256) % 256});
+      }
+      spec.profile_blocks = std::move(profile_blocks);
+      // The thunk reads the packed arguments: parameters, not traffic.
+      if (!packed.slots.empty()) {
+        auto lo = reinterpret_cast<uintptr_t>(packed.slots.data());
+        spec.profile_ignore.emplace_back(lo, lo + packed.slots.size() * sizeof(packed.slots[0]));
+        auto plo = reinterpret_cast<uintptr_t>(packed.pointers.data());
+        spec.profile_ignore.emplace_back(plo, plo + packed.pointers.size() * sizeof(void*));
+      }
+    }
+  }
   spec.interrupted = [] {
     py::gil_scoped_acquire gil;
     return PyErr_CheckSignals() != 0;  // leaves KeyboardInterrupt set
@@ -90,6 +116,19 @@ void launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std::vect
   } catch (const emu::Interrupted&) {
     throw py::error_already_set();
   }
+  if (!profile) return py::none();
+  py::list sites;
+  for (const emu::SiteFigures& f : result.sites)
+    sites.append(py::make_tuple(f.offset, f.space == emu::kShared ? "shared" : "global", f.kind, f.size,
+                                f.requests, f.accesses, f.bytes, f.sectors, f.wavefronts, f.ideal,
+                                f.misaligned));
+  py::dict out;
+  out["blocks_total"] = result.blocks_total;
+  out["blocks_profiled"] = result.blocks_profiled;
+  out["barriers"] = result.barriers;
+  out["warp_ops"] = result.warp_ops;
+  out["sites"] = sites;
+  return out;
 }
 
 }  // namespace
@@ -121,12 +160,18 @@ PYBIND11_MODULE(_emu, m) {
 
   m.def("launch", &launch, py::arg("library"), py::arg("kernel"), py::arg("grid"), py::arg("block"),
         py::arg("shared_bytes"), py::arg("args"), py::arg("reverse") = false, py::arg("fill_shared") = false,
-        py::arg("workers") = 1,
-        "Run one kernel launch to completion. args: one bytes object per parameter.");
+        py::arg("workers") = 1, py::arg("profile") = false, py::arg("profile_library") = nullptr,
+        py::arg("profile_blocks") = std::vector<uint64_t>{},
+        py::arg("profile_allocations") = std::vector<std::pair<uint64_t, uint64_t>>{},
+        "Run one kernel launch to completion. args: one bytes object per parameter. With profile=True "
+        "it returns the launch's memory-traffic figures: the blocks listed in profile_blocks (linear "
+        "indices) run on profile_library, the same kernels built with access hooks; profile_allocations "
+        "((start, bytes) of each array the arguments point into) are counted as if 256-byte aligned.");
   m.def("switch_cost_ns", &emu::switch_cost_ns, py::arg("iterations") = 1000000,
         "Nanoseconds per fiber context switch.");
   m.attr("API_VERSION") = EMU_API_VERSION;
   m.attr("STACK_BYTES") = EMU_STACK_BYTES;
+  m.attr("HOOKS_VERSION") = EMU_HOOKS_VERSION;
 #if defined(__x86_64__) && !defined(EMU_FORCE_UCONTEXT)
   m.attr("CONTEXT_SWITCH") = "x86-64 assembly";
 #else

@@ -7,6 +7,8 @@
 // thread is there, at the same call site; anything else is a diagnosed fault.
 #include "scheduler.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 
 #include <atomic>
@@ -18,6 +20,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <thread>
 #include <vector>
 
@@ -114,6 +117,37 @@ struct LaunchState {
 };
 
 void thread_main(void* arg);
+void hook_access(void* context, const void* addr, uint32_t info, const void* pc);
+
+// [start, end) of the loaded object holding `symbol` (this runtime's own image:
+// kernels read the EmuApi table there; profiling drops those reads).
+std::pair<uintptr_t, uintptr_t> image_of(const void* symbol) {
+  Dl_info info;
+  std::pair<uintptr_t, uintptr_t> range{0, 0};
+  if (!dladdr(symbol, &info) || !info.dli_fbase) return range;
+  struct Search {
+    uintptr_t base;
+    std::pair<uintptr_t, uintptr_t>* range;
+  } search{reinterpret_cast<uintptr_t>(info.dli_fbase), &range};
+  dl_iterate_phdr(
+      [](struct dl_phdr_info* p, std::size_t, void* data) -> int {
+        auto* s = static_cast<Search*>(data);
+        uintptr_t lo = UINTPTR_MAX, hi = 0;
+        for (int i = 0; i < p->dlpi_phnum; ++i) {
+          if (p->dlpi_phdr[i].p_type != PT_LOAD) continue;
+          uintptr_t a = p->dlpi_addr + p->dlpi_phdr[i].p_vaddr;
+          lo = std::min(lo, a);
+          hi = std::max(hi, static_cast<uintptr_t>(a + p->dlpi_phdr[i].p_memsz));
+        }
+        if (lo <= s->base && s->base < hi) {
+          *s->range = {lo, hi};
+          return 1;
+        }
+        return 0;
+      },
+      &search);
+  return range;
+}
 
 class Worker {
  public:
@@ -140,6 +174,23 @@ class Worker {
       return;
     }
     dynamic_shared_ = dynamic;
+    barriers_ = warp_ops_ = blocks_profiled_ = 0;
+    const LibraryInstance* plain = instance_;
+    const LibraryInstance* hooked = nullptr;
+    if (launch.spec.profile && launch.spec.profile_library) {
+      hooked = &launch.spec.profile_library->instance(index_);
+      recorder_.reset();
+      ranges_.static_shared = reinterpret_cast<uintptr_t>(hooked->shared);
+      ranges_.static_shared_end = ranges_.static_shared + hooked->shared_bytes;
+      ranges_.dynamic_shared = reinterpret_cast<uintptr_t>(dynamic);
+      ranges_.dynamic_shared_end = ranges_.dynamic_shared + (dynamic ? bytes : 0);
+      ranges_.ignore = launch.spec.profile_ignore;
+      ranges_.rebase = launch.spec.profile_rebase;
+      ranges_.ignore.emplace_back(reinterpret_cast<uintptr_t>(hooked->image.start),
+                                  reinterpret_cast<uintptr_t>(hooked->image.end));
+      ranges_.ignore.push_back(image_of(reinterpret_cast<const void*>(&thread_main)));
+      ranges_.base = hooked->base;
+    }
     const dim3 g = launch.spec.grid;
     auto last_poll = std::chrono::steady_clock::now();
     for (;;) {
@@ -160,7 +211,25 @@ class Worker {
       uint64_t b = launch.spec.reverse ? launch.total_blocks - 1 - i : i;
       uint3 block{static_cast<unsigned>(b % g.x), static_cast<unsigned>((b / g.x) % g.y),
                   static_cast<unsigned>(b / (static_cast<uint64_t>(g.x) * g.y))};
-      if (!run_block(block)) break;  // the block's fibers stay abandoned; the next launch prepares them afresh
+      recording_ = hooked && std::binary_search(launch.spec.profile_blocks.begin(),
+                                                launch.spec.profile_blocks.end(), b);
+      instance_ = recording_ ? hooked : plain;
+      if (recording_) {
+        recorder_.begin_block(n_, ranges_);
+        __atomic_store_n(&hooked->hooks->access, &hook_access, __ATOMIC_RELAXED);
+        __atomic_store_n(&hooked->hooks->context, static_cast<void*>(&recorder_), __ATOMIC_RELEASE);
+      }
+      bool ok = run_block(block);
+      if (recording_) {
+        __atomic_store_n(&hooked->hooks->context, static_cast<void*>(nullptr), __ATOMIC_RELEASE);
+        if (ok) {
+          recorder_.flush();
+          ++blocks_profiled_;
+        }
+        recording_ = false;
+      }
+      instance_ = plain;
+      if (!ok) break;  // the block's fibers stay abandoned; the next launch prepares them afresh
     }
     std::free(dynamic);
     dynamic_shared_ = nullptr;
@@ -224,6 +293,12 @@ class Worker {
   }
 
   void* dynamic_shared() const { return dynamic_shared_; }
+
+  // ---- profiling: filled during run(), read by launch() after the workers joined
+  Recorder& recorder() { return recorder_; }
+  uint64_t barriers() const { return barriers_; }
+  uint64_t warp_ops() const { return warp_ops_; }
+  uint64_t blocks_profiled() const { return blocks_profiled_; }
 
   std::string describe(int i) const {
     const uint3 b = ctx(i)->ids.block_idx;
@@ -370,6 +445,8 @@ class Worker {
       }
       runnable_ = n_;
       at_barrier_ = 0;
+      ++barriers_;
+      if (recording_) recorder_.flush();  // every thread is stopped here
       return true;
     }
     diagnose_deadlock();
@@ -447,6 +524,7 @@ class Worker {
       ++runnable_;
       --at_warp_;
     }
+    ++warp_ops_;
     return true;
   }
 
@@ -488,6 +566,11 @@ class Worker {
   int exited_ = 0;
   bool faulted_ = false;
   bool reverse_ = false;
+  // profiling
+  bool recording_ = false;
+  uint64_t barriers_ = 0, warp_ops_ = 0, blocks_profiled_ = 0;
+  Recorder recorder_;
+  ProfileRanges ranges_;
 };
 
 void thread_main(void* arg) {
@@ -496,6 +579,11 @@ void thread_main(void* arg) {
     c->worker->run_kernel();
     c->worker->exited(c->linear);
   }
+}
+
+// ---- the hooks of an instrumented library call this (armed blocks only, on their fibers)
+void hook_access(void* context, const void* addr, uint32_t info, const void* pc) {
+  static_cast<Recorder*>(context)->record(self()->linear, addr, info, pc);
 }
 
 // ---- the table kernels call through
@@ -534,6 +622,12 @@ void launch(const LaunchSpec& spec) {
   uint64_t want = static_cast<uint64_t>(spec.workers < 1 ? 1 : spec.workers);
   int workers = static_cast<int>(want < state.total_blocks ? want : state.total_blocks);
   spec.library->prepare(workers);  // one library instance (own static __shared__ arrays) per worker
+  if (spec.profile && spec.profile_library) {
+    spec.profile_library->prepare(workers);
+    for (int i = 0; i < workers; ++i)
+      if (!spec.profile_library->instance(i).hooks)
+        throw std::runtime_error("kernel library " + spec.profile_library->path() + " has no access hooks");
+  }
   while (static_cast<int>(g_workers.size()) < workers)
     g_workers.emplace_back(new Worker(static_cast<int>(g_workers.size())));
   std::vector<std::thread> threads;
@@ -543,6 +637,22 @@ void launch(const LaunchSpec& spec) {
   }
   g_workers[0]->run(state, &spec.interrupted);
   for (auto& t : threads) t.join();
+  if (spec.profile) {
+    LaunchProfile& p = *spec.profile;
+    p.blocks_total = state.total_blocks;
+    std::unordered_map<uint64_t, SiteFigures> sites;
+    for (int i = 0; i < workers; ++i) {
+      Worker& w = *g_workers[i];
+      p.barriers += w.barriers();
+      p.warp_ops += w.warp_ops();
+      p.blocks_profiled += w.blocks_profiled();
+      if (spec.profile_library) w.recorder().merge_into(sites);
+    }
+    for (auto& kv : sites) p.sites.push_back(kv.second);
+    std::sort(p.sites.begin(), p.sites.end(), [](const SiteFigures& a, const SiteFigures& b) {
+      return a.offset != b.offset ? a.offset < b.offset : a.space < b.space;
+    });
+  }
   if (state.interrupted) throw Interrupted("kernel launch interrupted");
   if (state.failed.load()) throw KernelFault(state.error);
 }

@@ -4,12 +4,16 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "emu_api.h"
 #include "loader.h"
+#include "profile.h"
 
 namespace emu {
 
@@ -35,6 +39,15 @@ struct LaunchSpec {
   int workers = 1;           // OS threads
   // Polled between blocks by the calling thread (about every 50 ms); true stops the launch.
   std::function<bool()> interrupted;
+  // Memory-traffic profiling (all optional; `profile` null: none). The blocks whose
+  // linear index is in `profile_blocks` (sorted) run on `profile_library` (the same
+  // kernels built with access hooks, same kernel index), the others on `library`;
+  // barriers and warp operations are counted for every block.
+  LaunchProfile* profile = nullptr;
+  Library* profile_library = nullptr;
+  std::vector<uint64_t> profile_blocks;
+  std::vector<std::pair<uintptr_t, uintptr_t>> profile_ignore;  // e.g. the packed arguments
+  std::vector<ProfileRanges::Rebase> profile_rebase;             // global allocations, see ProfileRanges
 };
 
 // Runs the launch to completion; throws KernelFault on a diagnosed fault.

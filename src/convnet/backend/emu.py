@@ -62,6 +62,7 @@ class EmuOptions:
 
 _OPTIONS: contextvars.ContextVar[EmuOptions] = contextvars.ContextVar("convnet_emu_options",
                                                                        default=EmuOptions())
+_PROFILE: contextvars.ContextVar = contextvars.ContextVar("convnet_emu_profile", default=None)
 
 
 @contextlib.contextmanager
@@ -93,6 +94,30 @@ def debug(schedule: str | None = None, fill_shared: bool | None = None, check: s
 
 def options() -> EmuOptions:
     return _OPTIONS.get()
+
+
+@contextlib.contextmanager
+def profile(blocks: int | None = 8):
+    """Profile the memory traffic of emulated launches inside the block.
+
+    Yields a ``convnet.perf.traffic.Profile`` that gets one record per launch:
+    global sectors per warp-level request, shared-memory wavefronts (bank
+    conflicts), bytes, barriers. ``blocks`` blocks of each grid (the first half of
+    them, the rest spread to the last block; None: every block) run a build of the
+    kernels whose loads and stores call the runtime (check mode "profile"); the
+    others run the ordinary build, so results are those of a plain run. Barriers
+    and warp operations are counted in every block. Nested profiles: the innermost
+    collects.
+    """
+    if _emu is not None and not hasattr(_emu, "HOOKS_VERSION"):
+        raise DeviceError("this build of convnet._emu cannot profile: reinstall convnet (pip install -e .)")
+    from ..perf.traffic import Profile
+    collected = Profile(blocks=blocks)
+    token = _PROFILE.set(collected)
+    try:
+        yield collected
+    finally:
+        _PROFILE.reset(token)
 
 
 # ---------------------------------------------------------------- the compiler
@@ -139,7 +164,17 @@ _CHECK_FLAGS = {
     None: (_OPTIMISE, []),
     "bounds": (["-O1", "-g", "-fsanitize=bounds", "-fno-sanitize-recover=bounds"], []),
     "address": (["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"], ["-fsanitize=address"]),
+    # emu.profile(): every load and store calls a hook (g++'s ThreadSanitizer pass at
+    # the compile step only; emu_profile.h defines the __tsan_* functions, so the link
+    # has no libtsan). Same -O3 -march=native as the plain build (same arithmetic), but
+    # no vectorisation or store merging, so each thread's accesses keep the source's sizes.
+    "profile": (["-O3", "-march=native", "-g", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
+                 "-fno-tree-vectorize", "-fno-tree-slp-vectorize", "-fno-store-merging", "-Wno-tsan",
+                 "-fno-optimize-sibling-calls",
+                 "-include", "emu_profile.h"], []),
 }
+# Headers a check mode forces in besides cuda_emu.h (part of its cache key).
+_CHECK_HEADERS = {"profile": ("emu_profile.h", "emu_hooks.h")}
 _COMMON = ["-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-unused-function"]
 
 _DYNAMIC_SHARED = re.compile(
@@ -190,6 +225,8 @@ def library(module: KernelModule, check: str | None = None):
     text = translate(kernel_source.expand(module.source), module.kernels)
     cxx = compiler()
     runtime_header = (include / "cuda_emu.h").read_text() + (include / "emu_api.h").read_text()
+    for header in _CHECK_HEADERS.get(check, ()):
+        runtime_header += (include / header).read_text()
     key = kernel_source.digest(text, " ".join(_COMMON + cflags + lflags), _compiler_version(cxx),
                                runtime_header, _cpu_signature())
     with _LOCK:
@@ -307,6 +344,22 @@ def pack_arguments(launch: Launch, signature: str) -> list[bytes]:
     return packed
 
 
+def _allocations(args) -> list[tuple[int, int]]:
+    """(start, bytes) of the whole allocation behind each array argument (a view's
+    owner): the profiler counts sectors as if each started 256-byte aligned, as
+    cudaMalloc's do, keeping a view's offset into its allocation."""
+    out = {}
+    for a in args:
+        if not isinstance(a, np.ndarray):
+            continue
+        owner = a
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        start = owner.__array_interface__["data"][0]
+        out[start] = max(out.get(start, 0), owner.nbytes)
+    return sorted(out.items())
+
+
 class EmuDevice(HostDevice):
     kind = "emu"
     name = "emu"
@@ -331,9 +384,25 @@ class EmuDevice(HostDevice):
         if index < 0:
             raise DeviceError(f"kernel {launch.name} is missing from the compiled {launch.module.source}")
         args = pack_arguments(launch, lib.signature(index))
-        _emu.launch(lib, index, list(launch.grid), list(launch.block), launch.shared_bytes, args,
-                    reverse=opts.schedule == "reverse", fill_shared=opts.fill_shared,
-                    workers=worker_threads(opts))
+        collecting = _PROFILE.get()
+        if collecting is None:
+            _emu.launch(lib, index, list(launch.grid), list(launch.block), launch.shared_bytes, args,
+                        reverse=opts.schedule == "reverse", fill_shared=opts.fill_shared,
+                        workers=worker_threads(opts))
+            return
+        from ..perf.traffic import launch_traffic
+        hooked = library(launch.module, "profile")
+        if hooked.find(launch.name) != index:
+            raise DeviceError(f"kernel {launch.name}: the profiling build of {launch.module.source} "
+                              f"does not match the plain one")
+        total = int(np.prod(launch.grid, dtype=np.int64))
+        raw = _emu.launch(lib, index, list(launch.grid), list(launch.block), launch.shared_bytes, args,
+                          reverse=opts.schedule == "reverse", fill_shared=opts.fill_shared,
+                          workers=worker_threads(opts), profile=True, profile_library=hooked,
+                          profile_blocks=collecting.sample(total),
+                          profile_allocations=_allocations(launch.args))
+        collecting.add(launch_traffic(launch.name, str(launch.module.source), hooked.path, launch.grid,
+                                      launch.block, launch.shared_bytes, raw))
 
 
 def switch_cost_ns(iterations: int = 1_000_000) -> float:
@@ -344,4 +413,4 @@ def switch_cost_ns(iterations: int = 1_000_000) -> float:
 
 
 __all__ = ["EmuDevice", "EmuCompileError", "EmuOptions", "KernelError", "available", "compiler_info",
-           "debug", "library", "options", "sanitized_command", "switch_cost_ns", "worker_threads"]
+           "debug", "library", "options", "profile", "sanitized_command", "switch_cost_ns", "worker_threads"]
