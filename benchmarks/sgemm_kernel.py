@@ -18,34 +18,25 @@ reference on ``cpu`` and the kernel on ``emu``/``cuda``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from convnet.backend import get_device
-from convnet.toolchain.launch import KernelModule, Launch, LaunchError, name_expression
+from convnet.ops.conv import Tile  # the library's one tile type: <BM, BN, BK, TM, TN>
+from convnet.toolchain.launch import KernelModule, Launch, LaunchError
 
 
-class Tile(NamedTuple):
-    """A ``sgemm_tiled`` instantiation: block tile BM×BN, K step BK, thread tile TM×TN."""
+KERNEL = "sgemm_tiled"
 
-    bm: int
-    bn: int
-    bk: int
-    tm: int
-    tn: int
 
-    @property
-    def name(self) -> str:
-        return name_expression("sgemm_tiled", tuple(self))
+def kernel_name(tile: Tile) -> str:
+    """The instantiation's name expression, ``"sgemm_tiled<BM, BN, BK, TM, TN>"``."""
+    return tile.name(KERNEL)
 
-    @property
-    def block(self) -> tuple[int, int]:
-        return (self.bn // self.tn, self.bm // self.tm)
 
-    @property
-    def threads(self) -> int:
-        return (self.bn // self.tn) * (self.bm // self.tm)
+def block_of(tile: Tile) -> tuple[int, int]:
+    """The kernel's 2-D block: (BN / TN, BM / TM) threads."""
+    return (tile.bn // tile.tn, tile.bm // tile.tm)
 
 
 # The emulator's default (measured with benchmarks/sgemm.py --sweep, see README): 128
@@ -71,7 +62,7 @@ TILES: tuple[Tile, ...] = (EMU_TILE, CUDA_TILE, *EXTRA_TILES)
 
 # The kernel lives with the other test kernels; a KernelModule takes an absolute path.
 SOURCE = Path(__file__).resolve().parent.parent / "tests" / "kernels" / "sgemm_tiled.cu"
-MODULE = KernelModule(source=str(SOURCE), kernels=tuple(t.name for t in TILES))
+MODULE = KernelModule(source=str(SOURCE), kernels=tuple(kernel_name(t) for t in TILES))
 
 _INT32_MAX = 2**31 - 1
 
@@ -145,9 +136,9 @@ def sgemm_launch(a, b, c, *, tile: Tile | tuple | None = None) -> Launch:
     tile = default_tile(a) if tile is None else Tile(*tile)
     if tile not in TILES:
         raise LaunchError(f"sgemm: tile {tuple(tile)} is not instantiated; exported: "
-                          + ", ".join(t.name for t in TILES))
+                          + ", ".join(kernel_name(t) for t in TILES))
     grid = (-(-n // tile.bn), -(-m // tile.bm))
-    return Launch(MODULE, "sgemm_tiled", grid=grid, block=tile.block,
+    return Launch(MODULE, KERNEL, grid=grid, block=block_of(tile),
                   args=(a, b, c, np.int32(m), np.int32(n), np.int32(k)),
                   template_args=tuple(tile))
 

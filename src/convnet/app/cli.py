@@ -100,22 +100,36 @@ def cmd_make_demo_data(args) -> int:
     return 0
 
 
-def _train_errors():
-    """The exceptions ``train``/``evaluate`` report as one line: (usage errors, failures)."""
+def _run_reporting_errors(command: str, work, interrupted_newline: bool = False) -> int:
+    """``work()`` with the exceptions ``train``/``evaluate`` report as one line: 2 on a
+    usage error (bad arguments, data or checkpoint), 1 on a failure while running, 130
+    on Ctrl-C; 0 when it returns."""
     from ..backend import DeviceError
     from .checkpoint import CheckpointError
     from ..data import (DatasetError, DemoError, LoaderError, ManifestError, PrepareError,
                         ShardError, WorkerError)
     from .train import TrainError, TrainingStopped
-    return ((TrainError, DeviceError, DatasetError, PrepareError, DemoError, ManifestError,
-             CheckpointError),
-            (TrainingStopped, ShardError, LoaderError, WorkerError, OSError))
+    usage = (TrainError, DeviceError, DatasetError, PrepareError, DemoError, ManifestError,
+             CheckpointError)
+    failure = (TrainingStopped, ShardError, LoaderError, WorkerError, OSError)
+    try:
+        work()
+    except usage as exc:
+        print(f"convnet {command}: {exc}", file=sys.stderr)
+        return 2
+    except failure as exc:
+        print(f"convnet {command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{chr(10) if interrupted_newline else ''}convnet {command}: interrupted",
+              file=sys.stderr)
+        return 130
+    return 0
 
 
 def cmd_train(args) -> int:
     """Train AlexNet; 2 on bad arguments, 1 when training fails, 130 on Ctrl-C."""
     from .train import TrainOptions, train
-    usage, failure = _train_errors()
     options = TrainOptions(
         data=args.data, prepared=args.prepared, out=args.out, device=args.device,
         devices=args.devices, model=args.model, columns=args.columns, epochs=args.epochs,
@@ -123,41 +137,22 @@ def cmd_train(args) -> int:
         patience=args.patience, lr_drops=args.lr_drops, crop=args.crop, widths=args.widths,
         weight_std=args.weight_std, dropout=args.dropout, resume=args.resume, force=args.force,
         progress=False if args.no_progress else None, final_eval=not args.no_final_eval)
-    try:
-        train(options)
-    except usage as exc:
-        print(f"convnet train: {exc}", file=sys.stderr)
-        return 2
-    except failure as exc:
-        print(f"convnet train: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("convnet train: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return _run_reporting_errors("train", lambda: train(options))
 
 
 def cmd_evaluate(args) -> int:
     """Top-1/top-5 error of a checkpoint on the val split; 2 on bad arguments, 130 on Ctrl-C."""
     from .evaluate import evaluate_checkpoint
     from .runs import resolve_checkpoint
-    usage, failure = _train_errors()
-    try:
+
+    def work():
         path = resolve_checkpoint(args.checkpoint)
         result = evaluate_checkpoint(path, data=args.data, mode=args.mode,
                                      device=args.device, batch_size=args.batch_size,
                                      workers=args.workers)
-    except usage as exc:
-        print(f"convnet evaluate: {exc}", file=sys.stderr)
-        return 2
-    except failure as exc:
-        print(f"convnet evaluate: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nconvnet evaluate: interrupted", file=sys.stderr)
-        return 130
-    print(f"{path}: {result}")
-    return 0
+        print(f"{path}: {result}")
+
+    return _run_reporting_errors("evaluate", work, interrupted_newline=True)
 
 
 def _add(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from ..ops import conv as _conv_ops
 from ..ops import relu as _relu_ops
-from ..tensor import Function, Tensor
+from ..tensor import Tensor
 from ._checks import check_float_tensors
+from ._weighted import WeightedFunction
 
 __all__ = ["conv2d"]
 
 
-class Conv2d(Function):
+class Conv2d(WeightedFunction):
     """``y = act(conv(x, w) + b)`` for the convolution ``g`` (an ``ops.conv.Geometry``).
     Saves x (for dw), w (for dx) and, with ReLU, y (for the mask), each only when a
     gradient needs it; the backward masks the incoming gradient by ``y > 0`` once, then
@@ -19,11 +20,7 @@ class Conv2d(Function):
     def forward(self, x, w, b=None, g=None, relu=False):
         self.g, self.relu, self.has_bias = g, relu, b is not None
         y = _conv_ops.forward(self.device, g, x, w, b, relu)
-        need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
-        need_b = self.has_bias and self.needs_input_grad[2]
-        if need_x or need_w or need_b:
-            self.save_for_backward(x if need_w else None, w if need_x else None,
-                                   y if relu else None)
+        self.save_operands(x, w, y)
         return y
 
     def backward(self, grad):

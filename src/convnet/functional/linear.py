@@ -2,24 +2,21 @@
 from __future__ import annotations
 
 from ..ops import linear as _linear_ops
-from ..tensor import Function, Tensor
+from ..tensor import Tensor
 from ._checks import check_float_tensors
+from ._weighted import WeightedFunction
 
 __all__ = ["linear"]
 
 
-class Linear(Function):
+class Linear(WeightedFunction):
     """``y = act(x · Wᵀ + b)``; saves x (for dW), W (for dx) and, with ReLU, y (for the mask),
     each only when a gradient needs it."""
 
     def forward(self, x, w, b=None, relu=False):
         self.relu, self.has_bias = relu, b is not None
         y = _linear_ops.forward(self.device, x, w, b, relu)
-        need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
-        need_b = self.has_bias and self.needs_input_grad[2]
-        if need_x or need_w or need_b:
-            self.save_for_backward(x if need_w else None, w if need_x else None,
-                                   y if relu else None)
+        self.save_operands(x, w, y)
         return y
 
     def backward(self, grad):
