@@ -174,7 +174,7 @@ def test_saved_arrays_released_and_each_backward_runs_once():
 
     x = _leaf((3,), 16)
     a = Square.apply(x)
-    node = a._node
+    node = a.grad_fn
     out = (Square.apply(a) + a * 3.0 + a).sum()  # a feeds three consumers
     assert len(node.saved) == 1
     out.backward()

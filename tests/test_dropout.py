@@ -12,7 +12,7 @@ import convnet
 from convnet import functional as F
 from convnet.ops import philox
 from convnet.ops import dropout as dropout_ops
-from convnet.ops._elementwise import BLOCK
+from convnet.ops.elementwise import BLOCK
 
 from conftest import require_device
 

@@ -214,7 +214,7 @@ def test_many_small_planes(kernel_device):
     threads loop over them)."""
     x = _data((3, 70, 5, 4), seed=14)
     p = pool_ops.make_params(2, 2, 1)
-    grid, block = pool_ops._grid(EMU, pool_ops.output_shape(x.shape, p))
+    grid, block = pool_ops.launch_shape(EMU, pool_ops.output_shape(x.shape, p))
     assert block == (32, 8) and grid[1] * block[1] < 210
     _check_kernels(kernel_device, x, p)
 

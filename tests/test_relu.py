@@ -13,7 +13,7 @@ import pytest
 import convnet
 from convnet import functional as F
 from convnet.ops import relu as relu_ops
-from convnet.ops._elementwise import BLOCK, EMU_MAX_BLOCKS, grid_for
+from convnet.ops.elementwise import BLOCK, EMU_MAX_BLOCKS, grid_for
 
 from conftest import require_device, run_clean_under_asan
 

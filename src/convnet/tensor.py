@@ -130,6 +130,11 @@ class Tensor:
         return self._node is None
 
     @property
+    def grad_fn(self):
+        """The Function that produced this tensor (None for a leaf), as in PyTorch."""
+        return self._node
+
+    @property
     def requires_grad(self) -> bool:
         return self._requires_grad
 

@@ -39,7 +39,7 @@ from ..toolchain.launch import KernelModule, Launch, LaunchError, name_expressio
 from ._arrays import INT32_MAX, check_one_dtype, check_shape, kernel_array
 from ._conv_geometry import Geometry, check_kernel_sizes, geometry
 from ._conv_tiles import EMU, LARGE, MEDIUM, SMALL, THIN, TILES, Tile, choose_tile, pick_tile
-from ._elementwise import BLOCK, max_blocks
+from .elementwise import BLOCK, max_blocks
 
 __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "EMU", "FORWARD", "FilterPlan", "Geometry",
            "LARGE", "MEDIUM", "SMALL", "THIN", "TILES", "Tile", "backward_bias",

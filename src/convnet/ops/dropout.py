@@ -30,7 +30,7 @@ from .. import arguments
 from . import philox
 from ..toolchain.launch import KernelModule, Launch
 from ._arrays import kernel_array
-from ._elementwise import BLOCK, grid_for
+from .elementwise import BLOCK, grid_for
 
 MODULE = KernelModule("dropout.cu", ("dropout_apply",))
 MODES = ("inverted", "paper")

@@ -20,7 +20,7 @@ import numpy as np
 from ..toolchain.launch import KernelModule, Launch, name_expression
 from . import relu as _relu
 from ._arrays import INT32_MAX, kernel_array
-from ._elementwise import BLOCK, grid_for
+from .elementwise import BLOCK, grid_for
 
 # The backward kernels' block: columns × row strides (their template arguments).
 REDUCE_BLOCK = (32, 8)

@@ -40,7 +40,7 @@ import numpy as np
 from .. import arguments
 from ..toolchain.launch import KernelModule, Launch
 from ._arrays import check_same_shape, kernel_array
-from ._elementwise import resident_threads
+from .elementwise import resident_threads
 
 MODULE = KernelModule("lrn.cu", ("lrn_forward<false>", "lrn_forward<true>",
                                  "lrn_backward<false>", "lrn_backward<true>"))

@@ -157,7 +157,7 @@ def backward_reference(dy: np.ndarray, argmax: np.ndarray, params: PoolParams,
 
 # --------------------------------------------------------------------------- launches
 
-def _grid(device, shape) -> tuple[tuple[int, int], tuple[int, int]]:
+def launch_shape(device, shape) -> tuple[tuple[int, int], tuple[int, int]]:
     """(grid, block) for a thread per element of the planes of ``shape`` (N, C, H, W):
     a block is a warp-rounded run of a plane's elements (at most BLOCK) times as many
     planes as fill BLOCK threads (small planes share blocks); grid.y covers the planes
@@ -186,7 +186,7 @@ def _index_type(argmax) -> str:
 def forward_launch(device, x, y, params: PoolParams, argmax=None) -> Launch:
     """y (and the argmax, when given: uint8 or int32 as ``index_dtype``) from x."""
     args = _shape_args(x.shape, y.shape, params)
-    grid, block = _grid(device, y.shape)
+    grid, block = launch_shape(device, y.shape)
     if argmax is None:
         return Launch(MODULE, "max_pool_forward", grid=grid, block=block, args=(x, y, *args))
     return Launch(MODULE, "max_pool_forward_index", grid=grid, block=block,
@@ -194,14 +194,14 @@ def forward_launch(device, x, y, params: PoolParams, argmax=None) -> Launch:
 
 
 def backward_launch(device, dy, argmax, dx, params: PoolParams) -> Launch:
-    grid, block = _grid(device, dx.shape)
+    grid, block = launch_shape(device, dx.shape)
     return Launch(MODULE, "max_pool_backward", grid=grid, block=block,
                   args=(dy, argmax, dx, *_shape_args(dx.shape, dy.shape, params)),
                   template_args=(_index_type(argmax),))
 
 
 def backward_recompute_launch(device, x, dy, dx, params: PoolParams) -> Launch:
-    grid, block = _grid(device, dx.shape)
+    grid, block = launch_shape(device, dx.shape)
     return Launch(MODULE, "max_pool_backward_recompute", grid=grid, block=block,
                   args=(x, dy, dx, *_shape_args(dx.shape, dy.shape, params)))
 

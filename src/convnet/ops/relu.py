@@ -11,7 +11,7 @@ import numpy as np
 
 from ..toolchain.launch import KernelModule, Launch
 from ._arrays import check_same_shape, kernel_array
-from ._elementwise import BLOCK, grid_for
+from .elementwise import BLOCK, grid_for
 
 MODULE = KernelModule("relu.cu", ("relu_forward", "relu_backward"))
 

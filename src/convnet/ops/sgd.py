@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..toolchain.launch import KernelModule, Launch
-from ._elementwise import BLOCK, grid_for
+from .elementwise import BLOCK, grid_for
 
 MODULE = KernelModule("sgd.cu", ("sgd_momentum",))
 
