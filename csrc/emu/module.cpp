@@ -47,7 +47,8 @@ py::object launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std
                   std::size_t shared_bytes, const std::vector<py::bytes>& args, bool reverse,
                   bool fill_shared, int workers, bool profile, std::shared_ptr<emu::Library> profile_library,
                   std::vector<uint64_t> profile_blocks,
-                  std::vector<std::pair<uint64_t, uint64_t>> profile_allocations) {
+                  std::vector<std::pair<uint64_t, uint64_t>> profile_allocations,
+                  std::vector<std::pair<uint64_t, uint64_t>> profile_shared) {
   if (kernel < 0 || kernel >= lib.size()) throw py::index_error("no kernel with index " + std::to_string(kernel));
   const EmuKernelEntry& entry = lib.kernel(kernel);
   if (grid.size() != 3 || block.size() != 3) throw py::value_error("grid and block take three dimensions");
@@ -92,6 +93,7 @@ py::object launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std
                               std::to_string(kernel));
       spec.profile_library = profile_library.get();
       std::sort(profile_blocks.begin(), profile_blocks.end());
+      spec.profile_shared = std::move(profile_shared);
       for (const auto& a : profile_allocations) {
         uintptr_t start = static_cast<uintptr_t>(a.first);
         spec.profile_rebase.push_back({start, start + static_cast<uintptr_t>(a.second), (256 - start % 256) % 256});
@@ -163,10 +165,12 @@ PYBIND11_MODULE(_emu, m) {
         py::arg("workers") = 1, py::arg("profile") = false, py::arg("profile_library") = nullptr,
         py::arg("profile_blocks") = std::vector<uint64_t>{},
         py::arg("profile_allocations") = std::vector<std::pair<uint64_t, uint64_t>>{},
+        py::arg("profile_shared") = std::vector<std::pair<uint64_t, uint64_t>>{},
         "Run one kernel launch to completion. args: one bytes object per parameter. With profile=True "
         "it returns the launch's memory-traffic figures: the blocks listed in profile_blocks (linear "
         "indices) run on profile_library, the same kernels built with access hooks; profile_allocations "
-        "((start, bytes) of each array the arguments point into) are counted as if 256-byte aligned.");
+        "((start, bytes) of each array the arguments point into) are counted as if 256-byte aligned; "
+        "profile_shared: (offset, bytes) of static __shared__ arrays outside the emu_shared section.");
   m.def("switch_cost_ns", &emu::switch_cost_ns, py::arg("iterations") = 1000000,
         "Nanoseconds per fiber context switch.");
   m.attr("API_VERSION") = EMU_API_VERSION;

@@ -60,7 +60,10 @@ struct LaunchProfile {
 
 // What one block's classification needs: where shared memory is, what to drop.
 struct ProfileRanges {
-  uintptr_t static_shared = 0, static_shared_end = 0;
+  // Static __shared__ arrays, each [start, end): the library's emu_shared section and
+  // the arrays the linker put elsewhere (g++ drops the section of a template's
+  // static locals); a bank is counted from the array's start.
+  std::vector<std::pair<uintptr_t, uintptr_t>> static_shared;
   uintptr_t dynamic_shared = 0, dynamic_shared_end = 0;
   std::vector<std::pair<uintptr_t, uintptr_t>> ignore;  // [start, end)
   // Global allocations [start, end) and the shift that puts their start on a
@@ -254,7 +257,8 @@ class Recorder {
 
   int space_of(uintptr_t a) const {
     const ProfileRanges& r = *ranges_;
-    if (a >= r.static_shared && a < r.static_shared_end) return kShared;
+    for (const auto& range : r.static_shared)
+      if (a >= range.first && a < range.second) return kShared;
     if (a >= r.dynamic_shared && a < r.dynamic_shared_end) return kShared;
     for (const auto& range : r.ignore)
       if (a >= range.first && a < range.second) return -1;
@@ -306,6 +310,7 @@ class Recorder {
     SiteFigures& s = figures(q.site, kGlobal, q.info[__builtin_ctz(mask)]);
     count_lanes(s, q, mask);
     std::size_t n = 0;
+    bool sorted = true;
     for (uint32_t m = mask; m; m &= m - 1) {
       int l = __builtin_ctz(m);
       uint32_t size = EMU_ACCESS_SIZE(q.info[l]);
@@ -319,10 +324,17 @@ class Recorder {
       uintptr_t lo = a >> 5, hi = (a + (size ? size : 1) - 1) >> 5;
       for (uintptr_t x = lo; x <= hi; ++x) {
         if (n == scratch_.size()) scratch_.resize(n * 2 + 64);
+        if (n && x < scratch_[n - 1]) sorted = false;
         scratch_[n++] = x;
       }
     }
-    s.sectors += distinct(scratch_.data(), n);
+    if (sorted) {  // lanes in address order (the usual case): count the changes
+      std::size_t d = n ? 1 : 0;
+      for (std::size_t i = 1; i < n; ++i) d += scratch_[i] != scratch_[i - 1];
+      s.sectors += d;
+    } else {
+      s.sectors += distinct(scratch_.data(), n);
+    }
   }
 
   void finish_shared(const Request& q, uint32_t mask) {
@@ -332,6 +344,7 @@ class Recorder {
     uint32_t size = EMU_ACCESS_SIZE(q.info[first]);
     int group = size <= 4 ? 32 : size <= 8 ? 16 : 8;  // lanes served together
     const ProfileRanges& r = *ranges_;
+    if (size <= 4 && fast_shared(q, mask, s)) return;
     for (int g = 0; g < 32; g += group) {
       uint32_t part = mask & (group == 32 ? 0xffffffffu : (((1u << group) - 1u) << g));
       if (!part) continue;
@@ -339,7 +352,13 @@ class Recorder {
       for (uint32_t m = part; m; m &= m - 1) {
         int l = __builtin_ctz(m);
         uintptr_t a = q.addr[l];
-        uintptr_t origin = (a >= r.static_shared && a < r.static_shared_end) ? r.static_shared : r.dynamic_shared;
+        uintptr_t origin = r.dynamic_shared;
+        for (const auto& range : r.static_shared) {
+          if (a >= range.first && a < range.second) {
+            origin = range.first;
+            break;
+          }
+        }
         uintptr_t off = a - origin;
         uint32_t sz = EMU_ACCESS_SIZE(q.info[l]);
         for (uintptr_t w = off >> 2; w <= (off + (sz ? sz : 1) - 1) >> 2; ++w) {
@@ -354,6 +373,30 @@ class Recorder {
       s.wavefronts += worst;
       s.ideal += 1;
     }
+  }
+
+  // Accesses of at most 4 bytes, none straddling a word: one word per lane. When no
+  // bank holds two distinct words the request is one wavefront, found without sorting.
+  bool fast_shared(const Request& q, uint32_t mask, SiteFigures& s) {
+    uintptr_t word[32];
+    uint32_t seen = 0;
+    for (uint32_t m = mask; m; m &= m - 1) {
+      int l = __builtin_ctz(m);
+      uintptr_t a = q.addr[l];
+      uint32_t sz = EMU_ACCESS_SIZE(q.info[l]);
+      if (((a & 3) + (sz ? sz : 1)) > 4) return false;
+      uintptr_t w = a >> 2;  // arrays are 4-byte aligned: banks relative to their start agree
+      uint32_t bank = static_cast<uint32_t>(w & 31);
+      if ((seen >> bank) & 1u) {
+        if (word[bank] != w) return false;  // a conflict: the general count
+      } else {
+        seen |= 1u << bank;
+        word[bank] = w;
+      }
+    }
+    s.wavefronts += 1;
+    s.ideal += 1;
+    return true;
   }
 
   std::vector<std::vector<Access>> traces_;

@@ -180,8 +180,12 @@ class Worker {
     if (launch.spec.profile && launch.spec.profile_library) {
       hooked = &launch.spec.profile_library->instance(index_);
       recorder_.reset();
-      ranges_.static_shared = reinterpret_cast<uintptr_t>(hooked->shared);
-      ranges_.static_shared_end = ranges_.static_shared + hooked->shared_bytes;
+      ranges_.static_shared.clear();
+      if (hooked->shared_bytes)
+        ranges_.static_shared.emplace_back(reinterpret_cast<uintptr_t>(hooked->shared),
+                                           reinterpret_cast<uintptr_t>(hooked->shared) + hooked->shared_bytes);
+      for (const auto& a : launch.spec.profile_shared)
+        ranges_.static_shared.emplace_back(hooked->base + a.first, hooked->base + a.first + a.second);
       ranges_.dynamic_shared = reinterpret_cast<uintptr_t>(dynamic);
       ranges_.dynamic_shared_end = ranges_.dynamic_shared + (dynamic ? bytes : 0);
       ranges_.ignore = launch.spec.profile_ignore;

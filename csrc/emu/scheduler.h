@@ -48,6 +48,7 @@ struct LaunchSpec {
   std::vector<uint64_t> profile_blocks;
   std::vector<std::pair<uintptr_t, uintptr_t>> profile_ignore;  // e.g. the packed arguments
   std::vector<ProfileRanges::Rebase> profile_rebase;             // global allocations, see ProfileRanges
+  std::vector<std::pair<uint64_t, uint64_t>> profile_shared;     // static __shared__ arrays: (offset from base, bytes)
 };
 
 // Runs the launch to completion; throws KernelFault on a diagnosed fault.

@@ -97,7 +97,7 @@ def options() -> EmuOptions:
 
 
 @contextlib.contextmanager
-def profile(blocks: int | None = 8):
+def profile(blocks: int | None = 4):
     """Profile the memory traffic of emulated launches inside the block.
 
     Yields a ``convnet.perf.traffic.Profile`` that gets one record per launch:
@@ -169,7 +169,7 @@ _CHECK_FLAGS = {
     # has no libtsan). Same -O3 -march=native as the plain build (same arithmetic), but
     # no vectorisation or store merging, so each thread's accesses keep the source's sizes.
     "profile": (["-O3", "-march=native", "-g", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
-                 "-fno-tree-vectorize", "-fno-tree-slp-vectorize", "-fno-store-merging", "-Wno-tsan",
+                 "-fno-tree-vectorize", "-fno-tree-slp-vectorize", "-fno-tree-sra", "-fno-store-merging", "-Wno-tsan",
                  "-fno-optimize-sibling-calls",
                  "-include", "emu_profile.h"], []),
 }
@@ -344,6 +344,32 @@ def pack_arguments(launch: Launch, signature: str) -> list[bytes]:
     return packed
 
 
+_OBJDUMP_OBJECT = re.compile(r"^(?P<addr>[0-9a-f]+)\s.{6}O\s+(?P<section>\S+)\s+(?P<size>[0-9a-f]+)\s+"
+                             r"(?:\.hidden\s+)?(?P<name>\S+)$")
+
+
+@functools.lru_cache(maxsize=None)
+def _static_shared(path: str) -> list[tuple[int, int]]:
+    """(offset, bytes) of the static ``__shared__`` arrays of a kernel library: the
+    objects in its emu_shared section and the function-local statics of kernels that
+    the linker placed elsewhere (g++ ignores the section of a template's statics, so
+    they land in .bss). Read from the symbol table with objdump."""
+    tool = shutil.which("objdump")
+    if tool is None:
+        raise DeviceError("emu.profile() needs objdump (binutils) to find static __shared__ arrays")
+    out = subprocess.run([tool, "-t", path], capture_output=True, text=True, check=False).stdout
+    arrays = []
+    for line in out.splitlines():
+        m = _OBJDUMP_OBJECT.match(line)
+        if m is None:
+            continue
+        section, size, name = m["section"], int(m["size"], 16), m["name"]
+        kernel_static = name.startswith("_ZZ") and "emu_" not in name and section.startswith((".bss", ".data"))
+        if size and (section == "emu_shared" or kernel_static):
+            arrays.append((int(m["addr"], 16), size))
+    return sorted(set(arrays))
+
+
 def _allocations(args) -> list[tuple[int, int]]:
     """(start, bytes) of the whole allocation behind each array argument (a view's
     owner): the profiler counts sectors as if each started 256-byte aligned, as
@@ -400,7 +426,8 @@ class EmuDevice(HostDevice):
                           reverse=opts.schedule == "reverse", fill_shared=opts.fill_shared,
                           workers=worker_threads(opts), profile=True, profile_library=hooked,
                           profile_blocks=collecting.sample(total),
-                          profile_allocations=_allocations(launch.args))
+                          profile_allocations=_allocations(launch.args),
+                          profile_shared=_static_shared(hooked.path))
         collecting.add(launch_traffic(launch.name, str(launch.module.source), hooked.path, launch.grid,
                                       launch.block, launch.shared_bytes, raw))
 

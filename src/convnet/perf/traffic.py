@@ -6,7 +6,7 @@ at the compile step and hooks of our own instead of its runtime, see
 ``csrc/emu/emu_profile.h``) and hands back a :class:`Profile`::
 
     from convnet.backend import emu
-    with emu.profile(blocks=8) as prof:
+    with emu.profile(blocks=4) as prof:
         y = relu(x)
     prof.launches[0].global_.sectors_per_request     # 4.0 for a coalesced float load
     prof.as_dict()                                   # JSON for a performance model
@@ -425,7 +425,7 @@ class LaunchTraffic:
 class Profile:
     """What ``emu.profile()`` collects: one :class:`LaunchTraffic` per launch."""
 
-    def __init__(self, blocks: int | None = 8):
+    def __init__(self, blocks: int | None = 4):
         if blocks is not None and blocks < 1:
             raise ValueError(f"blocks must be at least 1 (or None for all), got {blocks}")
         self.blocks = blocks
