@@ -41,9 +41,8 @@ What is measured, per launch (kernel, grid, block, dynamic shared bytes):
   library, only when asked), skipping frames in the emulator's own headers.
 
 What it cannot see: the accesses are those of the g++ build at -O3 (without
-vectorisation or store merging, so per-thread access sizes follow the source),
-(no vectorisation, scalar replacement of aggregates or store merging, so a ``float4`` stays one
-16-byte access), which reloads or keeps in registers what nvcc might not; ``memset``/``memcpy``
+vectorisation, scalar replacement of aggregates or store merging, so per-thread
+access sizes follow the source: a ``float4`` stays one 16-byte access), which reloads or keeps in registers what nvcc might not; ``memset``/``memcpy``
 calls the compiler leaves as library calls are not seen; ``__constant__`` and
 ``__device__`` variables live in the library image and are not counted; atomics
 are reported as accesses of kind ``atomic`` (a float ``atomicAdd`` is a load and
