@@ -1,0 +1,327 @@
+"""The launches of one layer's forward and backward on a GPU, built by the library's own
+launch builders, for the launch model.
+
+A ``Layer`` has a name and ``build(device, batch, arrays, choices, reduced)``, which
+returns the ``Planned`` launches of its forward, backward and (for parameters) update,
+exactly as ``convnet.functional`` would issue them on a ``cuda`` device (conv: ReLU
+mask, backward data, backward filter with its split sum, bias gradient; the fused
+LRN + max-pool's backward: max-pool then LRN recomputing its scale, as
+``ops.lrn.SAVE_SCALE`` says for cuda; linear: the cuBLAS product and our epilogue).
+``device`` is a stand-in with ``kind="cuda"`` and ``parallel_units`` = the GPU's SMs;
+``arrays(shape, dtype, high)`` makes the operands: shape-only stand-ins for the real
+batch, random arrays for the emulator run at a reduced batch.
+
+``choices`` makes the two builds run the same kernels: the real-batch build records
+each decision a builder made for the GPU (conv tiles, backward filter's chunk, LRN's
+channels per thread) and the reduced build takes them, so the emulator profiles the
+very tile and block shape the GPU would run. ``reduced=True`` also cuts
+batch-independent sizes (parameters for SGD) to at most ``REDUCED_ELEMENTS``.
+
+Each ``Planned`` says how its emulated traffic scales to the real problem:
+``work=None`` for kernels whose grid covers the problem (figures per block x the
+real grid's blocks), else the elements it covers (figures x the ratio of elements:
+grid-stride loops and reductions whose grid does not grow with the batch).
+
+FLOPs: convolution passes 2·N·K·P·Q·(C/groups)·R·S each; GEMM 2·m·n·k; the others
+nominal counts per element (they are memory-bound by a wide margin) — see
+``NOMINAL_FLOPS``.
+
+``parse_op(spec)`` turns the one-op syntax of ``convnet perf --op`` into a Layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..ops import conv, cross_entropy, dropout, linear, lrn, lrn_max_pool, max_pool, relu, sgd
+from ..toolchain.launch import Launch
+
+REDUCED_ELEMENTS = 1 << 18
+# FLOPs per element (per output element for pooling: per window element) of the
+# kernels that are not products; nominal, for the compute term of memory-bound kernels.
+NOMINAL_FLOPS = {"relu": 1, "bias_act": 2, "bias_backward": 2, "dropout": 1, "pool": 1,
+                 "lrn_forward": 2 * 5 + 8, "lrn_backward": 6 * 5 + 16, "sgd": 6,
+                 "cross_entropy_forward": 4, "cross_entropy_backward": 3, "sum": 1}
+
+
+@dataclass
+class Planned:
+    """One launch of a layer: ours (``launch``) or a cuBLAS GEMM (``gemm`` = m, n, k)."""
+
+    layer: str
+    pass_: str                   # "forward", "backward" or "update"
+    launch: Launch | None
+    flops: float
+    reads: tuple = ()            # arrays the launch reads (their bytes: DRAM footprint)
+    writes: tuple = ()           # arrays it writes
+    work: float | None = None    # None: scale traffic per block; else elements covered
+    gemm: tuple | None = None
+
+    @property
+    def kernel(self) -> str:
+        if self.gemm is not None:
+            m, n, k = self.gemm
+            return f"cuBLAS sgemm {m}x{n}x{k}"
+        return self.launch.name
+
+    @property
+    def read_bytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.reads)
+
+    @property
+    def write_bytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.writes)
+
+    @property
+    def blocks(self) -> int:
+        return 0 if self.launch is None else int(np.prod(self.launch.grid))
+
+
+@dataclass
+class Layer:
+    name: str
+    build: Callable[..., list]
+    info: dict = field(default_factory=dict)
+
+
+def standin_arrays(shape, dtype=np.float32, high=None):
+    """A shape-only array: no memory (stride 0), right shape, dtype and ``nbytes``."""
+    return np.broadcast_to(np.zeros((), dtype=dtype), tuple(int(s) for s in shape))
+
+
+def random_arrays(seed: int = 0):
+    """An ``arrays`` factory of random operands (floats N(0, 1), integers below ``high``)."""
+    rng = np.random.default_rng(seed)
+
+    def make(shape, dtype=np.float32, high=None):
+        dtype = np.dtype(dtype)
+        if dtype.kind in "iu":
+            return rng.integers(0, high or 1, size=shape).astype(dtype)
+        return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    return make
+
+
+# --------------------------------------------------------------------------- convolution
+
+def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_grad=True,
+               bias=True) -> Layer:
+    """``conv2d`` on (N, c, hw, hw) with k filters of rs x rs: forward (bias + ReLU fused),
+    backward (ReLU mask, data unless ``input_grad`` is False, filter, bias)."""
+
+    def build(dev, n, arrays, choices, reduced):
+        g = conv.geometry((n, c, hw, hw), (k, c // groups, rs, rs), stride, pad, groups)
+        x, w, y = arrays(g.x_shape), arrays(g.w_shape), arrays(g.y_shape)
+        b = arrays((k,)) if bias else None
+        out = []
+        fwd = conv.forward_launch(dev, g, x, w, b, y, relu_, choices.get("forward"))
+        choices.setdefault("forward", fwd.template_args)
+        out.append(Planned(name, "forward", fwd, g.flops, (x, w) + ((b,) if bias else ()), (y,)))
+        dy = arrays(g.y_shape)
+        if relu_:
+            dz = arrays(g.y_shape)
+            out.append(Planned(name, "backward", relu.backward_launch(dev, y, dy, dz),
+                               y.size * NOMINAL_FLOPS["relu"], (y, dy), (dz,), work=y.size))
+            dy = dz
+        if input_grad:
+            dx = arrays(g.x_shape)
+            data = conv.backward_data_launch(dev, g, dy, w, dx, choices.get("data"))
+            choices.setdefault("data", data.template_args)
+            out.append(Planned(name, "backward", data, g.flops, (dy, w), (dx,)))
+        if "filter" in choices:
+            tile, chunk = choices["filter"]
+            npq = g.n * g.p * g.q
+            plan = conv.FilterPlan(conv.Tile(*tile), max(1, -(-npq // chunk)), chunk)
+        else:
+            plan = conv.plan_filter(dev, g)
+            choices["filter"] = (tuple(plan.tile), plan.chunk)
+        dw = arrays(g.w_shape)
+        space = plan.workspace_size(g)
+        ws = arrays((space,)) if space else None
+        launches = conv.backward_filter_launches(dev, g, x, dy, dw, plan, ws)
+        partial = (ws,) if space else (dw,)
+        out.append(Planned(name, "backward", launches[0], g.flops, (x, dy), partial))
+        if len(launches) > 1:
+            count = dw.size * plan.splits
+            out.append(Planned(name, "backward", launches[1], count * NOMINAL_FLOPS["sum"],
+                               (ws,), (dw,), work=count))
+        if bias:
+            db = arrays((k,))
+            out.append(Planned(name, "backward", conv.backward_bias_launch(g, dy, db),
+                               dy.size * NOMINAL_FLOPS["sum"], (dy,), (db,), work=dy.size))
+        return out
+
+    return Layer(name, build, dict(op="conv", c=c, hw=hw, k=k, rs=rs, stride=stride, pad=pad,
+                                   groups=groups))
+
+
+# --------------------------------------------------------------------------- LRN and pooling
+
+def lrn_pool_layer(name, c, hw, lrn_groups=1, size=5, alpha=1e-4, beta=0.75, k=2.0,
+                   pool=3, stride=2) -> Layer:
+    """The fused LRN + max-pool forward; backward: max-pool's (saved argmax), then LRN's
+    (scale recomputed from x, as on cuda)."""
+    params = lrn.make_params(size, alpha, beta, k, lrn_groups)
+    pp = max_pool.make_params(pool, stride)
+
+    def build(dev, n, arrays, choices, reduced):
+        shape = (n, c, hw, hw)
+        out_shape = max_pool.output_shape(shape, pp)
+        window = pp.kh * pp.kw
+        x, y = arrays(shape), arrays(out_shape)
+        argmax = arrays(out_shape, max_pool.index_dtype(pp), high=window)
+        width = sum(lrn.check_window(shape, params)) + 1
+        fwd = lrn_max_pool.forward_launch(dev, x, y, argmax, params, pp)
+        flops = x.size * (2 * width + 8) + y.size * window
+        out = [Planned(name, "forward", fwd, flops, (x,), (y, argmax))]
+        dy, dz, dx = arrays(out_shape), arrays(shape), arrays(shape)
+        out.append(Planned(name, "backward", max_pool.backward_launch(dev, dy, argmax, dz, pp),
+                           dz.size * NOMINAL_FLOPS["pool"], (dy, argmax), (dz,)))
+        chunk = choices.setdefault("lrn_chunk", lrn.default_chunk(dev, shape, params))
+        back = lrn.backward_launch(dev, x, dz, dx, params, chunk=chunk)
+        out.append(Planned(name, "backward", back, x.size * (6 * width + 16), (x, dz), (dx,)))
+        return out
+
+    return Layer(name, build, dict(op="lrn_pool", c=c, hw=hw, groups=lrn_groups))
+
+
+def pool_layer(name, c, hw, pool=3, stride=2) -> Layer:
+    """Max-pool with its argmax, and its backward."""
+    pp = max_pool.make_params(pool, stride)
+
+    def build(dev, n, arrays, choices, reduced):
+        shape = (n, c, hw, hw)
+        out_shape = max_pool.output_shape(shape, pp)
+        window = pp.kh * pp.kw
+        x, y = arrays(shape), arrays(out_shape)
+        argmax = arrays(out_shape, max_pool.index_dtype(pp), high=window)
+        dy, dx = arrays(out_shape), arrays(shape)
+        return [Planned(name, "forward", max_pool.forward_launch(dev, x, y, pp, argmax),
+                        y.size * window, (x,), (y, argmax)),
+                Planned(name, "backward", max_pool.backward_launch(dev, dy, argmax, dx, pp),
+                        dx.size * NOMINAL_FLOPS["pool"], (dy, argmax), (dx,))]
+
+    return Layer(name, build, dict(op="pool", c=c, hw=hw))
+
+
+# --------------------------------------------------------------------------- fully connected
+
+def linear_layer(name, inputs, outputs, relu_=True, input_grad=True) -> Layer:
+    """``act(x · Wᵀ + b)``: the cuBLAS product, our bias (+ ReLU) epilogue; backward:
+    the epilogue's gradient and bias sums, then the two cuBLAS products."""
+
+    def build(dev, n, arrays, choices, reduced):
+        x, w, b, y = (arrays((n, inputs)), arrays((outputs, inputs)), arrays((outputs,)),
+                      arrays((n, outputs)))
+        dy, dz, db = arrays((n, outputs)), arrays((n, outputs)), arrays((outputs,))
+        out = [Planned(name, "forward", None, 2.0 * n * outputs * inputs, (x, w), (y,),
+                       gemm=(n, outputs, inputs)),
+               Planned(name, "forward", linear.forward_launch(dev, y, b, relu_),
+                       y.size * NOMINAL_FLOPS["bias_act"], (y, b), (y,), work=y.size),
+               Planned(name, "backward", linear.backward_launch(y if relu_ else None, dy,
+                                                                dz if relu_ else dy, db),
+                       y.size * NOMINAL_FLOPS["bias_backward"], (y, dy) if relu_ else (dy,),
+                       (dz, db) if relu_ else (db,), work=y.size)]
+        if input_grad:
+            dx = arrays((n, inputs))
+            out.append(Planned(name, "backward", None, 2.0 * n * inputs * outputs, (dz, w),
+                               (dx,), gemm=(n, inputs, outputs)))
+        dw = arrays((outputs, inputs))
+        out.append(Planned(name, "backward", None, 2.0 * outputs * inputs * n, (dz, x), (dw,),
+                           gemm=(outputs, inputs, n)))
+        return out
+
+    return Layer(name, build, dict(op="linear", inputs=inputs, outputs=outputs))
+
+
+# --------------------------------------------------------------------------- elementwise
+
+def relu_layer(name, features) -> Layer:
+    def build(dev, n, arrays, choices, reduced):
+        x, y, dy, dx = (arrays((n, features)) for _ in range(4))
+        return [Planned(name, "forward", relu.forward_launch(dev, x, y), x.size, (x,), (y,),
+                        work=x.size),
+                Planned(name, "backward", relu.backward_launch(dev, y, dy, dx), x.size,
+                        (y, dy), (dx,), work=x.size)]
+    return Layer(name, build, dict(op="relu", features=features))
+
+
+def dropout_layer(name, features, p=0.5) -> Layer:
+    """Dropout's forward and backward (the same kernel, the mask regenerated)."""
+    plan = dropout.plan(p, training=True, seed=1)
+
+    def build(dev, n, arrays, choices, reduced):
+        x, y, dy, dx = (arrays((n, features)) for _ in range(4))
+        return [Planned(name, pass_, dropout.apply_launch(dev, a, b, plan), a.size, (a,), (b,),
+                        work=a.size) for pass_, a, b in (("forward", x, y), ("backward", dy, dx))]
+    return Layer(name, build, dict(op="dropout", features=features))
+
+
+def cross_entropy_layer(name, classes) -> Layer:
+    def build(dev, n, arrays, choices, reduced):
+        x, dx = arrays((n, classes)), arrays((n, classes))
+        labels = arrays((n,), np.int32, high=classes)
+        loss, m, ls = (arrays((n,)) for _ in range(3))
+        dloss = arrays((1,))
+        saved = cross_entropy.Saved(labels, m, ls)
+        return [Planned(name, "forward", cross_entropy.forward_launch(x, labels, loss, m, ls),
+                        x.size * NOMINAL_FLOPS["cross_entropy_forward"], (x, labels),
+                        (loss, m, ls)),
+                Planned(name, "backward", cross_entropy.backward_launch(x, saved, dloss, dx),
+                        x.size * NOMINAL_FLOPS["cross_entropy_backward"],
+                        (x, labels, m, ls, dloss), (dx,))]
+    return Layer(name, build, dict(op="cross_entropy", classes=classes))
+
+
+def sgd_layer(name, shapes) -> Layer:
+    """The paper's SGD update of each parameter tensor of ``shapes`` (batch-independent;
+    the reduced build cuts each to at most ``REDUCED_ELEMENTS``)."""
+
+    def build(dev, n, arrays, choices, reduced):
+        out = []
+        for shape in shapes:
+            count = int(np.prod(shape))
+            if reduced:
+                count = min(count, REDUCED_ELEMENTS)
+            w, v, g = arrays((count,)), arrays((count,)), arrays((count,))
+            out.append(Planned(name, "update", sgd.update_launch(dev, w, v, g, 0.01, 0.9, 5e-6),
+                               count * NOMINAL_FLOPS["sgd"], (w, v, g), (w, v), work=count))
+        return out
+    return Layer(name, build, dict(op="sgd", shapes=[tuple(s) for s in shapes]))
+
+
+# --------------------------------------------------------------------------- one op
+
+OP_SYNTAX = """\
+conv:C,HW,K,RS[,stride[,pad[,groups]]]   conv2d on N x C x HW x HW, K filters RS x RS (bias, ReLU)
+lrn_pool:C,HW[,groups]                   LRN (the paper's) + 3x3/2 max-pool, fused
+pool:C,HW                                3x3/2 max-pool with argmax
+linear:IN,OUT                            cuBLAS product + bias/ReLU epilogue
+relu:FEATURES | dropout:FEATURES         elementwise on N x FEATURES
+cross_entropy:CLASSES                    softmax cross-entropy on N x CLASSES
+sgd:COUNT                                one SGD update of COUNT parameters
+(N is --batch)"""
+
+
+def parse_op(spec: str) -> Layer:
+    """A Layer from ``OP_SYNTAX`` (e.g. ``conv:96,27,256,5,1,2,2``); ValueError otherwise."""
+    op, _, rest = spec.partition(":")
+    try:
+        values = [int(v) for v in rest.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"bad op {spec!r}: the sizes must be integers; syntax:\n{OP_SYNTAX}") \
+            from None
+    makers = {
+        "conv": (4, 7, lambda v: conv_layer(spec, *v)),
+        "lrn_pool": (2, 3, lambda v: lrn_pool_layer(spec, *v)),
+        "pool": (2, 2, lambda v: pool_layer(spec, *v)),
+        "linear": (2, 2, lambda v: linear_layer(spec, *v)),
+        "relu": (1, 1, lambda v: relu_layer(spec, *v)),
+        "dropout": (1, 1, lambda v: dropout_layer(spec, *v)),
+        "cross_entropy": (1, 1, lambda v: cross_entropy_layer(spec, *v)),
+        "sgd": (1, 1, lambda v: sgd_layer(spec, [(v[0],)])),
+    }
+    if op not in makers or not makers[op][0] <= len(values) <= makers[op][1]:
+        raise ValueError(f"bad op {spec!r}; syntax:\n{OP_SYNTAX}")
+    return makers[op][2](values)

@@ -1,0 +1,230 @@
+"""The launch model: a predicted time for one kernel launch on a named GPU.
+
+    time = max(compute, DRAM, L1, shared) + LAUNCH_OVERHEAD_S
+
+* **compute** = FLOPs / (FP32 peak x issue x latency x waves), where
+
+  - *issue* is the share of the FP32 peak the main loop's instruction mix can reach:
+    its math share of issue slots (``convnet.perf.sass``; the whole kernel's mix for
+    a kernel without loops). A sub-partition issues one warp instruction per clock;
+    where it has fewer than 32 FP32 lanes (sm_80: 16) a warp's FFMA holds the pipe
+    longer, so issue = min(1, math share x 32 / lanes per sub-partition).
+  - *latency* is what too few warps cost: with w resident warps per scheduler (4
+    schedulers per SM; warps = resident blocks per SM from the occupancy rules, or
+    fewer where the grid is smaller, x warps per block), latency = min(1, 0.25 +
+    0.25 w): one warp issues half the time (it waits on its own shared-memory and
+    FMA dependencies), two 75 %, three or more hide the latency. Chosen, not
+    measured: the first GPU run (``benchmarks/gpu_check.sh``) calibrates it.
+  - *waves* is the wave quantisation: blocks / (SMs x resident blocks per SM) =
+    waves; efficiency = waves / ceil(waves) (a 1.28-wave grid runs 2 waves at 64 %);
+    a grid of less than one wave keeps only min(1, blocks / SMs) of the SMs busy.
+
+* **DRAM** = bytes / memory bandwidth, bytes = the emulator's global bytes loaded
+  (sectors x 32, scaled to the real problem) capped by the bytes of the arrays the
+  launch reads, plus the bytes stored capped by those of the arrays it writes
+  (without emulator figures: the two footprints). *L2-reuse assumption:* every array byte a
+  launch touches crosses the DRAM interface once; re-reads (a convolution's input
+  gathered R x S times, its filters read by every column block, a reduction's
+  operands) are served by L1/L2. Optimistic where a launch's working set exceeds
+  L2 (50 MB on the H100; AlexNet's conv1 output at batch 128 is 149 MB, but it is
+  streamed in order).
+* **L1** = the emulator's global bytes moved (every request's sectors, no caches: the
+  traffic between the SMs and their L1) / (SMs x L1_BYTES_PER_CLOCK x clock):
+  poorly coalesced requests cost here.
+* **shared** = shared-memory wavefronts (the emulator's, bank conflicts included) /
+  (SMs x one wavefront per clock x clock).
+* **launch**: LAUNCH_OVERHEAD_S, the gap between back-to-back kernels of one stream
+  (about 2 us on current GPUs and drivers), added to every launch.
+* **cuBLAS GEMMs** (the fully-connected layers' matrix products, which are not ours):
+  max(FLOPs / (FP32 peak x GEMM_EFFICIENCY), footprint / bandwidth) + launch;
+  FP32 SGEMM (CuPy does not enable TF32 by default).
+
+The *bound* names the largest term, and for compute the smallest of its factors:
+``issue`` (the instruction mix), ``latency`` (occupancy), ``waves``; memory terms
+are ``DRAM``, ``L1``, ``shared``; ``launch`` where the fixed overhead exceeds all;
+``cuBLAS`` for the GEMMs. ``% peak`` is the achieved rate against the bound's own
+peak (FP32 FLOP/s for the compute bounds, the bandwidth for the memory ones).
+
+What it cannot see: clocks below boost (power, heat), L2 misses of working sets
+larger than L2, DRAM page and refresh effects, instruction-cache misses, dynamic
+instruction counts (a loop's mix is per iteration, predicated-off instructions
+issue), dependencies between launches (each is timed alone), and transfers
+between GPUs (the two-column network's).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from . import gpus
+from .occupancy import occupancy
+
+LAUNCH_OVERHEAD_S = 2e-6      # per launch, back-to-back in one stream
+L1_BYTES_PER_CLOCK = 128      # per SM: one 4-sector (128-byte) request per clock
+SHARED_WAVEFRONTS_PER_CLOCK = 1   # per SM: 32 banks x 4 bytes
+GEMM_EFFICIENCY = 0.7         # cuBLAS FP32 SGEMM on large matrices, share of the FP32 peak
+SCHEDULERS_PER_SM = 4
+
+
+@dataclass(frozen=True)
+class KernelInputs:
+    """What the model needs of one launch (``convnet.perf.layers`` gathers it)."""
+
+    name: str                  # kernel name expression, or "cuBLAS sgemm ..." for a GEMM
+    blocks: int
+    threads_per_block: int
+    flops: float
+    read_bytes: float          # footprint: the bytes of the arrays the launch reads
+    write_bytes: float         # ... and writes
+    registers: int = 0
+    static_shared: int = 0
+    dynamic_shared: int = 0
+    math_share: float = 1.0    # the main loop's (or kernel's) math share of issue slots
+    load_bytes: float | None = None         # emulator: global bytes loaded, scaled
+    store_bytes: float | None = None        # emulator: global bytes stored, scaled
+    shared_wavefronts: float | None = None  # emulator: shared wavefronts, scaled
+    gemm: bool = False
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One launch's predicted time and its parts (seconds)."""
+
+    gpu: str
+    name: str
+    time_s: float
+    compute_s: float
+    dram_s: float
+    l1_s: float
+    shared_s: float
+    bound: str
+    pct_peak: float            # of the bound's resource (0 for launch)
+    blocks_per_sm: int = 0
+    occupancy: float = 0.0
+    waves: float = 0.0
+    wave_efficiency: float = 1.0
+    latency_factor: float = 1.0
+    issue_factor: float = 1.0
+    dram_bytes: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def issue_factor(gpu: gpus.GPU, math_share: float) -> float:
+    """The share of the FP32 peak an issue-bound loop with ``math_share`` reaches."""
+    lanes = gpu.fp32_lanes_per_sm / SCHEDULERS_PER_SM
+    return min(1.0, max(0.0, math_share) * gpu.arch.warp_size / lanes)
+
+
+def latency_factor(warps_per_scheduler: float) -> float:
+    """Issue rate with ``warps_per_scheduler`` resident warps (see the docstring)."""
+    return min(1.0, 0.25 + 0.25 * max(0.0, warps_per_scheduler))
+
+
+def wave_efficiency(blocks: int, sms: int, blocks_per_sm: int) -> tuple[float, float]:
+    """``(waves, efficiency)`` of a grid of ``blocks`` on ``sms`` SMs holding
+    ``blocks_per_sm`` each (see the docstring)."""
+    per_wave = sms * blocks_per_sm
+    waves = blocks / per_wave
+    if waves >= 1:
+        return waves, waves / math.ceil(waves)
+    return waves, min(1.0, blocks / sms)
+
+
+def dram_bytes(k: KernelInputs) -> float:
+    """Bytes across the DRAM interface: loads capped by the read footprint, stores by
+    the write footprint (the L2-reuse assumption); the footprints without emu figures."""
+    loads = k.read_bytes if k.load_bytes is None else min(k.load_bytes, k.read_bytes)
+    stores = k.write_bytes if k.store_bytes is None else min(k.store_bytes, k.write_bytes)
+    return loads + stores
+
+
+def _l1_bytes(k: KernelInputs) -> float:
+    return (k.load_bytes or 0.0) + (k.store_bytes or 0.0)
+
+
+def _memory(gpu: gpus.GPU, k: KernelInputs) -> tuple[float, float, float, float]:
+    moved = dram_bytes(k)
+    clock = gpu.boost_clock_mhz * 1e6
+    dram = moved / gpu.memory_bandwidth
+    l1 = _l1_bytes(k) / (gpu.sms * L1_BYTES_PER_CLOCK * clock)
+    shared = (k.shared_wavefronts or 0.0) / (gpu.sms * SHARED_WAVEFRONTS_PER_CLOCK * clock)
+    return moved, dram, l1, shared
+
+
+def predict(k: KernelInputs, gpu) -> Prediction:
+    """The predicted time of one launch on ``gpu`` (a name or ``gpus.GPU``)."""
+    g = gpus.gpu(gpu)
+    moved, dram, l1, shared = _memory(g, k)
+    if k.gemm:
+        compute = k.flops / (g.fp32_flops * GEMM_EFFICIENCY)
+        body = max(compute, dram)
+        bound = "cuBLAS" if compute >= dram else "DRAM"
+        pct = (k.flops / body / g.fp32_flops if bound == "cuBLAS"
+               else moved / body / g.memory_bandwidth) if body else 0.0
+        return Prediction(g.key, k.name, body + LAUNCH_OVERHEAD_S, compute, dram, 0.0, 0.0,
+                          bound, pct, dram_bytes=moved)
+    occ = occupancy(g.arch, k.threads_per_block, k.registers, k.static_shared,
+                    k.dynamic_shared)
+    if not occ.runs:
+        raise ValueError(f"{k.name}: {occ.describe()}")
+    waves, wave_eff = wave_efficiency(k.blocks, g.sms, occ.blocks_per_sm)
+    resident = min(occ.blocks_per_sm, math.ceil(k.blocks / g.sms))
+    latency = latency_factor(resident * occ.warps_per_block / SCHEDULERS_PER_SM)
+    issue = issue_factor(g, k.math_share)
+    rate = g.fp32_flops * issue * latency * wave_eff
+    compute = k.flops / rate if k.flops and rate > 0 else (math.inf if k.flops else 0.0)
+    terms = {"compute": compute, "DRAM": dram, "L1": l1, "shared": shared}
+    largest = max(terms, key=terms.get)
+    body = terms[largest]
+    if body < LAUNCH_OVERHEAD_S:
+        bound, pct = "launch", 0.0
+    elif largest == "compute":
+        factors = {"issue": issue, "latency": latency, "waves": wave_eff}
+        bound = min(factors, key=factors.get)
+        pct = k.flops / body / g.fp32_flops
+    else:
+        bound = largest
+        clock = g.boost_clock_mhz * 1e6
+        peak_rate = {"DRAM": g.memory_bandwidth, "L1": g.sms * L1_BYTES_PER_CLOCK * clock,
+                     "shared": g.sms * SHARED_WAVEFRONTS_PER_CLOCK * clock}[largest]
+        amount = {"DRAM": moved, "L1": _l1_bytes(k),
+                  "shared": k.shared_wavefronts or 0.0}[largest]
+        pct = amount / body / peak_rate
+    return Prediction(g.key, k.name, body + LAUNCH_OVERHEAD_S, compute, dram, l1, shared,
+                      bound, pct, blocks_per_sm=occ.blocks_per_sm, occupancy=occ.occupancy,
+                      waves=waves, wave_efficiency=wave_eff, latency_factor=latency,
+                      issue_factor=issue, dram_bytes=moved)
+
+
+def legend(gpu) -> str:
+    """Every assumption, with the GPU's numbers, for printing under a table."""
+    g = gpus.gpu(gpu)
+    clock = g.boost_clock_mhz * 1e6
+    return "\n".join([
+        f"All times are PREDICTED for {g.name} ({g.sms} SMs, {g.boost_clock_mhz} MHz boost, "
+        f"FP32 {g.fp32_tflops} TFLOP/s, DRAM {g.memory_bandwidth_gbs:.0f} GB/s), not measured.",
+        "time = max(compute, DRAM, L1, shared) + launch overhead "
+        f"({LAUNCH_OVERHEAD_S * 1e6:.0f} us per launch).",
+        "compute = FLOPs / (FP32 peak x issue x latency x waves): issue = main loop's math share "
+        "of issue slots (SASS) scaled to the FP32 lanes per scheduler; latency = min(1, 0.25 + "
+        "0.25 x resident warps per scheduler) (chosen, to be calibrated); waves = waves / "
+        "ceil(waves) (< 1 wave: busy SMs / SMs).",
+        "DRAM = (min(emu bytes loaded, arrays read) + min(emu bytes stored, arrays written)) "
+        "/ bandwidth: each array byte crosses "
+        "DRAM once, re-reads hit L1/L2 (optimistic past the "
+        f"{g.l2_bytes // 2**20} MiB L2).",
+        f"L1 = emu global bytes moved (sectors x 32, no caches) / ({L1_BYTES_PER_CLOCK} B/clk/SM = "
+        f"{g.sms * L1_BYTES_PER_CLOCK * clock / 1e12:.1f} TB/s); shared = emu wavefronts "
+        f"/ (1 per clk per SM).",
+        "emu traffic: the same launches (same tiles, chunks and block shapes) run on the "
+        "emulator at a reduced batch, figures of sampled blocks; scaled per block x the real "
+        "grid's blocks where the grid covers the problem, else by the ratio of elements.",
+        f"cuBLAS (fc layers' matmuls, not our kernels): FP32 SGEMM at {GEMM_EFFICIENCY:.0%} of "
+        "the FP32 peak, or operands / bandwidth if larger.",
+        "bound: issue / latency / waves (compute, its smallest factor), DRAM, L1, shared, "
+        "launch, cuBLAS; % peak: of that bound's resource.",
+        "Not seen: clocks below boost, L2 misses, instruction cache, predicated-off work, "
+        "overlap between launches, inter-GPU transfers.",
+    ])
