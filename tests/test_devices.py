@@ -102,7 +102,23 @@ class _FakeArray:
 
 def _fake_cupy(driver=12040, count=2, count_error=None):
     """Just enough of CuPy's surface for CUDADevice, recording what it is asked to do."""
-    calls = types.SimpleNamespace(modules=[], launches=[], current=[0], get_function=[])
+    calls = types.SimpleNamespace(modules=[], launches=[], current=[0], get_function=[],
+                                  stream_ops=[])
+
+    class Event:  # records what a stream of which device does, in order
+        def __init__(self, block=False, disable_timing=False):
+            self.device = None
+
+        def record(self, stream=None):
+            self.device = calls.current[-1]
+            calls.stream_ops.append(("record", self.device, id(self)))
+
+    class Stream:
+        def __init__(self, device_id):
+            self.device_id = device_id
+
+        def wait_event(self, event):
+            calls.stream_ops.append(("wait", self.device_id, id(event)))
 
     class DeviceContext:
         def __init__(self, index):
@@ -121,6 +137,7 @@ def _fake_cupy(driver=12040, count=2, count_error=None):
         def __init__(self, name):
             self.name = name
             self.max_dynamic_shared_size_bytes = 48 * 1024
+            self.num_regs, self.shared_size_bytes, self.max_threads_per_block = 16, 0, 1024
 
         def __call__(self, grid, block, args, shared_mem=0):
             calls.launches.append(dict(name=self.name, grid=grid, block=block, args=args,
@@ -155,7 +172,8 @@ def _fake_cupy(driver=12040, count=2, count_error=None):
     cupy.ascontiguousarray = lambda a: a
     cupy.asnumpy = lambda a: a.data.copy()
     cupy.cuda = types.SimpleNamespace(
-        Device=DeviceContext,
+        Device=DeviceContext, Event=Event,
+        get_current_stream=lambda: Stream(calls.current[-1]),
         runtime=types.SimpleNamespace(driverGetVersion=lambda: driver,
                                       runtimeGetVersion=lambda: 12040,
                                       getDeviceCount=get_device_count,
@@ -172,7 +190,6 @@ def fake_cupy(monkeypatch):
         cupy, calls = _fake_cupy(**kwargs)
         monkeypatch.setitem(sys.modules, "cupy", cupy)
         monkeypatch.setattr(cuda, "_RAW_MODULES", {})
-        monkeypatch.setattr(cuda, "_MODULE_KEYS", {})
         return cupy, calls
     return install
 
@@ -232,7 +249,7 @@ def test_broken_cupy_import_is_reported(monkeypatch, tmp_path):
     monkeypatch.delitem(sys.modules, "cupy", raising=False)
 
 
-def test_fake_launch_compiles_once_with_expanded_source(fake_cupy, kernel_module):
+def test_fake_launch_compiles_each_instantiation_once_lazily(fake_cupy, kernel_module):
     from convnet.toolchain.kernel_source import expand
     from convnet.toolchain.nvrtc import NVRTC_OPTIONS
 
@@ -243,13 +260,14 @@ def test_fake_launch_compiles_once_with_expanded_source(fake_cupy, kernel_module
     assert device.owns(x) and x.device.id == 1
     for _ in range(3):
         device.launch(Launch(kernel_module, "scale", grid=2, block=(32, 2), args=(x, np.int32(4))))
+    assert len(calls.modules) == 1 and calls.modules[0]["names"] == ["scale"]  # only what ran
     device.launch(Launch(kernel_module, "fill", grid=1, block=1, args=(x,), template_args=(3,)))
-    assert len(calls.modules) == 1
+    assert [m["names"] for m in calls.modules] == [["scale"], ["fill<3>"]]
     module = calls.modules[0]
-    assert module["code"] == expand(kernel_module.source) and "#line" in module["code"]
-    assert "two()" in module["code"]  # the header was inlined
+    assert module["code"].startswith(expand(kernel_module.source, portable=True))
+    assert "#line" in module["code"] and "two()" in module["code"]  # the header was inlined
+    assert calls.modules[0]["code"] != calls.modules[1]["code"]  # distinct keys for CuPy's cache
     assert tuple(module["options"]) == NVRTC_OPTIONS
-    assert module["names"] == ["scale", "fill<3>"]
     assert calls.get_function == [("scale", 1), ("fill<3>", 1)]  # once each, on cuda:1
     first = calls.launches[0]
     assert first["grid"] == (2, 1, 1) and first["block"] == (32, 2, 1)
@@ -259,7 +277,7 @@ def test_fake_launch_compiles_once_with_expanded_source(fake_cupy, kernel_module
     other = cuda.CUDADevice(0)
     other.launch(Launch(kernel_module, "scale", grid=1, block=1,
                         args=(other.asarray(np.ones(1, np.float32)), np.int32(1))))
-    assert len(calls.modules) == 1 and calls.get_function[-1] == ("scale", 0)
+    assert len(calls.modules) == 2 and calls.get_function[-1] == ("scale", 0)
     device.synchronize()
     assert calls.launches[-1] == ("sync", 1)
 
@@ -302,6 +320,11 @@ def test_fake_to_numpy_and_cross_device_copy(fake_cupy, monkeypatch):
     assert a.to_numpy(np.zeros(2)).shape == (2,)
     moved = b.asarray(x)
     assert moved is not x and b.owns(moved)
+    # ordered without a host sync: cuda:0's stream records, cuda:1's waits, the copy runs
+    # on cuda:1, then cuda:0's stream waits for it before reusing the source's memory
+    (r0, dev0, ready), (w1, dev1, waited), (r1, dev1b, done), (w0, dev0b, waited0) = calls.stream_ops
+    assert (r0, dev0, w1, dev1, waited) == ("record", 0, "wait", 1, ready)
+    assert (r1, dev1b, w0, dev0b, waited0) == ("record", 1, "wait", 0, done)
     np.testing.assert_array_equal(b.to_numpy(moved), [1.0, 2.0])
     assert a.asarray(x) is x
 

@@ -188,8 +188,9 @@ static inline unsigned long long __umul64hi(unsigned long long a, unsigned long 
 }
 static inline int __mul24(int a, int b) { return a * b; }
 static inline unsigned __umul24(unsigned a, unsigned b) { return a * b; }
-template <class T>
-static inline T __ldg(const T* p) { return *p; }
+// A macro, so that the load (and the alignment check of check builds) carries the
+// kernel's own line rather than this header's.
+#define __ldg(p) (*(p))
 
 // ---------------------------------------------------------------- atomics (blocks run on several OS threads)
 template <class T, class F>
@@ -334,4 +335,107 @@ extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_out_of_boun
 extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_out_of_bounds_abort(EmuUbsanOutOfBounds* d,
                                                                                          uintptr_t index) {
   __ubsan_handle_out_of_bounds(d, index);
+}
+
+// ================================================================ one language (issue 10, item 7)
+// Valid CUDA that NVRTC accepts and the definitions above did not: a bare
+// __syncwarp(), __activemask(), atomicDec, the rest of CUDA's vector types,
+// __align__ anywhere in a declaration (after __shared__ too). Kept in this separate
+// block; tests/kernels/language.cu exercises each on emu and through NVRTC.
+
+// __syncwarp() and __syncwarp(mask): the definition above needs GNU comma elision,
+// which -std=c++17 does not do for a macro whose only parameter is `...`.
+#undef __syncwarp
+struct EmuSyncwarpAt {
+  const char* file;
+  int line;
+  void operator()(unsigned mask = 0xffffffffu) const { emu_syncwarp_at(file, line, mask); }
+};
+#define __syncwarp(...) (EmuSyncwarpAt{__FILE__, __LINE__}(__VA_ARGS__))
+
+// __align__(n) as a GNU attribute, which may stand anywhere among the
+// decl-specifiers (`__shared__ __align__(16) float a[64];` expands to
+// `static __attribute__((section(...))) __align__(16) float ...`, where a standard
+// alignas is an error), and on structs (`struct __align__(16) S {...};`) as before.
+#undef __align__
+#define __align__(n) __attribute__((aligned(n)))
+
+// __activemask(): the lanes of the calling thread's warp that exist in its block
+// (a partial last warp has fewer). The emulator does not track which lanes of a
+// diverged warp execute together, so inside a divergent branch this is all of the
+// warp's lanes, not the converged subset a GPU returns (code may not rely on that
+// subset either: the CUDA guide calls it a snapshot, not a synchronisation).
+static inline unsigned __activemask() {
+  const EmuThreadIds* ids = emu_self();
+  const unsigned x = ids->block_dim.x, y = ids->block_dim.y;
+  const unsigned linear = ids->thread_idx.x + x * (ids->thread_idx.y + y * ids->thread_idx.z);
+  const unsigned total = x * y * ids->block_dim.z;
+  const unsigned first = linear & ~31u;
+  const unsigned lanes = total - first >= 32u ? 32u : total - first;
+  return lanes == 32u ? 0xffffffffu : (1u << lanes) - 1u;
+}
+
+// atomicDec: ((old == 0) || (old > limit)) ? limit : old - 1, returning old.
+static inline unsigned atomicDec(unsigned* p, unsigned limit) {
+  return emu_atomic_update(p, [limit](unsigned a) { return (a == 0u || a > limit) ? limit : a - 1u; });
+}
+
+// The vector types CUDA's vector_types.h declares that the block above does not,
+// with its alignments (long is 8 bytes on LP64, so longN aligns as long longN).
+#define EMU_LANG_VEC1(T, N, A) struct __attribute__((aligned(A))) N##1 { T x; }; \
+  static inline N##1 make_##N##1(T x) { return N##1{x}; }
+#define EMU_LANG_VEC2(T, N, A) struct __attribute__((aligned(A))) N##2 { T x, y; }; \
+  static inline N##2 make_##N##2(T x, T y) { return N##2{x, y}; }
+#define EMU_LANG_VEC3(T, N) struct N##3 { T x, y, z; }; \
+  static inline N##3 make_##N##3(T x, T y, T z) { return N##3{x, y, z}; }
+#define EMU_LANG_VEC4(T, N, A) struct __attribute__((aligned(A))) N##4 { T x, y, z, w; }; \
+  static inline N##4 make_##N##4(T x, T y, T z, T w) { return N##4{x, y, z, w}; }
+EMU_LANG_VEC1(signed char, char, 1) EMU_LANG_VEC2(signed char, char, 2) EMU_LANG_VEC3(signed char, char)
+EMU_LANG_VEC1(unsigned char, uchar, 1) EMU_LANG_VEC2(unsigned char, uchar, 2) EMU_LANG_VEC3(unsigned char, uchar)
+EMU_LANG_VEC1(short, short, 2) EMU_LANG_VEC2(short, short, 4) EMU_LANG_VEC3(short, short)
+EMU_LANG_VEC4(short, short, 8)
+EMU_LANG_VEC1(unsigned short, ushort, 2) EMU_LANG_VEC2(unsigned short, ushort, 4)
+EMU_LANG_VEC3(unsigned short, ushort) EMU_LANG_VEC4(unsigned short, ushort, 8)
+EMU_LANG_VEC1(int, int, 4) EMU_LANG_VEC1(unsigned int, uint, 4)
+EMU_LANG_VEC1(long, long, 8) EMU_LANG_VEC2(long, long, 16) EMU_LANG_VEC3(long, long)
+EMU_LANG_VEC4(long, long, 16)
+EMU_LANG_VEC1(unsigned long, ulong, 8) EMU_LANG_VEC2(unsigned long, ulong, 16)
+EMU_LANG_VEC3(unsigned long, ulong) EMU_LANG_VEC4(unsigned long, ulong, 16)
+EMU_LANG_VEC1(long long, longlong, 8) EMU_LANG_VEC3(long long, longlong) EMU_LANG_VEC4(long long, longlong, 16)
+EMU_LANG_VEC1(unsigned long long, ulonglong, 8) EMU_LANG_VEC3(unsigned long long, ulonglong)
+EMU_LANG_VEC4(unsigned long long, ulonglong, 16)
+EMU_LANG_VEC1(float, float, 4)
+EMU_LANG_VEC1(double, double, 8) EMU_LANG_VEC3(double, double) EMU_LANG_VEC4(double, double, 16)
+#undef EMU_LANG_VEC1
+#undef EMU_LANG_VEC2
+#undef EMU_LANG_VEC3
+#undef EMU_LANG_VEC4
+// ================================================================ end of item 7's block
+
+// ---------------------------------------------------------------- alignment (every build)
+// Kernels are built with -fsanitize=alignment: a load or store through a pointer not
+// aligned for its type (a float4 at an address that is not a multiple of 16, a double
+// or long long off 8, a float off 4) calls this handler, which ends the launch with a
+// KernelError naming the thread and the line, as a GPU faults with "misaligned address".
+struct EmuUbsanTypeMismatch {
+  EmuUbsanLocation loc;
+  const EmuUbsanType* type;
+  unsigned char log_alignment;
+  unsigned char check_kind;
+};
+extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_type_mismatch_v1(EmuUbsanTypeMismatch* d,
+                                                                                       uintptr_t pointer) {
+  static const char* kinds[] = {"load of", "store to", "reference binding to", "member access within",
+                                "member call on", "constructor call on"};
+  const unsigned long long align = 1ull << d->log_alignment;
+  char what[320];
+  std::snprintf(what, sizeof what,
+                "misaligned address 0x%llx: %s type %s, which needs %llu-byte alignment (address %% %llu = %llu)",
+                static_cast<unsigned long long>(pointer), d->check_kind < 6 ? kinds[d->check_kind] : "access to",
+                d->type->name, align, align, static_cast<unsigned long long>(pointer & (align - 1)));
+  emu_api->fault(what, d->loc.file, static_cast<int>(d->loc.line));
+}
+extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_type_mismatch_v1_abort(EmuUbsanTypeMismatch* d,
+                                                                                             uintptr_t pointer) {
+  __ubsan_handle_type_mismatch_v1(d, pointer);
 }

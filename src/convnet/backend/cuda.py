@@ -1,14 +1,36 @@
 """The ``cuda:N`` device: CuPy arrays, kernels compiled by NVRTC through CuPy.
 
 Importing this module never needs CuPy, a driver or a GPU; CuPy is imported
-when first asked for. ``device_count()`` answers 0 whenever CUDA is unusable;
+when first asked for. ``device_count()`` answers 0 whenever CUDA is unavailable;
 ``CUDADevice(i)`` raises ``DeviceError`` saying exactly what is missing.
 
-A ``Launch`` runs as ``cupy.RawModule(code=expand(source), options=NVRTC_OPTIONS,
-name_expressions=kernels).get_function(name)(grid, block, args, shared_mem=...)``.
-Each KernelModule is expanded and compiled once per process. The text handed to
-CuPy is the expanded source, so CuPy's own disk cache (keyed on the text and the
-options) can never serve a stale build after a ``.cuh`` edit.
+First GPU contact (issue 10, item 8):
+
+* **Lazy, per instantiation.** A ``Launch`` of ``name`` compiles only that kernel:
+  ``cupy.RawModule(code=expand(source, portable=True) + a line naming the
+  instantiation, options=NVRTC_OPTIONS, name_expressions=[name])``, the first time
+  it is launched (once per process; each GPU gets its own function). A conv module
+  lists every tile for every device kind; a GPU step compiles the few it picks.
+* **A persistent cache that survives a moved checkout.** CuPy keeps compiled
+  modules on disk keyed on the source text and options; the text handed to it has
+  ``#line`` names relative to the kernel folder's parent (``kernels/conv_forward.cu``),
+  so the same kernels compiled from another checkout hit that cache.
+* **Launch resources.** Before the first launch of a kernel with a given block the
+  loaded function's own figures (``num_regs``, ``shared_size_bytes``,
+  ``max_threads_per_block``) go through ``Launch.check_resources`` for this GPU's
+  architecture, the check ``emu`` runs with NVRTC's figures. A block needing more
+  than 48 KiB of shared memory in total (static + dynamic) gets the opt-in: the
+  function's ``max_dynamic_shared_size_bytes`` (cudaFuncAttributeMaxDynamicSharedMemorySize,
+  which bounds the dynamic part) raised to the launch's dynamic bytes.
+* **Cross-device copies are ordered** after the source GPU's queued work with an
+  event recorded on the source device's current stream, which the target's current
+  stream waits for before the copy; a second event makes the source stream wait for
+  the copy before anything queued later there can reuse the source's memory. No host
+  synchronisation.
+* **Allocations on the tensor's own GPU.** ``device.xp`` is CuPy bound to this GPU:
+  every CuPy function called through it (``empty``, ``zeros``, ``asarray``...) runs with
+  this device current, so a direct ``ops.*`` call on ``cuda:1`` allocates there even
+  when CuPy's current device is another.
 """
 from __future__ import annotations
 
@@ -20,8 +42,8 @@ from ..toolchain.kernel_source import digest, expand
 from ..toolchain.nvrtc import NVRTC_OPTIONS
 from .base import Device, DeviceError
 
-# Dynamic shared memory a block gets without opting in (cudaFuncSetAttribute).
-DEFAULT_DYNAMIC_SHARED_BYTES = 48 * 1024
+# Shared memory (static + dynamic) a block gets without opting in (cudaFuncSetAttribute).
+DEFAULT_SHARED_BYTES = 48 * 1024
 
 INSTALL_HINT = ('install CuPy for your CUDA driver: pip install -e ".[cuda13]" '
                 '(CUDA 13 driver) or pip install -e ".[cuda12]" (CUDA 12 driver)')
@@ -99,25 +121,57 @@ def unavailable_reason() -> str | None:
 # --------------------------------------------------------------------------- compiled modules
 
 _LOCK = threading.Lock()
-_RAW_MODULES: dict[str, object] = {}     # digest(text, options, kernels) -> cupy.RawModule
-_MODULE_KEYS: dict[object, str] = {}     # KernelModule -> that digest (expanded once per process)
+_RAW_MODULES: dict[str, object] = {}     # digest(text, options, name) -> cupy.RawModule
+_MODULE_TEXT: dict[object, str] = {}     # KernelModule -> its portable expanded text
 
 
-def _raw_module(cupy, module):
-    """The (process-wide) RawModule of a KernelModule; expanded and built once."""
-    key = _MODULE_KEYS.get(module)
-    if key is not None:
-        return _RAW_MODULES[key]
+def instantiation_source(module, name: str) -> str:
+    """The text compiled for one instantiation: the module's portable expanded source
+    and a closing comment naming the instantiation, so the texts of two instantiations
+    differ (CuPy's disk cache is keyed on the text) while the code is the same."""
+    text = _MODULE_TEXT.get(module)
+    if text is None:
+        text = _MODULE_TEXT[module] = expand(module.source, portable=True)
+    return f"{text}\n// convnet: instantiation {name}\n"
+
+
+def _raw_module(cupy, module, name: str):
+    """The (process-wide) RawModule holding the one instantiation ``name`` of a
+    KernelModule, compiled the first time it is asked for."""
     with _LOCK:
-        key = _MODULE_KEYS.get(module)
-        if key is None:
-            text = expand(module.source)
-            key = digest(text, *NVRTC_OPTIONS, "\0kernels", *module.kernels)
-            if key not in _RAW_MODULES:
-                _RAW_MODULES[key] = cupy.RawModule(code=text, options=NVRTC_OPTIONS,
-                                                   name_expressions=list(module.kernels))
-            _MODULE_KEYS[module] = key
-        return _RAW_MODULES[key]
+        text = instantiation_source(module, name)
+        key = digest(text, *NVRTC_OPTIONS, "\0kernel", name)
+        raw = _RAW_MODULES.get(key)
+        if raw is None:
+            raw = _RAW_MODULES[key] = cupy.RawModule(code=text, options=NVRTC_OPTIONS,
+                                                     name_expressions=[name])
+        return raw
+
+
+class _BoundCupy:
+    """CuPy with one GPU current: its functions run inside ``cupy.cuda.Device(index)``;
+    classes (``ndarray``), submodules and constants pass through unchanged."""
+
+    def __init__(self, cupy, index: int):
+        self._cupy = cupy
+        self._index = index
+
+    def __getattr__(self, attr):
+        value = getattr(self._cupy, attr)
+        if not callable(value) or isinstance(value, type):
+            return value
+        device, index = self._cupy.cuda.Device, self._index
+
+        def on_device(*args, **kwargs):
+            with device(index):
+                return value(*args, **kwargs)
+
+        on_device.__name__ = getattr(value, "__name__", attr)
+        return on_device
+
+
+def _arch_of(props) -> str:
+    return f"sm_{int(props['major'])}{int(props['minor'])}"
 
 
 class CUDADevice(Device):
@@ -135,36 +189,64 @@ class CUDADevice(Device):
                               f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
         self.index = index
         self.name = f"cuda:{index}"
-        self.xp = cupy
+        self.cupy = cupy
+        self.xp = _BoundCupy(cupy, index)  # allocations land on this GPU, see the docstring
         self._functions: dict[tuple, object] = {}
+        self._checked: dict[tuple, bool] = {}  # (module, name, threads, shared) -> needs opt-in
         self._sm_count = None
+        self._arch = None
 
     @property
     def parallel_units(self) -> int:
         """Streaming multiprocessors of this GPU (132 on an H100 SXM), read once."""
         if self._sm_count is None:
-            props = self.xp.cuda.runtime.getDeviceProperties(self.index)
+            props = self.cupy.cuda.runtime.getDeviceProperties(self.index)
             self._sm_count = int(props["multiProcessorCount"])
         return self._sm_count
 
+    @property
+    def arch(self) -> str:
+        """This GPU's architecture, ``"sm_90"`` for compute capability 9.0, read once."""
+        if self._arch is None:
+            self._arch = _arch_of(self.cupy.cuda.runtime.getDeviceProperties(self.index))
+        return self._arch
+
     # ---------------------------------------------------------------- arrays
     def _device(self):
-        return self.xp.cuda.Device(self.index)
+        return self.cupy.cuda.Device(self.index)
 
     def asarray(self, array, dtype=None):
-        cp = self.xp
+        cp = self.cupy
         with self._device():
             if isinstance(array, cp.ndarray) and array.device.id != self.index:
-                array = array.copy()  # CuPy copies onto the current device
+                array = self._copy_from_peer(array)
             return cp.ascontiguousarray(cp.asarray(array, dtype=dtype))
 
+    def _copy_from_peer(self, array):
+        """A copy on this GPU of ``array`` from another GPU, ordered after the work queued
+        on the source GPU's current stream (an event it records, which this GPU's current
+        stream waits for) and before the source stream's later work (the reverse event),
+        so neither a pending kernel's output nor memory the source reuses is raced."""
+        cp = self.cupy
+        source = array.device.id
+        with cp.cuda.Device(source):
+            ready = cp.cuda.Event(block=False, disable_timing=True)
+            ready.record()                                 # on the source's current stream
+        cp.cuda.get_current_stream().wait_event(ready)      # this GPU's stream (we are current)
+        copy = array.copy()                                 # peer copy on this GPU's stream
+        done = cp.cuda.Event(block=False, disable_timing=True)
+        done.record()
+        with cp.cuda.Device(source):
+            cp.cuda.get_current_stream().wait_event(done)
+        return copy
+
     def to_numpy(self, array) -> np.ndarray:
-        if isinstance(array, self.xp.ndarray):
-            return self.xp.asnumpy(array)
+        if isinstance(array, self.cupy.ndarray):
+            return self.cupy.asnumpy(array)
         return np.asarray(array)
 
     def owns(self, array) -> bool:
-        return isinstance(array, self.xp.ndarray) and array.device.id == self.index
+        return isinstance(array, self.cupy.ndarray) and array.device.id == self.index
 
     def synchronize(self) -> None:
         self._device().synchronize()
@@ -174,7 +256,7 @@ class CUDADevice(Device):
 
     # ---------------------------------------------------------------- kernels
     def _check_args(self, launch) -> None:
-        cp = self.xp
+        cp = self.cupy
         for i, arg in enumerate(launch.args):
             if isinstance(arg, np.generic):
                 continue  # a scalar passed by value
@@ -194,17 +276,43 @@ class CUDADevice(Device):
         key = (launch.module, launch.name)
         function = self._functions.get(key)
         if function is None:
-            raw = _raw_module(self.xp, launch.module)
+            raw = _raw_module(self.cupy, launch.module, launch.name)
             with self._device():
                 function = raw.get_function(launch.name)  # compiles for this GPU once
             self._functions[key] = function
         return function
 
+    def _resources(self, launch, function) -> bool:
+        """``Launch.check_resources`` with the loaded function's own figures, for this
+        GPU's architecture; whether the launch needs the shared-memory opt-in. Checked
+        once per kernel, block size and dynamic shared bytes."""
+        key = (launch.module, launch.name, launch.threads_per_block, launch.shared_bytes)
+        needs = self._checked.get(key)
+        if needs is None:
+            from ..perf.gpus import ARCHS
+            from ..toolchain.resources import KernelResources, LaunchResourceError
+            found = KernelResources(
+                kernel=launch.name, registers=int(function.num_regs),
+                static_shared=int(function.shared_size_bytes),
+                max_threads=int(function.max_threads_per_block), origin="driver")
+            if self.arch in ARCHS:
+                needs = launch.check_resources(self.arch, found).needs_opt_in
+            else:  # not in the table (sm_75, sm_100...): the driver's own limits only
+                if launch.threads_per_block > found.max_threads:
+                    raise LaunchResourceError(
+                        f"{launch.name} on {self.name} ({self.arch}): a block of "
+                        f"{launch.threads_per_block} threads exceeds the most the driver "
+                        f"allows for it, {found.max_threads}")
+                needs = found.static_shared + launch.shared_bytes > DEFAULT_SHARED_BYTES
+            self._checked[key] = needs
+        return needs
+
     def launch(self, launch) -> None:
         self._check_args(launch)
         function = self._function(launch)
         with self._device():
-            if launch.shared_bytes > DEFAULT_DYNAMIC_SHARED_BYTES \
+            if self._resources(launch, function) \
                     and function.max_dynamic_shared_size_bytes < launch.shared_bytes:
+                # static + dynamic > 48 KiB: opt in (the attribute bounds the dynamic part)
                 function.max_dynamic_shared_size_bytes = launch.shared_bytes
             function(launch.grid, launch.block, launch.args, shared_mem=launch.shared_bytes)

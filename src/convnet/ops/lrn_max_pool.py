@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..toolchain.launch import MAX_DYNAMIC_SHARED_BYTES, MAX_THREADS_PER_BLOCK, KernelModule, Launch
+from ..toolchain.launch import MAX_THREADS_PER_BLOCK, KernelModule, Launch
 from . import lrn, max_pool
 from ._arrays import kernel_array
 
@@ -56,9 +56,15 @@ def geometry(device, shape, params: lrn.LRNParams, pool: max_pool.PoolParams) ->
     _, _, oh, ow = max_pool.output_shape(shape, pool)
     lo, hi = lrn.check_window(shape, params)
     width = lo + hi + 1
+    # Shared memory stays within the 48 KiB every architecture gives a block without the
+    # opt-in (lrn.PREFERRED_SHARED_BYTES; the kernel has no static __shared__): the tile
+    # shrinks until the region's ring plus one channel of z fits.
+    def region(t: int) -> int:
+        return ((t - 1) * pool.sh + pool.kh) * ((t - 1) * pool.sw + pool.kw)
+
     tile = MAX_TILE
-    while tile > 1 and ((tile - 1) * pool.sh + pool.kh) * ((tile - 1) * pool.sw + pool.kw) \
-            > MAX_REGION:
+    while tile > 1 and (region(tile) > MAX_REGION
+                        or 4 * region(tile) * (width + 1) > lrn.PREFERRED_SHARED_BYTES):
         tile -= 1
     # Balanced tiles (13 outputs as 7 + 6, not 10 + 3): fewer idle threads in edge blocks.
     tile_h, tile_w = -(-oh // -(-oh // tile)), -(-ow // -(-ow // tile))
@@ -70,9 +76,10 @@ def geometry(device, shape, params: lrn.LRNParams, pool: max_pool.PoolParams) ->
     cg = c // params.groups
     depth = max(1, min(MAX_DEPTH, cg, lrn.PREFERRED_SHARED_BYTES // (4 * threads) - width))
     shared = 4 * threads * (width + depth)
-    if shared > MAX_DYNAMIC_SHARED_BYTES:
+    if shared > lrn.PREFERRED_SHARED_BYTES:
         raise ValueError(f"lrn + max_pool2d: {shared} bytes of shared memory per block exceed "
-                         f"{MAX_DYNAMIC_SHARED_BYTES}; run the two ops separately")
+                         f"the {lrn.PREFERRED_SHARED_BYTES} bytes a block gets without opting in "
+                         f"(a {width}-channel LRN window); run the two ops separately")
     blocks = n * params.groups * -(-oh // tile_h) * -(-ow // tile_w)
     if device.kind != "cuda":
         blocks = min(blocks, lrn.EMU_MAX_BLOCKS)

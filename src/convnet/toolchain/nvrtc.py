@@ -145,6 +145,7 @@ class _Build:
     log: str
     lowered: dict[str, str]  # name expression -> mangled name
     cubin: bytes = b""       # the machine code (ELF) when the architecture is a real sm_XX
+    ptx: str = ""            # the PTX (its entries carry __launch_bounds__ as .maxntid)
 
 
 def _compile(source_text: str, program_name: str, kernels, options) -> _Build:
@@ -188,7 +189,11 @@ def _compile(source_text: str, program_name: str, kernels, options) -> _Build:
             size = _check(nvrtc, nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
             cubin = b" " * size
             _check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
-        return _Build(log=log, lowered=lowered, cubin=cubin)
+        size = _check(nvrtc, nvrtc.nvrtcGetPTXSize(prog), "nvrtcGetPTXSize")
+        ptx = b" " * size
+        _check(nvrtc, nvrtc.nvrtcGetPTX(prog, ptx), "nvrtcGetPTX")
+        return _Build(log=log, lowered=lowered, cubin=cubin,
+                      ptx=ptx.replace(b"\0", b"").decode(errors="replace"))
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
@@ -306,6 +311,33 @@ def parse_ptxas_log(log: str) -> dict[str, dict[str, int]]:
             found[entry].update(registers=int(match.group(1)),
                                 shared_bytes=int(smem.group(1)) if smem else 0)
             entry = None
+    return found
+
+
+_PTX_ENTRY = re.compile(r"\.entry\s+([\w$]+)\s*\((.*?)\)\s*(.*?)\{", re.S)
+_MAXNTID = re.compile(r"\.maxntid\s+(\d+)(?:\s*,\s*(\d+))?(?:\s*,\s*(\d+))?")
+_MINNCTA = re.compile(r"\.minnctapersm\s+(\d+)")
+
+
+def parse_ptx_bounds(ptx: str) -> dict[str, dict[str, int]]:
+    """``__launch_bounds__`` per entry (mangled name) from PTX: the directives between an
+    entry's parameter list and its body, ``.maxntid 256, 1, 1`` (threads: their
+    product) and ``.minnctapersm 2``. Entries without bounds are left out."""
+    found: dict[str, dict[str, int]] = {}
+    for match in _PTX_ENTRY.finditer(ptx):
+        name, directives = match.group(1), match.group(3)
+        bounds = {}
+        ntid = _MAXNTID.search(directives)
+        if ntid:
+            threads = 1
+            for g in ntid.groups():
+                threads *= int(g) if g else 1
+            bounds["max_threads"] = threads
+        blocks = _MINNCTA.search(directives)
+        if blocks:
+            bounds["min_blocks"] = int(blocks.group(1))
+        if bounds:
+            found[name] = bounds
     return found
 
 
