@@ -188,8 +188,9 @@ static inline unsigned long long __umul64hi(unsigned long long a, unsigned long 
 }
 static inline int __mul24(int a, int b) { return a * b; }
 static inline unsigned __umul24(unsigned a, unsigned b) { return a * b; }
-template <class T>
-static inline T __ldg(const T* p) { return *p; }
+// A macro, so that the load (and the alignment check of check builds) carries the
+// kernel's own line rather than this header's.
+#define __ldg(p) (*(p))
 
 // ---------------------------------------------------------------- atomics (blocks run on several OS threads)
 template <class T, class F>
@@ -410,3 +411,31 @@ EMU_LANG_VEC1(double, double, 8) EMU_LANG_VEC3(double, double) EMU_LANG_VEC4(dou
 #undef EMU_LANG_VEC3
 #undef EMU_LANG_VEC4
 // ================================================================ end of item 7's block
+
+// ---------------------------------------------------------------- alignment (every build)
+// Kernels are built with -fsanitize=alignment: a load or store through a pointer not
+// aligned for its type (a float4 at an address that is not a multiple of 16, a double
+// or long long off 8, a float off 4) calls this handler, which ends the launch with a
+// KernelError naming the thread and the line, as a GPU faults with "misaligned address".
+struct EmuUbsanTypeMismatch {
+  EmuUbsanLocation loc;
+  const EmuUbsanType* type;
+  unsigned char log_alignment;
+  unsigned char check_kind;
+};
+extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_type_mismatch_v1(EmuUbsanTypeMismatch* d,
+                                                                                       uintptr_t pointer) {
+  const char* kind = d->check_kind == 0 ? "load of" : d->check_kind == 1 ? "store to"
+                     : d->check_kind == 3 ? "member access within" : "access to";
+  const unsigned long long align = 1ull << d->log_alignment;
+  char what[320];
+  std::snprintf(what, sizeof what,
+                "misaligned address 0x%llx: %s type %s, which needs %llu-byte alignment (address %% %llu = %llu)",
+                static_cast<unsigned long long>(pointer), kind,
+                d->type->name, align, align, static_cast<unsigned long long>(pointer & (align - 1)));
+  emu_api->fault(what, d->loc.file, static_cast<int>(d->loc.line));
+}
+extern "C" __attribute__((visibility("hidden"))) void __ubsan_handle_type_mismatch_v1_abort(EmuUbsanTypeMismatch* d,
+                                                                                             uintptr_t pointer) {
+  __ubsan_handle_type_mismatch_v1(d, pointer);
+}

@@ -17,14 +17,15 @@
 
 #include <stdint.h>
 
-#define EMU_HOOKS_VERSION 1
+#define EMU_HOOKS_VERSION 2
 
 // `info` of an access: kind in the low byte, size in bytes above it.
 enum EmuAccessKind {
   EMU_ACCESS_READ = 0,
   EMU_ACCESS_WRITE = 1,
   EMU_ACCESS_ATOMIC = 2,    // a read-modify-write, exchange or CAS (also atomic loads/stores)
-  EMU_ACCESS_UNALIGNED = 4  // flag: the compiler called an __tsan_unaligned_* hook
+  EMU_ACCESS_UNALIGNED = 4,  // flag: the compiler called an __tsan_unaligned_* hook
+  EMU_ACCESS_FENCE = 8       // not an access: the thread executed a fence (__threadfence); addr null, size 0
 };
 #define EMU_ACCESS_INFO(size, kind) ((static_cast<uint32_t>(size) << 8) | static_cast<uint32_t>(kind))
 #define EMU_ACCESS_SIZE(info) ((info) >> 8)

@@ -78,8 +78,48 @@ EMU_HOOK_FN void __tsan_func_entry(void*) {}
 EMU_HOOK_FN void __tsan_func_exit(void) {}
 EMU_HOOK_FN void __tsan_vptr_read(void**) {}
 EMU_HOOK_FN void __tsan_vptr_update(void**, void*) {}
-EMU_HOOK_FN void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+EMU_HOOK_FN void __tsan_atomic_thread_fence(int) {
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  void* context = __atomic_load_n(&emu_hook_slot.context, __ATOMIC_RELAXED);
+  if (context) emu_hook_slot.access(context, nullptr, EMU_ACCESS_INFO(0, EMU_ACCESS_FENCE), EMU_RA);
+}
 EMU_HOOK_FN void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+
+// memset, memcpy and memmove calls the compiler leaves in the kernel code (it turns
+// zeroing and copying loops into them): defined here, hidden, so that they report
+// their ranges like any access. Byte loops the compiler must not turn back into calls.
+#define EMU_NO_PATTERNS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+EMU_HOOK_FN EMU_NO_PATTERNS void* memset(void* d, int v, size_t n) noexcept {
+  if (n) emu_hook_access(d, EMU_ACCESS_INFO(n, EMU_ACCESS_WRITE), EMU_RA);
+  volatile unsigned char* p = static_cast<unsigned char*>(d);
+  for (size_t i = 0; i < n; ++i) p[i] = static_cast<unsigned char>(v);
+  return d;
+}
+EMU_HOOK_FN EMU_NO_PATTERNS void* memmove(void* d, const void* s, size_t n) noexcept {
+  if (n) {
+    emu_hook_access(s, EMU_ACCESS_INFO(n, EMU_ACCESS_READ), EMU_RA);
+    emu_hook_access(d, EMU_ACCESS_INFO(n, EMU_ACCESS_WRITE), EMU_RA);
+  }
+  volatile unsigned char* p = static_cast<unsigned char*>(d);
+  const volatile unsigned char* q = static_cast<const unsigned char*>(s);
+  if (p < q) {
+    for (size_t i = 0; i < n; ++i) p[i] = q[i];
+  } else {
+    for (size_t i = n; i > 0; --i) p[i - 1] = q[i - 1];
+  }
+  return d;
+}
+EMU_HOOK_FN EMU_NO_PATTERNS void* memcpy(void* d, const void* s, size_t n) noexcept {
+  if (n) {
+    emu_hook_access(s, EMU_ACCESS_INFO(n, EMU_ACCESS_READ), EMU_RA);
+    emu_hook_access(d, EMU_ACCESS_INFO(n, EMU_ACCESS_WRITE), EMU_RA);
+  }
+  volatile unsigned char* p = static_cast<unsigned char*>(d);
+  const volatile unsigned char* q = static_cast<const unsigned char*>(s);
+  for (size_t i = 0; i < n; ++i) p[i] = q[i];
+  return d;
+}
+#undef EMU_NO_PATTERNS
 
 // Atomics: the memory order argument is ignored (always sequentially consistent).
 #define EMU_ATOMIC_INFO(T) EMU_ACCESS_INFO(sizeof(T), EMU_ACCESS_ATOMIC)

@@ -69,9 +69,9 @@ std::unique_ptr<LibraryInstance> Library::load(const std::string& file, int fd) 
                                std::to_string(EMU_HOOKS_VERSION) + ": rebuild it");
     }
     inst->hooks = slot;
-    struct link_map* map = nullptr;
-    if (dlinfo(inst->handle, RTLD_DI_LINKMAP, &map) == 0 && map) inst->base = static_cast<uintptr_t>(map->l_addr);
   }
+  struct link_map* map = nullptr;
+  if (dlinfo(inst->handle, RTLD_DI_LINKMAP, &map) == 0 && map) inst->base = static_cast<uintptr_t>(map->l_addr);
   return inst;
 }
 

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "loader.h"
@@ -48,7 +49,13 @@ py::object launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std
                   bool fill_shared, int workers, bool profile, std::shared_ptr<emu::Library> profile_library,
                   std::vector<uint64_t> profile_blocks,
                   std::vector<std::pair<uint64_t, uint64_t>> profile_allocations,
-                  std::vector<std::pair<uint64_t, uint64_t>> profile_shared) {
+                  std::vector<std::pair<uint64_t, uint64_t>> profile_shared,
+                  std::vector<std::pair<uint64_t, uint64_t>> shared_statics, std::string check,
+                  std::shared_ptr<emu::Library> check_library,
+                  std::vector<std::tuple<uint64_t, uint64_t, int>> check_arrays,
+                  std::vector<std::tuple<uint64_t, uint64_t, uint64_t>> check_tracked,
+                  std::vector<std::tuple<uint64_t, uint64_t, std::string>> check_shared, bool random,
+                  uint64_t seed) {
   if (kernel < 0 || kernel >= lib.size()) throw py::index_error("no kernel with index " + std::to_string(kernel));
   const EmuKernelEntry& entry = lib.kernel(kernel);
   if (grid.size() != 3 || block.size() != 3) throw py::value_error("grid and block take three dimensions");
@@ -84,6 +91,36 @@ py::object launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std
   spec.reverse = reverse;
   spec.fill_shared = fill_shared;
   spec.workers = workers;
+  spec.shared_statics = std::move(shared_statics);
+  if (!check.empty() || random) {
+    emu::CheckSpec& c = spec.check;
+    for (char ch : check) {
+      if (ch == 'r') c.race = true;
+      else if (ch == 'i') c.init = true;
+      else throw py::value_error("check takes the letters r (race) and i (init)");
+    }
+    c.random = random;
+    c.seed = seed;
+    if (!check_library) throw py::value_error("a checked launch needs check_library (the hooked build)");
+    if (check_library->find(entry.name) != kernel)
+      throw py::value_error(std::string("the hooked build has no kernel ") + entry.name + " at index " +
+                            std::to_string(kernel));
+    spec.check_library = check_library.get();
+    for (const auto& a : check_arrays)
+      c.arrays.push_back({static_cast<uintptr_t>(std::get<0>(a)),
+                          static_cast<uintptr_t>(std::get<0>(a) + std::get<1>(a)), std::get<2>(a)});
+    for (const auto& t : check_tracked)
+      c.tracked.push_back({static_cast<uintptr_t>(std::get<0>(t)),
+                           static_cast<uintptr_t>(std::get<0>(t) + std::get<1>(t)),
+                           reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(std::get<2>(t)))});
+    for (const auto& a : check_shared) c.shared.push_back({std::get<0>(a), std::get<1>(a), std::get<2>(a)});
+    if (!packed.slots.empty()) {
+      auto lo = reinterpret_cast<uintptr_t>(packed.slots.data());
+      c.ignore.emplace_back(lo, lo + packed.slots.size() * sizeof(packed.slots[0]));
+      auto plo = reinterpret_cast<uintptr_t>(packed.pointers.data());
+      c.ignore.emplace_back(plo, plo + packed.pointers.size() * sizeof(void*));
+    }
+  }
   emu::LaunchProfile result;
   if (profile) {
     spec.profile = &result;
@@ -166,11 +203,22 @@ PYBIND11_MODULE(_emu, m) {
         py::arg("profile_blocks") = std::vector<uint64_t>{},
         py::arg("profile_allocations") = std::vector<std::pair<uint64_t, uint64_t>>{},
         py::arg("profile_shared") = std::vector<std::pair<uint64_t, uint64_t>>{},
+        py::arg("shared_statics") = std::vector<std::pair<uint64_t, uint64_t>>{}, py::arg("check") = "",
+        py::arg("check_library") = nullptr,
+        py::arg("check_arrays") = std::vector<std::tuple<uint64_t, uint64_t, int>>{},
+        py::arg("check_tracked") = std::vector<std::tuple<uint64_t, uint64_t, uint64_t>>{},
+        py::arg("check_shared") = std::vector<std::tuple<uint64_t, uint64_t, std::string>>{},
+        py::arg("random") = false, py::arg("seed") = 0,
         "Run one kernel launch to completion. args: one bytes object per parameter. With profile=True "
         "it returns the launch's memory-traffic figures: the blocks listed in profile_blocks (linear "
         "indices) run on profile_library, the same kernels built with access hooks; profile_allocations "
         "((start, bytes) of each array the arguments point into) are counted as if 256-byte aligned; "
-        "profile_shared: (offset, bytes) of static __shared__ arrays outside the emu_shared section.");
+        "profile_shared: (offset, bytes) of static __shared__ arrays outside the emu_shared section. "
+        "shared_statics: the same arrays of `library`, which fill_shared fills too. check: 'r' (race), 'i' "
+        "(init) or both; with them or random=True every block runs on check_library (the hooked build) on one "
+        "OS thread; check_arrays: (start, bytes, argument index) to name global memory; check_tracked: "
+        "(start, bytes, address of a uint8 mask) of allocations whose unwritten bytes (mask 0) must not be "
+        "read; check_shared: (offset, bytes, name) of every static __shared__ array of check_library.");
   m.def("switch_cost_ns", &emu::switch_cost_ns, py::arg("iterations") = 1000000,
         "Nanoseconds per fiber context switch.");
   m.attr("API_VERSION") = EMU_API_VERSION;

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <mutex>
 #include <unordered_map>
 #include <thread>
@@ -86,6 +87,7 @@ std::string format(const char* fmt, ...) {
 
 std::string where(const char* file, int line) {
   if (!file) return "an unknown line";
+  if (line < 0) return file;  // already "file:line" (a site found by addr2line)
   const char* slash = std::strrchr(file, '/');
   return format("%s:%d", slash ? slash + 1 : file, line);
 }
@@ -118,6 +120,7 @@ struct LaunchState {
 
 void thread_main(void* arg);
 void hook_access(void* context, const void* addr, uint32_t info, const void* pc);
+void check_access(void* context, const void* addr, uint32_t info, const void* pc);
 
 // [start, end) of the loaded object holding `symbol` (this runtime's own image:
 // kernels read the EmuApi table there; profiling drops those reads).
@@ -195,6 +198,30 @@ class Worker {
       ranges_.ignore.push_back(image_of(reinterpret_cast<const void*>(&thread_main)));
       ranges_.base = hooked->base;
     }
+    const CheckSpec& check = launch.spec.check;
+    checking_ = check.checking();
+    random_ = check.random;
+    const LibraryInstance* checked = nullptr;
+    if (check.active()) {
+      checked = &launch.spec.check_library->instance(index_);
+      checker_.begin_launch(check, checked->base, reinterpret_cast<uintptr_t>(checked->image.start),
+                            reinterpret_cast<uintptr_t>(checked->image.end), reinterpret_cast<uintptr_t>(dynamic),
+                            bytes, launch.total_blocks, n_);
+      rng_ = check.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
+      if (!rng_) rng_ = 1;
+      // A random bijection of the block order: i -> (a * i + c) mod total, a coprime to it.
+      block_mul_ = 1;
+      block_add_ = 0;
+      if (random_ && launch.total_blocks > 1) {
+        const uint64_t t = launch.total_blocks;
+        block_mul_ = next_random() % t;
+        while (block_mul_ == 0 || std::gcd(block_mul_, t) != 1) block_mul_ = (block_mul_ + 1) % t;
+        block_add_ = next_random() % t;
+      }
+      instance_ = plain = checked;
+      __atomic_store_n(&checked->hooks->access, &check_access, __ATOMIC_RELAXED);
+      __atomic_store_n(&checked->hooks->context, static_cast<void*>(this), __ATOMIC_RELEASE);
+    }
     const dim3 g = launch.spec.grid;
     auto last_poll = std::chrono::steady_clock::now();
     for (;;) {
@@ -213,6 +240,9 @@ class Worker {
       uint64_t i = launch.next.fetch_add(1);
       if (i >= launch.total_blocks) break;
       uint64_t b = launch.spec.reverse ? launch.total_blocks - 1 - i : i;
+      if (random_)
+        b = static_cast<uint64_t>((static_cast<unsigned __int128>(block_mul_) * i + block_add_) % launch.total_blocks);
+      if (checked) checker_.begin_block(static_cast<uint32_t>(b));
       uint3 block{static_cast<unsigned>(b % g.x), static_cast<unsigned>((b / g.x) % g.y),
                   static_cast<unsigned>(b / (static_cast<uint64_t>(g.x) * g.y))};
       recording_ = hooked && std::binary_search(launch.spec.profile_blocks.begin(),
@@ -235,6 +265,8 @@ class Worker {
       instance_ = plain;
       if (!ok) break;  // the block's fibers stay abandoned; the next launch prepares them afresh
     }
+    if (checked) __atomic_store_n(&checked->hooks->context, static_cast<void*>(nullptr), __ATOMIC_RELEASE);
+    checking_ = random_ = false;
     std::free(dynamic);
     dynamic_shared_ = nullptr;
     launch_ = nullptr;
@@ -298,6 +330,20 @@ class Worker {
 
   void* dynamic_shared() const { return dynamic_shared_; }
 
+  // ---- the hooked build's accesses in check mode (on the accessing fiber)
+  void on_access(int i, const void* addr, uint32_t info, const void* pc) {
+    if (EMU_ACCESS_KIND(info) & EMU_ACCESS_FENCE) {
+      if (checking_) checker_.fence();
+      return;
+    }
+    if (random_ && (next_random() & 1)) preempt(i);
+    if (!checking_) return;
+    CheckFinding found;
+    if (checker_.access(i, reinterpret_cast<uintptr_t>(addr), info, reinterpret_cast<uintptr_t>(pc), found)) return;
+    std::string what = found.what;
+    fault_at_pc(i, what, found);
+  }
+
   // ---- profiling: filled during run(), read by launch() after the workers joined
   Recorder& recorder() { return recorder_; }
   uint64_t barriers() const { return barriers_; }
@@ -320,6 +366,87 @@ class Worker {
   }
 
  private:
+  uint64_t next_random() {  // xorshift64*
+    rng_ ^= rng_ >> 12;
+    rng_ ^= rng_ << 25;
+    rng_ ^= rng_ >> 27;
+    return rng_ * 0x2545F4914F6CDD1Dull;
+  }
+
+  // A random runnable thread other than `i`, or -1.
+  int random_runnable(int i) {
+    if (runnable_ <= 0) return -1;
+    int start = static_cast<int>(next_random() % static_cast<uint64_t>(n_));
+    for (int k = 0; k < n_; ++k) {
+      int j = start + k;
+      if (j >= n_) j -= n_;
+      if (j != i && slots_[j].state == State::Runnable) return j;
+    }
+    return -1;
+  }
+
+  // The random schedule: hands the OS thread to another runnable thread; this one
+  // stays runnable and goes on when some thread hands back to it.
+  void preempt(int i) {
+    int j = random_runnable(i);
+    if (j >= 0) fiber_switch(&slots_[i].fiber, &slots_[j].fiber);
+  }
+
+  // "file:line" of a site of the hooked build (first frame outside the emulator's
+  // headers), by addr2line on the library; called only to report a fault.
+  std::string site(uintptr_t pc) {
+    const Library* lib = launch_->spec.check_library;
+    uintptr_t offset = pc - instance_->base - 1;  // inside the call instruction
+    std::string command = "addr2line -i -e '" + lib->path() + "' " + format("0x%llx", (unsigned long long)offset) +
+                          " 2>/dev/null";
+    std::string best;
+    if (FILE* f = popen(command.c_str(), "r")) {
+      char line[1024];
+      while (std::fgets(line, sizeof line, f)) {
+        std::string text(line);
+        while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+        std::size_t paren = text.find(" (discriminator");
+        if (paren != std::string::npos) text.resize(paren);
+        if (best.empty() && text.find("cuda_emu.h") == std::string::npos &&
+            text.find("emu_profile.h") == std::string::npos && text.find("??") == std::string::npos)
+          best = text;
+      }
+      pclose(f);
+    }
+    if (best.empty()) return format("an unknown line (pc offset 0x%llx)", (unsigned long long)offset);
+    const char* slash = std::strrchr(best.c_str(), '/');
+    return slash ? std::string(slash + 1) : best;
+  }
+
+  std::string linear_thread_name(int linear) const {
+    const dim3 bd = launch_->spec.block;
+    return format("thread (%u,%u,%u)", static_cast<unsigned>(linear % bd.x),
+                  static_cast<unsigned>((linear / bd.x) % bd.y), static_cast<unsigned>(linear / (bd.x * bd.y)));
+  }
+
+  std::string block_name(uint64_t b) const {
+    const dim3 g = launch_->spec.grid;
+    return format("block (%u,%u,%u)", static_cast<unsigned>(b % g.x), static_cast<unsigned>((b / g.x) % g.y),
+                  static_cast<unsigned>(b / (static_cast<uint64_t>(g.x) * g.y)));
+  }
+
+  [[noreturn]] void fault_at_pc(int i, std::string what, const CheckFinding& found) {
+    site_text_ = site(found.pc);
+    std::size_t at = what.find("@OTHER@");
+    if (at != std::string::npos) {
+      const uint3 b = ctx(i)->ids.block_idx;
+      const dim3 g = launch_->spec.grid;
+      uint64_t mine = b.x + static_cast<uint64_t>(g.x) * (b.y + static_cast<uint64_t>(g.y) * b.z);
+      std::string other = linear_thread_name(found.other_thread);
+      if (found.other_block != mine) other += " of " + block_name(found.other_block);
+      other += " at " + site(found.other_pc);
+      what.replace(at, 7, other);
+    }
+    slots_[i].file = site_text_.c_str();
+    slots_[i].line = -1;
+    fault(i, what);
+  }
+
   static ThreadCtx* ctx_of(char* region) { return reinterpret_cast<ThreadCtx*>(region); }
   ThreadCtx* ctx(int i) const { return ctx_of(regions_[i]); }
 
@@ -349,7 +476,8 @@ class Worker {
   }
 
   // The next runnable thread after `i` in schedule order, or -1.
-  int next_runnable(int i) const {
+  int next_runnable(int i) {
+    if (random_) return random_runnable(i);
     if (reverse_) {
       for (int j = i - 1; j >= 0; --j)
         if (slots_[j].state == State::Runnable) return j;
@@ -390,6 +518,8 @@ class Worker {
     if (spec.fill_shared) {
       if (dynamic_shared_) std::memset(dynamic_shared_, 0xff, spec.shared_bytes);
       if (instance_->shared) std::memset(instance_->shared, 0xff, instance_->shared_bytes);
+      for (const auto& a : spec.shared_statics)
+        std::memset(reinterpret_cast<void*>(instance_->base + a.first), 0xff, a.second);
     }
     runnable_ = n_;
     at_barrier_ = at_warp_ = exited_ = 0;
@@ -450,6 +580,7 @@ class Worker {
       runnable_ = n_;
       at_barrier_ = 0;
       ++barriers_;
+      if (checking_) checker_.barrier();
       if (recording_) recorder_.flush();  // every thread is stopped here
       return true;
     }
@@ -529,6 +660,7 @@ class Worker {
       --at_warp_;
     }
     ++warp_ops_;
+    if (checking_) checker_.warp_sync(base, mask);
     return true;
   }
 
@@ -575,6 +707,13 @@ class Worker {
   uint64_t barriers_ = 0, warp_ops_ = 0, blocks_profiled_ = 0;
   Recorder recorder_;
   ProfileRanges ranges_;
+  // checks and the random schedule
+  bool checking_ = false;
+  bool random_ = false;
+  uint64_t rng_ = 1;
+  uint64_t block_mul_ = 1, block_add_ = 0;
+  Checker checker_;
+  std::string site_text_;
 };
 
 void thread_main(void* arg) {
@@ -587,7 +726,13 @@ void thread_main(void* arg) {
 
 // ---- the hooks of an instrumented library call this (armed blocks only, on their fibers)
 void hook_access(void* context, const void* addr, uint32_t info, const void* pc) {
+  if (EMU_ACCESS_KIND(info) & EMU_ACCESS_FENCE) return;
   static_cast<Recorder*>(context)->record(self()->linear, addr, info, pc);
+}
+
+// ---- the same hooks in check mode / random schedule
+void check_access(void* context, const void* addr, uint32_t info, const void* pc) {
+  static_cast<Worker*>(context)->on_access(self()->linear, addr, info, pc);
 }
 
 // ---- the table kernels call through
@@ -623,9 +768,16 @@ void launch(const LaunchSpec& spec) {
   std::lock_guard<std::mutex> lock(g_launch_mutex);
   LaunchState state(spec);
   if (state.total_blocks == 0 || state.threads == 0) return;
-  uint64_t want = static_cast<uint64_t>(spec.workers < 1 ? 1 : spec.workers);
+  uint64_t want = static_cast<uint64_t>(spec.workers < 1 || spec.check.active() ? 1 : spec.workers);
   int workers = static_cast<int>(want < state.total_blocks ? want : state.total_blocks);
   spec.library->prepare(workers);  // one library instance (own static __shared__ arrays) per worker
+  if (spec.check.active()) {
+    if (!spec.check_library) throw std::runtime_error("a checked launch needs the hooked build of its kernels");
+    if (spec.profile) throw std::runtime_error("a launch cannot be profiled and checked at once");
+    spec.check_library->prepare(workers);
+    if (!spec.check_library->instance(0).hooks)
+      throw std::runtime_error("kernel library " + spec.check_library->path() + " has no access hooks");
+  }
   if (spec.profile && spec.profile_library) {
     spec.profile_library->prepare(workers);
     for (int i = 0; i < workers; ++i)

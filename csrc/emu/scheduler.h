@@ -13,6 +13,7 @@
 
 #include "emu_api.h"
 #include "loader.h"
+#include "check.h"
 #include "profile.h"
 
 namespace emu {
@@ -49,6 +50,14 @@ struct LaunchSpec {
   std::vector<std::pair<uintptr_t, uintptr_t>> profile_ignore;  // e.g. the packed arguments
   std::vector<ProfileRanges::Rebase> profile_rebase;             // global allocations, see ProfileRanges
   std::vector<std::pair<uint64_t, uint64_t>> profile_shared;     // static __shared__ arrays: (offset from base, bytes)
+  // Static __shared__ arrays outside the emu_shared section ((offset from the load
+  // base, bytes): template kernels' statics), filled by fill_shared too.
+  std::vector<std::pair<uint64_t, uint64_t>> shared_statics;
+  // Race / initialisation checks and the random schedule (see check.h): when
+  // check.active(), every block runs on `check_library` (the hooked build), on one
+  // OS thread.
+  CheckSpec check;
+  Library* check_library = nullptr;
 };
 
 // Runs the launch to completion; throws KernelFault on a diagnosed fault.

@@ -18,6 +18,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import weakref as _weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,16 +49,22 @@ class EmuCompileError(RuntimeError):
     """g++ rejected a kernel source; the message holds its diagnostics."""
 
 
-CHECKS = (None, "bounds", "address")
-SCHEDULES = ("forward", "reverse")
+CHECKS = (None, "bounds", "address", "align", "race", "init")
+SCHEDULES = ("forward", "reverse", "random")
+# Check modes that run every block on the hooked build (emu_profile.h) with the
+# runtime's shadow memory (csrc/emu/check.h), one OS thread, blocks in sequence.
+SHADOW_CHECKS = {"race": "r", "init": "i"}
+FILL_EMPTY_BYTE = 0x7F  # fresh allocations: 0x7f7f7f7f = 3.39e38 as float, 2139062143 as int
 
 
 @dataclass(frozen=True)
 class EmuOptions:
-    schedule: str = "forward"   # "reverse": threads and blocks in reverse order
+    schedule: str = "forward"   # "reverse": threads and blocks in reverse order; "random": see debug()
     fill_shared: bool = False   # NaN bytes in shared memory at every block start
-    check: str | None = None    # "bounds": index checks; "address": AddressSanitizer
+    check: str | None = None    # "bounds", "address", "align", "race", "init": see debug()
     threads: int = 0            # OS threads for blocks; 0: CONVNET_EMU_THREADS or all cores
+    seed: int = 0               # schedule="random": the seed of its thread, warp and block order
+    fill_empty: int | None = None  # byte that fresh device.xp.empty allocations are filled with
 
 
 _OPTIONS: contextvars.ContextVar[EmuOptions] = contextvars.ContextVar("convnet_emu_options",
@@ -67,10 +74,38 @@ _PROFILE: contextvars.ContextVar = contextvars.ContextVar("convnet_emu_profile",
 
 @contextlib.contextmanager
 def debug(schedule: str | None = None, fill_shared: bool | None = None, check: str | None = "keep",
-          threads: int | None = None):
-    """Run emulated launches inside the block with debugging options (see EmuOptions)."""
+          threads: int | None = None, seed: int | None = None, fill_empty: bool | int | None = None):
+    """Run emulated launches inside the block with debugging options (see EmuOptions).
+
+    check:
+      "bounds"  index checks on fixed-size arrays (-fsanitize=bounds) and alignment;
+      "address" AddressSanitizer (see sanitized_command) and alignment;
+      "align"   the optimised build with every load and store checked for the
+                alignment of its type (float4 16, double/long long 8, float 4);
+      "race"    data races: shared memory per barrier interval and global memory
+                within the launch (also between blocks), with alignment;
+      "init"    reads of shared memory no thread of the block wrote, and of bytes of
+                arrays made by ``device.xp.empty`` inside the scope that nothing wrote.
+    "race" and "init" run every block on the hooked build, on one OS thread.
+    schedule="random" (seeded by ``seed``) switches threads at memory accesses, picks
+    the next thread and the block order at random: lost updates show as wrong results.
+    fill_empty: fill fresh ``device.xp.empty``/``empty_like`` allocations with a byte
+    (True: 0x7f, which reads as 3.39e38 as float32, a value that is neither neutral
+    for sums nor for max); check="init" implies it.
+    """
     current = _OPTIONS.get()
     changes = {}
+    if seed is not None:
+        changes["seed"] = int(seed)
+    if fill_empty is not None:
+        if fill_empty is False:
+            changes["fill_empty"] = None
+        elif fill_empty is True:
+            changes["fill_empty"] = FILL_EMPTY_BYTE
+        elif isinstance(fill_empty, int) and 0 <= fill_empty <= 255:
+            changes["fill_empty"] = int(fill_empty)
+        else:
+            raise ValueError(f"fill_empty takes True, False or a byte value 0..255, got {fill_empty!r}")
     if schedule is not None:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -160,17 +195,22 @@ def cache_dir() -> Path:
 
 
 _OPTIMISE = ["-O3", "-march=native"]
+# Every load and store checked for the alignment of its type; the handler in
+# cuda_emu.h turns a misaligned one into a KernelError. Not in the plain build: it
+# costs 1.1-1.5x on elementwise kernels and 3-5x on the convolutions (measured).
+_ALIGN = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
 _CHECK_FLAGS = {
     None: (_OPTIMISE, []),
-    "bounds": (["-O1", "-g", "-fsanitize=bounds", "-fno-sanitize-recover=bounds"], []),
-    "address": (["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"], ["-fsanitize=address"]),
+    "bounds": (["-O1", "-g", "-fsanitize=bounds", "-fno-sanitize-recover=bounds", *_ALIGN], []),
+    "address": (["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", *_ALIGN], ["-fsanitize=address"]),
+    "align": ([*_OPTIMISE, "-g", *_ALIGN], []),
     # emu.profile(): every load and store calls a hook (g++'s ThreadSanitizer pass at
     # the compile step only; emu_profile.h defines the __tsan_* functions, so the link
     # has no libtsan). Same -O3 -march=native as the plain build (same arithmetic), but
     # no vectorisation or store merging, so each thread's accesses keep the source's sizes.
     "profile": (["-O3", "-march=native", "-g", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
                  "-fno-tree-vectorize", "-fno-tree-slp-vectorize", "-fno-tree-sra", "-fno-store-merging", "-Wno-tsan",
-                 "-fno-optimize-sibling-calls",
+                 "-fno-optimize-sibling-calls", *_ALIGN,
                  "-include", "emu_profile.h"], []),
 }
 # Headers a check mode forces in besides cuda_emu.h (part of its cache key).
@@ -221,6 +261,8 @@ def library(module: KernelModule, check: str | None = None):
         raise DeviceError("check='address' needs AddressSanitizer loaded before Python starts: "
                           "run the program through convnet.backend.emu.sanitized_command(...)")
     include = emu_include_dir()
+    if check in SHADOW_CHECKS:
+        check = "profile"  # the hooked build
     cflags, lflags = _CHECK_FLAGS[check]
     text = translate(kernel_source.expand(module.source), module.kernels)
     cxx = compiler()
@@ -348,6 +390,42 @@ _OBJDUMP_OBJECT = re.compile(r"^(?P<addr>[0-9a-f]+)\s.{6}O\s+(?P<section>\S+)\s+
                              r"(?:\.hidden\s+)?(?P<name>\S+)$")
 
 
+def _local_name(symbol: str) -> str:
+    """'tile (in conv_forward)' for a function-local static's mangled name
+    (_ZZ<function>E<length><name>[_<discriminator>]); the symbol itself otherwise."""
+    m = re.match(r"_ZZN?(\d+)", symbol)
+    tail = re.search(r"E(\d+)([A-Za-z_]\w*)$", symbol)
+    if not tail:
+        return symbol
+    name = tail[2][:int(tail[1])]
+    if m:
+        start = m.end()
+        function = symbol[start:start + int(m[1])]
+        if function:
+            return f"{name} (in {function})"
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _static_shared_named(path: str) -> tuple[tuple[int, int, str], ...]:
+    """(offset, bytes, name) of every static ``__shared__`` array of a kernel library."""
+    tool = shutil.which("objdump")
+    if tool is None:
+        raise DeviceError("emu needs objdump (binutils) to find static __shared__ arrays")
+    out = subprocess.run([tool, "-t", path], capture_output=True, text=True, check=False).stdout
+    arrays = {}
+    for line in out.splitlines():
+        m = _OBJDUMP_OBJECT.match(line)
+        if m is None:
+            continue
+        section, size, name = m["section"], int(m["size"], 16), m["name"]
+        kernel_static = (name.startswith("_ZZ") and "emu_" not in name and "__ubsan" not in name
+                         and section in (".bss", ".data"))
+        if size and (section == "emu_shared" or kernel_static):
+            arrays[int(m["addr"], 16), size] = _local_name(name)
+    return tuple((off, size, name) for (off, size), name in sorted(arrays.items()))
+
+
 @functools.lru_cache(maxsize=None)
 def _static_shared(path: str) -> list[tuple[int, int]]:
     """(offset, bytes) of the static ``__shared__`` arrays of a kernel library: the
@@ -364,7 +442,8 @@ def _static_shared(path: str) -> list[tuple[int, int]]:
         if m is None:
             continue
         section, size, name = m["section"], int(m["size"], 16), m["name"]
-        kernel_static = name.startswith("_ZZ") and "emu_" not in name and section.startswith((".bss", ".data"))
+        kernel_static = (name.startswith("_ZZ") and "emu_" not in name and "__ubsan" not in name
+                         and section in (".bss", ".data"))
         if size and (section == "emu_shared" or kernel_static):
             arrays.append((int(m["addr"], 16), size))
     return sorted(set(arrays))
@@ -386,10 +465,78 @@ def _allocations(args) -> list[tuple[int, int]]:
     return sorted(out.items())
 
 
+# ---------------------------------------------------------------- fresh allocations
+
+class _FreshArrays:
+    """NumPy for ``device.xp`` while debug(fill_empty=...) or check="init" is on:
+    ``empty``/``empty_like`` fill the array with the fill byte, and under the init
+    check remember it, so launches can tell which of its bytes nothing has written
+    (a byte mask the runtime reads and sets; bytes the host changed count as written)."""
+
+    def __init__(self, fill: int, track: bool):
+        self._fill = fill
+        self._track = track
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def _fresh(self, a: np.ndarray) -> np.ndarray:
+        a.view(np.uint8).reshape(-1)[...] = self._fill
+        if self._track and a.nbytes:
+            _TRACKED[a.__array_interface__["data"][0]] = (_weakref.ref(a), np.zeros(a.nbytes, np.uint8), self._fill)
+        return a
+
+    def empty(self, *args, **kwargs):
+        return self._fresh(np.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._fresh(np.empty_like(*args, **kwargs))
+
+
+# data address -> (weak reference to the array, written mask, fill byte)
+_TRACKED: dict[int, tuple] = {}
+
+
+def _tracked_ranges(args) -> list[tuple[int, int, int]]:
+    """(start, bytes, mask address) of the tracked allocations behind the arguments,
+    with bytes the host has changed since (no longer the fill byte) marked written."""
+    out = []
+    for a in args:
+        if not isinstance(a, np.ndarray):
+            continue
+        owner = a
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        start = owner.__array_interface__["data"][0]
+        entry = _TRACKED.get(start)
+        if entry is None:
+            continue
+        ref, mask, fill = entry
+        if ref() is not owner:
+            del _TRACKED[start]  # a new array at a freed one's address
+            continue
+        mask |= owner.reshape(-1).view(np.uint8) != fill
+        if not any(r[0] == start for r in out):
+            out.append((start, owner.nbytes, mask.__array_interface__["data"][0]))
+    for key in [k for k, (ref, _, _) in _TRACKED.items() if ref() is None]:
+        del _TRACKED[key]
+    return out
+
+
 class EmuDevice(HostDevice):
     kind = "emu"
     name = "emu"
     runs_kernels = True
+
+    @property
+    def xp(self):
+        """NumPy; inside debug(fill_empty=...) or debug(check="init"), NumPy whose
+        ``empty``/``empty_like`` fill (and, for the init check, track) fresh arrays."""
+        opts = _OPTIONS.get()
+        if opts.fill_empty is None and opts.check != "init":
+            return np
+        fill = opts.fill_empty if opts.fill_empty is not None else FILL_EMPTY_BYTE
+        return _FreshArrays(fill, opts.check == "init")
 
     def __init__(self):
         if not available():
@@ -412,10 +559,29 @@ class EmuDevice(HostDevice):
             raise DeviceError(f"kernel {launch.name} is missing from the compiled {launch.module.source}")
         args = pack_arguments(launch, lib.signature(index))
         collecting = _PROFILE.get()
+        statics = _static_shared(lib.path) if opts.fill_shared else []
+        shadow = SHADOW_CHECKS.get(opts.check, "")
+        if shadow or opts.schedule == "random":
+            if collecting is not None:
+                raise DeviceError(f"emu.profile() cannot run under check={opts.check!r} or schedule='random'")
+            hooked = library(launch.module, "profile")
+            if hooked.find(launch.name) != index:
+                raise DeviceError(f"kernel {launch.name}: the hooked build of {launch.module.source} "
+                                  f"does not match the plain one")
+            arrays = [(a.__array_interface__["data"][0], a.nbytes, i)
+                      for i, a in enumerate(launch.args) if isinstance(a, np.ndarray)]
+            tracked = _tracked_ranges(launch.args) if opts.check == "init" else []
+            _emu.launch(hooked, index, list(launch.grid), list(launch.block), launch.shared_bytes, args,
+                        fill_shared=opts.fill_shared, workers=1,
+                        shared_statics=_static_shared(hooked.path) if opts.fill_shared else [],
+                        check=shadow, check_library=hooked, check_arrays=arrays, check_tracked=tracked,
+                        check_shared=list(_static_shared_named(hooked.path)),
+                        random=opts.schedule == "random", seed=opts.seed)
+            return
         if collecting is None:
             _emu.launch(lib, index, list(launch.grid), list(launch.block), launch.shared_bytes, args,
                         reverse=opts.schedule == "reverse", fill_shared=opts.fill_shared,
-                        workers=worker_threads(opts))
+                        workers=worker_threads(opts), shared_statics=statics)
             return
         from ..perf.traffic import launch_traffic
         hooked = library(launch.module, "profile")
@@ -425,7 +591,8 @@ class EmuDevice(HostDevice):
         total = int(np.prod(launch.grid, dtype=np.int64))
         raw = _emu.launch(lib, index, list(launch.grid), list(launch.block), launch.shared_bytes, args,
                           reverse=opts.schedule == "reverse", fill_shared=opts.fill_shared,
-                          workers=worker_threads(opts), profile=True, profile_library=hooked,
+                          workers=worker_threads(opts), shared_statics=statics, profile=True,
+                          profile_library=hooked,
                           profile_blocks=collecting.sample(total),
                           profile_allocations=_allocations(launch.args),
                           profile_shared=_static_shared(hooked.path))
