@@ -49,6 +49,10 @@ LAYERS = {
     "conv5": (384, 13, 256, 3, 1, 1, 2),
 }
 PASSES = ("forward", "backward_data", "backward_filter")
+# The launches of each pass, by kernel name, in the performance model's table of the
+# same convolution (convnet perf --op conv:...), for the calibration record.
+CALIBRATION_KERNELS = {"forward": ("conv_forward",), "backward_data": ("conv_backward_data",),
+                       "backward_filter": ("conv_backward_filter", "conv_split_sum")}
 CUDA_BATCH = 128
 HOST_BATCH = 8
 QUICK_CUDA_BATCH = 32
@@ -257,6 +261,12 @@ def bench_cuda(report, device, layers, passes, batch, reps, failures, summary):
                                                       flops=g.flops, params=params,
                                                       **reps["cuda"]))
                     row.update(ms=ours.median * 1e3, tflops=ours.gflops / 1e3)
+                    predicted = report.predict(
+                        ours, "conv:" + ",".join(map(str, LAYERS[name])), batch,
+                        CALIBRATION_KERNELS[p], label=f"{name} {p} N={batch}")
+                    if predicted:
+                        row["predicted_ms"] = predicted["predicted_s"] * 1e3
+                        row["measured_over_predicted"] = predicted["ratio"]
                     if peak:
                         pct = 100.0 * ours.gflops / 1e3 / peak
                         ours.params["pct_peak"] = round(pct, 1)

@@ -40,6 +40,11 @@ def _import_torch():
     return torch if torch.cuda.is_available() else None
 
 
+# Each case as an op and kernel of the performance model (convnet.perf.layers.OP_SYNTAX).
+CALIBRATION = {"relu_forward": ("relu", "relu_forward"), "relu_backward": ("relu", "relu_backward"),
+               "dropout_forward": ("dropout", "dropout_apply")}
+
+
 def _ours(device, numel, x_host, dy_host, reps, report, baselines):
     """Time the three kernels (emu, cuda) or the three references (cpu) on ``device``."""
     from convnet.ops import dropout, relu
@@ -83,6 +88,10 @@ def _ours(device, numel, x_host, dy_host, reps, report, baselines):
         results[name] = report.add(harness.measure(
             fn, device=device, name=name, bytes=traffic[name] * numel,
             params={"numel": numel, **({"p": DROPOUT_P} if "dropout" in name else {})}, **reps))
+        if device.kind == "cuda":   # the model's prediction beside it (calibration)
+            op, kernel = CALIBRATION[name]
+            report.predict(results[name], f"{op}:{numel}", 1, (kernel,), passes=("forward",)
+                           if name == "dropout_forward" else None, label=f"{name} numel={numel}")
         base = baselines.get(name)
         if base is not None:
             report.add_ratio(results[name], base,

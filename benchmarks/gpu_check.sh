@@ -188,6 +188,13 @@ for run in data["runs"]:
               f"{r['median_s'] * 1e3:10.3f} ms  {rate}")
     for k, v in run.get("notes", {}).items():
         print(f"  {run['benchmark']:<12} note {k}: {v}")
+    cal = run.get("calibration")
+    if cal:
+        print(f"  {run['benchmark']:<12} model calibration (measured / predicted), "
+              f"median {cal['median_ratio']:.2f}:")
+        for e in cal["entries"]:
+            print(f"  {run['benchmark']:<12}   {e['label']:<36} measured {e['measured_s'] * 1e6:9.1f} us"
+                  f"  predicted {e['predicted_s'] * 1e6:9.1f} us  ratio {e['ratio']:.2f}")
 EOF
 
 TOTAL=$((SECONDS - START))

@@ -366,6 +366,7 @@ class Report:
         self.results: list[Result] = []
         self.ratios: list[dict] = []
         self.notes: dict = {}
+        self.calibration: list[dict] = []
 
     def add(self, result: Result) -> Result:
         self.results.append(result)
@@ -383,6 +384,33 @@ class Report:
         self.ratios.append(entry)
         return entry
 
+    def add_prediction(self, ours: Result, predicted_s: float, label: str | None = None) -> dict:
+        """Record the performance model's predicted time beside ``ours`` (its median)
+        for the calibration (``convnet.perf.calibration``); recorded, never asserted."""
+        from convnet.perf import calibration
+        item = calibration.entry(label or f"{ours.name}@{ours.device}", ours.median,
+                                 predicted_s, params=dict(ours.params))
+        self.calibration.append(item)
+        return item
+
+    def predict(self, ours: Result, op: str, batch: int, kernels, passes=None,
+                label: str | None = None):
+        """``add_prediction`` with the model's time for ``op``'s launches named by
+        ``kernels`` on the GPU ``ours`` ran on; a note (no entry) where the GPU is not in
+        the model's table or the model fails."""
+        try:
+            from convnet.perf import calibration
+            info = gpu_info()
+            gpu = calibration.gpu_for_device(info[0]["name"] if info else "")
+            if gpu is None:
+                self.notes["calibration"] = "this GPU is not in convnet.perf.gpus: no prediction"
+                return None
+            predicted = calibration.predicted_seconds(op, gpu, batch, kernels, passes)
+            return self.add_prediction(ours, predicted, label)
+        except Exception as exc:  # the model must never stop a benchmark
+            self.notes[f"calibration error {label or ours.name}"] = f"{type(exc).__name__}: {exc}"
+            return None
+
     def to_dict(self, machine: dict | None = None) -> dict:
         return {
             "benchmark": self.benchmark,
@@ -391,6 +419,7 @@ class Report:
             "results": [r.to_dict() for r in self.results],
             "ratios": list(self.ratios),
             "notes": dict(self.notes),
+            **({"calibration": _calibration_summary(self.calibration)} if self.calibration else {}),
         }
 
     @classmethod
@@ -399,6 +428,7 @@ class Report:
         report.results = [Result.from_dict(r) for r in data.get("results", [])]
         report.ratios = list(data.get("ratios", []))
         report.notes = dict(data.get("notes", {}))
+        report.calibration = list(data.get("calibration", {}).get("entries", []))
         return report
 
     def write(self, out_dir: str | Path | None = None, *, machine: dict | None = None) -> Path:
@@ -414,6 +444,11 @@ class Report:
 
     def print(self, file=None) -> None:
         print(self.table(), file=file or sys.stdout, flush=True)
+
+
+def _calibration_summary(entries) -> dict:
+    from convnet.perf import calibration
+    return calibration.summary(entries)
 
 
 def _fmt(value, spec: str) -> str:

@@ -155,6 +155,13 @@ def cmd_evaluate(args) -> int:
     return _run_reporting_errors("evaluate", work, interrupted_newline=True)
 
 
+def cmd_perf(args) -> int:
+    """Predicted time of every launch of a training step (or one op) on a named GPU."""
+    from ..perf import command
+    return command.run(args.gpu, args.model, args.batch, args.columns, op=args.op,
+                       kernel=args.kernel, json_path=args.json, blocks=args.blocks)
+
+
 def _add(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help, description=help)
     parser.set_defaults(func=func)
@@ -183,6 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--module", action="append", metavar="FILE",
                          help="only this kernel file, as named in its KernelModule "
                               "(e.g. relu.cu; repeatable)")
+
+    perf = _add(sub, "perf", cmd_perf,
+                "predict the time of every kernel launch of an AlexNet training step (or of "
+                "one op) on a named GPU, from the GPU build's machine code and the emulator's "
+                "memory traffic; no GPU needed")
+    perf.add_argument("--gpu", default="h100",
+                      help="h100 (default), h200, a100, rtx4090 or a10")
+    perf.add_argument("--model", default="alexnet", help="the network (alexnet)")
+    perf.add_argument("--batch", type=int, default=128, help="images per step (default 128)")
+    perf.add_argument("--columns", type=int, choices=(1, 2), default=1,
+                      help="1: the whole network on one GPU; 2: one GPU's column")
+    perf.add_argument("--op", metavar="SPEC",
+                      help="one op instead of the model, e.g. conv:96,27,256,5,1,2,2 "
+                           "(conv:C,HW,K,RS[,stride[,pad[,groups]]], lrn_pool:C,HW[,groups], "
+                           "pool:C,HW, linear:IN,OUT, relu:F, dropout:F, cross_entropy:CLASSES, "
+                           "sgd:COUNT)")
+    perf.add_argument("--kernel", metavar="NAME",
+                      help="only launches whose kernel name contains NAME (e.g. conv_forward)")
+    perf.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    perf.add_argument("--blocks", type=int, default=4,
+                      help="blocks the emulator profiles per launch (default 4)")
 
     prep = _add(sub, "prepare", cmd_prepare,
                 "resize (shorter side to 256), center-crop and pack an ImageNet-style folder "

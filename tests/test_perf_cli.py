@@ -1,0 +1,47 @@
+"""``convnet perf``: rows, the legend, JSON, and a one-line error for an unknown GPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from convnet.app import cli
+
+
+def _tools():
+    from convnet.perf import sass
+    from convnet.toolchain import nvrtc
+    try:
+        nvrtc.version()
+        sass.nvdisasm_path()
+    except (nvrtc.NVRTCUnavailable, sass.DisassemblerUnavailable) as exc:
+        pytest.skip(f"NVRTC or nvdisasm unavailable: {exc}")
+
+
+def test_perf_alexnet_two_columns_prints_rows_and_writes_json(tmp_path, capsys):
+    _tools()
+    path = tmp_path / "perf.json"
+    assert cli.main(["perf", "--gpu", "h200", "--batch", "1", "--columns", "2",
+                     "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "PREDICTED" in out and "conv_backward_filter" in out and "cuBLAS sgemm" in out
+    assert "L2" in out   # the legend states the reuse assumption
+    data = json.loads(path.read_text())
+    assert data["gpu"] == "h200" and data["predicted"] is True and data["batch"] == 1
+    assert len(data["rows"]) > 40 and data["total_s"] > data["fp32_floor_s"] > 0
+
+
+def test_perf_one_op_with_kernel_filter(capsys):
+    _tools()
+    assert cli.main(["perf", "--op", "conv:64,13,64,3,1,1", "--batch", "2",
+                     "--kernel", "conv_forward"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("conv:") and "PREDICTED" not in line]
+    assert len(rows) == 1 and "conv_forward" in rows[0]
+
+
+@pytest.mark.parametrize("argv", [["--gpu", "v100"], ["--op", "conv:1,2"]])
+def test_perf_bad_arguments_exit_2_with_one_line(argv, capsys):
+    assert cli.main(["perf", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("convnet perf:") and "\n" not in err

@@ -1,0 +1,141 @@
+"""convnet.perf.model, .step, .calibration: the launch model on cases worked by hand,
+the AlexNet step table at a small batch, and the calibration record (no GPU)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from convnet.perf import calibration, gpus, model
+from convnet.perf.model import KernelInputs, predict, wave_efficiency
+from convnet.toolchain import nvrtc
+
+ROOT = Path(__file__).resolve().parent.parent
+H100 = gpus.gpu("h100")
+
+
+def _tools():
+    from convnet.perf import sass
+    try:
+        nvrtc.version()
+        sass.nvdisasm_path()
+    except (nvrtc.NVRTCUnavailable, sass.DisassemblerUnavailable) as exc:
+        pytest.skip(f"NVRTC or nvdisasm unavailable: {exc}")
+
+
+def test_pure_copy_is_bytes_over_bandwidth_plus_launch():
+    n = 64 << 20   # floats
+    k = KernelInputs("copy", blocks=4224, threads_per_block=256, flops=0, read_bytes=4 * n,
+                     write_bytes=4 * n, registers=16, math_share=0.1, load_bytes=4 * n,
+                     store_bytes=4 * n)
+    p = predict(k, H100)
+    assert p.bound == "DRAM"
+    assert p.time_s == pytest.approx(8 * n / 3.35e12 + model.LAUNCH_OVERHEAD_S, rel=1e-12)
+    assert p.pct_peak == pytest.approx(1.0)
+
+
+def test_dram_bytes_capped_by_footprint_l1_counts_every_sector():
+    # a gather reading its input 9 times: DRAM sees it once, L1 nine times
+    k = KernelInputs("gather", 1056, 256, 0, read_bytes=1e8, write_bytes=1e8, registers=16,
+                     load_bytes=9e8, store_bytes=1e8)
+    p = predict(k, H100)
+    assert p.dram_bytes == 2e8
+    assert p.l1_s == pytest.approx(1e9 / (132 * 128 * 1.98e9))
+
+
+def test_compute_bound_with_known_ffma_share():
+    # 256 threads x 32 registers: 8 blocks = 64 warps per SM (16 per scheduler: latency 1);
+    # 2 full waves (efficiency 1): time = FLOPs / (peak x share)
+    flops = 1e12
+    k = KernelInputs("ffma", blocks=132 * 8 * 2, threads_per_block=256, flops=flops,
+                     read_bytes=1e6, write_bytes=1e6, registers=32, math_share=0.75)
+    p = predict(k, H100)
+    assert (p.blocks_per_sm, p.latency_factor, p.wave_efficiency) == (8, 1.0, 1.0)
+    assert p.bound == "issue"
+    assert p.time_s == pytest.approx(flops / (66.9e12 * 0.75) + model.LAUNCH_OVERHEAD_S)
+    # sm_80: 16 FP32 lanes per scheduler, a 40 % FFMA share reaches 80 % of the peak
+    a100 = predict(dataclasses.replace(k, math_share=0.4), "a100")
+    assert a100.issue_factor == pytest.approx(0.8)
+
+
+def test_wave_efficiency_by_hand():
+    waves, eff = wave_efficiency(169, 132, 1)          # conv5 forward on an H100
+    assert waves == pytest.approx(169 / 132) and eff == pytest.approx(169 / 264)
+    assert wave_efficiency(264, 132, 1) == (2.0, 1.0)
+    assert wave_efficiency(66, 132, 2) == (0.25, 0.5)  # half the SMs busy
+    # a 169-block grid of 1-block-per-SM kernels is bound by its waves
+    k = KernelInputs("big", 169, 256, 1e11, 1e6, 1e6, registers=255, math_share=0.9)
+    p = predict(k, H100)
+    assert p.bound == "waves" and p.wave_efficiency == pytest.approx(0.640, abs=1e-3)
+    assert p.latency_factor == 0.75                     # 8 warps: 2 per scheduler
+    assert p.time_s == pytest.approx(1e11 / (66.9e12 * 0.9 * 0.75 * 169 / 264) + 2e-6)
+
+
+def test_launch_overhead_and_gemm():
+    tiny = predict(KernelInputs("tiny", 1, 32, 10, 128, 128, registers=8), H100)
+    assert tiny.bound == "launch" and tiny.time_s == pytest.approx(model.LAUNCH_OVERHEAD_S,
+                                                                  rel=1e-3)
+    m, n, k = 128, 4096, 9216
+    g = predict(KernelInputs("cuBLAS", 0, 0, 2.0 * m * n * k, 4 * (m * k + n * k), 4 * m * n,
+                             gemm=True), H100)
+    assert g.bound == "cuBLAS"
+    assert g.time_s == pytest.approx(2.0 * m * n * k / (66.9e12 * model.GEMM_EFFICIENCY) + 2e-6)
+
+
+def test_relu_through_the_whole_pipeline_is_a_copy():
+    """A real kernel, its emu traffic (or the footprints where emu cannot profile): the
+    predicted ReLU forward of 4M floats is 8 bytes an element at the bandwidth."""
+    _tools()
+    n = 4 << 20
+    t = calibration.predicted_seconds(f"relu:{n}", "h100", 1, ("relu_forward",))
+    assert t == pytest.approx(8 * n / 3.35e12 + model.LAUNCH_OVERHEAD_S, rel=1e-6)
+
+
+def test_alexnet_step_table_small_batch():
+    _tools()
+    from convnet.perf.predict import format_table, predict_layers
+    from convnet.perf.step import alexnet_layers, parameter_count
+    assert parameter_count(1) == 60_965_224
+    table = predict_layers(alexnet_layers(1), "h100", 2)
+    layers = {r.planned.layer for r in table.rows}
+    assert {"conv1", "conv5", "norm1+pool1", "pool5", "fc6", "drop7", "loss", "sgd"} <= layers
+    kernels = [r.planned.kernel for r in table.rows]
+    assert sum(k.startswith("conv_forward") for k in kernels) == 5
+    assert sum(k.startswith("conv_backward_data") for k in kernels) == 4   # not conv1
+    assert sum(k == "sgd_momentum" for k in kernels) == 16
+    assert sum(k.startswith("cuBLAS") for k in kernels) == 9
+    assert all(r.prediction.time_s >= model.LAUNCH_OVERHEAD_S for r in table.rows)
+    assert table.floor_s < table.total_s
+    text = format_table(table)
+    assert "PREDICTED total" in text and "conv_forward" in text
+
+
+def test_gpu_for_device_names():
+    assert calibration.gpu_for_device("NVIDIA H100 80GB HBM3").key == "h100"
+    assert calibration.gpu_for_device("NVIDIA A100-SXM4-80GB").key == "a100"
+    assert calibration.gpu_for_device("NVIDIA A10").key == "a10"
+    assert calibration.gpu_for_device("NVIDIA GeForce RTX 4090").key == "rtx4090"
+    assert calibration.gpu_for_device("Tesla V100") is None
+
+
+def test_calibration_record_through_the_harness():
+    """A fake measured result through the benchmarks' Report: ratio per kernel, median,
+    JSON round trip."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import harness
+    report = harness.Report("conv")
+    for name, measured, predicted in (("a", [2e-3], 1e-3), ("b", [3e-3], 3e-3),
+                                      ("c", [1e-3], 2e-3)):
+        ours = report.add(harness.Result(name, "cuda:0", measured))
+        report.add_prediction(ours, predicted, label=name)
+    data = report.to_dict(machine={})
+    cal = data["calibration"]
+    assert cal["ratios"] == {"a": 2.0, "b": 1.0, "c": 0.5}
+    assert cal["median_ratio"] == 1.0
+    again = harness.Report.from_dict(data)
+    assert [e["label"] for e in again.calibration] == ["a", "b", "c"]
+    assert math.isclose(cal["entries"][0]["predicted_s"], 1e-3)
