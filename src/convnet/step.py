@@ -1,53 +1,132 @@
 """One training step: ``train_step(model, optimizer, images, labels)``.
 
 The step puts the model in training mode, clears the gradients, runs the forward
-pass and the cross-entropy loss, and stops with ``FloatingPointError`` if the loss
-is not finite (before any backward or update, so the weights and the optimizer's
-velocities stay as they were). Otherwise it runs the backward pass, measures top-1
-and top-5 accuracy on the batch (from the logits of the weights before the update)
-and updates the weights. Every device crossing of the step is recorded.
+pass and the cross-entropy loss, the backward pass, counts the batch's top-1 and
+top-5 hits (from the logits of the weights before the update) and updates the
+weights. Every device crossing of the step is recorded.
+
+No host synchronisation unless the caller asks for a number (issue 10, item 8): the
+loss and the two hit counts stay on the device in one 3-element array, and
+``StepResult.loss`` / ``.top1`` / ``.top5`` read it back — all three in one transfer —
+the first time one of them is read. A driver that reads every N steps lets N steps
+queue on a GPU without a stall.
+
+A loss that is not finite raises ``FloatingPointError``:
+
+* ``check_finite=True`` (the default on ``cpu`` and ``emu``, where the loss is already
+  in host memory and reading it costs nothing): before the backward pass, so the
+  weights and the optimizer's velocities stay as they were;
+* ``check_finite=False`` (the default on ``cuda``): when the result is first read,
+  the step's update already applied (the message says so). Pass ``check_finite=True``
+  on a GPU to pay one synchronisation per step for the stronger guarantee.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+import numpy as np
 
 from . import functional as F
-from .tensor import TransferLog, record_transfers
+from .functional.cross_entropy import labels_on
+from .tensor import Tensor, TransferLog, no_grad, record_transfers
 
 __all__ = ["StepResult", "train_step"]
 
 
-@dataclass
 class StepResult:
     """What one step measured: the mean loss of the batch, the fraction of the batch
     whose label is the top-1 / among the top-5 logits (top-k with k = the number of
-    classes when there are fewer than 5), and the step's device crossings."""
+    classes when there are fewer than 5), and the step's device crossings.
 
-    loss: float
-    top1: float
-    top5: float
-    transfers: TransferLog
+    ``loss``, ``top1`` and ``top5`` are read from the device when first asked for (one
+    transfer for the three); ``ready`` says whether that has happened."""
+
+    def __init__(self, values, device, batch: int, transfers: TransferLog,
+                 checked: bool = False):
+        self._values = values        # [loss, top-1 hits, top-5 hits] on ``device``
+        self._device = device
+        self._batch = batch
+        self._checked = checked      # the loss was already found finite
+        self._host = None
+        self.transfers = transfers
+
+    @property
+    def ready(self) -> bool:
+        return self._host is not None
+
+    def _read(self) -> tuple[float, float, float]:
+        if self._host is None:
+            loss, hits1, hits5 = (float(v) for v in
+                                  np.asarray(self._device.to_numpy(self._values)).reshape(3))
+            if not self._checked and not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"train_step: the loss is {loss}; this step's update was already applied "
+                    f"(the weights may hold NaN/inf: restore a checkpoint, lower the learning "
+                    f"rate or check the inputs; check_finite=True stops before the update)")
+            self._host = (loss, hits1 / self._batch, hits5 / self._batch)
+        return self._host
+
+    @property
+    def loss(self) -> float:
+        return self._read()[0]
+
+    @property
+    def top1(self) -> float:
+        return self._read()[1]
+
+    @property
+    def top5(self) -> float:
+        return self._read()[2]
+
+    def __repr__(self) -> str:
+        if self._host is None:
+            return f"StepResult(<on {self._device.name}, not read yet>, transfers={self.transfers!r})"
+        return (f"StepResult(loss={self.loss}, top1={self.top1}, top5={self.top5}, "
+                f"transfers={self.transfers!r})")
 
 
-def train_step(model, optimizer, images, labels) -> StepResult:
+def _hits(logits, labels, ks):
+    """Per k, the number of rows whose label is among the k largest logits, as device
+    scalars (``functional.topk_accuracy``'s rule: ties count for the label, a row
+    holding NaN never does), without reading anything back."""
+    xp = logits.device.xp
+    x = logits.data
+    n = x.shape[0]
+    own = x[xp.arange(n), labels]
+    greater = (x > own[:, None]).sum(axis=1)
+    valid = ~xp.isnan(x).any(axis=1)
+    return [((greater < k) & valid).sum() for k in ks]
+
+
+def train_step(model, optimizer, images, labels, check_finite: bool | None = None) -> StepResult:
     """One step of SGD on a batch; see the module docstring.
 
     ``images``: a Tensor or host array the model takes (for AlexNet (N, 3, S, S));
     ``labels``: N integer classes (host data or a Tensor on the logits' device).
+    ``check_finite``: stop before the update on a non-finite loss (a host read); the
+    default is True on host devices, False on ``cuda``.
     """
     model.train()
     optimizer.zero_grad()
     with record_transfers() as log:
         logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"train_step: the loss is {value}; the step was stopped "
-                                     f"before the backward pass and the weights are unchanged "
-                                     f"(lower the learning rate or check the inputs)")
+        device = logits.device
+        targets = Tensor._wrap(labels_on(device, labels), device)  # copied once, if host data
+        loss = F.cross_entropy(logits, targets)
+        if check_finite is None:
+            check_finite = device.kind != "cuda"
+        if check_finite:
+            value = float(loss.item())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"train_step: the loss is {value}; the step was stopped "
+                                         f"before the backward pass and the weights are unchanged "
+                                         f"(lower the learning rate or check the inputs)")
         loss.backward()
     classes = logits.shape[1]
-    top1, top5 = F.topk_accuracy(logits.detach(), labels, (1, min(5, classes)))
+    with no_grad(), device.activate():
+        hits = _hits(logits.detach(), targets.data.astype(np.int64, copy=False), (1, min(5, classes)))
+        xp = device.xp
+        values = xp.stack([xp.asarray(loss.data, dtype=np.float64).reshape(()),
+                           *(xp.asarray(h, dtype=np.float64) for h in hits)])
     optimizer.step()
-    return StepResult(loss=value, top1=top1, top5=top5, transfers=log)
+    return StepResult(values, device, logits.shape[0], log, checked=check_finite)

@@ -90,6 +90,10 @@ from .settings import TrainOptions, check_crop, placement, run_settings
 
 __all__ = ["TrainError", "TrainOptions", "TrainingRun", "TrainingStopped", "train"]
 
+# Steps whose loss and accuracy the driver reads back at once: on a GPU the steps in
+# between queue without a host synchronisation (convnet.train_step reads nothing).
+READ_EVERY = 8
+
 
 class TrainingStopped(RuntimeError):
     """Training could not go on (a loss that is not finite); the checkpoints are untouched."""
@@ -244,6 +248,21 @@ class TrainingRun:
                           leave=False)
         count, loss_sum, right1, right5 = 0, 0.0, 0.0, 0.0
         started = time.monotonic()
+        pending = []  # (step number, batch size, StepResult) not read back yet
+
+        def read_pending():  # the steps' numbers, read every READ_EVERY steps: no per-step sync
+            nonlocal count, loss_sum, right1, right5
+            for number, n, step in pending:
+                try:
+                    loss, top1, top5 = step.loss, step.top1, step.top5
+                except FloatingPointError as exc:
+                    raise TrainingStopped(
+                        f"epoch {self.epoch + 1}, step {number + 1}: {exc}. The run stopped; "
+                        f"its checkpoints are untouched (resume with a lower --lr)") from None
+                count += n
+                loss_sum, right1, right5 = loss_sum + loss * n, right1 + top1 * n, right5 + top5 * n
+            pending.clear()
+
         try:
             for batch in loader.epoch(self.epoch):
                 n = len(batch)
@@ -254,13 +273,15 @@ class TrainingRun:
                     raise TrainingStopped(
                         f"epoch {self.epoch + 1}, step {batch.number + 1}: {exc}. The run stopped; "
                         f"its checkpoints are untouched (resume with a lower --lr)") from None
-                count += n
-                loss_sum += step.loss * n
-                right1 += step.top1 * n
-                right5 += step.top5 * n
-                bar.update(n, f"loss {loss_sum / count:.3f} top-1 err {_pct(1 - right1 / count)}")
+                pending.append((batch.number, n, step))
+                if len(pending) >= READ_EVERY or step.ready:
+                    read_pending()
+                    bar.update(n, f"loss {loss_sum / count:.3f} top-1 err {_pct(1 - right1 / count)}")
+                else:
+                    bar.update(n)
                 if stop():
                     raise KeyboardInterrupt
+            read_pending()
         finally:
             bar.close()
         seconds = time.monotonic() - started

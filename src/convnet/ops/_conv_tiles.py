@@ -54,6 +54,51 @@ TILE_MODELS = {
     "emu": {EMU: (1, 1.0), SMALL: (1, 0.18), THIN: (1, 0.17)},
 }
 
+# On cuda the residency is computed, not taken from the table above (which stays as the
+# fallback without NVRTC): blocks per SM by NVIDIA's occupancy rules (perf.occupancy)
+# for the device's architecture (``device.arch``; sm_90 for a device without one), with
+# each tile's real registers and static shared memory from the NVRTC report
+# (toolchain.resources, cached on disk) — the fewest over the three conv kernels,
+# since one tile choice serves forward, backward-data and backward-filter GEMMs alike.
+CONV_KERNELS = ("conv_forward", "conv_backward_data", "conv_backward_filter")
+_RESIDENCY: dict[tuple, int] = {}
+
+
+def gpu_residency(tile: Tile, arch: str = "sm_90") -> int | None:
+    """Blocks of ``tile`` an SM of ``arch`` holds, from the compiled kernels; None when
+    NVRTC (or the architecture's limits) is unavailable."""
+    key = (tile, arch)
+    if key not in _RESIDENCY:
+        from ..perf.gpus import UnknownGPU
+        from ..perf.occupancy import occupancy
+        from ..toolchain.resources import kernel_resources
+        from . import conv
+        modules = (conv.FORWARD, conv.BACKWARD_DATA, conv.BACKWARD_FILTER)
+        blocks = []
+        try:
+            for module, kernel in zip(modules, CONV_KERNELS):
+                found = kernel_resources(module, tile.name(kernel), arch)
+                if found.registers is None:
+                    return None  # no NVRTC: kernel_resources has warned once
+                blocks.append(occupancy(arch, tile.threads, found.registers,
+                                        found.static_shared or 0).blocks_per_sm)
+        except UnknownGPU:
+            return None
+        _RESIDENCY[key] = max(1, min(blocks))
+    return _RESIDENCY[key]
+
+
+def _model(device) -> dict:
+    model = TILE_MODELS[device.kind]
+    if device.kind != "cuda":
+        return model
+    arch = getattr(device, "arch", "sm_90")
+    out = {}
+    for tile, (resident, rate) in model.items():
+        computed = gpu_residency(tile, arch)
+        out[tile] = (computed if computed is not None else resident, rate)
+    return out
+
 
 def choose_tile(device, rows: int, cols: int, batches: int = 1) -> Tile:
     """The tile for ``batches`` GEMMs of ``rows`` x ``cols`` results (one block grid of
@@ -63,7 +108,7 @@ def choose_tile(device, rows: int, cols: int, batches: int = 1) -> Tile:
     ``parallel_units`` (SMs; emulator workers) times the work of a wave, each tile's
     residency and rate from ``TILE_MODELS``. Rows and columns past the matrix are work
     too, so GEMMs with few rows pick narrow tiles."""
-    model, units = TILE_MODELS[device.kind], device.parallel_units
+    model, units = _model(device), device.parallel_units
 
     def cost(t: Tile) -> float:
         resident, rate = model[t]
