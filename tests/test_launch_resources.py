@@ -1,6 +1,6 @@
 """Launch resources per architecture (issue 10, item 4): what a GPU refuses, both
 executors refuse, with the same message from the shared launch description
-(``Launch.check_resources``, ``convnet.toolchain.resources``).
+(``toolchain.resources.check_launch``, ``convnet.toolchain.resources``).
 
 Kernels in tests/kernels/launch_resources.cu; every broken launch has a correct twin
 that runs. The ``cuda`` executor is exercised with a stand-in CuPy whose functions

@@ -13,7 +13,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-from ..arguments import integer, positive_int, real
+from ..arguments import integer, real
 from ..models import PRESETS
 from .runs import TrainError, settings_of
 

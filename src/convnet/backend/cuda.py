@@ -17,7 +17,7 @@ First GPU contact (issue 10, item 8):
   so the same kernels compiled from another checkout hit that cache.
 * **Launch resources.** Before the first launch of a kernel with a given block the
   loaded function's own figures (``num_regs``, ``shared_size_bytes``,
-  ``max_threads_per_block``) go through ``Launch.check_resources`` for this GPU's
+  ``max_threads_per_block``) go through ``toolchain.resources.check_launch`` for this GPU's
   architecture, the check ``emu`` runs with NVRTC's figures. A block needing more
   than 48 KiB of shared memory in total (static + dynamic) gets the opt-in: the
   function's ``max_dynamic_shared_size_bytes`` (cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -40,6 +40,7 @@ import numpy as np
 
 from ..toolchain.kernel_source import digest, expand
 from ..toolchain.nvrtc import NVRTC_OPTIONS
+from ..toolchain.resources import check_launch
 from .base import Device, DeviceError
 
 # Shared memory (static + dynamic) a block gets without opting in (cudaFuncSetAttribute).
@@ -283,7 +284,7 @@ class CUDADevice(Device):
         return function
 
     def _resources(self, launch, function) -> bool:
-        """``Launch.check_resources`` with the loaded function's own figures, for this
+        """``toolchain.resources.check_launch`` with the loaded function's own figures, for this
         GPU's architecture; whether the launch needs the shared-memory opt-in. Checked
         once per kernel, block size and dynamic shared bytes."""
         key = (launch.module, launch.name, launch.threads_per_block, launch.shared_bytes)
@@ -296,7 +297,7 @@ class CUDADevice(Device):
                 static_shared=int(function.shared_size_bytes),
                 max_threads=int(function.max_threads_per_block), origin="driver")
             if self.arch in ARCHS:
-                needs = launch.check_resources(self.arch, found).needs_opt_in
+                needs = check_launch(launch, self.arch, found).needs_opt_in
             else:  # not in the table (sm_75, sm_100...): the driver's own limits only
                 if launch.threads_per_block > found.max_threads:
                     raise LaunchResourceError(

@@ -27,6 +27,7 @@ import numpy as np
 from ..cache import cache_dir as _cache_root
 from ..toolchain import kernel_source
 from ..toolchain.launch import KernelModule, Launch
+from ..toolchain.resources import check_launch
 from ..toolchain.paths import emu_include_dir
 from .base import DeviceError, HostDevice  # noqa: F401  (DeviceError is part of this module's API)
 
@@ -551,9 +552,9 @@ class EmuDevice(HostDevice):
         return worker_threads()
 
     def launch(self, launch: Launch) -> None:
-        launch.check_resources()  # issue 10 item 4 (resources helper): what a GPU would refuse, toolchain/resources.py
         opts = _OPTIONS.get()
-        lib = library(launch.module, opts.check)
+        lib = library(launch.module, opts.check)  # g++ first: its errors name the line
+        check_launch(launch)  # what a GPU would refuse (toolchain/resources.py, per CONVNET_EMU_ARCH)
         index = lib.find(launch.name)
         if index < 0:
             raise DeviceError(f"kernel {launch.name} is missing from the compiled {launch.module.source}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..toolchain.launch import LaunchError, name_expression
+from ..toolchain.launch import KernelModule, LaunchError, name_expression
 
 
 class Tile(NamedTuple):
@@ -43,6 +43,16 @@ THIN = Tile(4, 256, 16, 4, 8)
 
 TILES: tuple[Tile, ...] = (LARGE, MEDIUM, SMALL, EMU, THIN)
 
+# The instantiations each conv kernel file exports (the one place they are made).
+BIAS_THREADS = 256  # conv_bias_grad's block (a template argument: a power of two)
+
+FORWARD = KernelModule("conv_forward.cu", tuple(t.name("conv_forward") for t in TILES))
+BACKWARD_DATA = KernelModule("conv_backward_data.cu",
+                             tuple(t.name("conv_backward_data") for t in TILES))
+BACKWARD_FILTER = KernelModule("conv_backward_filter.cu",
+                               tuple(t.name("conv_backward_filter") for t in TILES)
+                               + ("conv_split_sum", name_expression("conv_bias_grad", (BIAS_THREADS,))))
+
 # How a device kind runs each tile it may choose: (blocks resident per SM or emulator
 # worker, arithmetic rate relative to the device's main tile). GPU: residency from the
 # compile report's registers (LARGE 124-165, MEDIUM up to 167 per thread, of 65536 per
@@ -72,8 +82,7 @@ def gpu_residency(tile: Tile, arch: str = "sm_90") -> int | None:
         from ..perf.gpus import UnknownGPU
         from ..perf.occupancy import occupancy
         from ..toolchain.resources import kernel_resources
-        from . import conv
-        modules = (conv.FORWARD, conv.BACKWARD_DATA, conv.BACKWARD_FILTER)
+        modules = (FORWARD, BACKWARD_DATA, BACKWARD_FILTER)
         blocks = []
         try:
             for module, kernel in zip(modules, CONV_KERNELS):

@@ -35,10 +35,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..arguments import positive_int
-from ..toolchain.launch import KernelModule, Launch, LaunchError, name_expression
+from ..toolchain.launch import Launch, LaunchError
 from ._arrays import INT32_MAX, check_one_dtype, check_shape, kernel_array
 from ._conv_geometry import Geometry, check_kernel_sizes, geometry
-from ._conv_tiles import EMU, LARGE, MEDIUM, SMALL, THIN, TILES, Tile, choose_tile, pick_tile
+from ._conv_tiles import (BACKWARD_DATA, BACKWARD_FILTER, BIAS_THREADS, EMU, FORWARD, LARGE,
+                          MEDIUM, SMALL, THIN, TILES, Tile, choose_tile, pick_tile)
 from .elementwise import BLOCK, max_blocks
 
 __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "EMU", "FORWARD", "FilterPlan", "Geometry",
@@ -49,14 +50,6 @@ __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "EMU", "FORWARD", "FilterPlan", "
            "choose_tile", "forward", "forward_launch", "forward_reference", "geometry",
            "plan_filter"]
 
-BIAS_THREADS = 256  # conv_bias_grad's block (a template argument: a power of two)
-
-FORWARD = KernelModule("conv_forward.cu", tuple(t.name("conv_forward") for t in TILES))
-BACKWARD_DATA = KernelModule("conv_backward_data.cu",
-                             tuple(t.name("conv_backward_data") for t in TILES))
-BACKWARD_FILTER = KernelModule("conv_backward_filter.cu",
-                               tuple(t.name("conv_backward_filter") for t in TILES)
-                               + ("conv_split_sum", name_expression("conv_bias_grad", (BIAS_THREADS,))))
 
 # Blocks of backward filter's split GEMM per parallel unit of the device, when
 # plan_filter chooses the split: about four per SM on a GPU, two per emulator worker.

@@ -19,7 +19,7 @@ MAX_BLOCK_DIM = (1024, 1024, 64)
 MAX_GRID_DIM = (2**31 - 1, 65535, 65535)
 # The most shared memory any architecture lets a block opt into (sm_90: 227 KiB); the
 # per-architecture limits (163 KiB on sm_80, 99 KiB on sm_86/89) and the 48 KiB
-# default are checked by ``Launch.check_resources`` (toolchain.resources).
+# default are checked by ``toolchain.resources.check_launch`` (both executors call it).
 MAX_DYNAMIC_SHARED_BYTES = 227 * 1024
 
 # Scalar argument types a kernel may take by value, as NumPy scalar types.
@@ -127,19 +127,3 @@ class Launch:
     @property
     def threads_per_block(self) -> int:
         return self.block[0] * self.block[1] * self.block[2]
-
-    def check_resources(self, arch=None, resources=None):
-        """Refuse (``toolchain.resources.LaunchResourceError``) what a GPU would refuse:
-        more threads than the kernel's ``__launch_bounds__``, registers x threads over the
-        SM's register file, static + dynamic shared memory over the per-block limit.
-
-        ``arch=None`` (the ``emu`` executor): every architecture of ``CONVNET_EMU_ARCH``
-        (default sm_90) with the NVRTC report's figures; returns one ``Checked`` per
-        architecture. With ``arch`` and ``resources`` (the ``cuda`` executor: the loaded
-        function's own figures): that one check, returning its ``Checked``."""
-        from . import resources as _resources
-        if arch is None:
-            return _resources.check_emu(self)
-        if resources is None:
-            resources = _resources.kernel_resources(self.module, self.name, arch)
-        return _resources.check(self, arch, resources)

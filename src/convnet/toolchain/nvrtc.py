@@ -225,8 +225,8 @@ def compile_module(module: KernelModule, arch: str = "sm_80") -> list[KernelRepo
     return rows
 
 
-def compile_report(modules=None, archs=REPORT_ARCHS, jobs: int | None = None) -> list[KernelReport]:
-    """Compile every module (default: ``convnet.ops.kernel_modules()``) for each arch.
+def compile_report(modules, archs=REPORT_ARCHS, jobs: int | None = None) -> list[KernelReport]:
+    """Compile every module (the project's: ``convnet.ops.kernel_modules()``) for each arch.
 
     Rows come back in module, arch, kernel-list order. A module that fails raises
     its CompileError (the first one, in that order).
@@ -237,13 +237,10 @@ def compile_report(modules=None, archs=REPORT_ARCHS, jobs: int | None = None) ->
     return rows
 
 
-def compile_all(modules=None, archs=REPORT_ARCHS, jobs: int | None = None):
+def compile_all(modules, archs=REPORT_ARCHS, jobs: int | None = None):
     """Like ``compile_report`` but keeps going: ``(rows, failures)``, failures being the
     exceptions (CompileError, ReportError, KernelSourceError) of the builds that failed.
     NVRTC releases the GIL, so the builds run in threads."""
-    if modules is None:
-        from ..ops import kernel_modules
-        modules = kernel_modules()
     archs = [normalize_arch(a) for a in archs]
     _bindings()  # fail early, with the install hint, before any work
     work = [(m, a) for m in modules for a in archs]

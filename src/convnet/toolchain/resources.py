@@ -319,3 +319,19 @@ def _eval(node, names):
     if isinstance(node, ast.IfExp):
         return _eval(node.body, names) if _eval(node.test, names) else _eval(node.orelse, names)
     raise ValueError(f"not integer arithmetic: {ast.dump(node)}")
+
+
+def check_launch(launch, arch=None, resources: KernelResources | None = None):
+    """Refuse (``LaunchResourceError``) what a GPU would refuse: more threads than the
+    kernel's ``__launch_bounds__``, registers x threads over the SM's register file,
+    static + dynamic shared memory over the per-block limit.
+
+    ``arch=None`` (the ``emu`` executor): every architecture of ``CONVNET_EMU_ARCH``
+    (default sm_90) with the NVRTC report's figures; returns one ``Checked`` per
+    architecture. With ``arch`` (and, on the ``cuda`` executor, the loaded function's
+    own ``resources``): that one check, returning its ``Checked``."""
+    if arch is None:
+        return check_emu(launch)
+    if resources is None:
+        resources = kernel_resources(launch.module, launch.name, arch)
+    return check(launch, arch, resources)
