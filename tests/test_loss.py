@@ -170,3 +170,32 @@ def test_topk_errors():
         F.topk_accuracy(t, [0, 3], 1)
     with pytest.raises(ValueError, match="2-D"):
         F.topk_accuracy(convnet.tensor(np.zeros(3, np.float32)), [0], 1)
+
+
+class _DeviceHoldingNoHostArrays:
+    """Stands in for a GPU: host arrays are not its own, so labels are copied to it."""
+
+    name = "stand-in"
+    copies = 0
+
+    def owns(self, array):
+        return False
+
+    def asarray(self, array, dtype=None):
+        type(self).copies += 1
+        return np.asarray(array, dtype=dtype)
+
+
+def test_host_labels_for_a_gpu_are_checked_on_the_host_before_the_copy():
+    from convnet.functional.cross_entropy import labels_on
+    device = _DeviceHoldingNoHostArrays()
+    array, checked = labels_on(device, [0, 2, 1], (3, 4))
+    assert checked and array.dtype == np.int32 and list(array) == [0, 2, 1]
+    before = device.copies
+    with pytest.raises(ValueError, match="label 4 is out of range for 4 classes"):
+        labels_on(device, np.array([0, 4, 1]), (3, 4))
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        labels_on(device, [0, 1], (3, 4))
+    assert device.copies == before                    # nothing was copied to the device
+    _, checked = labels_on(device, [0.5, 1.0, 2.0], (3, 4))
+    assert not checked                                # not integers: the op refuses them there

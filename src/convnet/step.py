@@ -111,8 +111,9 @@ def train_step(model, optimizer, images, labels, check_finite: bool | None = Non
     with record_transfers() as log:
         logits = model(images)
         device = logits.device
-        targets = Tensor._wrap(labels_on(device, labels), device)  # copied once, if host data
-        loss = F.cross_entropy(logits, targets)
+        array, checked = labels_on(device, labels, logits.shape)  # host labels: checked there
+        targets = Tensor._wrap(array, device)                       # and copied once
+        loss = F.cross_entropy(logits, targets, labels_checked=checked)
         if check_finite is None:
             check_finite = device.kind != "cuda"
         if check_finite:

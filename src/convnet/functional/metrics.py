@@ -31,7 +31,8 @@ def topk_accuracy(logits: Tensor, labels, k=(1, 5)):
                for kk in ((k,) if single else k))
     device = logits.device
     xp = device.xp
-    labels = check_labels(device, labels_on(device, labels), n, c)
+    array, checked = labels_on(device, labels, (n, c))
+    labels = check_labels(xp, array, n, c, range_checked=checked)
     x = logits.data
     own = x[xp.arange(n), labels]
     greater = (x > own[:, None]).sum(axis=1)

@@ -55,21 +55,23 @@ def _check_logits(x) -> tuple[int, int]:
     return n, c
 
 
-def check_labels(device, labels, n: int, c: int):
-    """``labels`` as an int32 array of ``device``, after checking dtype, shape and range."""
-    xp = device.xp
+def check_labels(xp, labels, n: int, c: int, *, range_checked: bool = False):
+    """``labels`` as a C-contiguous int32 array of the array module ``xp`` (NumPy or
+    CuPy), after checking dtype, shape and (unless ``range_checked``: the caller did it
+    on the host) range. The range check of a CuPy array reads two numbers back."""
     dtype = np.dtype(labels.dtype)
     if dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: labels must be integers (int32 or int64), got {dtype}")
     if tuple(labels.shape) != (n,):
         raise ValueError(f"cross_entropy: labels must have shape ({n},) for logits of shape "
                          f"({n}, {c}), got {tuple(labels.shape)}")
-    low, high = int(labels.min()), int(labels.max())  # one small read back on a GPU
-    if low < 0 or high >= c:
-        bad = labels[(labels < 0) | (labels >= c)]
-        first = int(bad.reshape(-1)[0])
-        raise ValueError(f"cross_entropy: label {first} is out of range for {c} classes "
-                         f"(labels must lie in 0..{c - 1}; got min {low}, max {high})")
+    if not range_checked and n:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= c:
+            bad = labels[(labels < 0) | (labels >= c)]
+            first = int(bad.reshape(-1)[0])
+            raise ValueError(f"cross_entropy: label {first} is out of range for {c} classes "
+                             f"(labels must lie in 0..{c - 1}; got min {low}, max {high})")
     return xp.ascontiguousarray(labels, dtype=np.int32)
 
 
@@ -111,11 +113,12 @@ def backward_launch(x, saved: Saved, dloss, dx) -> Launch:
 
 # --------------------------------------------------------------------------- on a device
 
-def forward(device, x, labels):
+def forward(device, x, labels, *, range_checked: bool = False):
     """``(loss_rows, saved)`` for logits ``x`` (N, C) and ``labels`` (N integers of
-    ``device``); ``saved`` is what ``backward`` takes."""
+    ``device``; ``range_checked``: their range was checked on the host, so no read back
+    here); ``saved`` is what ``backward`` takes."""
     n, c = _check_logits(x)
-    labels = check_labels(device, labels, n, c)
+    labels = check_labels(device.xp, labels, n, c, range_checked=range_checked)
     if not device.runs_kernels:
         return forward_reference(x, labels)
     x = kernel_array(device, x, "cross_entropy", "the logits")
