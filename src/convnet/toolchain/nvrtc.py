@@ -6,11 +6,21 @@ uses the same list, so what it reports is what runs.
 
 * ``-std=c++17``: the language level the kernel sources are written against
   (spelled out so that a different NVRTC default cannot change it).
+* ``-ftz=true``: single-precision subnormal inputs and results flush to zero.
+  CuPy (13, 14 and its main branch: ``cupy/cuda/compiler.py``,
+  ``_compile_with_cache_cuda``) appends ``-ftz=true`` after the caller's options
+  to every NVRTC compile of ``RawModule(code=...)``, and NVRTC takes the last
+  ``-ftz`` it is given, so the GPU build flushes whatever this list says; it is
+  listed so that the compile report (``convnet kernels``, the resource check, the
+  SASS the performance model reads) describes the build that really runs. The
+  ``emu`` device flushes the same way (``csrc/emu/emu_math.h``, MXCSR FTZ/DAZ in
+  the scheduler); the NumPy references do not (docs/internals.md: GPU arithmetic).
+* ``-fmad=true`` is NVRTC's default and is kept (``a*b + c`` contracts into an
+  FMA; ``emu`` contracts with g++ ``-ffp-contract=fast`` in every build).
 * no ``--use_fast_math``: it swaps ``expf``/``logf``/division/``sqrtf`` for
-  approximate versions and flushes denormals to zero, which the ``emu`` device
-  (g++, IEEE math) and the NumPy references do not do. Every op is checked
-  against both, so the GPU build stays IEEE; a kernel that wants a fast
-  intrinsic writes it (``__expf``) where it is wanted.
+  approximate versions, which the ``emu`` device and the NumPy references do not
+  do; a kernel that wants a fast intrinsic writes it (``__expf``) where it is
+  wanted, and ``emu`` computes it as the GPU's instruction sequence.
 * no architecture: CuPy picks the GPU's own. The compile check adds
   ``--gpu-architecture=sm_XX`` (a real architecture, so ptxas runs and a CUBIN
   comes out) and ``--ptxas-options=-v`` for the register/spill report.
@@ -33,7 +43,7 @@ from dataclasses import dataclass
 from .kernel_source import expand
 from .launch import KernelModule
 
-NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
+NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17", "-ftz=true")
 REPORT_ARCHS: tuple[str, ...] = ("sm_80", "sm_90")
 PTXAS_VERBOSE = "--ptxas-options=-v"
 
