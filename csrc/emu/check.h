@@ -96,8 +96,11 @@ class Checker {
 
   ~Checker() { clear_shadow(); }
 
+  // [device_start, device_end): the library's __device__ variables, inside its image
+  // but global memory like any other (checked, not ignored).
   void begin_launch(const CheckSpec& spec, uintptr_t base, uintptr_t image_start, uintptr_t image_end,
-                    uintptr_t dynamic, std::size_t dynamic_bytes, uint64_t total_blocks, int threads) {
+                    uintptr_t dynamic, std::size_t dynamic_bytes, uint64_t total_blocks, int threads,
+                    uintptr_t device_start = 0, uintptr_t device_end = 0) {
     spec_ = &spec;
     clear_shadow();
     shared_.clear();
@@ -107,7 +110,12 @@ class Checker {
     dynamic_ = dynamic;
     dynamic_end_ = dynamic + (dynamic ? dynamic_bytes : 0);
     ignore_ = spec.ignore;
-    ignore_.emplace_back(image_start, image_end);
+    if (device_start < device_end && image_start <= device_start && device_end <= image_end) {
+      ignore_.emplace_back(image_start, device_start);
+      ignore_.emplace_back(device_end, image_end);
+    } else {
+      ignore_.emplace_back(image_start, image_end);
+    }
     threads_ = threads;
     vc_.assign(static_cast<std::size_t>(threads) * 32, 0);
     last_fence_.assign(total_blocks, 0);

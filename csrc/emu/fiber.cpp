@@ -143,3 +143,127 @@ void fiber_release(Fiber* fiber) {
 #endif
 
 }  // namespace emu
+
+// ---- signals on a fiber: redirecting the interrupted code (see fiber.h)
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <ucontext.h>
+
+extern "C" void emu_preempt_entry();  // scheduler.cpp: hands the OS thread to another fiber
+extern "C" void emu_preempt_thunk();
+// Bytes of the XSAVE area for the state components the OS enabled (CPUID 0xD.0 EBX).
+extern "C" __attribute__((visibility("hidden"))) uint32_t emu_xsave_bytes = 0;
+
+// Entered with [rsp] = the interrupted rip and rsp = the interrupted rsp - 144 (below
+// the 128-byte red zone): saves the flags, the caller-saved registers and the whole
+// extended state (XSAVE, all enabled components), calls emu_preempt_entry on a
+// 64-aligned stack, restores everything and returns with `ret $136`, which leaves
+// rsp as it was when the signal came.
+__asm__(
+    ".text\n"
+    ".p2align 4\n"
+    ".globl emu_preempt_thunk\n"
+    ".hidden emu_preempt_thunk\n"
+    ".type emu_preempt_thunk,@function\n"
+    "emu_preempt_thunk:\n"
+    "  pushfq\n"
+    "  cld\n"
+    "  pushq %rax\n"
+    "  pushq %rcx\n"
+    "  pushq %rdx\n"
+    "  pushq %rsi\n"
+    "  pushq %rdi\n"
+    "  pushq %r8\n"
+    "  pushq %r9\n"
+    "  pushq %r10\n"
+    "  pushq %r11\n"
+    "  pushq %rbx\n"
+    "  movq %rsp, %rbx\n"
+    "  movl emu_xsave_bytes(%rip), %eax\n"
+    "  subq %rax, %rsp\n"
+    "  andq $-64, %rsp\n"
+    "  xorl %eax, %eax\n"
+    "  movq %rax, 512(%rsp)\n"
+    "  movq %rax, 520(%rsp)\n"
+    "  movq %rax, 528(%rsp)\n"
+    "  movq %rax, 536(%rsp)\n"
+    "  movq %rax, 544(%rsp)\n"
+    "  movq %rax, 552(%rsp)\n"
+    "  movq %rax, 560(%rsp)\n"
+    "  movq %rax, 568(%rsp)\n"
+    "  movl $-1, %eax\n"
+    "  movl $-1, %edx\n"
+    "  xsave64 (%rsp)\n"
+    "  callq emu_preempt_entry\n"
+    "  movl $-1, %eax\n"
+    "  movl $-1, %edx\n"
+    "  xrstor64 (%rsp)\n"
+    "  movq %rbx, %rsp\n"
+    "  popq %rbx\n"
+    "  popq %r11\n"
+    "  popq %r10\n"
+    "  popq %r9\n"
+    "  popq %r8\n"
+    "  popq %rdi\n"
+    "  popq %rsi\n"
+    "  popq %rdx\n"
+    "  popq %rcx\n"
+    "  popq %rax\n"
+    "  popfq\n"
+    "  retq $136\n"
+    ".size emu_preempt_thunk, .-emu_preempt_thunk\n");
+
+namespace emu {
+
+namespace {
+bool xsave_usable() {
+  static const bool usable = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+    if (!__get_cpuid_count(0xd, 0, &a, &b, &c, &d) || b < 576) return false;
+    emu_xsave_bytes = b;
+    return true;
+  }();
+  return usable;
+}
+const bool g_xsave_probed = xsave_usable();  // probed at load, never inside a handler
+}  // namespace
+
+uintptr_t context_pc(const void* ucontext) {
+  return static_cast<uintptr_t>(static_cast<const ucontext_t*>(ucontext)->uc_mcontext.gregs[REG_RIP]);
+}
+uintptr_t context_sp(const void* ucontext) {
+  return static_cast<uintptr_t>(static_cast<const ucontext_t*>(ucontext)->uc_mcontext.gregs[REG_RSP]);
+}
+
+bool redirect_to_preempt(void* ucontext) {
+  if (!g_xsave_probed) return false;
+  greg_t* r = static_cast<ucontext_t*>(ucontext)->uc_mcontext.gregs;
+  uintptr_t sp = static_cast<uintptr_t>(r[REG_RSP]) - 144;
+  *reinterpret_cast<uintptr_t*>(sp) = static_cast<uintptr_t>(r[REG_RIP]);
+  r[REG_RSP] = static_cast<greg_t>(sp);
+  r[REG_RIP] = reinterpret_cast<greg_t>(&emu_preempt_thunk);
+  return true;
+}
+
+bool redirect_to_abandon(void* ucontext, void (*entry)(), char* stack_top) {
+  greg_t* r = static_cast<ucontext_t*>(ucontext)->uc_mcontext.gregs;
+  uintptr_t top = reinterpret_cast<uintptr_t>(stack_top) & ~static_cast<uintptr_t>(15);
+  r[REG_RSP] = static_cast<greg_t>(top - 8);  // as after a call
+  r[REG_RBP] = 0;
+  r[REG_RIP] = reinterpret_cast<greg_t>(entry);
+  return true;
+}
+
+}  // namespace emu
+
+#else
+
+namespace emu {
+uintptr_t context_pc(const void*) { return 0; }
+uintptr_t context_sp(const void*) { return 0; }
+bool redirect_to_preempt(void*) { return false; }
+bool redirect_to_abandon(void*, void (*)(), char*) { return false; }
+}  // namespace emu
+
+#endif

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace emu {
 
@@ -35,5 +36,19 @@ void fiber_prepare(Fiber* fiber, char* region, FiberEntry entry, void* arg, std:
 void fiber_switch(Fiber* from, Fiber* to);
 // Frees what fiber_prepare allocated (ucontext platforms).
 void fiber_release(Fiber* fiber);
+
+// ---- signals on a fiber (faults, preemption, the watchdog; see scheduler.cpp)
+// The interrupted program counter and stack pointer of a signal's ucontext (0 where
+// the platform is not supported).
+uintptr_t context_pc(const void* ucontext);
+uintptr_t context_sp(const void* ucontext);
+// Makes the interrupted code, once the handler returns, call emu_preempt_entry() on
+// its own stack and then go on exactly where it was (every register, the flags and
+// the whole x87/SSE/AVX state saved around the call; the red zone is left alone).
+// False where unsupported (not x86-64, or no XSAVE).
+bool redirect_to_preempt(void* ucontext);
+// Makes the interrupted code, once the handler returns, call entry() on the stack
+// whose top is `stack_top` (16-aligned). The interrupted code is never resumed.
+bool redirect_to_abandon(void* ucontext, void (*entry)(), char* stack_top);
 
 }  // namespace emu

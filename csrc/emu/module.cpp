@@ -55,7 +55,7 @@ py::object launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std
                   std::vector<std::tuple<uint64_t, uint64_t, int>> check_arrays,
                   std::vector<std::tuple<uint64_t, uint64_t, uint64_t>> check_tracked,
                   std::vector<std::tuple<uint64_t, uint64_t, std::string>> check_shared, bool random,
-                  uint64_t seed) {
+                  uint64_t seed, double watchdog) {
   if (kernel < 0 || kernel >= lib.size()) throw py::index_error("no kernel with index " + std::to_string(kernel));
   const EmuKernelEntry& entry = lib.kernel(kernel);
   if (grid.size() != 3 || block.size() != 3) throw py::value_error("grid and block take three dimensions");
@@ -149,10 +149,19 @@ py::object launch(emu::Library& lib, int kernel, std::vector<unsigned> grid, std
     py::gil_scoped_acquire gil;
     return PyErr_CheckSignals() != 0;  // leaves KeyboardInterrupt set
   };
+  spec.watchdog_seconds = watchdog;
   try {
     py::gil_scoped_release release;
     emu::launch(spec);
-  } catch (const emu::Interrupted&) {
+  } catch (const emu::Interrupted& e) {
+    if (e.sigint) {
+      // The runtime's own SIGINT handler caught Ctrl-C during the launch: hand it to
+      // Python's handler (KeyboardInterrupt by default).
+      PyErr_SetInterrupt();
+      if (PyErr_CheckSignals() == 0 && !PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+    } else if (!PyErr_Occurred()) {
+      PyErr_SetNone(PyExc_KeyboardInterrupt);
+    }
     throw py::error_already_set();
   }
   if (!profile) return py::none();
@@ -208,7 +217,7 @@ PYBIND11_MODULE(_emu, m) {
         py::arg("check_arrays") = std::vector<std::tuple<uint64_t, uint64_t, int>>{},
         py::arg("check_tracked") = std::vector<std::tuple<uint64_t, uint64_t, uint64_t>>{},
         py::arg("check_shared") = std::vector<std::tuple<uint64_t, uint64_t, std::string>>{},
-        py::arg("random") = false, py::arg("seed") = 0,
+        py::arg("random") = false, py::arg("seed") = 0, py::arg("watchdog") = 60.0,
         "Run one kernel launch to completion. args: one bytes object per parameter. With profile=True "
         "it returns the launch's memory-traffic figures: the blocks listed in profile_blocks (linear "
         "indices) run on profile_library, the same kernels built with access hooks; profile_allocations "
@@ -218,7 +227,10 @@ PYBIND11_MODULE(_emu, m) {
         "(init) or both; with them or random=True every block runs on check_library (the hooked build) on one "
         "OS thread; check_arrays: (start, bytes, argument index) to name global memory; check_tracked: "
         "(start, bytes, address of a uint8 mask) of allocations whose unwritten bytes (mask 0) must not be "
-        "read; check_shared: (offset, bytes, name) of every static __shared__ array of check_library.");
+        "read; check_shared: (offset, bytes, name) of every static __shared__ array of check_library. "
+        "watchdog: seconds a block may go without any of its threads reaching a barrier, a warp operation "
+        "or its end before the launch fails with a KernelError naming it (0: never). A SIGSEGV, SIGBUS or "
+        "SIGFPE in a kernel is a KernelError too; Ctrl-C stops the launch.");
   m.def("switch_cost_ns", &emu::switch_cost_ns, py::arg("iterations") = 1000000,
         "Nanoseconds per fiber context switch.");
   m.attr("API_VERSION") = EMU_API_VERSION;

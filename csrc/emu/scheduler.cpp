@@ -10,9 +10,12 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -31,6 +34,23 @@ namespace emu {
 namespace {
 
 enum class State : uint8_t { Runnable, AtBarrier, AtWarp, Exited, Faulted };
+
+// GPU arithmetic (issue 10, item 6): the GPU build flushes single-precision subnormals
+// (NVRTC -ftz=true, which CuPy forces), so while a worker runs blocks its x86 MXCSR has
+// FTZ (bit 15: subnormal results become 0) and DAZ (bit 6: subnormal inputs read as 0)
+// set, and the caller's MXCSR comes back afterwards. Fibers take the MXCSR of the thread
+// that prepares them (fiber.cpp), so this is set before prepare_fibers.
+struct FlushSubnormals {
+#if defined(__x86_64__) || defined(__i386__)
+  uint32_t saved = 0;
+  FlushSubnormals() {
+    __asm__ volatile("stmxcsr %0" : "=m"(saved));
+    uint32_t flushing = saved | 0x8040u;
+    __asm__ volatile("ldmxcsr %0" : : "m"(flushing));
+  }
+  ~FlushSubnormals() { __asm__ volatile("ldmxcsr %0" : : "m"(saved)); }
+#endif
+};
 
 class Worker;
 
@@ -57,6 +77,7 @@ struct Slot {
   uint64_t value;  // warp operand, or barrier predicate
   uint64_t result;
   Fiber fiber;
+  uintptr_t seen_pc;  // where a signal last found this thread (preemption, watchdog)
 };
 
 inline ThreadCtx* self() {
@@ -105,7 +126,7 @@ struct LaunchState {
   int threads;
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
-  bool interrupted = false;
+  std::atomic<bool> interrupted{false};
   std::mutex mu;
   std::string error;
 
@@ -119,6 +140,22 @@ struct LaunchState {
 };
 
 void thread_main(void* arg);
+
+// ---- signals, preemption and the watchdog (issue 10, item 5): declarations; the
+// design is described above Monitor, further down.
+enum Request : int { kNoRequest = 0, kPreempt = 1, kWatchdog = 2, kStop = 3, kFaultSignal = 4 };
+struct Pending {  // what a signal handler saw, formatted after the block is abandoned
+  int kind = kNoRequest;
+  int sig = 0, code = 0;
+  uintptr_t addr = 0, pc = 0;
+  int fiber = -1;
+  double stalled = 0;
+};
+constexpr std::size_t kAltStackBytes = 64 * 1024;  // per worker: handlers run here
+constexpr std::size_t kAbandonStackBytes = 64 * 1024;  // per worker: a faulted fiber's way out
+extern "C" void emu_abandon_entry();
+std::string addr2line_site(const std::string& path, uintptr_t offset);
+
 void hook_access(void* context, const void* addr, uint32_t info, const void* pc);
 void check_access(void* context, const void* addr, uint32_t info, const void* pc);
 
@@ -163,6 +200,7 @@ class Worker {
 
   // Takes blocks until none are left; `poll` (the calling thread only) may stop the launch.
   void run(LaunchState& launch, const std::function<bool()>* poll = nullptr) {
+    FlushSubnormals ftz;  // GPU arithmetic: see FlushSubnormals
     launch_ = &launch;
     instance_ = &launch.spec.library->instance(index_);
     n_ = launch.threads;
@@ -193,8 +231,15 @@ class Worker {
       ranges_.dynamic_shared_end = ranges_.dynamic_shared + (dynamic ? bytes : 0);
       ranges_.ignore = launch.spec.profile_ignore;
       ranges_.rebase = launch.spec.profile_rebase;
-      ranges_.ignore.emplace_back(reinterpret_cast<uintptr_t>(hooked->image.start),
-                                  reinterpret_cast<uintptr_t>(hooked->image.end));
+      const uintptr_t image_start = reinterpret_cast<uintptr_t>(hooked->image.start);
+      const uintptr_t image_end = reinterpret_cast<uintptr_t>(hooked->image.end);
+      if (hooked->device_start < hooked->device_end && image_start <= hooked->device_start &&
+          hooked->device_end <= image_end) {  // __device__ variables are global traffic
+        ranges_.ignore.emplace_back(image_start, hooked->device_start);
+        ranges_.ignore.emplace_back(hooked->device_end, image_end);
+      } else {
+        ranges_.ignore.emplace_back(image_start, image_end);
+      }
       ranges_.ignore.push_back(image_of(reinterpret_cast<const void*>(&thread_main)));
       ranges_.base = hooked->base;
     }
@@ -206,7 +251,7 @@ class Worker {
       checked = &launch.spec.check_library->instance(index_);
       checker_.begin_launch(check, checked->base, reinterpret_cast<uintptr_t>(checked->image.start),
                             reinterpret_cast<uintptr_t>(checked->image.end), reinterpret_cast<uintptr_t>(dynamic),
-                            bytes, launch.total_blocks, n_);
+                            bytes, launch.total_blocks, n_, checked->device_start, checked->device_end);
       rng_ = check.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull;
       if (!rng_) rng_ = 1;
       // A random bijection of the block order: i -> (a * i + c) mod total, a coprime to it.
@@ -222,6 +267,9 @@ class Worker {
       __atomic_store_n(&checked->hooks->access, &check_access, __ATOMIC_RELAXED);
       __atomic_store_n(&checked->hooks->context, static_cast<void*>(this), __ATOMIC_RELEASE);
     }
+    bind_dynamic_slots(plain, dynamic);
+    if (hooked) bind_dynamic_slots(hooked, dynamic);
+    guard_begin();
     const dim3 g = launch.spec.grid;
     auto last_poll = std::chrono::steady_clock::now();
     for (;;) {
@@ -254,6 +302,7 @@ class Worker {
         __atomic_store_n(&hooked->hooks->context, static_cast<void*>(&recorder_), __ATOMIC_RELEASE);
       }
       bool ok = run_block(block);
+      if (!ok) report_pending();
       if (recording_) {
         __atomic_store_n(&hooked->hooks->context, static_cast<void*>(nullptr), __ATOMIC_RELEASE);
         if (ok) {
@@ -265,6 +314,7 @@ class Worker {
       instance_ = plain;
       if (!ok) break;  // the block's fibers stay abandoned; the next launch prepares them afresh
     }
+    guard_end();
     if (checked) __atomic_store_n(&checked->hooks->context, static_cast<void*>(nullptr), __ATOMIC_RELEASE);
     checking_ = random_ = false;
     std::free(dynamic);
@@ -355,6 +405,84 @@ class Worker {
     return format("kernel %s, block (%u,%u,%u), %s", launch_->kernel.name, b.x, b.y, b.z, thread_name(i).c_str());
   }
 
+  // ---- signals, preemption and the watchdog (see Monitor below)
+  std::atomic<uint64_t> progress_{0};  // barriers, warp operations, exits, blocks: not preemptions
+  std::atomic<int> request_{kNoRequest};  // what the monitor asks of the next kPreemptSignal
+  double stall_seconds_ = 0;              // written by the monitor before a kWatchdog request
+  pthread_t thread_{};
+  uint64_t watched_progress_ = 0;         // the monitor's own view (its thread only, after add)
+  std::chrono::steady_clock::time_point watched_since_{};
+
+  void note_progress() {
+    progress_.store(progress_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+
+  // The thread of this worker's block whose stack holds `sp`, or -1 (not on a fiber).
+  int fiber_of(uintptr_t sp) const {
+    const uintptr_t region = sp & ~static_cast<uintptr_t>(EMU_STACK_BYTES - 1);
+    for (int k = 0; k < n_; ++k)
+      if (reinterpret_cast<uintptr_t>(regions_[k]) == region) return k;
+    return -1;
+  }
+
+  // In a SIGSEGV/SIGBUS/SIGFPE handler on this worker's OS thread: a fault on one of
+  // the block's fibers abandons that fiber (it continues in emu_abandon_entry on the
+  // worker's own small stack, which returns to the scheduler). False: not ours.
+  bool take_fault(int sig, const siginfo_t* info, void* uc) {
+    if (!launch_ || !abandon_stack_) return false;
+    const int i = fiber_of(context_sp(uc));
+    if (i < 0) return false;
+    pending_.kind = kFaultSignal;
+    pending_.sig = sig;
+    pending_.code = info->si_code;
+    pending_.addr = reinterpret_cast<uintptr_t>(info->si_addr);
+    pending_.pc = context_pc(uc);
+    pending_.fiber = i;
+    return redirect_to_abandon(uc, &emu_abandon_entry, abandon_stack_ + kAbandonStackBytes);
+  }
+
+  // In the kPreemptSignal handler: acts on the monitor's request when the signal
+  // interrupted kernel code on one of the block's fibers; otherwise the monitor asks
+  // again at its next tick.
+  void take_request(void* uc) {
+    const int request = request_.load(std::memory_order_acquire);
+    if (request == kNoRequest || !launch_ || !abandon_stack_) return;
+    const LibraryInstance* in = instance_;
+    const uintptr_t pc = context_pc(uc);
+    if (!in || pc < in->image_start || pc >= in->image_end) return;
+    const int i = fiber_of(context_sp(uc));
+    if (i < 0) return;
+    slots_[i].seen_pc = pc;
+    request_.store(kNoRequest, std::memory_order_relaxed);
+    if (request == kPreempt) {
+      if (preempt_target(i) >= 0) redirect_to_preempt(uc);
+      return;
+    }
+    pending_.kind = request;
+    pending_.pc = pc;
+    pending_.fiber = i;
+    pending_.stalled = stall_seconds_;
+    redirect_to_abandon(uc, &emu_abandon_entry, abandon_stack_ + kAbandonStackBytes);
+  }
+
+  // On the preempted fiber (emu_preempt_thunk): hands the OS thread to a runnable
+  // thread of another warp; this one stays runnable and goes on where it was when
+  // some thread hands back to it.
+  void preempted() {
+    const int i = self()->linear;
+    const int j = preempt_target(i);
+    if (j >= 0) fiber_switch(&slots_[i].fiber, &slots_[j].fiber);
+  }
+
+  // On the abandon stack: ends the fiber the handler found, like a diagnosed fault.
+  [[noreturn]] void abandon() {
+    const int i = pending_.fiber;
+    slots_[i].state = State::Faulted;
+    faulted_ = true;
+    fiber_switch(&slots_[i].fiber, &scheduler_);
+    std::abort();  // never resumed
+  }
+
   // ---- the fiber body
   void run_kernel() const { instance_->table[launch_->spec.kernel].run(launch_->spec.args); }
 
@@ -397,25 +525,7 @@ class Worker {
   std::string site(uintptr_t pc) {
     const Library* lib = launch_->spec.check_library;
     uintptr_t offset = pc - instance_->base - 1;  // inside the call instruction
-    std::string command = "addr2line -i -e '" + lib->path() + "' " + format("0x%llx", (unsigned long long)offset) +
-                          " 2>/dev/null";
-    std::string best;
-    if (FILE* f = popen(command.c_str(), "r")) {
-      char line[1024];
-      while (std::fgets(line, sizeof line, f)) {
-        std::string text(line);
-        while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
-        std::size_t paren = text.find(" (discriminator");
-        if (paren != std::string::npos) text.resize(paren);
-        if (best.empty() && text.find("cuda_emu.h") == std::string::npos &&
-            text.find("emu_profile.h") == std::string::npos && text.find("??") == std::string::npos)
-          best = text;
-      }
-      pclose(f);
-    }
-    if (best.empty()) return format("an unknown line (pc offset 0x%llx)", (unsigned long long)offset);
-    const char* slash = std::strrchr(best.c_str(), '/');
-    return slash ? std::string(slash + 1) : best;
+    return addr2line_site(lib->path(), offset);
   }
 
   std::string linear_thread_name(int linear) const {
@@ -491,6 +601,7 @@ class Worker {
   // Hands the OS thread straight to the next runnable fiber of this pass, else back
   // to the scheduler.
   void yield(int i) {
+    note_progress();
     int next = next_runnable(i);
     fiber_switch(&slots_[i].fiber, next >= 0 ? &slots_[next].fiber : &scheduler_);
   }
@@ -514,7 +625,9 @@ class Worker {
       s.state = State::Runnable;
       s.file = nullptr;
       s.line = 0;
+      s.seen_pc = 0;
     }
+    note_progress();
     if (spec.fill_shared) {
       if (dynamic_shared_) std::memset(dynamic_shared_, 0xff, spec.shared_bytes);
       if (instance_->shared) std::memset(instance_->shared, 0xff, instance_->shared_bytes);
@@ -576,6 +689,7 @@ class Worker {
       for (int i = 0; i < n_; ++i) {
         slots_[i].result = result;
         slots_[i].state = State::Runnable;
+        slots_[i].seen_pc = 0;
       }
       runnable_ = n_;
       at_barrier_ = 0;
@@ -688,6 +802,131 @@ class Worker {
     return slots_[base + src].value;
   }
 
+  // The runnable thread a preemption hands over to, -1 when none: preferably one no
+  // signal has found spinning since the block's last barrier, from the next warp on
+  // (warps run independently; lanes of a warp often spin together), else the next
+  // runnable thread round the block (every spinning thread gets its turn). Reverse
+  // order walks the other way; the random schedule picks at random.
+  int preempt_target(int i) {
+    if (random_) return random_runnable(i);
+    if (n_ <= 1) return -1;
+    const int step = reverse_ ? -1 : 1;
+    const int warp_start = reverse_ ? (i & ~31) - 1 : (i | 31) + 1;
+    for (int k = 0; k < n_; ++k) {
+      const int j = (((warp_start + step * k) % n_) + n_) % n_;
+      if (j != i && slots_[j].state == State::Runnable && !slots_[j].seen_pc) return j;
+    }
+    for (int k = 1; k < n_; ++k) {
+      const int j = (((i + step * k) % n_) + n_) % n_;
+      if (slots_[j].state == State::Runnable) return j;
+    }
+    return -1;
+  }
+
+  void bind_dynamic_slots(const LibraryInstance* in, void* dynamic) {
+    for (int k = 0; in && k < in->dynamic_count; ++k) *in->dynamic_slots[k] = dynamic;
+  }
+
+  // Where the kernel was at `pc` (a faulting or interrupted instruction): file:line
+  // by addr2line on whichever build of the kernels holds it.
+  std::string site_of_pc(uintptr_t pc) const {
+    const LaunchSpec& spec = launch_->spec;
+    for (const Library* lib : {spec.library, spec.check_library, spec.profile_library}) {
+      if (!lib || lib->instances() <= index_) continue;
+      const LibraryInstance& in = lib->instance(index_);
+      if (pc >= in.image_start && pc < in.image_end) return addr2line_site(lib->path(), pc - in.base);
+    }
+    Dl_info info;
+    if (dladdr(reinterpret_cast<void*>(pc), &info) && info.dli_fname) {
+      const char* slash = std::strrchr(info.dli_fname, '/');
+      return format("pc 0x%llx in %s%s%s", (unsigned long long)pc, slash ? slash + 1 : info.dli_fname,
+                    info.dli_sname ? " " : "", info.dli_sname ? info.dli_sname : "");
+    }
+    return format("pc 0x%llx", (unsigned long long)pc);
+  }
+
+  std::string signal_text(const Pending& p) const {
+    const uintptr_t a = p.addr;
+    if (p.sig == SIGFPE) {
+      const char* what = p.code == FPE_INTDIV ? "integer division by zero (or INT_MIN / -1)"
+                         : p.code == FPE_INTOVF ? "integer overflow"
+                                                : "arithmetic exception";
+      return format("SIGFPE: %s", what);
+    }
+    if (p.sig == SIGILL)
+      return "SIGILL: illegal instruction (g++ puts a trap where it proves undefined behaviour, e.g. a null "
+             "pointer dereference or __builtin_trap())";
+    if (p.sig == SIGBUS) {
+      const char* what = p.code == BUS_ADRERR ? "no memory behind the address (e.g. past the end of a mapped file)"
+                         : p.code == BUS_ADRALN ? "misaligned address"
+                                                : "bus error";
+      return format("SIGBUS: %s at address 0x%llx", what, (unsigned long long)a);
+    }
+    // SIGSEGV: a stack overflow hits the guard page under the thread's own stack.
+    for (int k = 0; k < n_; ++k) {
+      const uintptr_t guard = reinterpret_cast<uintptr_t>(regions_[k]) + kCtxBytes;
+      if (a >= guard && a < guard + kGuardBytes)
+        return format("SIGSEGV: stack overflow (the thread used all of its %u KiB of stack: deep recursion or "
+                      "a large local array?)", static_cast<unsigned>((EMU_STACK_BYTES - kCtxBytes - kGuardBytes) / 1024));
+    }
+    if (p.code == SI_KERNEL)
+      return "SIGSEGV: invalid memory access (a non-canonical address: a wild pointer)";
+    const char* why = a < 4096 ? "a null pointer dereference"
+                      : p.code == SEGV_ACCERR ? "the memory there may not be accessed this way (e.g. a write to "
+                                                "read-only memory)"
+                                              : "no memory is mapped there (a wild or dangling pointer)";
+    return format("SIGSEGV: invalid memory access at address 0x%llx: %s", (unsigned long long)a, why);
+  }
+
+  // After run_block returned false: the message of a fault or stop a handler took.
+  void report_pending() {
+    Pending p = pending_;
+    pending_ = Pending{};
+    if (p.kind == kNoRequest || p.fiber < 0) return;
+    if (p.kind == kStop) return;  // the launch has already failed (or was interrupted)
+    const std::string site = site_of_pc(p.pc);
+    if (p.kind == kFaultSignal) {
+      launch_->fail(describe(p.fiber) + ": " + signal_text(p) + " at " + site);
+      return;
+    }
+    // The watchdog: name this thread, where it runs, and what the others of the block do.
+    std::string text = format("no progress for %.1f s (the watchdog: emu.debug(watchdog=seconds) or "
+                              "CONVNET_EMU_WATCHDOG): this thread runs at %s and none of the block's "
+                              "threads has reached a barrier, a warp operation or its end since",
+                              p.stalled, site.c_str());
+    int running = 0, waiting = 0, gone = 0;
+    std::vector<std::pair<std::string, int>> sites;  // other runnable threads by where they were seen
+    for (int k = 0; k < n_; ++k) {
+      const Slot& s = slots_[k];
+      if (k == p.fiber) continue;
+      if (s.state == State::Runnable) {
+        ++running;
+        if (s.seen_pc) {
+          std::string at = thread_name(k) + " at " + site_of_pc(s.seen_pc);
+          if (sites.size() < 3) sites.emplace_back(at, k);
+        }
+      } else if (s.state == State::Exited) {
+        ++gone;
+      } else {
+        ++waiting;
+      }
+    }
+    text += format("; of the other %d threads %d are runnable, %d wait at a barrier or warp operation, %d have "
+                   "exited", n_ - 1, running, waiting, gone);
+    if (!sites.empty()) {
+      text += " (runnable ones seen at:";
+      for (std::size_t k = 0; k < sites.size(); ++k) text += (k ? "; " : " ") + sites[k].first;
+      text += ")";
+    }
+    if (launch_->total_blocks > 1)
+      text += "; a thread that waits for another block's write may wait forever: CUDA does not promise that the "
+              "blocks of a grid run at the same time (unless it is a cooperative launch)";
+    launch_->fail(describe(p.fiber) + ": " + text);
+  }
+
+  void guard_begin();
+  void guard_end();
+
   const int index_;  // which library instance this worker's OS thread uses
   std::vector<char*> regions_;
   std::vector<Slot> slots_;
@@ -714,7 +953,293 @@ class Worker {
   uint64_t block_mul_ = 1, block_add_ = 0;
   Checker checker_;
   std::string site_text_;
+  // signals: the handlers' stack, the abandoned fiber's way out, what they saw
+  char* alt_stack_ = nullptr;
+  char* abandon_stack_ = nullptr;
+  stack_t old_alt_stack_{};
+  Pending pending_;
 };
+
+// ================================================================ signals, preemption and the watchdog
+// (issue 10, item 5)
+//
+// * Faults. During a launch SIGSEGV, SIGBUS and SIGFPE have this runtime's handler
+//   (run on a per-worker sigaltstack, so a stack overflow is caught too). A signal
+//   whose interrupted stack pointer lies in a fiber region of the worker on that OS
+//   thread is a kernel fault: the handler records signal, code, address and program
+//   counter and rewrites the interrupted context so that, once it returns, the fiber
+//   continues in emu_abandon_entry on the worker's own small stack, which marks the
+//   thread faulted and switches to the scheduler: the block is abandoned as after any
+//   diagnosed fault. The message (kernel, block, thread, signal, file:line from the
+//   faulting pc by addr2line on the cached .so) is made there, off the handler. Any
+//   other signal goes to the handler that was installed before the launch (Python's
+//   faulthandler, or the default action); the previous handlers come back after it.
+// * Progress. Each worker counts barriers, warp operations, exits and blocks. A
+//   monitor thread (one per process, asleep between launches) looks every kTick: a
+//   worker whose count has not moved for kSlice is sent kPreemptSignal; when it
+//   interrupted kernel code on a fiber of a block with another runnable thread, the
+//   handler redirects that fiber through emu_preempt_thunk (all registers and the
+//   XSAVE state kept), which hands the OS thread to a runnable thread of another warp.
+//   So a spin across the warps of one block (valid on sm_70+: warp 1 waits for a flag
+//   warp 0 sets later, with volatile reads, atomics or plain loads alike) ends as on a
+//   GPU, at a cost only where a thread runs kSlice without a barrier.
+// * The watchdog. A worker whose count has not moved for watchdog_seconds (a spin on
+//   another block's flag, a thread that loops forever) is sent a stop: its running
+//   fiber is abandoned and the launch ends with a KernelFault naming the block, this
+//   thread and where it runs, and where the block's other runnable threads were seen.
+// * Ctrl-C. SIGINT has this runtime's handler during a launch (unless ignored): it
+//   only sets a flag; the monitor stops every worker as above and the launch throws
+//   Interrupted, which the module hands to Python's own SIGINT handler.
+constexpr auto kTick = std::chrono::milliseconds(1);
+constexpr double kSlice = 0.004;  // no progress this long: preempt (then at every tick while it lasts)
+
+thread_local Worker* tls_worker __attribute__((tls_model("initial-exec"))) = nullptr;
+std::atomic<bool> g_sigint{false};
+struct sigaction g_previous[65];
+const int kGuardedSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
+
+int preempt_signal() { return SIGRTMIN + 4; }
+
+// Passes a signal that is not a kernel's to the handler installed before the launch.
+void chain_signal(int sig, siginfo_t* info, void* uc) {
+  const struct sigaction& old = g_previous[sig];
+  if (old.sa_flags & SA_SIGINFO) {
+    if (old.sa_sigaction) {
+      old.sa_sigaction(sig, info, uc);
+      return;
+    }
+  } else if (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN) {
+    old.sa_handler(sig);
+    return;
+  }
+  // The default action: reinstate it; a fault recurs when the handler returns, a
+  // signal sent with kill() is sent again.
+  struct sigaction dfl{};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, nullptr);
+  if (info->si_code <= 0) raise(sig);
+}
+
+void on_fault_signal(int sig, siginfo_t* info, void* uc) {
+  Worker* w = tls_worker;
+  if (w && w->take_fault(sig, info, uc)) return;
+  chain_signal(sig, info, uc);
+}
+
+void on_preempt_signal(int, siginfo_t*, void* uc) {
+  if (Worker* w = tls_worker) w->take_request(uc);
+}
+
+void on_sigint(int, siginfo_t*, void*) { g_sigint.store(true); }
+
+// Installs the handlers for one launch and restores the previous ones.
+class SignalScope {
+ public:
+  SignalScope() {
+    g_sigint.store(false);
+    struct sigaction sa{};
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_sigaction = on_fault_signal;
+    for (int sig : kGuardedSignals) install(sig, sa);
+    sa.sa_sigaction = on_preempt_signal;
+    install(preempt_signal(), sa);
+    struct sigaction current{};
+    if (sigaction(SIGINT, nullptr, &current) == 0 && current.sa_handler != SIG_IGN) {
+      sa.sa_sigaction = on_sigint;
+      install(SIGINT, sa);
+    }
+  }
+  ~SignalScope() {
+    for (int k = count_ - 1; k >= 0; --k) sigaction(installed_[k], &g_previous[installed_[k]], nullptr);
+  }
+  SignalScope(const SignalScope&) = delete;
+  SignalScope& operator=(const SignalScope&) = delete;
+
+ private:
+  void install(int sig, const struct sigaction& sa) {
+    if (sigaction(sig, &sa, &g_previous[sig]) == 0) installed_[count_++] = sig;
+  }
+  int installed_[8];
+  int count_ = 0;
+};
+
+// Watches the workers of the running launch (see above). The launching thread and
+// the workers never wait for the monitor thread (a loaded machine may leave it
+// unscheduled for milliseconds): the launch and the watched workers are atomics, and
+// the monitor marks each tick with `busy_`, which end() and remove() wait out, so that
+// neither the launch nor a worker's OS thread is gone while a tick uses them. The
+// monitor sleeps after kIdle without a launch; begin() wakes it.
+class Monitor {
+ public:
+  void begin(LaunchState* launch, double watchdog) {
+    watchdog_.store(watchdog, std::memory_order_relaxed);
+    launch_.store(launch);
+    if (!started_.exchange(true)) {
+      sigset_t all, old;  // the monitor takes no signals
+      sigfillset(&all);
+      pthread_sigmask(SIG_SETMASK, &all, &old);
+      std::thread([this] { loop(); }).detach();
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    } else if (sleeping_.load()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      cv_.notify_one();
+    }
+  }
+  // Stops watching; true when SIGINT came during the launch.
+  bool end() {
+    launch_.store(nullptr);
+    settle();
+    return g_sigint.exchange(false);
+  }
+  void add(Worker* w) {
+    w->watched_progress_ = w->progress_.load(std::memory_order_relaxed);
+    w->watched_since_ = Clock::now();
+    for (auto& slot : watched_) {
+      Worker* none = nullptr;
+      if (slot.compare_exchange_strong(none, w)) return;
+    }
+  }
+  void remove(Worker* w) {  // after this no signal is sent to the worker's thread
+    for (auto& slot : watched_) {
+      Worker* mine = w;
+      if (slot.compare_exchange_strong(mine, nullptr)) break;
+    }
+    settle();
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr int kMaxWatched = 1024;
+  static constexpr auto kIdle = std::chrono::milliseconds(200);
+
+  void settle() {
+    while (busy_.load()) std::this_thread::yield();
+  }
+
+  void send(Worker* w, int request) {
+    w->request_.store(request, std::memory_order_release);
+    pthread_kill(w->thread_, preempt_signal());
+  }
+
+  void loop() {
+    auto last_launch = Clock::now();
+    for (;;) {
+      if (!launch_.load() && Clock::now() - last_launch > kIdle) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleeping_.store(true);
+        cv_.wait(lock, [this] { return launch_.load() != nullptr; });
+        sleeping_.store(false);
+      }
+      std::this_thread::sleep_for(kTick);
+      busy_.store(true);
+      if (LaunchState* launch = launch_.load()) {
+        last_launch = Clock::now();
+        tick(*launch);
+      }
+      busy_.store(false);
+    }
+  }
+
+  void tick(LaunchState& launch) {
+    if (g_sigint.load() && !launch.interrupted.load()) {
+      launch.fail("interrupted");
+      launch.interrupted.store(true);
+    }
+    const bool failed = launch.failed.load();
+    const double watchdog = watchdog_.load(std::memory_order_relaxed);
+    const auto now = Clock::now();
+    for (auto& slot : watched_) {
+      Worker* w = slot.load();
+      if (!w) continue;
+      const uint64_t p = w->progress_.load(std::memory_order_relaxed);
+      if (p != w->watched_progress_) {
+        w->watched_progress_ = p;
+        w->watched_since_ = now;
+        if (!failed) continue;
+      }
+      if (failed) {  // another worker faulted, or Ctrl-C: stop a block that may never end
+        send(w, kStop);
+        continue;
+      }
+      const double stalled = std::chrono::duration<double>(now - w->watched_since_).count();
+      if (watchdog > 0 && stalled >= watchdog) {
+        w->stall_seconds_ = stalled;
+        send(w, kWatchdog);
+      } else if (stalled >= kSlice) {
+        send(w, kPreempt);
+      }
+    }
+  }
+
+  std::atomic<LaunchState*> launch_{nullptr};
+  std::atomic<double> watchdog_{0};
+  std::atomic<Worker*> watched_[kMaxWatched] = {};
+  std::atomic<bool> busy_{false};
+  std::atomic<bool> started_{false};
+  std::atomic<bool> sleeping_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+Monitor& monitor() {
+  static Monitor* m = new Monitor();  // never destroyed: its thread outlives static destructors
+  return *m;
+}
+
+void Worker::guard_begin() {
+  if (!alt_stack_) {
+    void* m = mmap(nullptr, kAltStackBytes + kAbandonStackBytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m != MAP_FAILED) {
+      alt_stack_ = static_cast<char*>(m);
+      abandon_stack_ = alt_stack_ + kAltStackBytes;
+    }
+  }
+  thread_ = pthread_self();
+  tls_worker = this;
+  pending_ = Pending{};
+  request_.store(kNoRequest, std::memory_order_relaxed);
+  if (alt_stack_) {
+    stack_t ss{};
+    ss.ss_sp = alt_stack_;
+    ss.ss_size = kAltStackBytes;
+    ss.ss_flags = 0;
+    sigaltstack(&ss, &old_alt_stack_);
+  }
+  monitor().add(this);
+}
+
+void Worker::guard_end() {
+  monitor().remove(this);
+  if (alt_stack_) sigaltstack(&old_alt_stack_, nullptr);
+  tls_worker = nullptr;
+}
+
+// "file:line" of `offset` in the kernel library `path` (first frame outside the
+// emulator's headers), by addr2line; called only to report a fault.
+std::string addr2line_site(const std::string& path, uintptr_t offset) {
+  std::string command = "addr2line -i -e '" + path + "' " + format("0x%llx", (unsigned long long)offset) +
+                        " 2>/dev/null";
+  std::string best;
+  if (FILE* f = popen(command.c_str(), "r")) {
+    char line[1024];
+    while (std::fgets(line, sizeof line, f)) {
+      std::string text(line);
+      while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+      std::size_t paren = text.find(" (discriminator");
+      if (paren != std::string::npos) text.resize(paren);
+      if (best.empty() && text.find("cuda_emu.h") == std::string::npos &&
+          text.find("emu_profile.h") == std::string::npos && text.find("??") == std::string::npos)
+        best = text;
+    }
+    pclose(f);
+  }
+  if (best.empty()) return format("an unknown line (pc offset 0x%llx)", (unsigned long long)offset);
+  const char* slash = std::strrchr(best.c_str(), '/');
+  return slash ? std::string(slash + 1) : best;
+}
 
 void thread_main(void* arg) {
   ThreadCtx* c = static_cast<ThreadCtx*>(arg);
@@ -762,6 +1287,10 @@ std::vector<std::unique_ptr<Worker>> g_workers;
 
 }  // namespace
 
+// Reached from a signal handler's redirection (see "signals, preemption and the watchdog").
+void preempt_entry() { tls_worker->preempted(); }
+[[noreturn]] void abandon_entry() { tls_worker->abandon(); }
+
 const EmuApi* runtime_api() { return &kApi; }
 
 void launch(const LaunchSpec& spec) {
@@ -786,13 +1315,19 @@ void launch(const LaunchSpec& spec) {
   }
   while (static_cast<int>(g_workers.size()) < workers)
     g_workers.emplace_back(new Worker(static_cast<int>(g_workers.size())));
-  std::vector<std::thread> threads;
-  for (int i = 1; i < workers; ++i) {
-    Worker* w = g_workers[i].get();
-    threads.emplace_back([w, &state] { w->run(state); });
+  bool by_sigint = false;
+  {
+    SignalScope signals;  // kernel faults, preemption, Ctrl-C; the previous handlers come back after
+    monitor().begin(&state, spec.watchdog_seconds);
+    std::vector<std::thread> threads;
+    for (int i = 1; i < workers; ++i) {
+      Worker* w = g_workers[i].get();
+      threads.emplace_back([w, &state] { w->run(state); });
+    }
+    g_workers[0]->run(state, &spec.interrupted);
+    for (auto& t : threads) t.join();
+    by_sigint = monitor().end();
   }
-  g_workers[0]->run(state, &spec.interrupted);
-  for (auto& t : threads) t.join();
   if (spec.profile) {
     LaunchProfile& p = *spec.profile;
     p.blocks_total = state.total_blocks;
@@ -809,7 +1344,7 @@ void launch(const LaunchSpec& spec) {
       return a.offset != b.offset ? a.offset < b.offset : a.space < b.space;
     });
   }
-  if (state.interrupted) throw Interrupted("kernel launch interrupted");
+  if (state.interrupted || by_sigint) throw Interrupted("kernel launch interrupted", by_sigint);
   if (state.failed.load()) throw KernelFault(state.error);
 }
 
@@ -840,3 +1375,7 @@ double switch_cost_ns(int iterations) {
 }
 
 }  // namespace emu
+
+// The targets of fiber.cpp's redirections (C names, hidden: the assembly calls them).
+extern "C" __attribute__((visibility("hidden"))) void emu_preempt_entry() { emu::preempt_entry(); }
+extern "C" __attribute__((visibility("hidden"))) void emu_abandon_entry() { emu::abandon_entry(); }

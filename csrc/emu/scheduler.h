@@ -24,9 +24,12 @@ struct KernelFault : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The launch stopped because `interrupted` said so (Ctrl-C in Python).
+// The launch stopped because `interrupted` said so, or because SIGINT (Ctrl-C)
+// came during it (`sigint`: the runtime's own handler caught it; the caller
+// re-raises it for Python's handler).
 struct Interrupted : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  Interrupted(const std::string& what, bool by_sigint) : std::runtime_error(what), sigint(by_sigint) {}
+  bool sigint;
 };
 
 struct LaunchSpec {
@@ -58,6 +61,10 @@ struct LaunchSpec {
   // OS thread.
   CheckSpec check;
   Library* check_library = nullptr;
+  // Faults and hangs (see "signals, preemption and the watchdog" in scheduler.cpp):
+  // a block none of whose threads reaches a barrier, a warp operation or its end for
+  // `watchdog_seconds` ends the launch with a KernelFault (0: never).
+  double watchdog_seconds = 60.0;
 };
 
 // Runs the launch to completion; throws KernelFault on a diagnosed fault.

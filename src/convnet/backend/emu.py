@@ -66,6 +66,7 @@ class EmuOptions:
     threads: int = 0            # OS threads for blocks; 0: CONVNET_EMU_THREADS or all cores
     seed: int = 0               # schedule="random": the seed of its thread, warp and block order
     fill_empty: int | None = None  # byte that fresh device.xp.empty allocations are filled with
+    watchdog: float | None = None  # seconds without progress before a launch fails; None: see watchdog_seconds()
 
 
 _OPTIONS: contextvars.ContextVar[EmuOptions] = contextvars.ContextVar("convnet_emu_options",
@@ -75,7 +76,8 @@ _PROFILE: contextvars.ContextVar = contextvars.ContextVar("convnet_emu_profile",
 
 @contextlib.contextmanager
 def debug(schedule: str | None = None, fill_shared: bool | None = None, check: str | None = "keep",
-          threads: int | None = None, seed: int | None = None, fill_empty: bool | int | None = None):
+          threads: int | None = None, seed: int | None = None, fill_empty: bool | int | None = None,
+          watchdog: float | None = None):
     """Run emulated launches inside the block with debugging options (see EmuOptions).
 
     check:
@@ -93,6 +95,10 @@ def debug(schedule: str | None = None, fill_shared: bool | None = None, check: s
     fill_empty: fill fresh ``device.xp.empty``/``empty_like`` allocations with a byte
     (True: 0x7f, which reads as 3.39e38 as float32, a value that is neither neutral
     for sums nor for max); check="init" implies it.
+    watchdog: seconds a block may go without any of its threads reaching a barrier, a
+    warp operation or its end (a thread spinning forever, a wait for another block's
+    flag) before the launch fails with a KernelError naming the block, the thread and
+    where it runs; 0 turns it off. Default: CONVNET_EMU_WATCHDOG, else 60 s.
     """
     current = _OPTIONS.get()
     changes = {}
@@ -117,6 +123,10 @@ def debug(schedule: str | None = None, fill_shared: bool | None = None, check: s
         if check not in CHECKS:
             raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
         changes["check"] = check
+    if watchdog is not None:
+        if not watchdog >= 0:
+            raise ValueError(f"watchdog takes seconds >= 0 (0: off), got {watchdog!r}")
+        changes["watchdog"] = float(watchdog)
     if threads is not None:
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
@@ -195,21 +205,29 @@ def cache_dir() -> Path:
     return _cache_root() / "emu"
 
 
-_OPTIMISE = ["-O3", "-march=native"]
+# GPU arithmetic, the same in every build (issue 10, item 6): a*b + c contracted into an
+# FMA as NVRTC's default -fmad=true does (-ffp-contract=fast; FMA instructions from
+# -march=native; -fexpensive-optimizations turns on g++'s contraction pass at -O1 too;
+# avoid-fma-max-bits=0 stops g++ leaving reduction chains unfused on some CPUs), and no
+# loop vectorisation: it splits a float reduction into a vector multiply and in-order
+# scalar adds, which no GPU build does and which would differ from the scalar builds.
+_ARITH = ["-march=native", "-ffp-contract=fast", "-fexpensive-optimizations", "--param=avoid-fma-max-bits=0",
+          "-fno-tree-loop-vectorize"]
+_OPTIMISE = ["-O3", *_ARITH]
 # Every load and store checked for the alignment of its type; the handler in
 # cuda_emu.h turns a misaligned one into a KernelError. Not in the plain build: it
 # costs 1.1-1.5x on elementwise kernels and 3-5x on the convolutions (measured).
 _ALIGN = ["-fsanitize=alignment", "-fno-sanitize-recover=alignment"]
 _CHECK_FLAGS = {
     None: (_OPTIMISE, []),
-    "bounds": (["-O1", "-g", "-fsanitize=bounds", "-fno-sanitize-recover=bounds", *_ALIGN], []),
-    "address": (["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", *_ALIGN], ["-fsanitize=address"]),
+    "bounds": (["-O1", *_ARITH, "-g", "-fsanitize=bounds", "-fno-sanitize-recover=bounds", *_ALIGN], []),
+    "address": (["-O1", *_ARITH, "-g", "-fsanitize=address", "-fno-omit-frame-pointer", *_ALIGN], ["-fsanitize=address"]),
     "align": ([*_OPTIMISE, "-g", *_ALIGN], []),
     # emu.profile(): every load and store calls a hook (g++'s ThreadSanitizer pass at
     # the compile step only; emu_profile.h defines the __tsan_* functions, so the link
     # has no libtsan). Same -O3 -march=native as the plain build (same arithmetic), but
     # no vectorisation or store merging, so each thread's accesses keep the source's sizes.
-    "profile": (["-O3", "-march=native", "-g", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
+    "profile": (["-O3", *_ARITH, "-g", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
                  "-fno-tree-vectorize", "-fno-tree-slp-vectorize", "-fno-tree-sra", "-fno-store-merging", "-Wno-tsan",
                  "-fno-optimize-sibling-calls", *_ALIGN,
                  "-include", "emu_profile.h"], []),
@@ -218,22 +236,148 @@ _CHECK_FLAGS = {
 _CHECK_HEADERS = {"profile": ("emu_profile.h", "emu_hooks.h")}
 _COMMON = ["-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-unused-function"]
 
+# Faults and hangs (issue 10, item 5). Every build carries line tables, so that the
+# program counter of a SIGSEGV/SIGBUS/SIGFPE or of a thread the watchdog stops maps
+# to file:line (addr2line on the cached .so); -g1 does not change the code g++ makes.
+_LINE_TABLES = ["-g1"]
+# The link puts the section of __device__ variables (see translate) on pages of its
+# own, which the runtime maps onto one shared copy in every loaded instance.
+_DEVICE_LINK_SCRIPT = """SECTIONS
+{
+  emu_device ALIGN(CONSTANT(MAXPAGESIZE)) :
+  {
+    __emu_device_begin = .;
+    KEEP(*(emu_device))
+    . = ALIGN(CONSTANT(MAXPAGESIZE));
+    __emu_device_end = .;
+  }
+}
+INSERT AFTER .data;
+"""
+WATCHDOG_SECONDS = 60.0  # default of debug(watchdog=...) / CONVNET_EMU_WATCHDOG
+
 _DYNAMIC_SHARED = re.compile(
     r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s+)?"
     r"(?P<type>[A-Za-z_][\w:]*(?:\s+[A-Za-z_][\w:]*)*?)\s+"
     r"(?:__align__\s*\(\s*\d+\s*\)\s+)?(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*;")
 
 
+# ---- file scope in the expanded text (issue 10, items 5 and 7)
+_SCOPE_TOKENS = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|[{}]', re.S)
+_NAMESPACE_OPEN = re.compile(r'(?:\bnamespace(?:\s+(?P<name>[A-Za-z_]\w*))?|\bextern\s*"C(?:\+\+)?")\s*$')
+_DEVICE_WORD = re.compile(r"\b__device__\b")
+# What may stand between __device__ and a declaration's name without being a
+# parameter list: alignment and attribute specifiers.
+_DECL_SKIP = re.compile(r"\s*(?:__align__|alignas|__attribute__)\s*\(")
+
+
+def _file_scope(text: str) -> list[tuple[int, int, tuple[str, ...]]]:
+    """(start, end, enclosing named namespaces) of the stretches of `text` at file
+    scope (outside every function, class and initializer brace; namespaces and
+    extern "C" blocks are file scope), skipping comments and literals."""
+    spans, stack, start = [], [], 0  # stack: a namespace's name, "" (unnamed, extern "C"), None (other)
+
+    def outside():
+        return all(entry is not None for entry in stack)
+
+    def names():
+        return tuple(entry for entry in stack if entry)
+
+    for m in _SCOPE_TOKENS.finditer(text):
+        token = m.group()
+        if token not in ("{", "}"):
+            continue
+        if outside():
+            spans.append((start, m.start(), names()))
+        if token == "{":
+            ns = _NAMESPACE_OPEN.search(text, max(0, m.start() - 120), m.start()) if outside() else None
+            stack.append((ns["name"] or "") if ns else None)
+        elif stack:
+            stack.pop()
+        if outside():
+            start = m.end()
+    if outside():
+        spans.append((start, len(text), names()))
+    return spans
+
+
+def _scope_at(spans, position: int):
+    """The namespaces around `position` when it is at file scope, else None."""
+    for start, end, names in spans:
+        if start <= position < end:
+            return names
+    return None
+
+
+def _is_variable(text: str, position: int) -> bool:
+    """Whether the declaration from `position` (just after __device__) declares a
+    variable: it reaches `;`, `=` or `[` before a parameter list or a body."""
+    i = position
+    while True:
+        skip = _DECL_SKIP.match(text, i)
+        if skip is None:
+            break
+        depth, i = 1, skip.end()
+        while i < len(text) and depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+    m = re.compile(r"[;=\[({]").search(text, i)
+    if m is None or m.group() in "({":
+        return False
+    head = text[position:m.start()]
+    return not re.search(r"\b(?:const|constexpr|__constant__|typedef|using|struct|class|union|enum)\b", head)
+
+
+_DEVICE_SECTION = ' __attribute__((section("emu_device")))'
+
+
+@functools.lru_cache(maxsize=64)  # library() translates at every launch to find its cache key
 def translate(text: str, kernels: tuple[str, ...]) -> str:
-    """Expanded CUDA text -> the C++ g++ compiles: dynamic shared memory declarations
-    become pointers into the block's buffer, and a table of the exported kernels ends it."""
-    text = _DYNAMIC_SHARED.sub(
-        lambda m: f"{m['type']}* {m['name']} = emu_dynamic_shared<{m['type']}>();", text)
+    """Expanded CUDA text -> the C++ g++ compiles, and a table of the exported kernels
+    at its end.
+
+    * ``extern __shared__ T a[];`` (dynamic shared memory) inside a function becomes
+      a pointer to the block's buffer; at file scope it becomes a pointer of the
+      library that the runtime sets to the buffer of the worker running it (listed in
+      ``emu_dynamic_shared_slots``): an initializer there would run when the library
+      loads, before the runtime exists.
+    * File-scope ``__device__`` variables (not const) go to the section emu_device,
+      page-aligned by the link (``_DEVICE_LINK_SCRIPT``), which the runtime maps onto
+      the same memory in every loaded copy of the library: one instance per process,
+      as on a GPU, however many workers run the blocks.
+    """
+    spans = _file_scope(text)
+    out, last, slots = [], 0, []
+    events = sorted([(m.start(), "shared", m) for m in _DYNAMIC_SHARED.finditer(text)] +
+                    [(m.start(), "device", m) for m in _DEVICE_WORD.finditer(text)], key=lambda e: e[0])
+    for position, kind, m in events:
+        if position < last:
+            continue
+        names = _scope_at(spans, position)
+        if kind == "shared":
+            out.append(text[last:m.start()])
+            if names is None:
+                out.append(f"{m['type']}* {m['name']} = emu_dynamic_shared<{m['type']}>();")
+            else:
+                out.append(f"static {m['type']}* {m['name']} = nullptr;")
+                slots.append("::".join((*names, m["name"])))
+            last = m.end()
+        elif names is not None and _is_variable(text, m.end()):
+            out.append(text[last:m.end()])
+            out.append(_DEVICE_SECTION)
+            last = m.end()
+    out.append(text[last:])
+    text = "".join(out)
     rows = ",\n".join(f'  {{"{name}", &emu_thunk<&{name}>, emu_signature(&{name})}}' for name in kernels)
+    tail = ""
+    if slots:
+        refs = ", ".join(f"reinterpret_cast<void**>(&{name})" for name in slots)
+        tail = (f"EMU_EXPORT void*** emu_dynamic_shared_slots(int* count) {{\n"
+                f"  static void** slots[] = {{{refs}}};\n  *count = {len(slots)};\n  return slots;\n}}\n")
     return (f"{text}\n#line 1 \"<convnet kernel table>\"\n"
             f"EMU_EXPORT const EmuKernelEntry* emu_kernel_table(int* count) {{\n"
             f"  static const EmuKernelEntry table[] = {{\n{rows}\n  }};\n"
-            f"  *count = {len(kernels)};\n  return table;\n}}\n")
+            f"  *count = {len(kernels)};\n  return table;\n}}\n{tail}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -265,11 +409,15 @@ def library(module: KernelModule, check: str | None = None):
     if check in SHADOW_CHECKS:
         check = "profile"  # the hooked build
     cflags, lflags = _CHECK_FLAGS[check]
+    if not any(flag.startswith("-g") for flag in cflags):
+        cflags = [*cflags, *_LINE_TABLES]
     text = translate(kernel_source.expand(module.source), module.kernels)
     cxx = compiler()
     runtime_header = (include / "cuda_emu.h").read_text() + (include / "emu_api.h").read_text()
+    runtime_header += (include / "emu_math.h").read_text()  # included by cuda_emu.h
     for header in _CHECK_HEADERS.get(check, ()):
         runtime_header += (include / header).read_text()
+    runtime_header += _DEVICE_LINK_SCRIPT
     key = kernel_source.digest(text, " ".join(_COMMON + cflags + lflags), _compiler_version(cxx),
                                runtime_header, _cpu_signature())
     with _LOCK:
@@ -290,10 +438,12 @@ def _compile(text: str, target: Path, cxx: str, include: Path, cflags, lflags, s
         obj = Path(tmp) / "kernel.o"
         out = Path(tmp) / "kernel.so"
         cpp.write_text(text)
+        script = Path(tmp) / "emu_device.ld"
+        script.write_text(_DEVICE_LINK_SCRIPT)
         steps = [
             [cxx, *_COMMON, *cflags, "-I", str(include), "-include", str(include / "cuda_emu.h"),
              "-c", str(cpp), "-o", str(obj)],
-            [cxx, "-shared", *lflags, str(obj), "-o", str(out)],
+            [cxx, "-shared", *lflags, str(obj), f"-Wl,-T,{script}", "-o", str(out)],
         ]
         for cmd in steps:
             result = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -341,6 +491,24 @@ def worker_threads(opts: EmuOptions | None = None) -> int:
             raise DeviceError(f"CONVNET_EMU_THREADS must be at least 1, got {value}")
         return value
     return os.cpu_count() or 1
+
+
+def watchdog_seconds(opts: EmuOptions | None = None) -> float:
+    """Seconds without progress before a launch fails: debug(watchdog=...), else
+    CONVNET_EMU_WATCHDOG, else WATCHDOG_SECONDS; 0 means never."""
+    opts = opts or _OPTIONS.get()
+    if opts.watchdog is not None:
+        return opts.watchdog
+    env = os.environ.get("CONVNET_EMU_WATCHDOG")
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            raise DeviceError(f"CONVNET_EMU_WATCHDOG takes seconds, got {env!r}") from None
+        if not value >= 0:
+            raise DeviceError(f"CONVNET_EMU_WATCHDOG takes seconds >= 0 (0: off), got {env!r}")
+        return value
+    return WATCHDOG_SECONDS
 
 
 _DTYPE_NAMES = {"f4": "float32", "f8": "float64", "i4": "int32", "u4": "uint32", "i8": "int64",
@@ -577,12 +745,14 @@ class EmuDevice(HostDevice):
                         shared_statics=_static_shared(hooked.path) if opts.fill_shared else [],
                         check=shadow, check_library=hooked, check_arrays=arrays, check_tracked=tracked,
                         check_shared=list(_static_shared_named(hooked.path)),
-                        random=opts.schedule == "random", seed=opts.seed)
+                        random=opts.schedule == "random", seed=opts.seed,
+                        watchdog=watchdog_seconds(opts))
             return
         if collecting is None:
             _emu.launch(lib, index, list(launch.grid), list(launch.block), launch.shared_bytes, args,
                         reverse=opts.schedule == "reverse", fill_shared=opts.fill_shared,
-                        workers=worker_threads(opts), shared_statics=statics)
+                        workers=worker_threads(opts), shared_statics=statics,
+                        watchdog=watchdog_seconds(opts))
             return
         from ..perf.traffic import launch_traffic
         hooked = library(launch.module, "profile")
@@ -596,7 +766,7 @@ class EmuDevice(HostDevice):
                           profile_library=hooked,
                           profile_blocks=collecting.sample(total),
                           profile_allocations=_allocations(launch.args),
-                          profile_shared=_static_shared(hooked.path))
+                          profile_shared=_static_shared(hooked.path), watchdog=watchdog_seconds(opts))
         collecting.add(launch_traffic(launch.name, str(launch.module.source), hooked.path, launch.grid,
                                       launch.block, launch.shared_bytes, raw))
 
@@ -609,4 +779,5 @@ def switch_cost_ns(iterations: int = 1_000_000) -> float:
 
 
 __all__ = ["EmuDevice", "EmuCompileError", "EmuOptions", "KernelError", "available", "compiler_info",
-           "debug", "library", "options", "profile", "sanitized_command", "switch_cost_ns", "worker_threads"]
+           "debug", "library", "options", "profile", "sanitized_command", "switch_cost_ns", "watchdog_seconds",
+           "worker_threads"]
