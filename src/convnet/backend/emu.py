@@ -397,8 +397,30 @@ _LIBRARIES: dict[str, object] = {}
 _LOCK = threading.Lock()
 
 
+_RECENT: dict[tuple, tuple] = {}  # (module, check) -> (stats of the files read, library)
+
+
+def _file_stats(paths) -> tuple:
+    stats = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ()
+        stats.append((path, st.st_mtime_ns, st.st_size))
+    return tuple(stats)
+
+
 def library(module: KernelModule, check: str | None = None):
-    """The loaded kernel library of ``module`` built for ``check`` (compiled if needed)."""
+    """The loaded kernel library of ``module`` built for ``check`` (compiled if needed).
+
+    Each launch asks for its library: when none of the files that made it (the kernel
+    source, its includes, the emulator headers) changed since the last call, the one
+    found then is returned at once (a few stat calls instead of expanding and hashing
+    the source again)."""
+    memo = _RECENT.get((module, check))
+    if memo is not None and memo[0] and _file_stats(f for f, _, _ in memo[0]) == memo[0]:
+        return memo[1]
     if _emu is None:
         raise DeviceError(f"the emu device is unavailable: convnet._emu did not import ({_IMPORT_ERROR}); "
                           f"reinstall convnet (pip install -e .)")
@@ -406,6 +428,7 @@ def library(module: KernelModule, check: str | None = None):
         raise DeviceError("check='address' needs AddressSanitizer loaded before Python starts: "
                           "run the program through convnet.backend.emu.sanitized_command(...)")
     include = emu_include_dir()
+    original_check = check
     if check in SHADOW_CHECKS:
         check = "profile"  # the hooked build
     cflags, lflags = _CHECK_FLAGS[check]
@@ -420,14 +443,20 @@ def library(module: KernelModule, check: str | None = None):
     runtime_header += _DEVICE_LINK_SCRIPT
     key = kernel_source.digest(text, " ".join(_COMMON + cflags + lflags), _compiler_version(cxx),
                                runtime_header, _cpu_signature())
+    read = sorted(f for f in set(re.findall(r'^#line \d+ "([^"]+)"', text, re.M))
+                  if os.path.isabs(f))  # the files expand() read (not the generated table)
+    read += [str(include / name) for name in ("cuda_emu.h", "emu_api.h", "emu_math.h",
+                                               *_CHECK_HEADERS.get(check, ()))]
+    stats = _file_stats(read)
     with _LOCK:
-        if key in _LIBRARIES:
-            return _LIBRARIES[key]
-        path = cache_dir() / f"{Path(module.source).stem}-{key[:20]}.so"
-        if not path.exists():
-            _compile(text, path, cxx, include, cflags, lflags, module.source)
-        lib = _emu.Library(str(path))
-        _LIBRARIES[key] = lib
+        lib = _LIBRARIES.get(key)
+        if lib is None:
+            path = cache_dir() / f"{Path(module.source).stem}-{key[:20]}.so"
+            if not path.exists():
+                _compile(text, path, cxx, include, cflags, lflags, module.source)
+            lib = _emu.Library(str(path))
+            _LIBRARIES[key] = lib
+        _RECENT[(module, original_check)] = (stats, lib)
         return lib
 
 
