@@ -4,13 +4,26 @@
 two that run kernels (``emu``, ``cuda:0``). A device this machine cannot run is
 skipped with the reason (no GPU, no CuPy, the emulator not built), never failed.
 ``require_device(name)`` does the same for a test that names its device itself.
+``needs_nvrtc`` marks a test that needs NVRTC without a GPU (the test extras bring it);
+``require_perf_tools()`` skips without NVRTC or nvdisasm; ``source_line`` and
+``kernel_error`` serve the tests of deliberately broken kernels under tests/kernels/.
 """
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+try:
+    import cuda.bindings.nvrtc  # noqa: F401  (in the test extras, so present in CI)
+    HAVE_NVRTC = True
+except ImportError:
+    HAVE_NVRTC = False
+
+needs_nvrtc = pytest.mark.skipif(not HAVE_NVRTC, reason='NVRTC is missing: cuda-bindings is '
+                                 'not installed (pip install -e ".[test]")')
 
 ALL_DEVICES = ("cpu", "emu", "cuda:0")
 KERNEL_DEVICES = ("emu", "cuda:0")
@@ -57,3 +70,35 @@ def run_clean_under_asan(script: str, timeout: int = 300) -> None:
         pytest.skip(f"AddressSanitizer is unavailable: {exc}")
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0 and "CLEAN" in result.stdout, result.stdout + result.stderr
+
+
+def require_perf_tools() -> None:
+    """Skip the calling test unless NVRTC and nvdisasm (the performance model's static
+    figures) are installed."""
+    from convnet.perf import sass
+    from convnet.toolchain import nvrtc
+    try:
+        nvrtc.version()
+        sass.nvdisasm_path()
+    except (nvrtc.NVRTCUnavailable, sass.DisassemblerUnavailable) as exc:
+        pytest.skip(f"NVRTC or nvdisasm unavailable: {exc}")
+
+
+def source_line(module, marker: str) -> str:
+    """'file.cu:N' of the first line of ``module``'s source carrying ``marker``."""
+    path = Path(module.source)
+    for number, text in enumerate(path.read_text().splitlines(), start=1):
+        if marker in text:
+            return f"{path.name}:{number}"
+    raise AssertionError(f"{marker!r} is not in {path}")
+
+
+def kernel_error(device, module, name, args, grid=1, block=64, shared_bytes=0, **options) -> str:
+    """The message of the KernelError that launching ``name`` under
+    ``emu.debug(**options)`` must raise."""
+    from convnet.backend import emu
+    from convnet.toolchain.launch import Launch
+    with emu.debug(**options), pytest.raises(emu.KernelError) as info:
+        device.launch(Launch(module, name, grid=grid, block=block, shared_bytes=shared_bytes,
+                             args=args))
+    return str(info.value)

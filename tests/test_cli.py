@@ -12,14 +12,8 @@ import convnet.ops
 from convnet.app import cli
 from convnet.toolchain.launch import KernelModule
 from test_compile import SPILLING_KERNEL
+from conftest import needs_nvrtc
 
-try:
-    import cuda.bindings.nvrtc  # noqa: F401
-    HAVE_NVRTC = True
-except ImportError:
-    HAVE_NVRTC = False
-
-needs_nvrtc = pytest.mark.skipif(not HAVE_NVRTC, reason="cuda-bindings is not installed")
 
 
 def _run(*args, timeout=300):

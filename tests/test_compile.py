@@ -17,15 +17,8 @@ from convnet.toolchain import nvrtc
 from convnet.toolchain.launch import KernelModule
 from convnet.ops import KERNEL_MODULES, kernel_modules
 from convnet.toolchain.paths import kernels_dir
+from conftest import needs_nvrtc
 
-try:
-    import cuda.bindings.nvrtc  # noqa: F401  (in the test extras, so present in CI)
-    HAVE_NVRTC = True
-except ImportError:
-    HAVE_NVRTC = False
-
-needs_nvrtc = pytest.mark.skipif(not HAVE_NVRTC, reason="cuda-bindings is not installed "
-                                                        '(pip install -e ".[test]")')
 
 MODULES = kernel_modules()
 

@@ -13,15 +13,9 @@ from convnet.data import Augmentation, AugmentError, ten_crop_average
 from convnet.data import augment as aug
 from convnet.ops import augment as augment_op
 
-from conftest import require_device, run_clean_under_asan
+from conftest import HAVE_NVRTC, require_device, run_clean_under_asan
 
 CPU = convnet.get_device("cpu")
-
-try:
-    import cuda.bindings.nvrtc  # noqa: F401
-    HAVE_NVRTC = True
-except ImportError:
-    HAVE_NVRTC = False
 
 
 def _batch(n, h, w, seed=0):

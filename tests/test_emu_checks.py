@@ -13,6 +13,7 @@ import pytest
 
 from convnet.backend import emu
 from convnet.toolchain.launch import KernelModule, Launch
+from conftest import kernel_error, source_line
 
 pytestmark = pytest.mark.skipif(not emu.available(), reason="emu runtime not built")
 
@@ -34,19 +35,10 @@ def device():
     return emu.EmuDevice()
 
 
-def line(module: KernelModule, marker: str) -> str:
-    """'file.cu:N' of the line carrying the marker."""
-    path = Path(module.source)
-    for number, text in enumerate(path.read_text().splitlines(), start=1):
-        if marker in text:
-            return f"{path.name}:{number}"
-    raise AssertionError(marker)
 
 
 def caught(device, module, name, args, grid=1, block=64, shared_bytes=0, **options) -> str:
-    with emu.debug(**options), pytest.raises(emu.KernelError) as info:
-        device.launch(Launch(module, name, grid=grid, block=block, shared_bytes=shared_bytes, args=args))
-    message = str(info.value)
+    message = kernel_error(device, module, name, args, grid, block, shared_bytes, **options)
     assert message.startswith(f"kernel {name}, block ("), message
     assert re.search(r"thread \(\d+,\d+,\d+\)", message), message
     return message
@@ -65,7 +57,7 @@ X64 = np.arange(64, dtype=np.float32)
 def test_plain_counter_is_a_race_and_loses_updates_in_random_order(device):
     message = caught(device, RACE_SHARED, "counter_plain", (np.zeros(1, np.int32),), check="race")
     assert "data race on shared array count (in counter_plain), byte 0" in message
-    assert message.count(line(RACE_SHARED, "RACE:counter")) == 2  # both accesses are on that line
+    assert message.count(source_line(RACE_SHARED, "RACE:counter")) == 2  # both accesses are on that line
     assert re.search(r"thread \(0,0,0\) at race_shared.cu:\d+ wrote it, and this thread reads it", message)
     out = np.zeros(1, np.int32)
     clean(device, RACE_SHARED, "counter_plain", (out,), schedule="random", seed=3)
@@ -83,7 +75,7 @@ def test_atomic_counter_under_contention_is_clean(device):
 
 def test_unsynchronised_claim_is_a_race(device):
     message = caught(device, RACE_SHARED, "claim_plain", (np.zeros(64, np.int32),), check="race")
-    assert "shared array owner (in claim_plain)" in message and line(RACE_SHARED, "RACE:claim") in message
+    assert "shared array owner (in claim_plain)" in message and source_line(RACE_SHARED, "RACE:claim") in message
     out = np.zeros(64, np.int32)
     clean(device, RACE_SHARED, "claim_atomic", (out,), check="race")
     assert out.sum() == 1
@@ -92,7 +84,7 @@ def test_unsynchronised_claim_is_a_race(device):
 def test_torn_record_between_warps_is_a_race_and_tears_in_random_order(device):
     message = caught(device, RACE_SHARED, "torn_record", (np.zeros(1, np.int32), np.int32(20)), check="race")
     assert "shared array record (in torn_record)" in message
-    assert line(RACE_SHARED, "RACE:torn-read") in message
+    assert source_line(RACE_SHARED, "RACE:torn-read") in message
     assert re.search(r"thread \(\d+,0,0\) at race_shared.cu:\d+ wrote it", message)
     torn = np.zeros(1, np.int32)
     clean(device, RACE_SHARED, "torn_record", (torn, np.int32(50)), schedule="random", seed=1)
@@ -104,7 +96,7 @@ def test_torn_record_between_warps_is_a_race_and_tears_in_random_order(device):
 def test_tree_reduction_missing_a_barrier(device):
     message = caught(device, RACE_SHARED, "tree_missing_barrier", (X64, np.zeros(1, np.float32)), check="race")
     assert "shared array s (in tree_missing_barrier)" in message
-    assert line(RACE_SHARED, "RACE:tree") in message
+    assert source_line(RACE_SHARED, "RACE:tree") in message
     out = np.zeros(1, np.float32)
     clean(device, RACE_SHARED, "tree_reduction", (X64, out), check="race")
     assert out[0] == X64.sum()
@@ -115,7 +107,7 @@ def test_warp_synchronous_code_is_ordered_by_syncwarp_and_shuffles(device):
     clean(device, RACE_SHARED, "warp_exchange", (X64, out), check="race")
     assert out[0] == X64.sum()
     message = caught(device, RACE_SHARED, "warp_exchange_unsynced", (X64, out), check="race")
-    assert line(RACE_SHARED, "RACE:warp") in message and "__syncwarp" in message
+    assert source_line(RACE_SHARED, "RACE:warp") in message and "__syncwarp" in message
 
 
 # ---------------------------------------------------------------- races in global memory
@@ -123,13 +115,13 @@ def test_warp_synchronous_code_is_ordered_by_syncwarp_and_shuffles(device):
 def test_blocks_writing_one_word_race(device):
     message = caught(device, RACE_GLOBAL, "last_block_wins", (np.zeros(1, np.int32),), grid=4, check="race")
     assert "global memory, argument 0, byte 0" in message and "of block (" in message
-    assert message.count(line(RACE_GLOBAL, "RACE:blocks-write")) == 2
+    assert message.count(source_line(RACE_GLOBAL, "RACE:blocks-write")) == 2
 
 
 def test_plain_total_across_blocks_races_atomic_total_does_not(device):
     x = np.arange(256, dtype=np.float32)
     message = caught(device, RACE_GLOBAL, "total_plain", (x, np.zeros(1, np.float32)), grid=4, check="race")
-    assert "argument 1, byte 0" in message and line(RACE_GLOBAL, "RACE:total") in message
+    assert "argument 1, byte 0" in message and source_line(RACE_GLOBAL, "RACE:total") in message
     total = np.zeros(1, np.float32)
     clean(device, RACE_GLOBAL, "total_atomic", (x, total), grid=4, check="race", schedule="random", seed=2)
     assert total[0] == x.sum()
@@ -137,7 +129,7 @@ def test_plain_total_across_blocks_races_atomic_total_does_not(device):
 
 def test_overlapping_writes_within_a_block(device):
     message = caught(device, RACE_GLOBAL, "overlapping_writes", (np.zeros(65, np.float32),), check="race")
-    assert "argument 0, byte 4" in message and line(RACE_GLOBAL, "RACE:overlap") in message
+    assert "argument 0, byte 4" in message and source_line(RACE_GLOBAL, "RACE:overlap") in message
 
 
 def test_threadfence_reduction_is_clean(device):
@@ -157,7 +149,7 @@ def test_accumulating_into_an_uncleared_output(device):
         y = device.xp.empty(64, np.float32)
     message = caught(device, UNINIT, "accumulate_uncleared", (x, y, np.int32(64)), check="init")
     assert "global memory, argument 1, byte 0" in message and "uninitialised global memory" in message
-    assert line(UNINIT, "INIT:accumulate") in message
+    assert source_line(UNINIT, "INIT:accumulate") in message
     with emu.debug(check="init"):
         y = device.xp.empty(64, np.float32)
     clean(device, UNINIT, "accumulate_cleared", (x, y, np.int32(64)), check="init")
@@ -186,7 +178,7 @@ def test_uninitialised_shared_memory_under_a_nan_neutral_max(device):
     assert out[0] == 39  # the NaN fill is neutral for fmaxf: nothing shows
     message = caught(device, UNINIT, "max_partial_tile", (X64, out, np.int32(40)), check="init")
     assert "shared array tile (in max_partial_tile), byte 160" in message
-    assert "uninitialised shared memory" in message and line(UNINIT, "INIT:max") in message
+    assert "uninitialised shared memory" in message and source_line(UNINIT, "INIT:max") in message
     clean(device, UNINIT, "max_full_tile", (X64, out, np.int32(40)), check="init")
     assert out[0] == 39
 
@@ -195,7 +187,7 @@ def test_dynamic_shared_memory_past_what_was_written(device):
     message = caught(device, UNINIT, "neighbour_past_end", (X64, np.zeros(64, np.float32)), shared_bytes=65 * 4,
                      check="init")
     assert "thread (63,0,0)" in message and "dynamic shared memory (extern __shared__), byte 256" in message
-    assert line(UNINIT, "INIT:neighbour") in message
+    assert source_line(UNINIT, "INIT:neighbour") in message
 
 
 # ---------------------------------------------------------------- alignment
@@ -216,7 +208,7 @@ MISALIGNED_CASES = [
 def test_misaligned_accesses_fault(device, check, name, args, shared, marker, need):
     message = caught(device, MISALIGNED, name, args(), block=32, shared_bytes=shared, check=check)
     assert "misaligned address" in message and f"needs {need} alignment" in message
-    assert line(MISALIGNED, marker) in message
+    assert source_line(MISALIGNED, marker) in message
 
 
 @pytest.mark.parametrize("check", ["align", "race", "bounds"])

@@ -28,6 +28,7 @@ import pytest
 
 from convnet.backend import emu
 from convnet.toolchain.launch import KernelModule, Launch
+from conftest import kernel_error, source_line
 
 pytestmark = pytest.mark.skipif(not emu.available(), reason="emu runtime not built")
 
@@ -46,18 +47,8 @@ def device():
     return emu.EmuDevice()
 
 
-def line(module: KernelModule, marker: str) -> str:
-    path = Path(module.source)
-    for number, text in enumerate(path.read_text().splitlines(), start=1):
-        if marker in text:
-            return f"{path.name}:{number}"
-    raise AssertionError(marker)
 
 
-def caught(device, module, name, args, grid=1, block=64, shared_bytes=0, **options) -> str:
-    with emu.debug(**options), pytest.raises(emu.KernelError) as info:
-        device.launch(Launch(module, name, grid=grid, block=block, shared_bytes=shared_bytes, args=args))
-    return str(info.value)
 
 
 def still_works(device, threads=2):
@@ -74,30 +65,30 @@ def still_works(device, threads=2):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_null_pointer_write(device, threads):
     y = np.zeros(256, np.float32)
-    message = caught(device, SIGNALS, "write_through", (y, np.uint64(0), np.int32(5), np.int32(2)), grid=4,
+    message = kernel_error(device, SIGNALS, "write_through", (y, np.uint64(0), np.int32(5), np.int32(2)), grid=4,
                      threads=threads)
     assert message.startswith("kernel write_through, block (2,0,0), thread (5,0,0): SIGSEGV"), message
     assert "address 0x0: a null pointer dereference" in message
-    assert message.endswith(f"at {line(SIGNALS, 'FAULT:write')}"), message
+    assert message.endswith(f"at {source_line(SIGNALS, 'FAULT:write')}"), message
     still_works(device, threads)
 
 
 def test_wild_pointer_write(device):
     y = np.zeros(256, np.float32)
-    message = caught(device, SIGNALS, "write_through", (y, np.uint64(0xDEAD_0000_0000_0000), np.int32(17),
+    message = kernel_error(device, SIGNALS, "write_through", (y, np.uint64(0xDEAD_0000_0000_0000), np.int32(17),
                                                         np.int32(3)), grid=4)
     assert message.startswith("kernel write_through, block (3,0,0), thread (17,0,0): SIGSEGV"), message
-    assert "wild pointer" in message and line(SIGNALS, "FAULT:write") in message
+    assert "wild pointer" in message and source_line(SIGNALS, "FAULT:write") in message
     still_works(device)
 
 
 def test_read_of_unmapped_memory(device):
     x = np.ones(64, np.float32)
     y = np.zeros(64, np.float32)
-    message = caught(device, SIGNALS, "read_through", (x, y, np.uint64(0x8000), np.int32(40)))
+    message = kernel_error(device, SIGNALS, "read_through", (x, y, np.uint64(0x8000), np.int32(40)))
     assert message.startswith("kernel read_through, block (0,0,0), thread (40,0,0): SIGSEGV"), message
     assert "at address 0x8000: no memory is mapped there" in message
-    assert line(SIGNALS, "FAULT:read") in message
+    assert source_line(SIGNALS, "FAULT:read") in message
     still_works(device)
 
 
@@ -107,10 +98,10 @@ def test_integer_division_by_zero(device, kernel, marker):
     d = np.ones(128, np.int32)
     d[64 + 9] = 0
     q = np.zeros(128, np.int32)
-    message = caught(device, SIGNALS, kernel, (a, d, q), grid=2, threads=2)
+    message = kernel_error(device, SIGNALS, kernel, (a, d, q), grid=2, threads=2)
     assert message.startswith(f"kernel {kernel}, block (1,0,0), thread (9,0,0): SIGFPE: integer division by zero"), \
         message
-    assert message.endswith(f"at {line(SIGNALS, marker)}"), message
+    assert message.endswith(f"at {source_line(SIGNALS, marker)}"), message
     still_works(device)
 
 
@@ -121,17 +112,17 @@ def test_bus_error_past_the_end_of_a_mapped_file(device, tmp_path):
     os.truncate(path, 4096)  # pages 1 and 2 of the mapping have no file behind them now
     y = np.zeros(3, np.float32)
     try:
-        message = caught(device, SIGNALS, "strided_read", (x, y, np.int32(1024)), block=3)
+        message = kernel_error(device, SIGNALS, "strided_read", (x, y, np.int32(1024)), block=3)
     finally:
         del x
     assert message.startswith("kernel strided_read, block (0,0,0), thread (1,0,0): SIGBUS"), message
-    assert "past the end of a mapped file" in message and line(SIGNALS, "FAULT:bus") in message
+    assert "past the end of a mapped file" in message and source_line(SIGNALS, "FAULT:bus") in message
     still_works(device)
 
 
 def test_stack_overflow(device):
     out = np.zeros(64, np.int32)
-    message = caught(device, SIGNALS, "recurse", (out, np.int32(1000)))
+    message = kernel_error(device, SIGNALS, "recurse", (out, np.int32(1000)))
     assert message.startswith("kernel recurse, block (0,0,0), thread (7,0,0): SIGSEGV: stack overflow"), message
     assert "fault_signals.cu:" in message
     still_works(device)
@@ -143,10 +134,10 @@ def test_faults_under_check_modes(device):
     d = np.ones(64, np.int32)
     d[3] = 0
     for options in (dict(check="bounds"), dict(check="race"), dict(schedule="random", seed=1)):
-        message = caught(device, SIGNALS, "divide", (np.arange(64, dtype=np.int32), d, np.zeros(64, np.int32)),
+        message = kernel_error(device, SIGNALS, "divide", (np.arange(64, dtype=np.int32), d, np.zeros(64, np.int32)),
                          **options)
         assert message.startswith("kernel divide, block (0,0,0), thread (3,0,0): SIGFPE"), (options, message)
-        assert line(SIGNALS, "FAULT:divide") in message, (options, message)
+        assert source_line(SIGNALS, "FAULT:divide") in message, (options, message)
     still_works(device)
 
 
@@ -185,19 +176,19 @@ def test_watchdog_names_the_spinning_thread(device):
     flag = np.zeros(1, np.int32)
     out = np.zeros(64, np.int32)
     start = time.perf_counter()
-    message = caught(device, HANGS, "wait_forever", (flag, out, np.int32(3)), watchdog=0.3)
+    message = kernel_error(device, HANGS, "wait_forever", (flag, out, np.int32(3)), watchdog=0.3)
     assert time.perf_counter() - start < 10
     assert message.startswith("kernel wait_forever, block (0,0,0), thread (3,0,0): no progress for"), message
-    assert f"runs at {line(HANGS, 'SPIN:forever')}" in message
+    assert f"runs at {source_line(HANGS, 'SPIN:forever')}" in message
     assert "63 have exited" in message
     still_works(device)
 
 
 def test_watchdog_on_a_wait_for_a_later_block(device):
     flags = np.zeros(4, np.int32)
-    message = caught(device, HANGS, "wait_for_next_block", (flags,), grid=4, threads=1, watchdog=0.3)
+    message = kernel_error(device, HANGS, "wait_for_next_block", (flags,), grid=4, threads=1, watchdog=0.3)
     assert message.startswith("kernel wait_for_next_block, block (0,0,0), thread (0,0,0): no progress"), message
-    assert line(HANGS, "SPIN:next-block") in message
+    assert source_line(HANGS, "SPIN:next-block") in message
     assert "CUDA does not promise that the blocks of a grid run at the same time" in message
     flags[:] = 0
     with emu.debug(schedule="reverse", threads=1, watchdog=5):  # last block first: every wait is short

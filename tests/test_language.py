@@ -16,16 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_device
+from convnet.toolchain import nvrtc
+from conftest import needs_nvrtc, require_device
 from convnet.toolchain.launch import KernelModule, Launch
 
-try:
-    from convnet.toolchain import nvrtc
-    import cuda.bindings.nvrtc  # noqa: F401
-    HAVE_NVRTC = True
-except ImportError:
-    HAVE_NVRTC = False
-needs_nvrtc = pytest.mark.skipif(not HAVE_NVRTC, reason='NVRTC missing (pip install -e ".[test]")')
 
 KERNELS = Path(__file__).parent / "kernels"
 # Template kernels of tests/kernels and the instantiations their tests launch.

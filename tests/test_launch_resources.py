@@ -16,18 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_device
+from conftest import HAVE_NVRTC, needs_nvrtc, require_device
 from convnet.backend import cuda as cuda_backend
 from convnet.toolchain import nvrtc, resources
 from convnet.toolchain.launch import KernelModule, Launch
 from convnet.toolchain.resources import KernelResources, LaunchResourceError
 
-try:
-    import cuda.bindings.nvrtc  # noqa: F401
-    HAVE_NVRTC = True
-except ImportError:
-    HAVE_NVRTC = False
-needs_nvrtc = pytest.mark.skipif(not HAVE_NVRTC, reason='NVRTC missing (pip install -e ".[test]")')
 
 HERE = Path(__file__).parent / "kernels"
 MODULE = KernelModule(str(HERE / "launch_resources.cu"),

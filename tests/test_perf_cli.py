@@ -6,20 +6,13 @@ import json
 import pytest
 
 from convnet.app import cli
+from conftest import require_perf_tools
 
 
-def _tools():
-    from convnet.perf import sass
-    from convnet.toolchain import nvrtc
-    try:
-        nvrtc.version()
-        sass.nvdisasm_path()
-    except (nvrtc.NVRTCUnavailable, sass.DisassemblerUnavailable) as exc:
-        pytest.skip(f"NVRTC or nvdisasm unavailable: {exc}")
 
 
 def test_perf_alexnet_two_columns_prints_rows_and_writes_json(tmp_path, capsys):
-    _tools()
+    require_perf_tools()
     path = tmp_path / "perf.json"
     assert cli.main(["perf", "--gpu", "h200", "--batch", "1", "--columns", "2",
                      "--json", str(path)]) == 0
@@ -32,7 +25,7 @@ def test_perf_alexnet_two_columns_prints_rows_and_writes_json(tmp_path, capsys):
 
 
 def test_perf_one_op_with_kernel_filter(capsys):
-    _tools()
+    require_perf_tools()
     assert cli.main(["perf", "--op", "conv:64,13,64,3,1,1", "--batch", "2",
                      "--kernel", "conv_forward"]) == 0
     out = capsys.readouterr().out

@@ -11,19 +11,12 @@ import pytest
 
 from convnet.perf import calibration, gpus, model
 from convnet.perf.model import KernelInputs, predict, wave_efficiency
-from convnet.toolchain import nvrtc
+from conftest import require_perf_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 H100 = gpus.gpu("h100")
 
 
-def _tools():
-    from convnet.perf import sass
-    try:
-        nvrtc.version()
-        sass.nvdisasm_path()
-    except (nvrtc.NVRTCUnavailable, sass.DisassemblerUnavailable) as exc:
-        pytest.skip(f"NVRTC or nvdisasm unavailable: {exc}")
 
 
 def test_pure_copy_is_bytes_over_bandwidth_plus_launch():
@@ -88,14 +81,14 @@ def test_launch_overhead_and_gemm():
 def test_relu_through_the_whole_pipeline_is_a_copy():
     """A real kernel, its emu traffic (or the footprints where emu cannot profile): the
     predicted ReLU forward of 4M floats is 8 bytes an element at the bandwidth."""
-    _tools()
+    require_perf_tools()
     n = 4 << 20
     t = calibration.predicted_seconds(f"relu:{n}", "h100", 1, ("relu_forward",))
     assert t == pytest.approx(8 * n / 3.35e12 + model.LAUNCH_OVERHEAD_S, rel=1e-6)
 
 
 def test_alexnet_step_table_small_batch():
-    _tools()
+    require_perf_tools()
     from convnet.perf.predict import format_table, predict_layers
     from convnet.perf.step import alexnet_layers, parameter_count
     assert parameter_count(1) == 60_965_224

@@ -11,30 +11,21 @@ import pytest
 
 from convnet.perf import sass
 from convnet.perf.occupancy import occupancy
-from convnet.toolchain import nvrtc
 from convnet.toolchain.launch import KernelModule
+from conftest import require_perf_tools
 
 KERNELS = Path(__file__).parent / "kernels"
 LOOPS = KernelModule(str(KERNELS / "perf_loops.cu"),
                      ("perf_ffma_loop", "perf_nested", "perf_no_loop", "perf_shared<1024>"))
 
 
-def _tools():
-    try:
-        nvrtc.version()
-    except nvrtc.NVRTCUnavailable as exc:
-        pytest.skip(f"NVRTC unavailable: {exc}")
-    try:
-        sass.nvdisasm_path()
-    except sass.DisassemblerUnavailable as exc:
-        pytest.skip(f"nvdisasm unavailable: {exc}")
 
 
 _BUILT = {}
 
 
 def built(arch="sm_90"):
-    _tools()
+    require_perf_tools()
     if arch not in _BUILT:
         _BUILT[arch] = {k.kernel: k for k in sass.module_sass(LOOPS, arch)}
     return _BUILT[arch]
@@ -204,7 +195,7 @@ def test_static_report_on_known_kernels():
     # <= 1024 per warp -> >= 16 warps per sub-partition -> >= 16 blocks; shared 4096 + 1024
     # = 5120 -> 233472/5120 = 45 blocks; threads 64/4 = 16; cap 32 -> 16 blocks, 100 %,
     # thread-limited. perf_ffma_loop has no launch bounds: given 256 threads.
-    _tools()
+    require_perf_tools()
     rows = sass.static_report([LOOPS], "sm_90", block_threads={"perf_ffma_loop": 256})
     by = {row.kernel: row for row in rows}
     assert [row.kernel for row in rows] == list(LOOPS.kernels)
@@ -227,7 +218,7 @@ def test_conv_main_loop():
     # 8 * 8 * 8 = 512 FFMA per iteration. The rest (shared loads of the fragments, the
     # gather indexing, the barriers, the loop control) must leave FFMA the majority of the
     # issue slots; no spills; at most 2 blocks per SM (its __launch_bounds__(256, 2)).
-    _tools()
+    require_perf_tools()
     module = KernelModule("conv_forward.cu", ("conv_forward<128, 128, 8, 8, 8>",))
     (row,) = sass.static_report([module], "sm_90")
     loop = row.main_loop
@@ -240,7 +231,7 @@ def test_conv_main_loop():
 
 
 def test_command_prints_the_table(capsys):
-    _tools()
+    require_perf_tools()
     assert sass.main(["--filter", "relu_forward", "--threads", "256", "--loops"]) == 0
     out = capsys.readouterr().out
     assert "Static figures on sm_90" in out and "relu_forward" in out
@@ -250,7 +241,7 @@ def test_command_prints_the_table(capsys):
 
 
 def test_row_as_dict():
-    _tools()
+    require_perf_tools()
     (row,) = [r for r in sass.static_report([LOOPS], "sm_90") if r.kernel == "perf_ffma_loop"]
     d = row.as_dict()
     assert d["kernel"] == "perf_ffma_loop" and d["occupancy"] is None

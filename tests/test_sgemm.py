@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import KERNEL_DEVICES
+from conftest import HAVE_NVRTC, KERNEL_DEVICES
 from conftest import require_device as _device
 from convnet.toolchain.launch import LaunchError
 
@@ -25,12 +25,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import sgemm_kernel as sg  # noqa: E402
-
-try:
-    import cuda.bindings.nvrtc  # noqa: F401  (in the test extras)
-    HAVE_NVRTC = True
-except ImportError:
-    HAVE_NVRTC = False
 
 # (M, N, K): C is M×N, A is M×K, B is K×N. Ones, primes, and sizes just past a tile.
 SHAPES = [

@@ -3,34 +3,13 @@
 // array (valid CUDA; issue 10, item 7). All correct kernels: each must give the GPU's
 // answer on emu with several workers.
 
-// The threadfence reduction of the CUDA programming guide: each block writes its
-// partial sum, fences, takes a ticket from a __device__ counter; the block that takes
-// the last ticket adds the partial sums and resets the counter for the next launch.
+#include "threadfence_sum.cuh"
+
+// The threadfence reduction with its ticket counter in a __device__ variable.
 __device__ unsigned int tickets = 0;
 
 extern "C" __global__ void threadfence_sum(const float* x, float* partial, float* out) {
-  __shared__ float s[64];
-  __shared__ bool last;
-  const int t = threadIdx.x;
-  s[t] = x[blockIdx.x * 64 + t];
-  __syncthreads();
-  for (int stride = 32; stride > 0; stride >>= 1) {
-    if (t < stride) s[t] += s[t + stride];
-    __syncthreads();
-  }
-  if (t == 0) {
-    partial[blockIdx.x] = s[0];
-    __threadfence();
-    const unsigned ticket = atomicInc(&tickets, gridDim.x);
-    last = ticket == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (last && t == 0) {
-    float total = 0.0f;
-    for (unsigned b = 0; b < gridDim.x; ++b) total += ((volatile float*)partial)[b];
-    out[0] = total;
-    tickets = 0;
-  }
+  threadfence_sum_into(x, partial, &tickets, out);
 }
 
 // A counter every block bumps and that lives on between launches, as on a GPU.

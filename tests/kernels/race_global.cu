@@ -1,6 +1,8 @@
 // race_global.cu — global-memory races within one launch for check="race", each
 // fault line marked `// RACE:name`, and correct twins. Launch: a few blocks of 64.
 
+#include "threadfence_sum.cuh"
+
 // Every block writes the same output word: a write-write race between blocks.
 extern "C" __global__ void last_block_wins(int* out) {
   if (threadIdx.x == 0) out[0] = blockIdx.x;  // RACE:blocks-write
@@ -38,30 +40,9 @@ extern "C" __global__ void overlapping_writes(float* y) {
   y[t + 1] = 2.0f;  // RACE:overlap
 }
 
-// The threadfence reduction (CUDA programming guide): every block writes its partial
-// sum, __threadfence, counts itself with atomicInc; the last block sums the partials.
+// The threadfence reduction (CUDA programming guide, threadfence_sum.cuh): ordered by
+// the fence and the atomic ticket, so clean.
 extern "C" __global__ void threadfence_reduction(const float* x, float* partial, unsigned* count,
                                                  float* out) {
-  __shared__ float s[64];
-  __shared__ bool last;
-  const int t = threadIdx.x;
-  s[t] = x[blockIdx.x * 64 + t];
-  __syncthreads();
-  for (int stride = 32; stride > 0; stride >>= 1) {
-    if (t < stride) s[t] += s[t + stride];
-    __syncthreads();
-  }
-  if (t == 0) {
-    partial[blockIdx.x] = s[0];
-    __threadfence();
-    unsigned ticket = atomicInc(count, gridDim.x);
-    last = ticket == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (last && t == 0) {
-    float sum = 0.0f;
-    for (unsigned b = 0; b < gridDim.x; ++b) sum += partial[b];
-    out[0] = sum;
-    *count = 0;
-  }
+  threadfence_sum_into(x, partial, count, out);
 }

@@ -510,16 +510,23 @@ def worker_threads(opts: EmuOptions | None = None) -> int:
     opts = opts or _OPTIONS.get()
     if opts.threads:
         return opts.threads
-    env = os.environ.get("CONVNET_EMU_THREADS")
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise DeviceError(f"CONVNET_EMU_THREADS must be a whole number, got {env!r}") from None
-        if value < 1:
-            raise DeviceError(f"CONVNET_EMU_THREADS must be at least 1, got {value}")
-        return value
-    return os.cpu_count() or 1
+    value = _environment_number("CONVNET_EMU_THREADS", int, 1, "must be a whole number >= 1")
+    return value if value is not None else (os.cpu_count() or 1)
+
+
+def _environment_number(name: str, kind, low, wanted: str):
+    """The number in environment variable ``name`` (None when unset or empty), or a
+    DeviceError saying what it ``wanted``."""
+    env = os.environ.get(name)
+    if not env:
+        return None
+    try:
+        value = kind(env)
+    except ValueError:
+        value = None
+    if value is None or not value >= low:
+        raise DeviceError(f"{name} {wanted}, got {env!r}")
+    return value
 
 
 def watchdog_seconds(opts: EmuOptions | None = None) -> float:
@@ -528,16 +535,8 @@ def watchdog_seconds(opts: EmuOptions | None = None) -> float:
     opts = opts or _OPTIONS.get()
     if opts.watchdog is not None:
         return opts.watchdog
-    env = os.environ.get("CONVNET_EMU_WATCHDOG")
-    if env:
-        try:
-            value = float(env)
-        except ValueError:
-            raise DeviceError(f"CONVNET_EMU_WATCHDOG takes seconds, got {env!r}") from None
-        if not value >= 0:
-            raise DeviceError(f"CONVNET_EMU_WATCHDOG takes seconds >= 0 (0: off), got {env!r}")
-        return value
-    return WATCHDOG_SECONDS
+    value = _environment_number("CONVNET_EMU_WATCHDOG", float, 0, "takes seconds >= 0 (0: off)")
+    return value if value is not None else WATCHDOG_SECONDS
 
 
 _DTYPE_NAMES = {"f4": "float32", "f8": "float64", "i4": "int32", "u4": "uint32", "i8": "int64",
@@ -609,7 +608,8 @@ def _static_shared_named(path: str) -> tuple[tuple[int, int, str], ...]:
     """(offset, bytes, name) of every static ``__shared__`` array of a kernel library."""
     tool = shutil.which("objdump")
     if tool is None:
-        raise DeviceError("emu needs objdump (binutils) to find static __shared__ arrays")
+        raise DeviceError("emu needs objdump (binutils) to find static __shared__ arrays "
+                          "(for fill_shared, the checks and emu.profile())")
     out = subprocess.run([tool, "-t", path], capture_output=True, text=True, check=False).stdout
     arrays = {}
     for line in out.splitlines():
@@ -624,27 +624,12 @@ def _static_shared_named(path: str) -> tuple[tuple[int, int, str], ...]:
     return tuple((off, size, name) for (off, size), name in sorted(arrays.items()))
 
 
-@functools.lru_cache(maxsize=None)
 def _static_shared(path: str) -> list[tuple[int, int]]:
     """(offset, bytes) of the static ``__shared__`` arrays of a kernel library: the
     objects in its emu_shared section and the function-local statics of kernels that
     the linker placed elsewhere (g++ ignores the section of a template's statics, so
     they land in .bss). Read from the symbol table with objdump."""
-    tool = shutil.which("objdump")
-    if tool is None:
-        raise DeviceError("emu.profile() needs objdump (binutils) to find static __shared__ arrays")
-    out = subprocess.run([tool, "-t", path], capture_output=True, text=True, check=False).stdout
-    arrays = []
-    for line in out.splitlines():
-        m = _OBJDUMP_OBJECT.match(line)
-        if m is None:
-            continue
-        section, size, name = m["section"], int(m["size"], 16), m["name"]
-        kernel_static = (name.startswith("_ZZ") and "emu_" not in name and "__ubsan" not in name
-                         and section in (".bss", ".data"))
-        if size and (section == "emu_shared" or kernel_static):
-            arrays.append((int(m["addr"], 16), size))
-    return sorted(set(arrays))
+    return [(offset, size) for offset, size, _ in _static_shared_named(path)]
 
 
 def _allocations(args) -> list[tuple[int, int]]:
@@ -652,15 +637,20 @@ def _allocations(args) -> list[tuple[int, int]]:
     owner): the profiler counts sectors as if each started 256-byte aligned, as
     cudaMalloc's do, keeping a view's offset into its allocation."""
     out = {}
-    for a in args:
-        if not isinstance(a, np.ndarray):
-            continue
-        owner = a
-        while isinstance(owner.base, np.ndarray):
-            owner = owner.base
+    for owner in _array_owners(args):
         start = owner.__array_interface__["data"][0]
         out[start] = max(out.get(start, 0), owner.nbytes)
     return sorted(out.items())
+
+
+def _array_owners(args):
+    """The array that owns the memory of each array argument (a view's base)."""
+    for a in args:
+        if isinstance(a, np.ndarray):
+            owner = a
+            while isinstance(owner.base, np.ndarray):
+                owner = owner.base
+            yield owner
 
 
 # ---------------------------------------------------------------- fresh allocations
@@ -699,12 +689,7 @@ def _tracked_ranges(args) -> list[tuple[int, int, int]]:
     """(start, bytes, mask address) of the tracked allocations behind the arguments,
     with bytes the host has changed since (no longer the fill byte) marked written."""
     out = []
-    for a in args:
-        if not isinstance(a, np.ndarray):
-            continue
-        owner = a
-        while isinstance(owner.base, np.ndarray):
-            owner = owner.base
+    for owner in _array_owners(args):
         start = owner.__array_interface__["data"][0]
         entry = _TRACKED.get(start)
         if entry is None:

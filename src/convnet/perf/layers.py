@@ -158,6 +158,15 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
 
 # --------------------------------------------------------------------------- LRN and pooling
 
+def _pool_arrays(arrays, shape, pp):
+    """A pooling's input and output shapes, window size, and its x, y and argmax arrays."""
+    out_shape = max_pool.output_shape(shape, pp)
+    window = pp.kh * pp.kw
+    x, y = arrays(shape), arrays(out_shape)
+    argmax = arrays(out_shape, max_pool.index_dtype(pp), high=window)
+    return shape, out_shape, window, x, y, argmax
+
+
 def lrn_pool_layer(name, c, hw, lrn_groups=1, size=5, alpha=1e-4, beta=0.75, k=2.0,
                    pool=3, stride=2) -> Layer:
     """The fused LRN + max-pool forward; backward: max-pool's (saved argmax), then LRN's
@@ -166,11 +175,7 @@ def lrn_pool_layer(name, c, hw, lrn_groups=1, size=5, alpha=1e-4, beta=0.75, k=2
     pp = max_pool.make_params(pool, stride)
 
     def build(dev, n, arrays, choices, reduced):
-        shape = (n, c, hw, hw)
-        out_shape = max_pool.output_shape(shape, pp)
-        window = pp.kh * pp.kw
-        x, y = arrays(shape), arrays(out_shape)
-        argmax = arrays(out_shape, max_pool.index_dtype(pp), high=window)
+        shape, out_shape, window, x, y, argmax = _pool_arrays(arrays, (n, c, hw, hw), pp)
         width = sum(lrn.check_window(shape, params)) + 1
         fwd = lrn_max_pool.forward_launch(dev, x, y, argmax, params, pp)
         flops = x.size * (2 * width + 8) + y.size * window
@@ -191,11 +196,7 @@ def pool_layer(name, c, hw, pool=3, stride=2) -> Layer:
     pp = max_pool.make_params(pool, stride)
 
     def build(dev, n, arrays, choices, reduced):
-        shape = (n, c, hw, hw)
-        out_shape = max_pool.output_shape(shape, pp)
-        window = pp.kh * pp.kw
-        x, y = arrays(shape), arrays(out_shape)
-        argmax = arrays(out_shape, max_pool.index_dtype(pp), high=window)
+        shape, out_shape, window, x, y, argmax = _pool_arrays(arrays, (n, c, hw, hw), pp)
         dy, dx = arrays(out_shape), arrays(shape)
         return [Planned(name, "forward", max_pool.forward_launch(dev, x, y, pp, argmax),
                         y.size * window, (x,), (y, argmax)),
