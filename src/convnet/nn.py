@@ -275,8 +275,18 @@ class Linear(Module):
         self.bias = (_new_parameter(_constant((self.out_features,), bias_init, dtype), device)
                      if bias else None)
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias, relu=self.relu)
+    def forward(self, x, dropout: "Dropout | None" = None):
+        """``act(x · Wᵀ + b)``; with ``dropout`` (a ``Dropout`` layer) also that layer's
+        dropout, in the same pass (``F.linear(..., dropout=p)``: the same mask and seed
+        stream as ``dropout(self(x))``, bit for bit)."""
+        if dropout is None:
+            return F.linear(x, self.weight, self.bias, relu=self.relu)
+        if not isinstance(dropout, Dropout):
+            raise TypeError(f"Linear: dropout must be a Dropout layer, not "
+                            f"{type(dropout).__name__}")
+        return F.linear(x, self.weight, self.bias, relu=self.relu, dropout=dropout.p,
+                        training=dropout.training, seed=dropout.next_seed(),
+                        mode=dropout.mode)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, relu={self.relu}"
@@ -333,11 +343,16 @@ class Dropout(Module):
         ints such as (run seed, epoch, layer), or a numpy Generator)."""
         self._seeds = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
-    def forward(self, x):
-        seed = None
+    def next_seed(self):
+        """The mask seed of the next forward: drawn from the layer's stream in training,
+        else None (no mask, or ``convnet.ops.dropout``'s generator)."""
         if self.training and self._seeds is not None:
-            seed = int(self._seeds.integers(0, 2**64, dtype=np.uint64))
-        return F.dropout(x, self.p, training=self.training, seed=seed, mode=self.mode)
+            return int(self._seeds.integers(0, 2**64, dtype=np.uint64))
+        return None
+
+    def forward(self, x):
+        return F.dropout(x, self.p, training=self.training, seed=self.next_seed(),
+                         mode=self.mode)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mode={self.mode!r}"

@@ -143,12 +143,19 @@ class _Column(nn.Module):
 def _run(module, x, names, record, prefix, fuse):
     """Apply ``module``'s layers ``names`` in order, recording each output if asked. With
     ``fuse``, an LRN followed by a max-pool runs as one op (only the pool's output exists,
-    and only it is recorded)."""
+    and only it is recorded). A ReLU fully-connected layer followed by dropout always
+    runs as one op (``nn.Linear.forward`` with the dropout layer: the mask in the bias +
+    ReLU epilogue, bit-identical to the two layers), except when recording (so that
+    every layer's output exists to record)."""
     i = 0
     while i < len(names):
         name, layer = names[i], getattr(module, names[i])
         after = getattr(module, names[i + 1]) if i + 1 < len(names) else None
-        if fuse and isinstance(layer, nn.LocalResponseNorm) and isinstance(after, nn.MaxPool2d):
+        if record is None and isinstance(layer, nn.Linear) and isinstance(after, nn.Dropout) \
+                and layer.relu and layer.bias is not None:
+            x = layer(x, dropout=after)
+            name, i = names[i + 1], i + 2
+        elif fuse and isinstance(layer, nn.LocalResponseNorm) and isinstance(after, nn.MaxPool2d):
             x = F.local_response_norm_max_pool2d(
                 x, size=layer.size, alpha=layer.alpha, beta=layer.beta, k=layer.k,
                 groups=layer.groups, kernel_size=after.kernel_size, stride=after.stride,

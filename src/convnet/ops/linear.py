@@ -12,21 +12,36 @@ All functions take and return raw arrays of ``device``; on ``cpu`` any float dty
 (float64 for gradient checks), on ``emu``/``cuda`` float32 only. ``forward`` and
 ``backward`` are where raw arrays enter: they check them once; ``epilogue`` and
 ``epilogue_backward`` are their kernel halves.
+
+Dropout in the epilogue (``drop``, an ``ops.dropout.Plan``): ``y = dropout(relu(z + b))``
+in one pass (``bias_relu_dropout_forward``: the Philox mask computed in the kernel, never
+stored; the same values bit for bit as the epilogue then ``ops.dropout.apply`` with the
+plan), and backward ``dz = (keep ∧ y > 0) ? dy·scale : 0`` with ``db`` in one pass
+(``bias_relu_dropout_backward``: the mask regenerated from the seed). With the saved
+output being the dropped one, ``y > 0`` stands for ``relu(z + b) > 0``; they differ only
+where ``relu(z + b)·scale`` underflows to 0 (scale < 1: the paper mode at eval, below
+2^-126/scale), where this gradient is 0. Without ReLU or bias, or on ``cpu``, the two
+steps run one after the other.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..toolchain.launch import KernelModule, Launch, name_expression
+from . import dropout as _dropout
 from . import relu as _relu
 from ._arrays import INT32_MAX, kernel_array
 from .elementwise import BLOCK, grid_for
 
 # The backward kernels' block: columns × row strides (their template arguments).
 REDUCE_BLOCK = (32, 8)
+# The fused dropout backward's block: quads of columns × row strides.
+DROP_BLOCK = (8, 32)
 MODULE = KernelModule("linear.cu", ("bias_act_forward<true>", "bias_act_forward<false>",
                                     name_expression("bias_relu_backward", REDUCE_BLOCK),
-                                    name_expression("bias_grad", REDUCE_BLOCK)))
+                                    name_expression("bias_grad", REDUCE_BLOCK),
+                                    "bias_relu_dropout_forward",
+                                    name_expression("bias_relu_dropout_backward", DROP_BLOCK)))
 
 
 def _check_shapes(x, w, b) -> None:
@@ -62,12 +77,40 @@ def epilogue_backward_reference(y, dy, relu: bool, bias: bool):
     return dz, (dz.sum(axis=0) if bias else None)
 
 
+def epilogue_dropout_reference(z, b, relu: bool, drop):
+    """``dropout(act(z + b))`` with ``drop``'s mask and scale, the two steps in order."""
+    return _dropout.apply_reference(epilogue_reference(z, b, relu), drop)
+
+
+def epilogue_dropout_backward_reference(y, dy, relu: bool, bias: bool, drop):
+    """``(dz, db)`` of ``epilogue_dropout_reference`` from its output ``y``."""
+    return epilogue_backward_reference(y, _dropout.apply_reference(dy, drop), relu, bias)
+
+
 # --------------------------------------------------------------------------- launches
 
 def forward_launch(device, y, b, relu: bool) -> Launch:
     """In place: ``y = act(y + b)`` over a rows×cols ``y``."""
     return Launch(MODULE, "bias_act_forward", grid=(grid_for(device, y.size),), block=(BLOCK,),
                   args=(y, b, np.int64(y.size), np.int32(y.shape[1])), template_args=(bool(relu),))
+
+
+def forward_dropout_launch(device, y, b, drop) -> Launch:
+    """In place: ``y = dropout(relu(y + b))`` with the plan ``drop``'s mask and scale."""
+    return Launch(MODULE, "bias_relu_dropout_forward", grid=(grid_for(device, y.size),),
+                  block=(BLOCK,), args=(y, b, np.int64(y.size), np.int32(y.shape[1]),
+                                        np.uint64(drop.seed), np.uint64(drop.threshold),
+                                        np.float32(drop.scale)))
+
+
+def backward_dropout_launch(y, dy, dz, db, drop) -> Launch:
+    """dz = dy·scale where kept and y > 0 (else 0), db = column sums of dz, one pass."""
+    rows, cols = dy.shape
+    grid = (-(-cols // (4 * DROP_BLOCK[0])),)
+    return Launch(MODULE, "bias_relu_dropout_backward", grid=grid, block=DROP_BLOCK,
+                  args=(y, dy, dz, db, np.int32(rows), np.int32(cols), np.uint64(drop.seed),
+                        np.uint64(drop.threshold), np.float32(drop.scale)),
+                  template_args=DROP_BLOCK)
 
 
 def backward_launch(y, dy, dz, db) -> Launch:
@@ -84,9 +127,16 @@ def backward_launch(y, dy, dz, db) -> Launch:
 
 # --------------------------------------------------------------------------- on a device
 
-def epilogue(device, z, b, relu: bool):
-    """``act(z + b)``; on a kernel device ``z`` (a fresh matmul result) is overwritten.
-    ``z`` and ``b`` as the kernels take them (``forward`` checks them)."""
+def epilogue(device, z, b, relu: bool, drop=None):
+    """``act(z + b)`` (then ``drop``'s dropout, a Plan or None); on a kernel device ``z``
+    (a fresh matmul result) is overwritten. ``z`` and ``b`` as the kernels take them
+    (``forward`` checks them)."""
+    if drop is not None:
+        if not (device.runs_kernels and relu and b is not None):
+            return _dropout.apply(device, epilogue(device, z, b, relu), drop)
+        if z.size:
+            device.launch(forward_dropout_launch(device, z, b, drop))
+        return z
     if not device.runs_kernels:
         return epilogue_reference(z, b, relu)
     if b is None:
@@ -96,8 +146,12 @@ def epilogue(device, z, b, relu: bool):
     return z
 
 
-def epilogue_backward(device, y, dy, relu: bool, bias: bool):
-    """``(dz, db)`` as in ``epilogue_backward_reference``."""
+def epilogue_backward(device, y, dy, relu: bool, bias: bool, drop=None):
+    """``(dz, db)`` as in ``epilogue_backward_reference`` (``epilogue_dropout_backward_reference``
+    with ``drop``)."""
+    fused = drop is not None and device.runs_kernels and relu and bias
+    if drop is not None and not fused:
+        dy = _dropout.apply(device, dy, drop)
     if not device.runs_kernels:
         return epilogue_backward_reference(y, dy, relu, bias)
     if not bias:
@@ -115,12 +169,14 @@ def epilogue_backward(device, y, dy, relu: bool, bias: bool):
         db[...] = 0
         return dz, db
     if cols:
-        device.launch(backward_launch(y, dy, dz, db))
+        device.launch(backward_dropout_launch(y, dy, dz, db, drop) if fused
+                      else backward_launch(y, dy, dz, db))
     return dz, db
 
 
-def forward(device, x, w, b=None, relu: bool = False):
-    """``act(x · Wᵀ + b)`` for x (rows, in), w (out, in), b (out,) or None."""
+def forward(device, x, w, b=None, relu: bool = False, drop=None):
+    """``act(x · Wᵀ + b)`` for x (rows, in), w (out, in), b (out,) or None; then dropout
+    with the plan ``drop`` (``ops.dropout.plan``) when one is given."""
     _check_shapes(x, w, b)
     if device.runs_kernels:
         x = kernel_array(device, x, "linear", "the input x")
@@ -128,17 +184,18 @@ def forward(device, x, w, b=None, relu: bool = False):
         if b is not None:
             b = kernel_array(device, b, "linear", "the bias")
     z = device.xp.matmul(x, w.T)
-    return epilogue(device, z, b, relu)
+    return epilogue(device, z, b, relu, drop)
 
 
-def backward(device, x, w, y, dy, relu: bool, needs=(True, True, True)):
+def backward(device, x, w, y, dy, relu: bool, needs=(True, True, True), drop=None):
     """``(dx, dW, db)`` (each None where ``needs`` says it is not wanted).
 
-    ``y`` is the forward output (needed only with ReLU), ``needs`` flags x, W, b.
+    ``y`` is the forward output (needed only with ReLU), ``needs`` flags x, W, b;
+    ``drop`` the forward's dropout plan (the mask is regenerated from it).
     """
     xp = device.xp
     need_x, need_w, need_b = (tuple(needs) + (False,) * 3)[:3]
-    dz, db = epilogue_backward(device, y, dy, relu, need_b)
+    dz, db = epilogue_backward(device, y, dy, relu, need_b, drop)
     dx = xp.matmul(dz, w) if need_x else None
     dw = xp.matmul(dz.T, x) if need_w else None
     return dx, dw, db

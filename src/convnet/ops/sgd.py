@@ -6,6 +6,12 @@
 place: one fused pass of ``kernels/sgd.cu`` on ``emu``/``cuda`` (float32), the NumPy
 reference on ``cpu`` (any float dtype; the same order of operations, with the
 decay coefficient ``weight_decay·lr`` formed once on the host as the kernel gets it).
+
+``update_many(device, ws, vs, gs, lrs, momentum, weight_decays)`` updates a list of
+parameters of one device: on ``emu``/``cuda`` in one launch of ``sgd_momentum_multi``
+(a table of addresses, sizes and rates in a small int64 device array; bit-identical
+to one ``update`` each), on ``cpu`` one reference update each. Every tensor is
+checked before any changes.
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ import numpy as np
 from ..toolchain.launch import KernelModule, Launch
 from .elementwise import BLOCK, grid_for
 
-MODULE = KernelModule("sgd.cu", ("sgd_momentum",))
+MODULE = KernelModule("sgd.cu", ("sgd_momentum", "sgd_momentum_multi"))
+TABLE_ROW = 5  # int64 entries per tensor before the (lr, decay) pairs: w, v, g, n, first group
 
 
 def update_reference(w, v, g, lr: float, momentum: float, decay: float) -> None:
@@ -30,6 +37,38 @@ def update_launch(device, w, v, g, lr: float, momentum: float, decay: float) -> 
     return Launch(MODULE, "sgd_momentum", grid=(grid_for(device, w.size),), block=(BLOCK,),
                   args=(w, v, g, np.int64(w.size), np.float32(lr), np.float32(momentum),
                         np.float32(decay)))
+
+
+def _address(a) -> int:
+    """The device address of an array's first element (NumPy or CuPy)."""
+    if isinstance(a, np.ndarray):
+        return int(a.__array_interface__["data"][0])
+    return int(a.data.ptr)
+
+
+def multi_table(ws, vs, gs, lrs, decays) -> tuple[np.ndarray, int]:
+    """The host table of ``sgd_momentum_multi`` (int64, 6 entries a tensor) and the total
+    number of groups of four; tensors of no elements must be left out by the caller."""
+    t = len(ws)
+    table = np.zeros(6 * t, np.int64)
+    rows = table[:TABLE_ROW * t].reshape(t, TABLE_ROW)
+    first = 0
+    for k, (w, v, g) in enumerate(zip(ws, vs, gs)):
+        rows[k] = (_address(w), _address(v), _address(g), w.size, first)
+        first += -(-int(w.size) // 4)
+    rates = table[TABLE_ROW * t:].view(np.float32).reshape(t, 2)
+    rates[:, 0] = np.asarray(lrs, np.float64).astype(np.float32)
+    rates[:, 1] = np.asarray(decays, np.float64).astype(np.float32)
+    return table, first
+
+
+def multi_update_launch(device, table, tensors: int, groups: int, momentum: float,
+                        elements: int | None = None) -> Launch:
+    """The launch of ``sgd_momentum_multi`` over ``groups`` groups of ``tensors`` tensors
+    (``table`` on the device; ``elements`` sizes the grid, default 4·groups)."""
+    n = 4 * int(groups) if elements is None else int(elements)
+    return Launch(MODULE, "sgd_momentum_multi", grid=(grid_for(device, n),), block=(BLOCK,),
+                  args=(table, np.int32(tensors), np.int64(groups), np.float32(momentum)))
 
 
 def _check(device, w, v, g) -> None:
@@ -62,3 +101,28 @@ def update(device, w, v, g, lr: float, momentum: float, weight_decay: float) -> 
         g = device.xp.ascontiguousarray(g)
     if w.size:
         device.launch(update_launch(device, w, v, g, lr, momentum, decay))
+
+
+def update_many(device, ws, vs, gs, lrs, momentum: float, weight_decays) -> None:
+    """``update`` of every (w, v, g) with its own lr and weight decay, all of ``device``;
+    one launch on a kernel device. All are checked before any changes."""
+    ws, vs, gs, lrs, weight_decays = (list(a) for a in (ws, vs, gs, lrs, weight_decays))
+    if not len(ws) == len(vs) == len(gs) == len(lrs) == len(weight_decays):
+        raise ValueError("sgd: update_many needs as many momentum buffers, gradients, rates "
+                         "and decays as parameters")
+    for w, v, g in zip(ws, vs, gs):
+        _check(device, w, v, g)
+    decays = [wd * lr for wd, lr in zip(weight_decays, lrs)]
+    if not device.runs_kernels:
+        for w, v, g, lr, decay in zip(ws, vs, gs, lrs, decays):
+            update_reference(w, v, g, lr, momentum, decay)
+        return
+    keep = [k for k, w in enumerate(ws) if w.size]
+    if not keep:
+        return
+    gs = [g if g.flags.c_contiguous else device.xp.ascontiguousarray(g) for g in gs]
+    pick = lambda seq: [seq[k] for k in keep]  # noqa: E731
+    host, groups = multi_table(pick(ws), pick(vs), pick(gs), pick(lrs), pick(decays))
+    table = device.asarray(host)
+    elements = sum(int(ws[k].size) for k in keep)
+    device.launch(multi_update_launch(device, table, len(keep), groups, momentum, elements))

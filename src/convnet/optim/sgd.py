@@ -7,9 +7,11 @@ learning rate ε (the global rate times the parameter's multiplier):
     w ← w + v
 
 with the paper's momentum 0.9, weight decay 0.0005 and ε = 0.01, divided by 10 by
-hand when the validation error stops improving (``set_lr``). Each parameter is
-updated by one fused kernel on ``emu``/``cuda`` (``kernels/sgd.cu``) on the device
-it lives on, so a model split over two devices is updated where it lies.
+hand when the validation error stops improving (``set_lr``). The parameters of each
+device are updated together by one launch of a fused kernel on ``emu``/``cuda``
+(``kernels/sgd.cu``'s ``sgd_momentum_multi``: every tensor in one launch, bit-identical
+to one launch each), so a model split over two devices is updated where it lies, one
+launch per device.
 """
 from __future__ import annotations
 
@@ -140,11 +142,17 @@ class SGD:
                 raise ValueError(f"SGD: the gradient of {name!r} has shape {g.shape}, the "
                                  f"parameter {p.shape}")
             work.append((name, p, g))
+        by_device: "OrderedDict[object, list]" = OrderedDict()
         for name, p, g in work:
-            lr = self.lr * self.lr_multipliers[name]
-            decay = self.weight_decay * self.weight_decay_multipliers[name]
-            _sgd_ops.update(p.device, p.data, self.velocity[name], g.data, lr, self.momentum,
-                            decay)
+            by_device.setdefault(p.device, []).append((name, p, g))
+        for device, items in by_device.items():
+            _sgd_ops.update_many(device, [p.data for _, p, _ in items],
+                                 [self.velocity[name] for name, _, _ in items],
+                                 [g.data for _, _, g in items],
+                                 [self.lr * self.lr_multipliers[name] for name, _, _ in items],
+                                 self.momentum,
+                                 [self.weight_decay * self.weight_decay_multipliers[name]
+                                  for name, _, _ in items])
         self.steps += 1
 
     # ---------------------------------------------------------------- checkpoints
