@@ -83,6 +83,46 @@ def test_mean_and_lighting_match_reference(kernel_device, mode):
     np.testing.assert_allclose(out[0], patch.transpose(2, 0, 1), rtol=1e-5, atol=1e-4)
 
 
+def _offset_copy(a, offset):
+    """A C-contiguous copy of ``a`` whose data starts ``offset`` bytes past a 64-byte boundary."""
+    buffer = np.zeros(a.nbytes + 64 + offset, np.uint8)
+    start = (-buffer.__array_interface__["data"][0]) % 64 + offset
+    out = buffer[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+CHECK_MODES = [dict(), dict(check="bounds", schedule="reverse", fill_shared=True),
+               dict(check="race", schedule="random", seed=5), dict(check="init", fill_empty=True),
+               dict(check="align"), dict(schedule="random", seed=2)]
+
+
+@pytest.mark.parametrize("mode", CHECK_MODES, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()) or "plain")
+def test_vector_and_scalar_paths_bit_for_bit_under_every_check(mode):
+    """Every crop offset mod 4, both mirrors, crops of every width mod 4, images and mean
+    not 16-byte aligned (and images at every byte offset), crops at the array's last
+    bytes: the word loads, float4 mean loads and float4 stores give the reference's bits."""
+    from convnet.backend import emu
+    device = require_device("emu")
+    n, h, w = 3, 9, 13
+    rng = np.random.default_rng(7)
+    images0 = _batch(n, h, w, seed=9)
+    mean0 = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
+    for crop in (4, 5, 6, 7, 8):
+        rows = [(src, y0, x0, flip) for src in (0, n - 1) for y0 in (0, h - crop)
+                for x0 in range(0, w - crop + 1) for flip in (0, 1)]
+        params = np.array(rows, np.int32)
+        offsets = rng.standard_normal((len(rows), 3)).astype(np.float32)
+        for offset in (0, 1, 2, 3, 4) if crop == 5 else (1,):
+            images, mean = _offset_copy(images0, offset), _offset_copy(mean0, 4 * (offset % 2))
+            out = np.empty((len(rows), 3, crop, crop), np.float32)
+            with emu.debug(**mode):
+                device.launch(augment_op.apply_launch(images, mean, params, offsets, out, crop,
+                                                      0.5, "emu"))
+            expected = augment_op.apply_reference(images0, mean0, params, offsets, crop, 0.5)
+            np.testing.assert_array_equal(out, expected, err_msg=f"crop {crop}, offset {offset}")
+
+
 def test_emu_schedules_and_shared_fill_agree():
     from convnet.backend import emu
     device = require_device("emu")
@@ -103,7 +143,8 @@ def test_launch_shape():
     gpu = augment_op.apply_launch(images, mean, params, offsets, out, 227, 1.0, "cuda")
     assert gpu.grid == (40, 29, 1) and gpu.block == (32, 8, 1)
     assert augment_op.apply_launch(images, mean, params, offsets, out, 227, 1.0, "emu").grid == (40, 1, 1)
-    assert isinstance(gpu.args[-1], np.float32) and isinstance(gpu.args[-2], np.int32)
+    assert isinstance(gpu.args[-2], np.float32) and isinstance(gpu.args[-1], np.int32)
+    assert gpu.args[-1] == 4  # the images in the array: the word loads stay inside it
 
 
 def test_empty_batch_launches_nothing(kernel_device, monkeypatch):

@@ -40,9 +40,11 @@ def apply_reference(images: np.ndarray, mean: np.ndarray, params: np.ndarray,
 
 def apply_launch(images, mean, params, offsets, out, crop: int, scale: float,
                  kind: str = "cuda") -> Launch:
-    """The launch of ``augment_crops``: grid (M, row groups); one row group on ``emu``."""
+    """The launch of ``augment_crops``: grid (M, row groups); one row group on ``emu``.
+    ``images`` is the whole (n, H, W, 3) array: the kernel reads aligned words only inside it."""
     m = int(out.shape[0])
     groups = 1 if kind == "emu" else -(-int(crop) // BLOCK[1])
     return Launch(MODULE, "augment_crops", grid=(m, groups), block=BLOCK,
                   args=(images, mean, params, offsets, out, np.int32(images.shape[1]),
-                        np.int32(images.shape[2]), np.int32(crop), np.float32(scale)))
+                        np.int32(images.shape[2]), np.int32(crop), np.float32(scale),
+                        np.int32(images.shape[0])))
