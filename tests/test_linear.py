@@ -217,7 +217,7 @@ _ASAN_SCRIPT = textwrap.dedent("""
     import numpy as np
     import convnet
     from convnet.backend import emu
-    from convnet.ops import cross_entropy, linear, sgd
+    from convnet.ops import cross_entropy, dropout, linear, sgd
     device = convnet.get_device("emu")
     rng = np.random.default_rng(0)
     for rows, cols in ((1, 1), (3, 5), (2, 33), (5, 4)):
@@ -235,6 +235,11 @@ _ASAN_SCRIPT = textwrap.dedent("""
                 loss, saved = cross_entropy.forward(device, z, labels)
                 dx = cross_entropy.backward(device, z, saved, np.float32(1.0))
                 sgd.update(device, w, v, dy.reshape(-1), 0.1, 0.9, 0.01)
+                sgd.update_many(device, [w, v], [v.copy(), w.copy()], [dy.reshape(-1), w],
+                                [0.1, 0.2], 0.9, [0.01, 0.0])
+                drop = dropout.plan(0.5, seed=7)
+                yd = linear.epilogue(device, z.copy(), b, True, drop)
+                linear.epilogue_backward(device, yd, dy, True, True, drop)
             ref_dz, ref_db = linear.epilogue_backward_reference(y, dy, True, True)
             assert np.array_equal(dz, ref_dz) and np.allclose(db, ref_db, atol=1e-5)
             assert np.allclose(db2, dy.sum(axis=0), atol=1e-5)
@@ -247,3 +252,82 @@ def test_kernels_under_address_sanitizer():
     """No out-of-bounds access in the epilogue, cross-entropy and SGD kernels, on arrays
     that end exactly where their allocation ends (float4 and scalar paths)."""
     run_clean_under_asan(_ASAN_SCRIPT)
+
+
+# --------------------------------------------------------------------------- dropout in the epilogue
+
+DROP_MODES = [dict(), dict(check="bounds", schedule="reverse", fill_shared=True),
+              dict(check="race", schedule="random", seed=4), dict(check="init", fill_empty=True),
+              dict(check="align")]
+
+
+@pytest.mark.parametrize("mode", DROP_MODES, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()) or "plain")
+def test_dropout_epilogue_bit_for_bit_with_separate_kernels(mode):
+    """bias_relu_dropout_forward = bias_act_forward<true> then dropout_apply, bit for bit;
+    bias_relu_dropout_backward's dz = the reference's bits and db its column sums (float64
+    bound: rows · 2^-24 · Σ|dz|), on awkward shapes (cols % 4 != 0: element path, two
+    Philox counters a quad), misaligned views, every plan kind (p = 0, 1, paper eval)."""
+    from convnet.backend import emu
+    from convnet.ops import dropout as dropout_ops
+    device = require_device("emu")
+    rng = np.random.default_rng(5)
+    plans = [dropout_ops.plan(0.5, True, "paper", seed=11), dropout_ops.plan(0.3, True, "inverted", seed=2**63 + 5),
+             dropout_ops.plan(0.5, False, "paper"), dropout_ops.plan(0.0, True, "paper", seed=1),
+             dropout_ops.plan(1.0, True, "inverted", seed=3)]
+    for rows, cols in ((1, 1), (3, 5), (2, 33), (5, 4), (37, 12), (9, 64), (70, 3)):
+        for offset in (0, 1):
+            n = rows * cols
+            z = rng.standard_normal(n + offset).astype(np.float32)[offset:].reshape(rows, cols)
+            b = rng.standard_normal(cols).astype(np.float32)
+            dy = rng.standard_normal(n + offset).astype(np.float32)[offset:].reshape(rows, cols)
+            for drop in plans:
+                with emu.debug(**mode):
+                    y = linear_ops.epilogue(device, z.copy(), b, True, drop)
+                    dz, db = linear_ops.epilogue_backward(device, y, dy, True, True, drop)
+                separate = dropout_ops.apply(device, linear_ops.epilogue(device, z.copy(), b, True), drop)
+                np.testing.assert_array_equal(y, separate)
+                np.testing.assert_array_equal(y, linear_ops.epilogue_dropout_reference(z, b, True, drop))
+                ref_dz, _ = linear_ops.epilogue_dropout_backward_reference(y, dy, True, True, drop)
+                np.testing.assert_array_equal(dz, ref_dz)
+                exact = ref_dz.astype(np.float64).sum(axis=0)
+                bound = rows * 2.0**-24 * np.abs(ref_dz).astype(np.float64).sum(axis=0)
+                assert np.all(np.abs(db - exact) <= bound), (rows, cols, drop)
+
+
+@pytest.mark.parametrize("device_name", ["cpu", "emu"])
+def test_functional_linear_dropout_equals_linear_then_dropout(device_name):
+    """F.linear(..., dropout=p) gives F.dropout(F.linear(...)) exactly: outputs and all
+    three gradients, training (both modes) and the paper mode's eval scaling."""
+    device = require_device(device_name)
+    rng = np.random.default_rng(3)
+    for rows, k, out in ((5, 7, 13), (4, 6, 32)):
+        x0, w0, b0, g0 = (rng.standard_normal(s).astype(np.float32)
+                          for s in ((rows, k), (out, k), (out,), (rows, out)))
+        for mode, training in (("paper", True), ("inverted", True), ("paper", False)):
+            results = []
+            for fused in (True, False):
+                x, w, b = (convnet.tensor(a, device=device, requires_grad=True) for a in (x0, w0, b0))
+                if fused:
+                    y = F.linear(x, w, b, relu=True, dropout=0.5, training=training, seed=9, mode=mode)
+                else:
+                    y = F.dropout(F.linear(x, w, b, relu=True), 0.5, training=training, seed=9, mode=mode)
+                (y * convnet.tensor(g0, device=device)).sum().backward()
+                results.append([t.numpy() for t in (y, x.grad, w.grad, b.grad)])
+            for a, e in zip(*results):
+                np.testing.assert_array_equal(a, e)
+    with pytest.raises(ValueError, match="dropout"):
+        F.linear(convnet.tensor(x0), convnet.tensor(w0), dropout=1.5)
+
+
+def test_dropout_epilogue_launches():
+    """One launch each way; the fused backward's grid covers the columns in quads."""
+    from convnet.ops import dropout as dropout_ops
+    device = require_device("emu")
+    drop = dropout_ops.plan(0.5, seed=1)
+    y, dy, dz = (np.zeros((128, 4096), np.float32) for _ in range(3))
+    b, db = np.zeros(4096, np.float32), np.zeros(4096, np.float32)
+    forward = linear_ops.forward_dropout_launch(device, y, b, drop)
+    backward = linear_ops.backward_dropout_launch(y, dy, dz, db, drop)
+    assert forward.name == "bias_relu_dropout_forward"
+    assert backward.grid == (4096 // (4 * linear_ops.DROP_BLOCK[0]), 1, 1)
+    assert backward.block == linear_ops.DROP_BLOCK + (1,)

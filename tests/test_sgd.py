@@ -202,3 +202,72 @@ def test_errors():
     with pytest.raises(ValueError, match="shape"):
         sgd_ops.update(emu, np.ones(3, np.float32), np.zeros(2, np.float32),
                        np.ones(3, np.float32), 0.1, 0.9, 0.0)
+
+
+# --------------------------------------------------------------------------- every parameter in one launch
+
+SGD_MODES = [dict(), dict(check="bounds", schedule="reverse", fill_shared=True),
+             dict(check="race", schedule="random", seed=6), dict(check="init"), dict(check="align")]
+
+
+@pytest.mark.parametrize("mode", SGD_MODES, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()) or "plain")
+def test_update_many_bit_for_bit_with_one_launch_each(mode):
+    """sgd_momentum_multi over tensors of awkward sizes (0, 1, 5, 21, 120, 1000), one of
+    them misaligned (element path), each with its own lr and decay: the same bits as one
+    sgd_momentum launch each, in the same emu build."""
+    from convnet.backend import emu
+    device = require_device("emu")
+    rng = np.random.default_rng(8)
+    sizes = [5, 0, 21, 1, 120, 1000, 7]
+
+    def tensors():
+        r = np.random.default_rng(9)
+        out = [r.standard_normal(s).astype(np.float32) for s in sizes]
+        out[2] = np.concatenate([[0], out[2]]).astype(np.float32)[1:]  # not 16-byte aligned
+        return out
+    gs = [rng.standard_normal(s).astype(np.float32) for s in sizes]
+    lrs = [0.01 * (k + 1) for k in range(len(sizes))]
+    decays = [5e-4 * (k % 3) for k in range(len(sizes))]
+    ws, vs, ws2, vs2 = tensors(), tensors(), tensors(), tensors()
+    with emu.debug(**mode):
+        for w, v, g, lr, wd in zip(ws2, vs2, gs, lrs, decays):
+            sgd_ops.update(device, w, v, g, lr, 0.9, wd)
+        sgd_ops.update_many(device, ws, vs, gs, lrs, 0.9, decays)
+    for a, e in zip(ws + vs, ws2 + vs2):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_optimizer_step_is_one_launch_per_device(monkeypatch):
+    """optim.SGD updates all parameters of a device in one launch, the same values as the
+    cpu reference within float32 rounding; a bad gradient still changes nothing."""
+    device = require_device("emu")
+    launches = []
+    real = type(device).launch
+    monkeypatch.setattr(type(device), "launch", lambda self, launch: (launches.append(launch.name), real(self, launch))[1])
+    rng = np.random.default_rng(2)
+    shapes = [(3, 4), (4,), (5, 2, 3), (1,)]
+    data = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    results = []
+    for dev in (CPU, device):
+        params = [convnet.tensor(d, device=dev, requires_grad=True) for d in data]
+        opt = optim.SGD(params, lr=0.1, lr_multipliers={"1": 2.0}, weight_decay_multipliers={"3": 0.0})
+        for _ in range(2):
+            for p, g in zip(params, grads):
+                p.grad = convnet.tensor(g, device=dev)
+            opt.step()
+        results.append([p.numpy() for p in params])
+    assert launches == ["sgd_momentum_multi"] * 2
+    for a, e in zip(*results):
+        np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7)
+    before = [p.numpy().copy() for p in params]
+    params[0].grad = convnet.tensor(np.ones((4, 3), np.float32), device=device)
+    with pytest.raises(ValueError, match="gradient of '0' has shape"):
+        opt.step()
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.numpy(), b)
+    with pytest.raises(ValueError, match="as many"):
+        sgd_ops.update_many(device, [data[0]], [], [grads[0]], [0.1], 0.9, [0.0])
+    with pytest.raises(TypeError, match="float32"):
+        sgd_ops.update_many(device, [data[1], np.ones(3)], [np.zeros(4, np.float32), np.zeros(3)],
+                            [grads[1], np.ones(3)], [0.1, 0.1], 0.9, [0.0, 0.0])
