@@ -178,11 +178,18 @@ bias_relu_dropout_backward(const float* __restrict__ y, const float* __restrict_
     const int c0 = 4 * (blockIdx.x * QUADS + threadIdx.x);
     const bool vec = (cols & 3) == 0 && cn_aligned16(y) && cn_aligned16(dy) && cn_aligned16(dz);
     float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const int width = cols - c0 < 4 ? cols - c0 : 4;  // columns of this thread's quad
     if (c0 < cols) {
         for (int r = threadIdx.y; r < rows; r += ROWS) {
             const long long i = (long long)r * cols + c0;
-            if (vec) {  // i % 4 == 0: the four columns are one Philox counter
-                const unsigned int keep = ba_keep4(seed, threshold, (unsigned long long)(i >> 2));
+            // The quad's elements i .. i + width - 1 lie in one Philox counter (always when
+            // vec: i % 4 == 0) or straddle two.
+            const unsigned long long q0 = (unsigned long long)(i >> 2);
+            const int off = (int)(i & 3);
+            unsigned int keep = ba_keep4(seed, threshold, q0);
+            if (off + width > 4) keep |= ba_keep4(seed, threshold, q0 + 1) << 4;
+            keep >>= off;  // bit k: element i + k is kept
+            if (vec) {
                 const float4 y4 = reinterpret_cast<const float4*>(y)[i >> 2];
                 const float4 g4 = reinterpret_cast<const float4*>(dy)[i >> 2];
                 float4 d;
@@ -196,16 +203,9 @@ bias_relu_dropout_backward(const float* __restrict__ y, const float* __restrict_
                 sum[2] += d.z;
                 sum[3] += d.w;
             } else {
-                unsigned long long q = (unsigned long long)(i >> 2);
-                unsigned int keep = ba_keep4(seed, threshold, q);
-                for (int k = 0; k < 4 && c0 + k < cols; ++k) {
+                for (int k = 0; k < width; ++k) {
                     const long long e = i + k;
-                    if ((unsigned long long)(e >> 2) != q) {
-                        q = (unsigned long long)(e >> 2);
-                        keep = ba_keep4(seed, threshold, q);
-                    }
-                    const float d = (((keep >> (e & 3)) & 1u) && y[e] > 0.0f) ? dy[e] * scale
-                                                                              : 0.0f;
+                    const float d = (((keep >> k) & 1u) && y[e] > 0.0f) ? dy[e] * scale : 0.0f;
                     dz[e] = d;
                     sum[k] += d;
                 }
