@@ -11,6 +11,7 @@ import pytest
 
 from convnet.perf import calibration, gpus, model
 from convnet.perf.model import KernelInputs, predict, wave_efficiency
+from convnet.toolchain.launch import KernelModule, Launch
 from conftest import require_perf_tools
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,11 +48,107 @@ def test_compute_bound_with_known_ffma_share():
                      read_bytes=1e6, write_bytes=1e6, registers=32, math_share=0.75)
     p = predict(k, H100)
     assert (p.blocks_per_sm, p.latency_factor, p.wave_efficiency) == (8, 1.0, 1.0)
-    assert p.bound == "issue"
+    assert p.bound == "math"
     assert p.time_s == pytest.approx(flops / (66.9e12 * 0.75) + model.LAUNCH_OVERHEAD_S)
     # sm_80: 16 FP32 lanes per scheduler, a 40 % FFMA share reaches 80 % of the peak
     a100 = predict(dataclasses.replace(k, math_share=0.4), "a100")
     assert a100.issue_factor == pytest.approx(0.8)
+
+
+ISSUE = KernelModule(str(Path(__file__).resolve().parent / "kernels" / "perf_issue.cu"),
+                     ("perf_trip", "perf_fp64", "perf_copy"))
+
+
+def _issue_launches(n=7, blocks=8, threads=128):
+    """perf_issue.cu's kernels on emu with their traffic and SASS regions (sm_90)."""
+    import numpy as np
+    from convnet.perf import dynamic, sass
+    from convnet.perf.emu_traffic import measure
+    from convnet.toolchain.kernel_source import expand
+    require_perf_tools()
+    built = {k.kernel: k for k in sass.compile_source(expand(ISSUE.source), ISSUE.source,
+                                                       ISSUE.kernels, "sm_90", line_info=True)}
+    stride = blocks * threads
+    x = np.random.default_rng(0).random(n * stride, dtype=np.float32)
+    y = np.zeros(stride, np.float32)
+    scalars = (np.int32(n), np.int32(stride))
+    launches = [Launch(ISSUE, "perf_trip", (blocks, 1, 1), (threads, 1, 1), (y, x, *scalars)),
+                Launch(ISSUE, "perf_fp64", (blocks, 1, 1), (threads, 1, 1), (y, x, *scalars)),
+                Launch(ISSUE, "perf_copy", (blocks, 1, 1), (threads, 1, 1), (y, x))]
+    warps = blocks * threads // 32
+    out = {}
+    for launch, traffic in zip(launches, measure(launches, None)):
+        regions = dynamic.regions(built[launch.kernel])
+        out[launch.kernel] = (regions, traffic,
+                              dynamic.count(regions, warps, traffic.sites,
+                                            traffic.barrier_warps, traffic.warp_ops))
+    return out, warps
+
+
+def test_dynamic_count_of_a_known_trip_count():
+    """perf_trip's rolled loop runs n = 7 times per warp: the loop's one load line gives
+    X = 7 x warps, and the count is warps x straight code + X x the loop's body."""
+    found, warps = _issue_launches()
+    regions, traffic, dyn = found["perf_trip"]
+    (loop,) = regions["loops"]
+    assert sum(loop["memory"].values()) == 1 and loop["barriers"] == 0
+    assert dyn.iterations == [pytest.approx(7 * warps)] and dyn.unseen == []
+    assert dyn.instructions == pytest.approx(
+        warps * (regions["straight"]["instructions"] + 7 * loop["instructions"]))
+    # perf_copy has no loop: its straight code once per warp
+    regions, _, dyn = found["perf_copy"]
+    assert regions["loops"] == [] and dyn.instructions == warps * regions["straight"]["instructions"]
+
+
+def test_fp64_loop_is_issue_bound_at_the_fp64_rate():
+    """perf_fp64 does 16 dependent DFMA per load, scaled to a 4224-block grid. On an H100
+    (FP64 64 results per clock per SM: 2 clocks a warp instruction per scheduler) it is
+    bound by issue at max(instructions, 2 x FP64 instructions) clocks; on an A10 (FP64 2
+    per clock per SM: 64 clocks a warp instruction) the FP64 pipe sets 64 x FP64."""
+    found, warps = _issue_launches()
+    regions, traffic, dyn = found["perf_fp64"]
+    (loop,) = regions["loops"]
+    assert loop["pipes"]["fp64"] >= 16
+    factor = 4224 * 4 / warps     # 4224 blocks of 128 threads
+    fp64 = dyn.pipes["fp64"] * factor
+    assert fp64 == pytest.approx(7 * 4224 * 4 * loop["pipes"]["fp64"]
+                                 + 4224 * 4 * regions["straight"]["pipes"]["fp64"])
+    n = 4224 * 128
+    k = KernelInputs("perf_fp64", blocks=4224, threads_per_block=128, flops=2 * 16 * 7 * n,
+                     read_bytes=4 * 7 * n, write_bytes=4 * n, registers=32,
+                     load_bytes=traffic.load_bytes * factor, store_bytes=traffic.store_bytes * factor,
+                     instructions=dyn.instructions * factor,
+                     pipe_instructions={p: v * factor for p, v in dyn.pipes.items()})
+    p = predict(k, H100)
+    assert p.bound == "issue" and p.latency_factor == 1.0
+    cycles = max(dyn.instructions * factor, 2 * fp64)
+    assert p.issue_cycles == pytest.approx(cycles)
+    assert p.issue_s == pytest.approx(cycles / (132 * 4 * 1.98e9 * p.wave_efficiency))
+    assert p.pct_hbm == pytest.approx(p.dram_s / p.issue_s)
+    a10 = predict(k, "a10")
+    assert a10.bound == "issue" and a10.issue_cycles == pytest.approx(64 * fp64)
+
+
+def test_pure_copy_stays_dram_bound_with_its_instructions():
+    found, warps = _issue_launches()
+    regions, traffic, dyn = found["perf_copy"]
+    factor = (64 << 20) / (warps * 32)      # 64M floats
+    n = 64 << 20
+    k = KernelInputs("copy", blocks=n // 256, threads_per_block=256, flops=0, read_bytes=4 * n,
+                     write_bytes=4 * n, registers=16, load_bytes=4 * n, store_bytes=4 * n,
+                     instructions=dyn.instructions * factor,
+                     pipe_instructions={p: v * factor for p, v in dyn.pipes.items()})
+    p = predict(k, H100)
+    assert p.bound == "DRAM" and p.pct_hbm == pytest.approx(1.0)
+    assert 0 < p.issue_s < p.dram_s
+
+
+def test_issue_cycles_per_pipe():
+    # 1000 instructions, 400 of them MUFU (16/clk/SM = 4 per scheduler: 8 clocks a warp)
+    assert model.issue_cycles(H100, 1000, {"mufu": 400}) == 3200
+    assert model.issue_cycles(H100, 1000, {"fp64": 400}) == 1000     # 2 clocks: 800 < 1000
+    assert model.issue_cycles(gpus.gpu("a10"), 1000, {"fp64": 20}) == 20 * 32 / 0.5
+    assert model.issue_cycles(gpus.gpu("a100"), 1000, {"fp32": 600}) == 1200
 
 
 def test_wave_efficiency_by_hand():

@@ -246,3 +246,25 @@ def test_row_as_dict():
     d = row.as_dict()
     assert d["kernel"] == "perf_ffma_loop" and d["occupancy"] is None
     assert d["main_loop"]["instructions"] == 11 and d["main_loop"]["opcodes"]["FFMA"] == 8
+
+
+@pytest.mark.parametrize("opcode, name", [
+    ("DFMA", "fp64"), ("DADD", "fp64"), ("DMUL", "fp64"), ("MUFU", "mufu"), ("F2F", "convert"),
+    ("I2F", "convert"), ("FFMA", "fp32"), ("IMAD", None), ("LDG", None), ("I2FP", None)])
+def test_pipe(opcode, name):
+    assert sass.pipe(opcode) == name
+
+
+def test_line_info_build_has_the_same_code_and_source_lines():
+    """-lineinfo adds line tables only: the same instructions, each with its line."""
+    from convnet.toolchain.kernel_source import expand
+    require_perf_tools()
+    plain = {k.kernel: k for k in sass.module_sass(LOOPS, "sm_90")}
+    lined = sass.compile_source(expand(LOOPS.source), LOOPS.source, LOOPS.kernels, "sm_90",
+                                line_info=True)
+    for k in lined:
+        assert [(i.mnemonic, i.operands) for i in k.instructions] == \
+            [(i.mnemonic, i.operands) for i in plain[k.kernel].instructions]
+        assert k.resources.registers == plain[k.kernel].resources.registers
+        assert {i.source[0] for i in k.instructions if i.source} == {"perf_loops.cu"}
+    assert all(i.source is None for i in plain["perf_no_loop"].instructions)

@@ -3,8 +3,11 @@
 ``kernel_figures(module, arch)`` gives, per kernel name expression of a
 ``KernelModule``, ``convnet.perf.sass.StaticRow.as_dict()`` without occupancy
 (registers, spills, static shared memory, stack, launch bounds, the main loop's
-instruction mix) and ``kernel_math_share``, the math share of the whole kernel's
-code (what the model uses for kernels without a loop). Compiling every module for one architecture takes about 40 s of
+instruction mix), ``kernel_math_share``, the math share of the whole kernel's
+code (what the model uses for kernels without a loop), and ``regions``, the
+straight-line code and loops with their memory instructions per source line
+(``convnet.perf.dynamic.regions``; the build adds ``-lineinfo``, which leaves the
+machine code as it is). Compiling every module for one architecture takes about 40 s of
 CPU, so results are kept in-process and on disk under
 ``convnet.cache.cache_dir()/perf``, one JSON file per module and architecture, keyed
 on the expanded source text, the NVRTC options, the architecture and this file's
@@ -23,7 +26,7 @@ from ..toolchain import nvrtc
 from ..toolchain.kernel_source import expand
 from ..toolchain.launch import KernelModule
 
-FORMAT = 1
+FORMAT = 2
 _MEMORY: dict[str, dict[str, dict]] = {}
 _LOCK = threading.Lock()
 
@@ -37,7 +40,7 @@ def _key(text: str, arch: str) -> str:
 def kernel_figures(module: KernelModule, arch: str = "sm_90") -> dict[str, dict]:
     """``{kernel name expression: static figures}`` for every kernel of ``module`` on
     ``arch`` (see the module docstring); compiles only on a cache miss."""
-    from . import sass  # needs NVRTC and nvdisasm only when compiling
+    from . import dynamic, sass  # needs NVRTC and nvdisasm only when compiling
 
     arch = nvrtc.normalize_arch(arch)
     text = expand(module.source)
@@ -52,10 +55,12 @@ def kernel_figures(module: KernelModule, arch: str = "sm_90") -> dict[str, dict]
     except (OSError, ValueError):
         pass
     if not isinstance(figures, dict) or set(figures) != set(module.kernels):
-        built = sass.compile_source(text, str(module.source), module.kernels, arch)
+        built = sass.compile_source(text, str(module.source), module.kernels, arch,
+                                    line_info=True)
         figures = {k.kernel: {**sass.StaticRow(sass=k, block_threads=None, dynamic_shared=0,
                                                occupancy=None).as_dict(),
-                              "kernel_math_share": k.mix.share("math")} for k in built}
+                              "kernel_math_share": k.mix.share("math"),
+                              "regions": dynamic.regions(k)} for k in built}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(figures))

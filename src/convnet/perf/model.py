@@ -1,6 +1,6 @@
 """The launch model: a predicted time for one kernel launch on a named GPU.
 
-    time = max(compute, DRAM, L1, shared) + LAUNCH_OVERHEAD_S
+    time = max(compute, issue, DRAM, L1, shared) + LAUNCH_OVERHEAD_S
 
 * **compute** = FLOPs / (FP32 peak x issue x latency x waves), where
 
@@ -19,6 +19,20 @@
     waves; efficiency = waves / ceil(waves) (a 1.28-wave grid runs 2 waves at 64 %);
     a grid of less than one wave keeps only min(1, blocks / SMs) of the SMs busy.
 
+* **issue** = the launch's executed warp instructions (``convnet.perf.dynamic``: the
+  SASS loops' trip counts inferred from the emulator's requests per source line) /
+  (SMs x 4 schedulers x 1 warp instruction per clock x clock x latency x waves).
+  Issue model: each scheduler issues one warp instruction per clock; an instruction
+  on a pipe narrower than the warp holds that pipe 32 / (its lanes per scheduler)
+  clocks, so a scheduler needs max(all instructions, each pipe's instructions x 32 /
+  lanes) clocks. Pipe rates, results per clock per SM (CUDA C++ Programming Guide,
+  "Arithmetic Instructions", throughput table; ``PIPE_RESULTS_PER_CLOCK``): FP64
+  add/mul/fma 64 on sm_90 (the H100 SXM's FP64 is 1/2 of FP32: 33.5 TFLOP/s =
+  132 x 64 x 2 x 1.98 GHz), 32 on sm_80, 2 on sm_86/89; MUFU (rcp, rsqrt, lg2, ex2,
+  sin, cos) 16; conversions F2F/F2I/I2F/FRND 16; FP32 add/mul/fma the FP32 lanes
+  (128; 64 on sm_80); everything else one per scheduler per clock (integer, shared
+  and global instructions' issue; their memory side is the terms below). Without
+  emulator figures there is no count and no issue term.
 * **DRAM** = bytes / memory bandwidth, bytes = the emulator's global bytes loaded
   (sectors x 32, scaled to the real problem) capped by the bytes of the arrays the
   launch reads, plus the bytes stored capped by those of the arrays it writes
@@ -40,15 +54,17 @@
   FP32 SGEMM (CuPy does not enable TF32 by default).
 
 The *bound* names the largest term, and for compute the smallest of its factors:
-``issue`` (the instruction mix), ``latency`` (occupancy), ``waves``; memory terms
+``math`` (the FP32 share of the instruction mix), ``latency`` (occupancy), ``waves``;
+``issue`` where the executed instructions take longest; memory terms
 are ``DRAM``, ``L1``, ``shared``; ``launch`` where the fixed overhead exceeds all;
 ``cuBLAS`` for the GEMMs. ``% peak`` is the achieved rate against the bound's own
-peak (FP32 FLOP/s for the compute bounds, the bandwidth for the memory ones).
+peak (FP32 FLOP/s for the compute bounds, issue slots for ``issue``, the bandwidth
+for the memory ones); ``pct_hbm`` is every launch's DRAM bytes / time / bandwidth.
 
 What it cannot see: clocks below boost (power, heat), L2 misses of working sets
-larger than L2, DRAM page and refresh effects, instruction-cache misses, dynamic
-instruction counts (a loop's mix is per iteration, predicated-off instructions
-issue), dependencies between launches (each is timed alone), and transfers
+larger than L2, DRAM page and refresh effects, instruction-cache misses, dual issue
+and register-bank stalls, predicated-off and branched-around instructions (the issue
+term counts them on every pass), dependencies between launches (each is timed alone), and transfers
 between GPUs (the two-column network's).
 """
 from __future__ import annotations
@@ -64,6 +80,14 @@ L1_BYTES_PER_CLOCK = 128      # per SM: one 4-sector (128-byte) request per cloc
 SHARED_WAVEFRONTS_PER_CLOCK = 1   # per SM: 32 banks x 4 bytes
 GEMM_EFFICIENCY = 0.7         # cuBLAS FP32 SGEMM on large matrices, share of the FP32 peak
 SCHEDULERS_PER_SM = 4
+# Results per clock per SM of the pipes narrower than a warp per scheduler (see the
+# docstring; CUDA C++ Programming Guide, throughput of native arithmetic instructions).
+PIPE_RESULTS_PER_CLOCK = {
+    "sm_80": {"fp32": 64, "fp64": 32, "mufu": 16, "convert": 16},
+    "sm_86": {"fp32": 128, "fp64": 2, "mufu": 16, "convert": 16},
+    "sm_89": {"fp32": 128, "fp64": 2, "mufu": 16, "convert": 16},
+    "sm_90": {"fp32": 128, "fp64": 64, "mufu": 16, "convert": 16},
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +108,8 @@ class KernelInputs:
     store_bytes: float | None = None        # emulator: global bytes stored, scaled
     shared_wavefronts: float | None = None  # emulator: shared wavefronts, scaled
     gemm: bool = False
+    instructions: float | None = None       # executed warp instructions (convnet.perf.dynamic)
+    pipe_instructions: dict | None = None   # of them, per pipe: fp32, fp64, mufu, convert
 
 
 @dataclass(frozen=True)
@@ -106,6 +132,9 @@ class Prediction:
     latency_factor: float = 1.0
     issue_factor: float = 1.0
     dram_bytes: float = 0.0
+    issue_s: float = 0.0       # the executed instructions' issue time
+    issue_cycles: float = 0.0  # scheduler clocks they need, summed over schedulers
+    pct_hbm: float = 0.0       # DRAM bytes / time (without launch overhead) / bandwidth
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +159,19 @@ def wave_efficiency(blocks: int, sms: int, blocks_per_sm: int) -> tuple[float, f
     if waves >= 1:
         return waves, waves / math.ceil(waves)
     return waves, min(1.0, blocks / sms)
+
+
+def issue_cycles(gpu: gpus.GPU, instructions: float, pipes: dict | None) -> float:
+    """Scheduler clocks (over all schedulers) to issue ``instructions`` warp
+    instructions of which ``pipes[p]`` go to pipe ``p``: max(all, each pipe's count x
+    32 / its lanes per scheduler)."""
+    rates = PIPE_RESULTS_PER_CLOCK.get(gpu.arch.name, PIPE_RESULTS_PER_CLOCK["sm_90"])
+    need = instructions
+    for name, count in (pipes or {}).items():
+        per_scheduler = rates.get(name)
+        if per_scheduler:
+            need = max(need, count * gpu.arch.warp_size / (per_scheduler / SCHEDULERS_PER_SM))
+    return need
 
 
 def dram_bytes(k: KernelInputs) -> float:
@@ -175,18 +217,23 @@ def predict(k: KernelInputs, gpu) -> Prediction:
     issue = issue_factor(g, k.math_share)
     rate = g.fp32_flops * issue * latency * wave_eff
     compute = k.flops / rate if k.flops and rate > 0 else (math.inf if k.flops else 0.0)
-    terms = {"compute": compute, "DRAM": dram, "L1": l1, "shared": shared}
+    clock = g.boost_clock_mhz * 1e6
+    slots = g.sms * SCHEDULERS_PER_SM * clock
+    cycles = issue_cycles(g, k.instructions, k.pipe_instructions) if k.instructions else 0.0
+    issue_s = cycles / (slots * latency * wave_eff) if cycles else 0.0
+    terms = {"compute": compute, "issue": issue_s, "DRAM": dram, "L1": l1, "shared": shared}
     largest = max(terms, key=terms.get)
     body = terms[largest]
     if body < LAUNCH_OVERHEAD_S:
         bound, pct = "launch", 0.0
     elif largest == "compute":
-        factors = {"issue": issue, "latency": latency, "waves": wave_eff}
+        factors = {"math": issue, "latency": latency, "waves": wave_eff}
         bound = min(factors, key=factors.get)
         pct = k.flops / body / g.fp32_flops
+    elif largest == "issue":
+        bound, pct = "issue", cycles / body / slots
     else:
         bound = largest
-        clock = g.boost_clock_mhz * 1e6
         peak_rate = {"DRAM": g.memory_bandwidth, "L1": g.sms * L1_BYTES_PER_CLOCK * clock,
                      "shared": g.sms * SHARED_WAVEFRONTS_PER_CLOCK * clock}[largest]
         amount = {"DRAM": moved, "L1": _l1_bytes(k),
@@ -195,7 +242,9 @@ def predict(k: KernelInputs, gpu) -> Prediction:
     return Prediction(g.key, k.name, body + LAUNCH_OVERHEAD_S, compute, dram, l1, shared,
                       bound, pct, blocks_per_sm=occ.blocks_per_sm, occupancy=occ.occupancy,
                       waves=waves, wave_efficiency=wave_eff, latency_factor=latency,
-                      issue_factor=issue, dram_bytes=moved)
+                      issue_factor=issue, dram_bytes=moved, issue_s=issue_s,
+                      issue_cycles=cycles,
+                      pct_hbm=moved / body / g.memory_bandwidth if body else 0.0)
 
 
 def legend(gpu) -> str:
@@ -205,12 +254,18 @@ def legend(gpu) -> str:
     return "\n".join([
         f"All times are PREDICTED for {g.name} ({g.sms} SMs, {g.boost_clock_mhz} MHz boost, "
         f"FP32 {g.fp32_tflops} TFLOP/s, DRAM {g.memory_bandwidth_gbs:.0f} GB/s), not measured.",
-        "time = max(compute, DRAM, L1, shared) + launch overhead "
+        "time = max(compute, issue, DRAM, L1, shared) + launch overhead "
         f"({LAUNCH_OVERHEAD_S * 1e6:.0f} us per launch).",
-        "compute = FLOPs / (FP32 peak x issue x latency x waves): issue = main loop's math share "
+        "compute = FLOPs / (FP32 peak x math x latency x waves): math = main loop's math share "
         "of issue slots (SASS) scaled to the FP32 lanes per scheduler; latency = min(1, 0.25 + "
         "0.25 x resident warps per scheduler) (chosen, to be calibrated); waves = waves / "
         "ceil(waves) (< 1 wave: busy SMs / SMs).",
+        "issue = executed warp instructions (SASS loops x trip counts from emu's requests "
+        "per source line; straight code once per warp) / (SMs x 4 schedulers x 1 per clock x "
+        "latency x waves); a pipe narrower than a warp holds its scheduler 32 / lanes clocks "
+        "per instruction: " + ", ".join(
+            f"{p} {r}/clk/SM" for p, r in PIPE_RESULTS_PER_CLOCK.get(
+                g.arch.name, PIPE_RESULTS_PER_CLOCK["sm_90"]).items()) + " (CUDA guide).",
         "DRAM = (min(emu bytes loaded, arrays read) + min(emu bytes stored, arrays written)) "
         "/ bandwidth: each array byte crosses "
         "DRAM once, re-reads hit L1/L2 (optimistic past the "
@@ -223,8 +278,9 @@ def legend(gpu) -> str:
         "grid's blocks where the grid covers the problem, else by the ratio of elements.",
         f"cuBLAS (fc layers' matmuls, not our kernels): FP32 SGEMM at {GEMM_EFFICIENCY:.0%} of "
         "the FP32 peak, or operands / bandwidth if larger.",
-        "bound: issue / latency / waves (compute, its smallest factor), DRAM, L1, shared, "
-        "launch, cuBLAS; % peak: of that bound's resource.",
-        "Not seen: clocks below boost, L2 misses, instruction cache, predicated-off work, "
+        "bound: math / latency / waves (compute, its smallest factor), issue, DRAM, L1, "
+        "shared, launch, cuBLAS; % peak: of that bound's resource; % HBM: DRAM bytes / time.",
+        "Not seen: clocks below boost, L2 misses, instruction cache, predicated-off and "
+        "branched-around work (issue counts it every pass), "
         "overlap between launches, inter-GPU transfers.",
     ])

@@ -10,7 +10,9 @@
    profiler (``convnet.perf.emu_traffic``; ``blocks`` sampled blocks a launch);
 3. scales the traffic to the real launch (per block x its blocks, or by the ratio of
    elements, as each ``Planned`` says), reads the static figures of the GPU build
-   (``convnet.perf.kernel_figures``) and predicts each launch (``convnet.perf.model``).
+   (``convnet.perf.kernel_figures``), counts the executed instructions (its SASS
+   loops with trip counts from the traffic's requests per source line,
+   ``convnet.perf.dynamic``) and predicts each launch (``convnet.perf.model``).
 
 The result is a ``Table`` of ``Row``s with the total, the FP32 floor (all FLOPs at
 the FP32 peak) and ``format_table`` / ``as_dict`` for the ``convnet perf`` command.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from . import gpus
+from .dynamic import Dynamic, count
 from .emu_traffic import Traffic, measure
 from .kernel_figures import kernel_figures
 from .layers import Planned, random_arrays, standin_arrays
@@ -41,6 +44,23 @@ class Row:
     prediction: Prediction
     traffic: Traffic | None = None
     static: dict | None = None
+    dynamic: Dynamic | None = None
+
+    @property
+    def elements(self) -> int:
+        """What instructions are counted per: the elements the launch covers
+        (``Planned.work``), else those of its largest operand."""
+        p = self.planned
+        if p.work is not None:
+            return int(p.work)
+        return max((int(a.size) for a in (*p.reads, *p.writes)), default=0)
+
+    @property
+    def instructions_per_element(self) -> float | None:
+        """Executed thread instructions (warp instructions x 32) per element."""
+        if self.dynamic is None or not self.elements:
+            return None
+        return self.dynamic.instructions * 32 / self.elements
 
     @property
     def math_share(self) -> float | None:
@@ -59,6 +79,9 @@ class Row:
                 "math_share": self.math_share,
                 "registers": self.static["registers"] if self.static else None,
                 "traffic": self.traffic.as_dict() if self.traffic else None,
+                "dynamic": self.dynamic.as_dict() if self.dynamic else None,
+                "elements": self.elements if launch else None,
+                "instructions_per_element": self.instructions_per_element,
                 "prediction": self.prediction.as_dict()}
 
 
@@ -152,12 +175,19 @@ def predict_layers(layers, gpu, batch: int, blocks: int | None = 4, title: str =
     notes = []
     try:
         measured = dict(zip(ours, measure([small_all[i].launch for i in ours], blocks)))
-    except Exception as exc:  # no emulator here, or one that cannot profile
+    except Exception as exc:  # no emulator here, or one that cannot profile: one by one
         if not allow_missing_traffic:
             raise
-        measured = {}
-        notes.append(f"emu traffic unavailable ({type(exc).__name__}: {exc}); DRAM time "
-                     f"from the arrays' footprints only, no L1/shared terms")
+        measured, failed = {}, []
+        for i in ours:
+            try:
+                measured[i] = measure([small_all[i].launch], blocks)[0]
+            except Exception as one:
+                failed.append(f"{small_all[i].kernel} ({type(one).__name__}: {one})")
+        if failed:
+            notes.append(f"emu traffic unavailable for {len(failed)} of {len(ours)} launches "
+                         f"({'; '.join(sorted(set(failed))[:3])}): their DRAM time from the "
+                         f"arrays' footprints only, no L1/shared/issue terms")
     timings["emu"] = time.perf_counter() - began
     rows = []
     for i, (full, small) in enumerate(zip(full_all, small_all)):
@@ -169,6 +199,10 @@ def predict_layers(layers, gpu, batch: int, blocks: int | None = 4, title: str =
         traffic = measured[i].scaled(_scale(full, small)) if i in measured else None
         static = kernel_figures(full.launch.module, g.arch.name)[full.launch.name]
         row = Row(full, None, traffic, static)
+        if traffic is not None and static.get("regions"):
+            warps = full.blocks * -(-full.launch.threads_per_block // 32)
+            row.dynamic = count(static["regions"], warps, traffic.sites, traffic.barrier_warps,
+                                traffic.warp_ops)
         inputs = KernelInputs(
             full.launch.name, full.blocks, full.launch.threads_per_block, full.flops,
             full.read_bytes, full.write_bytes, registers=static["registers"],
@@ -176,7 +210,9 @@ def predict_layers(layers, gpu, batch: int, blocks: int | None = 4, title: str =
             math_share=row.math_share,
             load_bytes=traffic.load_bytes if traffic else None,
             store_bytes=traffic.store_bytes if traffic else None,
-            shared_wavefronts=traffic.shared_wavefronts if traffic else None)
+            shared_wavefronts=traffic.shared_wavefronts if traffic else None,
+            instructions=row.dynamic.instructions if row.dynamic else None,
+            pipe_instructions=row.dynamic.pipes if row.dynamic else None)
         row.prediction = predict(inputs, g)
         rows.append(row)
     return Table(g, batch, rows, title, timings, notes)
@@ -184,8 +220,8 @@ def predict_layers(layers, gpu, batch: int, blocks: int | None = 4, title: str =
 
 # --------------------------------------------------------------------------- printing
 
-HEADER = ("layer", "pass", "kernel", "grid", "occ", "math", "sect/req", "confl", "pred us",
-          "% peak", "bound")
+HEADER = ("layer", "pass", "kernel", "grid", "occ", "math", "sect/req", "confl", "instr/elem",
+          "pred us", "% peak", "% HBM", "bound")
 
 
 def short_kernel(name: str) -> str:
@@ -204,15 +240,17 @@ def _cells(row: Row) -> list[str]:
     math = "-" if row.math_share is None else f"{row.math_share:.0%}"
     spr = "-" if t is None else f"{t.sectors_per_request:.1f}"
     conflict = "-" if t is None or not t.conflict_degree else f"{t.conflict_degree:.2f}"
+    ipe = row.instructions_per_element
     return [p.layer, p.pass_, short_kernel(p.kernel), grid, occ, math, spr, conflict,
+            "-" if ipe is None else f"{ipe:.1f}",
             f"{pr.time_s * 1e6:.1f}", "-" if pr.bound == "launch" else f"{pr.pct_peak:.0%}",
-            pr.bound]
+            "-" if pr.bound in ("launch", "cuBLAS") else f"{pr.pct_hbm:.0%}", pr.bound]
 
 
 def format_table(table: Table) -> str:
     body = [list(HEADER)] + [_cells(r) for r in table.rows]
     widths = [max(len(r[i]) for r in body) for i in range(len(HEADER))]
-    left = {0, 1, 2, 10}
+    left = {0, 1, 2, len(HEADER) - 1}
     lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w)
                        for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in body]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -231,5 +269,7 @@ LEGEND_COLUMNS = """\
 columns: grid (blocks, x/y/z > 1); occ: resident blocks per SM / theoretical occupancy;
 math: the main loop's math share of issue slots (SASS; whole kernel without a loop);
 sect/req: emu global 32-byte sectors per warp request (4 = coalesced float); confl: emu
-shared-memory wavefronts / conflict-free (1.00 = none); pred us: predicted microseconds;
-% peak: of the bound's resource."""
+shared-memory wavefronts / conflict-free (1.00 = none); instr/elem: executed thread
+instructions (warp instructions x 32, SASS loops x trip counts inferred from emu) per
+element covered (else per element of the largest operand); pred us: predicted
+microseconds; % peak: of the bound's resource; % HBM: DRAM bytes / time at the bandwidth."""

@@ -109,8 +109,9 @@ def nvdisasm_path() -> str:
     raise DisassemblerUnavailable(f"nvdisasm was not found; {INSTALL_HINT}")
 
 
-def disassemble(cubin: bytes) -> str:
-    """nvdisasm's text for a CUBIN (code and ``.nv.info`` sections)."""
+def disassemble(cubin: bytes, line_info: bool = False) -> str:
+    """nvdisasm's text for a CUBIN (code and ``.nv.info`` sections); ``line_info``
+    adds the ``//## File "...", line N`` comments of a ``-lineinfo`` build."""
     if not cubin:
         raise DisassemblyError("empty CUBIN (was the architecture a virtual compute_XX?)")
     tool = nvdisasm_path()
@@ -118,7 +119,8 @@ def disassemble(cubin: bytes) -> str:
         handle.write(cubin)
         name = handle.name
     try:
-        done = subprocess.run([tool, name], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([tool, *(["--print-line-info"] if line_info else []), name],
+                              capture_output=True, text=True, timeout=600)
     except OSError as exc:
         raise DisassemblerUnavailable(f"{tool} could not run ({exc}); {INSTALL_HINT}") from exc
     finally:
@@ -148,6 +150,25 @@ CONTROL = frozenset("""BRA BRX JMP JMX CALL RET EXIT BSSY BSYNC WARPSYNC BREAK B
 CATEGORIES = ("math", "shared", "global", "local", "barrier", "integer", "conversion",
               "control", "other")
 
+# Pipes slower than one warp instruction per scheduler per clock (the issue model of
+# ``convnet.perf.dynamic``), by opcode; their rates per architecture are in
+# ``convnet.perf.model.PIPE_RESULTS_PER_CLOCK``.
+FP64 = frozenset("DFMA DMUL DADD DSETP DMNMX DSET".split())
+MUFU = frozenset(["MUFU"])
+CONVERT = frozenset("F2F F2I I2F FRND".split())    # not I2FP/F2IP/F2FP: ALU-pipe forms
+FP32 = frozenset("FFMA FMUL FADD FFMA2 FMUL2 FADD2".split())
+PIPES = ("fp32", "fp64", "mufu", "convert")
+
+
+def pipe(opcode: str) -> str | None:
+    """The throughput class of an opcode: ``fp64``, ``mufu`` (transcendentals),
+    ``convert`` (F2F, F2I, I2F, FRND), ``fp32`` (FFMA, FMUL, FADD), else None (one warp
+    instruction per scheduler per clock). Independent of ``classify``'s categories."""
+    for table, name in ((FP64, "fp64"), (MUFU, "mufu"), (CONVERT, "convert"), (FP32, "fp32")):
+        if opcode in table:
+            return name
+    return None
+
 
 def classify(opcode: str, modifiers: tuple[str, ...] = ()) -> str:
     """The category of an opcode (``"FFMA"``, ``"IMAD"``, ``"ULDC"``...); ``other`` if
@@ -172,6 +193,7 @@ class Instruction:
     operands: str                   # the operand text as nvdisasm prints it
     target: str | None              # the label a branch goes to
     category: str
+    source: tuple[str, int] | None = None   # (file name, line) from a line-info build
 
     @property
     def mnemonic(self) -> str:
@@ -193,9 +215,10 @@ _PREDICATE = re.compile(r"^(@!?U?P(?:T|\d+))\s+(.*)$")
 _TARGET = re.compile(r"`\(([^)]+)\)")
 _NVINFO = re.compile(r"//-+ nvinfo : (\w+)")
 _VALUE = re.compile(r"\.(byte|short|word)\s+(.+)$")
+_LINE_INFO = re.compile(r'^\s*//## File "([^"]+)", line (\d+)')
 
 
-def _instruction(offset: int, text: str) -> Instruction:
+def _instruction(offset: int, text: str, source=None) -> Instruction:
     predicate = None
     match = _PREDICATE.match(text)
     if match:
@@ -208,7 +231,8 @@ def _instruction(offset: int, text: str) -> Instruction:
         category = "integer"  # HFMA2.MMA Rx, -RZ, RZ, a, b: ptxas's constant move
     return Instruction(offset=offset, opcode=opcode, modifiers=tuple(modifiers),
                        predicate=predicate, operands=operands.strip(),
-                       target=target.group(1) if target else None, category=category)
+                       target=target.group(1) if target else None, category=category,
+                       source=source)
 
 
 @dataclass
@@ -225,12 +249,13 @@ def parse_disassembly(text: str) -> dict[str, _Code]:
     kind = None
     pending: list[str] = []   # labels waiting for the next instruction
     attribute = None
+    source = None             # the last "//## File" line-info comment
     for line in text.splitlines():
         section = _SECTION.match(line)
         if section:
             kind, name = section.groups()
             code = functions.setdefault(name, _Code())
-            pending, attribute = [], None
+            pending, attribute, source = [], None, None
             continue
         if line.startswith("//---"):
             code, kind = None, None
@@ -238,6 +263,10 @@ def parse_disassembly(text: str) -> dict[str, _Code]:
         if code is None:
             continue
         if kind == "text":
+            where = _LINE_INFO.match(line)
+            if where:
+                source = (Path(where.group(1)).name, int(where.group(2)))
+                continue
             label = _LABEL.match(line)
             if label:
                 pending.append(label.group(1))
@@ -248,7 +277,7 @@ def parse_disassembly(text: str) -> dict[str, _Code]:
                 for name in pending:
                     code.labels[name] = offset
                 pending = []
-                code.instructions.append(_instruction(offset, match.group(2)))
+                code.instructions.append(_instruction(offset, match.group(2), source))
             continue
         # .nv.info.<function>: "//----- nvinfo : EIATTR_X" then .byte/.short/.word lines
         match = _NVINFO.search(line)
@@ -424,14 +453,18 @@ def _info_value(info: dict, name: str, directive: str):
     return values or None
 
 
-def compile_source(source_text: str, program_name: str, kernels, arch: str) -> list[KernelSass]:
+def compile_source(source_text: str, program_name: str, kernels, arch: str,
+                   line_info: bool = False) -> list[KernelSass]:
     """Compile source text (already expanded) for ``arch`` with the project's options
-    and return each kernel's ``KernelSass``."""
+    and return each kernel's ``KernelSass``. ``line_info`` adds ``-lineinfo`` (line
+    tables only: the machine code is the same, a test checks it) and gives every
+    ``Instruction`` its ``source`` (file name, line)."""
     arch = nvrtc.normalize_arch(arch)
     kernels = tuple(kernels)
-    build = nvrtc._compile(source_text, program_name, kernels, nvrtc.compile_options(arch))
+    options = nvrtc.compile_options(arch) + (["-lineinfo"] if line_info else [])
+    build = nvrtc._compile(source_text, program_name, kernels, options)
     usage = nvrtc.parse_ptxas_log(build.log)
-    functions = parse_disassembly(disassemble(build.cubin))
+    functions = parse_disassembly(disassemble(build.cubin, line_info))
     out = []
     for name in kernels:
         mangled = build.lowered[name]

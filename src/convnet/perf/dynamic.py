@@ -1,0 +1,210 @@
+"""Dynamic instruction counts of a launch: the machine code's loops (``convnet.perf.sass``)
+with trip counts inferred from what the emulator counted (``convnet.perf.emu_traffic``).
+
+``regions(kernel_sass)`` splits a kernel's SASS into *regions*: the straight-line code
+(every instruction outside all loops) and each loop's own body (inner loops left out).
+Per region it keeps, as plain JSON: the instruction count, the counts on the slower
+pipes (``sass.pipe``: fp64, mufu, convert, fp32), the barriers (``BAR``), the warp
+operations (``SHFL``, ``VOTE``, ``MATCH``) and the memory instructions per source line
+(``"file:line:space:kind"``, from the ``-lineinfo`` build: space global/shared, kind
+read/write/atomic), and each loop's enclosing loop.
+
+``count(regions, warps, sites, barrier_warps, warp_ops)`` estimates the launch's
+executed warp instructions. Unknowns: X_L, the warp-iterations of loop L over the
+whole grid. The straight-line code runs once per warp (``warps`` of the real grid).
+Each source line's warp-level requests that the emulator counted at that line (the
+g++ build of the same source, its accesses attributed to the innermost inlined
+line as nvdisasm's line table does) give one equation
+
+    sum_L X_L x (memory instructions of line in L's body) = requests(line)
+                                                          - warps x (those in straight code)
+
+and so do barriers (each warp executes every ``__syncthreads`` of its block) and warp
+operations. The equations, each divided by max(its right side, warps) so that every
+line weighs alike, are solved for X >= 0 by non-negative least squares. A loop that no
+equation constrains (no memory access, barrier or warp operation in its own body) is
+taken to run once per iteration of its enclosing loop (once per warp at depth 0): a
+lower bound, said in ``Dynamic.unseen``. Then
+
+    executed = warps x straight + sum_L X_L x (instructions of L's own body)
+
+and likewise per pipe. What it cannot see: a body's instructions skipped by a forward
+branch or predicated off are counted on every iteration (an over-count: e.g. powf's
+rare-input path); accesses the two compilers place differently (nvcc merging two
+loads into one vector load, or hoisting a load g++ keeps in the loop) shift the trip
+counts of the loops holding those lines.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .sass import PIPES, pipe
+
+_READ = frozenset("LDG LD LDGSTS TLD TEX TLD4 SULD".split())
+_WRITE = frozenset("STG ST SUST".split())
+_ATOMIC = frozenset("ATOM ATOMG RED REDG SUATOM SURED".split())
+_SHARED_READ = frozenset("LDS LDSM".split())
+_SHARED_WRITE = frozenset("STS STSM".split())
+_WARP_OPS = frozenset("SHFL VOTE VOTEU MATCH".split())
+
+
+def _access(ins) -> tuple[str, str] | None:
+    """(space, kind) of a memory instruction as the emulator names them, else None."""
+    op = ins.opcode
+    for table, where in ((_READ, ("global", "read")), (_WRITE, ("global", "write")),
+                         (_ATOMIC, ("global", "atomic")), (_SHARED_READ, ("shared", "read")),
+                         (_SHARED_WRITE, ("shared", "write")), ({"ATOMS"}, ("shared", "atomic"))):
+        if op in table:
+            return where
+    return None
+
+
+def site_key(file: str | None, line: int | None, space: str, kind: str) -> str:
+    return f"{file}:{line}:{space}:{kind}"
+
+
+def _region(instructions) -> dict:
+    pipes = Counter(pipe(i.opcode) for i in instructions)
+    memory = Counter()
+    for i in instructions:
+        access = _access(i)
+        if access is not None:
+            file, line = i.source or (None, None)
+            memory[site_key(file, line, *access)] += 1
+    return {"instructions": len(instructions),
+            "pipes": {p: pipes.get(p, 0) for p in PIPES},
+            "barriers": sum(1 for i in instructions if i.opcode == "BAR"),
+            "warp_ops": sum(1 for i in instructions if i.opcode in _WARP_OPS),
+            "memory": dict(memory)}
+
+
+def _blocks(instructions, labels) -> list[dict]:
+    """The basic blocks of a region (split at labels and after branches and EXITs)."""
+    starts = set(labels.values())
+    out, current = [], []
+    for i in instructions:
+        if current and i.offset in starts:
+            out.append(current)
+            current = []
+        current.append(i)
+        if i.is_branch or i.opcode == "EXIT":
+            out.append(current)
+            current = []
+    if current:
+        out.append(current)
+    return [_region(b) for b in out]
+
+
+def _sum(blocks) -> dict:
+    total = {"instructions": 0, "pipes": {p: 0 for p in PIPES}, "barriers": 0, "warp_ops": 0,
+             "memory": Counter()}
+    for b in blocks:
+        total["instructions"] += b["instructions"]
+        total["barriers"] += b["barriers"]
+        total["warp_ops"] += b["warp_ops"]
+        total["memory"].update(b["memory"])
+        for p in PIPES:
+            total["pipes"][p] += b["pipes"][p]
+    total["memory"] = dict(total["memory"])
+    return total
+
+
+def regions(kernel) -> dict:
+    """The regions of a ``sass.KernelSass`` (see the module docstring), JSON-ready:
+    each with its basic blocks (``blocks``) and their sum."""
+    loops = kernel.loops
+    code = list(kernel.instructions)
+    exits = [n for n, i in enumerate(code) if i.opcode == "EXIT"]
+    if exits:   # ptxas's trap ("L: BRA L") and padding NOPs after the final EXIT never run
+        code = code[:exits[-1] + 1] + [i for i in code[exits[-1] + 1:]
+                                       if i.opcode not in ("NOP", "BRA")]
+    inside = [i for i in code if not any(l.start <= i.offset <= l.end for l in loops)]
+    out = []
+    for loop in loops:
+        around = [j for j, o in enumerate(loops) if o is not loop and loop in o.inner]
+        parent = max(around, key=lambda j: loops[j].depth) if around else None
+        blocks = _blocks(loop.own, kernel.labels)
+        out.append({"start": loop.start, "end": loop.end, "depth": loop.depth,
+                    "parent": parent, **_sum(blocks), "blocks": blocks})
+    blocks = _blocks(inside, kernel.labels)
+    return {"straight": {**_sum(blocks), "blocks": blocks}, "loops": out}
+
+
+def _live(region: dict, measured: dict) -> tuple[dict, bool]:
+    """The region without its basic blocks that never ran in this launch (a memory
+    instruction at a line the emulator saw no request at: e.g. the scalar tail of a
+    vectorised loop), and whether any block is left that holds a memory instruction."""
+    blocks = region.get("blocks")
+    if blocks is None:
+        return region, bool(region["memory"])
+    def ran(b):
+        return all(measured.get(k, 0) > 0 for k in b["memory"] if not k.startswith("None:"))
+    live = [b for b in blocks if ran(b)]
+    return _sum(live), any(b["memory"] for b in live)
+
+
+@dataclass
+class Dynamic:
+    """Executed warp instructions of one launch (whole grid) and their parts."""
+
+    instructions: float
+    pipes: dict                       # pipe -> executed warp instructions
+    iterations: list[float]           # X_L per loop (warp-iterations, whole grid)
+    unseen: list[int] = field(default_factory=list)   # loops no equation constrains
+    equations: int = 0
+
+    def as_dict(self) -> dict:
+        return {"instructions": self.instructions, "pipes": self.pipes,
+                "iterations": self.iterations, "unseen": self.unseen,
+                "equations": self.equations}
+
+
+def count(figures: dict, warps: float, sites: dict, barrier_warps: float = 0.0,
+          warp_ops: float = 0.0) -> Dynamic:
+    """Executed warp instructions (see the module docstring). ``figures``: ``regions()``;
+    ``warps``: warps of the grid; ``sites``: ``{site_key: warp requests}`` over the grid;
+    ``barrier_warps``: barriers x warps per block, summed over blocks."""
+    measured = dict(sites)
+    straight = _live(figures["straight"], measured)[0]
+    pruned = [_live(l, measured) for l in figures["loops"]]
+    # a loop whose every memory block is dead never ran: X = 0
+    dead = {j for j, (l, has) in enumerate(pruned)
+            if figures["loops"][j]["memory"] and not has}
+    loops = [{**figures["loops"][j], **{k: v for k, v in l.items() if k != "blocks"}}
+             for j, (l, _) in enumerate(pruned)]
+    measured["#barriers"] = barrier_warps
+    measured["#warp_ops"] = warp_ops
+
+    def coefficients(region):
+        c = dict(region["memory"])
+        c["#barriers"] = region["barriers"]
+        c["#warp_ops"] = region["warp_ops"]
+        return c
+
+    per_loop = [coefficients(l) for l in loops]
+    fixed = coefficients(straight)
+    keys = sorted({k for c in per_loop for k, v in c.items() if v
+                   and not k.startswith("None:") and (k in measured or not k.startswith("#"))})
+    constrained = [j for j, c in enumerate(per_loop) if any(c.get(k) for k in keys)]
+    x = np.zeros(len(loops))
+    if keys and constrained:
+        a = np.array([[per_loop[j].get(k, 0) for j in constrained] for k in keys], float)
+        b = np.array([max(0.0, measured.get(k, 0.0) - warps * fixed.get(k, 0)) for k in keys])
+        scale = np.maximum(b, max(warps, 1.0))
+        from scipy.optimize import nnls
+        solution, _ = nnls(a / scale[:, None], b / scale)
+        x[constrained] = solution
+    unseen = [j for j in range(len(loops)) if j not in constrained and j not in dead]
+    for j in sorted(unseen, key=lambda j: loops[j]["depth"]):   # parents first
+        parent = loops[j]["parent"]
+        x[j] = warps if parent is None else x[parent]
+    for j in dead:
+        x[j] = 0.0
+    total = warps * straight["instructions"] + float(
+        sum(x[j] * l["instructions"] for j, l in enumerate(loops)))
+    pipes = {p: warps * straight["pipes"][p] + float(
+        sum(x[j] * l["pipes"][p] for j, l in enumerate(loops))) for p in PIPES}
+    return Dynamic(total, pipes, [float(v) for v in x], unseen, len(keys))
