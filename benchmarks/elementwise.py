@@ -12,6 +12,14 @@ and CuPy's own elementwise ``maximum``/``where`` always. Bytes are the minimum
 traffic: ReLU forward reads x and writes y (8 B/element), backward reads y and dy
 and writes dx (12 B), dropout reads x and writes y (8 B; its mask is computed, not
 stored). Ratios are recorded, never asserted.
+
+Fusions (emu, cuda): ``linear_relu_dropout`` — the fc epilogue with dropout inside
+(``bias_relu_dropout_forward``, 8 B/element: y read and written) against the two
+launches it replaces (``bias_act_forward<true>`` then ``dropout_apply``, 16 B/element),
+on a (numel / 4096, 4096) output; ``sgd_multi`` — ``sgd_momentum_multi`` over the 16
+parameter tensors of AlexNet's shapes scaled to ``numel`` elements in all (20 B/element)
+against one ``sgd_momentum`` launch each. ``convnet perf --kernel bias_relu_dropout`` /
+``--kernel sgd`` gives the model's figures for the real step.
 """
 from __future__ import annotations
 
@@ -139,6 +147,47 @@ def _cuda_baselines(device, numel, x_host, dy_host, reps, report):
     return found
 
 
+# AlexNet's parameter sizes (one column), scaled down in ``_fusions`` to ``numel`` in all.
+ALEXNET_SIZES = (34848, 96, 307200, 256, 884736, 384, 663552, 384, 442368, 256,
+                 37748736, 4096, 16777216, 4096, 4096000, 1000)
+
+
+def _fusions(device, numel, reps, report):
+    """The fused epilogue and the multi-tensor update against the launches they replace."""
+    from convnet.ops import dropout, linear, sgd
+    rng = np.random.default_rng(7)
+    cols = 4096
+    rows = max(1, numel // cols)
+    plan = dropout.plan(DROPOUT_P, training=True, seed=SEED)
+    y = device.asarray(rng.standard_normal((rows, cols), dtype=np.float32))
+    b = device.asarray(rng.standard_normal(cols, dtype=np.float32))
+    fused = linear.forward_dropout_launch(device, y, b, plan)
+    parts = (linear.forward_launch(device, y, b, True), dropout.apply_launch(device, y, y, plan))
+    scale = numel / sum(ALEXNET_SIZES)
+    sizes = [max(1, int(k * scale)) for k in ALEXNET_SIZES]
+    ws, vs, gs = ([device.asarray(rng.standard_normal(k, dtype=np.float32)) for k in sizes]
+                  for _ in range(3))
+    total = sum(sizes)
+    host, groups = sgd.multi_table(ws, vs, gs, [0.01] * len(sizes), [5e-6] * len(sizes))
+    table = device.asarray(host)
+    multi = sgd.multi_update_launch(device, table, len(sizes), groups, 0.9, total)
+    each = [sgd.update_launch(device, w, v, g, 0.01, 0.9, 5e-6) for w, v, g in zip(ws, vs, gs)]
+    cases = {
+        "linear_relu_dropout_fused": (lambda: device.launch(fused), 8 * y.size),
+        "linear_relu_dropout_separate": (lambda: [device.launch(a) for a in parts], 8 * y.size),
+        "sgd_multi": (lambda: device.launch(multi), 20 * total),
+        "sgd_per_parameter": (lambda: [device.launch(a) for a in each], 20 * total),
+    }
+    results = {name: report.add(harness.measure(fn, device=device, name=name, bytes=nbytes,
+                                                params={"numel": int(nbytes // 4)}, **reps))
+               for name, (fn, nbytes) in cases.items()}
+    for a, b_ in (("linear_relu_dropout_fused", "linear_relu_dropout_separate"),
+                  ("sgd_multi", "sgd_per_parameter")):
+        report.add_ratio(results[a], results[b_], label=f"{a} vs {b_} on {device.name}, "
+                                                        f"numel={numel}")
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_common_args(parser)
@@ -168,10 +217,12 @@ def main(argv=None) -> int:
             try:
                 if device.kind == "emu":
                     _ours(device, numel, x, dy, emu_reps, report, host)
+                    _fusions(device, numel, emu_reps, report)
                 else:
                     # the ratio is against torch where torch runs, else against CuPy
                     base = _cuda_baselines(device, numel, x, dy, cuda_reps, report)
                     _ours(device, numel, x, dy, cuda_reps, report, base)
+                    _fusions(device, numel, cuda_reps, report)
             except Exception as exc:
                 failed = True
                 report.notes[f"error {device.name} numel={numel}"] = f"{type(exc).__name__}: {exc}"
