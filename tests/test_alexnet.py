@@ -263,3 +263,24 @@ def test_builder_errors():
     model = alexnet(num_classes=4, widths=TINY, input_size=SIZE)
     with pytest.raises(ValueError, match=r"expected images of shape \(N, 3, 67, 67\)"):
         model(_images(1, size=SIZE + 1))
+
+
+@pytest.mark.parametrize("device_name", ["cpu", "emu"])
+def test_fc_dropout_fusion_computes_the_same(device_name):
+    """fc6/fc7 run with their dropout in the epilogue (no record) give the same bits as
+    the layers one by one (a record asks for every output): logits, every gradient, and
+    the paper mode's eval scaling."""
+    device = require_device(device_name)
+    x = np.random.default_rng(0).standard_normal((3, 3, 67, 67)).astype(np.float32)
+    for mode in ("paper", "inverted"):
+        out = []
+        for record in (None, {}):
+            model = alexnet(num_classes=10, widths=(8, 16, 16, 16, 16, 32, 32), input_size=67,
+                            seed=3, devices=[device], dropout_mode=mode)
+            y = model(convnet.tensor(x, device=device), record=record)
+            y.sum().backward()
+            model.eval()
+            out.append([y.numpy(), model(convnet.tensor(x, device=device)).numpy()]
+                       + [p.grad.numpy() for _, p in model.named_parameters()])
+        for a, e in zip(*out):
+            np.testing.assert_array_equal(a, e)
