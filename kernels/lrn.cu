@@ -15,8 +15,9 @@
 // Layout: x, y, scale, dy, dx are NCHW float32, C-contiguous; plane = H * W.
 // Work: one thread per (n, group, chunk of `chunk` channels, pixel), pixel fastest so
 // a warp reads consecutive addresses of one channel plane; it walks its channels with
-// the running sums of lrn_window.cuh (double, recounted on cancellation, non-finite
-// terms counted). A chunk reads the lo + hi channels around it as well; the host
+// the window sums and power of lrn_window.cuh (FP32, direct sums in channel order, an
+// rsqrt path for beta = 0.75; the error bounds are stated there and in ops/lrn.py).
+// A chunk reads the lo + hi channels around it as well; the host
 // picks chunk = the whole group unless there are too few columns to fill a GPU.
 // The host passes lo and hi already clipped to group_channels - 1 (the same windows).
 // Global loads run one channel ahead of the arithmetic, so that on a GPU each thread
@@ -25,6 +26,8 @@
 // Launch: 1-D blocks of T threads (T a multiple of 32), a grid-stride loop over the
 // columns; dynamic shared memory: the rings, width = lo + hi + 1 slots per thread of
 // 4 bytes each: 1 ring in the forward (T * width * 4 bytes), 3 in the backward.
+// The backward's column walk (cn_lrn_backward_column, lrn_window.cuh) is shared with
+// the fused max-pool + LRN backward of lrn_max_pool.cu.
 //
 // Variants: lrn_forward<WRITE_SCALE> also stores s (for a backward that reads it);
 // lrn_backward<SAVED_SCALE> reads s from the forward instead of recomputing it from
@@ -71,7 +74,7 @@ __global__ void lrn_forward(const float* __restrict__ x, float* __restrict__ y,
     float* ring = cn_lrn_ring + threadIdx.x;
     const int chunks = (channels / groups + chunk - 1) / chunk;
     const long long columns = (long long)batch * groups * chunks * plane;
-    const double alpha_d = alpha, k_d = k;
+    const bool beta75 = beta == 0.75f;
 
     for (long long t = cn_global_thread(); t < columns; t += cn_grid_threads()) {
         const cn_lrn_column col = cn_lrn_locate(t, channels, plane, groups, chunk);
@@ -81,24 +84,22 @@ __global__ void lrn_forward(const float* __restrict__ x, float* __restrict__ y,
         for (int c = col.c0; c < col.c1; ++c) {
             float a;
             const float s = cn_lrn_step(walk, xc, plane, c, col.g0, col.g1, hi, width, ring,
-                                        stride, alpha_d, k_d, a);
-            y[col.base + (long long)c * plane] = a * powf(s, -beta);
+                                        stride, alpha, k, a);
+            y[col.base + (long long)c * plane] = cn_lrn_times_power(a, s, beta, beta75);
             if (WRITE_SCALE) scale[col.base + (long long)c * plane] = s;
         }
     }
 }
 
+// The gradient of the LRN output at channel j of one column: a plain array.
+struct cn_lrn_plain_grad {
+    const float* __restrict__ dyc;  // dy + the column's base
+    int plane;
+    __device__ __forceinline__ float operator()(int j) const { return dyc[(long long)j * plane]; }
+};
+
 // dx from x and dy; s from `scale` (SAVED_SCALE) or recomputed (then `scale` is unused).
-//
-// The thread steps j from c0 - hi to c1 - 1 + lo. At step j it computes s[j] (a window
-// of squares over [j - lo, j + hi], entering channel j + hi), r[j] and the direct term
-// dy[j] * s[j]^-beta (both zero outside the group), and slides the window of r over
-// [j - lo - hi, j] = the mirrored window of c = j - lo, whose dx it then writes.
-// Rings (a slot is an index's offset from the ring's first index, mod width):
-//   rr, dr: r and the direct terms over [j - lo - hi, j]; slot of j: (j - (c0 - hi)).
-//   xr with recompute: x over [j - lo, j + hi]; slot of x[i]: (i - (c0 - hi - lo)), so
-//     channel c = j - lo is the oldest, in the slot the next entering channel takes.
-//   xr with a saved scale: x over [j - lo - hi, j], slotted like rr.
+// The walk is cn_lrn_backward_column (lrn_window.cuh).
 template <bool SAVED_SCALE>
 __global__ void lrn_backward(const float* __restrict__ x, const float* __restrict__ scale,
                              const float* __restrict__ dy, float* __restrict__ dx, int batch,
@@ -113,74 +114,13 @@ __global__ void lrn_backward(const float* __restrict__ x, const float* __restric
     float* dr = rr + width * stride;
     const int chunks = (channels / groups + chunk - 1) / chunk;
     const long long columns = (long long)batch * groups * chunks * plane;
-    const double alpha_d = alpha, k_d = k;
-    const float coef = 2.0f * alpha * beta;
+    const bool beta75 = beta == 0.75f;
 
     for (long long t = cn_global_thread(); t < columns; t += cn_grid_threads()) {
         const cn_lrn_column col = cn_lrn_locate(t, channels, plane, groups, chunk);
-        const float* xc = x + col.base;
-        const float* dyc = dy + col.base;
-        cn_window_sum rsum;
-        cn_window_reset(rsum);
-        for (int s = 0; s < width; ++s) {
-            rr[s * stride] = 0.0f;
-            dr[s * stride] = 0.0f;
-        }
-        // With recompute, the forward's walk from j = c0 - hi: its window is
-        // [j - lo, j + hi], so after a step its oldest channel, in the slot the next
-        // channel takes, is c = j - lo.
-        cn_lrn_walk walk{};
-        if (!SAVED_SCALE)
-            cn_lrn_prime(walk, xc, plane, col.c0 - hi, col.g0, col.g1, lo, hi, width, xr, stride);
-        int slot = 0;                         // slot of j in rr, dr (xr with a saved scale)
-        int cslot = (width - lo) % width;     // slot of c = j - lo there
-        // x[j], s[j] (saved) and dy[j] of the next step, loaded one step ahead
-        const int j0 = col.c0 - hi;
-        bool inside_next = j0 >= col.g0;
-        float dy_next = inside_next ? dyc[(long long)j0 * plane] : 0.0f;
-        float x_next = 0.0f, s_next = 1.0f;
-        if (SAVED_SCALE && inside_next) {
-            x_next = xc[(long long)j0 * plane];
-            s_next = scale[col.base + (long long)j0 * plane];
-        }
-        for (int j = j0; j < col.c1 + lo; ++j) {
-            const bool inside = inside_next;
-            const float dy_j = dy_next;
-            float a_j = x_next, s_j = s_next;
-            inside_next = j + 1 >= col.g0 && j + 1 < col.g1;
-            dy_next = inside_next ? dyc[(long long)(j + 1) * plane] : 0.0f;
-            if (SAVED_SCALE) {
-                x_next = inside_next ? xc[(long long)(j + 1) * plane] : 0.0f;
-                s_next = inside_next ? scale[col.base + (long long)(j + 1) * plane] : 1.0f;
-                xr[slot * stride] = a_j;
-            } else {
-                float a;
-                const float s = cn_lrn_step(walk, xc, plane, j, col.g0, col.g1, hi, width, xr,
-                                            stride, alpha_d, k_d, a);
-                if (inside) {
-                    a_j = a;
-                    s_j = s;
-                }
-            }
-            float r = 0.0f, direct = 0.0f;
-            if (inside) {
-                direct = dy_j * powf(s_j, -beta);
-                r = direct * a_j / s_j;
-            }
-            const float old_r = rr[slot * stride];
-            rr[slot * stride] = r;
-            dr[slot * stride] = direct;
-            cn_window_slide(rsum, r, old_r);
-            if (cn_window_needs_recount(rsum)) cn_window_recount(rsum, rr, stride, width);
-            const int c = j - lo;
-            if (c >= col.c0) {
-                const float a_c = xr[(SAVED_SCALE ? cslot : walk.slot) * stride];
-                const float d_c = dr[cslot * stride];
-                const float sum_r = (float)cn_window_value(rsum);
-                dx[col.base + (long long)c * plane] = d_c - coef * a_c * sum_r;
-            }
-            slot = slot + 1 == width ? 0 : slot + 1;
-            cslot = cslot + 1 == width ? 0 : cslot + 1;
-        }
+        const cn_lrn_plain_grad grad{dy + col.base, plane};
+        cn_lrn_backward_column<SAVED_SCALE>(x + col.base, scale + col.base, dx + col.base, grad,
+                                            plane, col.c0, col.c1, col.g0, col.g1, lo, hi, width,
+                                            xr, rr, dr, stride, alpha, beta, beta75, k);
     }
 }

@@ -7,8 +7,8 @@
 // with exactly the semantics of lrn.cu and max_pool.cu (the same window sums from
 // lrn_window.cuh, the same choice of maximum from pool_window.cuh), so the output is
 // bit-identical to running lrn_forward<false> and max_pool_forward_index in turn.
-// The backward is those two ops' backward kernels (max_pool_backward gives the
-// gradient of the LRN output, lrn_backward<false> recomputes s from x).
+// The backward is lrn_max_pool_backward below: max-pool's backward and LRN's in one
+// pass, bit-identical to max_pool_backward then lrn_backward<false> (s recomputed).
 //
 // Layout: x NCHW float32; y, argmax (N, C, OH, OW); IndexT as in max_pool.cu.
 //
@@ -24,6 +24,16 @@
 //      pooled from z; __syncthreads before the next step overwrites z.
 // Dynamic shared memory: (width + depth) * blockDim.x floats (width = lo + hi + 1
 // slots of each thread's ring, then z).
+//
+// lrn_max_pool_backward: dx from x, the pooled gradient dy and the saved argmax, never
+// storing the LRN output's gradient dz. Launched as lrn_backward (ops/lrn.py's
+// geometry, 3 rings): a thread per (n, group, chunk of channels, input pixel), pixel
+// fastest, walking its channels with cn_lrn_backward_column (lrn_window.cuh), which
+// asks for dz one channel ahead; dz at (channel j, this pixel) is gathered there from
+// the pooled outputs whose windows cover the pixel and whose argmax is it, summed in
+// row-major output order (max_pool_backward's rule and order, so the same bits). For
+// 3x3/2 pooling a pixel is covered by 1 to 4 outputs (2.25 on average): their dy and
+// argmax are read by the up to 4 neighbouring pixels' threads (L1 hits).
 #include "common.cuh"
 #include "lrn_window.cuh"
 #include "pool_window.cuh"
@@ -44,7 +54,7 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
     const int rw = (tile_w - 1) * sw + kw;
     const int tiles_w = (OW + tile_w - 1) / tile_w, tiles_h = (OH + tile_h - 1) / tile_h;
     const int group_channels = channels / groups;
-    const double alpha_d = alpha, k_d = k;
+    const bool beta75 = beta == 0.75f;
     const long long plane = (long long)H * W, out_plane = (long long)OH * OW;
     const long long blocks = (long long)batch * groups * tiles_h * tiles_w;
 
@@ -73,8 +83,8 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
                 for (int d = 0; d < count; ++d) {
                     float a;
                     const float s = cn_lrn_step(walk, xc, (int)plane, cb + d, g0, g1, hi, width,
-                                                ring, region, alpha_d, k_d, a);
-                    z[d * region + t] = a * powf(s, -beta);
+                                                ring, region, alpha, k, a);
+                    z[d * region + t] = cn_lrn_times_power(a, s, beta, beta75);
                 }
             }
             __syncthreads();
@@ -94,5 +104,89 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
             }
             __syncthreads();
         }
+    }
+}
+
+// The gradient of the LRN output at (channel j, one input pixel), gathered from the
+// pooled gradient: the covering outputs [oh0, oh1] x [ow0, ow1] whose argmax is the
+// pixel. want0 is the argmax value that means this pixel for output (oh0, ow0); it
+// falls by sh * kw per output row and by sw per output column.
+template <typename IndexT>
+struct cn_lrn_pooled_grad {
+    const float* __restrict__ dyn;     // dy of image n, channel 0
+    const IndexT* __restrict__ an;     // argmax of image n, channel 0
+    long long out_plane;
+    int OW, oh0, oh1, ow0, ow1, want0, row_step, col_step;
+    __device__ __forceinline__ float operator()(int j) const
+    {
+        const float* dyp = dyn + (long long)j * out_plane;
+        const IndexT* ap = an + (long long)j * out_plane;
+        float acc = 0.0f;
+        int want_row = want0;
+        for (int oh = oh0; oh <= oh1; ++oh, want_row -= row_step) {
+            int want = want_row;
+            for (int ow = ow0; ow <= ow1; ++ow, want -= col_step) {
+                const int o = oh * OW + ow;
+                if ((int)ap[o] == want) acc += dyp[o];
+            }
+        }
+        return acc;
+    }
+};
+
+// The outputs whose windows (k wide, stride st, padding pad) cover input index i:
+// [first, last] (empty when first > last).
+static __device__ __forceinline__ void cn_lrn_pool_cover(int i, int k, int st, int pad, int outs,
+                                                         int& first, int& last)
+{
+    const int low = i + pad - k + 1;  // o * st >= low
+    first = low > 0 ? (low + st - 1) / st : 0;
+    last = min((i + pad) / st, outs - 1);
+}
+
+template <typename IndexT>
+__global__ void lrn_max_pool_backward(const float* __restrict__ x, const float* __restrict__ dy,
+                                      const IndexT* __restrict__ argmax, float* __restrict__ dx,
+                                      int batch, int channels, int H, int W, int groups, int chunk,
+                                      int lo, int hi, float alpha, float beta, float k, int OH,
+                                      int OW, int kh, int kw, int sh, int sw, int ph, int pw)
+{
+    extern __shared__ float cn_lrn_ring[];
+    const int width = lo + hi + 1;
+    const int stride = blockDim.x;
+    float* xr = cn_lrn_ring + threadIdx.x;
+    float* rr = xr + width * stride;
+    float* dr = rr + width * stride;
+    const int plane = H * W;
+    const long long out_plane = (long long)OH * OW;
+    const int group_channels = channels / groups;
+    const int chunks = (group_channels + chunk - 1) / chunk;
+    const long long columns = (long long)batch * groups * chunks * plane;
+    const bool beta75 = beta == 0.75f;
+
+    for (long long t = cn_global_thread(); t < columns; t += cn_grid_threads()) {
+        const int pixel = (int)(t % plane);
+        long long rest = t / plane;
+        const int q = (int)(rest % chunks);
+        rest /= chunks;
+        const int g = (int)(rest % groups);
+        const long long n = rest / groups;
+        const int h = pixel / W, w = pixel - h * W;
+        const long long base = n * channels * (long long)plane + pixel;
+        const int g0 = g * group_channels, g1 = g0 + group_channels;
+        const int c0 = g0 + q * chunk, c1 = min(c0 + chunk, g1);
+        cn_lrn_pooled_grad<IndexT> grad;
+        grad.dyn = dy + n * channels * out_plane;
+        grad.an = argmax + n * channels * out_plane;
+        grad.out_plane = out_plane;
+        grad.OW = OW;
+        cn_lrn_pool_cover(h, kh, sh, ph, OH, grad.oh0, grad.oh1);
+        cn_lrn_pool_cover(w, kw, sw, pw, OW, grad.ow0, grad.ow1);
+        // window offset of the pixel in output (oh, ow): (h - (oh sh - ph)) kw + w - (ow sw - pw)
+        grad.want0 = (h - (grad.oh0 * sh - ph)) * kw + (w - (grad.ow0 * sw - pw));
+        grad.row_step = sh * kw;
+        grad.col_step = sw;
+        cn_lrn_backward_column<false>(x + base, x + base, dx + base, grad, plane, c0, c1, g0, g1,
+                                      lo, hi, width, xr, rr, dr, stride, alpha, beta, beta75, k);
     }
 }

@@ -1,156 +1,129 @@
-// lrn_window.cuh: the sliding-window sums of the LRN kernels (lrn.cu, lrn_max_pool.cu),
-// and the forward's walk down one column.
+// lrn_window.cuh: the channel walk of the LRN kernels (lrn.cu, lrn_max_pool.cu): window
+// sums in FP32, the power s^-beta, and the walk down one column.
 //
-// A thread walks one column of an NCHW tensor (fixed n, h, w) along the channels and
-// keeps the sum of the `width` most recent terms (a[c]^2 in the forward, dy*b/s in the
-// backward): add the entering term, subtract the leaving one. The terms themselves sit
-// in a ring in shared memory (ring[slot * stride], slots 0..width-1, one ring per
-// thread, stride = blockDim.x, so the threads of a warp hit distinct banks), so each
-// input element is read from global memory once and the leaving term is exact.
+// A thread walks one column of an NCHW tensor (fixed n, h, w) along the channels. The
+// `width` most recent values sit in a ring in shared memory (ring[slot * stride], slots
+// 0..width-1, one ring per thread, stride = blockDim.x so the threads of a warp hit
+// distinct banks); each input element is read from global memory once.
 //
-// Why the sum does not drift:
-//  * It is kept in double. Each term is a float (or the square of one, exact in
-//    double), so every add or subtract rounds by at most 2^-53 of the running sum.
-//  * Cancellation is bounded by an exact recount: `mag` is the sum of |term| over the
-//    window and `peak` the largest `mag` seen since the last recount; when `mag` falls
-//    below peak / 2^10 (a large term has left), the sum is recomputed from the ring
-//    and `peak` reset. The error of the sum is then at most about
-//    steps * 2^-53 * 2^10 * mag (steps since the recount, at most the column length):
-//    below 1e-9 relative for 10,000 channels. Recounts are rare (ReLU zeros make
-//    some: a window of zeros after a non-zero one), and cost `width` shared reads.
-//  * Non-finite terms never enter the double sum: they are counted (NaN, +inf, -inf),
-//    so a NaN or inf affects exactly the windows that hold it, as in a direct sum.
-//    value() = NaN if the window holds a NaN or both infinities, else +-inf if it
-//    holds one, else the finite sum.
-// Cost on a GPU: about ten FP64 operations per element and window, cheap where FP64
-// runs at half the FP32 rate (A100, H100, H200); on GPUs with 1/64-rate FP64 they
-// would bound the LRN kernels' speed.
+// Window sums are DIRECT, in FP32, in channel order (oldest first: the ring is read
+// from the oldest slot to the end, then from slot 0), one FMA per term; no running
+// sum, so nothing to drift or cancel:
+//  * squares (forward): every term >= 0, so the sum of w terms is within
+//    (w - 1) u of the exact sum (u = 2^-24; Higham's gamma bound, first order);
+//    s = fma(alpha, sum, k) adds one rounding: |s - s_exact| <= (w + 1) u s for k >= 0.
+//    A square below 2^-126 (|a| < 2^-63) is flushed (FTZ): at most w alpha 2^-126
+//    absolute. A sum above 2^126 (or inf: a^2 overflows for |a| > 1.8e19) is redone in
+//    FP64 (k + alpha sum rounded once: the float64 reference's own value); never taken
+//    on ordinary data, it keeps 1e-20..1e20 within a window exact.
+//  * signed terms (backward r): within (w - 1) u of sum |r| (the sum's condition).
+//  * NaN and inf propagate as in the direct float64 sum (inf + -inf = NaN): a non-finite
+//    value affects exactly the windows that hold it.
+// The order is the same for every chunk, launch and kernel (forward, backward's
+// recompute, fused), so s is bit-identical wherever it is computed.
+//
+// The power p = s^-beta, applied to a value v (cn_lrn_times_power):
+//  * beta = 0.75: q = rsqrt(s) = s^-1/2, t = rsqrt(q) = s^1/4, p = q * (q * t). On a GPU
+//    rsqrtf is MUFU.RSQ (<= 2 ulp, relative <= 2^-22): |p - p_exact| <= 3 * 2^-22 p.
+//    (q * t first keeps the product in range for every float s.)
+//  * other beta: s = m 2^e (m in [1, 2), e exact from the bits), p = 2^(-beta e) *
+//    2^(-beta log2 m), the integer part n of -beta e split off exactly (fma residual),
+//    so the approximate log2 (abs error <= 2^-22 on [1, 2)) and exp2 (<= 2 ulp) see
+//    arguments of size <= 1 + |beta|, and v * 2^f is scaled by 2^n last (exact):
+//    |p - p_exact| <= (3.5 |beta| + 5) u p (u = 2^-24) for results in the normal range.
+//  * s = 0, inf or NaN, or |beta| > 64: powf (IEEE special values, the reference's).
+// ops/lrn.py (error_bound) turns these into the bounds the tests hold the kernels to.
 #pragma once
-
-struct cn_window_sum {
-    double sum;   // the finite terms
-    double mag;   // the sum of |term| over the finite terms
-    double peak;  // the largest mag since the last recount
-    int nan, pinf, ninf;
-};
 
 static __device__ __forceinline__ float cn_inf() { return __int_as_float(0x7f800000); }
 
-static __device__ __forceinline__ void cn_window_reset(cn_window_sum& w)
+// v * s^-beta off the beta = 0.75 path: a call, so that its code (and powf's) stays out
+// of the channel loop (a GPU issues the loop's instructions, not the callee's, when
+// beta = 0.75). The general path scales v * 2^f by 2^n last, so a product in the
+// normal range is not lost to a power below it (s^-beta < 2^-126 with v large).
+static __device__ __noinline__ float cn_lrn_times_power_general(float v, float s, float beta)
 {
-    w.sum = 0.0;
-    w.mag = 0.0;
-    w.peak = 0.0;
-    w.nan = 0;
-    w.pinf = 0;
-    w.ninf = 0;
+    if (!(s > 0.0f && s < cn_inf()) || !(fabsf(beta) <= 64.0f)) return v * powf(s, -beta);
+    const int e = (int)((__float_as_uint(s) >> 23) & 0xff) - 127;  // s normal (FTZ)
+    const float m = __uint_as_float((__float_as_uint(s) & 0x007fffffu) | 0x3f800000u);
+    const float be = -beta * (float)e;           // -beta e, rounded
+    const float lo = fmaf(-beta, (float)e, -be);  // and its exact residual
+    const float n = rintf(be);
+    const float f = (be - n) + lo - beta * __log2f(m);  // be - n exact: |f| <= 1/2 + |beta|
+    return ldexpf(v * exp2f(f), (int)n);
 }
 
-static __device__ __forceinline__ bool cn_finite(float v)
+// v * s^-beta, beta75 = (beta == 0.75f) (warp-uniform: a kernel argument).
+static __device__ __forceinline__ float cn_lrn_times_power(float v, float s, float beta,
+                                                           bool beta75)
 {
-    return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
-}
-
-// Count a term in (sign = +1) or out (sign = -1) of the window.
-static __device__ __forceinline__ void cn_window_update(cn_window_sum& w, double t, int sign)
-{
-    if (t - t == 0.0) {  // finite
-        const double m = t < 0.0 ? -t : t;
-        w.sum += sign > 0 ? t : -t;
-        w.mag += sign > 0 ? m : -m;
-    } else if (t != t) {
-        w.nan += sign;
-    } else if (t > 0.0) {
-        w.pinf += sign;
-    } else {
-        w.ninf += sign;
+    if (beta75 && s > 0.0f && s < cn_inf()) {
+        const float q = rsqrtf(s);
+        const float t = rsqrtf(q);
+        return v * (q * (q * t));
     }
+    return cn_lrn_times_power_general(v, s, beta);
 }
 
-// Slide the window by one: term `in` enters, term `out` leaves. One rounding per step
-// when both are finite (the common case: in - out is exact or rounded once).
-static __device__ __forceinline__ void cn_window_slide(cn_window_sum& w, float in, float out)
+// The sum of ring[slot] for the width slots starting at `oldest` (channel order).
+static __device__ __forceinline__ float cn_ring_sum(const float* ring, int stride, int width,
+                                                    int oldest)
 {
-    if (cn_finite(in) && cn_finite(out)) {
-        const double i = in, o = out;
-        w.sum += i - o;
-        w.mag += (i < 0.0 ? -i : i) - (o < 0.0 ? -o : o);
-    } else {
-        cn_window_update(w, (double)out, -1);
-        cn_window_update(w, (double)in, 1);
+    float acc = 0.0f;
+    for (int s = oldest; s < width; ++s) acc += ring[s * stride];
+    for (int s = 0; s < oldest; ++s) acc += ring[s * stride];
+    return acc;
+}
+
+// The same for the squares of the ring's values.
+static __device__ __forceinline__ float cn_ring_squares(const float* ring, int stride, int width,
+                                                        int oldest)
+{
+    float acc = 0.0f;
+    for (int s = oldest; s < width; ++s) {
+        const float a = ring[s * stride];
+        acc = fmaf(a, a, acc);
     }
-}
-
-// The same for a window of squares: a^2 enters, b^2 leaves (exact in double; mag = sum).
-static __device__ __forceinline__ void cn_window_slide_squares(cn_window_sum& w, float a, float b)
-{
-    if (cn_finite(a) && cn_finite(b)) {
-        const double i = a, o = b;
-        w.sum += i * i - o * o;
-        w.mag = w.sum;
-    } else {
-        cn_window_update(w, (double)b * b, -1);
-        cn_window_update(w, (double)a * a, 1);
+    for (int s = 0; s < oldest; ++s) {
+        const float a = ring[s * stride];
+        acc = fmaf(a, a, acc);
     }
+    return acc;
 }
 
-// Whether cancellation has eaten into the sum enough to recount it (and track the peak).
-static __device__ __forceinline__ bool cn_window_needs_recount(cn_window_sum& w)
+// s in FP64 when the FP32 sum of squares overflowed or came near it: out of line (a
+// call), so the channel loop does not carry its code.
+static __device__ __noinline__ float cn_lrn_scale_wide(const float* ring, int stride, int width,
+                                                       int oldest, float alpha, float k)
 {
-    if (w.mag > w.peak) w.peak = w.mag;
-    return w.mag < w.peak * (1.0 / 1024.0);
-}
-
-// The window's sum: NaN, +-inf, or the finite sum (see the header).
-static __device__ __forceinline__ double cn_window_value(const cn_window_sum& w)
-{
-    if (w.nan > 0 || (w.pinf > 0 && w.ninf > 0)) return (double)__int_as_float(0x7fc00000);
-    if (w.pinf > 0) return (double)cn_inf();
-    if (w.ninf > 0) return -(double)cn_inf();
-    return w.sum;
-}
-
-// Recount the window of squares a^2 from a ring of a values.
-static __device__ __forceinline__ void cn_window_recount_squares(cn_window_sum& w, const float* ring,
-                                                                 int stride, int width)
-{
-    cn_window_reset(w);
-    for (int s = 0; s < width; ++s) {
+    double sum = 0.0;
+    for (int i = 0; i < width; ++i) {
+        const int s = oldest + i < width ? oldest + i : oldest + i - width;
         const double a = (double)ring[s * stride];
-        cn_window_update(w, a * a, 1);
+        sum += a * a;
     }
-    w.peak = w.mag;
+    return (float)((double)k + (double)alpha * sum);
 }
 
-// Recount the window of signed terms from a ring of them.
-static __device__ __forceinline__ void cn_window_recount(cn_window_sum& w, const float* ring,
-                                                         int stride, int width)
+// The LRN scale s = k + alpha * sum of squares over the ring (see the header).
+static __device__ __forceinline__ float cn_lrn_scale(const float* ring, int stride, int width,
+                                                     int oldest, float alpha, float k)
 {
-    cn_window_reset(w);
-    for (int s = 0; s < width; ++s) cn_window_update(w, (double)ring[s * stride], 1);
-    w.peak = w.mag;
+    const float acc = cn_ring_squares(ring, stride, width, oldest);
+    // overflowed or near it (a NaN fails the test and propagates)
+    if (acc > 0x1p126f) return cn_lrn_scale_wide(ring, stride, width, oldest, alpha, k);
+    return fmaf(alpha, acc, k);
 }
 
-// The LRN scale s = k + alpha * sum, rounded once to float (the sum of squares may have
-// drifted below zero by rounding; it is clamped).
-static __device__ __forceinline__ float cn_lrn_scale(const cn_window_sum& squares, double alpha,
-                                                     double k)
-{
-    double sum = cn_window_value(squares);
-    if (sum < 0.0) sum = 0.0;
-    return (float)(k + alpha * sum);
-}
-
-// The forward's walk down one column (channels c0, c0 + 1, ... of the group [g0, g1)):
-// channel i sits in ring slot (i - (c0 - lo)) mod width. cn_lrn_prime fills the window
-// of c0 except its last channel; each cn_lrn_step then enters channel c + hi (zero
-// outside the group), lets c - lo - 1 leave, and returns s[c] and a[c]. The entering
-// value is loaded one step ahead (`next`), so that on a GPU the load of the next
-// channel is in flight while this one is computed.
+// The walk down one column (channels c0, c0 + 1, ... of the group [g0, g1)): after the
+// step of channel c the ring holds channels c - lo .. c + hi, channel c - lo in slot
+// `slot` (the oldest, which the next step's entering channel replaces). cn_lrn_prime
+// fills the window of c0 except its last channel; each cn_lrn_step then enters channel
+// c + hi (zero outside the group) and returns s[c] and a[c]. The entering value is
+// loaded one step ahead (`next`), so on a GPU the next load is in flight meanwhile.
 struct cn_lrn_walk {
-    cn_window_sum squares;
-    int slot;    // where channel c + hi goes (and c - lo - 1 leaves)
-    int centre;  // where channel c sits
+    int slot;    // where channel c + hi goes at the next step
+    int centre;  // where the next step's channel c sits
     float next;  // channel c + hi, loaded at the previous step
 };
 
@@ -164,13 +137,7 @@ static __device__ __forceinline__ void cn_lrn_prime(cn_lrn_walk& walk, const flo
                                                     int plane, int c0, int g0, int g1, int lo,
                                                     int hi, int width, float* ring, int stride)
 {
-    cn_window_reset(walk.squares);
-    ring[(width - 1) * stride] = 0.0f;  // the (zero) term that leaves at the first step
-    for (int s = 0; s < width - 1; ++s) {
-        const float v = cn_lrn_load(xc, plane, c0 - lo + s, g0, g1);
-        ring[s * stride] = v;
-        cn_window_update(walk.squares, (double)v * v, 1);
-    }
+    for (int s = 0; s < width - 1; ++s) ring[s * stride] = cn_lrn_load(xc, plane, c0 - lo + s, g0, g1);
     walk.slot = width - 1;
     walk.centre = lo;
     walk.next = cn_lrn_load(xc, plane, c0 + hi, g0, g1);
@@ -179,17 +146,94 @@ static __device__ __forceinline__ void cn_lrn_prime(cn_lrn_walk& walk, const flo
 static __device__ __forceinline__ float cn_lrn_step(cn_lrn_walk& walk, const float* __restrict__ xc,
                                                     int plane, int c, int g0, int g1, int hi,
                                                     int width, float* ring, int stride,
-                                                    double alpha, double k, float& a)
+                                                    float alpha, float k, float& a)
 {
     const float v = walk.next;
     walk.next = cn_lrn_load(xc, plane, c + 1 + hi, g0, g1);
-    const float old = ring[walk.slot * stride];
     ring[walk.slot * stride] = v;
-    cn_window_slide_squares(walk.squares, v, old);
-    if (cn_window_needs_recount(walk.squares))
-        cn_window_recount_squares(walk.squares, ring, stride, width);
+    walk.slot = walk.slot + 1 == width ? 0 : walk.slot + 1;  // now the oldest: c - lo
     a = ring[walk.centre * stride];
-    walk.slot = walk.slot + 1 == width ? 0 : walk.slot + 1;
     walk.centre = walk.centre + 1 == width ? 0 : walk.centre + 1;
-    return cn_lrn_scale(walk.squares, alpha, k);
+    return cn_lrn_scale(ring, stride, width, walk.slot, alpha, k);
+}
+
+// The backward down one column: dx[c] for c in [c0, c1) of the group [g0, g1), from x,
+// the gradient of the LRN output dz (grad(j): channel j's, j inside the group; a plain
+// array in lrn_backward, gathered from the pooled gradient in lrn_max_pool_backward)
+// and s (read from `sc` with SAVED_SCALE, else recomputed by the forward's walk).
+//
+// The thread steps j from c0 - hi to c1 - 1 + lo. At step j it has s[j] (window
+// [j - lo, j + hi]), r[j] = dz[j] p[j] a[j] / s[j] and the direct term dz[j] p[j] (both
+// zero outside the group), and the window of r over [j - lo - hi, j] = the mirrored
+// window of c = j - lo, whose dx it then writes:
+//   dx[c] = dz[c] p[c] - 2 alpha beta a[c] sum r   (r held as r 2^40: see below).
+// Rings (a slot is an index's offset from the ring's first index, mod width):
+//   rr, dr: r and the direct terms over [j - lo - hi, j]; slot of j: (j - (c0 - hi)).
+//   xr with recompute: the forward walk's ring, x over [j - lo, j + hi]; after the step
+//     its oldest slot (walk.slot) holds channel c = j - lo.
+//   xr with a saved scale: x over [j - lo - hi, j], slotted like rr.
+template <bool SAVED_SCALE, class Grad>
+static __device__ __forceinline__ void cn_lrn_backward_column(
+    const float* __restrict__ xc, const float* __restrict__ sc, float* __restrict__ dxc,
+    const Grad& grad, int plane, int c0, int c1, int g0, int g1, int lo, int hi, int width,
+    float* xr, float* rr, float* dr, int stride, float alpha, float beta, bool beta75, float k)
+{
+    const float coef = 2.0f * alpha * beta;
+    for (int s = 0; s < width; ++s) {
+        rr[s * stride] = 0.0f;
+        dr[s * stride] = 0.0f;
+    }
+    cn_lrn_walk walk{};
+    if (!SAVED_SCALE) cn_lrn_prime(walk, xc, plane, c0 - hi, g0, g1, lo, hi, width, xr, stride);
+    int slot = 0;                      // slot of j in rr, dr (xr with a saved scale)
+    int cslot = (width - lo) % width;  // slot of c = j - lo there
+    // dz[j], x[j] and s[j] (saved) of the next step, loaded one step ahead
+    const int j0 = c0 - hi;
+    bool inside_next = j0 >= g0;
+    float dz_next = inside_next ? grad(j0) : 0.0f;
+    float x_next = 0.0f, s_next = 1.0f;
+    if (SAVED_SCALE && inside_next) {
+        x_next = xc[(long long)j0 * plane];
+        s_next = sc[(long long)j0 * plane];
+    }
+    for (int j = j0; j < c1 + lo; ++j) {
+        const bool inside = inside_next;
+        const float dz_j = dz_next;
+        float a_j = x_next, s_j = s_next;
+        inside_next = j + 1 >= g0 && j + 1 < g1;
+        dz_next = inside_next ? grad(j + 1) : 0.0f;
+        if (SAVED_SCALE) {
+            x_next = inside_next ? xc[(long long)(j + 1) * plane] : 0.0f;
+            s_next = inside_next ? sc[(long long)(j + 1) * plane] : 1.0f;
+            xr[slot * stride] = a_j;
+        } else {
+            float a;
+            const float s = cn_lrn_step(walk, xc, plane, j, g0, g1, hi, width, xr, stride,
+                                        alpha, k, a);
+            if (inside) {
+                a_j = a;
+                s_j = s;
+            }
+        }
+        // r is kept scaled by 2^40 (exact): d a / s falls below 2^-126 (flushed) for
+        // large a (~1e20) while 2 alpha beta a r is still comparable with d
+        float r = 0.0f, direct = 0.0f;
+        if (inside) {
+            direct = cn_lrn_times_power(dz_j, s_j, beta, beta75);
+            // __fdividef gives 0 for s > 2^126: both sides scaled by 2^-32 there
+            const float half = s_j > 0x1p120f ? 0x1p-32f : 1.0f;
+            r = (direct * 0x1p40f) * __fdividef(a_j * half, s_j * half);
+        }
+        rr[slot * stride] = r;
+        dr[slot * stride] = direct;
+        slot = slot + 1 == width ? 0 : slot + 1;  // now the oldest of rr: j - lo - hi
+        const int c = j - lo;
+        if (c >= c0) {
+            const float a_c = xr[(SAVED_SCALE ? cslot : walk.slot) * stride];
+            const float d_c = dr[cslot * stride];
+            const float sum_r = cn_ring_sum(rr, stride, width, slot);
+            dxc[(long long)c * plane] = fmaf((coef * a_c) * sum_r, -0x1p-40f, d_c);
+        }
+        cslot = cslot + 1 == width ? 0 : cslot + 1;
+    }
 }

@@ -59,6 +59,60 @@ def _close(got, expected, rtol):
                            f"expected {e[bad][:4]}")
 
 
+U = lrn_ops.U
+TINY = 2.0 ** -120  # absolute slack for flushed subnormals (FTZ), far below any test value
+
+
+def _exact(x, dy, params):
+    """The float64 formula, unrounded, with alpha, beta, k as the float32 kernels get them:
+    s, y, the direct term d = dy·s^-β, Σ|r| over the mirrored window, and dx."""
+    alpha, beta, k = (float(np.float32(v)) for v in (params.alpha, params.beta, params.k))
+    lo, hi = params.window
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    with np.errstate(all="ignore"):
+        s = k + alpha * lrn_ops._window_sum(x64 * x64, lo, hi, params.groups)
+        p = np.power(s, -beta)
+        d = dy64 * p
+        r = d * x64 / s
+        rsum = lrn_ops._window_sum(r, hi, lo, params.groups)
+        rabs = lrn_ops._window_sum(np.abs(r), hi, lo, params.groups)
+        dx = d - 2.0 * alpha * beta * x64 * rsum
+        window_term = 2.0 * alpha * abs(beta) * np.abs(x64) * rabs
+    return s, x64 * p, d, window_term, dx
+
+
+def _within(name, got, exact, allowed):
+    """|got - exact| <= allowed where exact is finite; the same NaN and inf elsewhere.
+    Returns the worst error as a fraction of the allowed (<= 1 passes)."""
+    got = np.asarray(got, np.float64)
+    finite = np.isfinite(exact)
+    assert np.array_equal(np.isnan(got[~finite]), np.isnan(exact[~finite])), f"{name}: NaN differs"
+    assert np.array_equal(got[~finite & ~np.isnan(exact)], exact[~finite & ~np.isnan(exact)]), \
+        f"{name}: inf differs"
+    err = np.abs(got[finite] - exact[finite])
+    ratio = err / allowed[finite]
+    bad = ratio > 1.0
+    assert not bad.any(), (f"{name}: {bad.sum()} of {bad.size} outside the bound; worst "
+                           f"{ratio.max():.3g}x the bound: got {got[finite][bad][:3]}, "
+                           f"exact {exact[finite][bad][:3]}")
+    return float(ratio.max(initial=0.0))
+
+
+def _check_bounds(x, dy, params, y, s, dxs):
+    """The kernels' y, s and every dx in ``dxs`` against the float64 formula, within
+    ``ops.lrn.error_bound`` (relative, in U) plus TINY."""
+    lo, hi = lrn_ops.clipped_window(params, x.shape[1])
+    b = lrn_ops.error_bound(params, lo + hi + 1)
+    s64, y64, d64, window_term, dx64 = _exact(x, dy, params)
+    worst = {"scale": _within("s", s, s64, b.scale * U * np.abs(s64) + TINY),
+             "forward": _within("y", y, y64, b.forward * U * np.abs(y64) + TINY)}
+    allowed = (b.direct * U * np.abs(d64) + b.window * U * window_term + 2 * U * np.abs(dx64)
+               + TINY)
+    for dx in dxs:
+        worst["backward"] = max(worst.get("backward", 0.0), _within("dx", dx, dx64, allowed))
+    return worst
+
+
 def _forward(device, x, params, with_scale=False, chunk=None):
     """``ops.lrn.forward``, or its launch with ``chunk`` channels per thread."""
     if chunk is None:
@@ -87,11 +141,14 @@ def _check_kernels(device, x, dy, params, chunk=None):
     y2, s = (device.to_numpy(a) for a in _forward(device, xd, params, True, chunk))
     _close(y, y_ref, 2e-6)
     np.testing.assert_array_equal(y, y2)
-    np.testing.assert_array_equal(s, s_ref)  # s is k + alpha * sum in double, rounded once
+    # s: FP32 window sum, within error_bound(...).scale ulps-ish of the float64 formula
+    # (it was k + alpha * sum in double, rounded once: bit-equal to s_ref)
     dx = device.to_numpy(_backward(device, xd, dyd, params, chunk=chunk))
     dx2 = device.to_numpy(_backward(device, xd, dyd, params, device.asarray(s), chunk))
+    np.testing.assert_array_equal(dx, dx2)  # saved and recomputed s are the same bits
     _close(dx, dx_ref, 2e-5)
     _close(dx2, dx_saved_ref, 2e-5)
+    _check_bounds(x, dy, params, y, s, (dx, dx2))
     return y, dx
 
 
@@ -239,6 +296,64 @@ def test_nan_and_inf_stay_in_their_windows(kernel_device):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
 
 
+def _awkward(kind, shape, seed):
+    """Inputs that stress FP32 window sums: huge dynamic range, cancellation, zeros."""
+    rng = np.random.default_rng(seed)
+    n, c, h, w = shape
+    if kind == "range":      # magnitudes 1e-20..1e20 (log-uniform) within every window
+        x = 10.0 ** rng.uniform(-20, 20, shape) * rng.choice([-1.0, 1.0], shape)
+    elif kind == "cancel":   # huge then tiny along the channel walk, and back
+        x = rng.random(shape) * 1e-3
+        x[:, c // 4:c // 2] = rng.uniform(1e18, 1e19, (n, c // 2 - c // 4, h, w))
+        x[:, 3 * c // 4] = 1e20
+        x[:, c - 3] = 1.2e21  # alpha a^2 = 1.44e38: s above 2^126 (fdividef's edge)
+    else:                    # zeros: whole columns and runs of channels (after ReLU)
+        x = np.maximum(rng.standard_normal(shape) * 10.0, 0.0)
+        x[:, c // 3:2 * c // 3] = 0.0
+        x[..., 0] = 0.0
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["range", "cancel", "zeros"])
+@pytest.mark.parametrize("size, groups, beta", [(1, 1, 0.75), (2, 2, 0.75), (3, 1, 1.7),
+                                                (4, 2, 0.75), (5, 1, 0.75), (6, 3, 0.5),
+                                                (9, 1, 2.0), (12, 1, 0.75)])
+def test_error_bound_on_awkward_inputs(kind, size, groups, beta):
+    """y, s, dx (both variants, chunked too) within ops.lrn.error_bound of the float64
+    formula on 1e-20..1e20 windows, cancellation and zeros, every window size the tests
+    use, both power paths, groups."""
+    device = require_device("emu")
+    shape = (1, 24, 3, 5)
+    x = _awkward(kind, shape, seed=size * 7 + groups)
+    dy = _data(shape, size)
+    params = lrn_ops.make_params(size, alpha=1e-4, beta=beta, k=2.0, groups=groups)
+    y, s = (device.to_numpy(a) for a in lrn_ops.forward(device, x, params, with_scale=True))
+    dxs = [device.to_numpy(_backward(device, x, dy, params, chunk=chunk)) for chunk in (None, 5)]
+    dxs.append(device.to_numpy(lrn_ops.backward(device, x, dy, params, device.asarray(s))))
+    worst = _check_bounds(x, dy, params, y, s, dxs)
+    assert all(v <= 1.0 for v in worst.values())
+
+
+def test_power_paths_against_float64():
+    """s^-beta over s from 1e-30 to 1e38: beta = 0.75 (rsqrt) and the split exp2/log2
+    path, each within error_bound(...).power (plus the product's rounding) in ulps."""
+    device = require_device("emu")
+    s_values = (10.0 ** np.linspace(-30, 38, 64 * 5)).astype(np.float32)
+    for beta in (0.75, 0.5, 1.7, -0.6, 3.0):
+        params = lrn_ops.make_params(size=1, alpha=0.0, beta=beta, k=1.0)
+        # alpha = 0, size 1: s = k for every element; vary s through k per call instead
+        x = np.ones((1, 1, 1, 1), np.float32)
+        got, want = [], []
+        for k in s_values[::16]:
+            p = lrn_ops.make_params(size=1, alpha=0.0, beta=beta, k=float(k))
+            got.append(float(device.to_numpy(lrn_ops.forward(device, x, p))[0, 0, 0, 0]))
+            want.append(float(np.float64(np.float32(k)) ** -float(np.float32(beta))))
+        got, want = np.array(got), np.array(want)
+        ok = np.isfinite(want) & (np.abs(want) > 2.0 ** -120) & (np.abs(want) < 2.0 ** 127)
+        bound = (lrn_ops.error_bound(params, 1).power + 1) * U
+        assert np.all(np.abs(got[ok] - want[ok]) <= bound * np.abs(want[ok])), beta
+
+
 def test_emu_schedule_and_shared_fill_do_not_matter():
     """Reverse thread/block order and NaN-filled shared memory give the same bits."""
     from convnet.backend import emu
@@ -253,7 +368,10 @@ def test_emu_schedule_and_shared_fill_do_not_matter():
         return (y, s, lrn_ops.backward(device, x, dy, params),
                 lrn_ops.backward(device, x, dy, params, s),
                 _backward(device, x, dy, params, chunk=2),
-                *fused_ops.forward(device, x, params, pool, fuse=True))
+                *fused_ops.forward(device, x, params, pool, fuse=True),
+                fused_ops.backward(device, x, fused_ops.forward(device, x, params, pool)[0],
+                                   fused_ops.forward(device, x, params, pool)[1], params, pool,
+                                   fuse=True))
 
     forward = run()
     with emu.debug(schedule="reverse", fill_shared=True):
@@ -272,7 +390,9 @@ def test_index_checks():
         for shape in [(1, 3, 2, 2), (2, 9, 3, 5)]:
             x, dy = _data(shape, 13), _data(shape, 14)
             _check_kernels(device, x, dy, params, chunk=2)
-            fused_ops.forward(device, x, params, pool_ops.make_params(2, 1, 1), fuse=True)
+            pool = pool_ops.make_params(2, 1, 1)
+            y, argmax = fused_ops.forward(device, x, params, pool, fuse=True)
+            fused_ops.backward(device, x, y, argmax, params, pool, fuse=True)
 
 
 _ASAN_SCRIPT = textwrap.dedent("""
@@ -299,6 +419,11 @@ _ASAN_SCRIPT = textwrap.dedent("""
                     f = lrn_max_pool.forward(device, x, params, pool, fuse=True)
                     ref = max_pool.forward_reference(lrn.forward_reference(x, params), pool)
                     assert np.array_equal(f[1], ref[1])
+                    dx = np.empty_like(x)
+                    device.launch(lrn_max_pool.backward_launch(device, x, f[0], f[1], dx, params,
+                                                               pool, chunk))
+                    dz = max_pool.backward(device, f[0], f[1], pool, x.shape)
+                    assert np.array_equal(dx, lrn.backward(device, x, dz, params))
     print("CLEAN")
 """)
 
@@ -336,6 +461,46 @@ def test_fused_geometry():
     assert g.blocks == 128 * 9
     g = fused_ops.geometry(EMU, (1, 4, 27, 27), PAPER, pool)
     assert (g.tile_h, g.tile_w) == (7, 7) and g.depth == 4  # 13 outputs as 7 + 6
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_fused_backward_equals_pool_then_lrn(kernel_device, case):
+    """lrn_max_pool_backward: the same bits as max_pool_backward then lrn_backward<false>
+    (padding, strides, overlapping and non-overlapping windows, groups, chunks)."""
+    rng = np.random.default_rng(3000 + case)
+    channels = int(rng.choice([1, 3, 8, 20]))
+    groups = int(rng.choice([g for g in (1, 2, 4) if channels % g == 0]))
+    kernel = int(rng.choice([1, 2, 3]))
+    stride, pad = int(rng.choice([1, 2, 3])), int(rng.integers(0, kernel // 2 + 1))
+    h, w = int(rng.integers(kernel, 14)), int(rng.integers(kernel, 14))
+    params = lrn_ops.make_params(int(rng.choice([1, 4, 5])), alpha=0.05,
+                                 beta=float(rng.choice([0.75, 1.3])), groups=groups)
+    pool = pool_ops.make_params(kernel, stride, pad)
+    x_h = np.maximum(_data((2, channels, h, w), case, 5.0), 0)
+    x_h[0, 0, :2, :2] = 1.0  # ties
+    x = kernel_device.asarray(x_h)
+    y, argmax = fused_ops.forward(kernel_device, x, params, pool, fuse=True)
+    dy = kernel_device.asarray(_data(y.shape, case + 50))
+    fused = fused_ops.backward(kernel_device, x, dy, argmax, params, pool, fuse=True)
+    dz = pool_ops.backward(kernel_device, dy, argmax, pool, x.shape)
+    separate = lrn_ops.backward(kernel_device, x, dz, params)
+    np.testing.assert_array_equal(kernel_device.to_numpy(fused), kernel_device.to_numpy(separate))
+    if case % 2:  # a GPU-shaped launch: channels split into chunks
+        dx = kernel_device.xp.empty_like(x)
+        kernel_device.launch(fused_ops.backward_launch(kernel_device, x, dy, argmax, dx, params,
+                                                       pool, chunk=2))
+        np.testing.assert_array_equal(kernel_device.to_numpy(dx), kernel_device.to_numpy(separate))
+
+
+def test_fused_backward_errors():
+    device = require_device("emu")
+    x = np.ones((1, 4, 5, 5), np.float32)
+    pool = pool_ops.make_params(3, 2, 0)
+    y, argmax = fused_ops.forward(device, x, PAPER, pool, fuse=True)
+    with pytest.raises(ValueError, match="dy has shape .* expected the pooled shape"):
+        fused_ops.backward(device, x, np.ones((1, 4, 3, 3), np.float32), argmax, PAPER, pool)
+    with pytest.raises(TypeError, match="argmax must be uint8"):
+        fused_ops.backward(device, x, y, argmax.astype(np.int32), PAPER, pool, fuse=True)
 
 
 # --------------------------------------------------------------------------- autograd

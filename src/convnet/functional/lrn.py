@@ -31,8 +31,9 @@ class LocalResponseNorm(Function):
 
 
 class LocalResponseNormMaxPool2d(Function):
-    """max_pool2d(local_response_norm(x)); saves x and the argmax. The backward sends
-    the gradient through the pooling (to the LRN output) and then the LRN (s recomputed)."""
+    """max_pool2d(local_response_norm(x)); saves x and the argmax. The backward is
+    ``ops.lrn_max_pool.backward``: max-pool's and LRN's (s recomputed) in one kernel
+    where ``FUSE_BACKWARD`` says so, else the two in turn; the same bits either way."""
 
     def forward(self, x, params, pool):
         self.params, self.pool = params, pool
@@ -43,8 +44,7 @@ class LocalResponseNormMaxPool2d(Function):
 
     def backward(self, grad):
         x, argmax = self.saved
-        dz = _pool_ops.backward(self.device, grad, argmax, self.pool, x.shape)
-        return _lrn_ops.backward(self.device, x, dz, self.params)
+        return _fused_ops.backward(self.device, x, grad, argmax, self.params, self.pool)
 
 
 def local_response_norm(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,

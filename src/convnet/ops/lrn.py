@@ -16,9 +16,13 @@ Backward, with r[j] = dy[j] · b[j] / s[j]:
 (b[j] depends on a[c] through s[j] whenever c ∈ W(j), i.e. j ∈ [c − (size−1)//2,
 c + size//2]: the mirrored window).
 
-Both backward variants exist: s recomputed from x (a third running sum), or read from
+Both backward variants exist: s recomputed from x (a third window sum), or read from
 the forward, which then stores it; ``SAVE_SCALE`` says which each device uses and why
 (measured with ``benchmarks/lrn_pool.py``).
+
+The kernels compute in FP32 (``kernels/lrn_window.cuh``: direct window sums in channel
+order, s^-beta by rsqrt for beta = 0.75, else a split exp2/log2); ``error_bound`` states
+how far they may be from the float64 reference, and the tests hold them to it.
 
 LRN followed by max-pooling in one kernel is ``ops.lrn_max_pool``.
 
@@ -173,6 +177,48 @@ def backward_reference(x: np.ndarray, dy: np.ndarray, params: LRNParams,
         r = direct * x64 / s
         dx = direct - 2.0 * alpha * beta * x64 * _window_sum(r, hi, lo, params.groups)
     return dx.astype(dy.dtype)
+
+
+# --------------------------------------------------------------------------- error bounds
+
+U = 2.0 ** -24   # unit roundoff of float32
+
+
+class ErrorBound(NamedTuple):
+    """How far the kernels' float32 results may be from the float64 formula, as relative
+    errors (multiples of ``U``; derivation in ``kernels/lrn_window.cuh``):
+
+    * ``scale``: |s − s₆₄| ≤ scale·U·s₆₄ — w − 1 roundings of a sum of non-negative
+      terms, one of the fma with alpha and k, one of the reference's own rounding;
+    * ``power``: s^(−β) from the kernel's s: 12 U for β = 0.75 (two MUFU.RSQ of ≤ 2 ulp,
+      two products), (4|β| + 8) U otherwise (log2 ≤ 2^−22 absolute on [1, 2): 2.8|β| U
+      through exp2, exp2 ≤ 2 ulp, three roundings of the exponent);
+    * ``forward``: |y − y₆₄| ≤ forward·U·|y₆₄|: |β|·scale (s's error through the power)
+      + power + 2 (a·p and the reference's rounding);
+    * ``direct``, ``window``: the backward, dx = d − 2αβ·a·Σr with d = dz·s^(−β):
+      |dx − dx₆₄| ≤ direct·U·|d| + window·U·2αβ·|a|·Σ|r| + 2·U·|dx₆₄|
+      (direct = |β|·scale + power + 1; window = direct + 2w + 9: s again, the
+      approximate division a/s (2 ulp), r's product, the window sum (w − 1), 2αβ·a,
+      its product with Σr and the fma; r is kept scaled by 2^40, exactly).
+
+    Absolute, for flushed subnormals: squares below 2^−126 count as 0 (s off by at most
+    w·alpha·2^−126) and results below 2^−126 are 0. Holds on a GPU (whose MUFU is the
+    approximate part); emu's rsqrtf, log2 and exp2 are closer (correctly rounded rsqrt)."""
+
+    scale: float
+    power: float
+    forward: float
+    direct: float
+    window: float
+
+
+def error_bound(params: LRNParams, width: int) -> ErrorBound:
+    """The bound for a window of ``width`` channels (``sum(check_window(...)) + 1``)."""
+    beta = abs(float(np.float32(params.beta)))
+    scale = width + 2.0
+    power = 12.0 if np.float32(params.beta) == np.float32(0.75) else 4.0 * beta + 8.0
+    direct = beta * scale + power + 1.0
+    return ErrorBound(scale, power, beta * scale + power + 2.0, direct, direct + 2.0 * width + 9.0)
 
 
 # --------------------------------------------------------------------------- launches

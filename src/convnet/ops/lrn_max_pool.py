@@ -2,7 +2,10 @@
 (``kernels/lrn_max_pool.cu``): x is read once and only the pooled output and its
 argmax are written. The results are bit-identical to ``ops.lrn`` then
 ``ops.max_pool``; ``FUSE`` says on which devices the fused kernel runs, the two ops
-in turn elsewhere. The backward is the two ops' backwards (``functional.lrn``).
+in turn elsewhere. The backward (``backward``) is fused too: max-pool's backward and
+LRN's (s recomputed from x) in one kernel that never stores the LRN output's
+gradient, bit-identical to ``ops.max_pool.backward`` then ``ops.lrn.backward``;
+``FUSE_BACKWARD`` says where it runs.
 
 ``forward(device, x, params, pool)`` is where raw arrays enter: it checks x against
 the ``LRNParams`` and the ``PoolParams`` (both checked by their ``make_params``),
@@ -19,7 +22,9 @@ from . import lrn, max_pool
 from ._arrays import kernel_array
 
 MODULE = KernelModule("lrn_max_pool.cu", ("lrn_max_pool_forward<unsigned char>",
-                                          "lrn_max_pool_forward<int>"))
+                                          "lrn_max_pool_forward<int>",
+                                          "lrn_max_pool_backward<unsigned char>",
+                                          "lrn_max_pool_backward<int>"))
 MAX_REGION = 512   # threads per block: input pixels under one tile of windows
 MAX_TILE = 16      # pooled outputs per tile side
 MAX_DEPTH = 32     # channels whose LRN output a block keeps in shared memory at once
@@ -33,6 +38,15 @@ MAX_DEPTH = 32     # channels whose LRN output a block keeps in shared memory at
 # * cuda: yes. Memory-bound there, it moves 4 bytes per input element + 5 per output
 #   instead of 12 + 5 (2.5x less). Not yet measured on a GPU: the benchmark times both.
 FUSE = {"emu": False, "cuda": True}
+
+# Per device kind: does the backward run lrn_max_pool_backward (one kernel) instead of
+# max_pool_backward then lrn_backward<false>? Bytes per input element on a GPU (3x3/2
+# pooling, 4 inputs per output): fused 4 (x) + 4 (dx) + 1.25 (dy, argmax) = 9.25;
+# separate 1.25 + 4 (dz written) + 12 (x, dz read, dx written) = 17.25: 1.9x less, and
+# one launch instead of two. On emu the gather is the work max_pool_backward does
+# anyway, and the dz tensor's pass disappears: see benchmarks/lrn_pool.py
+# ("lrn_pool_backward"): fused there too.
+FUSE_BACKWARD = {"emu": True, "cuda": True}
 
 
 class Geometry(NamedTuple):
@@ -101,6 +115,49 @@ def forward_launch(device, x, y, argmax, params: lrn.LRNParams,
                         np.int32(g.tile_w), np.int32(g.depth)),
                   template_args=(max_pool.INDEX_TYPES[np.dtype(argmax.dtype)],),
                   shared_bytes=g.shared_bytes)
+
+
+def backward_launch(device, x, dy, argmax, dx, params: lrn.LRNParams,
+                    pool: max_pool.PoolParams, chunk: int | None = None) -> Launch:
+    """dx from x, the pooled gradient dy and the forward's argmax (one kernel; the launch
+    shape is ``ops.lrn``'s backward's: 3 rings, ``chunk`` channels per thread)."""
+    g = lrn.geometry(device, x.shape, params, 3, chunk)
+    n, c, h, w = x.shape
+    return Launch(MODULE, "lrn_max_pool_backward", grid=(g.blocks,), block=(g.threads,),
+                  args=(x, dy, argmax, dx, np.int32(n), np.int32(c), np.int32(h), np.int32(w),
+                        np.int32(params.groups), np.int32(g.chunk), np.int32(g.lo),
+                        np.int32(g.hi), np.float32(params.alpha), np.float32(params.beta),
+                        np.float32(params.k), np.int32(dy.shape[2]), np.int32(dy.shape[3]),
+                        np.int32(pool.kh), np.int32(pool.kw), np.int32(pool.sh),
+                        np.int32(pool.sw), np.int32(pool.ph), np.int32(pool.pw)),
+                  template_args=(max_pool.INDEX_TYPES[np.dtype(argmax.dtype)],),
+                  shared_bytes=g.shared_bytes)
+
+
+def backward(device, x, dy, argmax, params: lrn.LRNParams, pool: max_pool.PoolParams,
+             fuse: bool | None = None):
+    """dx of ``max_pool(lrn(x))`` from x, dy and the forward's argmax: the fused kernel
+    or the two backwards in turn on emu/cuda (``FUSE_BACKWARD``, or ``fuse``); the
+    references on cpu."""
+    op = "local_response_norm_max_pool2d backward"
+    lrn.check_input(x.shape, params, op)
+    out_shape = max_pool.output_shape(x.shape, pool)
+    for what, a in (("dy", dy), ("argmax", argmax)):
+        if tuple(a.shape) != tuple(out_shape):
+            raise ValueError(f"{op}: {what} has shape {tuple(a.shape)}, expected the pooled "
+                             f"shape {tuple(out_shape)}")
+    if not (device.runs_kernels and (FUSE_BACKWARD.get(device.kind, False) if fuse is None
+                                     else fuse)):
+        dz = max_pool.backward(device, dy, argmax, pool, x.shape)
+        return lrn.backward(device, x, dz, params)
+    x = kernel_array(device, x, op, "the saved input x")
+    dy = kernel_array(device, dy, op, "the gradient dy")
+    if np.dtype(argmax.dtype) != max_pool.index_dtype(pool):
+        raise TypeError(f"{op}: argmax must be {max_pool.index_dtype(pool)}, got {argmax.dtype}")
+    dx = device.xp.empty_like(x)
+    if dx.size:
+        device.launch(backward_launch(device, x, dy, argmax, dx, params, pool))
+    return dx
 
 
 def forward(device, x, params: lrn.LRNParams, pool: max_pool.PoolParams,
