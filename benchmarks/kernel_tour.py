@@ -13,6 +13,7 @@ of the convolutions) all run.
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -83,6 +84,9 @@ class Tour:
         dy = self.data(*g.y_shape)
         self.check("conv bias gradient", conv.backward_bias(d, g, self.on(dy)),
                    conv.backward_bias(c, g, dy), rtol=1e-3, atol=1e-3)
+        self.check("conv bias gradient, two levels (3 splits of 2 images)",
+                   conv.backward_bias(d, g, self.on(dy), splits=3),
+                   conv.backward_bias(c, g, dy), rtol=1e-3, atol=1e-3)
 
     # ---------------------------------------------------------------- LRN and max-pool
     def normalization(self):
@@ -111,6 +115,20 @@ class Tour:
                        max_pool.backward(d, self.on(dy), argmax, pool, x.shape), want)
             self.check(f"max-pool backward, recomputed argmax (padding {padding})",
                        max_pool.backward_recompute(d, self.on(x), self.on(dy), pool), want)
+        # the GPU's launch shape (every plane in one group, warps across plane ends) on 16
+        # odd 7x9 planes (4x5 outputs): two full chunks of 128 outputs (uchar4 argmax
+        # stores, float4 dx) and a partial one (byte by byte)
+        pool, gpu = max_pool.make_params(3, 2, 1), SimpleNamespace(kind="cuda", parallel_units=132)
+        x = self.data(2, 8, 7, 9)
+        y_ref, argmax_ref = max_pool.forward(c, x, pool)
+        dy = self.data(*y_ref.shape)
+        y, argmax = d.xp.empty(y_ref.shape, np.float32), d.xp.empty(y_ref.shape, np.uint8)
+        dx = d.xp.empty(x.shape, np.float32)
+        d.launch(max_pool.forward_launch(gpu, self.on(x), y, pool, argmax))
+        d.launch(max_pool.backward_launch(gpu, self.on(dy), argmax, dx, pool))
+        self.check("max-pool forward (one group of planes)", y, y_ref)
+        self.check("max-pool backward (one group of planes)", dx,
+                   max_pool.backward(c, dy, argmax_ref, pool, x.shape))
 
     # ---------------------------------------------------------------- classifier and update
     def classifier(self):

@@ -224,6 +224,11 @@ def bench_pool(bench, batch, baselines):
         bench.time((label, "bwd_re"), "pool_backward_recompute", lambda: device.launch(bwd_re),
                    8 * n_in + 4 * n_out, p)
         r = bench.results
+        if device.kind == "cuda":   # the model's prediction beside each (calibration)
+            for key, kernel, pass_ in (("fwd", "max_pool_forward_index", "forward"),
+                                       ("bwd", "max_pool_backward", "backward")):
+                bench.report.predict(r[label, key], f"pool:{chw[0]},{chw[1]}", batch, (kernel,),
+                                     passes=(pass_,), label=f"pool_{key} {label} batch {batch}")
         bench.report.notes[f"pool saved-vs-recomputed argmax {device.name} {label}"] = (
             f"backward {r[label, 'bwd'].median * 1e3:.3f} ms with the saved argmax, "
             f"{r[label, 'bwd_re'].median * 1e3:.3f} ms recomputing it")

@@ -22,10 +22,18 @@
 // conv_split_sum: out[i] = sum_{s < splits} part[s * count + i], in order of s.
 // Launch: any 1-D grid (grid-stride loop).
 //
-// conv_bias_grad<THREADS>: db[k] for k = blockIdx.x. Each of the block's THREADS
-// threads (a power of two) sums a fixed set of dy's elements in a fixed order, then a
-// tree in shared memory adds the threads' sums: deterministic. Launch: grid = (K),
-// block = (THREADS).
+// conv_bias_grad<THREADS>: the bias gradient, first level of a two-level reduction.
+// Block (k, split) = (blockIdx.x, blockIdx.y) sums channel k of the images
+// [split * images, min((split + 1) * images, N)) -- a run of PQ floats per image -- into
+// out[split * K + k]; with one split out is db itself, else a workspace of splits * K
+// floats that conv_split_sum (count K) adds in split order. The host picks the splits
+// so that K * splits blocks fill the GPU whatever the channel count (ops/conv.py,
+// bias_splits). Inside a block thread t takes the elements t, t + THREADS, ... of the
+// slice (images laid end to end, so small PQ leaves no lane idle), four loads in
+// flight before their four adds, in that order; a tree in shared memory adds the
+// THREADS sums. Every sum has a fixed order and there are no atomics: the result is
+// the same, bit for bit, on every run and schedule. Launch: grid = (K, splits),
+// block = (THREADS) (a power of two).
 //
 // 32-bit indices: the host checks the sizes.
 #include "conv_common.cuh"
@@ -115,18 +123,52 @@ extern "C" __global__ void conv_split_sum(const float* __restrict__ part, float*
     }
 }
 
+// The element THREADS on: i += step_i with i kept in [0, PQ); the pointer follows
+// (step_ptr = step_n images + step_i, one more image less PQ on a wrap).
+static __device__ __forceinline__ void cn_bias_step(const float*& at, int& i, int PQ, int step_i,
+                                                    long long step_ptr, long long wrap_ptr)
+{
+    i += step_i;
+    at += step_ptr;
+    if (i >= PQ) {
+        i -= PQ;
+        at += wrap_ptr;
+    }
+}
+
 template <int THREADS>
 __global__ void __launch_bounds__(THREADS)
-conv_bias_grad(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int PQ)
+conv_bias_grad(const float* __restrict__ dy, float* __restrict__ out, int N, int K, int PQ,
+               int images)
 {
     static_assert(THREADS > 0 && (THREADS & (THREADS - 1)) == 0, "a power of two");
     __shared__ float partial[THREADS];
     const int k = blockIdx.x;
     const int tid = threadIdx.x;
+    const int n0 = blockIdx.y * images;
+    const int count = (min(n0 + images, N) - n0) * PQ;  // this block's elements
+    // element e of the slice is dy[n0 + e / PQ][k][e % PQ]: a pointer walked by THREADS
+    const long long image = (long long)K * PQ;
+    const int n = tid / PQ;
+    int i = tid - n * PQ;
+    const int step_n = THREADS / PQ, step_i = THREADS - step_n * PQ;
+    const long long step_ptr = step_n * image + step_i, wrap_ptr = image - PQ;
+    const float* at = dy + (long long)(n0 + n) * image + (long long)k * PQ + i;
     float sum = 0.0f;
-    for (int n = 0; n < N; ++n) {
-        const float* plane = dy + (n * K + k) * PQ;
-        for (int i = tid; i < PQ; i += THREADS) sum += plane[i];
+    int e = tid;
+    for (; e + 3 * THREADS < count; e += 4 * THREADS) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            v[u] = *at;
+            cn_bias_step(at, i, PQ, step_i, step_ptr, wrap_ptr);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) sum += v[u];
+    }
+    for (; e < count; e += THREADS) {
+        sum += *at;
+        cn_bias_step(at, i, PQ, step_i, step_ptr, wrap_ptr);
     }
     partial[tid] = sum;
     __syncthreads();
@@ -135,5 +177,5 @@ conv_bias_grad(const float* __restrict__ dy, float* __restrict__ db, int N, int 
         if (tid < width) partial[tid] += partial[tid + width];
         __syncthreads();
     }
-    if (tid == 0) db[k] = partial[0];
+    if (tid == 0) out[(long long)blockIdx.y * K + k] = partial[0];
 }

@@ -21,17 +21,49 @@
 // max_pool_backward_recompute finds each covering window's argmax again from x.
 //
 // Layout: NCHW float32, C-contiguous; `planes` = N * C; a plane (H * W, OH * OW) must
-// have fewer than 2^31 elements. Launch: a thread per output (forward) or input
-// (backward) element of a plane: blockDim.x = the plane's elements rounded up to a warp
-// (at most the host's block size, ops/max_pool.py), blockDim.y planes per block;
-// grid.x = ceil(plane elements / blockDim.x), grid.y blocks of planes (at most 65535,
-// the CUDA limit; few on emu), looping over the rest.
+// have at most 2^31 - 1 - 1024 elements (ops/max_pool.py).
+//
+// Launch (every kernel): four elements per thread (outputs in the forward, inputs in the
+// backward) of the planes laid end to end, so small maps (pool5's 6x6) leave no lane
+// idle: a warp covers 128 consecutive elements whatever the plane size. The planes go
+// in groups of `group` (a multiple of 4 unless 4 planes overflow 32-bit indices; the
+// host makes it as large as it may on a GPU, 4 on emu); inside a group indices are
+// 32-bit and the plane, row and column of an element come from multiply-high divisions
+// by constants the host packs (cn_pool_div). blockDim = (256) (a multiple of 32);
+// grid.x = ceil(group elements / (4 * blockDim.x)), grid.y = groups (at most 65535, few
+// on emu), looping over the rest.
+// Forward: the warp's 128 elements are interleaved (lane + 32 k), so loads of
+// neighbouring windows coalesce and y's stores are plain coalesced floats; the uint8
+// argmax of a full chunk is stored as one uchar4 per lane after a shuffle (when the
+// argmax is 4-byte aligned and group * OH * OW is a multiple of 4, so every chunk starts
+// at a multiple of 4 bytes), else byte by byte. Backward: a thread takes four
+// consecutive inputs and stores them as one float4 when dx is 16-byte aligned and group
+// * H * W is a multiple of 4, else element by element; each input still gathers in the
+// order above, so dx is the same, bit for bit, whatever the launch shape.
 #include "common.cuh"
 #include "pool_window.cuh"
 
 struct cn_pool_shape {
     int H, W, OH, OW, kh, kw, sh, sw, ph, pw;
 };
+
+static __device__ __forceinline__ cn_pool_shape cn_pool_make(int H, int W, int OH, int OW, int kh,
+                                                             int kw, int sh, int sw, int ph, int pw)
+{
+    cn_pool_shape p;
+    p.H = H; p.W = W; p.OH = OH; p.OW = OW;
+    p.kh = kh; p.kw = kw; p.sh = sh; p.sw = sw; p.ph = ph; p.pw = pw;
+    return p;
+}
+
+// n / d for 0 <= n < 2^31 and a divisor 1 <= d < 2^31 packed by the host
+// (ops/max_pool.divisor): l = ceil(log2 d), m = floor(2^32 (2^l - d) / d) + 1,
+// n / d = (umulhi(n, m) + n) >> l (Granlund & Montgomery's round-up method; the sum
+// stays below 2^32 because n < 2^31).
+static __device__ __forceinline__ int cn_pool_div(int n, unsigned long long d)
+{
+    return (int)((__umulhi((unsigned)n, (unsigned)d) + (unsigned)n) >> (unsigned)(d >> 32));
+}
 
 // The maximum of the window of output (oh, ow) in one plane and its window offset.
 static __device__ __forceinline__ float cn_pool_window(const float* __restrict__ plane,
@@ -46,37 +78,104 @@ static __device__ __forceinline__ float cn_pool_window(const float* __restrict__
                        offset);
 }
 
-static __device__ __forceinline__ cn_pool_shape cn_pool_make(int H, int W, int OH, int OW, int kh,
-                                                             int kw, int sh, int sw, int ph, int pw)
+// The outputs whose windows cover input row h: [lo, hi] (empty when lo > hi); `ds` is
+// the packed divisor of the stride.
+static __device__ __forceinline__ void cn_pool_cover(int h, int k, int s, unsigned long long ds,
+                                                     int pad, int outs, int& lo, int& hi)
 {
-    cn_pool_shape p;
-    p.H = H; p.W = W; p.OH = OH; p.OW = OW;
-    p.kh = kh; p.kw = kw; p.sh = sh; p.sw = sw; p.ph = ph; p.pw = pw;
-    return p;
+    const int first = h + pad - k + 1;  // oh * s >= first
+    lo = first > 0 ? cn_pool_div(first + s - 1, ds) : 0;
+    hi = min(cn_pool_div(h + pad, ds), outs - 1);
 }
 
-// Launch shape shared by the kernels below: blockIdx.x * blockDim.x + threadIdx.x is an
-// element of a plane (32-bit index arithmetic only); blockIdx.y * blockDim.y + threadIdx.y
-// a plane, in a grid-stride loop (any number of planes; few, long-lived threads on emu).
-// Small planes share a block: blockDim.y planes of blockDim.x elements each.
-#define CN_POOL_FOR_EACH(elem, plane_size, pl, planes)                                       \
-    const int elem = blockIdx.x * blockDim.x + threadIdx.x;                                 \
-    if (elem < (plane_size))                                                                \
-        for (long long pl = (long long)blockIdx.y * blockDim.y + threadIdx.y; pl < (planes); \
-             pl += (long long)gridDim.y * blockDim.y)
+// The launch shape of every kernel below: the quads of this thread, one per group of
+// planes. `base` is the group's first plane, `count` its elements (32-bit), `e` the
+// quad's first element in the group; (pl, r, c) its plane in the group, row and column
+// (rows of `cols` elements, planes of `size`).
+#define CN_POOL_FOR_EACH_QUAD(base, count, e, planes, group, size)                           \
+    const int e = (int)(4u * (blockIdx.x * blockDim.x + threadIdx.x));                      \
+    for (long long base = (long long)blockIdx.y * (group); base < (planes);                 \
+         base += (long long)gridDim.y * (group))                                            \
+        for (int count = (int)min((long long)(group), (planes) - base) * (size); e < count; \
+             count = 0)
+
+// Next element of a row-major walk over planes of rows x cols.
+static __device__ __forceinline__ void cn_pool_step(int& pl, int& r, int& c, int rows, int cols)
+{
+    if (++c == cols) {
+        c = 0;
+        if (++r == rows) {
+            r = 0;
+            ++pl;
+        }
+    }
+}
+
+// The forward's elements: warp w of the grid takes the 128 elements 128 w + 32 k + lane
+// (k < 4) of a group, so a load instruction's lanes read consecutive windows (stride-2
+// columns, few sectors) and y's stores are coalesced. The argmax bytes of a full chunk
+// are moved across the warp (four shuffles of each lane's packed bytes) so that lane l
+// stores elements 4l..4l+3 as one uchar4: one 128-byte store per warp.
+template <typename IndexT, bool INDEX>
+static __device__ __forceinline__ void cn_pool_forward(const float* __restrict__ x,
+                                                       float* __restrict__ y,
+                                                       IndexT* __restrict__ argmax,
+                                                       long long planes, const cn_pool_shape& p,
+                                                       int group, unsigned long long div_plane,
+                                                       unsigned long long div_row)
+{
+    const int size = p.OH * p.OW;
+    const bool bytes = INDEX && sizeof(IndexT) == 1 &&
+                       ((unsigned long long)argmax & 3ull) == 0ull &&
+                       ((long long)group * size) % 4 == 0;
+    const int lane = threadIdx.x & 31;
+    const int chunk = (int)(4u * ((blockIdx.x * blockDim.x + threadIdx.x) & ~31u));
+    for (long long base = (long long)blockIdx.y * group; base < planes;
+         base += (long long)gridDim.y * group) {
+        const int count = (int)min((long long)group, planes - base) * size;
+        if (chunk >= count) continue;  // the whole warp
+        const float* xg = x + base * p.H * (long long)p.W;
+        const long long at = base * size;
+        unsigned packed = 0u;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int e = chunk + 32 * k + lane;
+            if (e < count) {
+                const int pl = cn_pool_div(e, div_plane);
+                const int o = e - pl * size;
+                const int r = cn_pool_div(o, div_row);
+                int off;
+                y[at + e] = cn_pool_window(xg + (long long)pl * p.H * p.W, p, r, o - r * p.OW,
+                                           off);
+                if (INDEX) {
+                    packed |= (unsigned)off << (8 * k);
+                    if (!bytes || chunk + 128 > count) argmax[at + e] = (IndexT)off;
+                }
+            }
+        }
+        if (INDEX && bytes && chunk + 128 <= count) {
+            // element 4 lane + j is element 32 k' + lane' with k' = lane / 8 and
+            // lane' = 4 (lane % 8) + j: byte k' of lane' 's packed word
+            const unsigned shift = 8u * (unsigned)(lane >> 3);
+            unsigned char b[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                b[j] = (unsigned char)(__shfl_sync(0xffffffffu, packed, 4 * (lane & 7) + j) >> shift);
+            *reinterpret_cast<uchar4*>(argmax + at + chunk + 4 * lane) =
+                make_uchar4(b[0], b[1], b[2], b[3]);
+        }
+    }
+}
 
 // y only (no backward will follow).
 extern "C" __global__ void max_pool_forward(const float* __restrict__ x, float* __restrict__ y,
                                             long long planes, int H, int W, int OH, int OW,
-                                            int kh, int kw, int sh, int sw, int ph, int pw)
+                                            int kh, int kw, int sh, int sw, int ph, int pw,
+                                            int group, unsigned long long div_plane,
+                                            unsigned long long div_row)
 {
     const cn_pool_shape p = cn_pool_make(H, W, OH, OW, kh, kw, sh, sw, ph, pw);
-    const int oh = (blockIdx.x * blockDim.x + threadIdx.x) / OW;
-    const int ow = (blockIdx.x * blockDim.x + threadIdx.x) - oh * OW;
-    CN_POOL_FOR_EACH(o, OH * OW, pl, planes) {
-        int offset;
-        y[pl * (OH * OW) + o] = cn_pool_window(x + pl * H * (long long)W, p, oh, ow, offset);
-    }
+    cn_pool_forward<unsigned char, false>(x, y, nullptr, planes, p, group, div_plane, div_row);
 }
 
 // y and the argmax of every window (for the backward).
@@ -84,79 +183,89 @@ template <typename IndexT>
 __global__ void max_pool_forward_index(const float* __restrict__ x, float* __restrict__ y,
                                        IndexT* __restrict__ argmax, long long planes, int H, int W,
                                        int OH, int OW, int kh, int kw, int sh, int sw, int ph,
-                                       int pw)
+                                       int pw, int group, unsigned long long div_plane,
+                                       unsigned long long div_row)
 {
     const cn_pool_shape p = cn_pool_make(H, W, OH, OW, kh, kw, sh, sw, ph, pw);
-    const int oh = (blockIdx.x * blockDim.x + threadIdx.x) / OW;
-    const int ow = (blockIdx.x * blockDim.x + threadIdx.x) - oh * OW;
-    CN_POOL_FOR_EACH(o, OH * OW, pl, planes) {
-        int offset;
-        const long long at = pl * (OH * OW) + o;
-        y[at] = cn_pool_window(x + pl * H * (long long)W, p, oh, ow, offset);
-        argmax[at] = (IndexT)offset;
-    }
+    cn_pool_forward<IndexT, true>(x, y, argmax, planes, p, group, div_plane, div_row);
 }
 
-// The outputs whose windows cover input row h: [lo, hi] (empty when lo > hi).
-static __device__ __forceinline__ void cn_pool_cover(int h, int k, int s, int pad, int outs,
-                                                     int& lo, int& hi)
+// dx, a quad of inputs per thread: each input gathers the gradients of the covering
+// windows whose argmax it is (saved, or found again from x when RECOMPUTE), in
+// row-major output order.
+template <typename IndexT, bool RECOMPUTE>
+static __device__ __forceinline__ void cn_pool_backward(
+    const float* __restrict__ x, const float* __restrict__ dy, const IndexT* __restrict__ argmax,
+    float* __restrict__ dx, long long planes, const cn_pool_shape& p, int group,
+    unsigned long long div_plane, unsigned long long div_row, unsigned long long div_sh,
+    unsigned long long div_sw)
 {
-    const int first = h + pad - k + 1;  // oh * s >= first
-    lo = first > 0 ? (first + s - 1) / s : 0;
-    hi = min((h + pad) / s, outs - 1);
+    const int size = p.H * p.W, osize = p.OH * p.OW;
+    const bool vec = cn_aligned16(dx) && ((long long)group * size) % 4 == 0;
+    CN_POOL_FOR_EACH_QUAD(base, count, e, planes, group, size) {
+        int pl = cn_pool_div(e, div_plane);
+        const int o = e - pl * size;
+        int h = cn_pool_div(o, div_row);
+        int w = o - h * p.W;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            if (e + k < count) {
+                int oh0, oh1, ow0, ow1;
+                cn_pool_cover(h, p.kh, p.sh, div_sh, p.ph, p.OH, oh0, oh1);
+                cn_pool_cover(w, p.kw, p.sw, div_sw, p.pw, p.OW, ow0, ow1);
+                const long long plane = base + pl;
+                const float* dyp = dy + plane * osize;
+                float sum = 0.0f;
+                for (int oh = oh0; oh <= oh1; ++oh) {
+                    const int i = h - (oh * p.sh - p.ph);
+                    for (int ow = ow0; ow <= ow1; ++ow) {
+                        const int q = oh * p.OW + ow;
+                        int chosen;
+                        if (RECOMPUTE)
+                            cn_pool_window(x + plane * size, p, oh, ow, chosen);
+                        else
+                            chosen = (int)argmax[plane * osize + q];
+                        if (chosen == i * p.kw + (w - (ow * p.sw - p.pw))) sum += dyp[q];
+                    }
+                }
+                acc[k] = sum;
+            }
+            cn_pool_step(pl, h, w, p.H, p.W);
+        }
+        const long long at = base * size + e;
+        if (vec && e + 4 <= count) {
+            *reinterpret_cast<float4*>(dx + at) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                if (e + k < count) dx[at + k] = acc[k];
+        }
+    }
 }
 
 // dx from dy and the saved argmax.
 template <typename IndexT>
 __global__ void max_pool_backward(const float* __restrict__ dy, const IndexT* __restrict__ argmax,
                                   float* __restrict__ dx, long long planes, int H, int W, int OH,
-                                  int OW, int kh, int kw, int sh, int sw, int ph, int pw)
+                                  int OW, int kh, int kw, int sh, int sw, int ph, int pw,
+                                  int group, unsigned long long div_plane,
+                                  unsigned long long div_row, unsigned long long div_sh,
+                                  unsigned long long div_sw)
 {
-    const int h = (blockIdx.x * blockDim.x + threadIdx.x) / W;
-    const int w = (blockIdx.x * blockDim.x + threadIdx.x) - h * W;
-    int oh0, oh1, ow0, ow1;
-    cn_pool_cover(h, kh, sh, ph, OH, oh0, oh1);
-    cn_pool_cover(w, kw, sw, pw, OW, ow0, ow1);
-    CN_POOL_FOR_EACH(e, H * W, pl, planes) {
-        const float* dyp = dy + pl * (OH * OW);
-        const IndexT* ap = argmax + pl * (OH * OW);
-        float acc = 0.0f;
-        for (int oh = oh0; oh <= oh1; ++oh) {
-            const int i = h - (oh * sh - ph);
-            for (int ow = ow0; ow <= ow1; ++ow) {
-                const int o = oh * OW + ow;
-                if ((int)ap[o] == i * kw + (w - (ow * sw - pw))) acc += dyp[o];
-            }
-        }
-        dx[pl * (H * W) + e] = acc;
-    }
+    const cn_pool_shape p = cn_pool_make(H, W, OH, OW, kh, kw, sh, sw, ph, pw);
+    cn_pool_backward<IndexT, false>(nullptr, dy, argmax, dx, planes, p, group, div_plane, div_row,
+                                    div_sh, div_sw);
 }
 
 // dx from dy and x: each covering window's argmax is found again.
-extern "C" __global__ void max_pool_backward_recompute(const float* __restrict__ x,
-                                                       const float* __restrict__ dy,
-                                                       float* __restrict__ dx, long long planes,
-                                                       int H, int W, int OH, int OW, int kh,
-                                                       int kw, int sh, int sw, int ph, int pw)
+extern "C" __global__ void max_pool_backward_recompute(
+    const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx,
+    long long planes, int H, int W, int OH, int OW, int kh, int kw, int sh, int sw, int ph,
+    int pw, int group, unsigned long long div_plane, unsigned long long div_row,
+    unsigned long long div_sh, unsigned long long div_sw)
 {
     const cn_pool_shape p = cn_pool_make(H, W, OH, OW, kh, kw, sh, sw, ph, pw);
-    const int h = (blockIdx.x * blockDim.x + threadIdx.x) / W;
-    const int w = (blockIdx.x * blockDim.x + threadIdx.x) - h * W;
-    int oh0, oh1, ow0, ow1;
-    cn_pool_cover(h, kh, sh, ph, OH, oh0, oh1);
-    cn_pool_cover(w, kw, sw, pw, OW, ow0, ow1);
-    CN_POOL_FOR_EACH(e, H * W, pl, planes) {
-        const float* xp = x + pl * (H * W);
-        const float* dyp = dy + pl * (OH * OW);
-        float acc = 0.0f;
-        for (int oh = oh0; oh <= oh1; ++oh) {
-            const int i = h - (oh * sh - ph);
-            for (int ow = ow0; ow <= ow1; ++ow) {
-                int offset;
-                cn_pool_window(xp, p, oh, ow, offset);
-                if (offset == i * kw + (w - (ow * sw - pw))) acc += dyp[oh * OW + ow];
-            }
-        }
-        dx[pl * (H * W) + e] = acc;
-    }
+    cn_pool_backward<unsigned char, true>(x, dy, nullptr, dx, planes, p, group, div_plane,
+                                          div_row, div_sh, div_sw);
 }

@@ -226,6 +226,75 @@ def test_backward_filter_splits(kernel_device, splits):
     check_backward_filter(kernel_device, case, splits=splits)
 
 
+BIAS_THREADS = 256
+
+
+def _bias_bound(dy, splits):
+    """A worst-case bound on the bias gradient's rounding error for its summation order
+    (ops/conv.py, kernels/conv_backward_filter.cu): each thread adds at most
+    ceil(count / THREADS) terms serially, a tree of log2(THREADS) levels adds the threads,
+    conv_split_sum adds the splits: |err| <= (terms + 8 + splits) * u * sum |dy|, with
+    u = 2^-24, per channel (Higham's bound for a sum evaluated in that order, first
+    order in u)."""
+    n, k, p, q = dy.shape
+    images = -(-n // splits)
+    terms = -(-images * p * q // BIAS_THREADS)
+    return (terms + 8 + splits) * 2.0**-24 * np.abs(dy.astype(np.float64)).sum(axis=(0, 2, 3))
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 7, 100])
+@pytest.mark.parametrize("shape", [(7, 5, 13, 13), (3, 2, 1, 1), (4, 3, 40, 31), (9, 300, 2, 3)])
+def test_bias_gradient_splits(kernel_device, splits, shape):
+    """Any split of the images (more splits than images included; PQ of 1, 169, odd
+    sizes) is within the worst-case rounding bound of the float64 sum, on data of a wide
+    dynamic range with cancellation."""
+    rng = np.random.default_rng(sum(shape) + splits)
+    dy = (rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 4, shape)).astype(np.float32)
+    g = conv.geometry((shape[0], 1, shape[2], shape[3]), (shape[1], 1, 1, 1))
+    d = kernel_device
+    db = d.to_numpy(conv.backward_bias(d, g, d.asarray(dy), splits=splits))
+    want = dy.astype(np.float64).sum(axis=(0, 2, 3))
+    err = np.abs(db.astype(np.float64) - want)
+    assert db.dtype == np.float32 and (err <= _bias_bound(dy, min(splits, shape[0]))).all()
+
+
+def test_bias_gradient_is_deterministic_under_every_schedule():
+    """Two-level sums in a fixed order: the same bits in every emu check mode and order,
+    with uncleared workspace filled with 0x7f bytes."""
+    from convnet.backend import emu
+    device = require_device("emu")
+    dy = np.random.default_rng(3).standard_normal((6, 7, 9, 11)).astype(np.float32)
+    g = conv.geometry((6, 1, 9, 11), (7, 1, 1, 1))
+    plain = [conv.backward_bias(device, g, dy, splits=s) for s in (1, 4)]
+    modes = [dict(schedule="reverse", fill_shared=True), dict(check="race", schedule="random",
+             seed=5), dict(check="init", fill_empty=True), dict(check="bounds"),
+             dict(check="align")]
+    for mode in modes:
+        with emu.debug(**mode):
+            for s, want in zip((1, 4), plain):
+                got = conv.backward_bias(device, g, dy, splits=s)
+                assert np.array_equal(got, want), f"splits {s} under {mode}"
+
+
+def test_bias_launches():
+    gpu, emu_ = _device("cuda", 132), _device("emu", 2)
+    g1 = conv.geometry((128, 3, 227, 227), (96, 3, 11, 11), 4, 0, 1)
+    splits = conv.bias_splits(gpu, g1)
+    assert 96 * splits >= 4 * 132 and splits <= 128
+    dy, db = np.zeros(g1.y_shape, np.float32), np.zeros(96, np.float32)
+    first, second = conv.backward_bias_launches(gpu, g1, dy, db, splits,
+                                                np.zeros(96 * splits, np.float32))
+    assert first.grid == (96, splits, 1) and first.name == "conv_bias_grad<256>"
+    assert second.name == "conv_split_sum" and second.args[1] is db
+    assert conv.bias_splits(emu_, g1) == 1
+    (only,) = conv.backward_bias_launches(emu_, g1, dy, db)
+    assert only.grid == (96, 1, 1) and only.args[1] is db
+    with pytest.raises(LaunchError, match="workspace"):
+        conv.backward_bias_launches(gpu, g1, dy, db, splits)
+    g5 = conv.geometry((128, 384, 13, 13), (256, 192, 3, 3), 1, 1, 2)
+    assert 256 * conv.bias_splits(gpu, g5) >= 4 * 132
+
+
 def test_misaligned_operands():
     """Views that start off a 16-byte boundary: the dense loader leaves float4 loads."""
     device = require_device("emu")

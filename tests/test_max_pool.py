@@ -210,13 +210,66 @@ def test_large_windows_use_int32_offsets(kernel_device):
 
 
 def test_many_small_planes(kernel_device):
-    """Blocks of several planes, and more planes than the grid covers at once (emu: the
+    """Groups of several planes, and more groups than the grid covers at once (emu: the
     threads loop over them)."""
     x = _data((3, 70, 5, 4), seed=14)
     p = pool_ops.make_params(2, 2, 1)
-    grid, block = pool_ops.launch_shape(EMU, pool_ops.output_shape(x.shape, p))
-    assert block == (32, 8) and grid[1] * block[1] < 210
+    grid, block, group = pool_ops.launch_shape(EMU, pool_ops.output_shape(x.shape, p))
+    assert block == (pool_ops.BLOCK,) and grid[1] * group < 210
     _check_kernels(kernel_device, x, p)
+
+
+GPU_SHAPE = SimpleNamespace(kind="cuda", parallel_units=132)
+
+
+def _launch_views(device, x, p, dy, offset, shape_of=GPU_SHAPE):
+    """The four kernels launched with ``shape_of``'s launch shape into outputs that start
+    ``offset`` elements into their buffers (offset 1: misaligned for float4/uchar4, so
+    only the scalar path may run)."""
+    xp = device.xp
+    out_shape = pool_ops.output_shape(x.shape, p)
+    size = int(np.prod(out_shape))
+
+    def view(n, dtype):
+        buf = xp.full(n + offset + 3, 7, dtype=dtype)
+        return buf, buf[offset:offset + n]
+
+    xd, dyd = device.asarray(x), device.asarray(dy)
+    ybuf, y = view(size, np.float32)
+    abuf, a = view(size, pool_ops.index_dtype(p))
+    y0buf, y0 = view(size, np.float32)
+    dxbuf, dx = view(x.size, np.float32)
+    dx2buf, dx2 = view(x.size, np.float32)
+    y, a, y0 = (v.reshape(out_shape) for v in (y, a, y0))
+    dx, dx2 = dx.reshape(x.shape), dx2.reshape(x.shape)
+    device.launch(pool_ops.forward_launch(shape_of, xd, y, p, a))
+    device.launch(pool_ops.forward_launch(shape_of, xd, y0, p))
+    device.launch(pool_ops.backward_launch(shape_of, dyd, a, dx, p))
+    device.launch(pool_ops.backward_recompute_launch(shape_of, xd, dyd, dx2, p))
+    for buf, n in ((ybuf, size), (abuf, size), (y0buf, size), (dxbuf, x.size), (dx2buf, x.size)):
+        rest = np.concatenate([device.to_numpy(buf[:offset]), device.to_numpy(buf[offset + n:])])
+        assert (rest == 7).all(), "a kernel wrote outside its output"
+    return tuple(device.to_numpy(v) for v in (y, a, y0, dx, dx2))
+
+
+@pytest.mark.parametrize("offset", [0, 1, 4])
+@pytest.mark.parametrize("shape", [(2, 3, 13, 13), (1, 5, 7, 9), (3, 4, 6, 6)])
+def test_vector_and_scalar_stores(kernel_device, offset, shape):
+    """Quads stored as float4/uchar4 where aligned, element by element where not (odd
+    plane sizes, odd plane counts, views starting one element in), with the GPU's
+    one-group launch and emu's groups of 4: the same values, nothing outside written."""
+    x = np.round(_data(shape, seed=sum(shape) + offset), 1)
+    p = ALEXNET if shape[2] > 6 else pool_ops.make_params(3, 1, 1)
+    dy = _data(pool_ops.output_shape(shape, p), seed=offset)
+    y_ref, a_ref = pool_ops.forward_reference(x, p)
+    dx_ref = pool_ops.backward_reference(dy, a_ref, p, shape)
+    for shape_of in (GPU_SHAPE, EMU):
+        y, a, y0, dx, dx2 = _launch_views(kernel_device, x, p, dy, offset, shape_of)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(y0, y_ref)
+        np.testing.assert_array_equal(a, a_ref)
+        np.testing.assert_array_equal(dx, dx_ref)
+        np.testing.assert_array_equal(dx2, dx_ref)
 
 
 def test_emu_schedule_and_shared_fill_do_not_matter():
@@ -274,17 +327,42 @@ def test_launch_shape():
     y = np.zeros((128, 96, 27, 27), np.float32)
     launch = pool_ops.forward_launch(EMU, x, y, ALEXNET, np.zeros(y.shape, np.uint8))
     assert launch.name == "max_pool_forward_index<unsigned char>"
-    # a thread per output of a plane (32-bit index math), blocks of planes along y
+    # a thread per quad of outputs of a group of planes laid end to end (32-bit index
+    # math), groups of EMU_GROUP planes on emu, EMU_MAX_GROUPS blocks of them along y
     assert launch.block == (pool_ops.BLOCK, 1, 1)
-    assert launch.grid == (-(-27 * 27 // pool_ops.BLOCK), pool_ops.EMU_MAX_PLANES, 1)
+    quads = -(-pool_ops.EMU_GROUP * 27 * 27 // 4)
+    assert launch.grid == (-(-quads // pool_ops.BLOCK), pool_ops.EMU_MAX_GROUPS, 1)
     back = pool_ops.backward_launch(EMU, y, np.zeros(y.shape, np.uint8), x, ALEXNET)
-    assert back.grid == (-(-55 * 55 // pool_ops.BLOCK), pool_ops.EMU_MAX_PLANES, 1)
-    small = pool_ops.forward_launch(EMU, np.zeros((128, 256, 13, 13), np.float32),
-                                    np.zeros((128, 256, 6, 6), np.float32), ALEXNET)
-    assert small.block == (64, 4, 1) and small.grid == (1, pool_ops.EMU_MAX_PLANES, 1)
+    assert back.grid == (-(-pool_ops.EMU_GROUP * 55 * 55 // 4 // pool_ops.BLOCK),
+                         pool_ops.EMU_MAX_GROUPS, 1)
     assert pool_ops.forward_launch(EMU, x, y, ALEXNET).name == "max_pool_forward"
-    gpu = pool_ops.forward_launch(SimpleNamespace(kind="cuda", parallel_units=132), x, y, ALEXNET)
-    assert gpu.grid == launch.grid[:1] + (128 * 96, 1)  # a GPU covers every plane at once
+    # a GPU takes every plane in one group: pool5's 6x6 maps fill every lane
+    gpu = SimpleNamespace(kind="cuda", parallel_units=132)
+    small = pool_ops.forward_launch(gpu, np.zeros((128, 256, 13, 13), np.float32),
+                                    np.zeros((128, 256, 6, 6), np.float32), ALEXNET)
+    assert small.grid == (128 * 256 * 36 // 4 // pool_ops.BLOCK, 1, 1)
+    assert int(small.args[13]) == 128 * 256  # group: every plane (x, y, planes, 10 shape ints)
+    # a group of 4 planes past the 32-bit index: one plane per group, no vector stores
+    assert pool_ops.plane_group(gpu, 8, 2**30) == 1
+    assert pool_ops.plane_group(gpu, 5, 6 * 6) == 8
+    with pytest.raises(ValueError, match="int32"):
+        pool_ops.plane_group(gpu, 1, 2**31)
+
+
+def test_divisor_is_exact():
+    """The packed multiply-high division equals // for divisors and numerators at the
+    edges of [1, 2^31) and at random."""
+    rng = np.random.default_rng(0)
+    ds = [1, 2, 3, 7, 36, 169, 3025, 2**30, 2**30 + 1, 2**31 - 1]
+    ds += [int(v) for v in rng.integers(1, 2**31, 200)]
+    for d in ds:
+        packed = int(pool_ops.divisor(d))
+        m, shift = packed & 0xFFFFFFFF, packed >> 32
+        ns = [0, 1, d - 1, d, 2 * d - 1, 2**31 - 1] + [int(v) for v in rng.integers(0, 2**31, 50)]
+        for n in (v for v in ns if 0 <= v < 2**31):
+            assert (((n * m) >> 32) + n) >> shift == n // d, (n, d)
+    with pytest.raises(ValueError):
+        pool_ops.divisor(0)
 
 
 # --------------------------------------------------------------------------- autograd

@@ -25,7 +25,8 @@ channels of group ``k // (K/groups)``).
 
 Backward filter splits its reduction over N*P*Q across blocks (``plan_filter``)
 and adds the partial results in a second, ordered pass: no atomics, so results are
-bit-identical whatever the block schedule.
+bit-identical whatever the block schedule. The bias gradient does the same over the
+images (``bias_splits``): K channels times the splits fill the GPU whatever K.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from .elementwise import BLOCK, max_blocks
 
 __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "EMU", "FORWARD", "FilterPlan", "Geometry",
            "LARGE", "MEDIUM", "SMALL", "THIN", "TILES", "Tile", "backward_bias",
-           "backward_bias_launch", "backward_bias_reference", "backward_data",
+           "backward_bias_launches", "backward_bias_reference", "bias_splits", "backward_data",
            "backward_data_launch", "backward_data_reference", "backward_filter",
            "backward_filter_launches", "backward_filter_reference", "check_kernel_sizes",
            "choose_tile", "forward", "forward_launch", "forward_reference", "geometry",
@@ -54,6 +55,11 @@ __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "EMU", "FORWARD", "FilterPlan", "
 # Blocks of backward filter's split GEMM per parallel unit of the device, when
 # plan_filter chooses the split: about four per SM on a GPU, two per emulator worker.
 SPLIT_BLOCKS_PER_UNIT = {"cuda": 4, "emu": 2}
+# Blocks of the bias gradient's first pass per parallel unit: four of 256 threads, half
+# an SM's 2048 threads, with four loads in flight each (more splits only shorten each
+# thread's run against its fixed tree-reduction cost); on emu one split (channels are
+# already more blocks than workers, and a fiber costs more than a load).
+BIAS_BLOCKS_PER_UNIT = {"cuda": 4, "emu": 0}
 
 
 # --------------------------------------------------------------------------- references
@@ -206,11 +212,37 @@ def backward_filter_launches(device, g: Geometry, x, dy, dw, plan: FilterPlan,
                    args=(ws, dw, np.int32(count), np.int32(splits)))]
 
 
-def backward_bias_launch(g: Geometry, dy, db) -> Launch:
-    """The Launch writing dL/db into ``db`` (one block per output channel)."""
-    return Launch(BACKWARD_FILTER, "conv_bias_grad", grid=(g.k,), block=(BIAS_THREADS,),
-                  args=(dy, db, np.int32(g.n), np.int32(g.k), np.int32(g.p * g.q)),
-                  template_args=(BIAS_THREADS,))
+def bias_splits(device, g: Geometry) -> int:
+    """Slices of the images for the bias gradient's first pass: enough that K * splits
+    blocks fill the device (BIAS_BLOCKS_PER_UNIT per SM), at most one per image; 1 (no
+    second pass) where K blocks already do, and on emu."""
+    target = BIAS_BLOCKS_PER_UNIT.get(device.kind, 0) * device.parallel_units
+    splits = min(g.n, max(1, -(-target // g.k)))
+    images = -(-g.n // splits)
+    return -(-g.n // images)
+
+
+def backward_bias_launches(device, g: Geometry, dy, db, splits=None,
+                           workspace=None) -> list[Launch]:
+    """The Launches writing dL/db into ``db``: conv_bias_grad over (K, splits) blocks
+    into db (one split) or into ``workspace`` (splits * K floats), then conv_split_sum
+    adding the splits in order."""
+    splits = bias_splits(device, g) if splits is None else positive_int(splits, "splits")
+    images = -(-g.n // min(splits, max(g.n, 1)))
+    splits = -(-g.n // images)
+    scalars = (np.int32(g.n), np.int32(g.k), np.int32(g.p * g.q), np.int32(images))
+    if splits == 1:
+        return [Launch(BACKWARD_FILTER, "conv_bias_grad", grid=(g.k, 1), block=(BIAS_THREADS,),
+                       args=(dy, db, *scalars), template_args=(BIAS_THREADS,))]
+    if workspace is None or workspace.size < splits * g.k:
+        raise LaunchError(f"conv2d backward bias: {splits} splits need a workspace of "
+                          f"{splits * g.k} floats")
+    ws = workspace.reshape(-1)[:splits * g.k]
+    blocks = min(-(-g.k // BLOCK), max_blocks(device))
+    return [Launch(BACKWARD_FILTER, "conv_bias_grad", grid=(g.k, splits), block=(BIAS_THREADS,),
+                   args=(dy, ws, *scalars), template_args=(BIAS_THREADS,)),
+            Launch(BACKWARD_FILTER, "conv_split_sum", grid=(blocks,), block=(BLOCK,),
+                   args=(ws, db, np.int32(g.k), np.int32(splits)))]
 
 
 # --------------------------------------------------------------------------- on a device
@@ -272,8 +304,10 @@ def backward_filter(device, g: Geometry, x, dy, tile=None, splits=None):
     return dw
 
 
-def backward_bias(device, g: Geometry, dy):
-    """dL/db from dL/dy on ``device``."""
+def backward_bias(device, g: Geometry, dy, splits=None):
+    """dL/db from dL/dy on ``device`` (``splits``: the first pass's image slices,
+    default ``bias_splits``; any count gives the same sums on a given device kind only
+    up to rounding, since the order of the adds follows the slices)."""
     (dy,) = _operands(device, g, "conv2d backward", dy=dy)
     if not device.runs_kernels:
         return backward_bias_reference(dy)
@@ -281,5 +315,10 @@ def backward_bias(device, g: Geometry, dy):
         return device.xp.zeros((g.k,), dtype=np.float32)
     check_kernel_sizes(g)
     db = device.xp.empty((g.k,), dtype=np.float32)
-    device.launch(backward_bias_launch(g, dy, db))
+    splits = bias_splits(device, g) if splits is None else positive_int(splits, "splits")
+    images = -(-g.n // min(splits, g.n))
+    splits = -(-g.n // images)
+    workspace = device.xp.empty(splits * g.k, dtype=np.float32) if splits > 1 else None
+    for launch in backward_bias_launches(device, g, dy, db, splits, workspace):
+        device.launch(launch)
     return db

@@ -49,9 +49,13 @@ MODULE = KernelModule("max_pool.cu", (
 # as fast as max_pool_backward_recompute (AlexNet's three pools, batch 8), and on a GPU
 # it reads dy and one byte per output instead of the whole input x as well.
 
-BLOCK = 256                 # threads per block (a plane's elements times planes)
-EMU_MAX_PLANES = 16         # blocks of planes on emu: fibers are costly, each loops over many
-_INT32_MAX = 2**31 - 1
+BLOCK = 256                 # threads per block, a quad of elements each
+QUAD = 4                    # consecutive elements per thread (float4 / uchar4 stores)
+EMU_GROUP = 4               # planes per group on emu: few fibers, each loops over groups
+EMU_MAX_GROUPS = 16         # blocks of groups on emu (grid.y)
+# The largest group, in elements: the kernels' 32-bit quad index (4 x thread) must stay
+# below 2^31 for every thread of the grid, which may run up to a block of quads past it.
+_GROUP_LIMIT = 2**31 - 1 - QUAD * BLOCK
 
 
 class PoolParams(NamedTuple):
@@ -157,26 +161,60 @@ def backward_reference(dy: np.ndarray, argmax: np.ndarray, params: PoolParams,
 
 # --------------------------------------------------------------------------- launches
 
-def launch_shape(device, shape) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(grid, block) for a thread per element of the planes of ``shape`` (N, C, H, W):
-    a block is a warp-rounded run of a plane's elements (at most BLOCK) times as many
-    planes as fill BLOCK threads (small planes share blocks); grid.y covers the planes
-    up to the CUDA limit on a GPU, EMU_MAX_PLANES blocks of them on emu."""
+def divisor(d: int) -> np.uint64:
+    """``d`` (1 <= d < 2^31) packed for the kernels' ``cn_pool_div``: the multiplier
+    m = floor(2^32 (2^l - d) / d) + 1 in the low 32 bits, the shift l = ceil(log2 d) in
+    the high; then n // d == (umulhi(n, m) + n) >> l for every 0 <= n < 2^31."""
+    d = int(d)
+    if not 1 <= d < 2**31:
+        raise ValueError(f"max_pool2d: divisor {d} is outside [1, 2^31)")
+    shift = (d - 1).bit_length()
+    multiplier = ((1 << 32) * ((1 << shift) - d)) // d + 1
+    return np.uint64(multiplier | (shift << 32))
+
+
+def plane_group(device, planes: int, size: int) -> int:
+    """Planes per group for planes of ``size`` elements: a multiple of 4 (so that every
+    quad of a group starts at a multiple of 4 elements and may be stored as a vector)
+    unless 4 planes overflow the 32-bit group index, then 1; on a GPU as many as fit
+    (one group for AlexNet's layers: no tail but the last quad), on emu EMU_GROUP."""
+    if size > _GROUP_LIMIT:
+        raise ValueError(f"max_pool2d: a plane of {size} elements exceeds the kernels' int32 "
+                         f"indices (at most {_GROUP_LIMIT})")
+    fit = _GROUP_LIMIT // size
+    if fit < QUAD:
+        return 1
+    want = EMU_GROUP if device.kind != "cuda" else -(-planes // QUAD) * QUAD
+    return min(want, fit // QUAD * QUAD)
+
+
+def launch_shape(device, shape) -> tuple[tuple[int, int], tuple[int], int]:
+    """(grid, block, group) for a thread per quad of the elements of ``shape``
+    (N, C, H, W) laid end to end, in groups of ``plane_group`` planes: grid.x covers a
+    group's quads, grid.y the groups up to the CUDA limit on a GPU, EMU_MAX_GROUPS on
+    emu (the threads loop over the rest). Every lane has work whatever the plane size,
+    but the last quads of each group."""
     n, c, h, w = shape
-    bx = min(BLOCK, -(-h * w // 32) * 32)
-    by = max(1, BLOCK // bx)
-    cap = MAX_GRID_DIM[1] if device.kind == "cuda" else EMU_MAX_PLANES
-    return (max(1, -(-h * w // bx)), max(1, min(-(-n * c // by), cap))), (bx, by)
+    planes, size = n * c, h * w
+    group = plane_group(device, planes, size)
+    groups = -(-planes // group)
+    cap = MAX_GRID_DIM[1] if device.kind == "cuda" else EMU_MAX_GROUPS
+    quads = -(-min(group, planes) * size // QUAD)
+    return (max(1, -(-quads // BLOCK)), max(1, min(groups, cap))), (BLOCK,), group
 
 
-def _shape_args(x_shape, out_shape, p: PoolParams) -> tuple:
+def _shape_args(x_shape, out_shape, p: PoolParams, group: int, per_input: bool) -> tuple:
+    """The kernels' scalars: shape, window, then the group and the packed divisors
+    (plane size and row length of the elements the threads walk; the strides too for
+    the backward)."""
     n, c, h, w = x_shape
-    if h * w > _INT32_MAX:
-        raise ValueError(f"max_pool2d: a plane of {h}×{w} elements exceeds the kernels' int32 "
-                         f"indices")
-    return (np.int64(n * c), np.int32(h), np.int32(w), np.int32(out_shape[2]),
-            np.int32(out_shape[3]), np.int32(p.kh), np.int32(p.kw), np.int32(p.sh),
-            np.int32(p.sw), np.int32(p.ph), np.int32(p.pw))
+    oh, ow = out_shape[2], out_shape[3]
+    args = (np.int64(n * c), np.int32(h), np.int32(w), np.int32(oh), np.int32(ow),
+            np.int32(p.kh), np.int32(p.kw), np.int32(p.sh), np.int32(p.sw), np.int32(p.ph),
+            np.int32(p.pw), np.int32(group))
+    if per_input:
+        return args + (divisor(h * w), divisor(w), divisor(p.sh), divisor(p.sw))
+    return args + (divisor(oh * ow), divisor(ow))
 
 
 def _index_type(argmax) -> str:
@@ -185,8 +223,8 @@ def _index_type(argmax) -> str:
 
 def forward_launch(device, x, y, params: PoolParams, argmax=None) -> Launch:
     """y (and the argmax, when given: uint8 or int32 as ``index_dtype``) from x."""
-    args = _shape_args(x.shape, y.shape, params)
-    grid, block = launch_shape(device, y.shape)
+    grid, block, group = launch_shape(device, y.shape)
+    args = _shape_args(x.shape, y.shape, params, group, per_input=False)
     if argmax is None:
         return Launch(MODULE, "max_pool_forward", grid=grid, block=block, args=(x, y, *args))
     return Launch(MODULE, "max_pool_forward_index", grid=grid, block=block,
@@ -194,16 +232,16 @@ def forward_launch(device, x, y, params: PoolParams, argmax=None) -> Launch:
 
 
 def backward_launch(device, dy, argmax, dx, params: PoolParams) -> Launch:
-    grid, block = launch_shape(device, dx.shape)
+    grid, block, group = launch_shape(device, dx.shape)
     return Launch(MODULE, "max_pool_backward", grid=grid, block=block,
-                  args=(dy, argmax, dx, *_shape_args(dx.shape, dy.shape, params)),
+                  args=(dy, argmax, dx, *_shape_args(dx.shape, dy.shape, params, group, True)),
                   template_args=(_index_type(argmax),))
 
 
 def backward_recompute_launch(device, x, dy, dx, params: PoolParams) -> Launch:
-    grid, block = launch_shape(device, dx.shape)
+    grid, block, group = launch_shape(device, dx.shape)
     return Launch(MODULE, "max_pool_backward_recompute", grid=grid, block=block,
-                  args=(x, dy, dx, *_shape_args(dx.shape, dy.shape, params)))
+                  args=(x, dy, dx, *_shape_args(dx.shape, dy.shape, params, group, True)))
 
 
 # --------------------------------------------------------------------------- on a device

@@ -148,8 +148,14 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
                                (ws,), (dw,), work=count))
         if bias:
             db = arrays((k,))
-            out.append(Planned(name, "backward", conv.backward_bias_launch(g, dy, db),
-                               dy.size * NOMINAL_FLOPS["sum"], (dy,), (db,), work=dy.size))
+            splits = choices.setdefault("bias", conv.bias_splits(dev, g))
+            bws = arrays((splits * k,)) if splits > 1 else None
+            first, *second = conv.backward_bias_launches(dev, g, dy, db, splits, bws)
+            out.append(Planned(name, "backward", first, dy.size * NOMINAL_FLOPS["sum"], (dy,),
+                               (bws if second else db,), work=dy.size))
+            for launch in second:
+                out.append(Planned(name, "backward", launch, k * splits * NOMINAL_FLOPS["sum"],
+                                   (bws,), (db,), work=k * splits))
         return out
 
     return Layer(name, build, dict(op="conv", c=c, hw=hw, k=k, rs=rs, stride=stride, pad=pad,
