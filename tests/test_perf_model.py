@@ -229,3 +229,21 @@ def test_calibration_record_through_the_harness():
     again = harness.Report.from_dict(data)
     assert [e["label"] for e in again.calibration] == ["a", "b", "c"]
     assert math.isclose(cal["entries"][0]["predicted_s"], 1e-3)
+
+
+def test_gemm_like_counts_are_normalised_to_the_exact_flops():
+    """A GEMM-like kernel (main loop >= 50 % math) whose counted FP32 instructions
+    overshoot FLOPs / 64 by 30 % has every count scaled back by 1/1.3; a byte-bound
+    kernel's (nominal FLOPs) counts stand."""
+    from convnet.perf.model import KernelInputs, normalised_counts
+    flops = 64.0 * 1000                      # exactly 1000 FFMA warp instructions
+    gemm = KernelInputs("g", blocks=1, threads_per_block=256, flops=flops, read_bytes=0,
+                        write_bytes=0, math_share=0.7, instructions=1950.0,
+                        pipe_instructions={"fp32": 1300.0, "fp64": 13.0})
+    instructions, pipes = normalised_counts(gemm)
+    assert instructions == pytest.approx(1500.0) and pipes["fp32"] == pytest.approx(1000.0)
+    assert pipes["fp64"] == pytest.approx(10.0)
+    byte_bound = KernelInputs("b", blocks=1, threads_per_block=256, flops=flops, read_bytes=0,
+                              write_bytes=0, math_share=0.1, instructions=1950.0,
+                              pipe_instructions={"fp32": 1300.0})
+    assert normalised_counts(byte_bound) == (1950.0, {"fp32": 1300.0})
