@@ -15,7 +15,8 @@ Every variant is timed, so that the library's choices can be re-checked anywhere
   ``lrn_forward_scale`` + ``lrn_backward_saved_scale`` (s stored by the forward);
 * max-pool: ``pool_backward`` (saved uint8 argmax) against ``pool_backward_recompute``;
   ``pool_forward`` (with the argmax) and ``pool_forward_noindex``;
-* LRN + max-pool: ``lrn_pool_fused`` (one kernel) against ``lrn_pool_separate``.
+* LRN + max-pool: ``lrn_pool_fused`` (one kernel) against ``lrn_pool_separate``;
+  backward ``lrn_pool_backward_fused`` against ``lrn_pool_backward_separate``.
 
 ``cpu`` times the NumPy references (the baseline of ``emu``). On ``cuda:N``, PyTorch
 (``nn.LocalResponseNorm`` with alpha × size, ``max_pool2d_with_indices`` and its
@@ -26,7 +27,9 @@ needs (each input read once, each output written once): LRN forward 8 B/element
 (12 storing s), backward 12 (16 reading s); pool forward 4 B per input + 5 per output
 (4 + 4 without argmax), backward 4 per input + 5 per output (recompute: 8 per input
 + 4 per output); fused 4 per input + 5 per output, separate 12 per input + 5 per
-output. Ratios and choices go into the notes, recorded, never asserted.
+output; fused backward (``lrn_pool_backward_fused``: pool and LRN backward in one
+kernel) 8 per input + 5 per output, separate 16 per input + 9 per output. Ratios and
+choices go into the notes, recorded, never asserted.
 """
 from __future__ import annotations
 
@@ -276,6 +279,38 @@ def bench_fused(bench, batch, baselines):
         bench.report.notes[f"fused-vs-separate {device.name} {label}"] = (
             f"fused {fus.median * 1e3:.3f} ms, separate {sep.median * 1e3:.3f} ms: fused is "
             f"{sep.median / fus.median:.2f}x as fast")
+        # the backward: lrn_max_pool_backward (one kernel, no dz) against max_pool_backward
+        # then lrn_backward<false>; bytes: 8 per input + 5 per output, against 16 + 9
+        dy = device.asarray(_host_data(out_shape, 6))
+        dz, dx, dx2 = xp.empty_like(x), xp.empty_like(x), xp.empty_like(x)
+        pool_back = max_pool.backward_launch(device, dy, a2, dz, pool)
+        lrn_back = lrn.backward_launch(device, x, dz, dx, params)
+        fused_back = lrn_max_pool.backward_launch(device, x, dy, a2, dx2, params, pool)
+        for launch in (pool_back, lrn_back, fused_back):
+            device.launch(launch)
+        device.synchronize()
+        bench.check(f"lrn_pool_backward_fused {label}", dx2, device.to_numpy(dx), exact=True)
+
+        def separate_back():
+            device.launch(pool_back)
+            device.launch(lrn_back)
+        sep_b = bench.time((label, "sep_bwd"), "lrn_pool_backward_separate", separate_back,
+                           16 * n_in + 9 * n_out, p, base.get("sep_bwd"))
+        fus_b = bench.time((label, "fused_bwd"), "lrn_pool_backward_fused",
+                           lambda: device.launch(fused_back), 8 * n_in + 5 * n_out, p,
+                           base.get("sep_bwd"))
+        bench.report.add_ratio(fus_b, sep_b, label=f"lrn_pool_backward_fused vs separate on "
+                                                   f"{device.name}, {label}")
+        bench.report.notes[f"fused-vs-separate backward {device.name} {label}"] = (
+            f"fused {fus_b.median * 1e3:.3f} ms, separate {sep_b.median * 1e3:.3f} ms: fused is "
+            f"{sep_b.median / fus_b.median:.2f}x as fast")
+        if device.kind == "cuda":   # the model's prediction beside each (calibration)
+            op = f"lrn_pool:{chw[0]},{chw[1]}"
+            bench.report.predict(fus, op, batch, ("lrn_max_pool_forward",), passes=("forward",),
+                                 label=f"lrn_pool_fused {label} batch {batch}")
+            bench.report.predict(fus_b, op, batch, ("lrn_max_pool_backward",),
+                                 passes=("backward",),
+                                 label=f"lrn_pool_backward_fused {label} batch {batch}")
 
 
 def torch_baselines(bench, batch, torch):

@@ -29,9 +29,13 @@
 // The backward's column walk (cn_lrn_backward_column, lrn_window.cuh) is shared with
 // the fused max-pool + LRN backward of lrn_max_pool.cu.
 //
-// Variants: lrn_forward<WRITE_SCALE> also stores s (for a backward that reads it);
-// lrn_backward<SAVED_SCALE> reads s from the forward instead of recomputing it from
+// Variants: lrn_forward<WRITE_SCALE, W> also stores s (for a backward that reads it);
+// lrn_backward<SAVED_SCALE, W> reads s from the forward instead of recomputing it from
 // x with a third window sum. ops/lrn.py says which pair the library uses and why.
+// W = 0: any window, rings in shared memory; W = 5: the paper's window [c-2, c+2] in
+// registers (lo and hi are then W's; the host still allocates the rings, unused, which
+// at 5 slots does not limit occupancy): a channel step is a few shifts and W FMAs.
+// ops/lrn.py instantiates W = 5 for the forward only (why: there).
 #include "common.cuh"
 #include "lrn_window.cuh"
 
@@ -62,14 +66,14 @@ static __device__ __forceinline__ cn_lrn_column cn_lrn_locate(long long t, int c
     return col;
 }
 
-template <bool WRITE_SCALE>
+template <bool WRITE_SCALE, int W>
 __global__ void lrn_forward(const float* __restrict__ x, float* __restrict__ y,
                             float* __restrict__ scale, int batch, int channels, int plane,
                             int groups, int chunk, int lo, int hi, float alpha, float beta,
                             float k)
 {
     extern __shared__ float cn_lrn_ring[];
-    const int width = lo + hi + 1;
+    cn_lrn_fixed_window<W>(lo, hi);
     const int stride = blockDim.x;
     float* ring = cn_lrn_ring + threadIdx.x;
     const int chunks = (channels / groups + chunk - 1) / chunk;
@@ -79,12 +83,11 @@ __global__ void lrn_forward(const float* __restrict__ x, float* __restrict__ y,
     for (long long t = cn_global_thread(); t < columns; t += cn_grid_threads()) {
         const cn_lrn_column col = cn_lrn_locate(t, channels, plane, groups, chunk);
         const float* xc = x + col.base;
-        cn_lrn_walk walk;
-        cn_lrn_prime(walk, xc, plane, col.c0, col.g0, col.g1, lo, hi, width, ring, stride);
+        cn_lrn_walk<W> walk;
+        cn_lrn_prime<W>(walk, xc, plane, col.c0, col.g0, col.g1, lo, hi, ring, stride);
         for (int c = col.c0; c < col.c1; ++c) {
             float a;
-            const float s = cn_lrn_step(walk, xc, plane, c, col.g0, col.g1, hi, width, ring,
-                                        stride, alpha, k, a);
+            const float s = cn_lrn_step<W>(walk, xc, plane, c, col.g0, col.g1, lo, hi, alpha, k, a);
             y[col.base + (long long)c * plane] = cn_lrn_times_power(a, s, beta, beta75);
             if (WRITE_SCALE) scale[col.base + (long long)c * plane] = s;
         }
@@ -100,13 +103,14 @@ struct cn_lrn_plain_grad {
 
 // dx from x and dy; s from `scale` (SAVED_SCALE) or recomputed (then `scale` is unused).
 // The walk is cn_lrn_backward_column (lrn_window.cuh).
-template <bool SAVED_SCALE>
+template <bool SAVED_SCALE, int W>
 __global__ void lrn_backward(const float* __restrict__ x, const float* __restrict__ scale,
                              const float* __restrict__ dy, float* __restrict__ dx, int batch,
                              int channels, int plane, int groups, int chunk, int lo, int hi,
                              float alpha, float beta, float k)
 {
     extern __shared__ float cn_lrn_ring[];
+    cn_lrn_fixed_window<W>(lo, hi);
     const int width = lo + hi + 1;
     const int stride = blockDim.x;
     float* xr = cn_lrn_ring + threadIdx.x;
@@ -119,8 +123,8 @@ __global__ void lrn_backward(const float* __restrict__ x, const float* __restric
     for (long long t = cn_global_thread(); t < columns; t += cn_grid_threads()) {
         const cn_lrn_column col = cn_lrn_locate(t, channels, plane, groups, chunk);
         const cn_lrn_plain_grad grad{dy + col.base, plane};
-        cn_lrn_backward_column<SAVED_SCALE>(x + col.base, scale + col.base, dx + col.base, grad,
-                                            plane, col.c0, col.c1, col.g0, col.g1, lo, hi, width,
-                                            xr, rr, dr, stride, alpha, beta, beta75, k);
+        cn_lrn_backward_column<W, SAVED_SCALE>(x + col.base, scale + col.base, dx + col.base,
+                                               grad, plane, col.c0, col.c1, col.g0, col.g1, lo, hi,
+                                               xr, rr, dr, stride, alpha, beta, beta75, k);
     }
 }

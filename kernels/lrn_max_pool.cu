@@ -23,7 +23,8 @@
 //   B. __syncthreads; the threads share the depth * tile_h * tile_w windows, each
 //      pooled from z; __syncthreads before the next step overwrites z.
 // Dynamic shared memory: (width + depth) * blockDim.x floats (width = lo + hi + 1
-// slots of each thread's ring, then z).
+// slots of each thread's ring, then z). FW is lrn.cu's W (5: the window in registers,
+// the ring's slots unused).
 //
 // lrn_max_pool_backward: dx from x, the pooled gradient dy and the saved argmax, never
 // storing the LRN output's gradient dz. Launched as lrn_backward (ops/lrn.py's
@@ -38,7 +39,7 @@
 #include "lrn_window.cuh"
 #include "pool_window.cuh"
 
-template <typename IndexT>
+template <typename IndexT, int FW>
 __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restrict__ y,
                                      IndexT* __restrict__ argmax, int batch, int channels, int H,
                                      int W, int groups, int lo, int hi, float alpha, float beta,
@@ -46,7 +47,8 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
                                      int ph, int pw, int tile_h, int tile_w, int depth)
 {
     extern __shared__ float cn_fused_shared[];
-    const int width = lo + hi + 1;
+    const int width = lo + hi + 1;  // the ring's slots in shared memory (unused for FW > 0)
+    cn_lrn_fixed_window<FW>(lo, hi);
     const int region = blockDim.x;
     const int t = threadIdx.x;
     float* ring = cn_fused_shared + t;
@@ -75,15 +77,15 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
         const int outs_h = min(tile_h, OH - oh0), outs_w = min(tile_w, OW - ow0);
         const int outs = outs_h * outs_w;
 
-        cn_lrn_walk walk;
-        if (inside) cn_lrn_prime(walk, xc, (int)plane, g0, g0, g1, lo, hi, width, ring, region);
+        cn_lrn_walk<FW> walk;
+        if (inside) cn_lrn_prime<FW>(walk, xc, (int)plane, g0, g0, g1, lo, hi, ring, region);
         for (int cb = g0; cb < g1; cb += depth) {
             const int count = min(depth, g1 - cb);
             if (inside) {
                 for (int d = 0; d < count; ++d) {
                     float a;
-                    const float s = cn_lrn_step(walk, xc, (int)plane, cb + d, g0, g1, hi, width,
-                                                ring, region, alpha, k, a);
+                    const float s = cn_lrn_step<FW>(walk, xc, (int)plane, cb + d, g0, g1, lo, hi,
+                                                   alpha, k, a);
                     z[d * region + t] = cn_lrn_times_power(a, s, beta, beta75);
                 }
             }
@@ -144,7 +146,7 @@ static __device__ __forceinline__ void cn_lrn_pool_cover(int i, int k, int st, i
     last = min((i + pad) / st, outs - 1);
 }
 
-template <typename IndexT>
+template <typename IndexT, int FW>
 __global__ void lrn_max_pool_backward(const float* __restrict__ x, const float* __restrict__ dy,
                                       const IndexT* __restrict__ argmax, float* __restrict__ dx,
                                       int batch, int channels, int H, int W, int groups, int chunk,
@@ -152,6 +154,7 @@ __global__ void lrn_max_pool_backward(const float* __restrict__ x, const float* 
                                       int OW, int kh, int kw, int sh, int sw, int ph, int pw)
 {
     extern __shared__ float cn_lrn_ring[];
+    cn_lrn_fixed_window<FW>(lo, hi);
     const int width = lo + hi + 1;
     const int stride = blockDim.x;
     float* xr = cn_lrn_ring + threadIdx.x;
@@ -186,7 +189,7 @@ __global__ void lrn_max_pool_backward(const float* __restrict__ x, const float* 
         grad.want0 = (h - (grad.oh0 * sh - ph)) * kw + (w - (grad.ow0 * sw - pw));
         grad.row_step = sh * kw;
         grad.col_step = sw;
-        cn_lrn_backward_column<false>(x + base, x + base, dx + base, grad, plane, c0, c1, g0, g1,
-                                      lo, hi, width, xr, rr, dr, stride, alpha, beta, beta75, k);
+        cn_lrn_backward_column<FW, false>(x + base, x + base, dx + base, grad, plane, c0, c1, g0,
+                                         g1, lo, hi, xr, rr, dr, stride, alpha, beta, beta75, k);
     }
 }

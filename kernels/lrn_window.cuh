@@ -65,65 +65,129 @@ static __device__ __forceinline__ float cn_lrn_times_power(float v, float s, flo
     return cn_lrn_times_power_general(v, s, beta);
 }
 
-// The sum of ring[slot] for the width slots starting at `oldest` (channel order).
-static __device__ __forceinline__ float cn_ring_sum(const float* ring, int stride, int width,
-                                                    int oldest)
-{
-    float acc = 0.0f;
-    for (int s = oldest; s < width; ++s) acc += ring[s * stride];
-    for (int s = 0; s < oldest; ++s) acc += ring[s * stride];
-    return acc;
-}
+// A window of the `width` most recent values of a column, oldest first: push(v) enters
+// v and drops the oldest; at(i) is the i-th oldest; sum() and squares() add the values
+// (or their squares) in that order, one FMA each.
+//  * cn_win<0>: any width, a ring in shared memory (ring[slot * stride], slots
+//    0..width-1, one ring per thread, stride = blockDim.x: the threads of a warp hit
+//    distinct banks); sums read the ring from the oldest slot to the end, then from 0.
+//  * cn_win<W>, W > 0: the paper's fixed width in registers (no shared memory); a push
+//    shifts W - 1 registers, a sum is W unrolled FMAs. The host picks it when the
+//    clipped window is exactly [c - W/2, c + (W-1)/2] (ops/lrn.py).
+// Both add in the same order, so both give the same bits.
+template <int W>
+struct cn_win {
+    float v[W];
+    __device__ __forceinline__ void init(float*, int, int)
+    {
+#pragma unroll
+        for (int i = 0; i < W; ++i) v[i] = 0.0f;
+    }
+    __device__ __forceinline__ void push(float x)
+    {
+#pragma unroll
+        for (int i = 0; i + 1 < W; ++i) v[i] = v[i + 1];
+        v[W - 1] = x;
+    }
+    __device__ __forceinline__ float at(int i) const { return v[i]; }
+    __device__ __forceinline__ int size() const { return W; }
+    __device__ __forceinline__ float sum() const
+    {
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < W; ++i) acc += v[i];
+        return acc;
+    }
+    __device__ __forceinline__ float squares() const
+    {
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < W; ++i) acc = fmaf(v[i], v[i], acc);
+        return acc;
+    }
+};
 
-// The same for the squares of the ring's values.
-static __device__ __forceinline__ float cn_ring_squares(const float* ring, int stride, int width,
-                                                        int oldest)
-{
-    float acc = 0.0f;
-    for (int s = oldest; s < width; ++s) {
-        const float a = ring[s * stride];
-        acc = fmaf(a, a, acc);
+template <>
+struct cn_win<0> {
+    float* ring;
+    int stride, width, slot;  // slot: the oldest value's
+    __device__ __forceinline__ void init(float* r, int s, int w)
+    {
+        ring = r;
+        stride = s;
+        width = w;
+        slot = 0;
+        for (int i = 0; i < w; ++i) ring[i * stride] = 0.0f;
     }
-    for (int s = 0; s < oldest; ++s) {
-        const float a = ring[s * stride];
-        acc = fmaf(a, a, acc);
+    __device__ __forceinline__ void push(float x)
+    {
+        ring[slot * stride] = x;
+        slot = slot + 1 == width ? 0 : slot + 1;
     }
-    return acc;
-}
+    __device__ __forceinline__ float at(int i) const
+    {
+        const int s = slot + i < width ? slot + i : slot + i - width;
+        return ring[s * stride];
+    }
+    __device__ __forceinline__ int size() const { return width; }
+    __device__ __forceinline__ float sum() const
+    {
+        float acc = 0.0f;
+        for (int s = slot; s < width; ++s) acc += ring[s * stride];
+        for (int s = 0; s < slot; ++s) acc += ring[s * stride];
+        return acc;
+    }
+    __device__ __forceinline__ float squares() const
+    {
+        float acc = 0.0f;
+        for (int s = slot; s < width; ++s) acc = fmaf(ring[s * stride], ring[s * stride], acc);
+        for (int s = 0; s < slot; ++s) acc = fmaf(ring[s * stride], ring[s * stride], acc);
+        return acc;
+    }
+};
 
 // s in FP64 when the FP32 sum of squares overflowed or came near it: out of line (a
 // call), so the channel loop does not carry its code.
-static __device__ __noinline__ float cn_lrn_scale_wide(const float* ring, int stride, int width,
-                                                       int oldest, float alpha, float k)
+template <int W>
+static __device__ __noinline__ float cn_lrn_scale_wide(const cn_win<W> win, float alpha, float k)
 {
     double sum = 0.0;
-    for (int i = 0; i < width; ++i) {
-        const int s = oldest + i < width ? oldest + i : oldest + i - width;
-        const double a = (double)ring[s * stride];
+    for (int i = 0; i < win.size(); ++i) {
+        const double a = (double)win.at(i);
         sum += a * a;
     }
     return (float)((double)k + (double)alpha * sum);
 }
 
-// The LRN scale s = k + alpha * sum of squares over the ring (see the header).
-static __device__ __forceinline__ float cn_lrn_scale(const float* ring, int stride, int width,
-                                                     int oldest, float alpha, float k)
+// The LRN scale s = k + alpha * sum of squares over the window (see the header).
+template <int W>
+static __device__ __forceinline__ float cn_lrn_scale(const cn_win<W>& win, float alpha, float k)
 {
-    const float acc = cn_ring_squares(ring, stride, width, oldest);
+    const float acc = win.squares();
     // overflowed or near it (a NaN fails the test and propagates)
-    if (acc > 0x1p126f) return cn_lrn_scale_wide(ring, stride, width, oldest, alpha, k);
+    if (acc > 0x1p126f) return cn_lrn_scale_wide<W>(win, alpha, k);
     return fmaf(alpha, acc, k);
 }
 
+// The window [lo, hi] of the kernels: the host's (clipped) for W = 0, else W's own.
+template <int W>
+static __device__ __forceinline__ void cn_lrn_fixed_window(int& lo, int& hi)
+{
+    if (W > 0) {
+        lo = W / 2;
+        hi = (W - 1) / 2;
+    }
+}
+
 // The walk down one column (channels c0, c0 + 1, ... of the group [g0, g1)): after the
-// step of channel c the ring holds channels c - lo .. c + hi, channel c - lo in slot
-// `slot` (the oldest, which the next step's entering channel replaces). cn_lrn_prime
-// fills the window of c0 except its last channel; each cn_lrn_step then enters channel
-// c + hi (zero outside the group) and returns s[c] and a[c]. The entering value is
-// loaded one step ahead (`next`), so on a GPU the next load is in flight meanwhile.
+// step of channel c the window x holds channels c - lo .. c + hi (c - lo the oldest,
+// at(0), which the next step drops). cn_lrn_prime fills the window of c0 except its
+// last channel; each cn_lrn_step then enters channel c + hi (zero outside the group)
+// and returns s[c] and a[c]. The entering value is loaded one step ahead (`next`), so
+// on a GPU the next load is in flight meanwhile.
+template <int W>
 struct cn_lrn_walk {
-    int slot;    // where channel c + hi goes at the next step
-    int centre;  // where the next step's channel c sits
+    cn_win<W> x;
     float next;  // channel c + hi, loaded at the previous step
 };
 
@@ -133,28 +197,25 @@ static __device__ __forceinline__ float cn_lrn_load(const float* __restrict__ xc
     return (i >= g0 && i < g1) ? xc[(long long)i * plane] : 0.0f;
 }
 
-static __device__ __forceinline__ void cn_lrn_prime(cn_lrn_walk& walk, const float* __restrict__ xc,
+template <int W>
+static __device__ __forceinline__ void cn_lrn_prime(cn_lrn_walk<W>& walk, const float* __restrict__ xc,
                                                     int plane, int c0, int g0, int g1, int lo,
-                                                    int hi, int width, float* ring, int stride)
+                                                    int hi, float* ring, int stride)
 {
-    for (int s = 0; s < width - 1; ++s) ring[s * stride] = cn_lrn_load(xc, plane, c0 - lo + s, g0, g1);
-    walk.slot = width - 1;
-    walk.centre = lo;
+    walk.x.init(ring, stride, lo + hi + 1);
+    for (int s = 0; s < lo + hi; ++s) walk.x.push(cn_lrn_load(xc, plane, c0 - lo + s, g0, g1));
     walk.next = cn_lrn_load(xc, plane, c0 + hi, g0, g1);
 }
 
-static __device__ __forceinline__ float cn_lrn_step(cn_lrn_walk& walk, const float* __restrict__ xc,
-                                                    int plane, int c, int g0, int g1, int hi,
-                                                    int width, float* ring, int stride,
-                                                    float alpha, float k, float& a)
+template <int W>
+static __device__ __forceinline__ float cn_lrn_step(cn_lrn_walk<W>& walk, const float* __restrict__ xc,
+                                                    int plane, int c, int g0, int g1, int lo,
+                                                    int hi, float alpha, float k, float& a)
 {
-    const float v = walk.next;
+    walk.x.push(walk.next);
     walk.next = cn_lrn_load(xc, plane, c + 1 + hi, g0, g1);
-    ring[walk.slot * stride] = v;
-    walk.slot = walk.slot + 1 == width ? 0 : walk.slot + 1;  // now the oldest: c - lo
-    a = ring[walk.centre * stride];
-    walk.centre = walk.centre + 1 == width ? 0 : walk.centre + 1;
-    return cn_lrn_scale(ring, stride, width, walk.slot, alpha, k);
+    a = walk.x.at(lo);
+    return cn_lrn_scale<W>(walk.x, alpha, k);
 }
 
 // The backward down one column: dx[c] for c in [c0, c1) of the group [g0, g1), from x,
@@ -167,26 +228,25 @@ static __device__ __forceinline__ float cn_lrn_step(cn_lrn_walk& walk, const flo
 // zero outside the group), and the window of r over [j - lo - hi, j] = the mirrored
 // window of c = j - lo, whose dx it then writes:
 //   dx[c] = dz[c] p[c] - 2 alpha beta a[c] sum r   (r held as r 2^40: see below).
-// Rings (a slot is an index's offset from the ring's first index, mod width):
-//   rr, dr: r and the direct terms over [j - lo - hi, j]; slot of j: (j - (c0 - hi)).
-//   xr with recompute: the forward walk's ring, x over [j - lo, j + hi]; after the step
-//     its oldest slot (walk.slot) holds channel c = j - lo.
-//   xr with a saved scale: x over [j - lo - hi, j], slotted like rr.
-template <bool SAVED_SCALE, class Grad>
+// Windows: rw, dw: r and the direct terms over [j - lo - hi, j] (c at at(hi)); with
+// recompute, the forward walk's x over [j - lo, j + hi] (c the oldest, at(0)); with a
+// saved scale, xw: x over [j - lo - hi, j] like rw. Rings (W = 0): xr, rr, dr.
+template <int W, bool SAVED_SCALE, class Grad>
 static __device__ __forceinline__ void cn_lrn_backward_column(
     const float* __restrict__ xc, const float* __restrict__ sc, float* __restrict__ dxc,
-    const Grad& grad, int plane, int c0, int c1, int g0, int g1, int lo, int hi, int width,
-    float* xr, float* rr, float* dr, int stride, float alpha, float beta, bool beta75, float k)
+    const Grad& grad, int plane, int c0, int c1, int g0, int g1, int lo, int hi, float* xr,
+    float* rr, float* dr, int stride, float alpha, float beta, bool beta75, float k)
 {
     const float coef = 2.0f * alpha * beta;
-    for (int s = 0; s < width; ++s) {
-        rr[s * stride] = 0.0f;
-        dr[s * stride] = 0.0f;
-    }
-    cn_lrn_walk walk{};
-    if (!SAVED_SCALE) cn_lrn_prime(walk, xc, plane, c0 - hi, g0, g1, lo, hi, width, xr, stride);
-    int slot = 0;                      // slot of j in rr, dr (xr with a saved scale)
-    int cslot = (width - lo) % width;  // slot of c = j - lo there
+    const int width = lo + hi + 1;
+    cn_win<W> rw, dw, xw;
+    rw.init(rr, stride, width);
+    dw.init(dr, stride, width);
+    cn_lrn_walk<W> walk;
+    if (SAVED_SCALE)
+        xw.init(xr, stride, width);
+    else
+        cn_lrn_prime<W>(walk, xc, plane, c0 - hi, g0, g1, lo, hi, xr, stride);
     // dz[j], x[j] and s[j] (saved) of the next step, loaded one step ahead
     const int j0 = c0 - hi;
     bool inside_next = j0 >= g0;
@@ -205,11 +265,10 @@ static __device__ __forceinline__ void cn_lrn_backward_column(
         if (SAVED_SCALE) {
             x_next = inside_next ? xc[(long long)(j + 1) * plane] : 0.0f;
             s_next = inside_next ? sc[(long long)(j + 1) * plane] : 1.0f;
-            xr[slot * stride] = a_j;
+            xw.push(a_j);
         } else {
             float a;
-            const float s = cn_lrn_step(walk, xc, plane, j, g0, g1, hi, width, xr, stride,
-                                        alpha, k, a);
+            const float s = cn_lrn_step<W>(walk, xc, plane, j, g0, g1, lo, hi, alpha, k, a);
             if (inside) {
                 a_j = a;
                 s_j = s;
@@ -224,16 +283,12 @@ static __device__ __forceinline__ void cn_lrn_backward_column(
             const float half = s_j > 0x1p120f ? 0x1p-32f : 1.0f;
             r = (direct * 0x1p40f) * __fdividef(a_j * half, s_j * half);
         }
-        rr[slot * stride] = r;
-        dr[slot * stride] = direct;
-        slot = slot + 1 == width ? 0 : slot + 1;  // now the oldest of rr: j - lo - hi
+        rw.push(r);
+        dw.push(direct);
         const int c = j - lo;
         if (c >= c0) {
-            const float a_c = xr[(SAVED_SCALE ? cslot : walk.slot) * stride];
-            const float d_c = dr[cslot * stride];
-            const float sum_r = cn_ring_sum(rr, stride, width, slot);
-            dxc[(long long)c * plane] = fmaf((coef * a_c) * sum_r, -0x1p-40f, d_c);
+            const float a_c = SAVED_SCALE ? xw.at(hi) : walk.x.at(0);
+            dxc[(long long)c * plane] = fmaf((coef * a_c) * rw.sum(), -0x1p-40f, dw.at(hi));
         }
-        cslot = cslot + 1 == width ? 0 : cslot + 1;
     }
 }

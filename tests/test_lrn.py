@@ -621,4 +621,4 @@ def test_launch_geometry():
     assert (g.lo, g.hi, g.threads) == (3, 3, 256)  # clipped to the group: the same windows
     launch = lrn_ops.forward_launch(EMU, np.zeros((1, 4, 2, 2), np.float32),
                                     np.zeros((1, 4, 2, 2), np.float32), PAPER)
-    assert launch.name == "lrn_forward<false>" and isinstance(launch.args[-1], np.float32)
+    assert launch.name == "lrn_forward<false, 5>" and isinstance(launch.args[-1], np.float32)

@@ -75,7 +75,8 @@ def local_response_norm_max_pool2d(x: Tensor, size: int = 5, alpha: float = 1e-4
                                    kernel_size=3, stride=2, padding=0) -> Tensor:
     """``max_pool2d(local_response_norm(x, size, alpha, beta, k, groups), kernel_size,
     stride, padding)``, the paper's layers 1 and 2, in one op: on a GPU one kernel
-    reads x once and writes only the pooled output (``ops.lrn_max_pool.FUSE``).
+    reads x once and writes only the pooled output (``ops.lrn_max_pool.FUSE``), and one
+    kernel sends the gradient back through both (``FUSE_BACKWARD``).
     Results are bit-identical to the two ops in sequence, gradients too.
     """
     check_float_tensors("local_response_norm_max_pool2d", input=x)

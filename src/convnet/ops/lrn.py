@@ -46,8 +46,23 @@ from ..toolchain.launch import KernelModule, Launch
 from ._arrays import check_same_shape, kernel_array
 from .elementwise import resident_threads
 
-MODULE = KernelModule("lrn.cu", ("lrn_forward<false>", "lrn_forward<true>",
-                                 "lrn_backward<false>", "lrn_backward<true>"))
+# The kernels' W: FIXED_WIDTH keeps a window of exactly [c - 2, c + 2] in registers, 0
+# keeps any window in shared-memory rings (the same bits). The forwards use W = 5 where
+# it fits; the backwards W = 0: `convnet perf` (H100, batch 128, AlexNet's norm1+pool1)
+# predicts lrn_max_pool_backward 159 us with rings and 196 us with registers (its issue
+# count: the compiler unswitches the channel loop on beta == 0.75 and the register
+# version's copy carries more moves), the fused forward 156 us with rings, 154 with
+# registers. Both backward variants agree bit for bit (checked when W = 5 was tried).
+FIXED_WIDTH = 5
+MODULE = KernelModule("lrn.cu", tuple(f"lrn_forward<{flag}, {w}>" for flag in ("false", "true")
+                                      for w in (0, FIXED_WIDTH))
+                      + ("lrn_backward<false, 0>", "lrn_backward<true, 0>"))
+
+
+def fixed_width(lo: int, hi: int) -> int:
+    """The kernels' W for the clipped window (lo, hi): FIXED_WIDTH (registers) for the
+    paper's [c − 2, c + 2], else 0 (rings in shared memory, any window)."""
+    return FIXED_WIDTH if (lo, hi) == (FIXED_WIDTH // 2, (FIXED_WIDTH - 1) // 2) else 0
 
 # Per device kind: does the forward keep s for the backward (True), or does the
 # backward recompute it from x with a third running sum (False)? Measured with
@@ -300,7 +315,8 @@ def forward_launch(device, x, y, params: LRNParams, scale=None,
     write_scale = scale is not None
     return Launch(MODULE, "lrn_forward", grid=(g.blocks,), block=(g.threads,),
                   args=(x, y, scale if write_scale else y, *_scalar_args(x.shape, params, g)),
-                  template_args=(write_scale,), shared_bytes=g.shared_bytes)
+                  template_args=(write_scale, fixed_width(g.lo, g.hi)),
+                  shared_bytes=g.shared_bytes)
 
 
 def backward_launch(device, x, dy, dx, params: LRNParams, scale=None,
@@ -310,7 +326,7 @@ def backward_launch(device, x, dy, dx, params: LRNParams, scale=None,
     saved = scale is not None
     return Launch(MODULE, "lrn_backward", grid=(g.blocks,), block=(g.threads,),
                   args=(x, scale if saved else x, dy, dx, *_scalar_args(x.shape, params, g)),
-                  template_args=(saved,), shared_bytes=g.shared_bytes)
+                  template_args=(saved, 0), shared_bytes=g.shared_bytes)
 
 
 # --------------------------------------------------------------------------- on a device

@@ -21,31 +21,33 @@ from ..toolchain.launch import MAX_THREADS_PER_BLOCK, KernelModule, Launch
 from . import lrn, max_pool
 from ._arrays import kernel_array
 
-MODULE = KernelModule("lrn_max_pool.cu", ("lrn_max_pool_forward<unsigned char>",
-                                          "lrn_max_pool_forward<int>",
-                                          "lrn_max_pool_backward<unsigned char>",
-                                          "lrn_max_pool_backward<int>"))
+MODULE = KernelModule("lrn_max_pool.cu", tuple(
+    f"lrn_max_pool_forward<{index}, {w}>" for index in ("unsigned char", "int")
+    for w in (0, lrn.FIXED_WIDTH)) + ("lrn_max_pool_backward<unsigned char, 0>",
+                                      "lrn_max_pool_backward<int, 0>"))
 MAX_REGION = 512   # threads per block: input pixels under one tile of windows
 MAX_TILE = 16      # pooled outputs per tile side
 MAX_DEPTH = 32     # channels whose LRN output a block keeps in shared memory at once
 
 # Per device kind: does local_response_norm_max_pool2d run the fused kernel? Measured
 # with benchmarks/lrn_pool.py (notes "fused-vs-separate"; the outputs are bit-identical):
-# * emu: no. The fused kernel is 10-14 % slower than lrn_forward + max_pool_forward_index
-#   on both AlexNet shapes (batch 8): the emulator is compute-bound, and the fusion
-#   saves memory traffic while adding the windows' overlap (11 % more LRN) and two
-#   barriers per `depth` channels.
+# * emu: yes since the FP32 channel walk (issue 16): fused 24.0 ms against 35.4 ms for
+#   lrn_forward + max_pool_forward_index on 96x55x55, 17.0 against 21.2 ms on 256x27x27
+#   (batch 2, median of 3, shared 2-core machine). With the former FP64 walk the fused
+#   kernel was 10-14 % slower there (compute-bound; the windows' overlap recomputes 11 %
+#   of the LRN).
 # * cuda: yes. Memory-bound there, it moves 4 bytes per input element + 5 per output
 #   instead of 12 + 5 (2.5x less). Not yet measured on a GPU: the benchmark times both.
-FUSE = {"emu": False, "cuda": True}
+FUSE = {"emu": True, "cuda": True}
 
 # Per device kind: does the backward run lrn_max_pool_backward (one kernel) instead of
 # max_pool_backward then lrn_backward<false>? Bytes per input element on a GPU (3x3/2
 # pooling, 4 inputs per output): fused 4 (x) + 4 (dx) + 1.25 (dy, argmax) = 9.25;
 # separate 1.25 + 4 (dz written) + 12 (x, dz read, dx written) = 17.25: 1.9x less, and
 # one launch instead of two. On emu the gather is the work max_pool_backward does
-# anyway, and the dz tensor's pass disappears: see benchmarks/lrn_pool.py
-# ("lrn_pool_backward"): fused there too.
+# anyway and the dz tensor's pass disappears: benchmarks/lrn_pool.py ("fused-vs-separate
+# backward") 26.9 ms against 35.0 ms on 96x55x55, 19.3 against 23.4 ms on 256x27x27
+# (batch 2, median of 3): fused there too.
 FUSE_BACKWARD = {"emu": True, "cuda": True}
 
 
@@ -113,7 +115,8 @@ def forward_launch(device, x, y, argmax, params: lrn.LRNParams,
                         np.int32(pool.kw), np.int32(pool.sh), np.int32(pool.sw),
                         np.int32(pool.ph), np.int32(pool.pw), np.int32(g.tile_h),
                         np.int32(g.tile_w), np.int32(g.depth)),
-                  template_args=(max_pool.INDEX_TYPES[np.dtype(argmax.dtype)],),
+                  template_args=(max_pool.INDEX_TYPES[np.dtype(argmax.dtype)],
+                                 lrn.fixed_width(g.lo, g.hi)),
                   shared_bytes=g.shared_bytes)
 
 
@@ -130,7 +133,7 @@ def backward_launch(device, x, dy, argmax, dx, params: lrn.LRNParams,
                         np.float32(params.k), np.int32(dy.shape[2]), np.int32(dy.shape[3]),
                         np.int32(pool.kh), np.int32(pool.kw), np.int32(pool.sh),
                         np.int32(pool.sw), np.int32(pool.ph), np.int32(pool.pw)),
-                  template_args=(max_pool.INDEX_TYPES[np.dtype(argmax.dtype)],),
+                  template_args=(max_pool.INDEX_TYPES[np.dtype(argmax.dtype)], 0),
                   shared_bytes=g.shared_bytes)
 
 
