@@ -102,8 +102,18 @@ class Tour:
         pool = max_pool.make_params(3, 2, 0)
         for fuse in (False, True):
             y, argmax = lrn_max_pool.forward(d, self.on(x), params, pool, fuse=fuse)
-            self.check(f"lrn + max-pool ({'fused' if fuse else 'separate'})", y,
-                       lrn_max_pool.forward(c, x, params, pool)[0])
+            y_ref, argmax_ref = lrn_max_pool.forward(c, x, params, pool)
+            self.check(f"lrn + max-pool ({'fused' if fuse else 'separate'})", y, y_ref)
+            dy = self.data(*y_ref.shape)
+            self.check(f"lrn + max-pool backward ({'fused' if fuse else 'separate'})",
+                       lrn_max_pool.backward(d, self.on(x), self.on(dy), argmax, params, pool,
+                                             fuse=fuse),
+                       lrn_max_pool.backward(c, x, dy, argmax_ref, params, pool))
+        # awkward: 1e-20..1e20 in every window, beta off the rsqrt path, rings (size 4)
+        x = (10.0 ** self.rng.uniform(-20, 20, (1, 7, 5, 3))).astype(np.float32)
+        wide = lrn.make_params(4, 1e-4, 1.3, 2.0)
+        self.check("lrn forward (1e-20..1e20, beta 1.3, size 4)", lrn.forward(d, self.on(x), wide),
+                   lrn.forward(c, x, wide), rtol=1e-5)
         for padding in (0, 1):
             pool = max_pool.make_params(3, 2, padding)
             y, argmax = max_pool.forward(d, self.on(x), pool)
@@ -154,6 +164,24 @@ class Tour:
         sgd.update(c, w, v, g, 0.01, 0.9, 0.0005)
         self.check("sgd update (w)", wd, w)
         self.check("sgd update (v)", vd, v)
+        sizes = (300, 5, 1, 64)
+        ws, vs, gs = ([self.data(k) for k in sizes] for _ in range(3))
+        wds, vds = [self.on(a) for a in ws], [self.on(a) for a in vs]
+        sgd.update_many(d, wds, vds, [self.on(a) for a in gs], [0.01, 0.02, 0.0, 0.01], 0.9,
+                        [0.0005, 0.0, 0.1, 0.0005])
+        sgd.update_many(c, ws, vs, gs, [0.01, 0.02, 0.0, 0.01], 0.9, [0.0005, 0.0, 0.1, 0.0005])
+        for k in range(len(sizes)):
+            self.check(f"sgd update_many (w{k})", wds[k], ws[k])
+            self.check(f"sgd update_many (v{k})", vds[k], vs[k])
+        drop = dropout.plan(0.5, seed=13)
+        z, b, dy = self.data(7, 13), self.data(13), self.data(7, 13)
+        y = linear.epilogue(d, self.on(z.copy()), self.on(b), True, drop)
+        self.check("linear+dropout forward", y, linear.epilogue_dropout_reference(z, b, True, drop))
+        dz, db = linear.epilogue_backward(d, y, self.on(dy), True, True, drop)
+        dz_ref, db_ref = linear.epilogue_dropout_backward_reference(
+            self.device.to_numpy(y), dy, True, True, drop)
+        self.check("linear+dropout backward dz", dz, dz_ref)
+        self.check("linear+dropout backward db", db, db_ref, rtol=1e-5, atol=1e-5)
 
     # ---------------------------------------------------------------- data augmentation
     def augmentation(self):

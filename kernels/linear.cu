@@ -203,15 +203,19 @@ bias_relu_dropout_backward(const float* __restrict__ y, const float* __restrict_
                 sum[2] += d.z;
                 sum[3] += d.w;
             } else {
-                for (int k = 0; k < width; ++k) {
-                    const long long e = i + k;
-                    const float d = (((keep >> k) & 1u) && y[e] > 0.0f) ? dy[e] * scale : 0.0f;
-                    dz[e] = d;
-                    sum[k] += d;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {  // unrolled: sum[k] stays in registers
+                    if (k < width) {
+                        const long long e = i + k;
+                        const float d = (((keep >> k) & 1u) && y[e] > 0.0f) ? dy[e] * scale : 0.0f;
+                        dz[e] = d;
+                        sum[k] += d;
+                    }
                 }
             }
         }
     }
+#pragma unroll
     for (int k = 0; k < 4; ++k) partial[threadIdx.y][4 * threadIdx.x + k] = sum[k];
     __syncthreads();
     // The first 4·QUADS threads of the block (one warp for QUADS = 8) each add up one

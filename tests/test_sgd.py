@@ -242,8 +242,8 @@ def test_optimizer_step_is_one_launch_per_device(monkeypatch):
     cpu reference within float32 rounding; a bad gradient still changes nothing."""
     device = require_device("emu")
     launches = []
-    real = type(device).launch
-    monkeypatch.setattr(type(device), "launch", lambda self, launch: (launches.append(launch.name), real(self, launch))[1])
+    real = device.launch  # patched on the instance: other tests' patches leave one there
+    monkeypatch.setattr(device, "launch", lambda launch: (launches.append(launch.name), real(launch))[1])
     rng = np.random.default_rng(2)
     shapes = [(3, 4), (4,), (5, 2, 3), (1,)]
     data = [rng.standard_normal(s).astype(np.float32) for s in shapes]

@@ -5,8 +5,8 @@ A ``Layer`` has a name and ``build(device, batch, arrays, choices, reduced)``, w
 returns the ``Planned`` launches of its forward, backward and (for parameters) update,
 exactly as ``convnet.functional`` would issue them on a ``cuda`` device (conv: ReLU
 mask, backward data, backward filter with its split sum, bias gradient; the fused
-LRN + max-pool's backward: max-pool then LRN recomputing its scale, as
-``ops.lrn.SAVE_SCALE`` says for cuda; linear: the cuBLAS product and our epilogue).
+LRN + max-pool's backward: one kernel, max-pool's backward inside LRN's recomputing
+its scale (``ops.lrn_max_pool.FUSE_BACKWARD``, ``ops.lrn.SAVE_SCALE`` for cuda); linear: the cuBLAS product and our epilogue).
 ``device`` is a stand-in with ``kind="cuda"`` and ``parallel_units`` = the GPU's SMs;
 ``arrays(shape, dtype, high)`` makes the operands: shape-only stand-ins for the real
 batch, random arrays for the emulator run at a reduced batch.
@@ -175,8 +175,9 @@ def _pool_arrays(arrays, shape, pp):
 
 def lrn_pool_layer(name, c, hw, lrn_groups=1, size=5, alpha=1e-4, beta=0.75, k=2.0,
                    pool=3, stride=2) -> Layer:
-    """The fused LRN + max-pool forward; backward: max-pool's (saved argmax), then LRN's
-    (scale recomputed from x, as on cuda)."""
+    """The fused LRN + max-pool forward; backward: the fused max-pool + LRN backward
+    (scale recomputed from x) where ``lrn_max_pool.FUSE_BACKWARD`` says so for cuda,
+    else max-pool's (saved argmax) then LRN's."""
     params = lrn.make_params(size, alpha, beta, k, lrn_groups)
     pp = max_pool.make_params(pool, stride)
 
@@ -186,10 +187,18 @@ def lrn_pool_layer(name, c, hw, lrn_groups=1, size=5, alpha=1e-4, beta=0.75, k=2
         fwd = lrn_max_pool.forward_launch(dev, x, y, argmax, params, pp)
         flops = x.size * (2 * width + 8) + y.size * window
         out = [Planned(name, "forward", fwd, flops, (x,), (y, argmax))]
-        dy, dz, dx = arrays(out_shape), arrays(shape), arrays(shape)
+        dy, dx = arrays(out_shape), arrays(shape)
+        chunk = choices.setdefault("lrn_chunk", lrn.default_chunk(dev, shape, params))
+        if lrn_max_pool.FUSE_BACKWARD.get(dev.kind, False):
+            # one kernel: max-pool's backward gathered per channel inside LRN's (no dz)
+            back = lrn_max_pool.backward_launch(dev, x, dy, argmax, dx, params, pp, chunk=chunk)
+            out.append(Planned(name, "backward", back,
+                               x.size * (6 * width + 16 + NOMINAL_FLOPS["pool"]),
+                               (x, dy, argmax), (dx,)))
+            return out
+        dz = arrays(shape)
         out.append(Planned(name, "backward", max_pool.backward_launch(dev, dy, argmax, dz, pp),
                            dz.size * NOMINAL_FLOPS["pool"], (dy, argmax), (dz,)))
-        chunk = choices.setdefault("lrn_chunk", lrn.default_chunk(dev, shape, params))
         back = lrn.backward_launch(dev, x, dz, dx, params, chunk=chunk)
         out.append(Planned(name, "backward", back, x.size * (6 * width + 16), (x, dz), (dx,)))
         return out
@@ -214,22 +223,31 @@ def pool_layer(name, c, hw, pool=3, stride=2) -> Layer:
 
 # --------------------------------------------------------------------------- fully connected
 
-def linear_layer(name, inputs, outputs, relu_=True, input_grad=True) -> Layer:
+def linear_layer(name, inputs, outputs, relu_=True, input_grad=True, dropout_p=None) -> Layer:
     """``act(x · Wᵀ + b)``: the cuBLAS product, our bias (+ ReLU) epilogue; backward:
-    the epilogue's gradient and bias sums, then the two cuBLAS products."""
+    the epilogue's gradient and bias sums, then the two cuBLAS products. With
+    ``dropout_p`` (and ReLU) the dropout runs in the epilogue and in the backward's mask
+    (``bias_relu_dropout_forward``/``_backward``), as AlexNet's fc6/fc7 do."""
+    drop = None if dropout_p is None else dropout.plan(dropout_p, training=True, seed=1)
 
     def build(dev, n, arrays, choices, reduced):
         x, w, b, y = (arrays((n, inputs)), arrays((outputs, inputs)), arrays((outputs,)),
                       arrays((n, outputs)))
         dy, dz, db = arrays((n, outputs)), arrays((n, outputs)), arrays((outputs,))
+        if drop is not None:
+            epilogue = (linear.forward_dropout_launch(dev, y, b, drop),
+                        linear.backward_dropout_launch(y, dy, dz, db, drop))
+        else:
+            epilogue = (linear.forward_launch(dev, y, b, relu_),
+                        linear.backward_launch(y if relu_ else None, dy, dz if relu_ else dy, db))
+        extra = NOMINAL_FLOPS["dropout"] if drop is not None else 0
         out = [Planned(name, "forward", None, 2.0 * n * outputs * inputs, (x, w), (y,),
                        gemm=(n, outputs, inputs)),
-               Planned(name, "forward", linear.forward_launch(dev, y, b, relu_),
-                       y.size * NOMINAL_FLOPS["bias_act"], (y, b), (y,), work=y.size),
-               Planned(name, "backward", linear.backward_launch(y if relu_ else None, dy,
-                                                                dz if relu_ else dy, db),
-                       y.size * NOMINAL_FLOPS["bias_backward"], (y, dy) if relu_ else (dy,),
-                       (dz, db) if relu_ else (db,), work=y.size)]
+               Planned(name, "forward", epilogue[0],
+                       y.size * (NOMINAL_FLOPS["bias_act"] + extra), (y, b), (y,), work=y.size),
+               Planned(name, "backward", epilogue[1],
+                       y.size * (NOMINAL_FLOPS["bias_backward"] + extra),
+                       (y, dy) if relu_ else (dy,), (dz, db) if relu_ else (db,), work=y.size)]
         if input_grad:
             dx = arrays((n, inputs))
             out.append(Planned(name, "backward", None, 2.0 * n * inputs * outputs, (dz, w),
@@ -282,19 +300,25 @@ def cross_entropy_layer(name, classes) -> Layer:
 
 
 def sgd_layer(name, shapes) -> Layer:
-    """The paper's SGD update of each parameter tensor of ``shapes`` (batch-independent;
-    the reduced build cuts each to at most ``REDUCED_ELEMENTS``)."""
+    """The paper's SGD update of every parameter tensor of ``shapes`` in one launch
+    (``sgd_momentum_multi``, as ``optim.SGD`` runs it; batch-independent: the reduced
+    build cuts each tensor to at most ``REDUCED_ELEMENTS``)."""
 
     def build(dev, n, arrays, choices, reduced):
-        out = []
+        ws, vs, gs = [], [], []
         for shape in shapes:
             count = int(np.prod(shape))
             if reduced:
                 count = min(count, REDUCED_ELEMENTS)
-            w, v, g = arrays((count,)), arrays((count,)), arrays((count,))
-            out.append(Planned(name, "update", sgd.update_launch(dev, w, v, g, 0.01, 0.9, 5e-6),
-                               count * NOMINAL_FLOPS["sgd"], (w, v, g), (w, v), work=count))
-        return out
+            ws.append(arrays((count,)))
+            vs.append(arrays((count,)))
+            gs.append(arrays((count,)))
+        k = len(shapes)
+        table, groups = sgd.multi_table(ws, vs, gs, [0.01] * k, [5e-6] * k)
+        total = sum(int(w.size) for w in ws)
+        launch = sgd.multi_update_launch(dev, table, k, groups, 0.9, total)
+        return [Planned(name, "update", launch, total * NOMINAL_FLOPS["sgd"],
+                        tuple(ws + vs + gs) + (table,), tuple(ws + vs), work=total)]
     return Layer(name, build, dict(op="sgd", shapes=[tuple(s) for s in shapes]))
 
 

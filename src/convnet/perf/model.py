@@ -208,14 +208,14 @@ FLOPS_PER_FP32_INSTRUCTION = 64  # one FFMA warp instruction: 32 lanes x 2 flops
 def normalised_counts(k: KernelInputs) -> tuple[float | None, dict | None]:
     """The executed warp instructions and their per-pipe counts, with the trip counts
     (inferred from emu's memory requests) corrected by the FLOP count where that count is
-    exact: in a GEMM-like kernel (main loop >= EXACT_FLOPS_MATH_SHARE math) the counted
-    FP32 instructions must equal FLOPs / 64 (FFMA), so every count is scaled by that
-    ratio. Elsewhere (byte-bound kernels, whose FLOPs are nominal) the counts stand."""
+    exact: in an FP32 GEMM-like kernel (main loop and counted instructions each at least
+    EXACT_FLOPS_MATH_SHARE FP32 math) the counted FP32 instructions must equal FLOPs / 64
+    (FFMA), so every count is scaled by that ratio. Elsewhere (byte-bound kernels, whose FLOPs are nominal) the counts stand."""
     if not k.instructions or not k.pipe_instructions or not k.flops \
             or k.math_share < EXACT_FLOPS_MATH_SHARE:
         return k.instructions, k.pipe_instructions
     counted = k.pipe_instructions.get("fp32", 0.0)
-    if counted <= 0:
+    if counted < EXACT_FLOPS_MATH_SHARE * k.instructions:  # not an FP32 GEMM (e.g. FP64)
         return k.instructions, k.pipe_instructions
     scale = k.flops / FLOPS_PER_FP32_INSTRUCTION / counted
     return k.instructions * scale, {p: c * scale for p, c in k.pipe_instructions.items()}

@@ -20,7 +20,7 @@ conv1's input needs no gradient, so conv1 has no backward-data launch.
 from __future__ import annotations
 
 from ..models.alexnet import LRN, PAPER_WIDTHS, feature_sizes
-from .layers import (Layer, conv_layer, cross_entropy_layer, dropout_layer, linear_layer,
+from .layers import (Layer, conv_layer, cross_entropy_layer, linear_layer,
                      lrn_pool_layer, pool_layer, sgd_layer)
 
 INPUT_SIZE = 227
@@ -48,10 +48,8 @@ def alexnet_layers(columns: int = 1, num_classes: int = 1000, widths=PAPER_WIDTH
         conv_layer("conv4", w3 // h, size["conv3"], w4 // h, 3, 1, 1, groups),
         conv_layer("conv5", w4 // h, size["conv4"], w5 // h, 3, 1, 1, groups),
         pool_layer("pool5", w5 // h, size["conv5"]),
-        linear_layer("fc6", flat, w6 // h),
-        dropout_layer("drop6", w6 // h),
-        linear_layer("fc7", w6, w7 // h),
-        dropout_layer("drop7", w7 // h),
+        linear_layer("fc6", flat, w6 // h, dropout_p=0.5),  # drop6 in fc6's epilogue
+        linear_layer("fc7", w6, w7 // h, dropout_p=0.5),    # drop7 in fc7's epilogue
         linear_layer("fc8", w7, classes, relu_=False),
         cross_entropy_layer("loss", num_classes),
     ]
