@@ -21,7 +21,9 @@
 //   A. each thread in the input walks its column as lrn_forward does and writes the
 //      LRN output of `depth` channels into shared memory z[d][pixel];
 //   B. __syncthreads; the threads share the depth * tile_h * tile_w windows, each
-//      pooled from z; __syncthreads before the next step overwrites z.
+//      pooled from z (thread t takes items t, t + blockDim.x, ..., item = (d, output),
+//      stepped without divisions; 3x3 windows with no padding, inside the image, are
+//      unrolled); __syncthreads before the next step overwrites z.
 // Dynamic shared memory: (width + depth) * blockDim.x floats (width = lo + hi + 1
 // slots of each thread's ring, then z). FW is lrn.cu's W (5: the window in registers,
 // the ring's slots unused).
@@ -38,6 +40,27 @@
 #include "common.cuh"
 #include "lrn_window.cuh"
 #include "pool_window.cuh"
+
+// cn_pool_max over a whole 3x3 window (i0 = j0 = 0, i1 = j1 = 3), unrolled: the same
+// order and choice, so the same bits and offset.
+static __device__ __forceinline__ float cn_pool_max_3x3(const float* __restrict__ p,
+                                                        int row_stride, int& offset)
+{
+    float best = p[0];
+    int where = 0;
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+            const float v = p[i * row_stride + j];
+            const bool take = v > best || (v != v && best == best);
+            best = take ? v : best;
+            where = take ? i * 3 + j : where;
+        }
+    }
+    offset = where;
+    return best;
+}
 
 template <typename IndexT, int FW>
 __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restrict__ y,
@@ -59,6 +82,10 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
     const bool beta75 = beta == 0.75f;
     const long long plane = (long long)H * W, out_plane = (long long)OH * OW;
     const long long blocks = (long long)batch * groups * tiles_h * tiles_w;
+    // 3x3 windows inside the image (no clipping) take an unrolled path: outputs
+    // oh < full_oh, ow < full_ow when there is no padding
+    const bool full_3x3 = kh == 3 && kw == 3 && ph == 0 && pw == 0;
+    const int full_oh = H >= 3 ? (H - 3) / sh + 1 : 0, full_ow = W >= 3 ? (W - 3) / sw + 1 : 0;
 
     for (long long b = blockIdx.x; b < blocks; b += gridDim.x) {
         const int tx = (int)(b % tiles_w);
@@ -76,6 +103,11 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
         const float* xc = x + (inside ? base : 0);
         const int outs_h = min(tile_h, OH - oh0), outs_w = min(tile_w, OW - ow0);
         const int outs = outs_h * outs_w;
+        // the pool phase's first item (t) and its step (region), split once per tile
+        const int d_first = t / outs, o_first = t - d_first * outs;
+        const int toh_first = o_first / outs_w, tow_first = o_first - toh_first * outs_w;
+        const int step_d = region / outs, step_o = region - step_d * outs;
+        const int step_y = step_o / outs_w, step_x = step_o - step_y * outs_w;
 
         cn_lrn_walk<FW> walk;
         if (inside) cn_lrn_prime<FW>(walk, xc, (int)plane, g0, g0, g1, lo, hi, ring, region);
@@ -90,19 +122,37 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
                 }
             }
             __syncthreads();
-            for (int item = t; item < count * outs; item += region) {
-                const int d = item / outs, o = item - d * outs;
-                const int toh = o / outs_w, tow = o - toh * outs_w;
+            // item = d * outs + toh * outs_w + tow walks t, t + region, ... without a
+            // division: (d, toh, tow) advance by the block's constant step with carries
+            int d = d_first, toh = toh_first, tow = tow_first;
+            while (d < count) {
                 const int oh = oh0 + toh, ow = ow0 + tow;
-                int i0, i1, j0, j1, offset;
-                cn_pool_clip(oh * sh - ph, kh, H, i0, i1);
-                cn_pool_clip(ow * sw - pw, kw, W, j0, j1);
-                // window element (i, j) is region pixel (toh * sh + i, tow * sw + j)
-                const float* p = z + d * region + (toh * sh + i0) * rw + (tow * sw + j0);
-                const float best = cn_pool_max(p, rw, i0, i1, j0, j1, kw, offset);
+                const float* p = z + d * region + (toh * sh) * rw + tow * sw;
+                float best;
+                int offset;
+                if (full_3x3 && oh < full_oh && ow < full_ow) {
+                    best = cn_pool_max_3x3(p, rw, offset);
+                } else {
+                    int i0, i1, j0, j1;
+                    cn_pool_clip(oh * sh - ph, kh, H, i0, i1);
+                    cn_pool_clip(ow * sw - pw, kw, W, j0, j1);
+                    // window element (i, j) is region pixel (toh * sh + i, tow * sw + j)
+                    best = cn_pool_max(p + i0 * rw + j0, rw, i0, i1, j0, j1, kw, offset);
+                }
                 const long long at = (n * channels + cb + d) * out_plane + (long long)oh * OW + ow;
                 y[at] = best;
                 argmax[at] = (IndexT)offset;
+                tow += step_x;
+                if (tow >= outs_w) {
+                    tow -= outs_w;
+                    ++toh;
+                }
+                toh += step_y;
+                if (toh >= outs_h) {
+                    toh -= outs_h;
+                    ++d;
+                }
+                d += step_d;
             }
             __syncthreads();
         }

@@ -453,6 +453,23 @@ def test_fused_forward_equals_lrn_then_pool(kernel_device, case):
     np.testing.assert_array_equal(kernel_device.to_numpy(a), kernel_device.to_numpy(a_seq))
 
 
+@pytest.mark.parametrize("stride,h,w,channels", [(2, 55, 55, 6), (2, 27, 13, 7), (1, 9, 12, 3),
+                                                   (3, 10, 17, 5), (2, 3, 4, 2)])
+def test_fused_forward_3x3_unclipped_path(kernel_device, stride, h, w, channels):
+    """3x3 windows without padding (the unrolled pool path, outputs walked without
+    divisions; tiles with more or fewer outputs than threads): the same bits as LRN then
+    max-pool, with ties (plateaus of zeros) choosing the first maximum."""
+    params = lrn_ops.make_params(5, alpha=0.05)
+    pool = pool_ops.make_params(3, stride, 0)
+    x = np.maximum(_data((2, channels, h, w), stride + h, 5.0), 0)
+    x[:, :, ::3, :] = 0.0  # plateaus
+    x = kernel_device.asarray(x)
+    y_seq, a_seq = pool_ops.forward(kernel_device, lrn_ops.forward(kernel_device, x, params), pool)
+    y, a = fused_ops.forward(kernel_device, x, params, pool, fuse=True)
+    np.testing.assert_array_equal(kernel_device.to_numpy(y), kernel_device.to_numpy(y_seq))
+    np.testing.assert_array_equal(kernel_device.to_numpy(a), kernel_device.to_numpy(a_seq))
+
+
 def test_fused_geometry():
     pool = pool_ops.make_params(3, 2, 0)
     g = fused_ops.geometry(H100, (128, 96, 55, 55), PAPER, pool)
