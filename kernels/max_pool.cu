@@ -244,8 +244,79 @@ static __device__ __forceinline__ void cn_pool_backward(
     }
 }
 
-// dx from dy and the saved argmax.
+// The backward when at most two windows cover an input along each axis (kh <= 2 sh,
+// kw <= 2 sw: AlexNet's 3x3 stride-2 windows): input h is covered by oh = b and
+// oh = b - 1 at most, b = (h + ph) / sh, at window rows i = r and r + sh,
+// r = (h + ph) - b sh. The thread divides once for its quad's first element and then
+// steps (b, r) along with (h, w), so no element divides; each of the (up to) four
+// windows is tested in row-major output order, as the general path does (same bits).
 template <typename IndexT>
+static __device__ __forceinline__ void cn_pool_backward_pair(
+    const float* __restrict__ dy, const IndexT* __restrict__ argmax, float* __restrict__ dx,
+    long long planes, const cn_pool_shape& p, int group, unsigned long long div_plane,
+    unsigned long long div_row, unsigned long long div_sh, unsigned long long div_sw)
+{
+    const int size = p.H * p.W, osize = p.OH * p.OW;
+    const bool vec = cn_aligned16(dx) && ((long long)group * size) % 4 == 0;
+    const int b0 = cn_pool_div(p.ph, div_sh), r0 = p.ph - b0 * p.sh;  // row 0
+    const int c0 = cn_pool_div(p.pw, div_sw), s0 = p.pw - c0 * p.sw;  // column 0
+    CN_POOL_FOR_EACH_QUAD(base, count, e, planes, group, size) {
+        const int pl = cn_pool_div(e, div_plane);
+        const int o = e - pl * size;
+        int h = cn_pool_div(o, div_row);
+        int w = o - h * p.W;
+        int rb = cn_pool_div(h + p.ph, div_sh), rr = h + p.ph - rb * p.sh;
+        int cb = cn_pool_div(w + p.pw, div_sw), cr = w + p.pw - cb * p.sw;
+        // the plane's dy and argmax; stepping past a plane's end moves them on by osize
+        long long at_out = (base + pl) * (long long)osize;
+        const float* dyp = dy + at_out;
+        const IndexT* ap = argmax + at_out;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            if (e + k < count) {
+                // rows: upper window b - 1 (offset row rr + sh), lower b (offset row rr)
+                const bool up = rb >= 1 && rb - 1 < p.OH && rr + p.sh < p.kh;
+                const bool lo = rb < p.OH && rr < p.kh;
+                const bool left = cb >= 1 && cb - 1 < p.OW && cr + p.sw < p.kw;
+                const bool right = cb < p.OW && cr < p.kw;
+                const int qu = (rb - 1) * p.OW + cb, ql = qu + p.OW;
+                const int tu = (rr + p.sh) * p.kw + cr, tl = rr * p.kw + cr;
+                float sum = 0.0f;
+                if (up && left && (int)ap[qu - 1] == tu + p.sw) sum += dyp[qu - 1];
+                if (up && right && (int)ap[qu] == tu) sum += dyp[qu];
+                if (lo && left && (int)ap[ql - 1] == tl + p.sw) sum += dyp[ql - 1];
+                if (lo && right && (int)ap[ql] == tl) sum += dyp[ql];
+                acc[k] = sum;
+            }
+            // next input: column, then row, then plane
+            ++w;
+            if (++cr == p.sw) { cr = 0; ++cb; }
+            if (w == p.W) {
+                w = 0; cb = c0; cr = s0;
+                ++h;
+                if (++rr == p.sh) { rr = 0; ++rb; }
+                if (h == p.H) {
+                    h = 0; rb = b0; rr = r0;
+                    dyp += osize;
+                    ap += osize;
+                }
+            }
+        }
+        const long long at = base * size + e;
+        if (vec && e + 4 <= count) {
+            *reinterpret_cast<float4*>(dx + at) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                if (e + k < count) dx[at + k] = acc[k];
+        }
+    }
+}
+
+// dx from dy and the saved argmax; PAIR: at most two windows cover an input per axis
+// (the host checks kh <= 2 sh and kw <= 2 sw), else the general gather.
+template <typename IndexT, bool PAIR>
 __global__ void max_pool_backward(const float* __restrict__ dy, const IndexT* __restrict__ argmax,
                                   float* __restrict__ dx, long long planes, int H, int W, int OH,
                                   int OW, int kh, int kw, int sh, int sw, int ph, int pw,
@@ -254,8 +325,12 @@ __global__ void max_pool_backward(const float* __restrict__ dy, const IndexT* __
                                   unsigned long long div_sw)
 {
     const cn_pool_shape p = cn_pool_make(H, W, OH, OW, kh, kw, sh, sw, ph, pw);
-    cn_pool_backward<IndexT, false>(nullptr, dy, argmax, dx, planes, p, group, div_plane, div_row,
-                                    div_sh, div_sw);
+    if (PAIR)
+        cn_pool_backward_pair<IndexT>(dy, argmax, dx, planes, p, group, div_plane, div_row,
+                                      div_sh, div_sw);
+    else
+        cn_pool_backward<IndexT, false>(nullptr, dy, argmax, dx, planes, p, group, div_plane,
+                                        div_row, div_sh, div_sw);
 }
 
 // dx from dy and x: each covering window's argmax is found again.

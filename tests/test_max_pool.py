@@ -455,3 +455,42 @@ def test_kernel_errors(kernel_device):
                           a, ALEXNET, (1, 1, 5, 5))
     with pytest.raises(TypeError, match="argmax has dtype int32, expected uint8"):
         pool_ops.backward(kernel_device, y, a.astype(np.int32), ALEXNET, (1, 1, 5, 5))
+
+
+@pytest.mark.parametrize("k, s, pad, shape", [((3, 3), (2, 2), (0, 0), (2, 3, 13, 13)),
+                                              ((3, 2), (2, 1), (1, 1), (1, 5, 9, 8)),
+                                              ((1, 2), (3, 2), (0, 1), (2, 2, 10, 7)),
+                                              ((4, 2), (2, 1), (2, 0), (1, 3, 11, 5))])
+def test_pair_backward_matches_the_general_gather(kernel_device, k, s, pad, shape):
+    """kernel <= 2 x stride takes the PAIR path (four windows, no division per element);
+    it gives the general gather's dx bit for bit, ties and -0.0 gradients included."""
+    p = pool_ops.make_params(k, s, pad)
+    assert pool_ops.covers_pairs(p)
+    dev = kernel_device
+    x = np.round(_data(shape, 7))  # many ties: several windows pick one input
+    y, a = pool_ops.forward(dev, dev.asarray(x), p)
+    dy = _data(pool_ops.output_shape(shape, p), 8)
+    dy[..., ::3] = -0.0
+    pair = pool_ops.backward_launch(dev, dev.asarray(dy), a, dev.xp.empty(shape, np.float32), p)
+    assert pair.name == "max_pool_backward<unsigned char, true>"
+    general = dev.xp.empty(shape, np.float32)
+    dev.launch(pool_ops.Launch(pool_ops.MODULE, "max_pool_backward", grid=pair.grid,
+                               block=pair.block, args=(*pair.args[:2], general, *pair.args[3:]),
+                               template_args=("unsigned char", "false")))
+    dev.launch(pair)
+    got, want = dev.to_numpy(pair.args[2]), dev.to_numpy(general)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    _, a_ref = pool_ops.forward_reference(x, p)
+    ref = pool_ops.backward_reference(dy, a_ref, p, shape)
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+def test_pair_path_only_where_two_windows_cover():
+    assert pool_ops.covers_pairs(ALEXNET)
+    assert not pool_ops.covers_pairs(pool_ops.make_params(3, 1, 1))
+    assert not pool_ops.covers_pairs(pool_ops.make_params((2, 5), (1, 2), 0))
+    y = np.zeros((1, 1, 2, 2), np.float32)
+    name = pool_ops.backward_launch(EMU, y, np.zeros(y.shape, np.uint8),
+                                    np.zeros((1, 1, 5, 5), np.float32),
+                                    pool_ops.make_params(3, 1, 0)).name
+    assert name == "max_pool_backward<unsigned char, false>"

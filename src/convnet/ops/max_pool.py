@@ -40,7 +40,8 @@ INDEX_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.int32): "int"}
 MODULE = KernelModule("max_pool.cu", (
     "max_pool_forward",
     "max_pool_forward_index<unsigned char>", "max_pool_forward_index<int>",
-    "max_pool_backward<unsigned char>", "max_pool_backward<int>",
+    "max_pool_backward<unsigned char, false>", "max_pool_backward<int, false>",
+    "max_pool_backward<unsigned char, true>", "max_pool_backward<int, true>",
     "max_pool_backward_recompute",
 ))
 
@@ -231,11 +232,19 @@ def forward_launch(device, x, y, params: PoolParams, argmax=None) -> Launch:
                   args=(x, y, argmax, *args), template_args=(_index_type(argmax),))
 
 
+def covers_pairs(params: PoolParams) -> bool:
+    """At most two windows cover an input along each axis (kernel <= 2 x stride, as
+    AlexNet's 3/2): the backward's PAIR path, which tests those four windows without
+    dividing or looping."""
+    return params.kh <= 2 * params.sh and params.kw <= 2 * params.sw
+
+
 def backward_launch(device, dy, argmax, dx, params: PoolParams) -> Launch:
     grid, block, group = launch_shape(device, dx.shape)
+    pair = "true" if covers_pairs(params) else "false"
     return Launch(MODULE, "max_pool_backward", grid=grid, block=block,
                   args=(dy, argmax, dx, *_shape_args(dx.shape, dy.shape, params, group, True)),
-                  template_args=(_index_type(argmax),))
+                  template_args=(_index_type(argmax), pair))
 
 
 def backward_recompute_launch(device, x, dy, dx, params: PoolParams) -> Launch:
