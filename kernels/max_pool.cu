@@ -247,69 +247,63 @@ static __device__ __forceinline__ void cn_pool_backward(
 // The backward when at most two windows cover an input along each axis (kh <= 2 sh,
 // kw <= 2 sw: AlexNet's 3x3 stride-2 windows): input h is covered by oh = b and
 // oh = b - 1 at most, b = (h + ph) / sh, at window rows i = r and r + sh,
-// r = (h + ph) - b sh. The thread divides once for its quad's first element and then
-// steps (b, r) along with (h, w), so no element divides; each of the (up to) four
-// windows is tested in row-major output order, as the general path does (same bits).
+// r = (h + ph) - b sh (columns alike). Launch shape of this path: a thread per four
+// columns w0..w0+3 of one input row (Q = ceil(W / 4) threads a row, rows of the group's
+// planes end to end: grid.x = ceil(rows x Q / blockDim.x)), so the row's two windows
+// are found once and the columns step (b, r) without dividing; each input tests its
+// (up to) four windows in row-major output order, as the general gather does (same
+// bits). div_h and div_q are the packed divisors of H and Q.
 template <typename IndexT>
 static __device__ __forceinline__ void cn_pool_backward_pair(
     const float* __restrict__ dy, const IndexT* __restrict__ argmax, float* __restrict__ dx,
-    long long planes, const cn_pool_shape& p, int group, unsigned long long div_plane,
-    unsigned long long div_row, unsigned long long div_sh, unsigned long long div_sw)
+    long long planes, const cn_pool_shape& p, int group, unsigned long long div_h,
+    unsigned long long div_q, unsigned long long div_sh, unsigned long long div_sw)
 {
-    const int size = p.H * p.W, osize = p.OH * p.OW;
-    const bool vec = cn_aligned16(dx) && ((long long)group * size) % 4 == 0;
-    const int b0 = cn_pool_div(p.ph, div_sh), r0 = p.ph - b0 * p.sh;  // row 0
-    const int c0 = cn_pool_div(p.pw, div_sw), s0 = p.pw - c0 * p.sw;  // column 0
-    CN_POOL_FOR_EACH_QUAD(base, count, e, planes, group, size) {
-        const int pl = cn_pool_div(e, div_plane);
-        const int o = e - pl * size;
-        int h = cn_pool_div(o, div_row);
-        int w = o - h * p.W;
-        int rb = cn_pool_div(h + p.ph, div_sh), rr = h + p.ph - rb * p.sh;
-        int cb = cn_pool_div(w + p.pw, div_sw), cr = w + p.pw - cb * p.sw;
-        // the plane's dy and argmax; stepping past a plane's end moves them on by osize
-        long long at_out = (base + pl) * (long long)osize;
-        const float* dyp = dy + at_out;
-        const IndexT* ap = argmax + at_out;
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const int Q = (p.W + 3) >> 2, osize = p.OH * p.OW;
+    const bool vec = cn_aligned16(dx) && p.W % 4 == 0;
+    const int t = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+    for (long long base = (long long)blockIdx.y * group; base < planes;
+         base += (long long)gridDim.y * group) {
+        if (t >= (int)min((long long)group, planes - base) * p.H * Q) continue;
+        const int row = cn_pool_div(t, div_q);  // the row among the group's
+        const int w0 = 4 * (t - row * Q);
+        const int pl = cn_pool_div(row, div_h);
+        const int h = row - pl * p.H;
+        const int rb = cn_pool_div(h + p.ph, div_sh), rr = h + p.ph - rb * p.sh;
+        int cb = cn_pool_div(w0 + p.pw, div_sw), cr = w0 + p.pw - cb * p.sw;
+        // rows: upper window b - 1 (window row rr + sh), lower b (window row rr)
+        const bool up = rb >= 1 && rb - 1 < p.OH && rr + p.sh < p.kh;
+        const bool lo = rb < p.OH && rr < p.kh;
+        const long long at_up = (base + pl) * (long long)osize + (rb - 1) * p.OW;
+        const float* dyu = dy + at_up;
+        const float* dyl = dyu + p.OW;
+        const IndexT* au = argmax + at_up;
+        const IndexT* al = au + p.OW;
+        const int tu = (rr + p.sh) * p.kw, tl = rr * p.kw;
+        float acc[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            if (e + k < count) {
-                // rows: upper window b - 1 (offset row rr + sh), lower b (offset row rr)
-                const bool up = rb >= 1 && rb - 1 < p.OH && rr + p.sh < p.kh;
-                const bool lo = rb < p.OH && rr < p.kh;
-                const bool left = cb >= 1 && cb - 1 < p.OW && cr + p.sw < p.kw;
-                const bool right = cb < p.OW && cr < p.kw;
-                const int qu = (rb - 1) * p.OW + cb, ql = qu + p.OW;
-                const int tu = (rr + p.sh) * p.kw + cr, tl = rr * p.kw + cr;
-                float sum = 0.0f;
-                if (up && left && (int)ap[qu - 1] == tu + p.sw) sum += dyp[qu - 1];
-                if (up && right && (int)ap[qu] == tu) sum += dyp[qu];
-                if (lo && left && (int)ap[ql - 1] == tl + p.sw) sum += dyp[ql - 1];
-                if (lo && right && (int)ap[ql] == tl) sum += dyp[ql];
-                acc[k] = sum;
-            }
-            // next input: column, then row, then plane
-            ++w;
-            if (++cr == p.sw) { cr = 0; ++cb; }
-            if (w == p.W) {
-                w = 0; cb = c0; cr = s0;
-                ++h;
-                if (++rr == p.sh) { rr = 0; ++rb; }
-                if (h == p.H) {
-                    h = 0; rb = b0; rr = r0;
-                    dyp += osize;
-                    ap += osize;
-                }
-            }
+            // columns: left window b - 1 (window column cr + sw), right b (cr); past the
+            // row's end (w0 + k >= W) the sum is computed from valid windows, not stored
+            const bool left = cb >= 1 && cb - 1 < p.OW && cr + p.sw < p.kw;
+            const bool right = cb < p.OW && cr < p.kw;
+            float sum = 0.0f;
+            if (up && left && (int)au[cb - 1] == tu + cr + p.sw) sum += dyu[cb - 1];
+            if (up && right && (int)au[cb] == tu + cr) sum += dyu[cb];
+            if (lo && left && (int)al[cb - 1] == tl + cr + p.sw) sum += dyl[cb - 1];
+            if (lo && right && (int)al[cb] == tl + cr) sum += dyl[cb];
+            acc[k] = sum;
+            const bool next = ++cr == p.sw;
+            cr = next ? 0 : cr;
+            cb = next ? cb + 1 : cb;
         }
-        const long long at = base * size + e;
-        if (vec && e + 4 <= count) {
-            *reinterpret_cast<float4*>(dx + at) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        float* out = dx + ((base + pl) * p.H + h) * (long long)p.W + w0;
+        if (vec) {
+            *reinterpret_cast<float4*>(out) = make_float4(acc[0], acc[1], acc[2], acc[3]);
         } else {
 #pragma unroll
             for (int k = 0; k < 4; ++k)
-                if (e + k < count) dx[at + k] = acc[k];
+                if (w0 + k < p.W) out[k] = acc[k];
         }
     }
 }

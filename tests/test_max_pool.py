@@ -333,7 +333,9 @@ def test_launch_shape():
     quads = -(-pool_ops.EMU_GROUP * 27 * 27 // 4)
     assert launch.grid == (-(-quads // pool_ops.BLOCK), pool_ops.EMU_MAX_GROUPS, 1)
     back = pool_ops.backward_launch(EMU, y, np.zeros(y.shape, np.uint8), x, ALEXNET)
-    assert back.grid == (-(-pool_ops.EMU_GROUP * 55 * 55 // 4 // pool_ops.BLOCK),
+    # 3/2 windows: the backward's PAIR path, a thread per four columns of a row
+    assert back.name == "max_pool_backward<unsigned char, true>"
+    assert back.grid == (-(-pool_ops.EMU_GROUP * 55 * 14 // pool_ops.BLOCK),
                          pool_ops.EMU_MAX_GROUPS, 1)
     assert pool_ops.forward_launch(EMU, x, y, ALEXNET).name == "max_pool_forward"
     # a GPU takes every plane in one group: pool5's 6x6 maps fill every lane
@@ -474,8 +476,10 @@ def test_pair_backward_matches_the_general_gather(kernel_device, k, s, pad, shap
     pair = pool_ops.backward_launch(dev, dev.asarray(dy), a, dev.xp.empty(shape, np.float32), p)
     assert pair.name == "max_pool_backward<unsigned char, true>"
     general = dev.xp.empty(shape, np.float32)
-    dev.launch(pool_ops.Launch(pool_ops.MODULE, "max_pool_backward", grid=pair.grid,
-                               block=pair.block, args=(*pair.args[:2], general, *pair.args[3:]),
+    grid, block, group = pool_ops.launch_shape(dev, shape)
+    args = pool_ops._shape_args(shape, dy.shape, p, group, True)
+    dev.launch(pool_ops.Launch(pool_ops.MODULE, "max_pool_backward", grid=grid, block=block,
+                               args=(*pair.args[:2], general, *args),
                                template_args=("unsigned char", "false")))
     dev.launch(pair)
     got, want = dev.to_numpy(pair.args[2]), dev.to_numpy(general)

@@ -241,10 +241,19 @@ def covers_pairs(params: PoolParams) -> bool:
 
 def backward_launch(device, dy, argmax, dx, params: PoolParams) -> Launch:
     grid, block, group = launch_shape(device, dx.shape)
-    pair = "true" if covers_pairs(params) else "false"
+    args = _shape_args(dx.shape, dy.shape, params, group, True)
+    if not covers_pairs(params):
+        return Launch(MODULE, "max_pool_backward", grid=grid, block=block,
+                      args=(dy, argmax, dx, *args), template_args=(_index_type(argmax), "false"))
+    # the PAIR path: a thread per four columns of a row (Q = ceil(W / 4) a row), the
+    # divisors of H and Q in place of the plane size and row length
+    n, c, h, w = dx.shape
+    q = -(-w // QUAD)
+    rows = min(group, n * c) * h
+    grid = (max(1, -(-rows * q // BLOCK)), grid[1])
+    args = args[:-4] + (divisor(h), divisor(q)) + args[-2:]
     return Launch(MODULE, "max_pool_backward", grid=grid, block=block,
-                  args=(dy, argmax, dx, *_shape_args(dx.shape, dy.shape, params, group, True)),
-                  template_args=(_index_type(argmax), pair))
+                  args=(dy, argmax, dx, *args), template_args=(_index_type(argmax), "true"))
 
 
 def backward_recompute_launch(device, x, dy, dx, params: PoolParams) -> Launch:
