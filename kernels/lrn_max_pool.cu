@@ -53,13 +53,34 @@ static __device__ __forceinline__ float cn_pool_max_3x3(const float* __restrict_
 #pragma unroll
         for (int j = 0; j < 3; ++j) {
             const float v = p[i * row_stride + j];
-            const bool take = v > best || (v != v && best == best);
+            // pool_window.cuh's rule (v > best, or the first NaN) as "v unordered-greater
+            // and best not NaN": the same choice, two compares
+            const bool take = !(v <= best) && best == best;
             best = take ? v : best;
             where = take ? i * 3 + j : where;
         }
     }
     offset = where;
     return best;
+}
+
+// The pool phase's next item: (d, toh, tow) += (step_d, step_y, step_x) with carries
+// (step_y < outs_h, step_x < outs_w, so one carry each).
+static __device__ __forceinline__ void cn_lrn_pool_advance(int& d, int& toh, int& tow, int step_d,
+                                                           int step_y, int step_x, int outs_h,
+                                                           int outs_w)
+{
+    tow += step_x;
+    if (tow >= outs_w) {
+        tow -= outs_w;
+        ++toh;
+    }
+    toh += step_y;
+    if (toh >= outs_h) {
+        toh -= outs_h;
+        ++d;
+    }
+    d += step_d;
 }
 
 template <typename IndexT, int FW>
@@ -103,6 +124,7 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
         const float* xc = x + (inside ? base : 0);
         const int outs_h = min(tile_h, OH - oh0), outs_w = min(tile_w, OW - ow0);
         const int outs = outs_h * outs_w;
+        const bool full_tile = full_3x3 && oh0 + outs_h <= full_oh && ow0 + outs_w <= full_ow;
         // the pool phase's first item (t) and its step (region), split once per tile
         const int d_first = t / outs, o_first = t - d_first * outs;
         const int toh_first = o_first / outs_w, tow_first = o_first - toh_first * outs_w;
@@ -113,7 +135,35 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
         if (inside) cn_lrn_prime<FW>(walk, xc, (int)plane, g0, g0, g1, lo, hi, ring, region);
         for (int cb = g0; cb < g1; cb += depth) {
             const int count = min(depth, g1 - cb);
-            if (inside) {
+            if (inside && FW > 0 && beta75) {
+                // the common case inline: window in registers, the FP32 sum and the rsqrt
+                // power; a channel that needs the wide sum or powf (sum > 2^126, s = 0,
+                // inf or NaN) marks the step `rare`, and the step is redone below by the
+                // general code (the same walk from channel cb: the same bits as always)
+                bool rare = false;
+#pragma unroll 5
+                for (int d = 0; d < count; ++d) {
+                    const int c = cb + d;  // c + 1 + hi >= g0: only the top can be outside
+                    walk.x.push(walk.next);
+                    walk.next = c + 1 + hi < g1 ? xc[(long long)(c + 1 + hi) * plane] : 0.0f;
+                    const float acc = walk.x.squares();
+                    const float s = fmaf(alpha, acc, k);
+                    const float q = rsqrtf(s);
+                    const float r = rsqrtf(q);
+                    z[d * region + t] = walk.x.at(lo) * (q * (q * r));
+                    rare |= !(acc <= 0x1p126f && s > 0.0f && s < cn_inf());
+                }
+                if (rare) {
+                    cn_lrn_walk<FW> redo;
+                    cn_lrn_prime<FW>(redo, xc, (int)plane, cb, g0, g1, lo, hi, ring, region);
+                    for (int d = 0; d < count; ++d) {
+                        float a;
+                        const float s = cn_lrn_step<FW>(redo, xc, (int)plane, cb + d, g0, g1, lo,
+                                                       hi, alpha, k, a);
+                        z[d * region + t] = cn_lrn_times_power(a, s, beta, true);
+                    }
+                }
+            } else if (inside) {
                 for (int d = 0; d < count; ++d) {
                     float a;
                     const float s = cn_lrn_step<FW>(walk, xc, (int)plane, cb + d, g0, g1, lo, hi,
@@ -125,34 +175,33 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
             // item = d * outs + toh * outs_w + tow walks t, t + region, ... without a
             // division: (d, toh, tow) advance by the block's constant step with carries
             int d = d_first, toh = toh_first, tow = tow_first;
-            while (d < count) {
-                const int oh = oh0 + toh, ow = ow0 + tow;
-                const float* p = z + d * region + (toh * sh) * rw + tow * sw;
-                float best;
-                int offset;
-                if (full_3x3 && oh < full_oh && ow < full_ow) {
-                    best = cn_pool_max_3x3(p, rw, offset);
-                } else {
-                    int i0, i1, j0, j1;
+            float* const yc = y + (n * channels + cb) * out_plane;
+            IndexT* const ac = argmax + (n * channels + cb) * out_plane;
+            if (full_tile) {
+                // every window of the tile is a whole 3x3 one: only the unrolled path
+                while (d < count) {
+                    int offset;
+                    const float best =
+                        cn_pool_max_3x3(z + d * region + (toh * sh) * rw + tow * sw, rw, offset);
+                    const long long at = d * out_plane + (long long)(oh0 + toh) * OW + ow0 + tow;
+                    yc[at] = best;
+                    ac[at] = (IndexT)offset;
+                    cn_lrn_pool_advance(d, toh, tow, step_d, step_y, step_x, outs_h, outs_w);
+                }
+            } else {
+                while (d < count) {
+                    const int oh = oh0 + toh, ow = ow0 + tow;
+                    int i0, i1, j0, j1, offset;
                     cn_pool_clip(oh * sh - ph, kh, H, i0, i1);
                     cn_pool_clip(ow * sw - pw, kw, W, j0, j1);
                     // window element (i, j) is region pixel (toh * sh + i, tow * sw + j)
-                    best = cn_pool_max(p + i0 * rw + j0, rw, i0, i1, j0, j1, kw, offset);
+                    const float* p = z + d * region + (toh * sh + i0) * rw + (tow * sw + j0);
+                    const float best = cn_pool_max(p, rw, i0, i1, j0, j1, kw, offset);
+                    const long long at = d * out_plane + (long long)oh * OW + ow;
+                    yc[at] = best;
+                    ac[at] = (IndexT)offset;
+                    cn_lrn_pool_advance(d, toh, tow, step_d, step_y, step_x, outs_h, outs_w);
                 }
-                const long long at = (n * channels + cb + d) * out_plane + (long long)oh * OW + ow;
-                y[at] = best;
-                argmax[at] = (IndexT)offset;
-                tow += step_x;
-                if (tow >= outs_w) {
-                    tow -= outs_w;
-                    ++toh;
-                }
-                toh += step_y;
-                if (toh >= outs_h) {
-                    toh -= outs_h;
-                    ++d;
-                }
-                d += step_d;
             }
             __syncthreads();
         }

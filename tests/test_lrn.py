@@ -458,11 +458,16 @@ def test_fused_forward_equals_lrn_then_pool(kernel_device, case):
 def test_fused_forward_3x3_unclipped_path(kernel_device, stride, h, w, channels):
     """3x3 windows without padding (the unrolled pool path, outputs walked without
     divisions; tiles with more or fewer outputs than threads): the same bits as LRN then
-    max-pool, with ties (plateaus of zeros) choosing the first maximum."""
+    max-pool, with ties (plateaus of zeros) choosing the first maximum and NaN windows
+    the first NaN."""
     params = lrn_ops.make_params(5, alpha=0.05)
     pool = pool_ops.make_params(3, stride, 0)
     x = np.maximum(_data((2, channels, h, w), stride + h, 5.0), 0)
     x[:, :, ::3, :] = 0.0  # plateaus
+    if stride == 2:
+        # NaN, inf and 1e20 (s past 2^126): the fast channel loop's `rare` steps, redone
+        x[0, channels // 2, 1, 1:4] = [np.nan, np.inf, 1e20]
+        x[1, 0, h - 1, w - 1] = np.nan
     x = kernel_device.asarray(x)
     y_seq, a_seq = pool_ops.forward(kernel_device, lrn_ops.forward(kernel_device, x, params), pool)
     y, a = fused_ops.forward(kernel_device, x, params, pool, fuse=True)
