@@ -36,7 +36,9 @@
 // neighbouring windows coalesce and y's stores are plain coalesced floats; the uint8
 // argmax of a full chunk is stored as one uchar4 per lane after a shuffle (when the
 // argmax is 4-byte aligned and group * OH * OW is a multiple of 4, so every chunk starts
-// at a multiple of 4 bytes), else byte by byte. Backward: a thread takes four
+// at a multiple of 4 bytes), else byte by byte. Backward where kernel <= 2 x stride
+// (AlexNet's 3/2; max_pool_backward<IndexT, true>): its own launch shape, a thread per
+// 8 columns of one row (cn_pool_backward_pair). Other backwards: a thread takes four
 // consecutive inputs and stores them as one float4 when dx is 16-byte aligned and group
 // * H * W is a multiple of 4, else element by element; each input still gathers in the
 // order above, so dx is the same, bit for bit, whatever the launch shape.
@@ -247,26 +249,29 @@ static __device__ __forceinline__ void cn_pool_backward(
 // The backward when at most two windows cover an input along each axis (kh <= 2 sh,
 // kw <= 2 sw: AlexNet's 3x3 stride-2 windows): input h is covered by oh = b and
 // oh = b - 1 at most, b = (h + ph) / sh, at window rows i = r and r + sh,
-// r = (h + ph) - b sh (columns alike). Launch shape of this path: a thread per four
-// columns w0..w0+3 of one input row (Q = ceil(W / 4) threads a row, rows of the group's
-// planes end to end: grid.x = ceil(rows x Q / blockDim.x)), so the row's two windows
-// are found once and the columns step (b, r) without dividing; each input tests its
-// (up to) four windows in row-major output order, as the general gather does (same
-// bits). div_h and div_q are the packed divisors of H and Q.
+// r = (h + ph) - b sh (columns alike). Launch shape of this path: a thread per
+// CN_POOL_PAIR_COLS columns w0.. of one input row (Q = ceil(W / COLS) threads a row, rows
+// of the group's planes end to end: grid.x = ceil(rows x Q / blockDim.x)), so the row's
+// two windows are found once and the columns step (b, r) without dividing; each input
+// tests its (up to) four windows in row-major output order, as the general gather does
+// (same bits); dx goes out as float4s when W % 4 == 0. div_h and div_q are the packed
+// divisors of H and Q.
+#define CN_POOL_PAIR_COLS 8  // columns per thread (ops/max_pool.PAIR_COLS), a multiple of 4
+
 template <typename IndexT>
 static __device__ __forceinline__ void cn_pool_backward_pair(
     const float* __restrict__ dy, const IndexT* __restrict__ argmax, float* __restrict__ dx,
     long long planes, const cn_pool_shape& p, int group, unsigned long long div_h,
     unsigned long long div_q, unsigned long long div_sh, unsigned long long div_sw)
 {
-    const int Q = (p.W + 3) >> 2, osize = p.OH * p.OW;
+    const int Q = (p.W + CN_POOL_PAIR_COLS - 1) / CN_POOL_PAIR_COLS, osize = p.OH * p.OW;
     const bool vec = cn_aligned16(dx) && p.W % 4 == 0;
     const int t = (int)(blockIdx.x * blockDim.x + threadIdx.x);
     for (long long base = (long long)blockIdx.y * group; base < planes;
          base += (long long)gridDim.y * group) {
         if (t >= (int)min((long long)group, planes - base) * p.H * Q) continue;
         const int row = cn_pool_div(t, div_q);  // the row among the group's
-        const int w0 = 4 * (t - row * Q);
+        const int w0 = CN_POOL_PAIR_COLS * (t - row * Q);
         const int pl = cn_pool_div(row, div_h);
         const int h = row - pl * p.H;
         const int rb = cn_pool_div(h + p.ph, div_sh), rr = h + p.ph - rb * p.sh;
@@ -280,9 +285,9 @@ static __device__ __forceinline__ void cn_pool_backward_pair(
         const IndexT* au = argmax + at_up;
         const IndexT* al = au + p.OW;
         const int tu = (rr + p.sh) * p.kw, tl = rr * p.kw;
-        float acc[4];
+        float acc[CN_POOL_PAIR_COLS];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
+        for (int k = 0; k < CN_POOL_PAIR_COLS; ++k) {
             // columns: left window b - 1 (window column cr + sw), right b (cr); past the
             // row's end (w0 + k >= W) the sum is computed from valid windows, not stored
             const bool left = cb >= 1 && cb - 1 < p.OW && cr + p.sw < p.kw;
@@ -298,12 +303,17 @@ static __device__ __forceinline__ void cn_pool_backward_pair(
             cb = next ? cb + 1 : cb;
         }
         float* out = dx + ((base + pl) * p.H + h) * (long long)p.W + w0;
-        if (vec) {
-            *reinterpret_cast<float4*>(out) = make_float4(acc[0], acc[1], acc[2], acc[3]);
-        } else {
 #pragma unroll
-            for (int k = 0; k < 4; ++k)
-                if (w0 + k < p.W) out[k] = acc[k];
+        for (int k = 0; k < CN_POOL_PAIR_COLS; k += 4) {
+            if (vec) {  // W % 4 == 0: the row's float4s end at W
+                if (w0 + k < p.W)
+                    *reinterpret_cast<float4*>(out + k) =
+                        make_float4(acc[k], acc[k + 1], acc[k + 2], acc[k + 3]);
+            } else {
+#pragma unroll
+                for (int j = k; j < k + 4; ++j)
+                    if (w0 + j < p.W) out[j] = acc[j];
+            }
         }
     }
 }

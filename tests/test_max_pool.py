@@ -333,9 +333,9 @@ def test_launch_shape():
     quads = -(-pool_ops.EMU_GROUP * 27 * 27 // 4)
     assert launch.grid == (-(-quads // pool_ops.BLOCK), pool_ops.EMU_MAX_GROUPS, 1)
     back = pool_ops.backward_launch(EMU, y, np.zeros(y.shape, np.uint8), x, ALEXNET)
-    # 3/2 windows: the backward's PAIR path, a thread per four columns of a row
+    # 3/2 windows: the backward's PAIR path, a thread per PAIR_COLS columns of a row
     assert back.name == "max_pool_backward<unsigned char, true>"
-    assert back.grid == (-(-pool_ops.EMU_GROUP * 55 * 14 // pool_ops.BLOCK),
+    assert back.grid == (-(-pool_ops.EMU_GROUP * 55 * 7 // pool_ops.BLOCK),
                          pool_ops.EMU_MAX_GROUPS, 1)
     assert pool_ops.forward_launch(EMU, x, y, ALEXNET).name == "max_pool_forward"
     # a GPU takes every plane in one group: pool5's 6x6 maps fill every lane
@@ -462,7 +462,11 @@ def test_kernel_errors(kernel_device):
 @pytest.mark.parametrize("k, s, pad, shape", [((3, 3), (2, 2), (0, 0), (2, 3, 13, 13)),
                                               ((3, 2), (2, 1), (1, 1), (1, 5, 9, 8)),
                                               ((1, 2), (3, 2), (0, 1), (2, 2, 10, 7)),
-                                              ((4, 2), (2, 1), (2, 0), (1, 3, 11, 5))])
+                                              ((4, 2), (2, 1), (2, 0), (1, 3, 11, 5)),
+                                              # float4 rows: W % 8 == 4 ends halfway
+                                              # through a thread's eight columns
+                                              ((3, 3), (2, 2), (1, 1), (2, 2, 6, 12)),
+                                              ((2, 2), (2, 2), (0, 0), (1, 3, 4, 4))])
 def test_pair_backward_matches_the_general_gather(kernel_device, k, s, pad, shape):
     """kernel <= 2 x stride takes the PAIR path (four windows, no division per element);
     it gives the general gather's dx bit for bit, ties and -0.0 gradients included."""

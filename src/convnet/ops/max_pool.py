@@ -52,6 +52,7 @@ MODULE = KernelModule("max_pool.cu", (
 
 BLOCK = 256                 # threads per block, a quad of elements each
 QUAD = 4                    # consecutive elements per thread (float4 / uchar4 stores)
+PAIR_COLS = 8               # the backward's PAIR path: columns of a row per thread
 EMU_GROUP = 4               # planes per group on emu: few fibers, each loops over groups
 EMU_MAX_GROUPS = 16         # blocks of groups on emu (grid.y)
 # The largest group, in elements: the kernels' 32-bit quad index (4 x thread) must stay
@@ -248,7 +249,7 @@ def backward_launch(device, dy, argmax, dx, params: PoolParams) -> Launch:
     # the PAIR path: a thread per four columns of a row (Q = ceil(W / 4) a row), the
     # divisors of H and Q in place of the plane size and row length
     n, c, h, w = dx.shape
-    q = -(-w // QUAD)
+    q = -(-w // PAIR_COLS)
     rows = min(group, n * c) * h
     grid = (max(1, -(-rows * q // BLOCK)), grid[1])
     args = args[:-4] + (divisor(h), divisor(q)) + args[-2:]
