@@ -105,6 +105,9 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
     const long long blocks = (long long)batch * groups * tiles_h * tiles_w;
     // 3x3 windows inside the image (no clipping) take an unrolled path: outputs
     // oh < full_oh, ow < full_ow when there is no padding
+    // k > 0, alpha >= 0 and alpha 2^126 + k finite: a sum of squares <= 2^126 gives a
+    // finite s >= k > 0 (the rsqrt path's domain); false for a NaN alpha or k
+    const bool fast = beta75 && k > 0.0f && alpha >= 0.0f && fmaf(alpha, 0x1p126f, k) < cn_inf();
     const bool full_3x3 = kh == 3 && kw == 3 && ph == 0 && pw == 0;
     const int full_oh = H >= 3 ? (H - 3) / sh + 1 : 0, full_ow = W >= 3 ? (W - 3) / sw + 1 : 0;
 
@@ -135,25 +138,27 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
         if (inside) cn_lrn_prime<FW>(walk, xc, (int)plane, g0, g0, g1, lo, hi, ring, region);
         for (int cb = g0; cb < g1; cb += depth) {
             const int count = min(depth, g1 - cb);
-            if (inside && FW > 0 && beta75) {
+            if (inside && FW > 0 && fast) {
                 // the common case inline: window in registers, the FP32 sum and the rsqrt
-                // power; a channel that needs the wide sum or powf (sum > 2^126, s = 0,
-                // inf or NaN) marks the step `rare`, and the step is redone below by the
-                // general code (the same walk from channel cb: the same bits as always)
-                bool rare = false;
+                // power. A channel needs the wide sum or powf when its sum of squares is
+                // > 2^126, inf or NaN (`fast` rules out s = 0 or inf below that): then
+                // acc_sum (sums >= 0, rounding monotone) is too, and the step is redone
+                // below by the general code (the same walk from channel cb: the same bits)
+                float acc_sum = 0.0f;  // > 2^126, inf or NaN when some channel's is
+                const float* xn = xc + (long long)(cb + 1 + hi) * plane;  // channel c + 1 + hi
 #pragma unroll 5
-                for (int d = 0; d < count; ++d) {
+                for (int d = 0; d < count; ++d, xn += plane) {
                     const int c = cb + d;  // c + 1 + hi >= g0: only the top can be outside
                     walk.x.push(walk.next);
-                    walk.next = c + 1 + hi < g1 ? xc[(long long)(c + 1 + hi) * plane] : 0.0f;
+                    walk.next = c + 1 + hi < g1 ? *xn : 0.0f;
                     const float acc = walk.x.squares();
                     const float s = fmaf(alpha, acc, k);
                     const float q = rsqrtf(s);
                     const float r = rsqrtf(q);
                     z[d * region + t] = walk.x.at(lo) * (q * (q * r));
-                    rare |= !(acc <= 0x1p126f && s > 0.0f && s < cn_inf());
+                    acc_sum += acc;
                 }
-                if (rare) {
+                if (!(acc_sum <= 0x1p126f)) {
                     cn_lrn_walk<FW> redo;
                     cn_lrn_prime<FW>(redo, xc, (int)plane, cb, g0, g1, lo, hi, ring, region);
                     for (int d = 0; d < count; ++d) {

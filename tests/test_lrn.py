@@ -460,7 +460,10 @@ def test_fused_forward_3x3_unclipped_path(kernel_device, stride, h, w, channels)
     divisions; tiles with more or fewer outputs than threads): the same bits as LRN then
     max-pool, with ties (plateaus of zeros) choosing the first maximum and NaN windows
     the first NaN."""
-    params = lrn_ops.make_params(5, alpha=0.05)
+    # k = 0 (s = 0 on the zero plateaus: powf's path) and a huge alpha (s = inf) where
+    # the stride is 1 or 3: the inline loop is not taken there
+    params = lrn_ops.make_params(5, alpha=0.05 if stride == 2 else (3e38 if stride == 3 else 0.05),
+                                 k=2.0 if stride == 2 else 0.0)
     pool = pool_ops.make_params(3, stride, 0)
     x = np.maximum(_data((2, channels, h, w), stride + h, 5.0), 0)
     x[:, :, ::3, :] = 0.0  # plateaus
