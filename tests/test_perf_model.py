@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from convnet.perf import calibration, gpus, model
@@ -252,3 +253,24 @@ def test_gemm_like_counts_are_normalised_to_the_exact_flops():
                               write_bytes=0, math_share=0.1, instructions=1950.0,
                               pipe_instructions={"fp32": 1300.0})
     assert normalised_counts(byte_bound) == (1950.0, {"fp32": 1300.0})
+
+
+def test_nnls_known_answers_and_optimality():
+    """The trip-count solver: exact on consistent systems with a positive solution, a
+    negative unconstrained optimum clipped to 0, and the Karush-Kuhn-Tucker conditions
+    (x >= 0; the gradient A^T(b - Ax) is ~0 where x > 0 and <= 0 where x = 0) on random
+    problems."""
+    from convnet.perf.nnls import nnls
+    a = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert nnls(a, a @ np.array([2.0, 3.0])) == pytest.approx([2.0, 3.0])
+    assert nnls(np.eye(2), np.array([1.0, -1.0])) == pytest.approx([1.0, 0.0])
+    assert nnls(np.zeros((2, 2)), np.ones(2)) == pytest.approx([0.0, 0.0])
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        m, n = rng.integers(1, 10), rng.integers(1, 7)
+        a, b = rng.standard_normal((m, n)), rng.standard_normal(m)
+        x = nnls(a, b)
+        gradient = a.T @ (b - a @ x)
+        assert (x >= 0).all()
+        assert np.all(np.abs(gradient[x > 0]) < 1e-8)
+        assert np.all(gradient[x == 0] < 1e-8)

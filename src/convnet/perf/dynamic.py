@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .nnls import nnls
 from .sass import PIPES, pipe
 
 _READ = frozenset("LDG LD LDGSTS TLD TEX TLD4 SULD".split())
@@ -194,8 +195,7 @@ def count(figures: dict, warps: float, sites: dict, barrier_warps: float = 0.0,
         a = np.array([[per_loop[j].get(k, 0) for j in constrained] for k in keys], float)
         b = np.array([max(0.0, measured.get(k, 0.0) - warps * fixed.get(k, 0)) for k in keys])
         scale = np.maximum(b, max(warps, 1.0))
-        from scipy.optimize import nnls
-        solution, _ = nnls(a / scale[:, None], b / scale)
+        solution = nnls(a / scale[:, None], b / scale)
         x[constrained] = solution
     unseen = [j for j in range(len(loops)) if j not in constrained and j not in dead]
     for j in sorted(unseen, key=lambda j: loops[j]["depth"]):   # parents first
