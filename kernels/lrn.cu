@@ -110,12 +110,7 @@ __global__ void lrn_backward(const float* __restrict__ x, const float* __restric
                              float alpha, float beta, float k)
 {
     extern __shared__ float cn_lrn_ring[];
-    cn_lrn_fixed_window<W>(lo, hi);
-    const int width = lo + hi + 1;
-    const int stride = blockDim.x;
-    float* xr = cn_lrn_ring + threadIdx.x;
-    float* rr = xr + width * stride;
-    float* dr = rr + width * stride;
+    const cn_lrn_rings ring = cn_lrn_backward_rings<W>(cn_lrn_ring, lo, hi);
     const int chunks = (channels / groups + chunk - 1) / chunk;
     const long long columns = (long long)batch * groups * chunks * plane;
     const bool beta75 = beta == 0.75f;
@@ -125,6 +120,6 @@ __global__ void lrn_backward(const float* __restrict__ x, const float* __restric
         const cn_lrn_plain_grad grad{dy + col.base, plane};
         cn_lrn_backward_column<W, SAVED_SCALE>(x + col.base, scale + col.base, dx + col.base,
                                                grad, plane, col.c0, col.c1, col.g0, col.g1, lo, hi,
-                                               xr, rr, dr, stride, alpha, beta, beta75, k);
+                                               ring.x, ring.r, ring.d, ring.stride, alpha, beta, beta75, k);
     }
 }

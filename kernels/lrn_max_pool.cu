@@ -258,12 +258,7 @@ __global__ void lrn_max_pool_backward(const float* __restrict__ x, const float* 
                                       int OW, int kh, int kw, int sh, int sw, int ph, int pw)
 {
     extern __shared__ float cn_lrn_ring[];
-    cn_lrn_fixed_window<FW>(lo, hi);
-    const int width = lo + hi + 1;
-    const int stride = blockDim.x;
-    float* xr = cn_lrn_ring + threadIdx.x;
-    float* rr = xr + width * stride;
-    float* dr = rr + width * stride;
+    const cn_lrn_rings ring = cn_lrn_backward_rings<FW>(cn_lrn_ring, lo, hi);
     const int plane = H * W;
     const long long out_plane = (long long)OH * OW;
     const int group_channels = channels / groups;
@@ -294,6 +289,6 @@ __global__ void lrn_max_pool_backward(const float* __restrict__ x, const float* 
         grad.row_step = sh * kw;
         grad.col_step = sw;
         cn_lrn_backward_column<FW, false>(x + base, x + base, dx + base, grad, plane, c0, c1, g0,
-                                         g1, lo, hi, xr, rr, dr, stride, alpha, beta, beta75, k);
+                                         g1, lo, hi, ring.x, ring.r, ring.d, ring.stride, alpha, beta, beta75, k);
     }
 }

@@ -179,6 +179,26 @@ static __device__ __forceinline__ void cn_lrn_fixed_window(int& lo, int& hi)
     }
 }
 
+// The backward walk's three per-thread rings (x, r and dz: lo + hi + 1 slots each, the
+// threads of the block interleaved, stride blockDim.x) in the block's dynamic shared
+// memory; fixes the window first (cn_lrn_fixed_window<W>).
+struct cn_lrn_rings {
+    float* x;
+    float* r;
+    float* d;
+    int stride;
+};
+
+template <int W>
+static __device__ __forceinline__ cn_lrn_rings cn_lrn_backward_rings(float* shared, int& lo, int& hi)
+{
+    cn_lrn_fixed_window<W>(lo, hi);
+    const int width = lo + hi + 1;
+    const int stride = blockDim.x;
+    float* x = shared + threadIdx.x;
+    return cn_lrn_rings{x, x + width * stride, x + 2 * width * stride, stride};
+}
+
 // The walk down one column (channels c0, c0 + 1, ... of the group [g0, g1)): after the
 // step of channel c the window x holds channels c - lo .. c + hi (c - lo the oldest,
 // at(0), which the next step drops). cn_lrn_prime fills the window of c0 except its
