@@ -102,3 +102,12 @@ def kernel_error(device, module, name, args, grid=1, block=64, shared_bytes=0, *
         device.launch(Launch(module, name, grid=grid, block=block, shared_bytes=shared_bytes,
                              args=args))
     return str(info.value)
+
+
+def forbid_launches(monkeypatch, device, why: str) -> None:
+    """Make every kernel launch on ``device`` fail the test with ``why``. Patched on the
+    device's class: undoing an instance patch would leave a bound method on the shared
+    device object, hiding later class-level patches."""
+    def fail(self, launch):
+        raise AssertionError(why)
+    monkeypatch.setattr(type(device), "launch", fail)

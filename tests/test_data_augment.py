@@ -13,7 +13,7 @@ from convnet.data import Augmentation, AugmentError, ten_crop_average
 from convnet.data import augment as aug
 from convnet.ops import augment as augment_op
 
-from conftest import HAVE_NVRTC, require_device, run_clean_under_asan
+from conftest import HAVE_NVRTC, forbid_launches, require_device, run_clean_under_asan
 
 CPU = convnet.get_device("cpu")
 
@@ -148,9 +148,7 @@ def test_launch_shape():
 
 
 def test_empty_batch_launches_nothing(kernel_device, monkeypatch):
-    def fail(launch):
-        raise AssertionError("an empty batch must not launch")
-    monkeypatch.setattr(kernel_device, "launch", fail)
+    forbid_launches(monkeypatch, kernel_device, "an empty batch must not launch")
     augmentation = Augmentation("center", None, crop=5, image_size=(8, 8))
     out = augmentation(kernel_device, kernel_device.asarray(np.zeros((0, 8, 8, 3), np.uint8)))
     assert out.shape == (0, 3, 5, 5)

@@ -242,7 +242,7 @@ def test_optimizer_step_is_one_launch_per_device(monkeypatch):
     cpu reference within float32 rounding; a bad gradient still changes nothing."""
     device = require_device("emu")
     launches = []
-    real = device.launch  # patched on the instance: other tests' patches leave one there
+    real = device.launch
     monkeypatch.setattr(device, "launch", lambda launch: (launches.append(launch.name), real(launch))[1])
     rng = np.random.default_rng(2)
     shapes = [(3, 4), (4,), (5, 2, 3), (1,)]
