@@ -40,11 +40,8 @@ import numpy as np
 
 from ..toolchain.kernel_source import digest, expand
 from ..toolchain.nvrtc import NVRTC_OPTIONS
-from ..toolchain.resources import check_launch
+from ..toolchain.resources import DEFAULT_SHARED_BYTES, check_launch
 from .base import Device, DeviceError
-
-# Shared memory (static + dynamic) a block gets without opting in (cudaFuncSetAttribute).
-DEFAULT_SHARED_BYTES = 48 * 1024
 
 INSTALL_HINT = ('install CuPy for your CUDA driver: pip install -e ".[cuda13]" '
                 '(CUDA 13 driver) or pip install -e ".[cuda12]" (CUDA 12 driver)')

@@ -43,6 +43,7 @@ import numpy as np
 
 from .. import arguments
 from ..toolchain.launch import KernelModule, Launch
+from ..toolchain.resources import DEFAULT_SHARED_BYTES
 from ._arrays import check_same_shape, kernel_array
 from .elementwise import resident_threads
 
@@ -84,7 +85,7 @@ def saves_scale(device) -> bool:
 
 MAX_WIDTH = 512                      # channels in one window (after clipping to the group)
 THREADS = 256                        # threads per block, fewer where the rings need it
-PREFERRED_SHARED_BYTES = 48 * 1024   # what a block gets without opting in on a GPU
+PREFERRED_SHARED_BYTES = DEFAULT_SHARED_BYTES  # what a block gets without opting in on a GPU
 MIN_CHUNK = 16                       # channels per thread when columns are split on a GPU
 EMU_MAX_BLOCKS = 256                 # fibers are costly on emu: threads loop over columns
 _INT32_MAX = 2**31 - 1
