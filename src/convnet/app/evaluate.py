@@ -26,7 +26,8 @@ from .. import functional as F
 from ..data import ten_crop_average
 from ..tensor import Tensor, no_grad
 
-__all__ = ["EvalResult", "MODES", "evaluate_batches", "evaluate_checkpoint"]
+__all__ = ["EvalResult", "LoadedRun", "MODES", "evaluate_batches", "evaluate_checkpoint",
+           "load_run"]
 
 MODES = ("center", "ten_crop")
 
@@ -101,27 +102,34 @@ def evaluate_batches(model, batches, mode: str = "center", should_stop=None,
                       seconds=time.monotonic() - started)
 
 
-def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=None,
-                        batch_size: int | None = None, workers: int | None = None,
-                        split: str = "val") -> EvalResult:
-    """The error of a checkpoint written by the training driver on ``split`` of a
-    prepared data set.
+@dataclass
+class LoadedRun:
+    """A checkpoint's network with its weights, on ``device``, and the prepared data set
+    it was trained on (``settings``: the run's, from the checkpoint)."""
 
-    ``checkpoint``: a checkpoint file or a run folder (its best checkpoint).
-    ``data``: a prepared data set or an image folder prepared before (default: the
-    one the run trained on). ``device``: default ``cuda:0`` when there is one, else
-    ``cpu``. ``batch_size``: images per batch (default: the run's; ten-crop runs
-    ``batch_size // 10`` images, ten patches each, at a time).
+    path: object
+    settings: dict
+    dataset: object
+    model: object
+    device: object
+
+
+def load_run(checkpoint, data=None, device=None, workers: int | None = None,
+             split: str = "val") -> LoadedRun:
+    """Load a checkpoint written by the training driver and open its data set, checking
+    that the data's classes are the run's and that ``split`` holds images.
+
+    ``checkpoint``: a checkpoint file or a run folder (its best checkpoint). ``data``: a
+    prepared data set or an image folder prepared before (default: the one the run
+    trained on). ``device``: default ``cuda:0`` when there is one, else ``cpu``.
     """
     from . import checkpoint as ckpt
     from ..backend import get_device
-    from ..data import Loader, open_prepared, resolve_data
+    from ..data import open_prepared, resolve_data
     from ..models import build_model
     from .runs import TrainError, resolve_checkpoint, settings_of, short_list
     from .settings import check_crop, default_device
 
-    if mode not in MODES:
-        raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
     path = resolve_checkpoint(checkpoint)
     saved = ckpt.load(path)
     settings = settings_of(saved)
@@ -138,10 +146,31 @@ def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=No
     device = get_device(device or default_device())
     model = build_model(settings, [device] * settings["columns"])
     ckpt.restore(saved, model)
+    return LoadedRun(path=path, settings=settings, dataset=dataset, model=model, device=device)
+
+
+def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=None,
+                        batch_size: int | None = None, workers: int | None = None,
+                        split: str = "val") -> EvalResult:
+    """The error of a checkpoint written by the training driver on ``split`` of a
+    prepared data set.
+
+    ``checkpoint``: a checkpoint file or a run folder (its best checkpoint).
+    ``data``: a prepared data set or an image folder prepared before (default: the
+    one the run trained on). ``device``: default ``cuda:0`` when there is one, else
+    ``cpu``. ``batch_size``: images per batch (default: the run's; ten-crop runs
+    ``batch_size // 10`` images, ten patches each, at a time).
+    """
+    from ..data import Loader
+
+    if mode not in MODES:
+        raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
+    run = load_run(checkpoint, data, device, workers, split)
+    settings = run.settings
     per_batch = batch_size or settings["batch_size"]
     if mode == "ten_crop":
         per_batch = max(1, per_batch // 10)
-    with Loader(dataset, split, batch_size=per_batch, shuffle=False, workers=workers,
-                device=device, augment=mode, crop=settings["crop"],
+    with Loader(run.dataset, split, batch_size=per_batch, shuffle=False, workers=workers,
+                device=run.device, augment=mode, crop=settings["crop"],
                 seed=settings["seed"]) as loader:
-        return evaluate_batches(model, loader.epoch(0), mode)
+        return evaluate_batches(run.model, loader.epoch(0), mode)
