@@ -267,19 +267,41 @@ class AlexNet(nn.Module):
         layer's output by name (``column{c}.`` prefixed with two columns; an LRN fused
         with its pool has no output of its own).
         """
+        return self._through(x, _STAGES, record, "logits")
+
+    def features(self, x, layer: str = "fc7") -> Tensor:
+        """The output of ``layer`` (after its ReLU, before any dropout) for images
+        (N, 3, S, S), on ``devices[0]``; with two columns, both halves joined (column 0's
+        channels or units first, the one-column layout). The default, fc7, is the last
+        hidden layer: the 4096-d image representation of the paper's section 6.1.
+        ``layer``: any layer name of the network except the dropouts and "flatten"."""
+        stages = []
+        for names in _STAGES:
+            if layer in names:
+                stages.append(names[:names.index(layer) + 1])
+                break
+            stages.append(names)
+        if layer not in stages[-1] or layer.startswith("drop") or layer == "flatten":
+            raise ValueError(f"AlexNet.features: no layer {layer!r} (one of "
+                             f"{', '.join(n for s in _STAGES for n in s if n[:4] not in ('drop', 'flat'))})")
+        return self._through(x, stages, None, layer)
+
+    def _through(self, x, stages, record, name: str) -> Tensor:
+        """Run the layers of ``stages`` (a prefix of ``_STAGES``, the last possibly cut
+        short); with two columns, gather the halves on devices[0] (crossing ``name``)."""
         if self.columns == 1:
             h = self._input(x, self.devices[0])
-            for names in _STAGES:
+            for names in stages:
                 h = _run(self, h, names, record, "", self.fuse_lrn_pool)
             return h
         cols = (self.column0, self.column1)
         hs = [self._input(x, d) for d in self.devices]
-        for stage, names in enumerate(_STAGES):
+        for stage, names in enumerate(stages):
             if stage:
                 hs = self._exchange(hs, _CROSSINGS[stage - 1])
             hs = [_run(col, h, names, record, f"column{c}.", self.fuse_lrn_pool)
                   for c, (col, h) in enumerate(zip(cols, hs))]
-        return F.cat([hs[0], hs[1].to(self.devices[0], name="logits col1->col0")], dim=1)
+        return F.cat([hs[0], hs[1].to(self.devices[0], name=f"{name} col1->col0")], dim=1)
 
     def _exchange(self, hs, point):
         """Each column gets the other's activations (the crossing into ``point``) and
