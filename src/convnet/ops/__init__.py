@@ -10,13 +10,17 @@ fails on any ``kernels/*.cu`` that defines a ``__global__`` and is missing.
 from __future__ import annotations
 
 from ..toolchain.launch import KernelModule
-from . import augment, conv, cross_entropy, dropout, linear, lrn, lrn_max_pool, max_pool, relu, sgd
+from . import (augment, conv, conv_winograd, cross_entropy, dropout, linear, lrn, lrn_max_pool,
+               max_pool, relu, sgd)
 
 KERNEL_MODULES: tuple[KernelModule, ...] = (
     augment.MODULE,
     conv.BACKWARD_DATA,
     conv.BACKWARD_FILTER,
     conv.FORWARD,
+    conv_winograd.GEMM,
+    conv_winograd.IN,
+    conv_winograd.OUT,
     cross_entropy.MODULE,
     dropout.MODULE,
     linear.MODULE,
