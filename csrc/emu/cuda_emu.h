@@ -140,6 +140,9 @@ static inline double max(double a, double b) { return fmax(a, b); }
 // The arithmetic intrinsics (conversions, rounding modes, fast math, integer
 // intrinsics) with sm_90's semantics: emu_math.h (issue 10, item 6).
 #include "emu_math.h"
+// Tensor-core mma.sync and cp.async (issue 12): emu_mma.h, emu_cp_async.h.
+#include "emu_mma.h"
+#include "emu_cp_async.h"
 static inline int __float_as_int(float x) { int i; std::memcpy(&i, &x, 4); return i; }
 static inline unsigned __float_as_uint(float x) { unsigned i; std::memcpy(&i, &x, 4); return i; }
 static inline float __int_as_float(int i) { float x; std::memcpy(&x, &i, 4); return x; }
@@ -246,7 +249,10 @@ static inline void emu_call(void (*f)(A...), void** args) {
   emu_invoke(f, args, std::index_sequence_for<A...>{});
 }
 template <auto F>
-static void emu_thunk(void** args) { emu_call(F, args); }
+static void emu_thunk(void** args) {
+  emu_cp_async_reset();  // a thread starts with no cp.async pending
+  emu_call(F, args);
+}
 
 // ---------------------------------------------------------------- library entry points
 // The linker marks where the section of static __shared__ arrays starts and stops.

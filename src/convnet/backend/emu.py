@@ -232,6 +232,8 @@ _CHECK_FLAGS = {
                  "-fno-optimize-sibling-calls", *_ALIGN,
                  "-include", "emu_profile.h"], []),
 }
+# Headers cuda_emu.h includes (part of every build's cache key).
+_INCLUDED_HEADERS = ("emu_math.h", "emu_mma.h", "emu_cp_async.h")
 # Headers a check mode forces in besides cuda_emu.h (part of its cache key).
 _CHECK_HEADERS = {"profile": ("emu_profile.h", "emu_hooks.h")}
 _COMMON = ["-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-unused-function"]
@@ -437,7 +439,8 @@ def library(module: KernelModule, check: str | None = None):
     text = translate(kernel_source.expand(module.source), module.kernels)
     cxx = compiler()
     runtime_header = (include / "cuda_emu.h").read_text() + (include / "emu_api.h").read_text()
-    runtime_header += (include / "emu_math.h").read_text()  # included by cuda_emu.h
+    for name in _INCLUDED_HEADERS:  # included by cuda_emu.h
+        runtime_header += (include / name).read_text()
     for header in _CHECK_HEADERS.get(check, ()):
         runtime_header += (include / header).read_text()
     runtime_header += _DEVICE_LINK_SCRIPT
@@ -445,7 +448,7 @@ def library(module: KernelModule, check: str | None = None):
                                runtime_header, _cpu_signature())
     read = sorted(f for f in set(re.findall(r'^#line \d+ "([^"]+)"', text, re.M))
                   if os.path.isabs(f))  # the files expand() read (not the generated table)
-    read += [str(include / name) for name in ("cuda_emu.h", "emu_api.h", "emu_math.h",
+    read += [str(include / name) for name in ("cuda_emu.h", "emu_api.h", *_INCLUDED_HEADERS,
                                                *_CHECK_HEADERS.get(check, ()))]
     stats = _file_stats(read)
     with _LOCK:
