@@ -119,13 +119,18 @@ def test_bad_files_are_clear_errors(tmp_path):
 
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
-    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+    with pytest.raises(ckpt.CheckpointError, match="truncated checkpoint .0 bytes"):
         ckpt.load(empty)
+
+    text = tmp_path / "notes.safetensors"  # a file that is no checkpoint is not "corrupt"
+    text.write_text("these are my notes, not a checkpoint\n")
+    with pytest.raises(ckpt.CheckpointError, match="not a checkpoint .not a safetensors file"):
+        ckpt.load(text)
 
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(data)
     _flip_byte(corrupt, 10)  # inside the last tensor's bytes
-    with pytest.raises(ckpt.CheckpointError, match="checksum mismatch"):
+    with pytest.raises(ckpt.CheckpointError, match="checksum mismatch in the tensors"):
         ckpt.load(corrupt)
 
     from safetensors.numpy import save_file
@@ -138,7 +143,7 @@ def test_bad_files_are_clear_errors(tmp_path):
     save_file({"w": np.ones(3, np.float32)}, str(newer),
               metadata={"format": ckpt.FORMAT_NAME, "version": "99"})
     with pytest.raises(ckpt.CheckpointError, match="format version 99, this convnet reads "
-                                                   f"version {ckpt.FORMAT_VERSION}"):
+                                                   "versions 1, 2"):
         ckpt.load(newer)
 
     with pytest.raises(ckpt.CheckpointError, match="no such checkpoint file"):
@@ -168,6 +173,37 @@ def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["c.safetensors"]
     assert ckpt.load(path).state == {"epoch": 1}
+
+
+def _edit_metadata(path, old: bytes, new: bytes):
+    """Replace bytes in the file's JSON header (same length: the file stays well formed)."""
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 1, old
+    path.write_bytes(data.replace(old, new))
+
+
+def test_edited_metadata_is_refused(tmp_path):
+    """The checksum covers the metadata: an edited learning rate or epoch (a valid
+    file, only the values changed) is refused, naming what was changed."""
+    model, opt = _trained()
+    state = {"epoch": 3, "settings": {"lr": 0.01}}
+    for old, new in ((b'\\"epoch\\": 3', b'\\"epoch\\": 7'), (b"0.01", b"0.09")):
+        path = ckpt.save(tmp_path / "c.safetensors", model.state_dict(), opt.state_dict(), state)
+        _edit_metadata(path, old, new)
+        with pytest.raises(ckpt.CheckpointError, match="checksum mismatch in the metadata"):
+            ckpt.load(path)
+
+
+def test_version_1_files_still_load(tmp_path):
+    """Checkpoints written before the metadata digest (version 1) are read as before."""
+    from safetensors.numpy import save_file
+    model, _ = _trained()
+    tensors = {"model." + n: np.asarray(a) for n, a in model.state_dict().items()}
+    path = tmp_path / "v1.safetensors"
+    save_file(tensors, str(path), metadata={
+        "format": ckpt.FORMAT_NAME, "version": "1", "state": '{"epoch": 2}',
+        "optimizer": "null", "sha256": ckpt._digest(tensors)})
+    assert ckpt.load(path).state == {"epoch": 2}
 
 
 def test_temporary_names():

@@ -8,14 +8,21 @@ header, then the raw little-endian tensors), so other tools can read its weights
 * metadata (strings): ``format`` = ``"convnet-checkpoint"``, ``version`` =
   ``FORMAT_VERSION``, ``optimizer`` (JSON: the SGD hyperparameters and step count),
   ``state`` (JSON: whatever the caller keeps there; the training driver keeps the
-  epoch, the run's settings, the learning-rate schedule and the last metrics) and
-  ``sha256``, a digest of every tensor's name, dtype, shape and bytes.
+  epoch, the run's settings, the learning-rate schedule and the last metrics),
+  ``sha256``, a digest of every tensor's name, dtype, shape and bytes, and
+  ``meta_sha256``, a digest of the other metadata (format, version, optimizer, state)
+  and of ``sha256``: an edited learning rate or epoch is refused as surely as a
+  flipped bit in a weight. (Version 1 files, which have no ``meta_sha256``, are still
+  read; their metadata is not covered.)
 
 ``save`` writes to a temporary file in the same folder (``.NAME.tmp-PID``), flushes
 and fsyncs it, renames it into place (atomic) and fsyncs the folder: a crash leaves
 the old file or the new one, never half of one. ``load`` checks the format name, the
-version and the digest, so a truncated or corrupt file is a ``CheckpointError`` naming
-the file and what is wrong, never a model with garbage weights. ``restore`` checks
+version and both digests, so a truncated, corrupt or edited file is a
+``CheckpointError`` naming the file and what is wrong (its tensors, or its metadata),
+never a model with garbage weights or settings. A write that fails (disk full,
+permissions) is an ``OSError`` naming the file and the reason; the previous file of
+that name is untouched. ``restore`` checks
 every tensor's name, shape and dtype against a model (and optimizer), lists all that
 differ, and changes nothing unless all match.
 """
@@ -36,7 +43,8 @@ __all__ = ["Checkpoint", "CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "SU
            "restore", "save", "is_temporary"]
 
 FORMAT_NAME = "convnet-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READS = ("1", "2")  # 1: no meta_sha256
 SUFFIX = ".safetensors"
 _MODEL = "model."
 _VELOCITY = "velocity."
@@ -65,6 +73,16 @@ def _digest(tensors: dict) -> str:
         a = tensors[name]
         h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
         h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _meta_digest(metadata: dict) -> str:
+    """The digest of every metadata entry but ``meta_sha256`` itself (``sha256`` included,
+    which ties the tensors in)."""
+    h = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != "meta_sha256":
+            h.update(f"{key}\0{metadata[key]}\0".encode())
     return h.hexdigest()
 
 
@@ -106,10 +124,15 @@ def save(path, model_state, optimizer_state: dict | None = None, state: dict | N
             from None
     metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "state": state_text,
                 "optimizer": hyper_text, "sha256": _digest(tensors)}
+    metadata["meta_sha256"] = _meta_digest(metadata)
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
     tmp = temporary_name(path)
     try:
-        save_file(dict(tensors), str(tmp), metadata=metadata)
+        try:
+            save_file(dict(tensors), str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # the library's I/O errors: an OSError naming the file
+            raise _write_error(exc, tmp, path) from None
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; a checkpoint is a normal file
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -122,6 +145,17 @@ def save(path, model_state, optimizer_state: dict | None = None, state: dict | N
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def _write_error(exc, tmp: Path, path: Path) -> OSError:
+    """safetensors reports a failed write as ``... (os error N)``; the OSError it means."""
+    import re
+    text = str(exc)
+    match = re.search(r"os error (\d+)", text)
+    if match:
+        code = int(match.group(1))
+        return OSError(code, f"cannot write the checkpoint: {os.strerror(code)}", str(path))
+    return OSError(f"{path}: cannot write the checkpoint ({text})")
 
 
 def _umask() -> int:
@@ -152,6 +186,7 @@ def load(path) -> Checkpoint:
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     from safetensors import SafetensorError, safe_open
+    _check_container(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
@@ -159,9 +194,13 @@ def load(path) -> Checkpoint:
                 raise CheckpointError(f"{path}: not a convnet checkpoint (a safetensors file "
                                       f"without \"format\": \"{FORMAT_NAME}\" in its metadata)")
             version = metadata.get("version")
-            if version != str(FORMAT_VERSION):
+            if version not in _READS:
                 raise CheckpointError(f"{path}: checkpoint format version {version}, this convnet "
-                                      f"reads version {FORMAT_VERSION}")
+                                      f"reads versions {', '.join(_READS)}")
+            if version != "1" and metadata.get("meta_sha256") != _meta_digest(metadata):
+                raise CheckpointError(
+                    f"{path}: checksum mismatch in the metadata: the run's state or optimizer "
+                    f"settings (epoch, learning rate, ...) were changed after it was saved")
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except SafetensorError as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupt ({exc})") \
@@ -169,7 +208,8 @@ def load(path) -> Checkpoint:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({exc})") from None
     if _digest(tensors) != metadata.get("sha256"):
-        raise CheckpointError(f"{path}: checksum mismatch: the checkpoint is corrupt")
+        raise CheckpointError(f"{path}: checksum mismatch in the tensors: the weights or "
+                              f"velocities are corrupt")
     try:
         state = json.loads(metadata.get("state", "{}"))
         hyper = json.loads(metadata.get("optimizer", "null"))
@@ -185,6 +225,27 @@ def load(path) -> Checkpoint:
             raise CheckpointError(f"{path}: unexpected tensor {name!r} in the checkpoint")
     optimizer = None if hyper is None else {**hyper, "velocity": velocity}
     return Checkpoint(path=path, model=model, optimizer=optimizer, state=state)
+
+
+def _check_container(path: Path) -> None:
+    """A ``CheckpointError`` for a file that is no safetensors file at all (a text file,
+    an image), rather than calling it truncated: safetensors starts with the header's
+    length (u64, little-endian) and the header's JSON ``{``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") \
+            from None
+    if len(head) < 9:
+        raise CheckpointError(f"{path}: truncated checkpoint ({size} bytes: not even a header)")
+    if head[8:9] != b"{":
+        raise CheckpointError(f"{path}: not a checkpoint (not a safetensors file: it does not "
+                              f"start with a safetensors header; {size} bytes)")
+    if int.from_bytes(head[:8], "little") + 8 > size:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint (its header alone "
+                              f"would need more than the file's {size} bytes)")
 
 
 def _differences(expected, given: dict, what: str) -> list[str]:

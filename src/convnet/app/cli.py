@@ -58,72 +58,58 @@ def cmd_kernels(args) -> int:
 
 def cmd_prepare(args) -> int:
     """Prepare an ImageNet-style folder into shards; 2 on bad arguments, 130 on Ctrl-C."""
-    from ..data import DatasetError, PrepareError, WorkerError, prepare
-    try:
-        prepare(args.src, args.dst, format=args.format, size=args.size, quality=args.quality,
-                shard_size=args.shard_size, workers=args.workers, pixels=args.pixels,
-                seed=args.seed, synsets=args.synsets,
-                progress=False if args.no_progress else None)
-    except (DatasetError, PrepareError) as exc:
-        print(f"convnet prepare: {exc}", file=sys.stderr)
-        return 2
-    except (WorkerError, OSError) as exc:  # a worker failed; disk full, permissions, ...
-        print(f"convnet prepare: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nconvnet prepare: interrupted; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    return 0
+    from ..data import prepare
+    return _run_reporting_errors("prepare", lambda: prepare(
+        args.src, args.dst, format=args.format, size=args.size, quality=args.quality,
+        shard_size=args.shard_size, workers=args.workers, pixels=args.pixels, seed=args.seed,
+        synsets=args.synsets, progress=False if args.no_progress else None),
+        interrupted="interrupted; run the same command again to resume")
 
 
 def cmd_make_demo_data(args) -> int:
     """Write the generated demo data set; 2 on bad arguments."""
-    from ..data import DemoError, WorkerError, make_demo_data
-    try:
+    from ..data import make_demo_data
+
+    def work():
         summary = make_demo_data(args.dir, classes=args.classes,
                                  train_per_class=args.train_per_class,
                                  val_per_class=args.val_per_class, size=args.size, seed=args.seed,
                                  workers=args.workers, progress=False if args.no_progress else None)
-    except DemoError as exc:
-        print(f"convnet make-demo-data: {exc}", file=sys.stderr)
-        return 2
-    except (WorkerError, OSError) as exc:
-        print(f"convnet make-demo-data: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nconvnet make-demo-data: interrupted", file=sys.stderr)
-        return 130
-    print(f"make-demo-data: {summary['root']}: {summary['classes']} classes, "
-          f"{summary['train']} train and {summary['val']} val images in "
-          f"{summary['seconds']:.1f} s", file=sys.stderr)
-    return 0
+        print(f"make-demo-data: {summary['root']}: {summary['classes']} classes, "
+              f"{summary['train']} train and {summary['val']} val images in "
+              f"{summary['seconds']:.1f} s", file=sys.stderr)
+
+    return _run_reporting_errors("make-demo-data", work)
 
 
-def _run_reporting_errors(command: str, work, interrupted_newline: bool = False) -> int:
-    """``work()`` with the exceptions ``train``/``evaluate`` report as one line: 2 on a
-    usage error (bad arguments, data or checkpoint), 1 on a failure while running, 130
-    on Ctrl-C; 0 when it returns."""
+_DEBUG = False  # convnet --debug: tracebacks after the one-line errors
+
+
+def _run_reporting_errors(command: str, work, interrupted: str = "interrupted") -> int:
+    """``work()`` with every exception reported as one line (``errors``): 2 on a usage
+    error (bad arguments, data or checkpoint), 1 on a failure while running, 130 on
+    Ctrl-C, 143 on SIGTERM; 0 when it returns."""
     from ..backend import DeviceError
     from .checkpoint import CheckpointError
-    from ..data import (DatasetError, DemoError, LoaderError, ManifestError, PrepareError,
-                        ShardError, WorkerError)
-    from .train import TrainError, TrainingStopped
+    from ..data import DatasetError, DemoError, ManifestError, PrepareError
+    from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, Terminated,
+                         handle_sigterm, report)
+    from .runs import TrainError
     usage = (TrainError, DeviceError, DatasetError, PrepareError, DemoError, ManifestError,
              CheckpointError)
-    failure = (TrainingStopped, ShardError, LoaderError, WorkerError, OSError)
     try:
-        work()
+        with handle_sigterm():
+            work()
     except usage as exc:
-        print(f"convnet {command}: {exc}", file=sys.stderr)
-        return 2
-    except failure as exc:
-        print(f"convnet {command}: {exc}", file=sys.stderr)
-        return 1
+        return report(command, exc, EXIT_USAGE, _DEBUG)
+    except Terminated:
+        print(f"\nconvnet {command}: terminated (SIGTERM); {interrupted}", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print(f"{chr(10) if interrupted_newline else ''}convnet {command}: interrupted",
-              file=sys.stderr)
-        return 130
+        print(f"\nconvnet {command}: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - disk full, a worker, a corrupt shard, ...: one line
+        return report(command, exc, EXIT_FAILURE, _DEBUG)
     return 0
 
 
@@ -136,7 +122,8 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
         patience=args.patience, lr_drops=args.lr_drops, crop=args.crop, widths=args.widths,
         weight_std=args.weight_std, dropout=args.dropout, resume=args.resume, force=args.force,
-        progress=False if args.no_progress else None, final_eval=not args.no_final_eval)
+        progress=False if args.no_progress else None,
+        final_eval=False if args.no_final_eval else None)
     return _run_reporting_errors("train", lambda: train(options))
 
 
@@ -149,10 +136,11 @@ def cmd_evaluate(args) -> int:
         path = resolve_checkpoint(args.checkpoint)
         result = evaluate_checkpoint(path, data=args.data, mode=args.mode,
                                      device=args.device, batch_size=args.batch_size,
-                                     workers=args.workers)
+                                     workers=args.workers,
+                                     progress=False if args.no_progress else None)
         print(f"{path}: {result}")
 
-    return _run_reporting_errors("evaluate", work, interrupted_newline=True)
+    return _run_reporting_errors("evaluate", work)
 
 
 def cmd_perf(args) -> int:
@@ -175,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convnet", description="AlexNet rebuilt from hand-written CUDA kernels.")
     parser.add_argument("--version", action="version", version=f"convnet {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback after an error's one-line message "
+                             "(also: CONVNET_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -317,12 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="default: cuda:0 if present, else cpu")
     ev.add_argument("--batch-size", type=int, help="default: the run's batch size")
     ev.add_argument("--workers", type=int, help="data loader processes (default: every core)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    global _DEBUG
+    _DEBUG = args.debug
     return int(args.func(args) or 0)
 
 

@@ -42,14 +42,16 @@ class EvalResult:
     top1_error: float
     top5_error: float
     seconds: float
+    classes: int = 0  # 0: not known; with 5 or fewer, top-5 is 0 by definition and not shown
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"top-1 error {100 * self.top1_error:.2f}%, top-5 error "
-                f"{100 * self.top5_error:.2f}% ({self.mode.replace('_', '-')}, {self.images} "
-                f"images, loss {self.loss:.4f})")
+        top5 = "" if 0 < self.classes <= 5 else f", top-5 error {100 * self.top5_error:.2f}%"
+        return (f"top-1 error {100 * self.top1_error:.2f}%{top5} "
+                f"({self.mode.replace('_', '-')}, {self.images} "
+                f"image{'' if self.images == 1 else 's'}, loss {self.loss:.4f})")
 
 
 def _softmax(xp, logits):
@@ -99,7 +101,7 @@ def evaluate_batches(model, batches, mode: str = "center", should_stop=None,
         raise ValueError("evaluate: the split holds no images")
     return EvalResult(mode=mode, images=count, loss=loss_sum / count,
                       top1_error=1 - right1 / count, top5_error=1 - right5 / count,
-                      seconds=time.monotonic() - started)
+                      seconds=time.monotonic() - started, classes=classes)
 
 
 @dataclass
@@ -128,11 +130,13 @@ def load_run(checkpoint, data=None, device=None, workers: int | None = None,
     from ..data import open_prepared, resolve_data
     from ..models import build_model
     from .runs import TrainError, resolve_checkpoint, settings_of, short_list
-    from .settings import check_crop, default_device
+    from .settings import check_crop, check_recorded_data, default_device
 
     path = resolve_checkpoint(checkpoint)
     saved = ckpt.load(path)
     settings = settings_of(saved)
+    if data is None:
+        check_recorded_data(settings, path)
     data_dir = resolve_data(data if data is not None else settings["data"], None,
                             demo=data is None and settings.get("demo", False), workers=workers,
                             error=TrainError)
@@ -151,7 +155,7 @@ def load_run(checkpoint, data=None, device=None, workers: int | None = None,
 
 def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=None,
                         batch_size: int | None = None, workers: int | None = None,
-                        split: str = "val") -> EvalResult:
+                        split: str = "val", progress: bool | None = None) -> EvalResult:
     """The error of a checkpoint written by the training driver on ``split`` of a
     prepared data set.
 
@@ -159,12 +163,21 @@ def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=No
     ``data``: a prepared data set or an image folder prepared before (default: the
     one the run trained on). ``device``: default ``cuda:0`` when there is one, else
     ``cpu``. ``batch_size``: images per batch (default: the run's; ten-crop runs
-    ``batch_size // 10`` images, ten patches each, at a time).
+    ``batch_size // 10`` images, ten patches each, at a time). ``progress``: show a
+    progress bar on stderr (default: when it is a terminal).
     """
+    import sys
+
+    from ..arguments import integer
     from ..data import Loader
+    from ..progress import ProgressBar
+    from .runs import TrainError
 
     if mode not in MODES:
         raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
+    for name, value in (("--batch-size", batch_size), ("--workers", workers)):
+        if value is not None:
+            integer(value, name, low=1 if name == "--batch-size" else 0, error=TrainError)
     run = load_run(checkpoint, data, device, workers, split)
     settings = run.settings
     per_batch = batch_size or settings["batch_size"]
@@ -173,4 +186,9 @@ def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=No
     with Loader(run.dataset, split, batch_size=per_batch, shuffle=False, workers=workers,
                 device=run.device, augment=mode, crop=settings["crop"],
                 seed=settings["seed"]) as loader:
-        return evaluate_batches(run.model, loader.epoch(0), mode)
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = ProgressBar(len(loader.split), mode.replace("_", "-"), show, leave=False)
+        try:
+            return evaluate_batches(run.model, loader.epoch(0), mode, on_batch=bar.update)
+        finally:
+            bar.close()

@@ -17,7 +17,8 @@ from ..arguments import integer, real
 from ..models import PRESETS
 from .runs import TrainError, settings_of
 
-__all__ = ["TrainOptions", "check_crop", "default_device", "placement", "run_settings"]
+__all__ = ["TrainOptions", "check_crop", "check_recorded_data", "default_device", "placement",
+           "run_settings"]
 
 DEFAULT_EPOCHS = {"gpu": 30, "host": 6}
 DEFAULT_BATCH = {"gpu": 128, "host": 32}
@@ -56,7 +57,7 @@ class TrainOptions:
     resume: bool = False
     force: bool = False
     progress: bool | None = None
-    final_eval: bool = True
+    final_eval: bool | None = None  # None: True for a new run, the run's own on --resume
     log: object = field(default=None, repr=False)  # one-line messages (default: stderr)
     out_file: object = field(default=None, repr=False)  # epoch summaries (default: stdout)
 
@@ -71,6 +72,16 @@ def check_crop(crop: int, dataset) -> None:
     h, w = dataset.image_size[:2]
     if crop > min(h, w):
         raise TrainError(f"the crop {crop} is larger than the prepared images ({h}x{w})")
+
+
+def check_recorded_data(settings: dict, checkpoint) -> None:
+    """A resumed or evaluated run without ``--data`` uses the data set its checkpoint
+    names; a TrainError saying so when that folder is gone (moved or deleted)."""
+    from pathlib import Path
+    recorded = settings.get("data")
+    if recorded and not settings.get("demo", False) and not Path(recorded).is_dir():
+        raise TrainError(f"the data set this run was trained on, {recorded} (recorded in "
+                         f"{checkpoint}), is no longer there; give --data DIR where it is now")
 
 
 def _option(name: str) -> str:
@@ -116,7 +127,7 @@ def _resumed(options: TrainOptions, saved) -> dict:
     if clashes:
         raise TrainError("a resumed run keeps its settings; these differ: " + "; ".join(clashes)
                          + " (start a new run with another --out instead)")
-    for k in ("epochs", "patience", "lr_drops"):
+    for k in ("epochs", "patience", "lr_drops", "final_eval"):
         if getattr(options, k) is not None:
             settings[k] = getattr(options, k)
     return settings
@@ -146,6 +157,7 @@ def run_settings(options: TrainOptions, saved, gpu: bool) -> dict:
         "weight_decay": WEIGHT_DECAY,
         "patience": DEFAULT_PATIENCE if options.patience is None else options.patience,
         "lr_drops": DEFAULT_LR_DROPS if options.lr_drops is None else options.lr_drops,
+        "final_eval": True if options.final_eval is None else bool(options.final_eval),
     }
 
 

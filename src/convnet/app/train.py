@@ -83,10 +83,11 @@ from ..models import build_model, one_to_two_columns, two_to_one_columns
 from ..optim import SGD, Plateau
 from ..progress import ProgressBar, clock, say
 from ..step import train_step
+from .errors import Terminated
 from .evaluate import evaluate_batches
-from .runs import (METRICS, TrainError, checkpoint_path, clean_temporaries, open_run, prune,
-                   run_checkpoints, settings_of, short_list)
-from .settings import TrainOptions, check_crop, placement, run_settings
+from .runs import (METRICS, TrainError, checkpoint_path, clean_temporaries, open_run, plural,
+                   prune, quoted, run_checkpoints, settings_of, short_list)
+from .settings import TrainOptions, check_crop, check_recorded_data, placement, run_settings
 
 __all__ = ["TrainError", "TrainOptions", "TrainingRun", "TrainingStopped", "train"]
 
@@ -161,10 +162,23 @@ class TrainingRun:
         self.log = options.log or say
         self.out_file = options.out_file or sys.stdout
         self.options = options
-        self.out, saved = open_run(options, self.log)
+        self.out, saved, self._lock = open_run(options, self.log)
+        try:
+            self._open(options, saved)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the run folder (its lock); ``run()`` does this when it ends."""
+        self._lock.release()
+
+    def _open(self, options: TrainOptions, saved) -> None:
         columns, devices = placement(options, saved and settings_of(saved)["columns"])
         gpu = devices[0].kind == "cuda"
         self.settings = run_settings(options, saved, gpu)
+        if saved is not None and options.data is None:
+            check_recorded_data(self.settings, saved.path)
         data_dir = resolve_data(options.data if options.data is not None
                                 else (saved and self.settings["data"]), options.prepared,
                                 demo=saved is not None and options.data is None
@@ -172,6 +186,10 @@ class TrainingRun:
                                 workers=options.workers, log=self.log, error=TrainError)
         self.dataset = open_prepared(data_dir)
         classes = list(self.dataset.classes)
+        if len(classes) < 2:
+            raise TrainError(f"{data_dir} has {plural(len(classes), 'class', 'classes')} "
+                             f"({short_list(classes)}): a classifier needs at least 2 to tell "
+                             f"apart (its loss would be 0 from the start)")
         if saved is not None and classes != list(self.settings["classes"]):
             raise TrainError(f"{data_dir} has classes {short_list(classes)}, the run was trained "
                              f"on {short_list(self.settings['classes'])}")
@@ -298,6 +316,26 @@ class TrainingRun:
             bar.close()
 
     def run(self) -> dict:
+        """Train to the last epoch; the run folder's lock is released when this returns or
+        raises."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _errors(self, top1: float, top5: float) -> str:
+        """``top-1 err 41.2%, top-5 18.0%``; top-5 only with more than 5 classes (with 5
+        or fewer every label is among the top five)."""
+        text = f"top-1 err {_pct(top1)}"
+        return text + (f", top-5 {_pct(top5)}" if len(self.settings["classes"]) > 5 else "")
+
+    def _note_unfinished(self) -> None:
+        """Record that the run's previous process ended without releasing the run folder
+        (killed, or the machine stopped): ``lock_run`` found its lock and said so."""
+        if self._lock.stale is not None:
+            self._record("unfinished", epoch=self.epoch, previous=self._lock.stale)
+
+    def _run(self) -> dict:
         s = self.settings
         self.show = sys.stderr.isatty() if self.options.progress is None else self.options.progress
         self.out.mkdir(parents=True, exist_ok=True)
@@ -305,9 +343,10 @@ class TrainingRun:
         params = self.model.num_parameters()
         where = " ".join(d.name for d in self.devices)
         if self.epoch >= s["epochs"]:
-            self._print(f"train: {self.out} has finished its {s['epochs']} epochs; give "
+            self._print(f"train: {self.out} has finished its {plural(s['epochs'], 'epoch')}; give "
                         f"--epochs N > {self.epoch} with --resume to train on")
             return {"out": str(self.out), "epochs": self.epoch, "final": None}
+        self._note_unfinished()
         if self.resumed_from is not None:
             self.log(f"train: resuming {self.out} after epoch {self.epoch} from "
                      f"{self.resumed_from.name} (lr {self.optimizer.lr:g})")
@@ -316,10 +355,10 @@ class TrainingRun:
         else:
             self._record("start", **s, parameters=params, devices=[d.name for d in self.devices])
         self._print(f"train: {s['model']} ({params:,} parameters, widths "
-                    f"{'/'.join(map(str, s['widths']))}, {s['columns']} column(s)) on {where}; "
-                    f"{len(self.dataset.split('train'))} training images of "
-                    f"{len(s['classes'])} classes from {s['data']}; batch {s['batch_size']}, "
-                    f"{s['epochs']} epochs; run folder {self.out}")
+                    f"{'/'.join(map(str, s['widths']))}, {plural(s['columns'], 'column')}) on "
+                    f"{where}; {plural(len(self.dataset.split('train')), 'training image')} of "
+                    f"{plural(len(s['classes']), 'class', 'classes')} from {s['data']}; batch "
+                    f"{s['batch_size']}, {plural(s['epochs'], 'epoch')}; run folder {self.out}")
         started = time.monotonic()
         metrics = {}
         with _StopOnInterrupt() as stop:
@@ -330,14 +369,15 @@ class TrainingRun:
                     while self.epoch < s["epochs"]:
                         metrics = self._one_epoch(train_loader, val_loader, stop)
                     final = None
-                    if self.options.final_eval and self.has_val:
+                    if s.get("final_eval", True) and self.has_val:
                         final = self._final(stop)
-            except KeyboardInterrupt:
-                self._record("interrupted", epoch=self.epoch)
+            except KeyboardInterrupt as exc:
+                self._record("interrupted", epoch=self.epoch,
+                             signal="SIGTERM" if isinstance(exc, Terminated) else "SIGINT")
                 if run_checkpoints(self.out):
                     self.log(f"train: interrupted; {self.out} keeps the checkpoint of epoch "
-                             f"{self.epoch}: continue with `convnet train --resume --out "
-                             f"{self.out}`")
+                             f"{self.epoch}: continue with `"
+                             f"{quoted('convnet', 'train', '--resume', '--out', self.out)}`")
                 else:
                     self.log("train: interrupted before the first epoch ended; no checkpoint")
                 raise
@@ -356,13 +396,12 @@ class TrainingRun:
         metrics = self._train_epoch(train_loader, stop)
         self.epoch += 1
         line = (f"epoch {self.epoch}/{s['epochs']}: train loss {metrics['train_loss']:.3f} "
-                f"err {_pct(metrics['train_top1_error'])}/{_pct(metrics['train_top5_error'])}")
+                f"{self._errors(metrics['train_top1_error'], metrics['train_top5_error'])}")
         if self.has_val:
             val = self._evaluate(val_loader, 0, "center", stop, f"val {self.epoch}")
             metrics.update(val_loss=val.loss, val_top1_error=val.top1_error,
                            val_top5_error=val.top5_error)
-            line += (f" | val loss {val.loss:.3f} err {_pct(val.top1_error)}/"
-                     f"{_pct(val.top5_error)}")
+            line += f" | val loss {val.loss:.3f} {self._errors(val.top1_error, val.top5_error)}"
             if self.schedule.step(val.top1_error, self.epoch):
                 self.optimizer.set_lr(lr / 10)
         metrics.update(epoch=self.epoch, lr=lr, seconds=time.monotonic() - started)
@@ -371,7 +410,7 @@ class TrainingRun:
         self._save(metrics)
         self._record("epoch", **metrics)
         if self.optimizer.lr != lr:
-            line += f" | no improvement for {self.settings['patience']} epoch(s): lr -> " \
+            line += f" | no improvement for {plural(self.settings['patience'], 'epoch')}: lr -> " \
                     f"{self.optimizer.lr:g}"
         self._print(line)
         return metrics
@@ -382,8 +421,9 @@ class TrainingRun:
             result = self._evaluate(loader, 0, "ten_crop", stop, "ten-crop")
         self._record("final", epoch=self.epoch, **result.as_dict())
         self._print(f"final (epoch {self.epoch} weights, ten-crop, {result.images} val images): "
-                    f"top-1 error {_pct(result.top1_error)}, top-5 error "
-                    f"{_pct(result.top5_error)}")
+                    f"top-1 error {_pct(result.top1_error)}"
+                    + (f", top-5 error {_pct(result.top5_error)}" if len(s["classes"]) > 5
+                       else ""))
         return result.as_dict()
 
 

@@ -1,0 +1,105 @@
+"""How a ``convnet`` command ends: one line per failure, exit codes, SIGTERM, ``--debug``.
+
+Exit codes: 0 done, 1 a failure while working (disk full, permissions, a corrupt
+shard, a worker that died, a checkpoint that cannot be written, a folder locked by
+another process), 2 a usage error (arguments, data or checkpoints the command cannot
+work with; argparse's own errors are 2 too), 130 Ctrl-C, 143 SIGTERM (128 + the
+signal, as shells report it). SIGTERM is handled like Ctrl-C: it raises
+``Terminated`` (a ``KeyboardInterrupt``), so every clean-up that Ctrl-C runs (the
+loader's workers and shared memory, the run's "interrupted" record) runs for it too.
+
+Every failure is printed as one line, ``convnet CMD: <what>: <root cause>``; the
+traceback follows only with ``convnet --debug`` or ``CONVNET_DEBUG=1``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import threading
+import traceback
+
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", "Terminated",
+           "debug_enabled", "describe", "handle_sigterm", "report"]
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 128 + signal.SIGTERM
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f?)",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "no permission",
+    errno.EPERM: "not permitted",
+    errno.EIO: "the device reported an input/output error",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (``kill``, a job scheduler, ``docker stop``)."""
+
+
+def debug_enabled(flag: bool = False) -> bool:
+    return bool(flag) or os.environ.get("CONVNET_DEBUG", "") not in ("", "0")
+
+
+def _os_error(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    hint = _HINTS.get(exc.errno)
+    if hint and hint.lower() not in reason.lower():
+        reason = f"{reason} ({hint})"
+    where = exc.filename
+    if exc.filename2:
+        where = f"{exc.filename} -> {exc.filename2}"
+    return f"{where}: {reason}" if where else reason
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` as the line a user reads: OS errors as ``file: reason (what it means)``,
+    convnet's own errors as their message, anything else with its type named."""
+    from ..data import WorkerError
+    if isinstance(exc, WorkerError):
+        return str(exc)
+    if isinstance(exc, OSError) and (exc.strerror or exc.filename):
+        return _os_error(exc)
+    text = str(exc).strip()
+    if type(exc).__module__.startswith("convnet") or isinstance(exc, OSError):
+        return text or type(exc).__name__
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def report(command: str, exc: BaseException, code: int, debug: bool = False) -> int:
+    """Print ``exc`` as ``convnet COMMAND: ...`` (and its traceback when debugging);
+    returns ``code``."""
+    line = describe(exc)
+    if code == EXIT_FAILURE and not type(exc).__module__.startswith("convnet") \
+            and not isinstance(exc, OSError):
+        line += " (an unexpected error: run with --debug for the traceback, and report it)"
+    if debug_enabled(debug):
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        detail = getattr(exc, "traceback", None)  # a worker's own traceback
+        if detail:
+            print(f"the worker's traceback:\n{detail}", file=sys.stderr)
+    print(f"convnet {command}: {line}", file=sys.stderr, flush=True)
+    return code
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+class handle_sigterm:
+    """While active (in the main thread), SIGTERM raises ``Terminated``."""
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
