@@ -10,14 +10,15 @@ fails on any ``kernels/*.cu`` that defines a ``__global__`` and is missing.
 from __future__ import annotations
 
 from ..toolchain.launch import KernelModule
-from . import (augment, conv, conv_winograd, cross_entropy, dropout, linear, lrn, lrn_max_pool,
-               max_pool, relu, sgd)
+from . import (augment, conv, conv_tc, conv_winograd, cross_entropy, dropout, linear, lrn,
+               lrn_max_pool, max_pool, relu, sgd)
 
 KERNEL_MODULES: tuple[KernelModule, ...] = (
     augment.MODULE,
     conv.BACKWARD_DATA,
     conv.BACKWARD_FILTER,
     conv.FORWARD,
+    conv_tc.MODULE,
     conv_winograd.GEMM,
     conv_winograd.IN,
     conv_winograd.OUT,
