@@ -15,9 +15,10 @@ channels of group ``k // (K/groups)``).
   elements).
 * NumPy references (any float dtype, float64 for gradient checks; arguments already
   checked): ``forward_reference``, ``backward_data_reference``,
-  ``backward_filter_reference``, ``backward_bias_reference``. im2col through
-  ``sliding_window_view`` and one batched matmul over the groups; col2im (backward
-  data) as one strided accumulation per filter tap (R*S of them).
+  ``backward_filter_reference``, ``backward_bias_reference``. Per chunk of a few
+  images (``CHUNK_BYTES`` of columns): im2col as one copy of ``sliding_window_view``'s
+  windows, then one matmul per (image, group) with y written in place; col2im
+  (backward data) as one strided accumulation per filter tap (R*S of them).
 * Kernels (``kernels/conv_forward.cu``, ``conv_backward_data.cu``,
   ``conv_backward_filter.cu``, engine in ``conv_common.cuh``): implicit GEMMs over the
   tiles of ``_conv_tiles``, one chosen per launch for the device. The ``*_launch``
@@ -42,6 +43,7 @@ from ._conv_geometry import Geometry, check_kernel_sizes, geometry
 from ._conv_tiles import (BACKWARD_DATA, BACKWARD_FILTER, BIAS_THREADS, EMU, FORWARD, LARGE,
                           MEDIUM, SMALL, THIN, TILES, Tile, choose_tile, pick_tile)
 from .elementwise import BLOCK, max_blocks
+from .relu import relu_in_place
 
 __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "EMU", "FORWARD", "FilterPlan", "Geometry",
            "LARGE", "MEDIUM", "SMALL", "THIN", "TILES", "Tile", "backward_bias",
@@ -64,57 +66,79 @@ BIAS_BLOCKS_PER_UNIT = {"cuda": 4, "emu": 0}
 
 # --------------------------------------------------------------------------- references
 
+# im2col buffers are built for a few images at a time (at least one), about this many
+# bytes each, so that the copy and the matmul that reads it meet in the cache.
+CHUNK_BYTES = 1 << 22
+
+
+def _chunks(g: Geometry, dtype):
+    """(first, last + 1) image ranges of about CHUNK_BYTES of columns each."""
+    per_image = g.c * g.r * g.s * g.p * g.q * np.dtype(dtype).itemsize
+    step = max(1, CHUNK_BYTES // max(per_image, 1))
+    return [(n0, min(g.n, n0 + step)) for n0 in range(0, g.n, step)]
+
+
+def _padded(x, g: Geometry):
+    """x with its zero padding (a copy only where there is padding)."""
+    if not (g.pad_h or g.pad_w):
+        return x
+    out = np.zeros((x.shape[0], g.c, g.h + 2 * g.pad_h, g.w + 2 * g.pad_w), dtype=x.dtype)
+    out[:, :, g.pad_h:g.pad_h + g.h, g.pad_w:g.pad_w + g.w] = x
+    return out
+
+
 def _columns(x, g: Geometry):
-    """im2col: (groups, Cg*R*S, N*P*Q), a contiguous copy of the sliding windows."""
-    xp = np.pad(x, ((0, 0), (0, 0), (g.pad_h, g.pad_h), (g.pad_w, g.pad_w)))
-    xp = xp[:, :, :(g.p - 1) * g.stride_h + g.r, :(g.q - 1) * g.stride_w + g.s]
+    """im2col of the images x (n, C, H, W): (n, groups, Cg*R*S, P*Q), one copy of the
+    sliding windows (a strided view) in the order the matmuls read them."""
+    xp = _padded(x, g)[:, :, :(g.p - 1) * g.stride_h + g.r, :(g.q - 1) * g.stride_w + g.s]
     win = sliding_window_view(xp, (g.r, g.s), axis=(2, 3))[:, :, ::g.stride_h, ::g.stride_w]
-    win = win.reshape(g.n, g.groups, g.cg, g.p, g.q, g.r, g.s)       # a view
-    cols = win.transpose(1, 2, 5, 6, 0, 3, 4)                          # g, c, r, s, n, p, q
-    return np.ascontiguousarray(cols).reshape(g.groups, g.cg * g.r * g.s, g.n * g.p * g.q)
-
-
-def _relu(y):
-    return np.where((y > 0) | np.isnan(y), y, y.dtype.type(0))
-
-
-def _grouped_dy(dy, g: Geometry):
-    """dy (N, K, P, Q) as (groups, Kg, N*P*Q)."""
-    d = dy.reshape(g.n, g.groups, g.kg, g.p * g.q).transpose(1, 2, 0, 3)
-    return d.reshape(g.groups, g.kg, g.n * g.p * g.q)
+    cols = np.empty((x.shape[0], g.c, g.r, g.s, g.p, g.q), dtype=x.dtype)
+    cols[...] = win.transpose(0, 1, 4, 5, 2, 3)                        # n, c, r, s, p, q
+    return cols.reshape(x.shape[0], g.groups, g.cg * g.r * g.s, g.p * g.q)
 
 
 def forward_reference(g: Geometry, x, w, b=None, relu=False):
-    """``act(conv(x, w) + b)`` in the arrays' dtype (NumPy, any float dtype)."""
-    cols = _columns(x, g)
+    """``act(conv(x, w) + b)`` in the arrays' dtype (NumPy, any float dtype): per chunk of
+    images, one matmul per (image, group) writing y in place, then bias and ReLU there."""
     wg = w.reshape(g.groups, g.kg, g.cg * g.r * g.s)
-    y = np.matmul(wg, cols)                                            # g, kg, npq
-    y = y.reshape(g.groups, g.kg, g.n, g.p, g.q).transpose(2, 0, 1, 3, 4).reshape(g.y_shape)
-    y = np.ascontiguousarray(y, dtype=x.dtype)
-    if b is not None:
-        y += b.reshape(1, g.k, 1, 1)
-    return _relu(y) if relu else y
+    y = np.empty(g.y_shape, dtype=x.dtype)
+    yg = y.reshape(g.n, g.groups, g.kg, g.p * g.q)                      # a view of y
+    for n0, n1 in _chunks(g, x.dtype):
+        np.matmul(wg, _columns(x[n0:n1], g), out=yg[n0:n1])
+        if b is not None:
+            y[n0:n1] += b.reshape(1, g.k, 1, 1)
+        if relu:
+            relu_in_place(y[n0:n1])
+    return y
 
 
 def backward_data_reference(g: Geometry, dy, w):
-    """dL/dx from dL/dy (col2im of w^T dy)."""
-    wg = w.reshape(g.groups, g.kg, g.cg * g.r * g.s)
-    dcols = np.matmul(wg.transpose(0, 2, 1), _grouped_dy(dy, g))      # g, crs, npq
-    dcols = dcols.reshape(g.groups, g.cg, g.r, g.s, g.n, g.p, g.q)
-    dcols = dcols.transpose(4, 0, 1, 2, 3, 5, 6).reshape(g.n, g.c, g.r, g.s, g.p, g.q)
+    """dL/dx from dL/dy: per chunk of images, the columns' gradient w^T dy (one matmul per
+    (image, group)) added back to the windows (col2im: one strided add per filter tap)."""
+    wt = w.reshape(g.groups, g.kg, g.cg * g.r * g.s).transpose(0, 2, 1)
+    dyg = dy.reshape(g.n, g.groups, g.kg, g.p * g.q)
     hp, wp = g.h + 2 * g.pad_h, g.w + 2 * g.pad_w
-    dxp = np.zeros((g.n, g.c, hp, wp), dtype=dy.dtype)
-    for r in range(g.r):
-        for s in range(g.s):
-            dxp[:, :, r:r + (g.p - 1) * g.stride_h + 1:g.stride_h,
-                s:s + (g.q - 1) * g.stride_w + 1:g.stride_w] += dcols[:, :, r, s]
-    return np.ascontiguousarray(dxp[:, :, g.pad_h:g.pad_h + g.h, g.pad_w:g.pad_w + g.w])
+    dx = np.empty(g.x_shape, dtype=dy.dtype)
+    for n0, n1 in _chunks(g, dy.dtype):
+        dcols = np.matmul(wt, dyg[n0:n1]).reshape(n1 - n0, g.c, g.r, g.s, g.p, g.q)
+        dxp = np.zeros((n1 - n0, g.c, hp, wp), dtype=dy.dtype)
+        for r in range(g.r):
+            for s in range(g.s):
+                dxp[:, :, r:r + (g.p - 1) * g.stride_h + 1:g.stride_h,
+                    s:s + (g.q - 1) * g.stride_w + 1:g.stride_w] += dcols[:, :, r, s]
+        dx[n0:n1] = dxp[:, :, g.pad_h:g.pad_h + g.h, g.pad_w:g.pad_w + g.w]
+    return dx
 
 
 def backward_filter_reference(g: Geometry, x, dy):
-    """dL/dw from dL/dy and the input x."""
-    dw = np.matmul(_grouped_dy(dy, g), _columns(x, g).transpose(0, 2, 1))  # g, kg, crs
-    return np.ascontiguousarray(dw.reshape(g.w_shape), dtype=x.dtype)
+    """dL/dw from dL/dy and the input x: per chunk of images, dy times the columns
+    transposed (one matmul per (image, group)), summed over the images."""
+    dw = np.zeros((g.groups, g.kg, g.cg * g.r * g.s), dtype=x.dtype)
+    dyg = dy.reshape(g.n, g.groups, g.kg, g.p * g.q)
+    for n0, n1 in _chunks(g, x.dtype):
+        part = np.matmul(dyg[n0:n1], _columns(x[n0:n1], g).transpose(0, 1, 3, 2))
+        dw += part.sum(axis=0)
+    return dw.reshape(g.w_shape)
 
 
 def backward_bias_reference(dy):

@@ -20,7 +20,17 @@ MODULE = KernelModule("relu.cu", ("relu_forward", "relu_backward"))
 
 def forward_reference(x: np.ndarray) -> np.ndarray:
     """``x > 0 ? x : 0`` elementwise, in x's dtype; NaN stays NaN, -0.0 gives +0.0 (as the kernel)."""
-    return np.where((x > 0) | np.isnan(x), x, x.dtype.type(0))
+    return relu_in_place(x.copy())
+
+
+def relu_in_place(y: np.ndarray) -> np.ndarray:
+    """``forward_reference`` written over ``y`` (two passes, no temporaries): maximum(0, y)
+    keeps NaN (its first operand wins only where ``0 >= y``), and + 0 turns the -0.0 it
+    keeps into +0.0."""
+    zero = y.dtype.type(0)
+    np.maximum(zero, y, out=y)
+    y += zero
+    return y
 
 
 def backward_reference(y: np.ndarray, dy: np.ndarray) -> np.ndarray:
