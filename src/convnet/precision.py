@@ -14,10 +14,12 @@ the same rounded products for the same precision.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 __all__ = ["PRECISIONS", "check_precision", "get_precision", "round_operand", "set_precision",
-           "unit_roundoff"]
+           "unit_roundoff", "using_precision"]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 _default = "fp32"
@@ -40,6 +42,18 @@ def set_precision(precision: str) -> None:
 def get_precision() -> str:
     """The process-wide default precision of the convolutions ("fp32" unless set)."""
     return _default
+
+
+@contextlib.contextmanager
+def using_precision(precision: str):
+    """The process-wide default set to ``precision`` inside a ``with`` block, restored
+    after it (``convnet train`` runs its steps in one)."""
+    global _default
+    saved, _default = _default, check_precision(precision)
+    try:
+        yield
+    finally:
+        _default = saved
 
 
 def resolve(precision) -> str:

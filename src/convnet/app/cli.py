@@ -121,7 +121,8 @@ def cmd_train(args) -> int:
         devices=args.devices, model=args.model, columns=args.columns, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
         patience=args.patience, lr_drops=args.lr_drops, crop=args.crop, widths=args.widths,
-        weight_std=args.weight_std, dropout=args.dropout, resume=args.resume, force=args.force,
+        weight_std=args.weight_std, dropout=args.dropout, precision=args.precision,
+        resume=args.resume, force=args.force,
         progress=False if args.no_progress else None,
         final_eval=False if args.no_final_eval else None)
     return _run_reporting_errors("train", lambda: train(options))
@@ -284,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "0.05 for alexnet-small)")
     tr.add_argument("--dropout", type=float,
                     help="dropout probability in fc6 and fc7 (default 0.5, the paper's)")
+    from ..precision import PRECISIONS
+    tr.add_argument("--precision", choices=PRECISIONS,
+                    help="the convolutions' arithmetic: fp32 (default, the paper's), or tf32 "
+                         "or bf16 operands on tensor cores with FP32 sums (forward pass; "
+                         "the backward passes stay FP32); fixed for a run")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest checkpoint that loads")
     tr.add_argument("--force", action="store_true",

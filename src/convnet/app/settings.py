@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..arguments import integer, real
 from ..models import PRESETS
+from ..precision import PRECISIONS
 from .runs import TrainError, settings_of
 
 __all__ = ["TrainOptions", "check_crop", "check_recorded_data", "default_device", "placement",
@@ -29,6 +30,10 @@ DEFAULT_PATIENCE = 2
 DEFAULT_LR_DROPS = 3
 DEFAULT_CROP = 227
 DROPOUT = 0.5
+# The convolutions' arithmetic (convnet.precision): FP32, the paper's, on every device.
+# On a GPU TF32 is faster in the forward pass, but the backward passes are FP32 either way
+# (no tensor-core backward kernels yet) and the reproduction's numbers are FP32 ones.
+DEFAULT_PRECISION = "fp32"
 
 
 @dataclass
@@ -54,6 +59,7 @@ class TrainOptions:
     widths: tuple | None = None
     weight_std: float | None = None
     dropout: float | None = None
+    precision: str | None = None
     resume: bool = False
     force: bool = False
     progress: bool | None = None
@@ -110,6 +116,9 @@ def _check(options: TrainOptions) -> None:
         raise TrainError(f"--model must be one of {', '.join(PRESETS)}, got {options.model!r}")
     if options.columns not in (None, 1, 2):
         raise TrainError(f"--columns must be 1 or 2, got {options.columns}")
+    if options.precision is not None and options.precision not in PRECISIONS:
+        raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}, "
+                         f"got {options.precision!r}")
 
 
 def _show(value):
@@ -119,9 +128,10 @@ def _show(value):
 def _resumed(options: TrainOptions, saved) -> dict:
     """The checkpoint's settings, with the options a resumed run may change."""
     settings = dict(settings_of(saved))
+    settings.setdefault("precision", "fp32")  # runs from before the option were FP32
     fixed = {"model": options.model, "widths": options.widths, "weight_std": options.weight_std,
              "dropout": options.dropout, "crop": options.crop, "seed": options.seed,
-             "batch_size": options.batch_size}
+             "batch_size": options.batch_size, "precision": options.precision}
     clashes = [f"{_option(k)} {_show(v)} (the run has {_show(settings.get(k))})"
                for k, v in fixed.items() if v is not None and _show(v) != _show(settings.get(k))]
     if clashes:
@@ -148,6 +158,7 @@ def run_settings(options: TrainOptions, saved, gpu: bool) -> dict:
         "widths": list(widths),
         "weight_std": options.weight_std or PRESETS[model]["weight_std"],
         "dropout": DROPOUT if options.dropout is None else options.dropout,
+        "precision": options.precision or DEFAULT_PRECISION,
         "crop": options.crop or DEFAULT_CROP,
         "seed": 0 if options.seed is None else options.seed,
         "batch_size": options.batch_size or DEFAULT_BATCH[kind],

@@ -318,8 +318,10 @@ class TrainingRun:
     def run(self) -> dict:
         """Train to the last epoch; the run folder's lock is released when this returns or
         raises."""
+        from ..precision import using_precision
         try:
-            return self._run()
+            with using_precision(self.settings["precision"]):  # the run's convolutions
+                return self._run()
         finally:
             self.close()
 
