@@ -1,13 +1,30 @@
-"""Convolution: ``conv2d(x, w, b=None, stride=1, padding=0, groups=1, relu=False)``."""
+"""Convolution: ``conv2d(x, w, b=None, stride=1, padding=0, groups=1, relu=False,
+algorithm="auto")``."""
 from __future__ import annotations
 
 from ..ops import conv as _conv_ops
+from ..ops import conv_winograd as _winograd_ops
 from ..ops import relu as _relu_ops
 from ..tensor import Tensor
 from ._checks import check_float_tensors
 from ._weighted import WeightedFunction
 
-__all__ = ["conv2d"]
+__all__ = ["ALGORITHMS", "conv2d"]
+
+# "auto" runs "direct" for now: the performance model (convnet perf) predicts both, but
+# asking it costs a compile and an emulator profile, too much for a call (issue 12,
+# part 5: the chooser). "winograd": F(2x2, 3x3), 3x3 filters at stride 1 only.
+ALGORITHMS = ("auto", "direct", "winograd")
+
+
+def _algorithm_ops(algorithm, g):
+    """The op module (ops.conv or ops.conv_winograd) that runs ``algorithm`` for ``g``."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "winograd":
+        _winograd_ops.check_supported(g)
+        return _winograd_ops
+    return _conv_ops
 
 
 class Conv2d(WeightedFunction):
@@ -17,9 +34,9 @@ class Conv2d(WeightedFunction):
     runs the backward-data, backward-filter and bias kernels for the inputs that need a
     gradient."""
 
-    def forward(self, x, w, b=None, g=None, relu=False):
-        self.g, self.relu, self.has_bias = g, relu, b is not None
-        y = _conv_ops.forward(self.device, g, x, w, b, relu)
+    def forward(self, x, w, b=None, g=None, relu=False, ops=_conv_ops):
+        self.g, self.relu, self.has_bias, self.ops = g, relu, b is not None, ops
+        y = ops.forward(self.device, g, x, w, b, relu)
         self.save_operands(x, w, y)
         return y
 
@@ -30,8 +47,8 @@ class Conv2d(WeightedFunction):
             grad = _relu_ops.backward(device, y, grad)
         need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
         need_b = self.has_bias and self.needs_input_grad[2]
-        dx = _conv_ops.backward_data(device, g, grad, w) if need_x else None
-        dw = _conv_ops.backward_filter(device, g, x, grad) if need_w else None
+        dx = self.ops.backward_data(device, g, grad, w) if need_x else None
+        dw = self.ops.backward_filter(device, g, x, grad) if need_w else None
         if not self.has_bias:
             return dx, dw
         db = _conv_ops.backward_bias(device, g, grad) if need_b else None
@@ -39,7 +56,7 @@ class Conv2d(WeightedFunction):
 
 
 def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, groups=1,
-           relu: bool = False) -> Tensor:
+           relu: bool = False, algorithm: str = "auto") -> Tensor:
     """2-D convolution (cross-correlation) with PyTorch's conventions.
 
     ``x`` (N, C, H, W), ``w`` (K, C/groups, R, S), ``b`` (K,) or None; ``stride`` and
@@ -49,8 +66,12 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, g
     bias (one pass over the output). Gradients flow to x, w and b through the
     backward-data, backward-filter and bias-gradient kernels (``kernels/conv_*.cu``
     on ``emu``/``cuda``; NumPy references on ``cpu``, any float dtype there).
+    ``algorithm``: "direct" (the implicit GEMM), "winograd" (F(2x2, 3x3) for 3x3
+    filters at stride 1, all three passes; ``ops.conv_winograd``; on ``cpu`` the same
+    references) or "auto" (today "direct"; see ``ALGORITHMS``).
     """
     check_float_tensors("conv2d", input=x, weight=w, bias=b)
     g = _conv_ops.geometry(x.shape, w.shape, stride, padding, groups)
     inputs = (x, w) if b is None else (x, w, b)
-    return Conv2d.apply(*inputs, g=g, relu=bool(relu))
+    ops = _algorithm_ops(algorithm, g)
+    return Conv2d.apply(*inputs, g=g, relu=bool(relu), ops=ops)

@@ -19,28 +19,35 @@ ground truth); on ``emu``/``cuda`` they run four launches per pass:
   in order, then G^T S G). Deterministic: no atomics.
 
 Why F(2x2, 3x3) and not F(4x4, 3x3): AlexNet's 3x3 layers are 13x13, which F(4x4)
-covers with 16x16 (51 % of the tiles' work wasted, 2.6x fewer multiplies than direct
-where F(2x2) gives 1.9x), its transforms have +-2, +-1/2 and 1/4 (error growing ~10x
-faster than F(2x2)'s, whose coefficients are 0, +-1, +-1/2, all exact), and its 36
-positions need 2.25x the workspace per tile element.
+covers with 16x16 tiles (51 % more positions than outputs; F(2x2): 14x14, 16 %), so
+it saves 2.6x of direct's multiplies where F(2x2) saves 1.9x, not 4x against 2.25x;
+its transforms' coefficients run from 1/24 to 8 (1/6 is inexact in binary), raising
+the error well above F(2x2)'s, whose 0, +-1, +-1/2 are exact; and its 36 positions
+need 2.25x the workspace per tile element.
 
 The transformed operands live in workspaces (float32, ``workspace_shapes``): the
 products run on the direct engine's GEMM tiles (``conv_common.cuh``), so the speed of
 the multiplies is that engine's; the price is the workspaces' traffic (the GEMM's
 output M is 16/4 = 4x the output y). Not fused: the GEMM with the output transform.
 
-Numerical error (FP32 against the float64 reference; ``EPS32`` = 2^-23): every
-element of a kernel result stays within ``ERROR_FACTOR`` x 8 eps32 x the sum of the
-absolute values of its terms (the same convolution of |x| and |w|, as tests/test_conv.py
-holds the direct kernels to 8 eps32 x that sum) on Gaussian operands: the transforms
-add up to 9 terms with coefficients +-1, +-1/2 before and after the products, which
-enlarges both the rounded sums and the cancellations. Measured (emu, 2-core CPU):
-see ``tests/test_conv_winograd.py`` and the issue note; the worst error over AlexNet's
-conv3-5 shapes and 36 seeded awkward shapes, in units of eps32 x that sum, was
-forward 0.84 / data 0.81 / filter 2.3 for Winograd against 0.37 / 0.35 / 0.75 for
-the direct kernels. The bound is not elementwise-rigorous for adversarial operands (a
-term's transform can cancel where the direct sum has no large term); it holds for
-data without such structure, as the tests check.
+Numerical error (FP32 against the float64 reference; eps32 = 2^-23). The bound the
+tests hold: every element within 8 eps32 x ``error_scale`` (the algorithm run on
+|operands| with |transform matrices|, i.e. the sum of the absolute values of every
+term the kernels add), the factor tests/test_conv.py holds the direct kernels to
+against their own sum of |terms|. Relative to direct FP32, measured on emu (2-core
+CPU; Gaussian operands; the shapes of tests/test_conv_winograd.py, AlexNet's at batch
+2), worst element's error in units of
+eps32 x the direct sum of |terms| (forward / data / filter):
+  AlexNet conv3-5, batch 2:   Winograd 1.19 / 1.04 / 2.31   direct 2.56 / 2.91 / 2.90
+  36 awkward shapes:          Winograd 5.3 / 73 / 2.0       direct 1.4 / 1.6 / 1.5
+and ||error||_2 / ||result||_2 in eps32: AlexNet Winograd 3.6-4.1 / 3.0-5.0 / 2.6
+against direct 6.0-7.0 / 4.9-8.5 / 2.6 (the products reduce over C/groups, not
+9 C/groups, so fewer roundings: Winograd is the more accurate on AlexNet); awkward
+shapes 1.1 / 1.5 / 2.7 against 1.05 / 1.1 / 2.4. The awkward shapes' large
+elementwise figures are results at an image's edge whose own few terms are small
+while their tile's are not: the transforms cancel those exactly in exact arithmetic,
+not their rounding (against ``error_scale`` the worst error is 0.72 / 0.61 / 0.39
+eps32 times it, where the bound allows 8; on AlexNet at most 0.25).
 """
 from __future__ import annotations
 
@@ -56,14 +63,13 @@ from ._conv_geometry import Geometry, check_kernel_sizes
 from ._conv_tiles import TILES, Tile, pick_tile
 from .elementwise import BLOCK, max_blocks
 
-__all__ = ["ERROR_FACTOR", "FilterPlan", "GEMM", "IN", "OUT", "POSITIONS", "backward_data",
+__all__ = ["FilterPlan", "GEMM", "IN", "OUT", "POSITIONS", "backward_data",
+           "error_scale", "transformed",
            "backward_data_launches", "backward_filter", "backward_filter_launches",
            "check_supported", "forward", "forward_launches", "plan_filter", "supports",
            "tiles", "workspace_shapes"]
 
 POSITIONS = 16  # the transform positions of F(2x2, 3x3): 4 x 4
-# The tests' tolerance in units of the direct kernels' (8 eps32 x the sum of |terms|).
-ERROR_FACTOR = 4
 
 IN = KernelModule("conv_winograd_in.cu", ("winograd_input", "winograd_filter", "winograd_grad"))
 OUT = KernelModule("conv_winograd_out.cu", ("winograd_output", "winograd_filter_out"))
@@ -281,3 +287,81 @@ def backward_filter(device, g: Geometry, x, dy, tile=None, splits=None):
     for launch in backward_filter_launches(device, g, x, dy, dw, ws["v"], ws["d"], ws["s"], plan):
         device.launch(launch)
     return dw
+
+
+# --------------------------------------------------------------------------- error bound
+
+# The transform matrices of F(2x2, 3x3) (kernels/conv_winograd.cuh), as NumPy arrays.
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], dtype=np.float64)
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+
+def _patches(a, th, tw, oh, ow):
+    """(N, C, TH, TW, 4, 4): the 4x4 patches of a (N, C, H, W) at rows 2*th + oh ..,
+    zero outside."""
+    n, c, h, w = a.shape
+    top, left = max(0, -oh), max(0, -ow)
+    bottom = max(0, 2 * th + 2 + oh - h)
+    right = max(0, 2 * tw + 2 + ow - w)
+    padded = np.pad(a, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    r0, c0 = oh + top, ow + left
+    padded = padded[:, :, r0:r0 + 2 * th + 2, c0:c0 + 2 * tw + 2]
+    win = np.lib.stride_tricks.sliding_window_view(padded, (4, 4), axis=(2, 3))
+    return win[:, :, ::2, ::2]
+
+
+def _untile(t, p, q):
+    """(N, K, TH, TW, 2, 2) tiles -> (N, K, P, Q)."""
+    n, k, th, tw = t.shape[:4]
+    return t.transpose(0, 1, 2, 4, 3, 5).reshape(n, k, 2 * th, 2 * tw)[:, :, :p, :q]
+
+
+def error_scale(g: Geometry, pass_: str, a, b):
+    """The sum of the absolute values of every term the Winograd kernels add for each
+    result, in float64: ``transformed`` on |operands| with |transform matrices|
+    (pass_ "forward": a = x, b = w; "data": a = dy, b = w; "filter": a = x, b = dy;
+    the forward's bias not included). The kernels' rounding error is a small multiple
+    of eps32 times it (a result's own direct sum of |terms| can be far smaller, at the
+    image's edges, where the exact cancellation of its tile's neighbouring terms leaves
+    their rounding behind)."""
+    return transformed(g, pass_, a, b, absolute=True)
+
+
+def transformed(g: Geometry, pass_: str, a, b, absolute: bool = False):
+    """The Winograd algorithm of the kernels, in float64 NumPy, on the operands of
+    ``error_scale``: with ``absolute=False`` the convolution pass itself (equal to the
+    direct references up to float64 rounding: the transforms are exact), else its
+    absolute-value twin."""
+    check_supported(g)
+    fold = np.abs if absolute else (lambda m: m)
+    a = fold(np.asarray(a, dtype=np.float64))
+    b = fold(np.asarray(b, dtype=np.float64))
+    bt, gm, at = fold(BT), fold(G), fold(AT)
+    if pass_ == "filter":
+        th, tw, _ = tiles(g.n, g.p, g.q)
+        v = np.einsum("ia,nctuab,jb->nctuij", bt, _patches(a, th, tw, -g.pad_h, -g.pad_w),
+                      bt, optimize=True)
+        d = np.einsum("ai,nktuab,bj->nktuij", at, _patches(b, th, tw, 0, 0)[..., :2, :2],
+                      at, optimize=True)
+        v = v.reshape(g.n, g.groups, g.cg, th, tw, 4, 4)
+        d = d.reshape(g.n, g.groups, g.kg, th, tw, 4, 4)
+        s = np.einsum("ngktuij,ngctuij->gkcij", d, v, optimize=True).reshape(g.k, g.cg, 4, 4)
+        return np.einsum("ir,kcij,js->kcrs", gm, s, gm, optimize=True)
+    if pass_ == "forward":
+        filt, (out, kg, cg) = b, (g.k, g.kg, g.cg)
+        (ph, pw), (oh, ow) = (g.p, g.q), (-g.pad_h, -g.pad_w)
+    elif pass_ == "data":  # dy with the rotated filter, channels exchanged per group
+        filt = b[:, :, ::-1, ::-1].reshape(g.groups, g.kg, g.cg, 3, 3).transpose(0, 2, 1, 3, 4)
+        filt, (out, kg, cg) = filt.reshape(g.c, g.kg, 3, 3), (g.c, g.cg, g.kg)
+        (ph, pw), (oh, ow) = (g.h, g.w), (g.pad_h - 2, g.pad_w - 2)
+    else:
+        raise ValueError(f"pass must be 'forward', 'data' or 'filter', got {pass_!r}")
+    th, tw, _ = tiles(g.n, ph, pw)
+    v = np.einsum("ia,nctuab,jb->nctuij", bt, _patches(a, th, tw, oh, ow), bt, optimize=True)
+    u = np.einsum("ir,kcrs,js->kcij", gm, filt, gm, optimize=True)
+    u = u.reshape(g.groups, kg, cg, 4, 4)
+    v = v.reshape(g.n, g.groups, cg, th, tw, 4, 4)
+    m = np.einsum("gkcij,ngctuij->ngktuij", u, v, optimize=True).reshape(g.n, out, th, tw, 4, 4)
+    y = np.einsum("ai,nktuij,bj->nktuab", at, m, at, optimize=True)
+    return _untile(y, ph, pw)
