@@ -105,60 +105,74 @@ def index_dtype(params: PoolParams) -> np.dtype:
 
 # --------------------------------------------------------------------------- references
 
-def _windows(x: np.ndarray, p: PoolParams, oh: int, ow: int):
-    """(values, is_real): (N, C, OH, OW, kh*kw) views of every window, row-major, and
-    whether each element is of x (not padding)."""
-    n, c, h, w = x.shape
-    padded = np.full((n, c, h + 2 * p.ph, w + 2 * p.pw), -np.inf, dtype=x.dtype)
-    padded[:, :, p.ph:p.ph + h, p.pw:p.pw + w] = x
-    real = np.zeros((h + 2 * p.ph, w + 2 * p.pw), dtype=bool)
-    real[p.ph:p.ph + h, p.pw:p.pw + w] = True
-    values, mask = [], []
+def _taps(p: PoolParams, oh: int, ow: int):
+    """(offset, rows, cols) per window element in row-major window order: the slices of
+    the padded input that element takes for every output."""
     for i in range(p.kh):
         for j in range(p.kw):
-            rows = slice(i, i + p.sh * (oh - 1) + 1, p.sh)
-            cols = slice(j, j + p.sw * (ow - 1) + 1, p.sw)
-            values.append(padded[:, :, rows, cols])
-            mask.append(real[rows, cols])
-    return np.stack(values, axis=-1), np.stack(mask, axis=-1)
+            yield (i * p.kw + j, slice(i, i + p.sh * (oh - 1) + 1, p.sh),
+                   slice(j, j + p.sw * (ow - 1) + 1, p.sw))
+
+
+def _padded(x: np.ndarray, p: PoolParams) -> np.ndarray:
+    """x with its −inf padding (a copy only where there is padding)."""
+    if not (p.ph or p.pw):
+        return x
+    n, c, h, w = x.shape
+    out = np.full((n, c, h + 2 * p.ph, w + 2 * p.pw), -np.inf, dtype=x.dtype)
+    out[:, :, p.ph:p.ph + h, p.pw:p.pw + w] = x
+    return out
 
 
 def forward_reference(x: np.ndarray, params: PoolParams) -> tuple[np.ndarray, np.ndarray]:
     """``(y, argmax)``: the pooled values and each window's offset (``index_dtype``), for
-    an x that ``output_shape`` accepts."""
+    an x that ``output_shape`` accepts. One pass per window element keeps the running
+    maximum and its offset (strided views, no copy of the windows)."""
     n, c, h, w = x.shape
-    oh, ow = params.output_size(h, w)
-    if x.size == 0 or n * c * oh * ow == 0:
-        return (np.empty((n, c, oh, ow), x.dtype), np.empty((n, c, oh, ow), index_dtype(params)))
-    values, real = _windows(x, params, oh, ow)
-    # np.argmax returns the first maximum and treats NaN as the maximum (its first one).
-    pick = np.argmax(values, axis=-1)
-    # A window whose real elements are all -inf: argmax may land on padding (also -inf);
-    # take its first real element instead, as the kernel does.
-    on_pad = ~real[np.arange(oh)[:, None], np.arange(ow)[None, :], pick]
-    if on_pad.any():
-        first_real = np.argmax(real, axis=-1)
-        pick = np.where(on_pad, np.broadcast_to(first_real, pick.shape), pick)
-    y = np.take_along_axis(values, pick[..., None], axis=-1)[..., 0]
-    return np.ascontiguousarray(y), pick.astype(index_dtype(params))
+    p = params
+    oh, ow = p.output_size(h, w)
+    y = np.empty((n, c, oh, ow), x.dtype)
+    pick = np.zeros((n, c, oh, ow), index_dtype(p))
+    if y.size == 0:
+        return y, pick
+    padded = _padded(x, p)
+    for offset, rows, cols in _taps(p, oh, ow):
+        v = padded[:, :, rows, cols]
+        if offset == 0:
+            y[...] = v
+            continue
+        # v > y, or v NaN where y is not: np.argmax's first maximum, first NaN
+        take = ~(v <= y)
+        take &= y == y
+        np.copyto(y, v, where=take)
+        np.copyto(pick, offset, where=take)
+    if p.ph or p.pw:
+        # A window whose real elements are all -inf may have kept a padding element
+        # (also -inf); take its first real element instead, as the kernel does.
+        real = np.zeros(padded.shape[2:], dtype=bool)
+        real[p.ph:p.ph + h, p.pw:p.pw + w] = True
+        reals = np.stack([real[rows, cols] for _, rows, cols in _taps(p, oh, ow)], axis=-1)
+        on_pad = ~reals[np.arange(oh)[:, None], np.arange(ow)[None, :], pick]
+        np.copyto(pick, np.argmax(reals, axis=-1).astype(pick.dtype), where=on_pad)
+    return y, pick
 
 
 def backward_reference(dy: np.ndarray, argmax: np.ndarray, params: PoolParams,
                        input_shape) -> np.ndarray:
-    """dx: each output's gradient added to its argmax's position (row-major output order)."""
+    """dx: each output's gradient added to its argmax's position, in row-major output
+    order: for one input element, a later output in that order sees it through an
+    earlier window offset, so the offsets run from last to first."""
     n, c, h, w = (int(v) for v in input_shape)
     p = params
     _, _, oh, ow = dy.shape
-    dx = np.zeros((n, c, h, w), dtype=dy.dtype)
-    if dy.size == 0:
-        return dx
-    offset = argmax.astype(np.int64)
-    rows = np.arange(oh)[:, None] * p.sh - p.ph + offset // p.kw
-    cols = np.arange(ow)[None, :] * p.sw - p.pw + offset % p.kw
-    planes = np.arange(n * c).reshape(n, c, 1, 1)
-    flat = (planes * h + rows) * w + cols
-    np.add.at(dx.reshape(-1), flat.reshape(-1), dy.reshape(-1))  # in output order
-    return dx
+    dxp = np.zeros((n, c, h + 2 * p.ph, w + 2 * p.pw), dtype=dy.dtype)
+    if dy.size:
+        for offset, rows, cols in reversed(list(_taps(p, oh, ow))):
+            target = dxp[:, :, rows, cols]
+            np.add(target, dy, out=target, where=argmax == offset)
+    if not (p.ph or p.pw):
+        return dxp
+    return np.ascontiguousarray(dxp[:, :, p.ph:p.ph + h, p.pw:p.pw + w])
 
 
 # --------------------------------------------------------------------------- launches
