@@ -120,6 +120,7 @@ __global__ void lrn_backward(const float* __restrict__ x, const float* __restric
         const cn_lrn_plain_grad grad{dy + col.base, plane};
         cn_lrn_backward_column<W, SAVED_SCALE>(x + col.base, scale + col.base, dx + col.base,
                                                grad, plane, col.c0, col.c1, col.g0, col.g1, lo, hi,
-                                               ring.x, ring.r, ring.d, ring.stride, alpha, beta, beta75, k);
+                                               ring.x, ring.r, ring.d, ring.stride, alpha, beta, beta75,
+                                               cn_lrn_fast75(alpha, beta, k), k);
     }
 }

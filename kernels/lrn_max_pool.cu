@@ -105,9 +105,8 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
     const long long blocks = (long long)batch * groups * tiles_h * tiles_w;
     // 3x3 windows inside the image (no clipping) take an unrolled path: outputs
     // oh < full_oh, ow < full_ow when there is no padding
-    // k > 0, alpha >= 0 and alpha 2^126 + k finite: a sum of squares <= 2^126 gives a
-    // finite s >= k > 0 (the rsqrt path's domain); false for a NaN alpha or k
-    const bool fast = beta75 && k > 0.0f && alpha >= 0.0f && fmaf(alpha, 0x1p126f, k) < cn_inf();
+    // a sum of squares <= 2^126 gives s in [k, 2^120] (the rsqrt path's domain)
+    const bool fast = cn_lrn_fast75(alpha, beta, k);
     const bool full_3x3 = kh == 3 && kw == 3 && ph == 0 && pw == 0;
     const int full_oh = H >= 3 ? (H - 3) / sh + 1 : 0, full_ow = W >= 3 ? (W - 3) / sw + 1 : 0;
 
@@ -152,10 +151,7 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
                     walk.x.push(walk.next);
                     walk.next = c + 1 + hi < g1 ? *xn : 0.0f;
                     const float acc = walk.x.squares();
-                    const float s = fmaf(alpha, acc, k);
-                    const float q = rsqrtf(s);
-                    const float r = rsqrtf(q);
-                    z[d * region + t] = walk.x.at(lo) * (q * (q * r));
+                    z[d * region + t] = walk.x.at(lo) * cn_lrn_power75(fmaf(alpha, acc, k));
                     acc_sum += acc;
                 }
                 if (!(acc_sum <= 0x1p126f)) {
@@ -289,6 +285,7 @@ __global__ void lrn_max_pool_backward(const float* __restrict__ x, const float* 
         grad.row_step = sh * kw;
         grad.col_step = sw;
         cn_lrn_backward_column<FW, false>(x + base, x + base, dx + base, grad, plane, c0, c1, g0,
-                                         g1, lo, hi, ring.x, ring.r, ring.d, ring.stride, alpha, beta, beta75, k);
+                                         g1, lo, hi, ring.x, ring.r, ring.d, ring.stride, alpha, beta, beta75,
+                                         cn_lrn_fast75(alpha, beta, k), k);
     }
 }

@@ -53,15 +53,38 @@ static __device__ __noinline__ float cn_lrn_times_power_general(float v, float s
     return ldexpf(v * exp2f(f), (int)n);
 }
 
+// The inline paths' domain (the forward's and the backward's beta = 0.75 loops): beta =
+// 0.75, k > 0, alpha >= 0 and alpha 2^126 + k <= 2^120, so a sum of squares <= 2^126
+// gives s in [k, 2^120]: the rsqrt power's domain, and the backward's r needs no
+// rescaling (cn_lrn_r). False for a NaN alpha or k. AlexNet's alpha = 1e-4, k = 2:
+// s <= 8.6e33 < 2^120 = 1.3e36.
+static __device__ __forceinline__ bool cn_lrn_fast75(float alpha, float beta, float k)
+{
+    return beta == 0.75f && k > 0.0f && alpha >= 0.0f && fmaf(alpha, 0x1p126f, k) <= 0x1p120f;
+}
+
+// s^-0.75 for s in (0, inf): q = s^-1/2, t = q^-1/2 = s^1/4, q (q t) (see the header).
+static __device__ __forceinline__ float cn_lrn_power75(float s)
+{
+    const float q = rsqrtf(s);
+    const float t = rsqrtf(q);
+    return q * (q * t);
+}
+
+// The backward's r[j] 2^40 = (d 2^40) (a / s), d = dz p (the direct term), for s <=
+// 2^120; __fdividef gives 0 for s > 2^126, so the general walk passes a and s scaled by
+// 2^-32 above 2^120 (exact). r is kept scaled by 2^40: d a / s falls below 2^-126
+// (flushed) for large a (~1e20) while 2 alpha beta a r is still comparable with d.
+static __device__ __forceinline__ float cn_lrn_r(float direct, float a, float s)
+{
+    return (direct * 0x1p40f) * __fdividef(a, s);
+}
+
 // v * s^-beta, beta75 = (beta == 0.75f) (warp-uniform: a kernel argument).
 static __device__ __forceinline__ float cn_lrn_times_power(float v, float s, float beta,
                                                            bool beta75)
 {
-    if (beta75 && s > 0.0f && s < cn_inf()) {
-        const float q = rsqrtf(s);
-        const float t = rsqrtf(q);
-        return v * (q * (q * t));
-    }
+    if (beta75 && s > 0.0f && s < cn_inf()) return v * cn_lrn_power75(s);
     return cn_lrn_times_power_general(v, s, beta);
 }
 
@@ -238,6 +261,57 @@ static __device__ __forceinline__ float cn_lrn_step(cn_lrn_walk<W>& walk, const 
     return cn_lrn_scale<W>(walk.x, alpha, k);
 }
 
+// The backward's common case inline: the walk of cn_lrn_backward_column below with s
+// recomputed, for the paper's window (lo = hi = 2, in registers) and beta = 0.75 in
+// cn_lrn_fast75's domain. The same operations in the same order as the general walk, so
+// the same bits, for every channel whose sum of squares is <= 2^126 (then s <= 2^120:
+// the rsqrt power, cn_lrn_r unscaled). Returns false when some step's sum was not (> 2^126,
+// inf or NaN: then so is the running sum of them, every term >= 0): the caller redoes the
+// column with the general walk, which writes every dx of it again. Unrolled by the window
+// (5), so the registers' shifts vanish; the entering x and dz are loaded a step ahead.
+template <class Grad>
+static __device__ __forceinline__ bool cn_lrn_backward_column_75(
+    const float* __restrict__ xc, float* __restrict__ dxc, const Grad& grad, int plane, int c0,
+    int c1, int g0, int g1, float alpha, float coef, float k)
+{
+    constexpr int LO = 2, HI = 2;
+    const int j0 = c0 - HI;
+    cn_lrn_walk<5> walk;
+    cn_lrn_prime<5>(walk, xc, plane, j0, g0, g1, LO, HI, nullptr, 0);
+    cn_win<5> rw, dw;
+    rw.init(nullptr, 0, 5);
+    dw.init(nullptr, 0, 5);
+    bool inside_next = j0 >= g0;
+    float dz_next = inside_next ? grad(j0) : 0.0f;
+    float acc_sum = 0.0f;
+    const float* xn = xc + (long long)(j0 + 1 + HI) * plane;  // channel j + 1 + hi (>= c0 + 1)
+    float* dxo = dxc + (long long)c0 * plane;                  // channel c = j - lo, once >= c0
+#pragma unroll 5
+    for (int j = j0; j < c1 + LO; ++j, xn += plane) {
+        const bool inside = inside_next;
+        const float dz_j = dz_next;
+        inside_next = j + 1 >= g0 && j + 1 < g1;
+        dz_next = inside_next ? grad(j + 1) : 0.0f;
+        walk.x.push(walk.next);
+        walk.next = j + 1 + HI < g1 ? *xn : 0.0f;
+        const float acc = walk.x.squares();
+        acc_sum += acc;
+        const float s = fmaf(alpha, acc, k);
+        float r = 0.0f, direct = 0.0f;
+        if (inside) {
+            direct = dz_j * cn_lrn_power75(s);
+            r = cn_lrn_r(direct, walk.x.at(LO), s);
+        }
+        rw.push(r);
+        dw.push(direct);
+        if (j - LO >= c0) {
+            *dxo = fmaf((coef * walk.x.at(0)) * rw.sum(), -0x1p-40f, dw.at(HI));
+            dxo += plane;
+        }
+    }
+    return acc_sum <= 0x1p126f;
+}
+
 // The backward down one column: dx[c] for c in [c0, c1) of the group [g0, g1), from x,
 // the gradient of the LRN output dz (grad(j): channel j's, j inside the group; a plain
 // array in lrn_backward, gathered from the pooled gradient in lrn_max_pool_backward)
@@ -251,13 +325,21 @@ static __device__ __forceinline__ float cn_lrn_step(cn_lrn_walk<W>& walk, const 
 // Windows: rw, dw: r and the direct terms over [j - lo - hi, j] (c at at(hi)); with
 // recompute, the forward walk's x over [j - lo, j + hi] (c the oldest, at(0)); with a
 // saved scale, xw: x over [j - lo - hi, j] like rw. Rings (W = 0): xr, rr, dr.
+//
+// With s recomputed, lo = hi = 2 and fast75 (cn_lrn_fast75: the kernel's beta, alpha, k),
+// the column first goes through cn_lrn_backward_column_75 (below), and through this
+// general walk only when that meets a channel outside its domain.
 template <int W, bool SAVED_SCALE, class Grad>
 static __device__ __forceinline__ void cn_lrn_backward_column(
     const float* __restrict__ xc, const float* __restrict__ sc, float* __restrict__ dxc,
     const Grad& grad, int plane, int c0, int c1, int g0, int g1, int lo, int hi, float* xr,
-    float* rr, float* dr, int stride, float alpha, float beta, bool beta75, float k)
+    float* rr, float* dr, int stride, float alpha, float beta, bool beta75, bool fast75,
+    float k)
 {
     const float coef = 2.0f * alpha * beta;
+    if (!SAVED_SCALE && fast75 && lo == 2 && hi == 2 &&
+        cn_lrn_backward_column_75(xc, dxc, grad, plane, c0, c1, g0, g1, alpha, coef, k))
+        return;
     const int width = lo + hi + 1;
     cn_win<W> rw, dw, xw;
     rw.init(rr, stride, width);
@@ -294,14 +376,11 @@ static __device__ __forceinline__ void cn_lrn_backward_column(
                 s_j = s;
             }
         }
-        // r is kept scaled by 2^40 (exact): d a / s falls below 2^-126 (flushed) for
-        // large a (~1e20) while 2 alpha beta a r is still comparable with d
-        float r = 0.0f, direct = 0.0f;
+        float r = 0.0f, direct = 0.0f;  // r 2^40 (cn_lrn_r)
         if (inside) {
             direct = cn_lrn_times_power(dz_j, s_j, beta, beta75);
-            // __fdividef gives 0 for s > 2^126: both sides scaled by 2^-32 there
-            const float half = s_j > 0x1p120f ? 0x1p-32f : 1.0f;
-            r = (direct * 0x1p40f) * __fdividef(a_j * half, s_j * half);
+            r = s_j > 0x1p120f ? cn_lrn_r(direct, a_j * 0x1p-32f, s_j * 0x1p-32f)
+                               : cn_lrn_r(direct, a_j, s_j);
         }
         rw.push(r);
         dw.push(direct);
