@@ -144,6 +144,20 @@ def cmd_evaluate(args) -> int:
     return _run_reporting_errors("evaluate", work)
 
 
+def cmd_show(args) -> int:
+    """Draw a figure of a training run; 1 without matplotlib, 2 on a bad run folder."""
+    from .show import PlotUnavailable, draw, require_matplotlib
+    try:
+        require_matplotlib()
+    except PlotUnavailable as exc:
+        print(f"convnet show: {exc}", file=sys.stderr)
+        return 1
+    show_progress = False if args.no_progress else sys.stderr.isatty()
+    return _run_reporting_errors("show", lambda: print(draw(
+        args.figure, args.run, args.out, device=args.device, images=args.images, pool=args.pool,
+        show_progress=show_progress)))
+
+
 def cmd_perf(args) -> int:
     """Predicted time of every launch of a training step (or one op) on a named GPU."""
     from ..perf import command
@@ -160,6 +174,7 @@ def _add(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     from ..models import PRESETS
+    from .show import FIGURES
 
     parser = argparse.ArgumentParser(
         prog="convnet", description="AlexNet rebuilt from hand-written CUDA kernels.")
@@ -298,6 +313,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-final-eval", action="store_true",
                     help="skip the ten-crop evaluation after the last epoch")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sh = _add(sub, "show", cmd_show,
+              "draw a figure of a training run into a PNG (needs matplotlib: "
+              "pip install \"convnet[plot]\"): conv1's filters, the learning curves, "
+              "validation images with their top-5 predictions, or the training images "
+              "nearest them in fc7 space")
+    sh.add_argument("figure", choices=FIGURES)
+    sh.add_argument("--run", required=True, metavar="RUN",
+                    help="a run folder of `convnet train` (its best checkpoint), or one "
+                         "checkpoint file")
+    sh.add_argument("--out", metavar="FILE.png", help="default: RUN/<figure>.png")
+    sh.add_argument("--images", type=int,
+                    help="validation images shown (predictions: 8, neighbours: 5)")
+    sh.add_argument("--pool", type=int, default=5000,
+                    help="neighbours: training images searched, spread evenly over the split "
+                         "(default 5000; 0: all)")
+    sh.add_argument("--device", help="default: cuda:0 if present, else cpu")
+    sh.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = _add(sub, "evaluate", cmd_evaluate,
               "top-1 and top-5 error of a checkpoint on the validation images")

@@ -47,6 +47,9 @@ The run folder (``--out``):
   loss and errors, lr, seconds, images/s), ``{"event": "final", ...}`` (the ten-crop
   evaluation) and ``resume``/``interrupted``/``stopped`` events. A resumed run
   appends; where an epoch appears twice, the later line is the one that counts.
+* ``curves.png`` and ``filters.png`` at the end of a run (``convnet show``; only with
+  matplotlib, the ``plot`` extra); ``tensorboard/``: TensorBoard scalars of every epoch,
+  only where a writer is installed (``convnet.app.board``).
 
 ``--resume`` continues from the newest checkpoint that loads (a truncated or corrupt
 one is skipped with a warning; if none loads, it stops with an error): weights,
@@ -83,6 +86,7 @@ from ..models import build_model, one_to_two_columns, two_to_one_columns
 from ..optim import SGD, Plateau
 from ..progress import ProgressBar, clock, say
 from ..step import train_step
+from . import board, show
 from .errors import Terminated
 from .evaluate import evaluate_batches
 from .runs import (METRICS, TrainError, checkpoint_path, clean_temporaries, open_run, plural,
@@ -243,6 +247,29 @@ class TrainingRun:
             timespec="seconds"), **fields}
         with open(self.out / METRICS, "a") as f:
             f.write(json.dumps(line) + "\n")
+        if event in ("epoch", "final"):
+            self._scalars(event, fields)
+
+    def _scalars(self, event: str, fields: dict) -> None:
+        """TensorBoard scalars of an epoch or of the final evaluation, when a writer is
+        installed (``board``)."""
+        if getattr(self, "_board", None) is None:
+            self._board = board.Scalars(self.out)
+        (self._board.epoch if event == "epoch" else self._board.final)(fields["epoch"], fields)
+
+    def _end_of_run(self) -> None:
+        """Close the TensorBoard writer; draw the learning curves and conv1's filters into
+        the run folder (``show``), or say in one line why not (no matplotlib, an error)."""
+        if getattr(self, "_board", None) is not None:
+            self._board.close()
+        try:
+            drawn = [show.draw(figure, self.out).name for figure in ("curves", "filters")]
+        except show.PlotUnavailable:
+            self.log(f"train: no figures: matplotlib is not installed ({show.INSTALL})")
+        except (TrainError, OSError, ValueError, RuntimeError) as exc:
+            self.log(f"train: no figures: {exc}")
+        else:
+            self.log(f"train: figures {', '.join(drawn)} in {self.out}")
 
     def _loader(self, split: str, augment: str, batch_size: int):
         return Loader(self.dataset, split, batch_size=batch_size, seed=self.settings["seed"],
@@ -386,6 +413,7 @@ class TrainingRun:
             except TrainingStopped as exc:
                 self._record("stopped", epoch=self.epoch, reason=str(exc))
                 raise
+        self._end_of_run()
         total = time.monotonic() - started
         self._print(f"train: done in {clock(total)}; checkpoints in {self.out}")
         return {"out": str(self.out), "epochs": self.epoch, "last": metrics, "final": final,

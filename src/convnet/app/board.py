@@ -1,0 +1,70 @@
+"""TensorBoard scalars of a training run, written only when a TensorBoard writer is
+installed (optional; nothing is written and nothing is said without one).
+
+The writer is tensorboardX's ``SummaryWriter`` (``pip install "convnet[tensorboard]"``:
+tensorboardX needs only NumPy, protobuf and packaging, no TensorFlow or PyTorch), else
+PyTorch's ``torch.utils.tensorboard`` where torch and tensorboard are installed. Event
+files go into ``RUN/tensorboard/``; ``tensorboard --logdir runs`` shows every run. Per
+epoch (the step is the epoch number): ``loss/train``, ``loss/val``,
+``error/train_top1``, ``error/train_top5``, ``error/val_top1``, ``error/val_top5``,
+``lr``, ``images_per_second``; after the last epoch ``error/ten_crop_top1`` and
+``error/ten_crop_top5``. A resumed run adds a new event file; its epochs continue the
+same curves.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["FOLDER", "Scalars", "writer_class"]
+
+FOLDER = "tensorboard"
+
+# metrics.jsonl key -> scalar tag
+EPOCH_TAGS = {
+    "train_loss": "loss/train", "val_loss": "loss/val",
+    "train_top1_error": "error/train_top1", "train_top5_error": "error/train_top5",
+    "val_top1_error": "error/val_top1", "val_top5_error": "error/val_top5",
+    "lr": "lr", "images_per_second": "images_per_second",
+}
+FINAL_TAGS = {"top1_error": "error/ten_crop_top1", "top5_error": "error/ten_crop_top5"}
+
+
+def writer_class():
+    """The first importable ``SummaryWriter`` (tensorboardX's, then torch's), or None."""
+    try:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    except ImportError:
+        pass
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package too
+        return SummaryWriter
+    except ImportError:
+        return None
+
+
+class Scalars:
+    """The run's scalars; every method does nothing when no writer is installed."""
+
+    def __init__(self, run_folder: Path):
+        writer = writer_class()
+        self.writer = writer(str(Path(run_folder) / FOLDER)) if writer is not None else None
+
+    def _add(self, tags: dict, values: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for key, tag in tags.items():
+            if values.get(key) is not None:
+                self.writer.add_scalar(tag, float(values[key]), step)
+        self.writer.flush()
+
+    def epoch(self, epoch: int, metrics: dict) -> None:
+        self._add(EPOCH_TAGS, metrics, epoch)
+
+    def final(self, epoch: int, result: dict) -> None:
+        self._add(FINAL_TAGS, result, epoch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
