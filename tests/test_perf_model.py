@@ -57,7 +57,7 @@ def test_compute_bound_with_known_ffma_share():
 
 
 ISSUE = KernelModule(str(Path(__file__).resolve().parent / "kernels" / "perf_issue.cu"),
-                     ("perf_trip", "perf_fp64", "perf_copy"))
+                     ("perf_trip", "perf_fp64", "perf_copy", "perf_rare"))
 
 
 def _issue_launches(n=7, blocks=8, threads=128):
@@ -75,7 +75,8 @@ def _issue_launches(n=7, blocks=8, threads=128):
     scalars = (np.int32(n), np.int32(stride))
     launches = [Launch(ISSUE, "perf_trip", (blocks, 1, 1), (threads, 1, 1), (y, x, *scalars)),
                 Launch(ISSUE, "perf_fp64", (blocks, 1, 1), (threads, 1, 1), (y, x, *scalars)),
-                Launch(ISSUE, "perf_copy", (blocks, 1, 1), (threads, 1, 1), (y, x))]
+                Launch(ISSUE, "perf_copy", (blocks, 1, 1), (threads, 1, 1), (y, x)),
+                Launch(ISSUE, "perf_rare", (blocks, 1, 1), (threads, 1, 1), (y, x, *scalars))]
     warps = blocks * threads // 32
     out = {}
     for launch, traffic in zip(launches, measure(launches, None)):
@@ -99,6 +100,32 @@ def test_dynamic_count_of_a_known_trip_count():
     # perf_copy has no loop: its straight code once per warp
     regions, _, dyn = found["perf_copy"]
     assert regions["loops"] == [] and dyn.instructions == warps * regions["straight"]["instructions"]
+
+
+def test_conditional_loads_bound_the_trip_count_from_below():
+    """perf_rare's loop runs n = 7 times per warp, but its loads are conditional: the
+    first taken in every pass (7 requests per warp), the second in one (1 request). Both
+    are lower bounds, not equations: X = 7 x warps (a least-squares fit of the two as
+    equations would give less than half of it)."""
+    found, warps = _issue_launches()
+    regions, traffic, dyn = found["perf_rare"]
+    (loop,) = regions["loops"]
+    assert sum(loop["memory"].values()) == 2 and loop["always"] == {}
+    assert dyn.iterations == [pytest.approx(7 * warps)]
+
+
+def test_nominal_flops_leave_counted_kernels_to_the_issue_term():
+    """A byte-bound kernel (main loop 20 % math) with nominal FLOPs that FLOPs / math share
+    would make compute-bound: its counted instructions decide (issue or DRAM), no 'math'."""
+    n = 1 << 24
+    k = KernelInputs("lrn-like", blocks=n // 256, threads_per_block=256, flops=60 * n,
+                     read_bytes=8 * n, write_bytes=4 * n, registers=32, math_share=0.2,
+                     load_bytes=8 * n, store_bytes=4 * n, instructions=40 * n / 32,
+                     pipe_instructions={"fp32": 10 * n / 32})
+    p = predict(k, H100)
+    assert p.compute_s == 0.0 and p.bound == "DRAM"
+    assert predict(dataclasses.replace(k, instructions=None, pipe_instructions=None),
+                   H100).bound == "math"
 
 
 def test_fp64_loop_is_issue_bound_at_the_fp64_rate():

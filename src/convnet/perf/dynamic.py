@@ -21,10 +21,18 @@ line as nvdisasm's line table does) give one equation
 
 and so do barriers (each warp executes every ``__syncthreads`` of its block) and warp
 operations. The equations, each divided by max(its right side, warps) so that every
-line weighs alike, are solved for X >= 0 by non-negative least squares. A loop that no
-equation constrains (no memory access, barrier or warp operation in its own body) is
-taken to run once per iteration of its enclosing loop (once per warp at depth 0): a
-lower bound, said in ``Dynamic.unseen``. Then
+line weighs alike, are solved for X >= 0 by non-negative least squares.
+
+A memory instruction that is *conditional* — predicated, or in a basic block that a
+forward branch of its region jumps over — issues every pass but makes a request only
+when some lane takes it, so a line whose instructions in the loops are all conditional
+only bounds the passes from below: sum_L X_L x (its instructions in L) >= its requests.
+Such lines are left out of the least squares and applied afterwards, each raising its
+loops' X (in proportion, the shortfall shared) until it holds. (Without this, a loop
+whose loads are mostly branched around, like max-pool's backward gather, was credited
+with a third of its passes.) A loop that no line constrains (no memory access, barrier
+or warp operation in its own body) is taken to run once per iteration of its enclosing
+loop (once per warp at depth 0): a lower bound, said in ``Dynamic.unseen``. Then
 
     executed = warps x straight + sum_L X_L x (instructions of L's own body)
 
@@ -67,23 +75,32 @@ def site_key(file: str | None, line: int | None, space: str, kind: str) -> str:
     return f"{file}:{line}:{space}:{kind}"
 
 
-def _region(instructions) -> dict:
+def _region(instructions, skipped: bool = False) -> dict:
+    """Counts of a run of instructions; ``always``: the memory instructions per line that
+    issue with their block unpredicated (none when the block is ``skipped`` by a forward
+    branch: see the module docstring)."""
     pipes = Counter(pipe(i.opcode) for i in instructions)
-    memory = Counter()
+    memory, always = Counter(), Counter()
     for i in instructions:
         access = _access(i)
         if access is not None:
             file, line = i.source or (None, None)
-            memory[site_key(file, line, *access)] += 1
+            key = site_key(file, line, *access)
+            memory[key] += 1
+            if not skipped and i.predicate in (None, "@PT"):
+                always[key] += 1
     return {"instructions": len(instructions),
             "pipes": {p: pipes.get(p, 0) for p in PIPES},
             "barriers": sum(1 for i in instructions if i.opcode == "BAR"),
             "warp_ops": sum(1 for i in instructions if i.opcode in _WARP_OPS),
-            "memory": dict(memory)}
+            "memory": dict(memory), "always": dict(always)}
 
 
-def _blocks(instructions, labels) -> list[dict]:
-    """The basic blocks of a region (split at labels and after branches and EXITs)."""
+def _blocks(instructions, labels, scope=None) -> list[dict]:
+    """The basic blocks of a region (split at labels and after branches and EXITs); a
+    block is skipped when a branch of ``scope`` (the loop's whole body, or the kernel's
+    code) before it jumps past its start to a label inside the scope (a jump out of a
+    loop ends it: the passes that reach the block still run it)."""
     starts = set(labels.values())
     out, current = [], []
     for i in instructions:
@@ -96,20 +113,26 @@ def _blocks(instructions, labels) -> list[dict]:
             current = []
     if current:
         out.append(current)
-    return [_region(b) for b in out]
+    scope = scope or instructions
+    first, last = scope[0].offset if scope else 0, scope[-1].offset if scope else 0
+    jumps = [(i.offset, labels[i.target]) for i in scope
+             if i.is_branch and i.target in labels and first <= labels[i.target] <= last]
+    return [_region(b, any(at < b[0].offset < to for at, to in jumps)) for b in out]
 
 
 def _sum(blocks) -> dict:
     total = {"instructions": 0, "pipes": {p: 0 for p in PIPES}, "barriers": 0, "warp_ops": 0,
-             "memory": Counter()}
+             "memory": Counter(), "always": Counter()}
     for b in blocks:
         total["instructions"] += b["instructions"]
         total["barriers"] += b["barriers"]
         total["warp_ops"] += b["warp_ops"]
         total["memory"].update(b["memory"])
+        total["always"].update(b.get("always", b["memory"]))
         for p in PIPES:
             total["pipes"][p] += b["pipes"][p]
     total["memory"] = dict(total["memory"])
+    total["always"] = dict(total["always"])
     return total
 
 
@@ -127,10 +150,10 @@ def regions(kernel) -> dict:
     for loop in loops:
         around = [j for j, o in enumerate(loops) if o is not loop and loop in o.inner]
         parent = max(around, key=lambda j: loops[j].depth) if around else None
-        blocks = _blocks(loop.own, kernel.labels)
+        blocks = _blocks(loop.own, kernel.labels, loop.body)
         out.append({"start": loop.start, "end": loop.end, "depth": loop.depth,
                     "parent": parent, **_sum(blocks), "blocks": blocks})
-    blocks = _blocks(inside, kernel.labels)
+    blocks = _blocks(inside, kernel.labels, code)
     return {"straight": {**_sum(blocks), "blocks": blocks}, "loops": out}
 
 
@@ -189,14 +212,31 @@ def count(figures: dict, warps: float, sites: dict, barrier_warps: float = 0.0,
     fixed = coefficients(straight)
     keys = sorted({k for c in per_loop for k, v in c.items() if v
                    and not k.startswith("None:") and (k in measured or not k.startswith("#"))})
+    # lines whose instructions in the loops are all conditional: lower bounds only
+    lower = [k for k in keys if not k.startswith("#")
+             and not any(l.get("always", l["memory"]).get(k) for l in loops)]
+    exact = [k for k in keys if k not in lower]
     constrained = [j for j, c in enumerate(per_loop) if any(c.get(k) for k in keys)]
+
+    def need(k):
+        return max(0.0, measured.get(k, 0.0) - warps * fixed.get(k, 0))
+
     x = np.zeros(len(loops))
-    if keys and constrained:
-        a = np.array([[per_loop[j].get(k, 0) for j in constrained] for k in keys], float)
-        b = np.array([max(0.0, measured.get(k, 0.0) - warps * fixed.get(k, 0)) for k in keys])
+    if exact and constrained:
+        a = np.array([[per_loop[j].get(k, 0) for j in constrained] for k in exact], float)
+        b = np.array([need(k) for k in exact])
         scale = np.maximum(b, max(warps, 1.0))
         solution = nnls(a / scale[:, None], b / scale)
         x[constrained] = solution
+    for k in lower:   # raising X never lowers another line's count: one pass holds them all
+        holders = [j for j in constrained if per_loop[j].get(k)]
+        have = sum(x[j] * per_loop[j][k] for j in holders)
+        if have >= need(k):
+            continue
+        if have > 0:
+            x[holders] *= need(k) / have
+        else:
+            x[holders] = need(k) / sum(per_loop[j][k] for j in holders)
     unseen = [j for j in range(len(loops)) if j not in constrained and j not in dead]
     for j in sorted(unseen, key=lambda j: loops[j]["depth"]):   # parents first
         parent = loops[j]["parent"]

@@ -26,7 +26,7 @@ from ..toolchain import nvrtc
 from ..toolchain.kernel_source import expand
 from ..toolchain.launch import KernelModule
 
-FORMAT = 2
+FORMAT = 3  # 3: regions carry each line's unconditional memory instructions
 _MEMORY: dict[str, dict[str, dict]] = {}
 _LOCK = threading.Lock()
 

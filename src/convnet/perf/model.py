@@ -19,6 +19,10 @@
     waves; efficiency = waves / ceil(waves) (a 1.28-wave grid runs 2 waves at 64 %);
     a grid of less than one wave keeps only min(1, blocks / SMs) of the SMs busy.
 
+  Where the FLOPs are nominal (a byte-bound kernel: main loop < EXACT_FLOPS_MATH_SHARE
+  math) and the executed instructions are counted, there is no compute term: FLOPs /
+  math share would only estimate, from nominal figures, the issue slots the count gives
+  (its FP32 work is in the issue term's FP32 pipe).
 * **issue** = the launch's executed warp instructions (``convnet.perf.dynamic``: the
   SASS loops' trip counts inferred from the emulator's requests per source line) /
   (SMs x 4 schedulers x 1 warp instruction per clock x clock x latency x waves).
@@ -246,6 +250,8 @@ def predict(k: KernelInputs, gpu) -> Prediction:
     clock = g.boost_clock_mhz * 1e6
     slots = g.sms * SCHEDULERS_PER_SM * clock
     instructions, pipes = normalised_counts(k)
+    if instructions and k.math_share < EXACT_FLOPS_MATH_SHARE:
+        compute = 0.0  # nominal FLOPs: the counted instructions (issue) stand for them
     cycles = issue_cycles(g, instructions, pipes) if instructions else 0.0
     issue_s = cycles / (slots * latency * wave_eff) if cycles else 0.0
     terms = {"compute": compute, "issue": issue_s, "DRAM": dram, "L1": l1, "shared": shared}
@@ -286,7 +292,8 @@ def legend(gpu) -> str:
         "compute = FLOPs / (FP32 peak x math x latency x waves): math = main loop's math share "
         "of issue slots (SASS) scaled to the FP32 lanes per scheduler; latency = min(1, 0.25 + "
         "0.25 x resident warps per scheduler) (chosen, to be calibrated); waves = waves / "
-        "ceil(waves) (< 1 wave: busy SMs / SMs).",
+        "ceil(waves) (< 1 wave: busy SMs / SMs); none where FLOPs are nominal (main loop < "
+        "50% math) and instructions are counted: the issue term stands for them.",
         "issue = executed warp instructions (SASS loops x trip counts from emu's requests "
         "per source line; straight code once per warp) / (SMs x 4 schedulers x 1 per clock x "
         "latency x waves); a pipe narrower than a warp holds its scheduler 32 / lanes clocks "
