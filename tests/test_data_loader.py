@@ -263,8 +263,12 @@ def test_corrupt_shard_is_reported(prepared, tmp_path):
         with open(path, "r+b") as f:  # destroy image 5's JPEG header after the index was read
             f.seek(int(split.offsets[5]))
             f.write(bytes(64))
-        with pytest.raises(LoaderError, match="cannot decode the stored JPEG"):
+        # the shard's CRC, checked once per worker when it first opens the shard, catches it;
+        # the message is one line naming the file and the bytes (no worker traceback)
+        with pytest.raises(LoaderError, match=r"^a loader worker failed: \S+train-\d+\.cnshard: "
+                           r"checksum mismatch in the image data \(bytes \d+\.\.\d+") as info:
             list(loader)
+        assert "\n" not in str(info.value) and "Traceback" in info.value.traceback
         pids = loader.worker_pids()
     assert _gone(pids) and not _our_segments()
 

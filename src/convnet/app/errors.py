@@ -13,7 +13,6 @@ traceback follows only with ``convnet --debug`` or ``CONVNET_DEBUG=1``.
 """
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -25,17 +24,6 @@ __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USAGE", 
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 128 + signal.SIGTERM
 
-_HINTS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is used up",
-    errno.EFBIG: "the file is larger than this process may write (ulimit -f?)",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "no permission",
-    errno.EPERM: "not permitted",
-    errno.EIO: "the device reported an input/output error",
-}
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived (``kill``, a job scheduler, ``docker stop``)."""
 
@@ -44,30 +32,10 @@ def debug_enabled(flag: bool = False) -> bool:
     return bool(flag) or os.environ.get("CONVNET_DEBUG", "") not in ("", "0")
 
 
-def _os_error(exc: OSError) -> str:
-    reason = exc.strerror or str(exc)
-    hint = _HINTS.get(exc.errno)
-    if hint and hint.lower() not in reason.lower():
-        reason = f"{reason} ({hint})"
-    where = exc.filename
-    if exc.filename2:
-        where = f"{exc.filename} -> {exc.filename2}"
-    return f"{where}: {reason}" if where else reason
-
-
 def describe(exc: BaseException) -> str:
-    """``exc`` as the line a user reads: OS errors as ``file: reason (what it means)``,
-    convnet's own errors as their message, anything else with its type named."""
-    from ..data import WorkerError
-    if isinstance(exc, WorkerError):
-        return str(exc)
-    if isinstance(exc, OSError) and (exc.strerror or exc.filename):
-        return _os_error(exc)
-    text = str(exc).strip()
-    if type(exc).__module__.startswith("convnet") or isinstance(exc, OSError):
-        return text or type(exc).__name__
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    """``exc`` as the line a user reads (``convnet.data._pool.one_line``)."""
+    from ..data._pool import one_line
+    return one_line(exc)
 
 
 def report(command: str, exc: BaseException, code: int, debug: bool = False) -> int:

@@ -4,11 +4,15 @@ Each worker runs ``handler(state, payload, progress)`` for every task it is sent
 where ``state = init(*init_args)`` was made once when it started; ``handler`` and
 ``init`` are named as ``"module:function"`` so that any start method can import
 them. Messages back are ``(task_id, "done", result)``, ``(task_id, "progress", n)`` or
-``(task_id, "error", traceback text)``. The parent waits on every worker's pipe and
-its process sentinel at once (``multiprocessing.connection.wait``), so a worker that
-dies is noticed at once, and there are no feeder threads to hang at exit.
+``(task_id, "error", (line, traceback text))``, where ``line`` is the exception in one
+line (``one_line``: an OS error as ``file: reason (what it means)``): what
+``WorkerError`` says, with the traceback kept in its ``traceback`` for ``--debug``.
+The parent waits on every worker's pipe and its process sentinel at once
+(``multiprocessing.connection.wait``), so a worker that dies is noticed at once, and
+there are no feeder threads to hang at exit.
 
-Workers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group, and
+Workers ignore SIGINT and take SIGTERM's default (exit; the parent's handler is not
+theirs): Ctrl-C in a terminal reaches the whole process group, and
 only the parent decides what happens (it shuts the pool down). A worker exits when
 it is told to, or when its pipe to the parent closes (the parent died).
 
@@ -24,6 +28,7 @@ same parent keeps a copy of its pipe open.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import multiprocessing as mp
 import os
@@ -38,7 +43,44 @@ _PRELOAD = ["numpy", "PIL.Image", "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "
 
 
 class WorkerError(RuntimeError):
-    """A task that raised in a worker, or a worker that died."""
+    """A task that raised in a worker, or a worker that died; ``traceback``: the
+    worker's own, when it sent one."""
+
+    def __init__(self, message: str, traceback: str | None = None):
+        super().__init__(message)
+        self.traceback = traceback
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f?)",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "no permission",
+    errno.EPERM: "not permitted",
+    errno.EIO: "the device reported an input/output error",
+}
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: an OS error as ``file: reason (what it means)``,
+    convnet's own errors as their message, anything else with its type named."""
+    if isinstance(exc, OSError) and (exc.strerror or exc.filename):
+        reason = exc.strerror or str(exc)
+        hint = _OS_HINTS.get(exc.errno)
+        if hint and hint.lower() not in reason.lower():
+            reason = f"{reason} ({hint})"
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else exc.filename
+        return f"{where}: {reason}" if where else reason
+    text = str(exc).strip()
+    if type(exc).__module__.startswith("convnet") or isinstance(exc, OSError):
+        return " ".join(text.split("\n")) if text else type(exc).__name__
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    return one_line(exc), traceback.format_exc()
 
 
 def default_start_method() -> str:
@@ -66,12 +108,13 @@ def resolve(name: str):
 
 def _worker_main(conn, handler_name: str, init_name: str | None, init_args: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         handler = resolve(handler_name)
         state = resolve(init_name)(*init_args) if init_name else None
-    except BaseException:
+    except BaseException as exc:
         try:
-            conn.send((None, "error", traceback.format_exc()))
+            conn.send((None, "error", _failure(exc)))
         finally:
             return
     parent = os.getppid()
@@ -92,8 +135,8 @@ def _worker_main(conn, handler_name: str, init_name: str | None, init_args: tupl
 
         try:
             result = handler(state, payload, progress)
-        except BaseException:
-            reply = (task_id, "error", traceback.format_exc())
+        except BaseException as exc:
+            reply = (task_id, "error", _failure(exc))
         else:
             reply = (task_id, "done", result)
         try:
@@ -181,8 +224,9 @@ class WorkerPool:
                     break
                 task_id, kind, _ = message
                 if task_id is None and kind == "error":
+                    line, trace = message[2]
                     raise WorkerError(f"worker process {self.processes[worker].name} failed to "
-                                      f"start:\n{message[2]}")
+                                      f"start: {line}", trace)
                 if kind in ("done", "error"):
                     self.outstanding[worker] -= 1
                 messages.append(message + (worker,))
@@ -272,7 +316,8 @@ def run_tasks(handler, tasks: list[dict], workers: int, bar, start_method=None):
                     continue
                 if kind == "error":
                     what = tasks[task_id].get("path") or f"task {task_id}"
-                    raise WorkerError(f"a worker failed on {what}:\n{value}")
+                    line, trace = value
+                    raise WorkerError(f"a worker failed making {what}: {line}", trace)
                 done += 1
                 if queue:
                     pool.submit(worker, *queue.pop())

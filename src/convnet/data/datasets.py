@@ -9,9 +9,11 @@ is the class raised for an unusable argument (the driver passes its ``TrainError
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from ..cache import cache_dir
+from ..locks import FolderLock
 from ..progress import say
 from .demo import DEMO, DemoError, make_demo_data
 from .folders import DatasetError
@@ -33,11 +35,21 @@ def _prepared_from(prepared: Path, source: Path) -> bool:
 def demo_dataset(workers: int | None = None, log=say, *, error=DatasetError) -> Path:
     """The prepared demo set under ``cache_dir()/demo``, made on first use: generated
     images in ``images/`` (``make_demo_data`` with its defaults, ``DEMO``), prepared
-    into ``prepared/``."""
+    into ``prepared/``. Two processes that need it at once do not both make it: the
+    second waits (saying for whom) while the first holds the cache's lock."""
     root = cache_dir() / "demo"
     images, prepared = root / "images", root / "prepared"
     if _prepared_from(prepared, images):
         return prepared
+    root.mkdir(parents=True, exist_ok=True)
+    with FolderLock(root, "the demo cache", "making the demo data set", wait=True,
+                    log=lambda text: log(f"train: {text}")):
+        if _prepared_from(prepared, images):  # made by the process we waited for
+            return prepared
+        return _make_demo(root, images, prepared, workers, log, error)
+
+
+def _make_demo(root: Path, images: Path, prepared: Path, workers, log, error) -> Path:
     counts = DEMO["classes"] * DEMO["train_per_class"], DEMO["classes"] * DEMO["val_per_class"]
     log(f"train: making the demo data set in {root} ({DEMO['classes']} classes, {counts[0]} "
         f"training and {counts[1]} validation images; once)")
@@ -74,8 +86,9 @@ def resolve_data(data, prepared=None, *, demo: bool = False, workers: int | None
     target = Path(prepared).expanduser() if prepared is not None \
         else data.parent / f"{data.name}-prepared"
     if _prepared_from(target, data):
-        log(f"train: using {target}, prepared from {data} (run `convnet prepare {data} "
-            f"{target}` after changing the images)")
+        log(f"train: using {target}, prepared from {data} (run "
+            f"`{shlex.join(['convnet', 'prepare', str(data), str(target)])}` after changing "
+            f"the images)")
         return target
     if (target / "manifest.json").is_file():
         raise error(f"{target} holds a data set prepared from another folder; give "

@@ -10,9 +10,21 @@ As torchvision's ImageFolder and the PyTorch ImageNet example expect: the class
 index is the position of the folder name in the sorted list of the training
 split's class folders; files are taken in sorted order. A file counts as an image
 when Pillow can open its extension (``.jpg``, ``.JPEG``, ``.png``, ``.webp``, ...,
-any case); other files and hidden entries (names starting with ".") are ignored and
-counted. Whether an image file can really be read is found out when it is loaded
-(``load_rgb``), and a file that cannot is skipped with the reason by ``prepare``.
+any case); hidden entries (names starting with ".") are passed over, and these are
+ignored and listed with the reason (``ImageFolder.ignored_reasons``; ``prepare``
+counts them in its summary and lists them in ``skipped.txt``):
+
+* files whose extension is not an image's;
+* anything that is not a regular file (a FIFO, a socket, a device, a broken link):
+  reading a FIFO would wait forever;
+* a link to a folder that the scan has read already (``train/a/up -> ..``, or two
+  links to one folder): links are followed, each real folder once, so a link loop
+  cannot multiply the images.
+
+A class folder of ``train/`` without a single image is an error naming it and what
+it holds: a class the network never sees cannot be learned. Whether an image file
+can really be read is found out when it is loaded (``load_rgb``), and a file that
+cannot is skipped with the reason by ``prepare``.
 
 ``load_rgb`` opens any image Pillow reads and returns it as 8-bit RGB, with its
 EXIF orientation applied; ``resize_center_crop`` rescales the shorter side to the
@@ -22,6 +34,7 @@ target size (Lanczos) and takes the central square, as the paper does with
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +76,8 @@ class ImageFolder:
     classes: list[str]
     class_names: list[str]
     splits: dict[str, list[tuple[str, int]]]
-    ignored: list[str] = field(default_factory=list)   # non-image files, relative paths
+    ignored: list[str] = field(default_factory=list)   # files not read, relative paths
+    ignored_reasons: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
     @property
     def num_classes(self) -> int:
@@ -89,19 +103,62 @@ def read_synsets(path) -> dict[str, str]:
     return names
 
 
-def _walk_images(folder: Path, root: Path, extensions, ignored: list[str]) -> list[str]:
+def _folder_key(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _walk_images(folder: Path, root: Path, extensions, ignored: list[tuple[str, str]],
+                 seen: dict) -> list[str]:
+    """The image files under the class folder ``folder`` (relative to ``root``, sorted);
+    what is passed over goes into ``ignored`` as (relative path, reason). ``seen``:
+    (device, inode) -> name of every folder read so far or read on its own (the data
+    set's root, split and class folders), so that no folder is read twice (link loops,
+    links into another class)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
+    stack = [folder]
+    while stack:
+        path = stack.pop()
+        try:
+            key = _folder_key(path)
+        except OSError as exc:
+            ignored.append((path.relative_to(root).as_posix(),
+                            f"cannot read the folder ({exc.strerror or exc})"))
+            continue
+        if path != folder and key in seen:
+            ignored.append((path.relative_to(root).as_posix(),
+                            f"a link to {seen[key]}, which is read already or on its own (a "
+                            f"link loop, or a second way into a folder): not read again"))
+            continue
+        seen[key] = path.relative_to(root).as_posix() + "/"
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as exc:
+            ignored.append((path.relative_to(root).as_posix(),
+                            f"cannot list the folder ({exc.strerror or exc})"))
+            continue
+        for entry in reversed(entries):
+            if entry.name.startswith("."):
                 continue
-            full = Path(dirpath) / name
+            full = Path(entry.path)
             relative = full.relative_to(root).as_posix()
-            if full.suffix.lower() in extensions:
+            try:
+                mode = entry.stat().st_mode  # follows links
+            except OSError:
+                ignored.append((relative, "a broken link (its target does not exist)"))
+                continue
+            if stat.S_ISDIR(mode):
+                stack.append(full)
+            elif not stat.S_ISREG(mode):
+                kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                        "a socket" if stat.S_ISSOCK(mode) else "a device" if
+                        stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+                ignored.append((relative, f"{kind}, not a regular file: not read"))
+            elif full.suffix.lower() in extensions:
                 found.append(relative)
             else:
-                ignored.append(relative)
+                ignored.append((relative, f"not an image file (extension "
+                                          f"{full.suffix or 'none'!r})"))
     return sorted(found)
 
 
@@ -125,7 +182,14 @@ def scan_folder(root, splits=SPLITS, synsets=None) -> ImageFolder:
     if not classes:
         raise DatasetError(f"{train}: no class folders; expected train/<class>/*.JPEG")
     index = {name: i for i, name in enumerate(classes)}
-    ignored: list[str] = []
+    ignored: list[tuple[str, str]] = []
+    seen: dict = {_folder_key(root): "the data set's folder", _folder_key(train): "train/"}
+    for split in splits:  # the split and class folders are each read on their own
+        if (root / split).is_dir():
+            seen[_folder_key(root / split)] = f"{split}/"
+            for d in (root / split).iterdir():
+                if d.is_dir() and not d.name.startswith("."):
+                    seen.setdefault(_folder_key(d), f"{split}/{d.name}/")
     result: dict[str, list[tuple[str, int]]] = {}
     for split in splits:
         folder = root / split
@@ -144,7 +208,18 @@ def scan_folder(root, splits=SPLITS, synsets=None) -> ImageFolder:
             if d.name not in index:
                 raise DatasetError(f"{d}: class folder {d.name!r} is not a class of train/ "
                                    f"({len(classes)} classes); the splits must share their classes")
-            entries.extend((rel, index[d.name]) for rel in _walk_images(d, root, extensions, ignored))
+            before = len(ignored)
+            images = _walk_images(d, root, extensions, ignored, seen)
+            if not images and split == "train":
+                passed = [f"{Path(r).name} ({why.split(':')[0].split(' (')[0]})"
+                          for r, why in ignored[before:]]
+                raise DatasetError(
+                    f"{d}: class folder {d.name!r} holds no images"
+                    + (f" ({len(passed)} other file(s): {', '.join(passed[:3])}"
+                       f"{', ...' if len(passed) > 3 else ''})" if passed else " (it is empty)")
+                    + "; a class without training images cannot be learned: add images "
+                      "or remove the folder")
+            entries.extend((rel, index[d.name]) for rel in images)
         result[split] = entries
     names = {}
     synset_file = Path(synsets) if synsets is not None else next(
@@ -155,7 +230,8 @@ def scan_folder(root, splits=SPLITS, synsets=None) -> ImageFolder:
         names = read_synsets(synset_file)
     return ImageFolder(root=root, classes=classes,
                        class_names=[names.get(c, c) for c in classes],
-                       splits=result, ignored=sorted(ignored))
+                       splits=result, ignored=sorted(r for r, _ in ignored),
+                       ignored_reasons=sorted(ignored))
 
 
 # --------------------------------------------------------------------------- one image

@@ -53,7 +53,7 @@ from ..arguments import integer, positive_int
 from ..ops import philox
 from ._pool import WorkerError, WorkerPool, usable_cpus
 from .augment import Augmentation
-from .shards import PreparedDataset, ShardError, decode_jpeg, open_prepared
+from .shards import PreparedDataset, ShardError, decode_jpeg, open_prepared, verify_once
 
 SHM_PREFIX = "convnet-ld-"  # short: macOS allows 31 characters
 DEFAULT_PREFETCH = 4
@@ -111,6 +111,7 @@ class _Reader:
     def _fd(self, shard: int) -> int:
         fd = self.fds.get(shard)
         if fd is None:
+            verify_once(self.paths[shard])  # its CRCs, once per shard in this process
             fd = os.open(self.paths[shard], os.O_RDONLY)
             self.fds[shard] = fd
             if len(self.fds) > _FD_CACHE:
@@ -466,7 +467,8 @@ class Loader:
                     if kind == "progress":
                         continue
                     if kind == "error":
-                        raise LoaderError(f"a loader worker failed:\n{value}")
+                        line, trace = value
+                        raise WorkerError(f"a loader worker failed: {line}", trace)
                     left[tasks.pop(task_id)] -= 1
             finished = True
         except GeneratorExit:
@@ -476,7 +478,9 @@ class Loader:
             raise
         except WorkerError as exc:
             self._fail()
-            raise LoaderError(str(exc)) from None
+            error = LoaderError(str(exc))
+            error.traceback = exc.traceback
+            raise error from None
         except BaseException:
             self._fail()
             raise

@@ -11,12 +11,16 @@ cut into shards of ``shard_size`` source files, so shard ``k`` always holds the 
 sources (less those skipped). A shard records the digest of its sources (path,
 size, modification time) and the settings; a later run with the same plan reuses
 every complete shard and redoes the rest, so an interrupted run resumes where it
-stopped and produces the same files as an uninterrupted one. Shards are written
-under a temporary name and renamed when complete (``ShardWriter``); temporaries
-left by a killed run are deleted.
+stopped and produces the same files as an uninterrupted one. A shard counts as
+complete only when its CRCs check out: a damaged one is reported and made again.
+Shards are written under a temporary name and renamed when complete
+(``ShardWriter``); temporaries left by processes that no longer run are deleted.
+The destination is locked (``convnet.locks``) while prepare works in it: a second
+``prepare`` into it stops with a message naming the first.
 
 A file that cannot be read is skipped, and the run goes on; ``skipped.txt`` and
-the manifest list each with its reason. After the shards, one more pass over the
+the manifest list each with its reason, and the files the scan ignored (not images,
+not regular files, links to folders already read) with theirs. After the shards, one more pass over the
 training shards computes the statistics (``stats``): the mean image (``mean.npy``)
 and the RGB covariance's eigenvalues and eigenvectors. ``manifest.json`` is
 written last: a folder without it is not (yet) a prepared data set.
@@ -37,6 +41,7 @@ import numpy as np
 
 from . import folders, shards, stats
 from .. import arguments
+from ..locks import FolderLock, owner_alive
 from ..progress import ProgressBar, say as _say
 from ._pool import run_tasks, usable_cpus
 
@@ -190,10 +195,23 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
     folder = folders.scan_folder(src, synsets=synsets)
     if not folder.splits.get("train"):
         raise PrepareError(f"{src / 'train'} holds no image files")
+    if folder.num_classes < 2:
+        say(f"prepare: warning: {src / 'train'} has one class ({folder.classes[0]}): a "
+            f"classifier cannot be trained on it (`convnet train` refuses it)")
     dst.mkdir(parents=True, exist_ok=True)
+    with FolderLock(dst, "the prepare destination", "convnet prepare") as lock:
+        if lock.stale_message():
+            say(f"prepare: {lock.stale_message()}")
+        return _prepare_locked(src, dst, folder, say, show, started, format=format, size=size,
+                               quality=quality, shard_size=shard_size, workers=workers,
+                               pixels=pixels, seed=seed, start_method=start_method)
+
+
+def _prepare_locked(src: Path, dst: Path, folder, say, show, started, *, format, size, quality,
+                    shard_size, workers, pixels, seed, start_method) -> dict:
     for entry in dst.iterdir():  # temporaries of an interrupted run
-        if _is_our_temporary(entry.name):
-            entry.unlink()
+        if _is_our_temporary(entry.name) and not owner_alive(entry.name):
+            entry.unlink(missing_ok=True)
 
     settings = {"size": size, "format": format, "quality": quality if format == "jpeg" else None,
                 "resample": "lanczos", "crop": "center", "pipeline": PIPELINE_VERSION}
@@ -210,15 +228,17 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
             path = dst / shards.shard_name(split, index)
             wanted_files.add(path.name)
             digest = _plan_digest(src, chunk, settings, split, index)
-            try:
-                info = shards.read_shard_info(path)
-                if info.meta.get("plan") == digest:
-                    reused[(split, index)] = {"index": index, "split": split, "count": info.count,
-                                              "skipped": info.meta.get("skipped", []),
-                                              "sources": len(chunk), "plan": digest}
-                    continue
-            except shards.ShardError:
-                pass  # missing, incomplete or of another plan: (re)make it
+            if path.exists():
+                try:
+                    info = shards.read_shard_info(path, verify=True)  # every CRC: no damage kept
+                    if info.meta.get("plan") == digest:
+                        reused[(split, index)] = {"index": index, "split": split,
+                                                  "count": info.count,
+                                                  "skipped": info.meta.get("skipped", []),
+                                                  "sources": len(chunk), "plan": digest}
+                        continue
+                except shards.ShardError as exc:  # incomplete or damaged: make it again
+                    say(f"prepare: {exc}; making {path.name} again")
             tasks.append({"root": str(src), "split": split, "index": index, "path": str(path),
                           "entries": chunk, "plan": digest, "size": size, "format": format,
                           "quality": quality, "sources": len(chunk)})
@@ -258,7 +278,9 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
     if splits["train"]["count"] == 0:
         raise PrepareError(f"none of the {len(folder.splits['train'])} training files could be "
                            f"read; see {dst / shards.SKIPPED_FILE}")
-    _write_skipped(dst, skipped)
+    ignored = [{"split": rel.split("/", 1)[0], "path": rel, "reason": why}
+               for rel, why in folder.ignored_reasons]
+    _write_skipped(dst, skipped + ignored)
 
     # ---------------------------------------------------------------- statistics
     stat_key = hashlib.sha256(json.dumps(
@@ -275,11 +297,12 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
 
     manifest = _write_manifest(dst, str(src.resolve()), {**settings, "pixels": pixels, "seed": seed},
                                (size, size), folder.classes, folder.class_names, splits, skipped,
-                               stats_entry, ignored_files=len(folder.ignored))
+                               stats_entry, ignored_files=len(folder.ignored), ignored=ignored)
     elapsed = time.monotonic() - started
     made = sum(t["sources"] for t in tasks)
     say(f"prepare: {dst}: " + ", ".join(f"{k} {v['count']} images" for k, v in splits.items())
-        + f", {len(skipped)} skipped" + (f" (listed in {dst / shards.SKIPPED_FILE})" if skipped else "")
+        + f", {len(skipped)} skipped, {len(ignored)} ignored"
+        + (f" (listed in {dst / shards.SKIPPED_FILE})" if skipped or ignored else "")
         + f"; {made} files processed in {elapsed:.1f} s")
     return manifest
 
@@ -324,10 +347,18 @@ def prepare_arrays(dst, splits: dict, classes, *, class_names=None, format: str 
     if not len(checked["train"][0]):
         raise PrepareError("the train split holds no images")
     dst.mkdir(parents=True, exist_ok=True)
+    with FolderLock(dst, "the prepare destination", "prepare_arrays"):
+        return _prepare_arrays_locked(dst, checked, classes, names, format, quality, shard_size,
+                                      pixels, seed, shape, say)
+
+
+def _prepare_arrays_locked(dst: Path, checked: dict, classes, names, format, quality, shard_size,
+                           pixels, seed, shape, say) -> dict:
     (dst / shards.MANIFEST).unlink(missing_ok=True)
     for entry in dst.iterdir():
-        if _is_our_temporary(entry.name) or _SHARD_FILE.match(entry.name):
-            entry.unlink()
+        if (_is_our_temporary(entry.name) and not owner_alive(entry.name)) \
+                or _SHARD_FILE.match(entry.name):
+            entry.unlink(missing_ok=True)
     entries = {}
     for split, (images, labels) in checked.items():
         per_shard = shard_size or default_shard_size(len(images))
@@ -363,7 +394,7 @@ def _is_our_temporary(name: str) -> bool:
 
 
 def _write_skipped(dst: Path, skipped: list[dict]) -> None:
-    lines = ["# files convnet prepare skipped: split<TAB>path<TAB>reason"]
+    lines = ["# files convnet prepare skipped or ignored: split<TAB>path<TAB>reason"]
     lines += [f"{s['split']}\t{s['path']}\t{s['reason']}" for s in skipped]
     tmp = dst / f".{shards.SKIPPED_FILE}.tmp-{os.getpid()}"
     tmp.write_text("\n".join(lines) + "\n")
@@ -395,6 +426,7 @@ def _write_manifest(dst: Path, source: str, settings: dict, shape, classes, clas
         **extra,
         "stats": stats_entry,
     }
+    manifest["checksum"] = shards.manifest_checksum(manifest)
     shards.write_json_atomic(dst / shards.MANIFEST, manifest)
     return manifest
 
@@ -422,8 +454,10 @@ def _compute_stats(dst: Path, train: dict, shape, pixels: int, seed: int, worker
     values, vectors = stats.rgb_eigen(covariance)
     tmp = dst / f".{shards.MEAN_FILE}.tmp-{os.getpid()}.npy"
     np.save(tmp, mean.astype(np.float32))
+    mean_sha256 = hashlib.sha256(tmp.read_bytes()).hexdigest()
     os.replace(tmp, dst / shards.MEAN_FILE)
     return {
+        "mean_sha256": mean_sha256,
         "split": "train",
         "images": total.images,
         "mean_file": shards.MEAN_FILE,

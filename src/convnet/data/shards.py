@@ -27,9 +27,19 @@ then       metadata: UTF-8 JSON (``sources``: the relative source path of each
 
 Header: magic ``b"CNSHARD\\0"`` (8 bytes), then ``u32 container_version``, ``u32 kind``
 (0 jpeg, 1 raw), ``u64 count``, ``u32 height``, ``u32 width``, ``u32 channels``,
-``u32 reserved``, and the offsets and lengths (``u64`` pairs) of the payload, the
+``u32 tables_crc``, and the offsets and lengths (``u64`` pairs) of the payload, the
 labels, the offsets table and the metadata, the CRC-32 of the payload (``u32``) and
-the total file length (``u64``); zero padding to 128 bytes.
+the total file length (``u64``); zero padding to 128 bytes. ``tables_crc`` (container
+version 2; version 1 shards, which have 0 there, are still read) is the CRC-32 of the
+128 header bytes with this field zeroed, then the labels, the offsets table and the
+metadata: every byte a reader uses is covered by one of the two CRCs.
+
+Checking: ``read_shard_info`` checks the header and ``tables_crc`` always (the tables
+are read anyway), the payload's CRC with ``verify=True``. Readers of images
+(``PreparedSplit.read``, the loader's workers) check a shard's payload once per
+process, the first time they touch it (``verify_once``): a flipped byte anywhere
+stops the run with the file named, instead of training on it. ``prepare`` checks
+both before it counts a shard as complete, and makes a damaged one again.
 
 A shard is written under a temporary name (``.NAME.tmp-PID``), flushed to disk and
 renamed into place when complete (``write_shard``): an interrupted ``prepare`` leaves
@@ -37,12 +47,18 @@ temporaries, never a shard that looks whole, and the next run deletes them.
 
 The manifest (``manifest.json``) carries ``"format": "convnet-prepared"`` and
 ``"version": FORMAT_VERSION``; ``read_manifest`` refuses any other version with a
-message saying what to do.
+message saying what to do. It also carries ``"checksum"``, the SHA-256 of its other
+entries (``manifest_checksum``), and its statistics the SHA-256 of ``mean.npy``
+(``"mean_sha256"``): a flipped byte in either is an error naming the file, not a
+changed class list or mean image. (To keep a deliberate edit of the manifest, delete
+its ``"checksum"`` entry; manifests written before it existed have none.)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
 import struct
 import zlib
 from dataclasses import dataclass
@@ -58,7 +74,9 @@ SKIPPED_FILE = "skipped.txt"
 SHARD_SUFFIX = ".cnshard"
 
 MAGIC = b"CNSHARD\0"
-CONTAINER_VERSION = 1
+CONTAINER_VERSION = 2
+_READABLE_CONTAINERS = (1, 2)
+_TABLES_CRC_AT = 36  # byte offset of tables_crc in the header
 KINDS = {"jpeg": 0, "raw": 1}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 HEADER_BYTES = 128
@@ -148,9 +166,12 @@ class ShardWriter:
                               *self.size, 0,
                               PAYLOAD_OFFSET, payload_length, labels_offset, labels.nbytes,
                               offsets_offset, offsets_length, meta_offset, len(meta_bytes),
-                              self._crc & 0xFFFFFFFF, total)
+                              self._crc & 0xFFFFFFFF, total).ljust(HEADER_BYTES, b"\0")
+        tables = labels.tobytes() + (table if self.kind == "jpeg" else b"") + meta_bytes
+        crc = zlib.crc32(tables, zlib.crc32(header)) & 0xFFFFFFFF
+        header = header[:_TABLES_CRC_AT] + struct.pack("<I", crc) + header[_TABLES_CRC_AT + 4:]
         f.seek(0)
-        f.write(header.ljust(HEADER_BYTES, b"\0"))
+        f.write(header)
         f.flush()
         os.fsync(f.fileno())
         f.close()
@@ -208,14 +229,15 @@ def read_shard_info(path, verify: bool = False, meta: bool = True) -> ShardInfo:
             raw = f.read(HEADER_BYTES)
             if len(raw) < HEADER_BYTES:
                 raise ShardError(f"{path}: truncated shard ({size_on_disk} bytes, no complete header)")
-            (magic, version, kind, count, h, w, c, _, p_off, p_len, l_off, l_len, o_off, o_len,
-             m_off, m_len, crc, total) = _HEADER.unpack_from(raw)
+            (magic, version, kind, count, h, w, c, tables_crc, p_off, p_len, l_off, l_len, o_off,
+             o_len, m_off, m_len, crc, total) = _HEADER.unpack_from(raw)
             if magic != MAGIC:
                 raise ShardError(f"{path}: not a convnet shard (bad magic {magic!r}; an "
                                  f"incomplete write leaves zeros here)")
-            if version != CONTAINER_VERSION:
+            if version not in _READABLE_CONTAINERS:
                 raise ShardError(f"{path}: shard container version {version}, this convnet reads "
-                                 f"version {CONTAINER_VERSION}; prepare the data set again")
+                                 f"versions {', '.join(map(str, _READABLE_CONTAINERS))}; prepare "
+                                 f"the data set again")
             if kind not in KIND_NAMES:
                 raise ShardError(f"{path}: unknown shard kind {kind}")
             if total != size_on_disk:
@@ -225,12 +247,25 @@ def read_shard_info(path, verify: bool = False, meta: bool = True) -> ShardInfo:
             if max(ends) > total or l_len != 4 * count:
                 raise ShardError(f"{path}: inconsistent shard header")
             f.seek(l_off)
-            labels = np.frombuffer(f.read(l_len), dtype="<i4").astype(np.int32)
+            label_bytes = f.read(l_len)
+            table_bytes = b""
+            if KIND_NAMES[kind] == "jpeg":
+                f.seek(o_off)
+                table_bytes = f.read(o_len)
+            f.seek(m_off)
+            meta_bytes = f.read(m_len)
+            if version >= 2:
+                zeroed = raw[:_TABLES_CRC_AT] + bytes(4) + raw[_TABLES_CRC_AT + 4:]
+                got = zlib.crc32(label_bytes + table_bytes + meta_bytes, zlib.crc32(zeroed))
+                if got != tables_crc:
+                    raise ShardError(f"{path}: checksum mismatch in the header, labels, offset "
+                                     f"table or metadata (stored {tables_crc:08x}, computed "
+                                     f"{got:08x}): the file is corrupt; prepare the data set again")
+            labels = np.frombuffer(label_bytes, dtype="<i4").astype(np.int32)
             if KIND_NAMES[kind] == "jpeg":
                 if o_len != 8 * (count + 1):
                     raise ShardError(f"{path}: inconsistent shard header (offset table)")
-                f.seek(o_off)
-                offsets = np.frombuffer(f.read(o_len), dtype="<u8").astype(np.int64)
+                offsets = np.frombuffer(table_bytes, dtype="<u8").astype(np.int64)
                 if offsets[0] != 0 or offsets[-1] != p_len or np.any(np.diff(offsets) <= 0):
                     raise ShardError(f"{path}: corrupt offset table")
             else:
@@ -241,22 +276,12 @@ def read_shard_info(path, verify: bool = False, meta: bool = True) -> ShardInfo:
                 offsets = np.arange(count + 1, dtype=np.int64) * item
             metadata = {}
             if meta:
-                f.seek(m_off)
                 try:
-                    metadata = json.loads(f.read(m_len).decode())
+                    metadata = json.loads(meta_bytes.decode())
                 except ValueError as exc:
                     raise ShardError(f"{path}: corrupt shard metadata ({exc})") from None
             if verify:
-                f.seek(p_off)
-                running, left = 0, p_len
-                while left:
-                    chunk = f.read(min(left, 1 << 24))
-                    if not chunk:
-                        break
-                    running = zlib.crc32(chunk, running)
-                    left -= len(chunk)
-                if running != crc:
-                    raise ShardError(f"{path}: payload checksum mismatch (the file is corrupt)")
+                _check_payload(f, path, p_off, p_len, crc)
     except FileNotFoundError:
         raise ShardError(f"{path}: shard file is missing") from None
     except OSError as exc:
@@ -266,7 +291,50 @@ def read_shard_info(path, verify: bool = False, meta: bool = True) -> ShardInfo:
                      labels=labels, offsets=offsets, meta=metadata)
 
 
+def _check_payload(f, path, offset: int, length: int, crc: int) -> None:
+    f.seek(offset)
+    running, left = 0, length
+    while left:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        running = zlib.crc32(chunk, running)
+        left -= len(chunk)
+    if running != crc:
+        raise ShardError(f"{path}: checksum mismatch in the image data (bytes {offset}.."
+                         f"{offset + length}: stored CRC-32 {crc:08x}, computed {running:08x}): "
+                         f"the file is corrupt; prepare the data set again")
+
+
+_verified: dict[str, tuple] = {}  # path -> (inode, size, mtime) whose payload this process checked
+
+
+def verify_once(path) -> None:
+    """Check a shard's header, tables and payload CRCs unless this process already
+    checked this very file (same inode, size and modification time); ShardError names
+    the file and what differs."""
+    path = str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ShardError(f"{path}: shard file is missing") from None
+    except OSError as exc:
+        raise ShardError(f"{path}: cannot read shard ({exc.strerror or exc})") from None
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    if _verified.get(path) == stamp:
+        return
+    read_shard_info(path, verify=True, meta=False)
+    _verified[path] = stamp
+
+
 # --------------------------------------------------------------------------- manifest
+
+def manifest_checksum(manifest: dict) -> str:
+    """SHA-256 of a manifest's entries but ``checksum`` (sorted keys, compact JSON)."""
+    rest = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
 
 def write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -282,7 +350,7 @@ def read_manifest(folder) -> dict:
         hint = ""
         if (folder / "train").is_dir():
             hint = (f"; it looks like an image folder: prepare it first with "
-                    f"`convnet prepare {folder} DST`")
+                    f"`convnet prepare {shlex.quote(str(folder))} DST`")
         raise ManifestError(f"{folder} is not a prepared data set: {MANIFEST} is missing "
                             f"(an interrupted `convnet prepare` leaves none until it "
                             f"finishes){hint}")
@@ -297,7 +365,11 @@ def read_manifest(folder) -> dict:
         raise ManifestError(
             f"{path} has format version {version!r}, but this convnet reads version "
             f"{FORMAT_VERSION}; prepare the data set again with this convnet "
-            f"(`convnet prepare SRC {folder}`)")
+            f"(`convnet prepare SRC {shlex.quote(str(folder))}`)")
+    if "checksum" in manifest and manifest["checksum"] != manifest_checksum(manifest):
+        raise ManifestError(f"{path}: checksum mismatch: the manifest was changed after "
+                            f"`convnet prepare` wrote it (a corrupt file, or an edit: to keep "
+                            f"an edit, delete its \"checksum\" entry); prepare the data set again")
     return manifest
 
 
@@ -382,9 +454,10 @@ class PreparedSplit:
         return i
 
     def read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Image ``i`` as uint8 (H, W, 3)."""
+        """Image ``i`` as uint8 (H, W, 3) (its shard's CRCs checked once per process)."""
         i = self._check(i)
         path = self.paths[self.shard_ids[i]]
+        verify_once(path)
         with open(path, "rb") as f:
             f.seek(int(self.offsets[i]))
             data = f.read(int(self.lengths[i]))
@@ -459,9 +532,19 @@ class PreparedDataset:
     def mean(self) -> np.ndarray:
         if self._mean is None:
             path = self.folder / self.stats["mean_file"]
+            expected = self.stats.get("mean_sha256")
             try:
+                if expected is not None:
+                    got = hashlib.sha256(path.read_bytes()).hexdigest()
+                    if got != expected:
+                        raise ManifestError(f"{path}: checksum mismatch: the mean image is "
+                                            f"corrupt (SHA-256 {got[:12]}..., the manifest "
+                                            f"records {expected[:12]}...); prepare the data set "
+                                            f"again")
                 mean = np.load(path)
             except (OSError, ValueError) as exc:
+                if isinstance(exc, ManifestError):
+                    raise
                 raise ManifestError(f"{path}: cannot read the mean image ({exc})") from None
             if mean.shape != self.image_size or mean.dtype != np.float32:
                 raise ManifestError(f"{path}: mean image of {mean.dtype} {mean.shape}, expected "
