@@ -1,11 +1,12 @@
-"""Tensor-core convolution forward (issue 12): kernels/conv_tc_forward.cu on emu
-against a NumPy model of its exact arithmetic (operands rounded to TF32/BF16, exact
-products, FP32 sums in (c, r, s) order, then the bias and ReLU) bit for bit, and
-against the float64 convolution of the rounded operands within
-``ops.conv_tc.error_bound`` ((Cg*R*S + 1) u sum |w||x| + |b|, u = 2^-24); the
-rounding is real (the FP32 result is outside that bound somewhere); awkward shapes
-(groups, strides, padding, partial tiles, several K-slices and blocks); clean under
-the race, init and align checks; the precision argument and default; NVRTC."""
+"""Tensor-core convolution (issue 12): kernels/conv_tc_*.cu on emu against NumPy
+models of their exact arithmetic (operands rounded to TF32/BF16, exact products, FP32
+sums in the kernel's reduction order, then the bias and ReLU; backward filter's split
+partials added in split order) bit for bit, and against the float64 result of the
+rounded operands within ``ops.conv_tc.error_bound`` (n u sum |a||b| + |b|, n the
+additions per output, u = 2^-24); the rounding is real (FP32 operands give results
+outside that bound somewhere); awkward shapes (groups, strides, asymmetric padding,
+partial tiles, several K-slices, several blocks); clean under the race, init and
+align checks; bad precisions refused."""
 from __future__ import annotations
 
 import numpy as np
@@ -64,6 +65,45 @@ def model(g, x, w, b, relu, precision):
     return np.where((y > 0) | np.isnan(y), y, np.float32(0)) if relu else y
 
 
+def model_data(g, dy, w, precision):
+    """Backward data: per dx element, FP32 sums over kk = (k, r, s) ascending."""
+    dyr, wr = round_operand(dy, precision), round_operand(w, precision)
+    hp = max(g.h + 2 * g.pad_h, (g.p - 1) * g.stride_h + g.r)
+    wp = max(g.w + 2 * g.pad_w, (g.q - 1) * g.stride_w + g.s)
+    acc = np.zeros((g.n, g.c, hp, wp), np.float32)
+    for grp in range(g.groups):
+        cs = slice(grp * g.cg, (grp + 1) * g.cg)
+        for k in range(grp * g.kg, (grp + 1) * g.kg):
+            for r in range(g.r):
+                for s in range(g.s):
+                    view = acc[:, cs, r:r + (g.p - 1) * g.stride_h + 1:g.stride_h,
+                               s:s + (g.q - 1) * g.stride_w + 1:g.stride_w]
+                    view[...] = (view + wr[None, k, :, r, s, None, None] * dyr[:, k, None]).astype(np.float32)
+    return acc[:, :, g.pad_h:g.pad_h + g.h, g.pad_w:g.pad_w + g.w]
+
+
+def model_filter(g, x, dy, precision, chunk):
+    """Backward filter: per dw element, FP32 sums over kk = (n, p, q) ascending within
+    each chunk of the reduction, then the chunks' sums added in order from 0."""
+    xr = np.pad(round_operand(x, precision), ((0, 0), (0, 0), (g.pad_h, g.pad_h + g.stride_h),
+                                              (g.pad_w, g.pad_w + g.stride_w)))
+    dyr = round_operand(dy, precision)
+    total = np.zeros(g.w_shape, np.float32)
+    part = np.zeros(g.w_shape, np.float32)
+    npq = g.n * g.p * g.q
+    for kk in range(npq):
+        n, pq = divmod(kk, g.p * g.q)
+        p, q = divmod(pq, g.q)
+        win = xr[n, :, p * g.stride_h:p * g.stride_h + g.r, q * g.stride_w:q * g.stride_w + g.s]
+        win = win.reshape(g.groups, 1, g.cg, g.r, g.s)
+        term = (dyr[n, :, p, q].reshape(g.groups, g.kg, 1, 1, 1) * win).reshape(g.w_shape)
+        part = (part + term).astype(np.float32)
+        if (kk + 1) % chunk == 0 or kk + 1 == npq:
+            total = (total + part).astype(np.float32)
+            part = np.zeros(g.w_shape, np.float32)
+    return total
+
+
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 @pytest.mark.parametrize("index", range(len(SHAPES)))
 def test_kernel_equals_the_model_and_the_bound(device, precision, index):
@@ -73,12 +113,52 @@ def test_kernel_equals_the_model_and_the_bound(device, precision, index):
     np.testing.assert_array_equal(y, model(g, x, w, b, relu, precision))
     exact = conv_tc.forward_reference(g, x.astype(np.float64), w.astype(np.float64),
                                       b.astype(np.float64), relu, precision)
-    bound = conv_tc.error_bound(g, x, w, b, precision)
+    bound = forward_bound(g, x, w, b, precision)
     assert (np.abs(y - exact) <= bound).all()
     # the operands really are rounded: FP32 operands give results outside the bound
     fp32 = conv_ops.forward_reference(g, x.astype(np.float64), w.astype(np.float64),
                                       b.astype(np.float64), relu)
     assert (np.abs(y - fp32) > bound).any()
+
+
+def f64_abs(precision, *arrays):
+    return tuple(np.abs(round_operand(a, precision).astype(np.float64)) for a in arrays)
+
+
+def forward_bound(g, x, w, b, precision):
+    xa, wa = f64_abs(precision, x, w)
+    mag = conv_ops.forward_reference(g, xa, wa, np.abs(b.astype(np.float64)), False)
+    return conv_tc.error_bound(g.cg * g.r * g.s + 1, mag)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("index", range(len(SHAPES)))
+def test_backward_data_equals_the_model_and_the_bound(device, precision, index):
+    g, x, w, _ = data(SHAPES[index], index + 20)
+    dy = np.random.default_rng(index).standard_normal(g.y_shape).astype(np.float32)
+    dx = conv_tc.backward_data(device, g, dy, w, precision)
+    np.testing.assert_array_equal(dx, model_data(g, dy, w, precision))
+    exact = conv_tc.backward_data_reference(g, dy.astype(np.float64), w.astype(np.float64), precision)
+    dya, wa = f64_abs(precision, dy, w)
+    bound = conv_tc.error_bound(g.kg * g.r * g.s, conv_ops.backward_data_reference(g, dya, wa))
+    assert (np.abs(dx - exact) <= bound).all()
+    fp32 = conv_ops.backward_data_reference(g, dy.astype(np.float64), w.astype(np.float64))
+    assert (np.abs(dx - fp32) > bound).any()
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("index,splits", [(0, 1), (1, 1), (2, 3), (3, 2), (4, 1), (5, 4)])
+def test_backward_filter_equals_the_model_and_the_bound(device, precision, index, splits):
+    g, x, _, _ = data(SHAPES[index], index + 40)
+    dy = np.random.default_rng(index).standard_normal(g.y_shape).astype(np.float32)
+    dw = conv_tc.backward_filter(device, g, x, dy, precision, splits=splits)
+    got_splits, chunk = conv_tc.plan_filter(device, g, splits)
+    assert got_splits == min(splits, -(-g.n * g.p * g.q // conv_tc.BLOCK_K))
+    np.testing.assert_array_equal(dw, model_filter(g, x, dy, precision, chunk))
+    exact = conv_tc.backward_filter_reference(g, x.astype(np.float64), dy.astype(np.float64), precision)
+    xa, dya = f64_abs(precision, x, dy)
+    bound = conv_tc.error_bound(g.n * g.p * g.q, conv_ops.backward_filter_reference(g, xa, dya))
+    assert (np.abs(dw - exact) <= bound).all()
 
 
 def test_cpu_reference_agrees_within_the_bound():
@@ -88,16 +168,23 @@ def test_cpu_reference_agrees_within_the_bound():
         y = conv_tc.forward(cpu, g, x, w, b, True, precision)
         exact = conv_tc.forward_reference(g, x.astype(np.float64), w.astype(np.float64),
                                           b.astype(np.float64), True, precision)
-        assert (np.abs(y - exact) <= conv_tc.error_bound(g, x, w, b, precision)).all()
+        assert (np.abs(y - exact) <= forward_bound(g, x, w, b, precision)).all()
 
 
 @pytest.mark.parametrize("check", ["race", "init", "align"])
-def test_kernel_is_clean_under_the_checks(device, check):
-    g, x, w, b = data(SHAPES[5], 3)
-    want = model(g, x, w, b, True, "tf32")
+def test_kernels_are_clean_under_the_checks(device, check):
+    g, x, w, b = data(SHAPES[4], 3)
+    dy = np.random.default_rng(3).standard_normal(g.y_shape).astype(np.float32)
+    want = (model(g, x, w, b, True, "tf32"), model_data(g, dy, w, "bf16"))
+    chunk = conv_tc.plan_filter(device, g, 2)[1]
+    want_dw = model_filter(g, x, dy, "tf32", chunk)
     with emu.debug(check=check):
         y = conv_tc.forward(device, g, x, w, b, True, "tf32")
-    np.testing.assert_array_equal(y, want)
+        dx = conv_tc.backward_data(device, g, dy, w, "bf16")
+        dw = conv_tc.backward_filter(device, g, x, dy, "tf32", splits=2)
+    np.testing.assert_array_equal(y, want[0])
+    np.testing.assert_array_equal(dx, want[1])
+    np.testing.assert_array_equal(dw, want_dw)
 
 
 def test_no_bias_and_bad_precision(device):

@@ -1,0 +1,82 @@
+// conv_tc_backward_filter.cu: the filter gradient of a 2-D convolution on tensor cores
+// (issue 12), as conv_backward_filter.cu computes it:
+//   dw[g*Kg + k][c][r][s] = sum_{n,p,q} dy[n][g*Kg + k][p][q] * x[n][g*Cg + c][p*sh - ph + r][q*sw - pw + s]
+// with the operands rounded to TF32 (PREC 0) or BF16 (PREC 1) and FP32 accumulation
+// over kk = (n, p, q) ascending (conv_tc_common.cuh).
+//
+// Layout: NCHW float32, C-contiguous: x (N, C, H, W), dy (N, K, P, Q), out (see below).
+//
+// Implicit GEMM per group g: A[k][kk] = dy[n][g*Kg + k][p][q] (Kg x N*P*Q), B[kk][j] =
+// x[...] for j = (c, r, s) (gathered, zero outside the image). The reduction over
+// N*P*Q is split into `splits` consecutive chunks of `chunk` (a multiple of 16) that
+// separate blocks reduce: blockIdx.z = split * groups + g writes its partial sums to
+// out[split][g*Kg + k][j] (out is dw itself when splits == 1, else a workspace of
+// splits * K * Cg*R*S floats that conv_split_sum (conv_backward_filter.cu) adds in
+// split order). No atomics: the result does not depend on the schedule.
+//
+// Launch: block = 128 threads; grid = (ceil(Cg*R*S / 64), ceil(Kg / 64), splits *
+// groups); 29 KiB static shared memory. 32-bit indices (the host checks the sizes).
+#include "conv_tc_common.cuh"
+
+template <int PREC>
+__global__ void __launch_bounds__(CN_TC_THREADS)
+conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
+                        int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                        int sh, int sw, int ph, int pw, int groups, int chunk)
+{
+    __shared__ __align__(16) CnTcA As;
+    __shared__ __align__(16) CnTcB Bs;
+
+    const int split = blockIdx.z / groups;
+    const int g = blockIdx.z - split * groups;
+    const int Cg = C / groups, Kg = K / groups;
+    const int HW = H * W, PQ = P * Q, RS = R * S;
+    const int crs = Cg * RS;
+    const int npq = N * PQ;
+    const int kbeg = split * chunk;
+    const int kend = min(kbeg + chunk, npq);
+    const int m0 = blockIdx.y * CN_TC_BM;
+    const int n0 = blockIdx.x * CN_TC_BN;
+
+    const int ak = cn_tc_a_col(), bj = cn_tc_b_col();
+    const float* dyg = dy + (g * Kg + m0) * PQ;  // dy[0][g*Kg + m0]
+    const int col = n0 + bj;
+    const bool col_ok = col < crs;
+    const int cc = col_ok ? col / RS : 0;
+    const int crs_rem = col_ok ? col - cc * RS : 0;
+    const int cr = crs_rem / S, cs = crs_rem - cr * S;
+    const float* xg = x + (g * Cg + cc) * HW;  // x[0][g*Cg + c]
+
+    auto load = [&](int slice, int stage) {
+        const int k0 = kbeg + slice * CN_TC_BK;
+        {
+            const int kk = k0 + ak;
+            const int n = kk / PQ, pq = kk - n * PQ;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int m = cn_tc_a_row(i);
+                const bool ok = m0 + m < Kg && kk < kend;
+                cn_cp_async<4>(&As[stage][m][ak], ok ? dyg + (n * K + m) * PQ + pq : dy, ok);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int r = cn_tc_b_row(i), kk = k0 + r;
+            const int n = kk / PQ, pq = kk - n * PQ;
+            const int p = pq / Q, q = pq - p * Q;
+            const int h = p * sh - ph + cr, wi = q * sw - pw + cs;
+            const bool ok = col_ok && kk < kend && h >= 0 && h < H && wi >= 0 && wi < W;
+            cn_cp_async<4>(&Bs[stage][r][bj], ok ? xg + n * C * HW + h * W + wi : x, ok);
+        }
+    };
+    float acc[2][4][4];
+    cn_tc_gemm<PREC>(load, As, Bs, (kend - kbeg + CN_TC_BK - 1) / CN_TC_BK, acc);
+
+    float* part = out + split * K * crs;
+    auto store = [&](int m, int jj, float v) {
+        const int j = n0 + jj, k = m0 + m;
+        if (j >= crs || k >= Kg) return;
+        part[(g * Kg + k) * crs + j] = v;
+    };
+    cn_tc_store(acc, store);
+}
