@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import sys
+import time
 
 import pytest
 
@@ -78,7 +79,7 @@ def _events(folder):
     the Event proto, its CRC)."""
     from tensorboardX.proto.event_pb2 import Event
     found = []
-    for path in sorted(folder.glob("events.out.tfevents.*")):
+    for path in sorted(folder.glob(board.EVENT_FILES)):
         data = path.read_bytes()
         at = 0
         while at < len(data):
@@ -97,13 +98,31 @@ def test_scalars_of_epochs_and_the_final_evaluation(tmp_path):
     scalars.epoch(2, {"epoch": 2, "train_loss": 2.0, "val_top1_error": 0.5, "lr": 0.001})
     scalars.final(2, {"top1_error": 0.375, "top5_error": 0.125, "mode": "ten_crop"})
     scalars.close()
-    got = sorted(_events(tmp_path / board.FOLDER))
+    got = sorted(_events(tmp_path))
     expected = sorted([("loss/train", 1, 2.5), ("error/val_top1", 1, 0.75), ("lr", 1, 0.01),
                        ("images_per_second", 1, 30.0), ("loss/train", 2, 2.0),
                        ("error/val_top1", 2, 0.5), ("lr", 2, 0.001),
                        ("error/ten_crop_top1", 2, 0.375), ("error/ten_crop_top5", 2, 0.125)])
     assert [(tag, step) for tag, step, _ in got] == [(tag, step) for tag, step, _ in expected]
     assert [v for *_, v in got] == pytest.approx([v for *_, v in expected], rel=1e-6)  # float32
+
+
+def test_a_fresh_run_deletes_the_event_files_of_the_run_before_it(tmp_path):
+    pytest.importorskip("tensorboardX", reason="the tensorboard extra is not installed")
+    def write(fresh, loss):
+        scalars = board.Scalars(tmp_path, fresh=fresh)
+        scalars.epoch(1, {"train_loss": loss})
+        scalars.close()
+        time.sleep(1.1)  # event files are named by the second
+
+    write(True, 5.0)
+    write(False, 4.0)  # a resumed run adds its file
+    assert sorted(v for *_, v in _events(tmp_path)) == [4.0, 5.0]
+    write(True, 3.0)
+    assert _events(tmp_path) == [("loss/train", 1, 3.0)]
+    (tmp_path / "metrics.jsonl").write_text("")
+    board.Scalars(tmp_path, fresh=True).close()
+    assert (tmp_path / "metrics.jsonl").exists()  # only event files go
 
 
 def test_no_writer_installed_writes_nothing(tmp_path, monkeypatch):

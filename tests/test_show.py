@@ -38,9 +38,17 @@ def _check_png(path, min_size=(200, 150)):
     assert pixels.std() > 10  # not a blank page
 
 
-def test_train_draws_curves_and_filters(run, capsys):
+def test_train_draws_curves_and_filters_and_writes_scalars(run, capsys):
     _check_png(run / "curves.png")
     _check_png(run / "filters.png")
+    pytest.importorskip("tensorboardX", reason="the tensorboard extra is not installed")
+    from test_progress import _events
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [(e["epoch"], e["train_loss"]) for e in metrics if e["event"] == "epoch"]
+    assert [(step, v) for tag, step, v in _events(run) if tag == "loss/train"] == \
+        [(e, pytest.approx(v, rel=1e-6)) for e, v in losses]
+    assert {tag for tag, *_ in _events(run)} >= {"error/val_top1", "lr", "images_per_second",
+                                                 "error/ten_crop_top1"}
 
 
 @pytest.mark.parametrize("figure", show.FIGURES)

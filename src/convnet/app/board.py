@@ -3,21 +3,23 @@ installed (optional; nothing is written and nothing is said without one).
 
 The writer is tensorboardX's ``SummaryWriter`` (``pip install "convnet[tensorboard]"``:
 tensorboardX needs only NumPy, protobuf and packaging, no TensorFlow or PyTorch), else
-PyTorch's ``torch.utils.tensorboard`` where torch and tensorboard are installed. Event
-files go into ``RUN/tensorboard/``; ``tensorboard --logdir runs`` shows every run. Per
+PyTorch's ``torch.utils.tensorboard`` where torch and tensorboard are installed. The event
+files (``events.out.tfevents.*``) go into the run folder itself, so ``tensorboard
+--logdir runs`` shows every run under its folder's name. Per
 epoch (the step is the epoch number): ``loss/train``, ``loss/val``,
 ``error/train_top1``, ``error/train_top5``, ``error/val_top1``, ``error/val_top5``,
 ``lr``, ``images_per_second``; after the last epoch ``error/ten_crop_top1`` and
 ``error/ten_crop_top5``. A resumed run adds a new event file; its epochs continue the
-same curves.
+same curves. A run started afresh in a folder (``--force``) deletes the event files of
+the run before it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["FOLDER", "Scalars", "writer_class"]
+__all__ = ["EVENT_FILES", "Scalars", "writer_class"]
 
-FOLDER = "tensorboard"
+EVENT_FILES = "events.out.tfevents.*"
 
 # metrics.jsonl key -> scalar tag
 EPOCH_TAGS = {
@@ -44,11 +46,19 @@ def writer_class():
 
 
 class Scalars:
-    """The run's scalars; every method does nothing when no writer is installed."""
+    """A run's scalars; every method does nothing when no writer is installed. ``fresh``:
+    the run starts afresh, so event files already in the folder are an earlier run's and
+    are deleted first."""
 
-    def __init__(self, run_folder: Path):
+    def __init__(self, run_folder, fresh: bool = False):
         writer = writer_class()
-        self.writer = writer(str(Path(run_folder) / FOLDER)) if writer is not None else None
+        self.writer = None
+        if writer is None:
+            return
+        if fresh:
+            for old in Path(run_folder).glob(EVENT_FILES):
+                old.unlink(missing_ok=True)
+        self.writer = writer(str(run_folder))
 
     def _add(self, tags: dict, values: dict, step: int) -> None:
         if self.writer is None:

@@ -48,8 +48,8 @@ The run folder (``--out``):
   evaluation) and ``resume``/``interrupted``/``stopped`` events. A resumed run
   appends; where an epoch appears twice, the later line is the one that counts.
 * ``curves.png`` and ``filters.png`` at the end of a run (``convnet show``; only with
-  matplotlib, the ``plot`` extra); ``tensorboard/``: TensorBoard scalars of every epoch,
-  only where a writer is installed (``convnet.app.board``).
+  matplotlib, the ``plot`` extra); ``events.out.tfevents.*``: TensorBoard scalars of
+  every epoch, only where a writer is installed (``convnet.app.board``).
 
 ``--resume`` continues from the newest checkpoint that loads (a truncated or corrupt
 one is skipped with a warning; if none loads, it stops with an error): weights,
@@ -254,7 +254,7 @@ class TrainingRun:
         """TensorBoard scalars of an epoch or of the final evaluation, when a writer is
         installed (``board``)."""
         if getattr(self, "_board", None) is None:
-            self._board = board.Scalars(self.out)
+            self._board = board.Scalars(self.out, fresh=self.resumed_from is None)
         (self._board.epoch if event == "epoch" else self._board.final)(fields["epoch"], fields)
 
     def _end_of_run(self) -> None:
