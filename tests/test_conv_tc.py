@@ -195,3 +195,72 @@ def test_no_bias_and_bad_precision(device):
         conv_tc.forward(device, g, x, w, b, False, "fp32")
     with pytest.raises(ValueError, match="precision must be one of"):
         conv_tc.forward(device, g, x, w, b, False, "fp16")
+
+
+# --------------------------------------------------------------------------- precision as a choice
+
+def test_conv2d_precision_runs_the_tensor_core_passes(device):
+    """F.conv2d(precision=...) on emu: the forward and both gradients are those of
+    ops.conv_tc bit for bit (the ReLU mask applied to dy first); cpu agrees within the
+    passes' bounds; the default comes from convnet.set_precision / using_precision."""
+    from convnet.precision import using_precision
+    g, x, w, b = data(SHAPES[4], 8)
+    dy = np.random.default_rng(8).standard_normal(g.y_shape).astype(np.float32)
+    results = {}
+    for dev in (device, convnet.get_device("cpu")):
+        for how in ("argument", "default"):
+            xt = convnet.tensor(x, device=dev, requires_grad=True)
+            wt = convnet.tensor(w, device=dev, requires_grad=True)
+            bt = convnet.tensor(b, device=dev, requires_grad=True)
+            if how == "argument":
+                y = F.conv2d(xt, wt, bt, stride=(2, 1), padding=(0, 1), groups=2, relu=True,
+                             precision="bf16")
+            else:
+                with using_precision("bf16"):
+                    y = F.conv2d(xt, wt, bt, stride=(2, 1), padding=(0, 1), groups=2, relu=True)
+                assert convnet.get_precision() == "fp32"  # restored
+            y.backward(convnet.tensor(dy, device=dev))
+            results[dev.kind, how] = (y.numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy())
+    y, dx, dw, db = results["emu", "argument"]
+    for a, b_ in zip(results["emu", "argument"], results["emu", "default"]):
+        np.testing.assert_array_equal(a, b_)
+    np.testing.assert_array_equal(y, model(g, x, w, b, True, "bf16"))
+    masked = np.where(y > 0, dy, np.float32(0))
+    np.testing.assert_array_equal(dx, conv_tc.backward_data(device, g, masked, w, "bf16"))
+    np.testing.assert_array_equal(dw, conv_tc.backward_filter(device, g, x, masked, "bf16"))
+    cy, cdx, cdw, cdb = results["cpu", "argument"]
+    assert (np.abs(cy - y) <= 2 * forward_bound(g, x, w, b, "bf16")).all()
+    assert np.allclose(cdx, dx, rtol=1e-5, atol=1e-5) and np.allclose(cdw, dw, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cdb, db, rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_precision_errors():
+    x = convnet.tensor(np.ones((1, 2, 5, 5), np.float32))
+    w = convnet.tensor(np.ones((3, 2, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="conv2d: precision must be one of 'fp32', 'tf32', 'bf16'"):
+        F.conv2d(x, w, precision="fp16")
+    with pytest.raises(ValueError, match="FP32 only"):
+        F.conv2d(x, w, algorithm="winograd", precision="tf32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        convnet.set_precision("half")
+    assert convnet.get_precision() == "fp32"
+
+
+def test_train_records_the_precision_and_keeps_it_on_resume(monkeypatch):
+    from convnet.app import settings as settings_module
+    from convnet.app.cli import build_parser
+    from convnet.app.runs import TrainError
+    from convnet.app.settings import TrainOptions, run_settings
+    assert build_parser().parse_args(["train", "--precision", "tf32"]).precision == "tf32"
+    assert run_settings(TrainOptions(), None, gpu=True)["precision"] == "fp32"  # the paper's
+    settings = run_settings(TrainOptions(precision="bf16"), None, gpu=False)
+    assert settings["precision"] == "bf16"
+    with pytest.raises(TrainError, match="--precision must be one of"):
+        run_settings(TrainOptions(precision="fp16"), None, gpu=False)
+    # a checkpoint's settings (what settings_of reads from it) on --resume
+    monkeypatch.setattr(settings_module, "settings_of", lambda saved: saved)
+    assert run_settings(TrainOptions(resume=True), dict(settings), gpu=False)["precision"] == "bf16"
+    with pytest.raises(TrainError, match="--precision tf32 \\(the run has bf16\\)"):
+        run_settings(TrainOptions(resume=True, precision="tf32"), dict(settings), gpu=False)
+    old = {k: v for k, v in settings.items() if k != "precision"}  # from before the option
+    assert run_settings(TrainOptions(resume=True), old, gpu=False)["precision"] == "fp32"

@@ -18,8 +18,8 @@ import contextlib
 
 import numpy as np
 
-__all__ = ["PRECISIONS", "check_precision", "get_precision", "round_operand", "set_precision",
-           "unit_roundoff", "using_precision"]
+__all__ = ["PRECISIONS", "check_precision", "get_precision", "resolve", "round_operand",
+           "set_precision", "unit_roundoff", "using_precision"]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 _default = "fp32"
@@ -56,9 +56,9 @@ def using_precision(precision: str):
         _default = saved
 
 
-def resolve(precision) -> str:
+def resolve(precision, what: str = "precision") -> str:
     """``precision``, or the process-wide default when it is None."""
-    return _default if precision is None else check_precision(precision)
+    return _default if precision is None else check_precision(precision, what)
 
 
 def unit_roundoff(precision: str) -> float:

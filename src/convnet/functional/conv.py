@@ -1,8 +1,10 @@
 """Convolution: ``conv2d(x, w, b=None, stride=1, padding=0, groups=1, relu=False,
-algorithm="auto")``."""
+algorithm="auto", precision=None)``."""
 from __future__ import annotations
 
+from .. import precision as _precision
 from ..ops import conv as _conv_ops
+from ..ops import conv_tc as _tc_ops
 from ..ops import conv_winograd as _winograd_ops
 from ..ops import relu as _relu_ops
 from ..tensor import Tensor
@@ -25,6 +27,23 @@ def _algorithm_ops(algorithm, g):
         _winograd_ops.check_supported(g)
         return _winograd_ops
     return _conv_ops
+
+
+class _TensorCores:
+    """``ops.conv_tc`` bound to one precision ("tf32" or "bf16"), with the passes'
+    signatures of ``ops.conv``."""
+
+    def __init__(self, precision: str):
+        self.precision = precision
+
+    def forward(self, device, g, x, w, b, relu):
+        return _tc_ops.forward(device, g, x, w, b, relu, self.precision)
+
+    def backward_data(self, device, g, dy, w):
+        return _tc_ops.backward_data(device, g, dy, w, self.precision)
+
+    def backward_filter(self, device, g, x, dy):
+        return _tc_ops.backward_filter(device, g, x, dy, self.precision)
 
 
 class Conv2d(WeightedFunction):
@@ -56,7 +75,7 @@ class Conv2d(WeightedFunction):
 
 
 def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, groups=1,
-           relu: bool = False, algorithm: str = "auto") -> Tensor:
+           relu: bool = False, algorithm: str = "auto", precision: str | None = None) -> Tensor:
     """2-D convolution (cross-correlation) with PyTorch's conventions.
 
     ``x`` (N, C, H, W), ``w`` (K, C/groups, R, S), ``b`` (K,) or None; ``stride`` and
@@ -69,9 +88,21 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, g
     ``algorithm``: "direct" (the implicit GEMM), "winograd" (F(2x2, 3x3) for 3x3
     filters at stride 1, all three passes; ``ops.conv_winograd``; on ``cpu`` the same
     references) or "auto" (today "direct"; see ``ALGORITHMS``).
+    ``precision``: the products' arithmetic (``convnet.precision``), None for the
+    process-wide default (``convnet.set_precision``, "fp32" unless set): "fp32" (the
+    paper's), or "tf32"/"bf16": the operands of all three passes rounded to TF32/BF16 and
+    multiplied on tensor cores with FP32 sums (``ops.conv_tc``; implicit GEMM, so
+    ``algorithm`` "auto" or "direct"); on ``cpu`` the FP32 references of the rounded
+    operands. Outputs and gradients are FP32 in every precision.
     """
     check_float_tensors("conv2d", input=x, weight=w, bias=b)
     g = _conv_ops.geometry(x.shape, w.shape, stride, padding, groups)
     inputs = (x, w) if b is None else (x, w, b)
     ops = _algorithm_ops(algorithm, g)
+    precision = _precision.resolve(precision, "conv2d: precision")
+    if precision != "fp32":
+        if ops is not _conv_ops:
+            raise ValueError(f"conv2d: algorithm {algorithm!r} computes in FP32 only; "
+                             f"precision {precision!r} runs the implicit GEMM ('auto' or 'direct')")
+        ops = _TensorCores(precision)
     return Conv2d.apply(*inputs, g=g, relu=bool(relu), ops=ops)
