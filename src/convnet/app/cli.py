@@ -319,14 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
               "pip install \"convnet[plot]\"): conv1's filters, the learning curves, "
               "validation images with their top-5 predictions, or the training images "
               "nearest them in fc7 space")
-    sh.add_argument("figure", choices=FIGURES)
+    sh.add_argument("figure", choices=FIGURES, help="which figure")
     sh.add_argument("--run", required=True, metavar="RUN",
                     help="a run folder of `convnet train` (its best checkpoint), or one "
                          "checkpoint file")
     sh.add_argument("--out", metavar="FILE.png", help="default: RUN/<figure>.png")
-    sh.add_argument("--images", type=int,
+    sh.add_argument("--images", type=int, metavar="N",
                     help="validation images shown (predictions: 8, neighbours: 5)")
-    sh.add_argument("--pool", type=int, default=5000,
+    sh.add_argument("--pool", type=int, default=5000, metavar="N",
                     help="neighbours: training images searched, spread evenly over the split "
                          "(default 5000; 0: all)")
     sh.add_argument("--device", help="default: cuda:0 if present, else cpu")
