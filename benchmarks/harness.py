@@ -412,9 +412,11 @@ class Report:
             return None
 
     def to_dict(self, machine: dict | None = None) -> dict:
+        from convnet.precision import get_precision
         return {
             "benchmark": self.benchmark,
             "args": self.args,
+            "precision": get_precision(),  # the convolutions' default (results may name their own)
             "machine": machine if machine is not None else machine_info(),
             "results": [r.to_dict() for r in self.results],
             "ratios": list(self.ratios),

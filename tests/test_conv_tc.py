@@ -264,3 +264,11 @@ def test_train_records_the_precision_and_keeps_it_on_resume(monkeypatch):
         run_settings(TrainOptions(resume=True, precision="tf32"), dict(settings), gpu=False)
     old = {k: v for k, v in settings.items() if k != "precision"}  # from before the option
     assert run_settings(TrainOptions(resume=True), old, gpu=False)["precision"] == "fp32"
+
+
+def test_benchmark_reports_record_the_precision():
+    from benchmarks import harness
+    from convnet.precision import using_precision
+    assert harness.Report("x").to_dict(machine={})["precision"] == "fp32"
+    with using_precision("tf32"):
+        assert harness.Report("x").to_dict(machine={})["precision"] == "tf32"
