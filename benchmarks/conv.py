@@ -26,6 +26,14 @@ conv5 384->256 3x3 pad 1 in two groups. Batch 128 on a GPU, 8 on the host
 
 ``--quick`` times the forward pass only (batch 8 on the host, 32 on a GPU) with few
 repeats.
+
+``--algorithms direct winograd`` (default both): Winograd F(2x2, 3x3)
+(``ops.conv_winograd``, its four launches per pass timed together) on the layers it
+takes (conv3-conv5), checked and timed like the direct kernels; on a GPU it is set
+against cuDNN with TF32 off (the issue's target: >= 1.2x cuDNN FP32 on conv3-5) and
+recorded beside the model's prediction. ``--predict GPU`` (no GPU needed) prints the
+performance model's predicted microseconds per pass of each algorithm at the batch
+(default 128) for that GPU (h100, ...), and records them; nothing is run or timed then.
 """
 from __future__ import annotations
 
@@ -49,6 +57,9 @@ LAYERS = {
     "conv5": (384, 13, 256, 3, 1, 1, 2),
 }
 PASSES = ("forward", "backward_data", "backward_filter")
+ALGORITHMS = ("direct", "winograd")
+# The performance model's part (perf.layers.Planned.part) of each pass.
+MODEL_PARTS = {"forward": "forward", "backward_data": "data", "backward_filter": "filter"}
 # The launches of each pass, by kernel name, in the performance model's table of the
 # same convolution (convnet perf --op conv:...), for the calibration record.
 CALIBRATION_KERNELS = {"forward": ("conv_forward",), "backward_data": ("conv_backward_data",),
@@ -58,6 +69,7 @@ HOST_BATCH = 8
 QUICK_CUDA_BATCH = 32
 TARGET_PCT_PEAK = 50.0      # forward of conv2..conv5, percent of FP32 peak
 TARGET_CUDNN_RATIO = 1 / 1.5  # every pass within 1.5x of cuDNN FP32
+TARGET_WINOGRAD_RATIO = 1.2   # Winograd on conv3-5 at least 1.2x cuDNN FP32
 
 # FP32 peak (dense, boost clock) in TFLOP/s by device name; first match wins.
 KNOWN_FP32_TFLOPS = (("H200", 66.9), ("H100 PCIe", 51.2), ("H100 NVL", 60.0), ("H100", 66.9),
@@ -119,7 +131,16 @@ def _import_torch():
 
 # --------------------------------------------------------------------------- ours
 
-def kernel_calls(device, x, w, b, dy, g):
+def runs_algorithm(name: str, algorithm: str) -> bool:
+    """Whether ``algorithm`` takes layer ``name`` (Winograd: 3x3 at stride 1)."""
+    if algorithm == "direct":
+        return True
+    from convnet.ops import conv, conv_winograd
+    x_chw, w_shape, stride, padding, groups = layer_args(name)
+    return conv_winograd.supports(conv.geometry((1, *x_chw), w_shape, stride, padding, groups))
+
+
+def kernel_calls(device, x, w, b, dy, g, algorithm="direct"):
     """{pass: (callable, output array)} with every launch built once."""
     from convnet.ops import conv
     xp = device.xp
@@ -128,6 +149,8 @@ def kernel_calls(device, x, w, b, dy, g):
     dx = xp.empty(g.x_shape, dtype=np.float32)
     dw = xp.empty(g.w_shape, dtype=np.float32)
     conv.check_kernel_sizes(g)
+    if algorithm == "winograd":
+        return winograd_calls(device, g, xd, wd, bd, dyd, y, dx, dw)
     fwd = conv.forward_launch(device, g, xd, wd, bd, y, relu=True)
     data = conv.backward_data_launch(device, g, dyd, wd, dx)
     plan = conv.plan_filter(device, g)
@@ -146,6 +169,47 @@ def kernel_calls(device, x, w, b, dy, g):
              "backward_filter": (run_filter, dw)}
     extra = {"backward_filter": {"splits": plan.splits}}
     return calls, tiles, extra
+
+
+def winograd_calls(device, g, x, w, b, dy, y, dx, dw):
+    """``kernel_calls`` for Winograd: each pass's four launches (workspaces made once)."""
+    from convnet.ops import conv_winograd as cw
+
+    def spaces(part, splits=1):
+        return {k: device.xp.empty(v, dtype=np.float32)
+                for k, v in cw.workspace_shapes(g, part, splits).items()}
+
+    f, d, plan = spaces("forward"), spaces("data"), cw.plan_filter(device, g)
+    s = spaces("filter", plan.splits)
+    launches = {
+        "forward": cw.forward_launches(device, g, x, w, b, y, f["u"], f["v"], f["m"], True),
+        "backward_data": cw.backward_data_launches(device, g, dy, w, dx, d["u"], d["v"],
+                                                   d["m"]),
+        "backward_filter": cw.backward_filter_launches(device, g, x, dy, dw, s["v"], s["d"],
+                                                       s["s"], plan)}
+
+    def runner(batch):
+        def run():
+            for launch in batch:
+                device.launch(launch)
+        return run
+
+    calls = {p: (runner(ls), out) for (p, ls), out in zip(launches.items(), (y, dx, dw))}
+    tiles = {p: ls[2].template_args[:5] for p, ls in launches.items()}
+    return calls, tiles, {"backward_filter": {"splits": plan.splits}}
+
+
+def predicted_passes(name: str, algorithm: str, gpu: str, batch: int) -> dict:
+    """{pass: predicted seconds} of layer ``name``'s launches by ``algorithm`` on the
+    named GPU (convnet perf's model; no GPU needed), summed per pass."""
+    from convnet.perf import gpus
+    from convnet.perf.layers import conv_layer
+    from convnet.perf.predict import predict_layers
+    c, hw, k, rs, stride, pad, groups = LAYERS[name]
+    layer = conv_layer(name, c, hw, k, rs, stride, pad, groups, algorithm=algorithm)
+    table = predict_layers([layer], gpus.gpu(gpu), batch)
+    return {p: sum(r.prediction.time_s for r in table.rows if r.planned.part == part)
+            for p, part in MODEL_PARTS.items()}
 
 
 def reference_calls(x, w, b, dy, g):
@@ -181,7 +245,8 @@ def cudnn_calls(torch, device_index, x, w, b, dy, g):
 
 # --------------------------------------------------------------------------- main
 
-def bench_host(report, devices, layers, passes, batch, reps, failures):
+def bench_host(report, devices, layers, passes, batch, reps, failures,
+               algorithms=("direct",)):
     """emu kernels and cpu NumPy references at ``batch``; emu checked against NumPy."""
     emu = next((d for d in devices if d.kind == "emu"), None)
     cpu = next((d for d in devices if d.kind == "cpu"), None)
@@ -189,38 +254,50 @@ def bench_host(report, devices, layers, passes, batch, reps, failures):
         x, w, b, dy, g = operands(name, batch)
         refs = reference_calls(x, w, b, dy, g)
         base = {}
-        kernels = kernel_calls(emu, x, w, b, dy, g) if emu is not None else None
         for p in passes:
-            params = {"shape": f"{name} {p} N={batch}", "layer": name, "pass": p,
-                      "batch": batch}
             if cpu is not None:
+                params = {"shape": f"{name} {p} N={batch}", "layer": name, "pass": p,
+                          "batch": batch}
                 base[p] = report.add(harness.measure(refs[p], device=cpu,
                                                      name=f"numpy.{p}", flops=g.flops,
-                                                     params=dict(params), **reps["cpu"]))
-            if emu is None:
-                continue
-            try:
-                calls, tiles, extra = kernels
-                fn, out = calls[p]
-                fn()
-                err = relative_error(out, refs[p]())
-                params.update(tile="x".join(map(str, tiles[p])), max_rel_err=float(f"{err:.2g}"),
-                              **extra.get(p, {}))
-                if err > 1e-4:
-                    report.notes[f"WRONG emu {name} {p}"] = err
-                    failures.append(f"emu {name} {p}")
-                ours = report.add(harness.measure(fn, device=emu, name=f"conv.{p}",
-                                                  flops=g.flops, params=params, **reps["emu"]))
-                if p in base:
-                    report.add_ratio(ours, base[p], label=f"{name} {p}: emu kernel vs NumPy "
-                                                          f"reference, N={batch}")
-            except Exception as exc:  # report and go on
-                failures.append(f"emu {name} {p}")
-                report.notes[f"error emu {name} {p}"] = f"{type(exc).__name__}: {exc}"
-                print(f"error on emu, {name} {p}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                                                     params=params, **reps["cpu"]))
+        for algorithm in algorithms if emu is not None else ():
+            if runs_algorithm(name, algorithm):
+                _bench_emu(report, emu, name, algorithm, x, w, b, dy, g, refs, base, passes,
+                           batch, reps, failures)
 
 
-def bench_cuda(report, device, layers, passes, batch, reps, failures, summary):
+def _bench_emu(report, emu, name, algorithm, x, w, b, dy, g, refs, base, passes, batch, reps,
+               failures):
+    kernels = kernel_calls(emu, x, w, b, dy, g, algorithm)
+    prefix = "conv" if algorithm == "direct" else algorithm
+    for p in passes:
+        params = {"shape": f"{name} {p} N={batch}", "layer": name, "pass": p,
+                  "batch": batch, "algorithm": algorithm}
+        try:
+            calls, tiles, extra = kernels
+            fn, out = calls[p]
+            fn()
+            err = relative_error(out, refs[p]())
+            params.update(tile="x".join(map(str, tiles[p])), max_rel_err=float(f"{err:.2g}"),
+                          **extra.get(p, {}))
+            if err > 1e-4:
+                report.notes[f"WRONG emu {prefix} {name} {p}"] = err
+                failures.append(f"emu {prefix} {name} {p}")
+            ours = report.add(harness.measure(fn, device=emu, name=f"{prefix}.{p}",
+                                              flops=g.flops, params=params, **reps["emu"]))
+            if p in base:
+                report.add_ratio(ours, base[p], label=f"{name} {p}: emu {prefix} vs NumPy "
+                                                      f"reference, N={batch}")
+        except Exception as exc:  # report and go on
+            failures.append(f"emu {prefix} {name} {p}")
+            report.notes[f"error emu {prefix} {name} {p}"] = f"{type(exc).__name__}: {exc}"
+            print(f"error on emu, {prefix} {name} {p}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+
+
+def bench_cuda(report, device, layers, passes, batch, reps, failures, summary,
+               algorithms=("direct",)):
     cp = device.xp
     peak, how = fp32_peak_tflops(device.index)
     report.notes[f"{device.name} fp32_peak_tflops"] = peak
@@ -231,16 +308,21 @@ def bench_cuda(report, device, layers, passes, batch, reps, failures, summary):
     else:
         report.notes["torch"] = f"{torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
         torch.backends.cudnn.benchmark = True
-    for name in layers:
+    cudnn = {}  # (layer, pass, label) -> its Result, measured once for every algorithm
+    for name, algorithm in ((n, a) for n in layers for a in algorithms):
+        if not runs_algorithm(name, algorithm):
+            continue
+        prefix = "conv" if algorithm == "direct" else algorithm
         x, w, b, dy, g = operands(name, batch)
         with cp.cuda.Device(device.index):
-            calls, tiles, extra = kernel_calls(device, x, w, b, dy, g)
+            calls, tiles, extra = kernel_calls(device, x, w, b, dy, g, algorithm)
             theirs = cudnn_calls(torch, device.index, x, w, b, dy, g) if torch else {}
             for p in passes:
                 params = {"shape": f"{name} {p} N={batch}", "layer": name, "pass": p,
                           "batch": batch, "tile": "x".join(map(str, tiles[p])),
-                          **extra.get(p, {})}
-                row = {"layer": name, "pass": p, "batch": batch, "tile": params["tile"]}
+                          "algorithm": algorithm, **extra.get(p, {})}
+                row = {"layer": name, "pass": p, "batch": batch, "tile": params["tile"],
+                       "algorithm": algorithm}
                 try:
                     fn, out = calls[p]
                     fn()
@@ -255,15 +337,18 @@ def bench_cuda(report, device, layers, passes, batch, reps, failures, summary):
                         err = relative_error(cp.asnumpy(out), ref)
                         params["max_rel_err_vs_cudnn"] = float(f"{err:.2g}")
                         if err > 1e-3:
-                            report.notes[f"WRONG {device.name} {name} {p}"] = err
-                            failures.append(f"{device.name} {name} {p}")
-                    ours = report.add(harness.measure(fn, device=device, name=f"conv.{p}",
+                            report.notes[f"WRONG {device.name} {prefix} {name} {p}"] = err
+                            failures.append(f"{device.name} {prefix} {name} {p}")
+                    ours = report.add(harness.measure(fn, device=device, name=f"{prefix}.{p}",
                                                       flops=g.flops, params=params,
                                                       **reps["cuda"]))
                     row.update(ms=ours.median * 1e3, tflops=ours.gflops / 1e3)
-                    predicted = report.predict(
-                        ours, "conv:" + ",".join(map(str, LAYERS[name])), batch,
-                        CALIBRATION_KERNELS[p], label=f"{name} {p} N={batch}")
+                    if algorithm == "direct":
+                        predicted = report.predict(
+                            ours, "conv:" + ",".join(map(str, LAYERS[name])), batch,
+                            CALIBRATION_KERNELS[p], label=f"{name} {p} N={batch}")
+                    else:
+                        predicted = _predict_winograd(report, ours, name, p, batch)
                     if predicted:
                         row["predicted_ms"] = predicted["predicted_s"] * 1e3
                         row["measured_over_predicted"] = predicted["ratio"]
@@ -274,23 +359,56 @@ def bench_cuda(report, device, layers, passes, batch, reps, failures, summary):
                     for tf32 in (False, True) if theirs else ():
                         torch.backends.cudnn.allow_tf32 = tf32
                         label = "cudnn_tf32" if tf32 else "cudnn_fp32"
-                        base = report.add(harness.measure(
-                            theirs[p], device=device, name=f"{label}.{p}", flops=g.flops,
-                            params={"shape": params["shape"], "layer": name, "pass": p,
-                                    "batch": batch}, **reps["cuda"]))
-                        ratio = report.add_ratio(ours, base, label=f"{name} {p}: ours vs "
+                        if (name, p, label) not in cudnn:
+                            cudnn[name, p, label] = report.add(harness.measure(
+                                theirs[p], device=device, name=f"{label}.{p}", flops=g.flops,
+                                params={"shape": params["shape"], "layer": name, "pass": p,
+                                        "batch": batch}, **reps["cuda"]))
+                        base = cudnn[name, p, label]
+                        ratio = report.add_ratio(ours, base, label=f"{name} {p}: {prefix} vs "
                                                  f"{label} on {device.name}, N={batch}")
                         row[f"vs_{label}"] = ratio["speed_ratio"]
                         row[f"{label}_ms"] = base.median * 1e3
                     if theirs:
                         torch.backends.cudnn.allow_tf32 = False
                 except Exception as exc:
-                    failures.append(f"{device.name} {name} {p}")
-                    report.notes[f"error {device.name} {name} {p}"] = \
+                    failures.append(f"{device.name} {prefix} {name} {p}")
+                    report.notes[f"error {device.name} {prefix} {name} {p}"] = \
                         f"{type(exc).__name__}: {exc}"
-                    print(f"error on {device.name}, {name} {p}: {type(exc).__name__}: {exc}",
-                          file=sys.stderr)
+                    print(f"error on {device.name}, {prefix} {name} {p}: "
+                          f"{type(exc).__name__}: {exc}", file=sys.stderr)
                 summary.append(row)
+
+
+def _predict_winograd(report, ours, name, p, batch):
+    """``report.predict`` for a Winograd pass (the model's rows of that part)."""
+    try:
+        from convnet.perf import calibration
+        info = harness.gpu_info()
+        gpu = calibration.gpu_for_device(info[0]["name"] if info else "")
+        if gpu is None:
+            return None
+        seconds = predicted_passes(name, "winograd", gpu, batch)[p]
+        return report.add_prediction(ours, seconds, f"winograd {name} {p} N={batch}")
+    except Exception as exc:  # the model must never stop a benchmark
+        report.notes[f"calibration error winograd {name} {p}"] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def print_predictions(report, layers, gpu: str, batch: int, algorithms) -> None:
+    """The model's predicted microseconds per pass and algorithm (no GPU needed)."""
+    print(f"PREDICTED by convnet perf's model for {gpu}, batch {batch} (not measured):")
+    print(f"{'layer':6s} {'algorithm':9s} " + " ".join(f"{p:>16s}" for p in PASSES)
+          + f" {'total':>9s}")
+    for name in layers:
+        for algorithm in algorithms:
+            if not runs_algorithm(name, algorithm):
+                continue
+            us = {p: s * 1e6 for p, s in predicted_passes(name, algorithm, gpu, batch).items()}
+            report.notes[f"predicted_us {gpu} {name} {algorithm} N={batch}"] = {
+                p: round(v, 1) for p, v in us.items()}
+            print(f"{name:6s} {algorithm:9s} " + " ".join(f"{us[p]:16.1f}" for p in PASSES)
+                  + f" {sum(us.values()):9.1f}", flush=True)
 
 
 def targets(summary) -> dict:
@@ -302,6 +420,11 @@ def targets(summary) -> dict:
         notes["target forward conv2-5 >= 50% of FP32 peak"] = all(
             r["pct_peak"] >= TARGET_PCT_PEAK for r in fwd)
     rated = [r for r in summary if "vs_cudnn_fp32" in r]
+    wino = [r for r in summary if r.get("algorithm") == "winograd" and "vs_cudnn_fp32" in r]
+    if wino:
+        notes["target winograd conv3-5 >= 1.2x cuDNN FP32"] = all(
+            r["vs_cudnn_fp32"] >= TARGET_WINOGRAD_RATIO for r in wino)
+    rated = [r for r in rated if r.get("algorithm", "direct") == "direct"]
     if rated:
         slow = [f"{r['layer']} {r['pass']} ({r['vs_cudnn_fp32']:.2f})" for r in rated
                 if r["vs_cudnn_fp32"] < TARGET_CUDNN_RATIO]
@@ -312,7 +435,7 @@ def targets(summary) -> dict:
 
 
 def format_summary(summary) -> str:
-    head = ("layer", "pass", "N", "tile", "ms", "TFLOP/s", "% peak", "cuDNN fp32 ms",
+    head = ("layer", "algorithm", "pass", "N", "tile", "ms", "TFLOP/s", "% peak", "cuDNN fp32 ms",
             "vs fp32", "cuDNN tf32 ms", "vs tf32")
     rows = [head]
 
@@ -320,12 +443,13 @@ def format_summary(summary) -> str:
         return "-" if v is None else format(v, spec)
 
     for r in summary:
-        rows.append((r["layer"], r["pass"], str(r["batch"]), r["tile"], f(r.get("ms"), ".3f"),
+        rows.append((r["layer"], r.get("algorithm", "direct"), r["pass"], str(r["batch"]),
+                     r["tile"], f(r.get("ms"), ".3f"),
                      f(r.get("tflops"), ".2f"), f(r.get("pct_peak"), ".1f"),
                      f(r.get("cudnn_fp32_ms"), ".3f"), f(r.get("vs_cudnn_fp32"), ".2f"),
                      f(r.get("cudnn_tf32_ms"), ".3f"), f(r.get("vs_cudnn_tf32"), ".2f")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(wd) if i > 3 else c.ljust(wd)
+    return "\n".join("  ".join(c.rjust(wd) if i > 4 else c.ljust(wd)
                                for i, (c, wd) in enumerate(zip(row, widths)))
                      for row in rows)
 
@@ -339,11 +463,20 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", nargs="+", choices=list(LAYERS), default=list(LAYERS))
     parser.add_argument("--passes", nargs="+", choices=PASSES, default=None,
                         help="default: all three (--quick: forward)")
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS),
+                        help="winograd runs on the 3x3 stride-1 layers (conv3-conv5) only")
+    parser.add_argument("--predict", metavar="GPU", default=None,
+                        help="print the model's predicted us per pass for GPU (e.g. h100) "
+                             "instead of running anything")
     args = parser.parse_args(argv)
     if args.batch is not None and args.batch < 1:
         parser.error("--batch must be at least 1")
     passes = args.passes or (["forward"] if args.quick else list(PASSES))
     report = harness.Report("conv", args=vars(args))
+    if args.predict:
+        print_predictions(report, args.layers, args.predict, args.batch or CUDA_BATCH,
+                          args.algorithms)
+        return harness.finish(report, args, False)
     devices = harness.open_devices(args.devices, report)
     reps = harness.repetitions(args, emu_repeats=3, emu_max_time_s=10.0)
     failures: list[str] = []
@@ -353,11 +486,13 @@ def main(argv=None) -> int:
         if any(d.kind == "emu" for d in host):
             from convnet.backend import emu
             report.notes["emu_workers"] = emu.worker_threads()
-        bench_host(report, host, args.layers, passes, args.batch or HOST_BATCH, reps, failures)
+        bench_host(report, host, args.layers, passes, args.batch or HOST_BATCH, reps, failures,
+                   args.algorithms)
     summary: list[dict] = []
     for device in (d for d in devices if d.kind == "cuda"):
         batch = args.batch or (QUICK_CUDA_BATCH if args.quick else CUDA_BATCH)
-        bench_cuda(report, device, args.layers, passes, batch, reps, failures, summary)
+        bench_cuda(report, device, args.layers, passes, batch, reps, failures, summary,
+                   args.algorithms)
     if summary:
         report.notes.update(targets(summary))
     code = harness.finish(report, args, bool(failures))

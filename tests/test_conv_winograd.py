@@ -205,7 +205,7 @@ def test_conv2d_winograd_runs_the_winograd_kernels(monkeypatch):
     F.conv2d(x, w, padding=1, algorithm="winograd").sum().backward()
     assert names[:4] == ["winograd_filter", "winograd_input", "winograd_gemm", "winograd_output"]
     assert {"winograd_grad", "winograd_filter_out"} <= set(names)
-    assert not [n for n in names if n.startswith("conv_forward") or n.startswith("conv_backward")]
+    assert not [n for n in names if n.startswith(("conv_forward", "conv_backward"))]
 
 
 def test_empty_batch():
@@ -263,7 +263,8 @@ def test_gpu_launches_for_conv4():
     g = conv.geometry((128, 384, 13, 13), (384, 192, 3, 3), 1, 1, 2)
     th, tw, t = cw.tiles(g.n, g.p, g.q)
     assert (th, tw, t) == (7, 7, 128 * 49)
-    z = lambda shape: np.broadcast_to(np.zeros((), np.float32), shape)  # noqa: E731
+    def z(shape):
+        return np.broadcast_to(np.zeros((), np.float32), shape)
     ws = {k: z(v) for k, v in cw.workspace_shapes(g, "forward").items()}
     launches = cw.forward_launches(gpu, g, z(g.x_shape), z(g.w_shape), z((g.k,)), z(g.y_shape),
                                    ws["u"], ws["v"], ws["m"], relu=True)
@@ -281,3 +282,32 @@ def test_gpu_launches_for_conv4():
                                        ws["v"], ws["d"], ws["s"], plan)
     assert filt[2].grid[2] == 32 * plan.splits and filt[2].name.endswith("true>")
     assert filt[3].kernel == "winograd_filter_out" and filt[3].args[-1] == plan.splits
+
+
+def test_performance_model_plans_the_winograd_launches():
+    """convnet perf's layer builder: the Winograd alternative of a 3x3 layer (and its
+    --op syntax) plans every launch of the three passes, each tagged with its part, the
+    GEMMs with the products they do (16 positions), not the direct count."""
+    from convnet.perf.layers import conv_layer, parse_op, standin_arrays
+    gpu = SimpleNamespace(kind="cuda", parallel_units=132, arch="sm_90")
+    layer = parse_op("winograd:384,13,256,1,2")
+    assert layer.info["algorithm"] == "winograd"
+    planned = layer.build(gpu, 128, standin_arrays, {}, False)
+    parts = {}
+    for p in planned:
+        parts.setdefault(p.part, []).append(p.kernel.partition("<")[0])
+    assert parts["forward"] == ["winograd_filter", "winograd_input", "winograd_gemm",
+                                "winograd_output"]
+    assert parts["data"] == parts["forward"]
+    assert parts["filter"] == ["winograd_input", "winograd_grad", "winograd_gemm",
+                               "winograd_filter_out"]
+    g = conv.geometry((128, 384, 13, 13), (256, 192, 3, 3), 1, 1, 2)
+    gemm = next(p for p in planned if p.part == "forward" and p.kernel.startswith("winograd_gemm"))
+    assert gemm.flops == 2 * 16 * 256 * 192 * cw.tiles(128, 13, 13)[2]
+    assert gemm.flops < g.flops / 1.9
+    direct = conv_layer("conv5", 384, 13, 256, 3, 1, 1, 2).build(gpu, 128, standin_arrays, {},
+                                                                  False)
+    assert [p.part for p in direct if p.part] == ["forward", "data", "filter", "filter"]
+    with pytest.raises(ValueError, match="3x3 filters at stride 1"):
+        conv_layer("conv1", 3, 227, 96, 11, 4, algorithm="winograd").build(
+            gpu, 1, standin_arrays, {}, False)

@@ -63,11 +63,10 @@ from ._conv_geometry import Geometry, check_kernel_sizes
 from ._conv_tiles import TILES, Tile, pick_tile
 from .elementwise import BLOCK, max_blocks
 
-__all__ = ["FilterPlan", "GEMM", "IN", "OUT", "POSITIONS", "backward_data",
-           "error_scale", "transformed",
+__all__ = ["GEMM", "IN", "OUT", "POSITIONS", "FilterPlan", "backward_data",
            "backward_data_launches", "backward_filter", "backward_filter_launches",
-           "check_supported", "forward", "forward_launches", "plan_filter", "supports",
-           "tiles", "workspace_shapes"]
+           "check_supported", "error_scale", "forward", "forward_launches",
+           "plan_filter", "supports", "tiles", "transformed", "workspace_shapes"]
 
 POSITIONS = 16  # the transform positions of F(2x2, 3x3): 4 x 4
 
@@ -300,7 +299,7 @@ AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 def _patches(a, th, tw, oh, ow):
     """(N, C, TH, TW, 4, 4): the 4x4 patches of a (N, C, H, W) at rows 2*th + oh ..,
     zero outside."""
-    n, c, h, w = a.shape
+    h, w = a.shape[2:]
     top, left = max(0, -oh), max(0, -ow)
     bottom = max(0, 2 * th + 2 + oh - h)
     right = max(0, 2 * tw + 2 + ow - w)

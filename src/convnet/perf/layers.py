@@ -35,7 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..ops import conv, cross_entropy, dropout, linear, lrn, lrn_max_pool, max_pool, relu, sgd
+from ..ops import (conv, conv_winograd, cross_entropy, dropout, linear, lrn, lrn_max_pool,
+                   max_pool, relu, sgd)
 from ..toolchain.launch import Launch
 
 REDUCED_ELEMENTS = 1 << 18
@@ -43,7 +44,8 @@ REDUCED_ELEMENTS = 1 << 18
 # kernels that are not products; nominal, for the compute term of memory-bound kernels.
 NOMINAL_FLOPS = {"relu": 1, "bias_act": 2, "bias_backward": 2, "dropout": 1, "pool": 1,
                  "lrn_forward": 2 * 5 + 8, "lrn_backward": 6 * 5 + 16, "sgd": 6,
-                 "cross_entropy_forward": 4, "cross_entropy_backward": 3, "sum": 1}
+                 "cross_entropy_forward": 4, "cross_entropy_backward": 3, "sum": 1,
+                 "winograd_transform": 32}  # adds per tile of a Winograd transform
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Planned:
     writes: tuple = ()           # arrays it writes
     work: float | None = None    # None: scale traffic per block; else elements covered
     gemm: tuple | None = None
+    part: str | None = None      # a convolution's launches: "forward", "data" or "filter"
 
     @property
     def kernel(self) -> str:
@@ -106,46 +109,56 @@ def random_arrays(seed: int = 0):
 # --------------------------------------------------------------------------- convolution
 
 def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_grad=True,
-               bias=True) -> Layer:
+               bias=True, algorithm="direct") -> Layer:
     """``conv2d`` on (N, c, hw, hw) with k filters of rs x rs: forward (bias + ReLU fused),
-    backward (ReLU mask, data unless ``input_grad`` is False, filter, bias)."""
+    backward (ReLU mask, data unless ``input_grad`` is False, filter, bias);
+    ``algorithm="winograd"``: the three passes by ``ops.conv_winograd``."""
 
     def build(dev, n, arrays, choices, reduced):
         g = conv.geometry((n, c, hw, hw), (k, c // groups, rs, rs), stride, pad, groups)
         x, w, y = arrays(g.x_shape), arrays(g.w_shape), arrays(g.y_shape)
         b = arrays((k,)) if bias else None
-        out = []
-        fwd = conv.forward_launch(dev, g, x, w, b, y, relu_, choices.get("forward"))
-        choices.setdefault("forward", fwd.template_args)
-        out.append(Planned(name, "forward", fwd, g.flops, (x, w) + ((b,) if bias else ()), (y,)))
+        wino = _Winograd(name, dev, g, arrays, choices) if algorithm == "winograd" else None
+        out = wino.forward(x, w, b, y, relu_) if wino else []
+        if not wino:
+            fwd = conv.forward_launch(dev, g, x, w, b, y, relu_, choices.get("forward"))
+            choices.setdefault("forward", fwd.template_args)
+            out.append(Planned(name, "forward", fwd, g.flops, (x, w) + ((b,) if bias else ()),
+                               (y,), part="forward"))
         dy = arrays(g.y_shape)
         if relu_:
             dz = arrays(g.y_shape)
             out.append(Planned(name, "backward", relu.backward_launch(dev, y, dy, dz),
                                y.size * NOMINAL_FLOPS["relu"], (y, dy), (dz,), work=y.size))
             dy = dz
-        if input_grad:
+        if input_grad and wino:
+            out += wino.backward_data(dy, w, arrays(g.x_shape))
+        elif input_grad:
             dx = arrays(g.x_shape)
             data = conv.backward_data_launch(dev, g, dy, w, dx, choices.get("data"))
             choices.setdefault("data", data.template_args)
-            out.append(Planned(name, "backward", data, g.flops, (dy, w), (dx,)))
-        if "filter" in choices:
+            out.append(Planned(name, "backward", data, g.flops, (dy, w), (dx,), part="data"))
+        if wino:
+            out += wino.backward_filter(x, dy, arrays(g.w_shape))
+        elif "filter" in choices:
             tile, chunk = choices["filter"]
             npq = g.n * g.p * g.q
             plan = conv.FilterPlan(conv.Tile(*tile), max(1, -(-npq // chunk)), chunk)
         else:
             plan = conv.plan_filter(dev, g)
             choices["filter"] = (tuple(plan.tile), plan.chunk)
-        dw = arrays(g.w_shape)
-        space = plan.workspace_size(g)
-        ws = arrays((space,)) if space else None
-        launches = conv.backward_filter_launches(dev, g, x, dy, dw, plan, ws)
-        partial = (ws,) if space else (dw,)
-        out.append(Planned(name, "backward", launches[0], g.flops, (x, dy), partial))
-        if len(launches) > 1:
-            count = dw.size * plan.splits
-            out.append(Planned(name, "backward", launches[1], count * NOMINAL_FLOPS["sum"],
-                               (ws,), (dw,), work=count))
+        if not wino:
+            dw = arrays(g.w_shape)
+            space = plan.workspace_size(g)
+            ws = arrays((space,)) if space else None
+            launches = conv.backward_filter_launches(dev, g, x, dy, dw, plan, ws)
+            partial = (ws,) if space else (dw,)
+            out.append(Planned(name, "backward", launches[0], g.flops, (x, dy), partial,
+                               part="filter"))
+            if len(launches) > 1:
+                count = dw.size * plan.splits
+                out.append(Planned(name, "backward", launches[1], count * NOMINAL_FLOPS["sum"],
+                                   (ws,), (dw,), work=count, part="filter"))
         if bias:
             db = arrays((k,))
             splits = choices.setdefault("bias", conv.bias_splits(dev, g))
@@ -159,7 +172,73 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
         return out
 
     return Layer(name, build, dict(op="conv", c=c, hw=hw, k=k, rs=rs, stride=stride, pad=pad,
-                                   groups=groups))
+                                   groups=groups, algorithm=algorithm))
+
+
+class _Winograd:
+    """The Planned launches of ``ops.conv_winograd``'s three passes for one layer: the
+    transforms cover their elements (grid-stride, ``work``), the GEMMs their grid (its
+    FLOPs: 16 positions x the products actually done, not the direct count); the GEMM
+    tiles and backward filter's chunk are recorded in ``choices`` like the direct ones."""
+
+    def __init__(self, name, dev, g, arrays, choices):
+        conv_winograd.check_supported(g)
+        self.name, self.dev, self.g, self.arrays, self.choices = name, dev, g, arrays, choices
+
+    def _plan(self, pass_, launches, reads_writes, gemm_flops):
+        """Planned launches from (reads, writes, elements) per launch (None: the GEMM)."""
+        out, when = [], "forward" if pass_ == "forward" else "backward"
+        for launch, (reads, writes, work) in zip(launches, reads_writes):
+            if launch.kernel == "winograd_gemm":
+                self.choices.setdefault(f"winograd_{pass_}", launch.template_args[:5])
+                out.append(Planned(self.name, when, launch, gemm_flops, reads, writes,
+                                   part=pass_))
+            else:  # work: floats of a 16-position set, nominal adds per 4x4 tile
+                out.append(Planned(self.name, when, launch,
+                                   work * NOMINAL_FLOPS["winograd_transform"] / 16, reads,
+                                   writes, work=work, part=pass_))
+        return out
+
+    def _workspaces(self, pass_, splits=1):
+        return {k: self.arrays(v)
+                for k, v in conv_winograd.workspace_shapes(self.g, pass_, splits).items()}
+
+    def forward(self, x, w, b, y, relu_):
+        g, ws = self.g, self._workspaces("forward")
+        u, v, m = ws["u"], ws["v"], ws["m"]
+        launches = conv_winograd.forward_launches(self.dev, g, x, w, b, y, u, v, m, relu_,
+                                                  self.choices.get("winograd_forward"))
+        flops = 2 * conv_winograd.POSITIONS * g.k * g.cg * v.shape[2]
+        bias = (b,) if b is not None else ()
+        return self._plan("forward", launches, [((w,), (u,), u.size), ((x,), (v,), v.size),
+                                                ((u, v), (m,), None), ((m,) + bias, (y,), m.size)],
+                          flops)
+
+    def backward_data(self, dy, w, dx):
+        g, ws = self.g, self._workspaces("data")
+        u, v, m = ws["u"], ws["v"], ws["m"]
+        launches = conv_winograd.backward_data_launches(self.dev, g, dy, w, dx, u, v, m,
+                                                        self.choices.get("winograd_data"))
+        flops = 2 * conv_winograd.POSITIONS * g.c * g.kg * v.shape[2]
+        return self._plan("data", launches, [((w,), (u,), u.size), ((dy,), (v,), v.size),
+                                             ((u, v), (m,), None), ((m,), (dx,), m.size)], flops)
+
+    def backward_filter(self, x, dy, dw):
+        g = self.g
+        if "winograd_filter" in self.choices:
+            tile, chunk = self.choices["winograd_filter"]
+            t = conv_winograd.tiles(g.n, g.p, g.q)[2]
+            plan = conv_winograd.FilterPlan(conv.Tile(*tile), max(1, -(-t // chunk)), chunk)
+        else:
+            plan = conv_winograd.plan_filter(self.dev, g)
+            self.choices["winograd_filter"] = (tuple(plan.tile), plan.chunk)
+        ws = self._workspaces("filter", plan.splits)
+        v, d, s = ws["v"], ws["d"], ws["s"]
+        launches = conv_winograd.backward_filter_launches(self.dev, g, x, dy, dw, v, d, s, plan)
+        flops = 2 * conv_winograd.POSITIONS * g.k * g.cg * v.shape[2]
+        return self._plan("filter", launches, [((x,), (v,), v.size), ((dy,), (d,), d.size),
+                                               ((d, v), (s,), None), ((s,), (dw,), s.size)],
+                          flops)
 
 
 # --------------------------------------------------------------------------- LRN and pooling
@@ -326,6 +405,7 @@ def sgd_layer(name, shapes) -> Layer:
 
 OP_SYNTAX = """\
 conv:C,HW,K,RS[,stride[,pad[,groups]]]   conv2d on N x C x HW x HW, K filters RS x RS (bias, ReLU)
+winograd:C,HW,K[,pad[,groups]]           the same, 3x3 at stride 1, by Winograd F(2x2, 3x3)
 lrn_pool:C,HW[,groups]                   LRN (the paper's) + 3x3/2 max-pool, fused
 pool:C,HW                                3x3/2 max-pool with argmax
 linear:IN,OUT                            cuBLAS product + bias/ReLU epilogue
@@ -345,6 +425,8 @@ def parse_op(spec: str) -> Layer:
             from None
     makers = {
         "conv": (4, 7, lambda v: conv_layer(spec, *v)),
+        "winograd": (3, 5, lambda v: conv_layer(spec, *v[:3], 3, 1, *v[3:],
+                                                algorithm="winograd")),
         "lrn_pool": (2, 3, lambda v: lrn_pool_layer(spec, *v)),
         "pool": (2, 2, lambda v: pool_layer(spec, *v)),
         "linear": (2, 2, lambda v: linear_layer(spec, *v)),
