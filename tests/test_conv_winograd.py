@@ -146,6 +146,32 @@ def test_awkward_shapes(kernel_device):
                      relu=bool(i % 2), splits=1 + i % 3)
 
 
+@pytest.mark.parametrize("tile", conv.TILES, ids=lambda t: "x".join(map(str, t)))
+def test_every_gemm_tile(tile):
+    """Every instantiation of winograd_gemm (the GPU's tiles too, both B layouts) on emu,
+    on shapes whose rows, columns and reductions cross the tile's edges."""
+    device = require_device("emu")
+    shapes = [((2, 12, 13, 13), (20, 6, 3, 3), 1, 2), ((1, 3, 7, 5), (130, 3, 3, 3), 0, 1),
+              ((3, 34, 6, 9), (5, 34, 3, 3), 2, 1)]
+    for i, (x_shape, w_shape, pad, groups) in enumerate(shapes):
+        case = Case(x_shape, w_shape, pad, groups, seed=40 + i)
+        d, g = device, case.g
+        y = cw.forward(d, g, case.x, case.w, case.b, relu=True, tile=tile)
+        assert_within_bound(y, conv.forward_reference(g, _f64(case.x), _f64(case.w),
+                                                      _f64(case.b), relu=True),
+                            cw.error_scale(g, "forward", case.x, case.w)
+                            + np.abs(_f64(case.b))[:, None, None], f"forward {case} {tile}")
+        dx = cw.backward_data(d, g, case.dy, case.w, tile=tile)
+        assert_within_bound(dx, conv.backward_data_reference(g, _f64(case.dy), _f64(case.w)),
+                            cw.error_scale(g, "data", case.dy, case.w), f"data {case} {tile}")
+        for splits in (1, 3):
+            dw = cw.backward_filter(d, g, case.x, case.dy, tile=tile, splits=splits)
+            assert_within_bound(dw, conv.backward_filter_reference(g, _f64(case.x),
+                                                                   _f64(case.dy)),
+                                cw.error_scale(g, "filter", case.x, case.dy),
+                                f"filter {case} {tile} splits {splits}")
+
+
 def test_cpu_runs_the_direct_reference():
     case = Case((2, 4, 5, 6), (6, 2, 3, 3), 1, 2, seed=3)
     cpu = convnet.get_device("cpu")
