@@ -28,6 +28,10 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+class _Bar(tqdm):
+    monitor_interval = 0  # no monitor thread: the data workers are forked while bars exist
+
+
 def _is_terminal(file) -> bool:
     try:
         return bool(file.isatty())
@@ -59,7 +63,7 @@ class ProgressBar:
         self.start = time.monotonic()
         self._bar = None
         if self.enabled and _is_terminal(self.file):
-            self._bar = tqdm(total=self.total, initial=self.initial, desc=desc, unit=self.UNIT,
+            self._bar = _Bar(total=self.total, initial=self.initial, desc=desc, unit=self.UNIT,
                              leave=leave, file=self.file, mininterval=self.INTERVAL,
                              dynamic_ncols=True)
 
