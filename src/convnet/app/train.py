@@ -45,8 +45,10 @@ The run folder (``--out``):
 * ``metrics.jsonl``: one JSON object per line: ``{"event": "start", ...settings}``,
   one ``{"event": "epoch", ...}`` per epoch (train loss and top-1/top-5 error, val
   loss and errors, lr, seconds, images/s), ``{"event": "final", ...}`` (the ten-crop
-  evaluation) and ``resume``/``interrupted``/``stopped`` events. A resumed run
-  appends; where an epoch appears twice, the later line is the one that counts.
+  evaluation) and ``resume``/``interrupted`` (with the signal)/``stopped``/``failed``
+  events, and ``unfinished`` when a resumed run's previous process was killed (its lock
+  was left behind). A resumed run appends; where an epoch appears twice, the later
+  line is the one that counts.
 * ``curves.png`` and ``filters.png`` at the end of a run (``convnet show``; only with
   matplotlib, the ``plot`` extra); ``events.out.tfevents.*``: TensorBoard scalars of
   every epoch, only where a writer is installed (``convnet.app.board``).
@@ -82,6 +84,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .. import nn
 from ..data import Loader, open_prepared, resolve_data
+from ..data._pool import one_line
 from ..models import build_model, one_to_two_columns, two_to_one_columns
 from ..optim import SGD, Plateau
 from ..progress import ProgressBar, clock, say
@@ -271,6 +274,13 @@ class TrainingRun:
         else:
             self.log(f"train: figures {', '.join(drawn)} in {self.out}")
 
+    def _record_end(self, event: str, **fields) -> None:
+        """Record how the run ended, or warn when even that cannot be written (a full disk)."""
+        try:
+            self._record(event, **fields)
+        except OSError as exc:
+            self.log(f"train: warning: cannot record {event!r} in {METRICS}: {one_line(exc)}")
+
     def _loader(self, split: str, augment: str, batch_size: int):
         return Loader(self.dataset, split, batch_size=batch_size, seed=self.settings["seed"],
                       workers=self.options.workers, device=self.devices[0], augment=augment,
@@ -280,8 +290,13 @@ class TrainingRun:
         state = {"epoch": self.epoch, "settings": self.settings,
                  "schedule": self.schedule.state(), "metrics": metrics,
                  "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        path = ckpt.save(checkpoint_path(self.out, self.epoch), self.model.state_dict(),
-                         self.optimizer.state_dict(), state)
+        try:
+            path = ckpt.save(checkpoint_path(self.out, self.epoch), self.model.state_dict(),
+                             self.optimizer.state_dict(), state)
+        except OSError as exc:  # disk full, permissions: the earlier checkpoints stay whole
+            raise TrainingStopped(
+                f"epoch {self.epoch}: {one_line(exc)}; the checkpoints written before are "
+                f"untouched (make room, then continue with --resume)") from exc
         prune(self.out, self.schedule.best_epoch)
         return path
 
@@ -362,7 +377,7 @@ class TrainingRun:
         """Record that the run's previous process ended without releasing the run folder
         (killed, or the machine stopped): ``lock_run`` found its lock and said so."""
         if self._lock.stale is not None:
-            self._record("unfinished", epoch=self.epoch, previous=self._lock.stale)
+            self._record_end("unfinished", epoch=self.epoch, previous=self._lock.stale)
 
     def _run(self) -> dict:
         s = self.settings
@@ -401,7 +416,7 @@ class TrainingRun:
                     if s.get("final_eval", True) and self.has_val:
                         final = self._final(stop)
             except KeyboardInterrupt as exc:
-                self._record("interrupted", epoch=self.epoch,
+                self._record_end("interrupted", epoch=self.epoch,
                              signal="SIGTERM" if isinstance(exc, Terminated) else "SIGINT")
                 if run_checkpoints(self.out):
                     self.log(f"train: interrupted; {self.out} keeps the checkpoint of epoch "
@@ -411,7 +426,10 @@ class TrainingRun:
                     self.log("train: interrupted before the first epoch ended; no checkpoint")
                 raise
             except TrainingStopped as exc:
-                self._record("stopped", epoch=self.epoch, reason=str(exc))
+                self._record_end("stopped", epoch=self.epoch, reason=str(exc))
+                raise
+            except Exception as exc:  # a worker, a corrupt shard, ...: said by the command line
+                self._record_end("failed", epoch=self.epoch, reason=one_line(exc))
                 raise
         self._end_of_run()
         total = time.monotonic() - started

@@ -209,9 +209,7 @@ def prepare(src, dst, *, format: str = "jpeg", size: int = DEFAULT_SIZE,
 
 def _prepare_locked(src: Path, dst: Path, folder, say, show, started, *, format, size, quality,
                     shard_size, workers, pixels, seed, start_method) -> dict:
-    for entry in dst.iterdir():  # temporaries of an interrupted run
-        if _is_our_temporary(entry.name) and not owner_alive(entry.name):
-            entry.unlink(missing_ok=True)
+    _remove_dead_temporaries(dst)  # of an interrupted run
 
     settings = {"size": size, "format": format, "quality": quality if format == "jpeg" else None,
                 "resample": "lanczos", "crop": "center", "pipeline": PIPELINE_VERSION}
@@ -255,10 +253,15 @@ def _prepare_locked(src: Path, dst: Path, folder, say, show, started, *, format,
         say(f"prepare: resuming: {len(reused)} shard(s) already complete, {len(tasks)} to make")
     results = dict(reused)
     bar = ProgressBar(total_sources, "prepare", show, initial=done_sources)
+    jobs = run_tasks(_prepare_shard, tasks, workers, bar, start_method)
     try:
-        for task, result in run_tasks(_prepare_shard, tasks, workers, bar, start_method):
+        for task, result in jobs:
             result["sources"] = task["sources"]
             results[(task["split"], task["index"])] = result
+    except BaseException:  # Ctrl-C, SIGTERM, a failed worker: stop the pool, tidy up
+        jobs.close()
+        _remove_dead_temporaries(dst)
+        raise
     finally:
         bar.close()
 
@@ -384,6 +387,13 @@ def _prepare_arrays_locked(dst: Path, checked: dict, classes, names, format, qua
                                stats_entry)
     say(f"prepare: {dst}: " + ", ".join(f"{k} {v['count']} images" for k, v in entries.items()))
     return manifest
+
+
+def _remove_dead_temporaries(dst: Path) -> None:
+    """Delete the temporaries in ``dst`` whose writing process no longer runs."""
+    for entry in dst.iterdir():
+        if _is_our_temporary(entry.name) and not owner_alive(entry.name):
+            entry.unlink(missing_ok=True)
 
 
 def _is_our_temporary(name: str) -> bool:
