@@ -45,29 +45,47 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
     const int th0 = ch + ph, tw0 = chw - ch * W + pw;  // p*sh + r and q*sw + s
     const float* dyimg = dy + (cn * K + g * Kg) * PQ;
 
+    // kk = (k, r, s) as digits: A's column -> k*Cg*RS + r*S + s (w[g*Kg + k][c][r][s]
+    // less c), stepped by BK per slice; B's rows -> k*PQ with (r, s), stepped by 2 along a
+    // slice and by BK per slice (CnWalker, conv_common.cuh). Unit strides need no
+    // division at all; other strides divide by the stride to find the tap's phase.
+    const CnDigits a_slice = cn_digits(1, RS, Cg * RS, 0, 1, 0, 0, CN_TC_BK);
+    const CnDigits b_slice = cn_digits(R, S, PQ, 0, 0, 1, 1, CN_TC_BK);
+    const CnDigits b_two = cn_digits(R, S, PQ, 0, 0, 1, 1, 2);
+    CnWalker a_next, b_next;
+    a_next.start(a_slice, ak);
+    b_next.start(b_slice, cn_tc_b_row(0));
+    const bool unit = sh == 1 && sw == 1;
+
     auto load = [&](int slice, int stage) {
         const int k0 = slice * CN_TC_BK;
         {
-            const int kk = k0 + ak;
-            const int k = kk / RS, rs = kk - k * RS;
+            const bool kk_ok = k0 + ak < kd;
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
                 const int m = cn_tc_a_row(i);
-                const bool ok = m0 + m < Cg && kk < kd;
-                cn_cp_async<4>(&As[stage][m][ak], ok ? wg + (k * Cg + m) * RS + rs : w, ok);
+                const bool ok = m0 + m < Cg && kk_ok;
+                cn_cp_async<4>(&As[stage][m][ak], ok ? wg + m * RS + a_next.off : w, ok);
             }
+            a_next.advance(a_slice);
         }
+        CnWalker t = b_next;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const int r = cn_tc_b_row(i), kk = k0 + r;
-            const int k = kk / RS, rs = kk - k * RS;
-            const int fr = rs / S, fs = rs - fr * S;
-            const int th = th0 - fr, tw = tw0 - fs;
-            const int p = th / sh, q = tw / sw;
-            const bool ok = col_ok && kk < kd && th >= 0 && tw >= 0 && p * sh == th && q * sw == tw &&
-                            p < P && q < Q;
-            cn_cp_async<4>(&Bs[stage][r][bj], ok ? dyimg + k * PQ + p * Q + q : dy, ok);
+            const int th = th0 - t.d1, tw = tw0 - t.d2;
+            int p = th, q = tw;
+            bool phase = true;
+            if (!unit) {
+                p = th / sh;
+                q = tw / sw;
+                phase = p * sh == th && q * sw == tw;
+            }
+            const bool ok = col_ok && kk < kd && th >= 0 && tw >= 0 && phase && p < P && q < Q;
+            cn_cp_async<4>(&Bs[stage][r][bj], ok ? dyimg + t.off + p * Q + q : dy, ok);
+            if (i < 7) t.advance(b_two);
         }
+        b_next.advance(b_slice);
     };
     float acc[2][4][4];
     cn_tc_gemm<PREC>(load, As, Bs, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);

@@ -7,7 +7,8 @@
 // Layout: NCHW float32, C-contiguous: x (N, C, H, W), dy (N, K, P, Q), out (see below).
 //
 // Implicit GEMM per group g: A[k][kk] = dy[n][g*Kg + k][p][q] (Kg x N*P*Q), B[kk][j] =
-// x[...] for j = (c, r, s) (gathered, zero outside the image). The reduction over
+// x[...] for j = (c, r, s) (gathered, zero outside the image; the (n, p, q) offsets
+// follow kk with mixed-radix counters, CnWalker, no division in the loop). The reduction over
 // N*P*Q is split into `splits` consecutive chunks of `chunk` (a multiple of 16) that
 // separate blocks reduce: blockIdx.z = split * groups + g writes its partial sums to
 // out[split][g*Kg + k][j] (out is dw itself when splits == 1, else a workspace of
@@ -45,29 +46,41 @@ conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ d
     const int cc = col_ok ? col / RS : 0;
     const int crs_rem = col_ok ? col - cc * RS : 0;
     const int cr = crs_rem / S, cs = crs_rem - cr * S;
-    const float* xg = x + (g * Cg + cc) * HW;  // x[0][g*Cg + c]
+    const int hb = cr - ph, wb = cs - pw;             // h = p*sh + hb, w = q*sw + wb
+    const int xbase = (g * Cg + cc) * HW + hb * W + wb;  // of (n, p, q) = 0: may lie outside x
+
+    // kk = (n, p, q) as digits with offsets: A's column (n, pq) -> n*K*PQ + pq, stepped by
+    // BK per slice; B's rows (n, p, q) -> n*C*HW + p*sh*W + q*sw, stepped by 2 along a
+    // slice and by BK per slice (CnWalker, conv_common.cuh): no division in the loop.
+    const CnDigits a_slice = cn_digits(1, PQ, K * PQ, 0, 1, 0, 0, CN_TC_BK);
+    const CnDigits b_slice = cn_digits(P, Q, C * HW, sh * W, sw, 1, 1, CN_TC_BK);
+    const CnDigits b_two = cn_digits(P, Q, C * HW, sh * W, sw, 1, 1, 2);
+    CnWalker a_next, b_next;
+    a_next.start(a_slice, kbeg + ak);
+    b_next.start(b_slice, kbeg + cn_tc_b_row(0));
 
     auto load = [&](int slice, int stage) {
         const int k0 = kbeg + slice * CN_TC_BK;
         {
-            const int kk = k0 + ak;
-            const int n = kk / PQ, pq = kk - n * PQ;
+            const bool kk_ok = k0 + ak < kend;
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
                 const int m = cn_tc_a_row(i);
-                const bool ok = m0 + m < Kg && kk < kend;
-                cn_cp_async<4>(&As[stage][m][ak], ok ? dyg + (n * K + m) * PQ + pq : dy, ok);
+                const bool ok = m0 + m < Kg && kk_ok;
+                cn_cp_async<4>(&As[stage][m][ak], ok ? dyg + m * PQ + a_next.off : dy, ok);
             }
+            a_next.advance(a_slice);
         }
+        CnWalker t = b_next;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const int r = cn_tc_b_row(i), kk = k0 + r;
-            const int n = kk / PQ, pq = kk - n * PQ;
-            const int p = pq / Q, q = pq - p * Q;
-            const int h = p * sh - ph + cr, wi = q * sw - pw + cs;
+            const int h = hb + t.d1 * sh, wi = wb + t.d2 * sw;
             const bool ok = col_ok && kk < kend && h >= 0 && h < H && wi >= 0 && wi < W;
-            cn_cp_async<4>(&Bs[stage][r][bj], ok ? xg + n * C * HW + h * W + wi : x, ok);
+            cn_cp_async<4>(&Bs[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
+            if (i < 7) t.advance(b_two);
         }
+        b_next.advance(b_slice);
     };
     float acc[2][4][4];
     cn_tc_gemm<PREC>(load, As, Bs, (kend - kbeg + CN_TC_BK - 1) / CN_TC_BK, acc);

@@ -11,7 +11,9 @@
 // slice. Values are rounded to TF32/BF16 as the fragments are read from shared
 // memory; each product joins the sum in ascending kk, one FP32 rounding per addition.
 //
-// Loader contract: load(slice, stage) issues, for this thread, the copies of A rows
+// Loader contract: load(slice, stage) is called for slices 0, 1, 2, ... in order (so a
+// loader may step its gather state by one slice per call) and issues, for this
+// thread, the copies of A rows
 // cn_tc_a_row(i) (i < 8) at column cn_tc_a_col() and of B rows cn_tc_b_row(i) at
 // column cn_tc_b_col() of that slice into As[stage] / Bs[stage], zero-filling
 // everything outside the operands (padding, edges, past the reduction's end).
@@ -19,6 +21,8 @@
 // fall on 32 distinct banks.
 #pragma once
 
+// conv_common.cuh: CnDigits / CnWalker, gather offsets without divisions
+#include "conv_common.cuh"
 #include "cp_async.cuh"
 #include "mma.cuh"
 

@@ -11,7 +11,8 @@
 // Implicit GEMM per group g: A[m][kk] = w[g*Kg + m][kk] (Kg x Cg*R*S, dense rows),
 // B[kk][j] = x[n][g*Cg + c][p*sh - ph + r][q*sw - pw + s] for j = (n, p, q) (gathered,
 // zero outside the image). A thread's B column j is fixed: its image position is
-// computed once; each slice divides kk into (c, r, s).
+// computed once; its rows' (c, r, s) and offsets follow kk with mixed-radix counters
+// (CnWalker, conv_common.cuh), no division in the loop.
 //
 // Launch: block = 128 threads; grid = (ceil(N*P*Q / 64), ceil(Kg / 64), groups);
 // 29 KiB static shared memory. 32-bit indices (the host checks the sizes).
@@ -43,7 +44,14 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
     const int cpq = col_ok ? col - cn * PQ : 0;
     const int cp = cpq / Q;
     const int h0 = cp * sh - ph, w0 = (cpq - cp * Q) * sw - pw;
-    const float* ximg = x + (cn * C + g * Cg) * HW;
+    const int xbase = (cn * C + g * Cg) * HW + h0 * W + w0;  // of (c, r, s) = 0: may lie outside x
+
+    // This thread's B rows kk = k0 + cn_tc_b_row(i) = k0 + row0 + 2i, as digits (c, r, s)
+    // with the offset c*HW + r*W + s: stepped by 2 along a slice and by BK per slice.
+    const CnDigits by_slice = cn_digits(R, S, HW, W, 1, 1, 1, CN_TC_BK);
+    const CnDigits by_two = cn_digits(R, S, HW, W, 1, 1, 1, 2);
+    CnWalker next;
+    next.start(by_slice, cn_tc_b_row(0));
 
     auto load = [&](int slice, int stage) {
         const int k0 = slice * CN_TC_BK;
@@ -53,15 +61,16 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
             const bool ok = m0 + m < Kg && kk < kd;
             cn_cp_async<4>(&As[stage][m][ak], ok ? wrow + m * kd + kk : w, ok);
         }
+        CnWalker t = next;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const int r = cn_tc_b_row(i), kk = k0 + r;
-            const int c = kk / RS, rs = kk - c * RS;
-            const int fr = rs / S, fs = rs - fr * S;
-            const int h = h0 + fr, wi = w0 + fs;
+            const int h = h0 + t.d1, wi = w0 + t.d2;
             const bool ok = col_ok && kk < kd && h >= 0 && h < H && wi >= 0 && wi < W;
-            cn_cp_async<4>(&Bs[stage][r][bj], ok ? ximg + c * HW + h * W + wi : x, ok);
+            cn_cp_async<4>(&Bs[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
+            if (i < 7) t.advance(by_two);
         }
+        next.advance(by_slice);
     };
     float acc[2][4][4];
     cn_tc_gemm<PREC>(load, As, Bs, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
