@@ -26,7 +26,7 @@
 //      unrolled); __syncthreads before the next step overwrites z.
 // Dynamic shared memory: (width + depth) * blockDim.x floats (width = lo + hi + 1
 // slots of each thread's ring, then z). FW is lrn.cu's W (5: the window in registers,
-// the ring's slots unused).
+// no ring: width = 0).
 //
 // lrn_max_pool_backward: dx from x, the pooled gradient dy and the saved argmax, never
 // storing the LRN output's gradient dz. Launched as lrn_backward (ops/lrn.py's
@@ -83,6 +83,26 @@ static __device__ __forceinline__ void cn_lrn_pool_advance(int& d, int& toh, int
     d += step_d;
 }
 
+// The LRN outputs of channels cb .. cb + count - 1 of one column into z[d * region] by the
+// general walk, primed at cb (the same window values as a walk carried from g0, so the same
+// bits): the inline loop's rare depth steps, and every step off its domain. Out of line (a
+// call), so the depth loop does not carry its code.
+template <int FW>
+static __device__ __noinline__ void cn_lrn_depth_general(const float* __restrict__ xc, int plane,
+                                                         int cb, int count, int g0, int g1, int lo,
+                                                         int hi, float alpha, float beta,
+                                                         bool beta75, float k, float* z, int region,
+                                                         float* ring)
+{
+    cn_lrn_walk<FW> walk;
+    cn_lrn_prime<FW>(walk, xc, plane, cb, g0, g1, lo, hi, ring, region);
+    for (int d = 0; d < count; ++d) {
+        float a;
+        const float s = cn_lrn_step<FW>(walk, xc, plane, cb + d, g0, g1, lo, hi, alpha, k, a);
+        z[d * region] = cn_lrn_times_power(a, s, beta, beta75);
+    }
+}
+
 template <typename IndexT, int FW>
 __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restrict__ y,
                                      IndexT* __restrict__ argmax, int batch, int channels, int H,
@@ -91,7 +111,7 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
                                      int ph, int pw, int tile_h, int tile_w, int depth)
 {
     extern __shared__ float cn_fused_shared[];
-    const int width = lo + hi + 1;  // the ring's slots in shared memory (unused for FW > 0)
+    const int width = FW > 0 ? 0 : lo + hi + 1;  // the ring's slots (none for FW > 0)
     cn_lrn_fixed_window<FW>(lo, hi);
     const int region = blockDim.x;
     const int t = threadIdx.x;
@@ -102,7 +122,7 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
     const int group_channels = channels / groups;
     const bool beta75 = beta == 0.75f;
     const long long plane = (long long)H * W, out_plane = (long long)OH * OW;
-    const long long blocks = (long long)batch * groups * tiles_h * tiles_w;
+    const int blocks = batch * groups * tiles_h * tiles_w;  // < 2^31 (ops/lrn_max_pool.py)
     // 3x3 windows inside the image (no clipping) take an unrolled path: outputs
     // oh < full_oh, ow < full_ow when there is no padding
     // a sum of squares <= 2^126 gives s in [k, 2^120] (the rsqrt path's domain)
@@ -110,11 +130,10 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
     const bool full_3x3 = kh == 3 && kw == 3 && ph == 0 && pw == 0;
     const int full_oh = H >= 3 ? (H - 3) / sh + 1 : 0, full_ow = W >= 3 ? (W - 3) / sw + 1 : 0;
 
-    for (long long b = blockIdx.x; b < blocks; b += gridDim.x) {
-        const int tx = (int)(b % tiles_w);
-        const int ty = (int)(b / tiles_w % tiles_h);
-        const long long ng = b / ((long long)tiles_w * tiles_h);  // n * groups + g
-        const int g = (int)(ng % groups);
+    for (int b = blockIdx.x; b < blocks; b += gridDim.x) {  // 32-bit divisions
+        const int tx = b % tiles_w, rest = b / tiles_w;
+        const int ty = rest % tiles_h, ng = rest / tiles_h;  // ng = n * groups + g
+        const int g = ng % groups;
         const long long n = ng / groups;
         const int oh0 = ty * tile_h, ow0 = tx * tile_w;
         const int h0 = oh0 * sh - ph, w0 = ow0 * sw - pw;  // the region's first pixel
@@ -133,8 +152,9 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
         const int step_d = region / outs, step_o = region - step_d * outs;
         const int step_y = step_o / outs_w, step_x = step_o - step_y * outs_w;
 
-        cn_lrn_walk<FW> walk;
-        if (inside) cn_lrn_prime<FW>(walk, xc, (int)plane, g0, g0, g1, lo, hi, ring, region);
+        cn_lrn_walk<FW> walk;  // carried across depth steps by the inline loop only
+        if (inside && FW > 0 && fast)
+            cn_lrn_prime<FW>(walk, xc, (int)plane, g0, g0, g1, lo, hi, ring, region);
         for (int cb = g0; cb < g1; cb += depth) {
             const int count = min(depth, g1 - cb);
             if (inside && FW > 0 && fast) {
@@ -154,23 +174,12 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
                     z[d * region + t] = walk.x.at(lo) * cn_lrn_power75(fmaf(alpha, acc, k));
                     acc_sum += acc;
                 }
-                if (!(acc_sum <= 0x1p126f)) {
-                    cn_lrn_walk<FW> redo;
-                    cn_lrn_prime<FW>(redo, xc, (int)plane, cb, g0, g1, lo, hi, ring, region);
-                    for (int d = 0; d < count; ++d) {
-                        float a;
-                        const float s = cn_lrn_step<FW>(redo, xc, (int)plane, cb + d, g0, g1, lo,
-                                                       hi, alpha, k, a);
-                        z[d * region + t] = cn_lrn_times_power(a, s, beta, true);
-                    }
-                }
+                if (!(acc_sum <= 0x1p126f))
+                    cn_lrn_depth_general<FW>(xc, (int)plane, cb, count, g0, g1, lo, hi, alpha,
+                                             beta, true, k, z + t, region, ring);
             } else if (inside) {
-                for (int d = 0; d < count; ++d) {
-                    float a;
-                    const float s = cn_lrn_step<FW>(walk, xc, (int)plane, cb + d, g0, g1, lo, hi,
-                                                   alpha, k, a);
-                    z[d * region + t] = cn_lrn_times_power(a, s, beta, beta75);
-                }
+                cn_lrn_depth_general<FW>(xc, (int)plane, cb, count, g0, g1, lo, hi, alpha, beta,
+                                         beta75, k, z + t, region, ring);
             }
             __syncthreads();
             // item = d * outs + toh * outs_w + tow walks t, t + region, ... without a

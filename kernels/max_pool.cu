@@ -258,7 +258,45 @@ static __device__ __forceinline__ void cn_pool_backward(
 // divisors of H and Q.
 #define CN_POOL_PAIR_COLS 8  // columns per thread (ops/max_pool.PAIR_COLS), a multiple of 4
 
-template <typename IndexT>
+// The PAIR path's columns for sw = 2 (S2: AlexNet's 3/2): the thread's columns w0 + k,
+// k < COLS, are covered by the windows cb0 - 1 .. cb0 + (COLS - 1 + R0) / 2 (cb0 = (w0 +
+// pw) / 2, R0 = (w0 + pw) % 2): column k at c = k + R0 lies in window cb0 + c / 2 at
+// offset c % 2 and in the one before at offset c % 2 + 2 (when < kw). Each of those
+// windows' argmax and dy is read once per row (up: the window row above, lo: this one;
+// -1, never an argmax, where a window does not exist), then every column sums its (up to)
+// four in row-major output order, as the general path does (same bits).
+template <typename IndexT, int R0>
+static __device__ __forceinline__ void cn_pool_pair2_columns(
+    const float* __restrict__ dyu, const float* __restrict__ dyl, const IndexT* __restrict__ au,
+    const IndexT* __restrict__ al, bool up, bool lo, int cb0, int OW, int kw, int tu, int tl,
+    float* acc)
+{
+    constexpr int WINDOWS = (CN_POOL_PAIR_COLS - 1 + R0) / 2 + 2;
+    int ua[WINDOWS], la[WINDOWS];
+    float ud[WINDOWS], ld[WINDOWS];
+#pragma unroll
+    for (int j = 0; j < WINDOWS; ++j) {
+        const int cb = cb0 - 1 + j;
+        const bool ok = cb >= 0 && cb < OW;
+        ua[j] = up && ok ? (int)au[cb] : -1;
+        ud[j] = up && ok ? dyu[cb] : 0.0f;
+        la[j] = lo && ok ? (int)al[cb] : -1;
+        ld[j] = lo && ok ? dyl[cb] : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < CN_POOL_PAIR_COLS; ++k) {
+        const int c = k + R0, r = c % 2, right = c / 2 + 1, left = right - 1;
+        const bool has_left = r + 2 < kw, has_right = r < kw;
+        float sum = 0.0f;
+        if (has_left && ua[left] == tu + r + 2) sum += ud[left];
+        if (has_right && ua[right] == tu + r) sum += ud[right];
+        if (has_left && la[left] == tl + r + 2) sum += ld[left];
+        if (has_right && la[right] == tl + r) sum += ld[right];
+        acc[k] = sum;
+    }
+}
+
+template <typename IndexT, bool S2, int R0>
 static __device__ __forceinline__ void cn_pool_backward_pair(
     const float* __restrict__ dy, const IndexT* __restrict__ argmax, float* __restrict__ dx,
     long long planes, const cn_pool_shape& p, int group, unsigned long long div_h,
@@ -286,6 +324,10 @@ static __device__ __forceinline__ void cn_pool_backward_pair(
         const IndexT* al = au + p.OW;
         const int tu = (rr + p.sh) * p.kw, tl = rr * p.kw;
         float acc[CN_POOL_PAIR_COLS];
+        if (S2) {  // p.sw == 2, cr == R0 = p.pw % 2 (w0 is a multiple of 8)
+            cn_pool_pair2_columns<IndexT, R0>(dyu, dyl, au, al, up, lo, cb, p.OW, p.kw, tu, tl,
+                                              acc);
+        } else {
 #pragma unroll
         for (int k = 0; k < CN_POOL_PAIR_COLS; ++k) {
             // columns: left window b - 1 (window column cr + sw), right b (cr); past the
@@ -301,6 +343,7 @@ static __device__ __forceinline__ void cn_pool_backward_pair(
             const bool next = ++cr == p.sw;
             cr = next ? 0 : cr;
             cb = next ? cb + 1 : cb;
+        }
         }
         float* out = dx + ((base + pl) * p.H + h) * (long long)p.W + w0;
 #pragma unroll
@@ -329,9 +372,17 @@ __global__ void max_pool_backward(const float* __restrict__ dy, const IndexT* __
                                   unsigned long long div_sw)
 {
     const cn_pool_shape p = cn_pool_make(H, W, OH, OW, kh, kw, sh, sw, ph, pw);
-    if (PAIR)
-        cn_pool_backward_pair<IndexT>(dy, argmax, dx, planes, p, group, div_plane, div_row,
-                                      div_sh, div_sw);
+    // one loop per kind (a launch runs one of them): stride-2 columns with R0 = pw % 2, or
+    // any PAIR stride
+    if (PAIR && sw == 2 && pw % 2 == 0)
+        cn_pool_backward_pair<IndexT, true, 0>(dy, argmax, dx, planes, p, group, div_plane,
+                                               div_row, div_sh, div_sw);
+    else if (PAIR && sw == 2)
+        cn_pool_backward_pair<IndexT, true, 1>(dy, argmax, dx, planes, p, group, div_plane,
+                                               div_row, div_sh, div_sw);
+    else if (PAIR)
+        cn_pool_backward_pair<IndexT, false, 0>(dy, argmax, dx, planes, p, group, div_plane,
+                                                div_row, div_sh, div_sw);
     else
         cn_pool_backward<IndexT, false>(nullptr, dy, argmax, dx, planes, p, group, div_plane,
                                         div_row, div_sh, div_sw);

@@ -482,7 +482,9 @@ def test_fused_geometry():
     pool = pool_ops.make_params(3, 2, 0)
     g = fused_ops.geometry(H100, (128, 96, 55, 55), PAPER, pool)
     assert (g.tile_h, g.tile_w) == (9, 9) and g.threads == 19 * 19  # 27 outputs as 3 x 9
-    assert g.shared_bytes == 4 * g.threads * (5 + g.depth) <= lrn_ops.PREFERRED_SHARED_BYTES
+    # the paper's window sits in registers: no ring, z only
+    assert g.shared_bytes == 4 * g.threads * g.depth <= lrn_ops.PREFERRED_SHARED_BYTES
+    assert g.depth == fused_ops.MAX_DEPTH
     assert g.blocks == 128 * 9
     g = fused_ops.geometry(EMU, (1, 4, 27, 27), PAPER, pool)
     assert (g.tile_h, g.tile_w) == (7, 7) and g.depth == 4  # 13 outputs as 7 + 6

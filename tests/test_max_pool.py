@@ -464,7 +464,11 @@ def test_kernel_errors(kernel_device):
                                               # float4 rows: W % 8 == 4 ends halfway
                                               # through a thread's eight columns
                                               ((3, 3), (2, 2), (1, 1), (2, 2, 6, 12)),
-                                              ((2, 2), (2, 2), (0, 0), (1, 3, 4, 4))])
+                                              ((2, 2), (2, 2), (0, 0), (1, 3, 4, 4)),
+                                              # stride-2 columns: kw = 4 with odd padding,
+                                              # another row stride
+                                              ((4, 4), (2, 2), (1, 1), (1, 2, 11, 10)),
+                                              ((3, 3), (3, 2), (1, 1), (2, 2, 10, 9))])
 def test_pair_backward_matches_the_general_gather(kernel_device, k, s, pad, shape):
     """kernel <= 2 x stride takes the PAIR path (four windows, no division per element);
     it gives the general gather's dx bit for bit, ties and -0.0 gradients included."""

@@ -72,6 +72,7 @@ def geometry(device, shape, params: lrn.LRNParams, pool: max_pool.PoolParams) ->
     _, _, oh, ow = max_pool.output_shape(shape, pool)
     lo, hi = lrn.check_window(shape, params)
     width = lo + hi + 1
+    ring = 0 if lrn.fixed_width(lo, hi) else width  # slots per thread (none: in registers)
     # Shared memory stays within the 48 KiB every architecture gives a block without the
     # opt-in (lrn.PREFERRED_SHARED_BYTES; the kernel has no static __shared__): the tile
     # shrinks until the region's ring plus one channel of z fits.
@@ -80,7 +81,7 @@ def geometry(device, shape, params: lrn.LRNParams, pool: max_pool.PoolParams) ->
 
     tile = MAX_TILE
     while tile > 1 and (region(tile) > MAX_REGION
-                        or 4 * region(tile) * (width + 1) > lrn.PREFERRED_SHARED_BYTES):
+                        or 4 * region(tile) * (ring + 1) > lrn.PREFERRED_SHARED_BYTES):
         tile -= 1
     # Balanced tiles (13 outputs as 7 + 6, not 10 + 3): fewer idle threads in edge blocks.
     tile_h, tile_w = -(-oh // -(-oh // tile)), -(-ow // -(-ow // tile))
@@ -90,13 +91,16 @@ def geometry(device, shape, params: lrn.LRNParams, pool: max_pool.PoolParams) ->
                          f"per block, more than {MAX_THREADS_PER_BLOCK}; run the two ops "
                          f"separately")
     cg = c // params.groups
-    depth = max(1, min(MAX_DEPTH, cg, lrn.PREFERRED_SHARED_BYTES // (4 * threads) - width))
-    shared = 4 * threads * (width + depth)
+    depth = max(1, min(MAX_DEPTH, cg, lrn.PREFERRED_SHARED_BYTES // (4 * threads) - ring))
+    shared = 4 * threads * (ring + depth)
     if shared > lrn.PREFERRED_SHARED_BYTES:
         raise ValueError(f"lrn + max_pool2d: {shared} bytes of shared memory per block exceed "
                          f"the {lrn.PREFERRED_SHARED_BYTES} bytes a block gets without opting in "
                          f"(a {width}-channel LRN window); run the two ops separately")
     blocks = n * params.groups * -(-oh // tile_h) * -(-ow // tile_w)
+    if blocks > 2**31 - 1:
+        raise ValueError(f"lrn + max_pool2d: {blocks} tiles exceed the kernel's int32 block "
+                         f"index; run the two ops separately")
     if device.kind != "cuda":
         blocks = min(blocks, lrn.EMU_MAX_BLOCKS)
     return Geometry(lo, hi, tile_h, tile_w, depth, threads, max(blocks, 1), shared)
