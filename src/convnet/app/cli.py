@@ -303,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ..precision import PRECISIONS
     tr.add_argument("--precision", choices=PRECISIONS,
                     help="the convolutions' arithmetic: fp32 (default, the paper's), or tf32 "
-                         "or bf16 operands on tensor cores with FP32 sums (forward pass; "
-                         "the backward passes stay FP32); fixed for a run")
+                         "or bf16 operands on tensor cores with FP32 sums (all three "
+                         "passes); fixed for a run")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest checkpoint that loads")
     tr.add_argument("--force", action="store_true",

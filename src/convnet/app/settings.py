@@ -30,9 +30,9 @@ DEFAULT_PATIENCE = 2
 DEFAULT_LR_DROPS = 3
 DEFAULT_CROP = 227
 DROPOUT = 0.5
-# The convolutions' arithmetic (convnet.precision): FP32, the paper's, on every device.
-# On a GPU TF32 is faster in the forward pass, but the backward passes are FP32 either way
-# (no tensor-core backward kernels yet) and the reproduction's numbers are FP32 ones.
+# The convolutions' arithmetic (convnet.precision): FP32, the paper's, on every device,
+# GPU included: the reproduction's numbers are FP32 ones, and the tensor-core path
+# (--precision tf32/bf16) has not been timed on a GPU yet.
 DEFAULT_PRECISION = "fp32"
 
 
