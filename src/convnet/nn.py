@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numbers
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,8 +26,8 @@ from .ops.dropout import check_arguments as _check_dropout
 from .state_dict import differences
 from .tensor import Tensor
 
-__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "LocalResponseNorm", "MaxPool2d",
-           "ReLU", "Dropout", "Linear", "Flatten"]
+__all__ = ["LoadResult", "Module", "Parameter", "Sequential", "Conv2d", "LocalResponseNorm",
+           "MaxPool2d", "ReLU", "Dropout", "Linear", "Flatten"]
 
 
 class Parameter(Tensor):
@@ -154,22 +155,34 @@ class Module:
         return OrderedDict((name, np.array(p.numpy(), copy=True))
                            for name, p in self.named_parameters())
 
-    def load_state_dict(self, state) -> None:
+    def load_state_dict(self, state, strict: bool = True) -> "LoadResult":
         """Copy ``state`` (name → array) into the parameters, in place.
 
-        Every name must be present, none extra, and every shape equal; otherwise a
-        ValueError lists all that differ and no parameter is changed. Values are
-        cast to each parameter's dtype and copied to its device.
+        ``strict`` (default): every name must be present, none extra, and every shape
+        equal. ``strict=False``: names only in the model keep their values and names
+        only in ``state`` are passed over (a model grown or cut from another), but
+        every name in both must still have the parameter's shape. Otherwise a
+        ValueError lists all that differ and no parameter is changed. Values are cast
+        to each parameter's dtype and copied to its device. Returns the names passed
+        over: ``LoadResult(missing, unexpected)`` (both empty when strict).
         """
         if not hasattr(state, "items"):
             raise TypeError(f"load_state_dict: expected a mapping of names to arrays, "
                             f"not {type(state).__name__}")
         params = OrderedDict(self.named_parameters())
+        missing = [name for name in params if name not in state]
+        unexpected = [name for name in state if name not in params]
+        if not strict:
+            params = OrderedDict((n, p) for n, p in params.items() if n in state)
+            state = {n: v for n, v in state.items() if n in params}
         problems = differences(state, {name: p.shape for name, p in params.items()},
                                given_where="in the state dict", expected_where="in the model")
         if problems:
             raise ValueError(f"load_state_dict: the state dict does not match "
-                             f"{type(self).__name__}: " + "; ".join(problems))
+                             f"{type(self).__name__}: " + "; ".join(problems)
+                             + ("" if not strict else " (strict=False loads the names both "
+                                "have)" if not [q for q in problems if "shape" in q] else ""))
+        values = {}
         for name, p in params.items():
             value = state[name]
             if isinstance(value, Tensor):
@@ -177,7 +190,10 @@ class Module:
             value = np.asarray(value) if not hasattr(value, "__cuda_array_interface__") else value
             if getattr(value, "dtype", np.dtype(np.float64)).kind not in "fiu":
                 raise TypeError(f"load_state_dict: {name} has dtype {value.dtype}, not a number")
-            p.data[...] = p.device.asarray(value, dtype=p.dtype)
+            values[name] = value
+        for name, p in params.items():  # all checked: now change them
+            p.data[...] = p.device.asarray(values[name], dtype=p.dtype)
+        return LoadResult(missing if not strict else [], unexpected if not strict else [])
 
     def extra_repr(self) -> str:
         return ""
@@ -190,6 +206,14 @@ class Module:
                 lines.append(f"  ({name}): {text}")
             return "\n".join(lines) + "\n)"
         return lines[0] + ")"
+
+
+class LoadResult(NamedTuple):
+    """What ``load_state_dict(strict=False)`` passed over: names only in the model
+    (``missing``, kept as they were) and only in the state dict (``unexpected``)."""
+
+    missing: list
+    unexpected: list
 
 
 class Sequential(Module):

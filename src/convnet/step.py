@@ -106,6 +106,13 @@ def train_step(model, optimizer, images, labels, check_finite: bool | None = Non
     ``check_finite``: stop before the update on a non-finite loss (a host read); the
     default is True on host devices, False on ``cuda``.
     """
+    if getattr(images, "shape", None) is not None and len(images.shape) and images.shape[0] == 0:
+        # The model takes an empty batch (empty outputs, zero gradients), but its mean
+        # loss is undefined and an SGD step on no data would still move the weights
+        # (momentum, weight decay): refused, with nothing changed.
+        raise ValueError(f"train_step: the batch is empty (images of shape "
+                         f"{tuple(images.shape)}): there is nothing to learn from; the weights "
+                         f"and the optimizer are unchanged")
     model.train()
     optimizer.zero_grad()
     with record_transfers() as log:

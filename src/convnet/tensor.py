@@ -81,6 +81,11 @@ class Tensor:
             data = data.data
         from_array = hasattr(data, "dtype")
         array = device.asarray(data, dtype=dtype)
+        if array.dtype.kind not in "biuf":
+            what = {"U": "text", "S": "bytes", "O": "Python objects", "c": "complex numbers",
+                    "M": "dates", "m": "time spans", "V": "records"}.get(array.dtype.kind, "")
+            raise TypeError(f"a tensor holds numbers (bool, integer or floating point); this "
+                            f"data is {what or 'not numeric'} (dtype {array.dtype})")
         if array is data or _shares_memory(device, array, data):
             array = array.copy()  # a tensor never aliases the caller's array
         if dtype is None and not from_array and array.dtype == np.float64:

@@ -97,6 +97,8 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, g
     """
     check_float_tensors("conv2d", input=x, weight=w, bias=b)
     g = _conv_ops.geometry(x.shape, w.shape, stride, padding, groups)
+    if x.device.runs_kernels and all(g.y_shape):  # before any output or workspace exists
+        _conv_ops.check_kernel_sizes(g)
     inputs = (x, w) if b is None else (x, w, b)
     ops = _algorithm_ops(algorithm, g)
     precision = _precision.resolve(precision, "conv2d: precision")

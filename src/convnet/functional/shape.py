@@ -10,11 +10,15 @@ __all__ = ["flatten", "cat"]
 
 
 class Flatten(Function):
-    """``x.reshape(N, -1)`` (a view of a contiguous array); the gradient is reshaped back."""
+    """``x.reshape(N, C·H·W)`` (a view of a contiguous array); the gradient is reshaped
+    back. The merged size is computed, not ``-1``, so an empty batch (N = 0) flattens too."""
 
     def forward(self, x, start_dim=1):
         self.shape = x.shape
-        return x.reshape(x.shape[:start_dim] + (-1,))
+        merged = 1
+        for size in x.shape[start_dim:]:
+            merged *= size
+        return x.reshape(x.shape[:start_dim] + (merged,))
 
     def backward(self, grad):
         return grad.reshape(self.shape)

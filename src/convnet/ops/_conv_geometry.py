@@ -107,16 +107,29 @@ def geometry(x_shape, w_shape, stride=1, padding=0, groups=1) -> Geometry:
 
 def check_kernel_sizes(g: Geometry) -> None:
     """ValueError unless every index the kernels form fits in 32 bits (see the .cu files;
-    backward filter's split workspace is ``plan_filter``'s to check)."""
-    spans = {
-        "the padded input x": g.n * g.c * (g.h + 2 * g.pad_h + g.stride_h + g.r)
+    backward filter's split workspace is ``plan_filter``'s to check), with advice that
+    fits: a batch size that would, or why none does. Cheap: ``functional.conv2d`` calls
+    it before any array is allocated."""
+    per_image = {  # elements one image spans, with padding and halo
+        "the padded input x": g.c * (g.h + 2 * g.pad_h + g.stride_h + g.r)
         * (g.w + 2 * g.pad_w + g.stride_w + g.s),
-        "the output y": g.n * g.k * (g.p + g.r + 1) * (g.q + g.s + 1),
-        "the filters w": g.k * g.cg * g.r * g.s,
+        "the output y": g.k * (g.p + g.r + 1) * (g.q + g.s + 1),
     }
+    spans = {what: g.n * count for what, count in per_image.items()}
+    spans["the filters w"] = g.k * g.cg * g.r * g.s
     for what, count in spans.items():
-        if count > INT32_MAX:
-            raise ValueError(f"conv2d: the kernels index with 32-bit integers and {what} of "
-                             f"this convolution spans {count} elements (with padding and "
-                             f"halo), more than 2**31 - 1; split the batch "
-                             f"(x {g.x_shape}, w {g.w_shape})")
+        if count <= INT32_MAX:
+            continue
+        one = per_image.get(what)
+        if one is None:
+            advice = "use fewer filters or fewer input channels per group"
+        elif one <= INT32_MAX:
+            advice = (f"split the batch of {g.n} into batches of at most "
+                      f"{INT32_MAX // one} images")
+        else:
+            advice = (f"one image alone spans {one} elements, so no batch size helps: use "
+                      f"smaller images or fewer channels")
+        raise ValueError(f"conv2d: the kernels index with 32-bit integers and {what} of "
+                         f"this convolution spans {count} elements (with padding and "
+                         f"halo), more than 2**31 - 1; {advice} "
+                         f"(x {g.x_shape}, w {g.w_shape})")
