@@ -252,20 +252,17 @@ def _batches(run, split: str, indices: np.ndarray, per_batch: int):
             run.device, run.device.asarray(host), chunk)
 
 
-def _load(run, device, split: str = "val"):
+def _load(run, device):
+    """The run's network (in eval mode) and data, as ``convnet evaluate`` loads them."""
     from .evaluate import load_run
-    loaded = load_run(run, device=device, split=split)
+    loaded = load_run(run, device=device, split="val")
     loaded.model.eval()
     return loaded
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
 def draw_predictions(run, out: Path, images: int = 8, device=None) -> Path:
     from ..tensor import no_grad
+    from .evaluate import _softmax
     loaded = _load(run, device)
     names = loaded.dataset.class_names
     labels = loaded.dataset.split("val").labels
@@ -274,7 +271,7 @@ def draw_predictions(run, out: Path, images: int = 8, device=None) -> Path:
     with no_grad():
         for chunk, patches, x in _batches(loaded, "val", picked, loaded.settings["batch_size"]):
             shown.extend(patches)
-            probs.append(_softmax(loaded.model(x).numpy().astype(np.float64)))
+            probs.append(_softmax(np, loaded.model(x).numpy().astype(np.float64)))
     probs = np.concatenate(probs)
     top = min(5, probs.shape[1])
     per_row = min(4, len(picked))
