@@ -12,6 +12,7 @@ every module of ``convnet.ops.KERNEL_MODULES``, these three included.
 """
 from __future__ import annotations
 
+import textwrap
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,7 +23,7 @@ from convnet import functional as F
 from convnet.ops import conv
 from convnet.ops import conv_winograd as cw
 
-from conftest import require_device
+from conftest import require_device, run_clean_under_asan
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -196,6 +197,47 @@ def test_every_emu_check_mode():
             got = check_passes(device, case, splits=2)
         for a, b, what in zip(got, plain, ("y", "dx", "dw")):
             assert np.array_equal(a, b), f"{what} differs under {mode}"
+
+
+_ASAN_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import convnet
+    from convnet.backend import emu
+    from convnet.ops import conv, conv_winograd as cw
+    device = convnet.get_device("emu")
+
+    def tight(a):  # a view ending exactly at the end of its allocation, off 16 bytes
+        base = np.empty(a.size + 1, np.float32)
+        base[1:] = a.reshape(-1)
+        return base[1:].reshape(a.shape)
+
+    rng = np.random.default_rng(0)
+    shapes = [((1, 3, 7, 6), (4, 3, 3, 3), 1, 1), ((2, 4, 5, 9), (6, 2, 3, 3), 0, 2),
+              ((1, 2, 1, 2), (3, 2, 3, 3), 3, 1)]
+    for tile in (conv.EMU, conv.THIN):
+        for xs, ws, pad, groups in shapes:
+            g = conv.geometry(xs, ws, 1, pad, groups)
+            x, w, b = (tight(rng.standard_normal(s).astype(np.float32)) for s in (xs, ws, ws[:1]))
+            dy = tight(rng.standard_normal(g.y_shape).astype(np.float32))
+            with emu.debug(check="address"):
+                y = cw.forward(device, g, x, w, b, relu=True, tile=tile)
+                dx = cw.backward_data(device, g, dy, w, tile=tile)
+                dw = cw.backward_filter(device, g, x, dy, tile=tile, splits=2)
+            f = lambda a: a.astype(np.float64)
+            assert np.allclose(y, conv.forward_reference(g, f(x), f(w), f(b), relu=True),
+                               rtol=1e-4, atol=1e-4)
+            assert np.allclose(dx, conv.backward_data_reference(g, f(dy), f(w)), rtol=1e-4,
+                               atol=1e-4)
+            assert np.allclose(dw, conv.backward_filter_reference(g, f(x), f(dy)), rtol=1e-4,
+                               atol=1e-4)
+    print("CLEAN")
+""")
+
+
+def test_kernels_under_address_sanitizer():
+    """No global access outside the operands, outputs and workspaces (padding 0, 1 and
+    3, a 1x2 image, operands that end exactly at their allocation's end)."""
+    run_clean_under_asan(_ASAN_SCRIPT, timeout=600)
 
 
 # --------------------------------------------------------------------------- functional
