@@ -415,7 +415,7 @@ def targets(summary) -> dict:
     """The issue's GPU targets, from the summary rows (recorded, never asserted)."""
     notes = {}
     fwd = [r for r in summary if r["pass"] == "forward" and r["layer"] != "conv1"
-           and "pct_peak" in r]
+           and "pct_peak" in r and r.get("algorithm", "direct") == "direct"]
     if fwd:
         notes["target forward conv2-5 >= 50% of FP32 peak"] = all(
             r["pct_peak"] >= TARGET_PCT_PEAK for r in fwd)
