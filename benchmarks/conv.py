@@ -31,7 +31,8 @@ repeats.
 (``ops.conv_winograd``, its four launches per pass timed together) on the layers it
 takes (conv3-conv5), checked and timed like the direct kernels; on a GPU it is set
 against cuDNN with TF32 off (the issue's target: >= 1.2x cuDNN FP32 on conv3-5) and
-recorded beside the model's prediction. ``--predict GPU`` (no GPU needed) prints the
+recorded beside the model's prediction (its TFLOP/s and % peak count the direct
+convolution's FLOPs: effective rates). ``--predict GPU`` (no GPU needed) prints the
 performance model's predicted microseconds per pass of each algorithm at the batch
 (default 128) for that GPU (h100, ...), and records them; nothing is run or timed then.
 """
