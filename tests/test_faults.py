@@ -166,6 +166,28 @@ def test_sigterm_mid_epoch_is_handled_like_ctrl_c(data, tmp_path):
     _all_whole(out)
 
 
+def test_kill_9_mid_epoch(data, tmp_path):
+    """kill -9 of the driver (its loader workers see their parent go and exit): the
+    shared memory is released by the tracker without its "leaked" warning, every
+    checkpoint left is whole, and the next run says what happened."""
+    out = tmp_path / "run"
+    process = _start(*_train_args(data, out, "--epochs", 10000, "--workers", 2))
+    try:
+        _wait_for(lambda: (out / "epoch-0001.safetensors").exists() or process.poll() is not None)
+        assert _segments(process.pid)
+        workers = _children(process.pid)
+        process.kill()
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    _wait_for(lambda: not any(_alive(p) for p in workers), timeout=20)
+    _wait_for(lambda: not _segments(process.pid), timeout=20)
+    assert "leaked" not in err and "Traceback" not in err, err
+    _all_whole(out)
+    resumed = _convnet(*_train_args(data, out, "--epochs", 1, "--resume"))
+    assert "ended without releasing it (killed or crashed)" in resumed.stderr
+
+
 _KILL_IN_SAVE = textwrap.dedent("""
     # convnet train, killed (SIGKILL) inside the save of epoch 2's checkpoint: after the
     # temporary file is written and fsynced, before it is renamed into place

@@ -70,6 +70,23 @@ def test_a_held_lock_names_its_holder_and_a_dead_ones_is_taken_over(tmp_path):
         holder.wait()
 
 
+def test_waiting_for_a_lock_says_for_whom(tmp_path):
+    """How two first runs share the demo cache: the second waits for the first."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER.replace("time.sleep(60)",
+                                                                     "time.sleep(1.5)"),
+                               str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        said = []
+        with FolderLock(tmp_path, "the demo cache", wait=True, log=said.append) as lock:
+            assert holder.wait(timeout=30) == 0  # the holder finished its with block first
+            assert lock.stale is None
+        assert len(said) == 1 and f"waiting for pid {holder.pid}" in said[0]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_lock_is_counted_within_a_process_and_removes_a_folder_it_made(tmp_path):
     folder = tmp_path / "new"
     folder.mkdir()

@@ -93,10 +93,11 @@ def _run_reporting_errors(command: str, work, interrupted: str = "interrupted") 
     from .checkpoint import CheckpointError
     from ..data import DatasetError, DemoError, ManifestError, PrepareError
     from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, Terminated,
-                         handle_sigterm, report)
+                         handle_sigterm, quiet_resource_tracker, report)
     from .runs import TrainError
     usage = (TrainError, DeviceError, DatasetError, PrepareError, DemoError, ManifestError,
              CheckpointError)
+    quiet_resource_tracker()
     try:
         with handle_sigterm():
             work()

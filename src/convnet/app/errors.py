@@ -54,6 +54,18 @@ def report(command: str, exc: BaseException, code: int, debug: bool = False) -> 
     return code
 
 
+def quiet_resource_tracker() -> None:
+    """After kill -9, multiprocessing's resource tracker (a process of its own) unlinks
+    the loader's shared memory, and warns about "leaked shared_memory objects" as it
+    does: the memory is released, the warning only alarms. The command line owns its
+    process, so it asks the tracker (started later, inheriting the environment) not
+    to warn."""
+    rule = "ignore:resource_tracker:UserWarning"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if rule not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = f"{current},{rule}" if current else rule
+
+
 def _raise_terminated(signum, frame):
     raise Terminated()
 
