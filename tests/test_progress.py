@@ -77,7 +77,10 @@ def test_clock():
 def _events(folder):
     """The (tag, step, value) scalars of a folder's event files (TFRecord: length, its CRC,
     the Event proto, its CRC)."""
-    from tensorboardX.proto.event_pb2 import Event
+    try:
+        from tensorboardX.proto.event_pb2 import Event
+    except ImportError:
+        from tensorboard.compat.proto.event_pb2 import Event
     found = []
     for path in sorted(folder.glob(board.EVENT_FILES)):
         data = path.read_bytes()
@@ -90,8 +93,13 @@ def _events(folder):
     return found
 
 
-def test_scalars_of_epochs_and_the_final_evaluation(tmp_path):
-    pytest.importorskip("tensorboardX", reason="the tensorboard extra is not installed")
+@pytest.mark.parametrize("package", ["tensorboardX", "tensorboard"])
+def test_scalars_of_epochs_and_the_final_evaluation(package, tmp_path, monkeypatch):
+    pytest.importorskip(package, reason=f"{package} is not installed (tensorboardX: the "
+                                        f"tensorboard extra)")
+    if package == "tensorboard":  # its own writer, as where tensorboardX is missing
+        monkeypatch.setitem(sys.modules, "tensorboardX", None)
+        assert board.writer_class() is board.TensorBoardWriter
     scalars = board.Scalars(tmp_path)
     scalars.epoch(1, {"epoch": 1, "train_loss": 2.5, "val_top1_error": 0.75, "lr": 0.01,
                       "images_per_second": 30.0, "val_loss": None})
@@ -126,7 +134,7 @@ def test_a_fresh_run_deletes_the_event_files_of_the_run_before_it(tmp_path):
 
 
 def test_no_writer_installed_writes_nothing(tmp_path, monkeypatch):
-    for name in ("tensorboardX", "torch.utils.tensorboard"):
+    for name in ("tensorboardX", "tensorboard"):
         monkeypatch.setitem(sys.modules, name, None)
     assert board.writer_class() is None
     scalars = board.Scalars(tmp_path)

@@ -2,11 +2,11 @@
 installed (optional; nothing is written and nothing is said without one).
 
 The writer is tensorboardX's ``SummaryWriter`` (``pip install "convnet[tensorboard]"``:
-tensorboardX needs only NumPy, protobuf and packaging, no TensorFlow or PyTorch), else
-PyTorch's ``torch.utils.tensorboard`` where torch and tensorboard are installed. The event
-files (``events.out.tfevents.*``) go into the run folder itself, so ``tensorboard
---logdir runs`` shows every run under its folder's name. Per
-epoch (the step is the epoch number): ``loss/train``, ``loss/val``,
+tensorboardX needs only NumPy, protobuf and packaging, no TensorFlow or PyTorch), else,
+where the ``tensorboard`` package is installed, its own event-file writer (the one
+``torch.utils.tensorboard`` writes through). The event files (``events.out.tfevents.*``)
+go into the run folder itself, so ``tensorboard --logdir runs`` shows every run under its
+folder's name. Per epoch (the step is the epoch number): ``loss/train``, ``loss/val``,
 ``error/train_top1``, ``error/train_top5``, ``error/val_top1``, ``error/val_top5``,
 ``lr``, ``images_per_second``; after the last epoch ``error/ten_crop_top1`` and
 ``error/ten_crop_top5``. A resumed run adds a new event file; its epochs continue the
@@ -15,9 +15,10 @@ the run before it.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-__all__ = ["EVENT_FILES", "Scalars", "writer_class"]
+__all__ = ["EVENT_FILES", "Scalars", "TensorBoardWriter", "writer_class"]
 
 EVENT_FILES = "events.out.tfevents.*"
 
@@ -32,17 +33,39 @@ FINAL_TAGS = {"top1_error": "error/ten_crop_top1", "top5_error": "error/ten_crop
 
 
 def writer_class():
-    """The first importable ``SummaryWriter`` (tensorboardX's, then torch's), or None."""
+    """The first writer whose package is installed (tensorboardX's ``SummaryWriter``, then
+    ``TensorBoardWriter``), or None."""
     try:
         from tensorboardX import SummaryWriter
         return SummaryWriter
     except ImportError:
         pass
     try:
-        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package too
-        return SummaryWriter
+        import tensorboard.summary.writer.event_file_writer  # noqa: F401
+        return TensorBoardWriter
     except ImportError:
         return None
+
+
+class TensorBoardWriter:
+    """The scalar part of a ``SummaryWriter`` on the ``tensorboard`` package's event-file
+    writer (which writes the file-version record first)."""
+
+    def __init__(self, logdir: str):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        self._file = EventFileWriter(logdir)
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        self._file.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(
+            value=[Summary.Value(tag=tag, simple_value=float(value))])))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class Scalars:
