@@ -37,7 +37,7 @@
 // argmax of a full chunk is stored as one uchar4 per lane after a shuffle (when the
 // argmax is 4-byte aligned and group * OH * OW is a multiple of 4, so every chunk starts
 // at a multiple of 4 bytes), else byte by byte. Backward where kernel <= 2 x stride
-// (AlexNet's 3/2; max_pool_backward<IndexT, true>): its own launch shape, a thread per
+// (AlexNet's 3/2; max_pool_backward<IndexT, PATH > 0>): its own launch shape, a thread per
 // 8 columns of one row (cn_pool_backward_pair). Other backwards: a thread takes four
 // consecutive inputs and stores them as one float4 when dx is 16-byte aligned and group
 // * H * W is a multiple of 4, else element by element; each input still gathers in the
@@ -361,9 +361,11 @@ static __device__ __forceinline__ void cn_pool_backward_pair(
     }
 }
 
-// dx from dy and the saved argmax; PAIR: at most two windows cover an input per axis
-// (the host checks kh <= 2 sh and kw <= 2 sw), else the general gather.
-template <typename IndexT, bool PAIR>
+// dx from dy and the saved argmax. PATH (ops/max_pool.backward_path): 0 the general
+// gather; where at most two windows cover an input per axis (the host checks kh <= 2 sh
+// and kw <= 2 sw) the PAIR path, 2 and 3 with stride-2 columns (R0 = pw % 2 = 0, 1), 1
+// for other strides.
+template <typename IndexT, int PATH>
 __global__ void max_pool_backward(const float* __restrict__ dy, const IndexT* __restrict__ argmax,
                                   float* __restrict__ dx, long long planes, int H, int W, int OH,
                                   int OW, int kh, int kw, int sh, int sw, int ph, int pw,
@@ -372,17 +374,9 @@ __global__ void max_pool_backward(const float* __restrict__ dy, const IndexT* __
                                   unsigned long long div_sw)
 {
     const cn_pool_shape p = cn_pool_make(H, W, OH, OW, kh, kw, sh, sw, ph, pw);
-    // one loop per kind (a launch runs one of them): stride-2 columns with R0 = pw % 2, or
-    // any PAIR stride
-    if (PAIR && sw == 2 && pw % 2 == 0)
-        cn_pool_backward_pair<IndexT, true, 0>(dy, argmax, dx, planes, p, group, div_plane,
-                                               div_row, div_sh, div_sw);
-    else if (PAIR && sw == 2)
-        cn_pool_backward_pair<IndexT, true, 1>(dy, argmax, dx, planes, p, group, div_plane,
-                                               div_row, div_sh, div_sw);
-    else if (PAIR)
-        cn_pool_backward_pair<IndexT, false, 0>(dy, argmax, dx, planes, p, group, div_plane,
-                                                div_row, div_sh, div_sw);
+    if (PATH > 0)
+        cn_pool_backward_pair<IndexT, PATH >= 2, PATH == 3>(dy, argmax, dx, planes, p, group,
+                                                            div_plane, div_row, div_sh, div_sw);
     else
         cn_pool_backward<IndexT, false>(nullptr, dy, argmax, dx, planes, p, group, div_plane,
                                         div_row, div_sh, div_sw);

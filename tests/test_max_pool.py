@@ -334,7 +334,7 @@ def test_launch_shape():
     assert launch.grid == (-(-quads // pool_ops.BLOCK), pool_ops.EMU_MAX_GROUPS, 1)
     back = pool_ops.backward_launch(EMU, y, np.zeros(y.shape, np.uint8), x, ALEXNET)
     # 3/2 windows: the backward's PAIR path, a thread per PAIR_COLS columns of a row
-    assert back.name == "max_pool_backward<unsigned char, true>"
+    assert back.name == "max_pool_backward<unsigned char, 2>"  # stride-2 columns, pw even
     assert back.grid == (-(-pool_ops.EMU_GROUP * 55 * 7 // pool_ops.BLOCK),
                          pool_ops.EMU_MAX_GROUPS, 1)
     assert pool_ops.forward_launch(EMU, x, y, ALEXNET).name == "max_pool_forward"
@@ -480,13 +480,15 @@ def test_pair_backward_matches_the_general_gather(kernel_device, k, s, pad, shap
     dy = _data(pool_ops.output_shape(shape, p), 8)
     dy[..., ::3] = -0.0
     pair = pool_ops.backward_launch(dev, dev.asarray(dy), a, dev.xp.empty(shape, np.float32), p)
-    assert pair.name == "max_pool_backward<unsigned char, true>"
+    path = pool_ops.backward_path(p)
+    assert pair.name == f"max_pool_backward<unsigned char, {path}>"
+    assert path == (2 + pad[1] % 2 if s[1] == 2 else 1)
     general = dev.xp.empty(shape, np.float32)
     grid, block, group = pool_ops.launch_shape(dev, shape)
     args = pool_ops._shape_args(shape, dy.shape, p, group, True)
     dev.launch(pool_ops.Launch(pool_ops.MODULE, "max_pool_backward", grid=grid, block=block,
                                args=(*pair.args[:2], general, *args),
-                               template_args=("unsigned char", "false")))
+                               template_args=("unsigned char", 0)))
     dev.launch(pair)
     got, want = dev.to_numpy(pair.args[2]), dev.to_numpy(general)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
@@ -503,4 +505,4 @@ def test_pair_path_only_where_two_windows_cover():
     name = pool_ops.backward_launch(EMU, y, np.zeros(y.shape, np.uint8),
                                     np.zeros((1, 1, 5, 5), np.float32),
                                     pool_ops.make_params(3, 1, 0)).name
-    assert name == "max_pool_backward<unsigned char, false>"
+    assert name == "max_pool_backward<unsigned char, 0>"

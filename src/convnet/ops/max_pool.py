@@ -40,8 +40,8 @@ INDEX_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.int32): "int"}
 MODULE = KernelModule("max_pool.cu", (
     "max_pool_forward",
     "max_pool_forward_index<unsigned char>", "max_pool_forward_index<int>",
-    "max_pool_backward<unsigned char, false>", "max_pool_backward<int, false>",
-    "max_pool_backward<unsigned char, true>", "max_pool_backward<int, true>",
+    *(f"max_pool_backward<{index}, {path}>" for index in ("unsigned char", "int")
+      for path in range(4)),
     "max_pool_backward_recompute",
 ))
 
@@ -114,65 +114,72 @@ def _taps(p: PoolParams, oh: int, ow: int):
                    slice(j, j + p.sw * (ow - 1) + 1, p.sw))
 
 
-def _padded(x: np.ndarray, p: PoolParams) -> np.ndarray:
-    """x with its −inf padding (a copy only where there is padding)."""
-    if not (p.ph or p.pw):
-        return x
-    n, c, h, w = x.shape
-    out = np.full((n, c, h + 2 * p.ph, w + 2 * p.pw), -np.inf, dtype=x.dtype)
-    out[:, :, p.ph:p.ph + h, p.pw:p.pw + w] = x
+def _planes_last(a: np.ndarray, pad_h: int = 0, pad_w: int = 0, fill=0) -> np.ndarray:
+    """(N, C, H, W) as (H + 2·pad_h, W + 2·pad_w, N·C), padded with ``fill``: a copy whose
+    every window-offset view has rows of N·C contiguous elements (NumPy's loops then run
+    long; on the NCHW views each row would be OW strided elements)."""
+    n, c, h, w = a.shape
+    out = np.full((h + 2 * pad_h, w + 2 * pad_w, n * c), fill, dtype=a.dtype)
+    out[pad_h:pad_h + h, pad_w:pad_w + w] = a.reshape(n * c, h, w).transpose(1, 2, 0)
     return out
+
+
+def _planes_first(a: np.ndarray, n: int, c: int) -> np.ndarray:
+    """``_planes_last``'s (H, W, N·C) back as a C-contiguous (N, C, H, W)."""
+    h, w, _ = a.shape
+    return np.ascontiguousarray(a.transpose(2, 0, 1)).reshape(n, c, h, w)
 
 
 def forward_reference(x: np.ndarray, params: PoolParams) -> tuple[np.ndarray, np.ndarray]:
     """``(y, argmax)``: the pooled values and each window's offset (``index_dtype``), for
-    an x that ``output_shape`` accepts. One pass per window element keeps the running
-    maximum and its offset (strided views, no copy of the windows)."""
+    an x that ``output_shape`` accepts. One pass per window offset keeps the running
+    maximum and its offset (views of x laid out planes last, no copy per window)."""
     n, c, h, w = x.shape
     p = params
     oh, ow = p.output_size(h, w)
-    y = np.empty((n, c, oh, ow), x.dtype)
-    pick = np.zeros((n, c, oh, ow), index_dtype(p))
-    if y.size == 0:
-        return y, pick
-    padded = _padded(x, p)
+    if x.size == 0 or n * c * oh * ow == 0:
+        return np.empty((n, c, oh, ow), x.dtype), np.empty((n, c, oh, ow), index_dtype(p))
+    xt = _planes_last(x, p.ph, p.pw, -np.inf)
+    y = np.empty((oh, ow, n * c), x.dtype)
+    pick = np.zeros((oh, ow, n * c), index_dtype(p))
     for offset, rows, cols in _taps(p, oh, ow):
-        v = padded[:, :, rows, cols]
+        v = xt[rows, cols]
         if offset == 0:
             y[...] = v
             continue
         # v > y, or v NaN where y is not: np.argmax's first maximum, first NaN
         take = ~(v <= y)
         take &= y == y
-        np.copyto(y, v, where=take)
-        np.copyto(pick, offset, where=take)
+        y = np.where(take, v, y)
+        # offsets only grow: the new offset where taken is the larger (no masked copy)
+        np.maximum(pick, take.view(np.uint8) * pick.dtype.type(offset), out=pick)
     if p.ph or p.pw:
         # A window whose real elements are all -inf may have kept a padding element
         # (also -inf); take its first real element instead, as the kernel does.
-        real = np.zeros(padded.shape[2:], dtype=bool)
+        real = np.zeros(xt.shape[:2], dtype=bool)
         real[p.ph:p.ph + h, p.pw:p.pw + w] = True
         reals = np.stack([real[rows, cols] for _, rows, cols in _taps(p, oh, ow)], axis=-1)
-        on_pad = ~reals[np.arange(oh)[:, None], np.arange(ow)[None, :], pick]
-        np.copyto(pick, np.argmax(reals, axis=-1).astype(pick.dtype), where=on_pad)
-    return y, pick
+        on_pad = ~reals[np.arange(oh)[:, None, None], np.arange(ow)[None, :, None], pick]
+        np.copyto(pick, np.argmax(reals, axis=-1)[..., None].astype(pick.dtype), where=on_pad)
+    return _planes_first(y, n, c), _planes_first(pick, n, c)
 
 
 def backward_reference(dy: np.ndarray, argmax: np.ndarray, params: PoolParams,
                        input_shape) -> np.ndarray:
-    """dx: each output's gradient added to its argmax's position, in row-major output
-    order: for one input element, a later output in that order sees it through an
-    earlier window offset, so the offsets run from last to first."""
+    """dx: each output's gradient added to its argmax's position (row-major output order)."""
     n, c, h, w = (int(v) for v in input_shape)
     p = params
     _, _, oh, ow = dy.shape
-    dxp = np.zeros((n, c, h + 2 * p.ph, w + 2 * p.pw), dtype=dy.dtype)
-    if dy.size:
-        for offset, rows, cols in reversed(list(_taps(p, oh, ow))):
-            target = dxp[:, :, rows, cols]
-            np.add(target, dy, out=target, where=argmax == offset)
-    if not (p.ph or p.pw):
-        return dxp
-    return np.ascontiguousarray(dxp[:, :, p.ph:p.ph + h, p.pw:p.pw + w])
+    dx = np.zeros((n, c, h, w), dtype=dy.dtype)
+    if dy.size == 0:
+        return dx
+    offset = argmax.astype(np.int64)
+    rows = np.arange(oh)[:, None] * p.sh - p.ph + offset // p.kw
+    cols = np.arange(ow)[None, :] * p.sw - p.pw + offset % p.kw
+    planes = np.arange(n * c).reshape(n, c, 1, 1)
+    flat = (planes * h + rows) * w + cols
+    np.add.at(dx.reshape(-1), flat.reshape(-1), dy.reshape(-1))  # in output order
+    return dx
 
 
 # --------------------------------------------------------------------------- launches
@@ -254,12 +261,23 @@ def covers_pairs(params: PoolParams) -> bool:
     return params.kh <= 2 * params.sh and params.kw <= 2 * params.sw
 
 
+def backward_path(params: PoolParams) -> int:
+    """max_pool_backward's PATH (kernels/max_pool.cu): 0 the general gather; the PAIR
+    paths where ``covers_pairs``: 2 or 3 for stride-2 columns (even or odd column
+    padding), 1 for other strides. One instantiation each, so a launch's code holds only
+    the path it runs."""
+    if not covers_pairs(params):
+        return 0
+    return 2 + params.pw % 2 if params.sw == 2 else 1
+
+
 def backward_launch(device, dy, argmax, dx, params: PoolParams) -> Launch:
     grid, block, group = launch_shape(device, dx.shape)
     args = _shape_args(dx.shape, dy.shape, params, group, True)
-    if not covers_pairs(params):
+    path = backward_path(params)
+    if not path:
         return Launch(MODULE, "max_pool_backward", grid=grid, block=block,
-                      args=(dy, argmax, dx, *args), template_args=(_index_type(argmax), "false"))
+                      args=(dy, argmax, dx, *args), template_args=(_index_type(argmax), 0))
     # the PAIR path: a thread per four columns of a row (Q = ceil(W / 4) a row), the
     # divisors of H and Q in place of the plane size and row length
     n, c, h, w = dx.shape
@@ -268,7 +286,7 @@ def backward_launch(device, dy, argmax, dx, params: PoolParams) -> Launch:
     grid = (max(1, -(-rows * q // BLOCK)), grid[1])
     args = args[:-4] + (divisor(h), divisor(q)) + args[-2:]
     return Launch(MODULE, "max_pool_backward", grid=grid, block=block,
-                  args=(dy, argmax, dx, *args), template_args=(_index_type(argmax), "true"))
+                  args=(dy, argmax, dx, *args), template_args=(_index_type(argmax), path))
 
 
 def backward_recompute_launch(device, x, dy, dx, params: PoolParams) -> Launch:
