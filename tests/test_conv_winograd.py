@@ -344,12 +344,28 @@ def test_gpu_launches_for_conv4():
     assert gemm.grid[:2] == (-(-t // tile[1]), -(-192 // tile[0]))
     plan = cw.plan_filter(gpu, g)
     blocks = -(-192 // plan.tile.bm) * -(-192 // plan.tile.bn) * 32 * plan.splits
-    assert plan.splits > 1 and blocks >= 4 * 132 and plan.chunk % plan.tile.bk == 0
+    assert plan.splits > 1 and blocks >= 132 and plan.chunk % plan.tile.bk == 0
     ws = {k: z(v) for k, v in cw.workspace_shapes(g, "filter", plan.splits).items()}
     filt = cw.backward_filter_launches(gpu, g, z(g.x_shape), z(g.y_shape), z(g.w_shape),
                                        ws["v"], ws["d"], ws["s"], plan)
     assert filt[2].grid[2] == 32 * plan.splits and filt[2].name.endswith("true>")
     assert filt[3].kernel == "winograd_filter_out" and filt[3].args[-1] == plan.splits
+
+
+def test_filter_split_ends_in_whole_waves(monkeypatch):
+    """plan_filter: the fewest splits of the least waves x slices. conv3 at batch 128 on
+    132 SMs with two resident 128x128 blocks each: 96 blocks a split, 11 splits = four
+    full waves of 264 (6 would take 3 waves for 2.2 waves' work); on emu one split."""
+    gpu = SimpleNamespace(kind="cuda", parallel_units=132, arch="sm_90")
+    monkeypatch.setattr(cw, "_resident", lambda device, tile: 2)
+    g = conv.geometry((128, 256, 13, 13), (384, 256, 3, 3), 1, 1, 1)
+    plan = cw.plan_filter(gpu, g, tile=conv.LARGE)
+    assert plan.splits == 11 and plan.chunk == 576 and 11 * 96 == 4 * 264
+    assert cw.plan_filter(gpu, g, tile=conv.LARGE, splits=6).splits == 6
+    small = conv.geometry((1, 8, 4, 4), (8, 8, 3, 3), 1, 1, 1)
+    assert cw.plan_filter(gpu, small, tile=conv.LARGE).splits == 1  # 4 tiles: no chunking
+    emu_ = SimpleNamespace(kind="emu", parallel_units=2)
+    assert cw.plan_filter(emu_, g).splits == 1
 
 
 def test_performance_model_plans_the_winograd_launches():

@@ -57,7 +57,7 @@ import numpy as np
 
 from ..arguments import positive_int
 from ..toolchain.launch import KernelModule, Launch, name_expression
-from . import conv
+from . import _conv_tiles, conv
 from ._arrays import INT32_MAX
 from ._conv_geometry import Geometry, check_kernel_sizes
 from ._conv_tiles import TILES, Tile, pick_tile
@@ -188,21 +188,54 @@ class FilterPlan(NamedTuple):
     chunk: int
 
 
+def _resident(device, tile: Tile) -> int:
+    """Blocks of backward filter's winograd_gemm ``tile`` an SM holds (its registers
+    and shared memory from the NVRTC report, by NVIDIA's occupancy rules, for
+    ``device.arch``, else sm_90); on emu, and without NVRTC, the tile table's figure."""
+    fallback = _conv_tiles.TILE_MODELS.get(device.kind, {}).get(tile, (1, 1.0))[0]
+    if device.kind != "cuda":
+        return fallback
+    from ..perf.gpus import UnknownGPU
+    from ..perf.occupancy import occupancy
+    from ..toolchain.resources import kernel_resources
+    try:
+        found = kernel_resources(GEMM, name_expression("winograd_gemm", (*tile, True)),
+                                 getattr(device, "arch", "sm_90"))
+        if found.registers is None:
+            return fallback
+        return max(1, occupancy(getattr(device, "arch", "sm_90"), tile.threads, found.registers,
+                                found.static_shared or 0).blocks_per_sm)
+    except UnknownGPU:
+        return fallback
+
+
 def plan_filter(device, g: Geometry, tile=None, splits=None) -> FilterPlan:
-    """The tile and split of backward filter's products on a kernel ``device``:
-    ``splits=None`` fills the device (``conv.SPLIT_BLOCKS_PER_UNIT`` blocks per
-    parallel unit) with chunks of at least 32 slices; a given count is an upper bound.
-    Never past the grid's 65535 z-blocks nor the workspace's 32-bit indices."""
+    """The tile and split of backward filter's products on a kernel ``device``.
+
+    ``splits=None`` chooses by the waves model of ``_conv_tiles.choose_tile``: the
+    fewest splits of the least (waves of resident blocks) x (slices per block), with
+    chunks of at least 32 slices (so the partial sums' traffic stays small next to the
+    products). Where the blocks of one split already fill the device that is one split;
+    on a GPU it picks counts that end in whole waves (conv3 at batch 128 on 132 SMs, two
+    blocks each: 11 splits, four full waves, where 6 would run 2.2 waves in 3). A given
+    count is an upper bound (chunks are whole slices). Never past the grid's 65535
+    z-blocks nor the workspace's 32-bit indices."""
     _, _, t = tiles(g.n, g.p, g.q)
     batches = POSITIONS * g.groups
     tile = pick_tile(device, tile, g.kg, g.cg, batches * max(1, t // 256))
     most = 65535 // batches
     if splits is None:
         blocks = -(-g.kg // tile.bm) * -(-g.cg // tile.bn) * batches
-        target = conv.SPLIT_BLOCKS_PER_UNIT[device.kind] * device.parallel_units
-        splits = max(1, min(-(-target // blocks), t // (32 * tile.bk), most))
-        while splits > 1 and splits * POSITIONS * g.k * g.cg > INT32_MAX:
-            splits //= 2
+        slots = max(1, _resident(device, tile) * device.parallel_units)
+        limit = max(1, min(t // (32 * tile.bk), most))
+        while limit > 1 and limit * POSITIONS * g.k * g.cg > INT32_MAX:
+            limit //= 2
+
+        def cost(s):
+            slices = -(-(-(-t // s)) // tile.bk)
+            return -(-blocks * s // slots) * slices, s
+
+        splits = min(range(1, limit + 1), key=cost)
     else:
         splits = positive_int(splits, "conv2d backward filter (winograd): splits")
     chunk = -(-t // splits)
