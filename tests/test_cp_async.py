@@ -5,10 +5,9 @@ only at the wait that covers its group, so the twin without the wait reads old d
 (a wrong sum) and is caught by check="init" (uninitialised shared memory) and
 check="race"; the correct twin gives the exact sum under every check mode; zero-fill
 copies read nothing; a misaligned 16-byte copy is a fault; NVRTC compiles the PTX for
-sm_80 and sm_90."""
+sm_80 and sm_90 and the plain-copy fallback for sm_75."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +97,9 @@ def test_misaligned_copy_is_a_fault(device):
 
 
 @needs_nvrtc
-def test_cp_async_kernels_compile_for_sm80_and_sm90():
+def test_cp_async_kernels_compile_for_sm80_and_sm90_and_fall_back_below():
     from convnet.toolchain import nvrtc
-    rows = nvrtc.compile_report([PIPE], archs=("sm_80", "sm_90"))
-    assert {(r.kernel, r.arch) for r in rows} == {(k, a) for k in PIPE.kernels for a in ("sm_80", "sm_90")}
+    archs = ("sm_75", "sm_80", "sm_90")  # sm_75: plain copies (no cp.async before sm_80)
+    rows = nvrtc.compile_report([PIPE], archs=archs)
+    assert {(r.kernel, r.arch) for r in rows} == {(k, a) for k in PIPE.kernels for a in archs}
     assert not [r for r in rows if r.spills]
