@@ -25,6 +25,12 @@ its transforms' coefficients run from 1/24 to 8 (1/6 is inexact in binary), rais
 the error well above F(2x2)'s, whose 0, +-1, +-1/2 are exact; and its 36 positions
 need 2.25x the workspace per tile element.
 
+Predicted by ``convnet perf`` (H100, batch 128; ``benchmarks/conv.py --predict h100``),
+us for forward / backward data / backward filter, Winograd against today's direct
+engine: conv3 486 / 486 / 522 against 806 / 1226 / 1324 (2.2x in all), conv4 423 /
+423 / 437 against 748 / 764 / 892 (1.9x), conv5 295 / 307 / 305 against 605 / 513 /
+683 (2.0x); each pass's GEMM is 70-80 % of its time, the transforms at DRAM bandwidth.
+
 The transformed operands live in workspaces (float32, ``workspace_shapes``): the
 products run on the direct engine's GEMM tiles (``conv_common.cuh``), so the speed of
 the multiplies is that engine's; the price is the workspaces' traffic (the GEMM's
