@@ -133,10 +133,28 @@ def test_float64_algorithm_is_the_convolution(index):
 
 # --------------------------------------------------------------------------- the kernels
 
+def _rms(got, want):
+    return float(np.sqrt(np.mean((np.asarray(got, np.float64) - want) ** 2))
+                 / np.sqrt(np.mean(want ** 2)))
+
+
 @pytest.mark.parametrize("layer", list(ALEXNET))
 def test_alexnet_layers(kernel_device, layer):
+    """Within the bound, and against direct FP32 (``RMS_RATIO_BOUND``): the relative RMS
+    error of each pass at most that multiple of the direct kernels' on the same data."""
     x_shape, w_shape, pad, groups = ALEXNET[layer]
-    check_passes(kernel_device, Case((1, *x_shape), w_shape, pad, groups, seed=12))
+    case = Case((1, *x_shape), w_shape, pad, groups, seed=12)
+    d, g = kernel_device, case.g
+    wino = check_passes(d, case, relu=False)
+    direct = (conv.forward(d, g, d.asarray(case.x), d.asarray(case.w), d.asarray(case.b)),
+              conv.backward_data(d, g, d.asarray(case.dy), d.asarray(case.w)),
+              conv.backward_filter(d, g, d.asarray(case.x), d.asarray(case.dy)))
+    exact = (conv.forward_reference(g, _f64(case.x), _f64(case.w), _f64(case.b)),
+             conv.backward_data_reference(g, _f64(case.dy), _f64(case.w)),
+             conv.backward_filter_reference(g, _f64(case.x), _f64(case.dy)))
+    for pass_, a, b, want in zip(("forward", "data", "filter"), wino, direct, exact):
+        ratio = _rms(a, want) / _rms(d.to_numpy(b), want)
+        assert ratio <= cw.RMS_RATIO_BOUND[pass_], f"{layer} {pass_}: {ratio:.3g}x direct's"
 
 
 def test_awkward_shapes(kernel_device):
