@@ -17,8 +17,8 @@ channels of group ``k // (K/groups)``).
   checked): ``forward_reference``, ``backward_data_reference``,
   ``backward_filter_reference``, ``backward_bias_reference``. Per chunk of a few
   images (``CHUNK_BYTES`` of columns): im2col as one copy of ``sliding_window_view``'s
-  windows, then one matmul per (image, group) with y written in place; col2im
-  (backward data) as one strided accumulation per filter tap (R*S of them).
+  windows, then one matmul per group; col2im (backward data) as one strided
+  accumulation per filter tap (R*S of them).
 * Kernels (``kernels/conv_forward.cu``, ``conv_backward_data.cu``,
   ``conv_backward_filter.cu``, engine in ``conv_common.cuh``): implicit GEMMs over the
   tiles of ``_conv_tiles``, one chosen per launch for the device. The ``*_launch``
@@ -67,8 +67,9 @@ BIAS_BLOCKS_PER_UNIT = {"cuda": 4, "emu": 0}
 # --------------------------------------------------------------------------- references
 
 # im2col buffers are built for a few images at a time (at least one), about this many
-# bytes each, so that the copy and the matmul that reads it meet in the cache.
-CHUNK_BYTES = 1 << 22
+# bytes each: a few large matmuls (BLAS threads synchronise once per call, which costs
+# dearly on a loaded machine) over columns that still fit in the last-level cache.
+CHUNK_BYTES = 1 << 24
 
 
 def _chunks(g: Geometry, dtype):
@@ -88,57 +89,68 @@ def _padded(x, g: Geometry):
 
 
 def _columns(x, g: Geometry):
-    """im2col of the images x (n, C, H, W): (n, groups, Cg*R*S, P*Q), one copy of the
+    """im2col of the images x (n, C, H, W): (groups, Cg*R*S, n*P*Q), one copy of the
     sliding windows (a strided view) in the order the matmuls read them."""
+    n = x.shape[0]
     xp = _padded(x, g)[:, :, :(g.p - 1) * g.stride_h + g.r, :(g.q - 1) * g.stride_w + g.s]
     win = sliding_window_view(xp, (g.r, g.s), axis=(2, 3))[:, :, ::g.stride_h, ::g.stride_w]
-    cols = np.empty((x.shape[0], g.c, g.r, g.s, g.p, g.q), dtype=x.dtype)
-    cols[...] = win.transpose(0, 1, 4, 5, 2, 3)                        # n, c, r, s, p, q
-    return cols.reshape(x.shape[0], g.groups, g.cg * g.r * g.s, g.p * g.q)
+    cols = np.empty((g.c, g.r, g.s, n, g.p, g.q), dtype=x.dtype)
+    cols[...] = win.transpose(1, 4, 5, 0, 2, 3)                        # c, r, s, n, p, q
+    return cols.reshape(g.groups, g.cg * g.r * g.s, n * g.p * g.q)
+
+
+def _grouped(a, g: Geometry, kg: int):
+    """a (n, groups*kg, P, Q) as a (groups, kg, n*P*Q) copy (kg: channels per group)."""
+    n = a.shape[0]
+    out = np.empty((g.groups, kg, n, g.p * g.q), dtype=a.dtype)
+    out[...] = a.reshape(n, g.groups, kg, g.p * g.q).transpose(1, 2, 0, 3)
+    return out.reshape(g.groups, kg, n * g.p * g.q)
 
 
 def forward_reference(g: Geometry, x, w, b=None, relu=False):
     """``act(conv(x, w) + b)`` in the arrays' dtype (NumPy, any float dtype): per chunk of
-    images, one matmul per (image, group) writing y in place, then bias and ReLU there."""
+    images, one matmul per group, copied into y, then bias and ReLU there."""
     wg = w.reshape(g.groups, g.kg, g.cg * g.r * g.s)
     y = np.empty(g.y_shape, dtype=x.dtype)
-    yg = y.reshape(g.n, g.groups, g.kg, g.p * g.q)                      # a view of y
     for n0, n1 in _chunks(g, x.dtype):
-        np.matmul(wg, _columns(x[n0:n1], g), out=yg[n0:n1])
+        z = np.matmul(wg, _columns(x[n0:n1], g))                       # g, kg, n*p*q
+        out = y[n0:n1]
+        out.reshape(n1 - n0, g.groups, g.kg, g.p, g.q)[...] = \
+            z.reshape(g.groups, g.kg, n1 - n0, g.p, g.q).transpose(2, 0, 1, 3, 4)
         if b is not None:
-            y[n0:n1] += b.reshape(1, g.k, 1, 1)
+            out += b.reshape(1, g.k, 1, 1)
         if relu:
-            relu_in_place(y[n0:n1])
+            relu_in_place(out)
     return y
 
 
 def backward_data_reference(g: Geometry, dy, w):
     """dL/dx from dL/dy: per chunk of images, the columns' gradient w^T dy (one matmul per
-    (image, group)) added back to the windows (col2im: one strided add per filter tap)."""
+    group) added back to the windows (col2im: one strided add per filter tap)."""
     wt = w.reshape(g.groups, g.kg, g.cg * g.r * g.s).transpose(0, 2, 1)
-    dyg = dy.reshape(g.n, g.groups, g.kg, g.p * g.q)
     hp, wp = g.h + 2 * g.pad_h, g.w + 2 * g.pad_w
     dx = np.empty(g.x_shape, dtype=dy.dtype)
     for n0, n1 in _chunks(g, dy.dtype):
-        dcols = np.matmul(wt, dyg[n0:n1]).reshape(n1 - n0, g.c, g.r, g.s, g.p, g.q)
-        dxp = np.zeros((n1 - n0, g.c, hp, wp), dtype=dy.dtype)
+        dcols = np.matmul(wt, _grouped(dy[n0:n1], g, g.kg))           # g, cg*r*s, n*p*q
+        dcols = dcols.reshape(g.c, g.r, g.s, n1 - n0, g.p, g.q)
+        dxp = np.zeros((g.c, n1 - n0, hp, wp), dtype=dy.dtype)
         for r in range(g.r):
             for s in range(g.s):
                 dxp[:, :, r:r + (g.p - 1) * g.stride_h + 1:g.stride_h,
-                    s:s + (g.q - 1) * g.stride_w + 1:g.stride_w] += dcols[:, :, r, s]
-        dx[n0:n1] = dxp[:, :, g.pad_h:g.pad_h + g.h, g.pad_w:g.pad_w + g.w]
+                    s:s + (g.q - 1) * g.stride_w + 1:g.stride_w] += dcols[:, r, s]
+        dx[n0:n1] = dxp[:, :, g.pad_h:g.pad_h + g.h, g.pad_w:g.pad_w + g.w].transpose(1, 0, 2, 3)
     return dx
 
 
 def backward_filter_reference(g: Geometry, x, dy):
-    """dL/dw from dL/dy and the input x: per chunk of images, dy times the columns
-    transposed (one matmul per (image, group)), summed over the images."""
-    dw = np.zeros((g.groups, g.kg, g.cg * g.r * g.s), dtype=x.dtype)
-    dyg = dy.reshape(g.n, g.groups, g.kg, g.p * g.q)
+    """dL/dw from dL/dy and the input x: per chunk of images, the columns times dy
+    transposed (one matmul per group), summed over the chunks. (dw^T = cols·dy^T: OpenBLAS
+    threads the other orientation, dy·cols^T with its long inner dimension, up to 8x
+    slower on two cores.)"""
+    dwt = np.zeros((g.groups, g.cg * g.r * g.s, g.kg), dtype=x.dtype)
     for n0, n1 in _chunks(g, x.dtype):
-        part = np.matmul(dyg[n0:n1], _columns(x[n0:n1], g).transpose(0, 1, 3, 2))
-        dw += part.sum(axis=0)
-    return dw.reshape(g.w_shape)
+        dwt += np.matmul(_columns(x[n0:n1], g), _grouped(dy[n0:n1], g, g.kg).transpose(0, 2, 1))
+    return np.ascontiguousarray(dwt.transpose(0, 2, 1)).reshape(g.w_shape)
 
 
 def backward_bias_reference(dy):
