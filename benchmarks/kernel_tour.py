@@ -19,7 +19,8 @@ import numpy as np
 
 import convnet
 from convnet.data import augment
-from convnet.ops import conv, cross_entropy, dropout, linear, lrn, lrn_max_pool, max_pool, relu, sgd
+from convnet.ops import (conv, conv_tc, cross_entropy, dropout, linear, lrn, lrn_max_pool, max_pool,
+                         relu, sgd)
 
 
 class Tour:
@@ -87,6 +88,26 @@ class Tour:
         self.check("conv bias gradient, two levels (3 splits of 2 images)",
                    conv.backward_bias(d, g, self.on(dy), splits=3),
                    conv.backward_bias(c, g, dy), rtol=1e-3, atol=1e-3)
+
+    def tensor_cores(self):
+        """conv_tc's three passes in TF32 and BF16 (cp.async pipeline, mma.sync) against the
+        cpu references of the rounded operands: partial tiles, groups, a stride, 3 splits."""
+        d, c = self.device, self.cpu
+        for (xs, ws, stride, padding, groups), precision in (
+                (((2, 3, 13, 11), (5, 3, 3, 3), 1, 1, 1), "tf32"),
+                (((1, 4, 9, 9), (70, 2, 3, 3), 2, 0, 2), "bf16")):
+            x, w, b = self.data(*xs), self.data(*ws) * 0.1, self.data(ws[0])
+            g = conv.geometry(xs, ws, stride, padding, groups)
+            name = f"conv_tc {precision} x{xs} w{ws}"
+            want = conv_tc.forward(c, g, x, w, b, True, precision)
+            self.check(f"{name} forward", conv_tc.forward(d, g, self.on(x), self.on(w), self.on(b),
+                                                          True, precision), want, rtol=1e-3, atol=1e-3)
+            dy = self.data(*want.shape)
+            self.check(f"{name} backward data", conv_tc.backward_data(d, g, self.on(dy), self.on(w), precision),
+                       conv_tc.backward_data(c, g, dy, w, precision), rtol=1e-3, atol=1e-3)
+            self.check(f"{name} backward filter (3 splits)",
+                       conv_tc.backward_filter(d, g, self.on(x), self.on(dy), precision, splits=3),
+                       conv_tc.backward_filter(c, g, x, dy, precision), rtol=1e-3, atol=1e-3)
 
     # ---------------------------------------------------------------- LRN and max-pool
     def normalization(self):
@@ -194,8 +215,8 @@ class Tour:
                        rtol=1e-4, atol=1e-3)
 
     def run(self):
-        for part in (self.elementwise, self.convolution, self.normalization, self.classifier,
-                     self.augmentation):
+        for part in (self.elementwise, self.convolution, self.tensor_cores, self.normalization,
+                     self.classifier, self.augmentation):
             part()
         print(f"kernel tour on {self.device.name}: {self.cases} checks passed")
 
