@@ -146,7 +146,7 @@ def _segments(pid: int) -> list[str]:
 # --------------------------------------------------------------------------- signals
 
 def test_sigterm_mid_epoch_is_handled_like_ctrl_c(data, tmp_path):
-    out = tmp_path / "run"
+    out = tmp_path / "my run"  # a space: the suggested command must quote it
     process = _start(*_train_args(data, out, "--epochs", 10000, "--workers", 2))
     try:
         _wait_for(lambda: (out / "epoch-0001.safetensors").exists() or process.poll() is not None)
@@ -159,7 +159,7 @@ def test_sigterm_mid_epoch_is_handled_like_ctrl_c(data, tmp_path):
     assert process.returncode == 143, err
     line = one_clear_line(err, "train")
     assert "terminated (SIGTERM)" in line
-    assert "--resume" in err  # the way on, said once by the run
+    assert f"convnet train --resume --out '{out}'" in err  # the way on, quoted
     assert _events(out)[-1] == {**_events(out)[-1], "event": "interrupted", "signal": "SIGTERM"}
     _wait_for(lambda: not any(_alive(p) for p in workers), timeout=10)
     assert not _segments(process.pid)  # the loader's shared memory was released
@@ -226,6 +226,9 @@ def test_kill_9_mid_checkpoint_write_then_resume(data, tmp_path):
     assert "after epoch 1 from epoch-0001" in resumed.stderr
     events = [e["event"] for e in _events(out)]
     assert events == ["start", "epoch", "unfinished", "resume", "epoch"]
+    epoch_line = next(line for line in resumed.stdout.splitlines() if line.startswith("epoch 2/2"))
+    assert "train loss" in epoch_line and "top-1 err" in epoch_line
+    assert "top-5" not in epoch_line  # 3 classes: every label is among the top five
     assert not [p for p in out.iterdir() if ".tmp-" in p.name or p.name.startswith(".convnet")]
     assert (out / "epoch-0001.safetensors").read_bytes() == before
     _all_whole(out)
@@ -462,10 +465,19 @@ def test_flipped_bytes_in_the_newest_checkpoint(data, trained, tmp_path, where):
     evaluated = _convnet("evaluate", newest, "--device", "cpu", "--workers", 0, "--no-progress")
     assert evaluated.returncode == 2
     assert f"checksum mismatch in the {where}" in one_clear_line(evaluated.stderr, "evaluate")
-    resumed = _convnet(*_train_args(data, out, "--epochs", 2, "--resume"))
+    folder = _convnet("evaluate", out, "--center", "--device", "cpu", "--workers", 0,
+                      "--no-progress")  # the run folder: the damaged newest is passed over
+    assert folder.returncode == 0, folder.stderr
+    assert "evaluate: warning:" in folder.stderr and "train:" not in folder.stderr
+    assert "top-1 error" in folder.stdout and "top-5" not in folder.stdout  # 3 classes
+    # resumed without --no-final-eval: the run's own setting (no final evaluation) stays
+    resume_args = [a for a in _train_args(data, out, "--epochs", 2, "--resume")
+                   if a != "--no-final-eval"]
+    resumed = _convnet(*resume_args)
     assert resumed.returncode == 0, resumed.stderr
     assert "train: warning:" in resumed.stderr and f"checksum mismatch in the {where}" in \
         resumed.stderr and "after epoch 1 from epoch-0001" in resumed.stderr
+    assert "final" not in [e["event"] for e in _events(out)] and "final" not in resumed.stdout
     _all_whole(out) if where == "metadata" else ckpt.load(out / "epoch-0001.safetensors")
 
 
@@ -550,3 +562,49 @@ def test_resume_after_the_data_moved(data, tmp_path):
     assert "give --data DIR where it is now" in line and "--data " + str(copy) not in line
     moved = _convnet(*args, "--data", tmp_path / "moved")  # 1 epoch of 1: nothing to train
     assert moved.returncode == 0 and "has finished its 1 epoch;" in moved.stdout, moved.stderr
+
+
+def test_one_class_is_refused(tmp_path):
+    one = tmp_path / "one"
+    images = np.random.default_rng(0).integers(0, 255, (4, 72, 72, 3), dtype=np.uint8)
+    prepare_arrays(one, {"train": (images, np.zeros(4, np.int64))}, ["only"], log=lambda _: None)
+    result = _convnet(*_train_args(one, tmp_path / "run", "--epochs", 1))
+    assert result.returncode == 2
+    assert "has 1 class (only): a classifier needs at least 2" in one_clear_line(result.stderr,
+                                                                                 "train")
+    assert not (tmp_path / "run").exists()  # made for the run's lock, removed again
+
+
+_DEMO = textwrap.dedent("""
+    import sys
+    from convnet.data import datasets
+    datasets.DEMO.update(classes=2, train_per_class=6, val_per_class=2, size=48)
+    print(datasets.demo_dataset(workers=0, log=lambda text: print(text, flush=True)))
+""")
+
+
+def test_two_first_runs_share_the_demo_cache(tmp_path):
+    """Both need the demo set, which neither has: one makes it, the other waits for it
+    (before, the second died on the first one's deleted temporaries)."""
+    env = _env(CONVNET_CACHE_DIR=str(tmp_path / "cache"))
+    first, second = (subprocess.Popen([sys.executable, "-c", _DEMO], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env)
+                     for _ in range(2))
+    outputs = [p.communicate(timeout=180) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    said = outputs[0][0] + outputs[1][0]
+    assert said.count("train: making the demo data set in") == 1, said  # made once
+    assert "Traceback" not in outputs[0][1] + outputs[1][1]
+    prepared = outputs[0][0].splitlines()[-1]
+    assert prepared == outputs[1][0].splitlines()[-1]
+    assert len(open_prepared(prepared).split("train")) == 12
+
+
+def test_evaluate_shows_progress(trained, capsys, monkeypatch):
+    from convnet import progress
+    from convnet.app.evaluate import evaluate_checkpoint
+    monkeypatch.setattr(progress, "_is_terminal", lambda file: True)  # as on a terminal
+    result = evaluate_checkpoint(trained, mode="center", device="cpu", workers=0, progress=True)
+    err = capsys.readouterr().err
+    assert "center:" in err and "/9 [" in err and result.images == 9  # a bar over 9 images
+    assert "top-5" not in str(result) and result.classes == 3
