@@ -272,3 +272,32 @@ def test_benchmark_reports_record_the_precision():
     assert harness.Report("x").to_dict(machine={})["precision"] == "fp32"
     with using_precision("tf32"):
         assert harness.Report("x").to_dict(machine={})["precision"] == "tf32"
+
+
+def random_shape(rng):
+    """An awkward little convolution: odd sizes, groups, strides, asymmetric padding."""
+    groups = int(rng.choice([1, 1, 2, 3]))
+    cg, kg = int(rng.integers(1, 5)), int(rng.integers(1, 12))
+    r, s = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    pad = (int(rng.integers(0, r)), int(rng.integers(0, s)))
+    h = int(rng.integers(max(1, r - 2 * pad[0]), 12))
+    w = int(rng.integers(max(1, s - 2 * pad[1]), 12))
+    return (int(rng.integers(1, 4)), cg * groups, h, w, kg * groups, r, s, stride, pad, groups)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_thirty_seeded_shapes_all_passes_bit_for_bit(device, seed):
+    rng = np.random.default_rng(1000 + seed)
+    shape = random_shape(rng)
+    precision = ("tf32", "bf16")[seed % 2]
+    g, x, w, b = data(shape, seed)
+    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    np.testing.assert_array_equal(conv_tc.forward(device, g, x, w, b, seed % 3 == 0, precision),
+                                  model(g, x, w, b, seed % 3 == 0, precision))
+    np.testing.assert_array_equal(conv_tc.backward_data(device, g, dy, w, precision),
+                                  model_data(g, dy, w, precision))
+    splits = 1 + seed % 3
+    chunk = conv_tc.plan_filter(device, g, splits)[1]
+    np.testing.assert_array_equal(conv_tc.backward_filter(device, g, x, dy, precision, splits=splits),
+                                  model_filter(g, x, dy, precision, chunk))
