@@ -166,6 +166,21 @@ def cmd_perf(args) -> int:
                        kernel=args.kernel, json_path=args.json, blocks=args.blocks)
 
 
+def cmd_bench(args) -> int:
+    """benchmarks/alexnet.py of the source checkout (convnet against PyTorch, end to end)
+    with the options given; 2 where the checkout is not there (a wheel install)."""
+    import runpy
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "alexnet.py"
+    if not script.is_file():
+        print(f"convnet bench: {script} is not here: the benchmark ships with the source "
+              f"checkout, not the package (clone the repository, pip install -e \".[bench]\")",
+              file=sys.stderr)
+        return 2
+    options = args.options[1:] if args.options[:1] == ["--"] else args.options
+    return int(runpy.run_path(str(script), run_name="convnet_bench")["main"](options))
+
+
 def _add(subparsers, name: str, func, help: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help, description=help)
     parser.set_defaults(func=func)
@@ -332,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default 5000; 0: all)")
     sh.add_argument("--device", help="default: cuda:0 if present, else cpu")
     sh.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    bench = _add(sub, "bench", cmd_bench,
+                 "AlexNet end to end against PyTorch (benchmarks/alexnet.py, from a source "
+                 "checkout): agreement of logits and gradients, then images/s of training "
+                 "and inference; PyTorch from the 'bench' extra")
+    bench.add_argument("options", nargs="*", metavar="-- OPTION",
+                       help="benchmarks/alexnet.py's options after a '--' (convnet bench -- "
+                            "--devices cpu --quick; convnet bench -- --help lists them)")
 
     ev = _add(sub, "evaluate", cmd_evaluate,
               "top-1 and top-5 error of a checkpoint on the validation images")
