@@ -82,6 +82,21 @@ def _convnet(*args, timeout=180, preexec_fn=None, env=None):
                           text=True, timeout=timeout, preexec_fn=preexec_fn, env=env or _env())
 
 
+def _inproc(capsys, *args):
+    """``convnet ARGS`` in this process (no interpreter start-up, matplotlib imported once):
+    for the tests that need no process of their own."""
+    from types import SimpleNamespace
+
+    from convnet.app import cli
+    capsys.readouterr()
+    try:
+        code = cli.main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+
 def _start(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "convnet", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -451,7 +466,7 @@ def test_flipped_bytes_in_the_data_set_files(data, tmp_path, where):
 
 
 @pytest.mark.parametrize("where", ["tensors", "metadata"])
-def test_flipped_bytes_in_the_newest_checkpoint(data, trained, tmp_path, where):
+def test_flipped_bytes_in_the_newest_checkpoint(data, trained, tmp_path, where, capsys):
     """Resume skips the damaged newest checkpoint with a warning naming what differs and
     goes on from the one before; evaluate of the damaged file is refused (usage, 2)."""
     out = _copy_run(trained, tmp_path)
@@ -462,10 +477,10 @@ def test_flipped_bytes_in_the_newest_checkpoint(data, trained, tmp_path, where):
         raw = newest.read_bytes()
         assert raw.count(b'{\\"epoch\\": 2') == 1  # the state's first entry
         newest.write_bytes(raw.replace(b'{\\"epoch\\": 2', b'{\\"epoch\\": 7'))
-    evaluated = _convnet("evaluate", newest, "--device", "cpu", "--workers", 0, "--no-progress")
+    evaluated = _inproc(capsys, "evaluate", newest, "--device", "cpu", "--workers", 0, "--no-progress")
     assert evaluated.returncode == 2
     assert f"checksum mismatch in the {where}" in one_clear_line(evaluated.stderr, "evaluate")
-    folder = _convnet("evaluate", out, "--center", "--device", "cpu", "--workers", 0,
+    folder = _inproc(capsys, "evaluate", out, "--center", "--device", "cpu", "--workers", 0,
                       "--no-progress")  # the run folder: the damaged newest is passed over
     assert folder.returncode == 0, folder.stderr
     assert "evaluate: warning:" in folder.stderr and "train:" not in folder.stderr
@@ -473,7 +488,7 @@ def test_flipped_bytes_in_the_newest_checkpoint(data, trained, tmp_path, where):
     # resumed without --no-final-eval: the run's own setting (no final evaluation) stays
     resume_args = [a for a in _train_args(data, out, "--epochs", 2, "--resume")
                    if a != "--no-final-eval"]
-    resumed = _convnet(*resume_args)
+    resumed = _inproc(capsys, *resume_args)
     assert resumed.returncode == 0, resumed.stderr
     assert "train: warning:" in resumed.stderr and f"checksum mismatch in the {where}" in \
         resumed.stderr and "after epoch 1 from epoch-0001" in resumed.stderr
@@ -481,10 +496,10 @@ def test_flipped_bytes_in_the_newest_checkpoint(data, trained, tmp_path, where):
     _all_whole(out) if where == "metadata" else ckpt.load(out / "epoch-0001.safetensors")
 
 
-def test_a_mangled_lock_file_is_taken_over(data, trained, tmp_path):
+def test_a_mangled_lock_file_is_taken_over(data, trained, tmp_path, capsys):
     out = _copy_run(trained, tmp_path)
     (out / ".convnet.lock").write_bytes(b"\x00\xffnot json")
-    result = _convnet(*_train_args(data, out, "--epochs", 2, "--resume"))
+    result = _inproc(capsys, *_train_args(data, out, "--epochs", 2, "--resume"))
     assert result.returncode == 0, result.stderr
     assert "unreadable lock file" in result.stderr and "taken over" in result.stderr
 
@@ -526,49 +541,50 @@ def test_a_loader_worker_killed(data, tmp_path):
 
 # --------------------------------------------------------------------------- the command line
 
-def test_exit_codes_and_debug(data, trained, tmp_path):
+def test_exit_codes_and_debug(data, trained, tmp_path, capsys, monkeypatch):
     run = trained
     for bad in ("0", "-5"):
-        result = _convnet("evaluate", run, "--batch-size", bad, "--device", "cpu")
+        result = _inproc(capsys, "evaluate", run, "--batch-size", bad, "--device", "cpu")
         assert result.returncode == 2, result.stderr
         assert "--batch-size must be an integer >= 1" in one_clear_line(result.stderr, "evaluate")
-    assert _convnet("evaluate", run, "--batch-size", "x").returncode == 2  # argparse's own
+    assert _inproc(capsys, "evaluate", run, "--batch-size", "x").returncode == 2  # argparse's
     broken = tmp_path / "broken"
     shutil.copytree(data, broken)
     _flip(broken / shards.shard_name("train", 0), 4096 + 10)
-    plain = _convnet(*_train_args(broken, tmp_path / "r2", "--epochs", 1))
+    plain = _inproc(capsys, *_train_args(broken, tmp_path / "r2", "--epochs", 1))
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     for debug in (["--debug"], []):
-        env = _env(CONVNET_DEBUG="1") if not debug else None
-        result = _convnet(*debug, *_train_args(broken, tmp_path / f"r{len(debug)}", "--epochs", 1),
-                          env=env)
+        if not debug:
+            monkeypatch.setenv("CONVNET_DEBUG", "1")
+        result = _inproc(capsys, *debug, *_train_args(broken, tmp_path / f"r{len(debug)}",
+                                                      "--epochs", 1))
         assert result.returncode == 1
         assert "Traceback" in result.stderr and result.stderr.rstrip().splitlines()[-1] \
             .startswith("convnet train: ")
 
 
-def test_resume_after_the_data_moved(data, tmp_path):
+def test_resume_after_the_data_moved(data, tmp_path, capsys):
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     out = tmp_path / "run"
-    assert _convnet(*_train_args(copy, out, "--epochs", 1)).returncode == 0
+    assert _inproc(capsys, *_train_args(copy, out, "--epochs", 1)).returncode == 0
     copy.rename(tmp_path / "moved")
     args = [a for a in _train_args(copy, out, "--epochs", 1, "--resume")]
     del args[1:3]  # no --data
-    result = _convnet(*args)
+    result = _inproc(capsys, *args)
     assert result.returncode == 2
     line = one_clear_line(result.stderr, "train")
     assert f"the data set this run was trained on, {copy.resolve()}" in line
     assert "give --data DIR where it is now" in line and "--data " + str(copy) not in line
-    moved = _convnet(*args, "--data", tmp_path / "moved")  # 1 epoch of 1: nothing to train
+    moved = _inproc(capsys, *args, "--data", tmp_path / "moved")  # 1 epoch of 1: nothing to train
     assert moved.returncode == 0 and "has finished its 1 epoch;" in moved.stdout, moved.stderr
 
 
-def test_one_class_is_refused(tmp_path):
+def test_one_class_is_refused(tmp_path, capsys):
     one = tmp_path / "one"
     images = np.random.default_rng(0).integers(0, 255, (4, 72, 72, 3), dtype=np.uint8)
     prepare_arrays(one, {"train": (images, np.zeros(4, np.int64))}, ["only"], log=lambda _: None)
-    result = _convnet(*_train_args(one, tmp_path / "run", "--epochs", 1))
+    result = _inproc(capsys, *_train_args(one, tmp_path / "run", "--epochs", 1))
     assert result.returncode == 2
     assert "has 1 class (only): a classifier needs at least 2" in one_clear_line(result.stderr,
                                                                                  "train")

@@ -20,6 +20,10 @@ How it works
   file descriptors) and decode them (JPEG) or copy them (raw) straight into uint8
   batch slots in one shared-memory segment (``multiprocessing.shared_memory``). A
   batch is cut into one chunk per worker, so all workers fill the same batch at once.
+* Integrity: a shard's CRCs (``shards.verify_once``) are checked before its first
+  image is used, by one worker (a byte per shard after the slots says it is done; in
+  the rare race two check it), so a corrupt shard stops the loader with its file
+  named and no image of it is trained on.
 * Prefetch: ``prefetch`` batch slots (default 4): the workers fill the next batches
   while the caller uses this one. The queue is bounded by the slots.
 * To the device: on ``cpu``/``emu`` the slot is read directly (by the augmentation)
@@ -101,17 +105,21 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarr
 class _Reader:
     """Reads images of one split into uint8 arrays (in a worker, or in the parent)."""
 
-    def __init__(self, paths, kind: str, size):
+    def __init__(self, paths, kind: str, size, verified=None):
         self.paths = list(paths)
         self.kind = kind
         self.size = tuple(size)
         self.item = int(np.prod(self.size))
         self.fds: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self.verified = verified  # one byte per shard shared by the workers: 1 once checked
 
     def _fd(self, shard: int) -> int:
         fd = self.fds.get(shard)
         if fd is None:
-            verify_once(self.paths[shard])  # its CRCs, once per shard in this process
+            if self.verified is None or not self.verified[shard]:
+                verify_once(self.paths[shard])  # its CRCs, once per shard and loader
+                if self.verified is not None:
+                    self.verified[shard] = 1
             fd = os.open(self.paths[shard], os.O_RDONLY)
             self.fds[shard] = fd
             if len(self.fds) > _FD_CACHE:
@@ -147,7 +155,8 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 def _worker_init(shm_name: str, slots: int, batch_size: int, paths, kind: str, size):
     shm = _attach(shm_name)
     buffer = np.ndarray((slots, batch_size) + tuple(size), dtype=np.uint8, buffer=shm.buf)
-    return {"shm": shm, "buffer": buffer, "reader": _Reader(paths, kind, size)}
+    verified = np.ndarray((len(paths),), dtype=np.uint8, buffer=shm.buf, offset=buffer.nbytes)
+    return {"shm": shm, "buffer": buffer, "reader": _Reader(paths, kind, size, verified)}
 
 
 def _worker_task(state, task, progress) -> int:
@@ -339,7 +348,8 @@ class Loader:
                 self._buffer_box[0] = np.empty((1,) + self._slot_shape(), np.uint8)
             return
         if self._shm_box[0] is None:
-            nbytes = self.prefetch * int(np.prod(self._slot_shape()))
+            # the batch slots, then one byte per shard: set by the worker that checked its CRCs
+            nbytes = self.prefetch * int(np.prod(self._slot_shape())) + len(self.split.paths)
             _check_shm_space(nbytes)
             name = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
             shm = shared_memory.SharedMemory(name=name, create=True, size=nbytes)
