@@ -89,7 +89,9 @@ def _region(instructions, skipped: bool = False) -> dict:
             memory[key] += 1
             if not skipped and i.predicate in (None, "@PT"):
                 always[key] += 1
-    return {"instructions": len(instructions),
+    calls = 0 if skipped else sum(1 for i in instructions if i.opcode == "CALL"
+                                  and i.predicate in (None, "@PT"))
+    return {"instructions": len(instructions), "calls": calls,
             "pipes": {p: pipes.get(p, 0) for p in PIPES},
             "barriers": sum(1 for i in instructions if i.opcode == "BAR"),
             "warp_ops": sum(1 for i in instructions if i.opcode in _WARP_OPS),
@@ -121,10 +123,11 @@ def _blocks(instructions, labels, scope=None) -> list[dict]:
 
 
 def _sum(blocks) -> dict:
-    total = {"instructions": 0, "pipes": {p: 0 for p in PIPES}, "barriers": 0, "warp_ops": 0,
-             "memory": Counter(), "always": Counter()}
+    total = {"instructions": 0, "calls": 0, "pipes": {p: 0 for p in PIPES}, "barriers": 0,
+             "warp_ops": 0, "memory": Counter(), "always": Counter()}
     for b in blocks:
         total["instructions"] += b["instructions"]
+        total["calls"] += b.get("calls", 0)
         total["barriers"] += b["barriers"]
         total["warp_ops"] += b["warp_ops"]
         total["memory"].update(b["memory"])
@@ -136,24 +139,47 @@ def _sum(blocks) -> dict:
     return total
 
 
+def _trap(i, labels) -> bool:
+    """ptxas's trap after the final EXIT ("L: BRA L") or a padding NOP: never runs."""
+    return i.opcode == "NOP" or (i.opcode == "BRA" and labels.get(i.target) == i.offset)
+
+
 def regions(kernel) -> dict:
     """The regions of a ``sass.KernelSass`` (see the module docstring), JSON-ready:
-    each with its basic blocks (``blocks``) and their sum."""
+    each with its basic blocks (``blocks``) and their sum. Code after the final EXIT is
+    the non-inlined device functions' (``__noinline__``: reached by CALL, ending in
+    RET): it is not straight code run once per warp but one more region, ``called``,
+    last in ``loops`` (``"called": True``; the loops inside it are its children), run
+    once per unconditional CALL (``calls``) unless its own lines say more."""
     loops = kernel.loops
+    labels = kernel.labels
     code = list(kernel.instructions)
     exits = [n for n, i in enumerate(code) if i.opcode == "EXIT"]
-    if exits:   # ptxas's trap ("L: BRA L") and padding NOPs after the final EXIT never run
-        code = code[:exits[-1] + 1] + [i for i in code[exits[-1] + 1:]
-                                       if i.opcode not in ("NOP", "BRA")]
-    inside = [i for i in code if not any(l.start <= i.offset <= l.end for l in loops)]
+    tail = []
+    if exits:
+        tail = [i for i in code[exits[-1] + 1:] if not _trap(i, labels)]
+        code = code[:exits[-1] + 1]
+    end = code[-1].offset if code else -1
+
+    def looped(i):
+        return any(l.start <= i.offset <= l.end for l in loops)
+
+    inside = [i for i in code if not looped(i)]
+    called = [i for i in tail if not looped(i)]
     out = []
     for loop in loops:
         around = [j for j, o in enumerate(loops) if o is not loop and loop in o.inner]
         parent = max(around, key=lambda j: loops[j].depth) if around else None
-        blocks = _blocks(loop.own, kernel.labels, loop.body)
+        if parent is None and loop.start > end and called:
+            parent = len(loops)   # a loop of a called function
+        blocks = _blocks(loop.own, labels, loop.body)
         out.append({"start": loop.start, "end": loop.end, "depth": loop.depth,
                     "parent": parent, **_sum(blocks), "blocks": blocks})
-    blocks = _blocks(inside, kernel.labels, code)
+    if called:
+        blocks = _blocks(called, labels, tail)
+        out.append({"start": called[0].offset, "end": called[-1].offset, "depth": 0,
+                    "parent": None, "called": True, **_sum(blocks), "blocks": blocks})
+    blocks = _blocks(inside, labels, code)
     return {"straight": {**_sum(blocks), "blocks": blocks}, "loops": out}
 
 
@@ -212,37 +238,62 @@ def count(figures: dict, warps: float, sites: dict, barrier_warps: float = 0.0,
     fixed = coefficients(straight)
     keys = sorted({k for c in per_loop for k, v in c.items() if v
                    and not k.startswith("None:") and (k in measured or not k.startswith("#"))})
-    # lines whose instructions in the loops are all conditional: lower bounds only
+    # lines whose instructions in the loops are all conditional: also lower bounds
     lower = [k for k in keys if not k.startswith("#")
              and not any(l.get("always", l["memory"]).get(k) for l in loops)]
-    exact = [k for k in keys if k not in lower]
-    constrained = [j for j, c in enumerate(per_loop) if any(c.get(k) for k in keys)]
+    functions = [j for j, l in enumerate(loops) if l.get("called")]
+
+    def root(j):
+        while loops[j]["parent"] is not None:
+            j = loops[j]["parent"]
+        return j
+
+    # called functions (rare paths, mostly: their lines repeat inlined code's) stay out
+    # of the least squares; their lines' lower bounds may raise them below
+    constrained = [j for j, c in enumerate(per_loop)
+                   if root(j) not in functions and any(c.get(k) for k in keys)]
 
     def need(k):
         return max(0.0, measured.get(k, 0.0) - warps * fixed.get(k, 0))
 
     x = np.zeros(len(loops))
-    if exact and constrained:
-        a = np.array([[per_loop[j].get(k, 0) for j in constrained] for k in exact], float)
-        b = np.array([need(k) for k in exact])
+    if keys and constrained:
+        a = np.array([[per_loop[j].get(k, 0) for j in constrained] for k in keys], float)
+        b = np.array([need(k) for k in keys])
         scale = np.maximum(b, max(warps, 1.0))
-        solution = nnls(a / scale[:, None], b / scale)
-        x[constrained] = solution
+        x[constrained] = nnls(a / scale[:, None], b / scale)
+
+    # unconstrained loops once per pass of the enclosing loop (per warp at depth 0), a
+    # called function at least once per unconditional call: the kernel's loops, its
+    # calls, then the called functions' loops
+    order = sorted((j for j in range(len(loops)) if j not in constrained and j not in dead
+                    and j not in functions
+                    and not (root(j) in functions and any(per_loop[j].get(k) for k in keys))),
+                   key=lambda j: loops[j]["depth"])
+    for inside_functions in (False, True):
+        for j in order:
+            if (root(j) in functions) == inside_functions:
+                parent = loops[j]["parent"]   # parents first
+                x[j] = warps if parent is None else x[parent]
+        if not inside_functions:
+            calls = warps * straight.get("calls", 0) + sum(
+                x[i] * l.get("calls", 0) for i, l in enumerate(loops) if not l.get("called"))
+            for j in functions:
+                x[j] = max(x[j], calls)
+    for j in dead:
+        x[j] = 0.0
     for k in lower:   # raising X never lowers another line's count: one pass holds them all
-        holders = [j for j in constrained if per_loop[j].get(k)]
+        holders = [j for j in range(len(loops)) if per_loop[j].get(k) and j not in dead]
         have = sum(x[j] * per_loop[j][k] for j in holders)
-        if have >= need(k):
+        if not holders or have >= need(k):
             continue
         if have > 0:
             x[holders] *= need(k) / have
-        else:
+        else:   # the kernel's own loops first, called functions only where none holds it
+            holders = [j for j in holders if root(j) not in functions] or holders
             x[holders] = need(k) / sum(per_loop[j][k] for j in holders)
-    unseen = [j for j in range(len(loops)) if j not in constrained and j not in dead]
-    for j in sorted(unseen, key=lambda j: loops[j]["depth"]):   # parents first
-        parent = loops[j]["parent"]
-        x[j] = warps if parent is None else x[parent]
-    for j in dead:
-        x[j] = 0.0
+    unseen = [j for j in range(len(loops)) if j not in constrained and j not in dead
+              and not any(per_loop[j].get(k) for k in keys)]
     total = warps * straight["instructions"] + float(
         sum(x[j] * l["instructions"] for j, l in enumerate(loops)))
     pipes = {p: warps * straight["pipes"][p] + float(

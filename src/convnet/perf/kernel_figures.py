@@ -26,7 +26,7 @@ from ..toolchain import nvrtc
 from ..toolchain.kernel_source import expand
 from ..toolchain.launch import KernelModule
 
-FORMAT = 3  # 3: regions carry each line's unconditional memory instructions
+FORMAT = 4  # 3: each line's unconditional memory instructions; 4: called functions
 _MEMORY: dict[str, dict[str, dict]] = {}
 _LOCK = threading.Lock()
 
