@@ -12,7 +12,8 @@
 //
 // Layout: x NCHW float32; y, argmax (N, C, OH, OW); IndexT as in max_pool.cu.
 //
-// Work: a block per (n, group, tile of tile_h x tile_w pooled outputs). Its threads
+// Work: a block per (n, tile of tile_h x tile_w pooled outputs), walking the channel
+// groups in turn (the tile's set-up once for all of them). Its threads
 // are the input pixels the tile's windows cover: a region of
 // rh = (tile_h - 1) * sh + kh rows by rw = (tile_w - 1) * sw + kw columns, one thread
 // each (blockDim.x = rh * rw <= 1024); adjacent tiles share a window's overlap (for
@@ -122,7 +123,7 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
     const int group_channels = channels / groups;
     const bool beta75 = beta == 0.75f;
     const long long plane = (long long)H * W, out_plane = (long long)OH * OW;
-    const int blocks = batch * groups * tiles_h * tiles_w;  // < 2^31 (ops/lrn_max_pool.py)
+    const int blocks = batch * tiles_h * tiles_w;  // < 2^31 (ops/lrn_max_pool.py)
     // 3x3 windows inside the image (no clipping) take an unrolled path: outputs
     // oh < full_oh, ow < full_ow when there is no padding
     // a sum of squares <= 2^126 gives s in [k, 2^120] (the rsqrt path's domain)
@@ -132,15 +133,13 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
 
     for (int b = blockIdx.x; b < blocks; b += gridDim.x) {  // 32-bit divisions
         const int tx = b % tiles_w, rest = b / tiles_w;
-        const int ty = rest % tiles_h, ng = rest / tiles_h;  // ng = n * groups + g
-        const int g = ng % groups;
-        const long long n = ng / groups;
+        const int ty = rest % tiles_h;
+        const long long n = rest / tiles_h;
         const int oh0 = ty * tile_h, ow0 = tx * tile_w;
         const int h0 = oh0 * sh - ph, w0 = ow0 * sw - pw;  // the region's first pixel
         const int ry = t / rw, rx = t % rw;
         const int h = h0 + ry, w = w0 + rx;
         const bool inside = h >= 0 && h < H && w >= 0 && w < W;
-        const int g0 = g * group_channels, g1 = g0 + group_channels;
         const long long base = n * channels * plane + (long long)h * W + w;  // channel 0
         const float* xc = x + (inside ? base : 0);
         const int outs_h = min(tile_h, OH - oh0), outs_w = min(tile_w, OW - ow0);
@@ -152,6 +151,8 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
         const int step_d = region / outs, step_o = region - step_d * outs;
         const int step_y = step_o / outs_w, step_x = step_o - step_y * outs_w;
 
+        for (int g0 = 0; g0 < channels; g0 += group_channels) {
+        const int g1 = g0 + group_channels;
         cn_lrn_walk<FW> walk;  // carried across depth steps by the inline loop only
         if (inside && FW > 0 && fast)
             cn_lrn_prime<FW>(walk, xc, (int)plane, g0, g0, g1, lo, hi, ring, region);
@@ -214,6 +215,7 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
                 }
             }
             __syncthreads();
+        }
         }
     }
 }

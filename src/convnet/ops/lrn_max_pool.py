@@ -97,7 +97,7 @@ def geometry(device, shape, params: lrn.LRNParams, pool: max_pool.PoolParams) ->
         raise ValueError(f"lrn + max_pool2d: {shared} bytes of shared memory per block exceed "
                          f"the {lrn.PREFERRED_SHARED_BYTES} bytes a block gets without opting in "
                          f"(a {width}-channel LRN window); run the two ops separately")
-    blocks = n * params.groups * -(-oh // tile_h) * -(-ow // tile_w)
+    blocks = n * -(-oh // tile_h) * -(-ow // tile_w)  # the groups walked in each block
     if blocks > 2**31 - 1:
         raise ValueError(f"lrn + max_pool2d: {blocks} tiles exceed the kernel's int32 block "
                          f"index; run the two ops separately")
