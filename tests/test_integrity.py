@@ -98,6 +98,18 @@ def test_a_lock_is_counted_within_a_process_and_removes_a_folder_it_made(tmp_pat
     assert not folder.exists()  # made for the lock and left empty: gone
 
 
+def test_a_forgotten_lock_is_released_when_collected(tmp_path):
+    import gc
+    FolderLock(tmp_path, "x").acquire()  # nobody keeps it
+    gc.collect()
+    assert not (tmp_path / LOCK_FILE).exists()
+    lock = FolderLock(tmp_path, "x").acquire()
+    assert lock.held and lock.stale is None
+    lock.release()
+    lock.release()  # a second release does nothing
+    assert not lock.held
+
+
 def test_owner_alive():
     assert owner_alive(f".x.tmp-{os.getpid()}")
     assert not owner_alive(".x.tmp-999999999") and not owner_alive(".x.tmp")

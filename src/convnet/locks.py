@@ -12,7 +12,9 @@ removes the file, then unlocks.
 
 The lock is between processes: within one process, taking a lock this process holds
 already counts up and succeeds (the training driver's objects and tests may open a
-run folder twice). Worker processes forked while a lock is held keep it held until
+run folder twice). A ``FolderLock`` that is garbage-collected while held is released
+then, so a forgotten object (a ``TrainingRun`` never run) does not hold a folder for
+the rest of its process. Worker processes forked while a lock is held keep it held until
 they exit too, which is what the data they write needs.
 
 ``owner_alive(name)`` tells whether the process that named a temporary file
@@ -28,6 +30,7 @@ import os
 import re
 import socket
 import time
+import weakref
 from pathlib import Path
 
 __all__ = ["FolderLock", "LockError", "LOCK_FILE", "owner_alive"]
@@ -94,14 +97,16 @@ class FolderLock:
         self.what, self.command, self.wait, self.log = what, command, wait, log
         self.created = created
         self.stale: str | None = None  # the dead holder a taken-over lock file named
-        self._key: str | None = None
+        self._release = None  # a weakref.finalize: runs once, at release() or collection
 
     # ------------------------------------------------------------------ taking it
     def acquire(self) -> "FolderLock":
+        if self._release is not None and self._release.alive:
+            return self  # this object holds it already
         key = str(self.path.resolve())
         if key in _held:
             _held[key][1] += 1
-            self._key = key
+            self._release = weakref.finalize(self, _let_go, key, self.path, None)
             return self
         announced = False
         while True:
@@ -140,7 +145,8 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         _held[key] = [fd, 1]
-        self._key = key
+        self._release = weakref.finalize(self, _let_go, key, self.path,
+                                         self.folder if self.created else None)
         return self
 
     def stale_message(self) -> str | None:
@@ -152,27 +158,13 @@ class FolderLock:
 
     # ------------------------------------------------------------------ letting go
     def release(self) -> None:
-        key, self._key = self._key, None
-        if key is None or key not in _held:
-            return
-        entry = _held[key]
-        entry[1] -= 1
-        if entry[1]:
-            return
-        del _held[key]
-        try:
-            self.path.unlink(missing_ok=True)
-        finally:
-            os.close(entry[0])  # closing the last descriptor drops the flock
-        if self.created:
-            try:
-                self.folder.rmdir()  # only when empty: a run that wrote nothing leaves nothing
-            except OSError:
-                pass
+        """Let go (the last holder in this process removes the file, then unlocks)."""
+        if self._release is not None:
+            self._release()
 
     @property
     def held(self) -> bool:
-        return self._key is not None
+        return self._release is not None and self._release.alive
 
     def __enter__(self):
         return self.acquire()
@@ -180,3 +172,22 @@ class FolderLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+def _let_go(key: str, path: Path, made_folder: Path | None) -> None:
+    entry = _held.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1]:
+        return
+    del _held[key]
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(entry[0])  # closing the last descriptor drops the flock
+    if made_folder is not None:
+        try:
+            made_folder.rmdir()  # only when empty: a run that wrote nothing leaves nothing
+        except OSError:
+            pass
