@@ -189,15 +189,22 @@ __global__ void lrn_max_pool_forward(const float* __restrict__ x, float* __restr
             float* const yc = y + (n * channels + cb) * out_plane;
             IndexT* const ac = argmax + (n * channels + cb) * out_plane;
             if (full_tile) {
-                // every window of the tile is a whole 3x3 one: only the unrolled path
-                while (d < count) {
-                    int offset;
-                    const float best =
-                        cn_pool_max_3x3(z + d * region + (toh * sh) * rw + tow * sw, rw, offset);
+                // every window of the tile is a whole 3x3 one: only the unrolled path, and
+                // a thread keeps one output (toh, tow) of the channels d, d + step_d, ...
+                // (the first step_d x outs threads; step_d = region / outs >= 1): its
+                // pointers step by a constant, no carries
+                if (d < step_d) {
+                    const float* zq = z + d * region + (toh * sh) * rw + tow * sw;
                     const long long at = d * out_plane + (long long)(oh0 + toh) * OW + ow0 + tow;
-                    yc[at] = best;
-                    ac[at] = (IndexT)offset;
-                    cn_lrn_pool_advance(d, toh, tow, step_d, step_y, step_x, outs_h, outs_w);
+                    float* yq = yc + at;
+                    IndexT* aq = ac + at;
+                    const int z_step = step_d * region;
+                    const long long out_step = step_d * out_plane;
+                    for (; d < count; d += step_d, zq += z_step, yq += out_step, aq += out_step) {
+                        int offset;
+                        *yq = cn_pool_max_3x3(zq, rw, offset);
+                        *aq = (IndexT)offset;
+                    }
                 }
             } else {
                 while (d < count) {
