@@ -108,14 +108,21 @@ def random_arrays(seed: int = 0):
 
 # --------------------------------------------------------------------------- convolution
 
+def _pair(v) -> tuple:
+    """A size given as one int (square) or an (h, w) pair, as a pair."""
+    return (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+
+
 def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_grad=True,
                bias=True, algorithm="direct") -> Layer:
-    """``conv2d`` on (N, c, hw, hw) with k filters of rs x rs: forward (bias + ReLU fused),
+    """``conv2d`` on (N, c, hw, hw) with k filters of rs x rs (hw, rs, stride, pad: an
+    int or an (h, w) pair): forward (bias + ReLU fused),
     backward (ReLU mask, data unless ``input_grad`` is False, filter, bias);
     ``algorithm="winograd"``: the three passes by ``ops.conv_winograd``."""
 
     def build(dev, n, arrays, choices, reduced):
-        g = conv.geometry((n, c, hw, hw), (k, c // groups, rs, rs), stride, pad, groups)
+        g = conv.geometry((n, c, *_pair(hw)), (k, c // groups, *_pair(rs)), stride, pad,
+                          groups)
         x, w, y = arrays(g.x_shape), arrays(g.w_shape), arrays(g.y_shape)
         b = arrays((k,)) if bias else None
         wino = _Winograd(name, dev, g, arrays, choices) if algorithm == "winograd" else None
