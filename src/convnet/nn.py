@@ -252,11 +252,13 @@ class Sequential(Module):
 
 
 class Conv2d(Module):
-    """2-D convolution with fused bias and optional ReLU; weight (out, in/groups, kh, kw)."""
+    """2-D convolution with fused bias and optional ReLU; weight (out, in/groups, kh, kw).
+    ``algorithm``: ``F.conv2d``'s ("auto": the one the performance model predicts fastest
+    for each input shape; "direct"; "winograd" for 3x3 filters at stride 1)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
                  bias=True, relu=False, *, weight_std=0.01, bias_init=0.0, rng=None,
-                 device="cpu", dtype=np.float32):
+                 device="cpu", dtype=np.float32, algorithm="auto"):
         super().__init__()
         in_channels = arguments.positive_int(in_channels, "Conv2d: in_channels")
         out_channels = arguments.positive_int(out_channels, "Conv2d: out_channels")
@@ -268,6 +270,10 @@ class Conv2d(Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = (kh, kw), stride
         self.padding, self.relu = padding, bool(relu)
+        if algorithm not in F.conv.ALGORITHMS:
+            raise ValueError(f"Conv2d: algorithm must be one of {F.conv.ALGORITHMS}, got "
+                             f"{algorithm!r}")
+        self.algorithm = algorithm
         dtype, device = _float_dtype(dtype), get_device(device)
         shape = (out_channels, in_channels // groups, kh, kw)
         self.weight = _new_parameter(_gaussian(rng, shape, weight_std, dtype), device)
@@ -276,12 +282,13 @@ class Conv2d(Module):
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                        groups=self.groups, relu=self.relu)
+                        groups=self.groups, relu=self.relu, algorithm=self.algorithm)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
-                f"relu={self.relu}")
+                f"relu={self.relu}" + (f", algorithm={self.algorithm!r}"
+                                       if self.algorithm != "auto" else ""))
 
 
 class Linear(Module):

@@ -11,18 +11,29 @@ from ..tensor import Tensor
 from ._checks import check_float_tensors
 from ._weighted import WeightedFunction
 
-__all__ = ["ALGORITHMS", "conv2d"]
+__all__ = ["ALGORITHMS", "chosen_algorithm", "conv2d"]
 
-# "auto" runs "direct" for now: the performance model (convnet perf) predicts both, but
-# asking it costs a compile and an emulator profile, too much for a call (issue 12,
-# part 5: the chooser). "winograd": F(2x2, 3x3), 3x3 filters at stride 1 only.
+# "auto": the one the performance model predicts fastest for the shape on the device's
+# GPU (convnet.perf.choose: cached per-kernel figures, a measured calibration first;
+# "direct" on cpu and for every precision but FP32). "winograd": F(2x2, 3x3), 3x3
+# filters at stride 1 only.
 ALGORITHMS = ("auto", "direct", "winograd")
 
 
-def _algorithm_ops(algorithm, g):
+def chosen_algorithm(device, g, precision: str = "fp32") -> str:
+    """What ``algorithm="auto"`` runs for geometry ``g`` on ``device`` in ``precision``."""
+    if precision != "fp32" or not device.runs_kernels:
+        return "direct"
+    from ..perf import choose
+    return choose.algorithm_for(device, g)
+
+
+def _algorithm_ops(algorithm, g, device=None, precision="fp32"):
     """The op module (ops.conv or ops.conv_winograd) that runs ``algorithm`` for ``g``."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "auto" and device is not None:
+        algorithm = chosen_algorithm(device, g, precision)
     if algorithm == "winograd":
         _winograd_ops.check_supported(g)
         return _winograd_ops
@@ -87,7 +98,9 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, g
     on ``emu``/``cuda``; NumPy references on ``cpu``, any float dtype there).
     ``algorithm``: "direct" (the implicit GEMM), "winograd" (F(2x2, 3x3) for 3x3
     filters at stride 1, all three passes; ``ops.conv_winograd``; on ``cpu`` the same
-    references) or "auto" (today "direct"; see ``ALGORITHMS``).
+    references) or "auto": on ``emu``/``cuda`` the one ``convnet.perf.choose`` predicts
+    fastest for this shape on the device's GPU (an H100 stand-in on ``emu``), decided once
+    per shape; "direct" on ``cpu`` (the same references) and in TF32/BF16.
     ``precision``: the products' arithmetic (``convnet.precision``), None for the
     process-wide default (``convnet.set_precision``, "fp32" unless set): "fp32" (the
     paper's), or "tf32"/"bf16": the operands of all three passes rounded to TF32/BF16 and
@@ -100,8 +113,8 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, g
     if x.device.runs_kernels and all(g.y_shape):  # before any output or workspace exists
         _conv_ops.check_kernel_sizes(g)
     inputs = (x, w) if b is None else (x, w, b)
-    ops = _algorithm_ops(algorithm, g)
     precision = _precision.resolve(precision, "conv2d: precision")
+    ops = _algorithm_ops(algorithm, g, x.device if all(g.y_shape) else None, precision)
     if precision != "fp32":
         if ops is not _conv_ops:
             raise ValueError(f"conv2d: algorithm {algorithm!r} computes in FP32 only; "

@@ -1,5 +1,8 @@
 """What ``convnet perf`` does: predict a training step or one op on a named GPU,
-print the table with its legend, and write JSON if asked."""
+print the table with its legend, and write JSON if asked. For the AlexNet step, the conv
+layers run the algorithm ``conv2d(algorithm="auto")`` would choose on that GPU at that
+batch (``convnet.perf.choose``), printed with the predicted time of each; every table's
+per-kernel figures are saved for that chooser."""
 from __future__ import annotations
 
 import json
@@ -7,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import gpus
+from . import choose, gpus
 from .layers import parse_op
 from .model import legend
 from .predict import LEGEND_COLUMNS, format_table, predict_layers
@@ -23,10 +26,13 @@ def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int 
         g = gpus.gpu(gpu)
         if batch < 1:
             raise ValueError(f"--batch must be at least 1, got {batch}")
+        choices = {}
         if op:
             layers, title = [parse_op(op)], f"{op} at batch {batch}"
         elif model == "alexnet":
-            layers = alexnet_layers(columns)
+            choices = choose.layer_choices(alexnet_layers(columns), g, batch)
+            layers = alexnet_layers(columns, algorithms={n: c.algorithm
+                                                         for n, c in choices.items()})
             title = (f"AlexNet training step, {columns} column{'s' if columns > 1 else ''}"
                      + (" (one GPU's column)" if columns == 2 else "") + f", batch {batch}")
         else:
@@ -37,8 +43,12 @@ def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int 
     began = time.perf_counter()
     table = predict_layers(layers, g, batch, blocks=blocks, title=title, kernel=kernel)
     elapsed = time.perf_counter() - began
+    choose.save_figures(table)
     print(f"{title} on {g.name} — PREDICTED, not measured", file=out)
     print(format_table(table), file=out)
+    if choices:
+        print("", file=out)
+        print(format_choices(choices), file=out)
     print("", file=out)
     print(LEGEND_COLUMNS, file=out)
     print(legend(g), file=out)
@@ -47,6 +57,24 @@ def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int 
     if json_path:
         data = table.as_dict()
         data["elapsed_s"] = elapsed
+        data["conv_algorithms"] = {n: {"algorithm": c.algorithm, "predicted_s": c.seconds,
+                                       "reason": c.reason} for n, c in choices.items()}
         Path(json_path).write_text(json.dumps(data, indent=1) + "\n")
         print(f"wrote {json_path}", file=out)
     return 0
+
+
+def format_choices(choices: dict) -> str:
+    """What ``conv2d(algorithm="auto")`` runs per conv layer, and why."""
+    lines = ['conv2d algorithm="auto" per conv layer (PREDICTED us of each algorithm, '
+             'forward + backward data + backward filter + ReLU mask + bias gradient):']
+    for name, c in choices.items():
+        lines.append(f"  {name}: {c.describe()}")
+    return "\n".join(lines)
+
+
+def write_choice_defaults() -> int:
+    """Rewrite ``convnet.perf.choose``'s shipped figures (``choose.DEFAULTS``) from the
+    full model of AlexNet's conv layers on the stand-in H100, batch 128 (minutes)."""
+    layers = [layer for layer in alexnet_layers(1) if layer.info.get("op") == "conv"]
+    return choose.write_defaults(layers)

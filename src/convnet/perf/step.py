@@ -27,8 +27,11 @@ INPUT_SIZE = 227
 
 
 def alexnet_layers(columns: int = 1, num_classes: int = 1000, widths=PAPER_WIDTHS,
-                   input_size: int = INPUT_SIZE) -> list[Layer]:
-    """The layers one GPU runs in a training step (see the module docstring)."""
+                   input_size: int = INPUT_SIZE, algorithms: dict | None = None) -> list[Layer]:
+    """The layers one GPU runs in a training step (see the module docstring);
+    ``algorithms``: {conv layer name: "direct" | "winograd"} (``conv2d``'s "auto" asks
+    ``convnet.perf.choose``; ``convnet perf`` passes its choices), "direct" where unnamed."""
+    algorithm = (algorithms or {}).get
     if columns not in (1, 2):
         raise ValueError(f"columns must be 1 or 2, got {columns!r}")
     w1, w2, w3, w4, w5, w6, w7 = widths
@@ -40,13 +43,18 @@ def alexnet_layers(columns: int = 1, num_classes: int = 1000, widths=PAPER_WIDTH
     flat = w5 * size["pool5"] ** 2
     classes = num_classes if columns == 1 else -(-num_classes // 2)
     layers = [
-        conv_layer("conv1", 3, input_size, w1 // h, 11, 4, pad1, input_grad=False),
+        conv_layer("conv1", 3, input_size, w1 // h, 11, 4, pad1, input_grad=False,
+                   algorithm=algorithm("conv1", "direct")),
         lrn_pool_layer("norm1+pool1", w1 // h, size["conv1"], lrn_groups, **LRN),
-        conv_layer("conv2", w1 // h, size["pool1"], w2 // h, 5, 1, 2, groups),
+        conv_layer("conv2", w1 // h, size["pool1"], w2 // h, 5, 1, 2, groups,
+                   algorithm=algorithm("conv2", "direct")),
         lrn_pool_layer("norm2+pool2", w2 // h, size["conv2"], lrn_groups, **LRN),
-        conv_layer("conv3", w2, size["pool2"], w3 // h, 3, 1, 1),
-        conv_layer("conv4", w3 // h, size["conv3"], w4 // h, 3, 1, 1, groups),
-        conv_layer("conv5", w4 // h, size["conv4"], w5 // h, 3, 1, 1, groups),
+        conv_layer("conv3", w2, size["pool2"], w3 // h, 3, 1, 1,
+                   algorithm=algorithm("conv3", "direct")),
+        conv_layer("conv4", w3 // h, size["conv3"], w4 // h, 3, 1, 1, groups,
+                   algorithm=algorithm("conv4", "direct")),
+        conv_layer("conv5", w4 // h, size["conv4"], w5 // h, 3, 1, 1, groups,
+                   algorithm=algorithm("conv5", "direct")),
         pool_layer("pool5", w5 // h, size["conv5"]),
         linear_layer("fc6", flat, w6 // h, dropout_p=0.5),  # drop6 in fc6's epilogue
         linear_layer("fc7", w6, w7 // h, dropout_p=0.5),    # drop7 in fc7's epilogue

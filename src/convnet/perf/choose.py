@@ -1,0 +1,469 @@
+"""``conv2d(algorithm="auto")``'s choice between the direct engine and Winograd, asked of
+the launch model cheaply (issue 12, part 5).
+
+The full model (``convnet.perf.predict``) compiles every kernel and profiles the
+launches on ``emu``: about a minute a layer, far too slow for a call. What it learns of
+a kernel instantiation is, to first order, independent of the shape it runs:
+
+* the static figures of the GPU build (registers, static shared memory, the main loop's
+  math share), and
+* the executed warp instructions (and their pipes), global bytes loaded and stored and
+  shared wavefronts *per unit of work*: per FLOP for a GEMM-like launch (its grid
+  covers the problem, its main loop at least ``model.EXACT_FLOPS_MATH_SHARE`` math:
+  the counts the model normalises to the FLOPs), per element covered otherwise
+  (``predict.Row.elements``).
+
+``figures_from_table(table)`` takes those per-kernel **figures** from a predicted table;
+``convnet perf`` saves them after every table (``save_figures``) under
+``convnet.cache.cache_dir()/perf/choose-<arch>.json``, each kernel keyed by its name
+expression and checked against a digest of its expanded source (an edited kernel's
+figures are not used). A prediction is then arithmetic: the layer's launches built by
+``convnet.perf.layers.conv_layer`` for a stand-in of the GPU at the real batch
+(shape-only arrays: the grids, footprints and FLOPs of that shape), each launch's
+figures times its units, ``model.predict`` per launch, summed over the three passes
+(forward, backward data, backward filter; the ReLU mask and bias gradient, the same
+for both algorithms, included).
+
+Where the cache has no fresh figures for a kernel, the **shipped defaults** are used:
+``choose_defaults.json`` beside this file, the figures of ``convnet perf``'s model for
+an H100 (sm_90) on AlexNet's conv1-5 by both algorithms, written by
+``convnet.perf.command.write_choice_defaults()`` (rewrite them after a kernel edit;
+until then they describe the kernels of the commit that wrote them). A launch with no
+figures at all (a tile AlexNet does not use on that GPU) is predicted from its arrays'
+footprint at the FP32 peak (the model's degraded form); the choice names how many.
+No nvdisasm, no NVRTC, no emulator is needed to choose.
+
+**Calibration first**: a measured calibration (a GPU run's ``benchmarks.json`` of
+``benchmarks/gpu_check.sh``, or one benchmark report, with the conv benchmark's
+measured / predicted entries) scales each algorithm's predicted passes by the median
+measured / predicted ratio of that algorithm and pass on that GPU (the algorithm's
+median over its passes where a pass has none). It is read from ``$CONVNET_CALIBRATION``
+if set, else ``cache_dir()/perf/calibration.json`` if present, or set by
+``set_calibration(path)``.
+
+**The GPU**: on ``cuda`` the device's own (its name through ``calibration.gpu_for_device``;
+one the table does not hold is modelled as the stand-in); on ``emu`` the stand-in
+``STANDIN`` (an H100 SXM5: the GPU the project targets); on ``cpu`` no model is asked:
+both algorithms run the same NumPy references there, so "auto" is "direct".
+
+Deterministic: the choice depends only on the geometry, the GPU, the figures and the
+calibration (ties go to "direct"), and is kept per (geometry, GPU, figures version,
+calibration) in-process: after the first call of a shape a choice is a dictionary
+look-up. ``choose(device, g)`` gives a ``Choice`` (the algorithm, the predicted seconds
+of each, what they came from); ``algorithm_for`` just the name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cache import cache_dir
+from . import gpus
+
+FORMAT = 1
+STANDIN = "h100"
+DEFAULTS = Path(__file__).with_name("choose_defaults.json")
+ALGORITHMS = ("direct", "winograd")
+# The conv benchmark's pass names (entries' params) -> the model's Planned.part.
+PASS_PARTS = {"forward": "forward", "backward_data": "data", "backward_filter": "filter"}
+
+# How a choice names where a launch's figures came from.
+SOURCES = {"cache": "from this machine's cache", "defaults": "from the shipped defaults",
+           "none": "without figures (footprint at peak)", "cuBLAS": "by cuBLAS"}
+
+_LOCK = threading.RLock()
+_FIGURES: dict[str, dict] = {}        # arch -> {kernel name: figures} from the cache file
+_DEFAULT_FIGURES: dict | None = None
+_SOURCE_KEYS: dict = {}              # KernelModule -> digest of its expanded source
+_CHOICES: dict = {}
+_state = {"version": 0, "calibration": None, "calibration_loaded": False}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The algorithm "auto" runs for one convolution, and why."""
+
+    algorithm: str
+    gpu: str                      # the model's GPU key ("" on cpu)
+    seconds: dict                 # algorithm -> predicted (calibrated) seconds, 3 passes
+    parts: dict                   # algorithm -> {part: seconds}
+    figures: str                  # where the figures came from
+    calibration: str | None       # the calibration file applied, if any
+    reason: str
+
+    def describe(self) -> str:
+        times = ", ".join(f"{a} {s * 1e6:,.1f} us" for a, s in self.seconds.items())
+        return f"{self.algorithm}: {self.reason}" + (f" ({times})" if times else "")
+
+
+def clear() -> None:
+    """Forget the figures, calibration and choices read or made so far (they are read
+    again on the next choice: after the files changed, and in tests)."""
+    global _DEFAULT_FIGURES
+    with _LOCK:
+        _FIGURES.clear()
+        _CHOICES.clear()
+        _DEFAULT_FIGURES = None
+        _state.update(calibration=None, calibration_loaded=False)
+        _state["version"] += 1
+
+
+# --------------------------------------------------------------------------- figures
+
+def source_key(module) -> str:
+    """A digest of a ``KernelModule``'s expanded source and kernel names (kept)."""
+    with _LOCK:
+        if module not in _SOURCE_KEYS:
+            from ..toolchain.kernel_source import digest, expand
+            _SOURCE_KEYS[module] = digest(expand(module.source, portable=True), *module.kernels)
+        return _SOURCE_KEYS[module]
+
+
+def _per_flop(row) -> bool:
+    """Whether a row's launch is counted per FLOP (GEMM-like) rather than per element."""
+    from .model import EXACT_FLOPS_MATH_SHARE
+    return (row.planned.work is None and bool(row.planned.flops)
+            and (row.math_share or 0.0) >= EXACT_FLOPS_MATH_SHARE)
+
+
+def figures_from_table(table) -> dict:
+    """``{kernel name: figures}`` of every launch of a predicted ``Table`` whose emulated
+    traffic was measured (see the module docstring); rows of one kernel are pooled."""
+    sums: dict = {}
+    for row in table.rows:
+        p = row.planned
+        if p.launch is None or row.traffic is None or row.static is None:
+            continue
+        per = "flop" if _per_flop(row) else "element"
+        units = float(p.flops if per == "flop" else row.elements)
+        if units <= 0:
+            continue
+        s = sums.setdefault(p.launch.name, {
+            "source": source_key(p.launch.module), "per": per, "units": 0.0,
+            "registers": row.static["registers"], "static_shared": row.static["shared_bytes"],
+            "math_share": row.math_share, "load_bytes": 0.0, "store_bytes": 0.0,
+            "shared_wavefronts": 0.0, "instructions": 0.0, "pipes": {}, "counted": True})
+        if s["per"] != per:
+            continue   # one way of counting per kernel: the first row's
+        s["units"] += units
+        s["load_bytes"] += row.traffic.load_bytes
+        s["store_bytes"] += row.traffic.store_bytes
+        s["shared_wavefronts"] += row.traffic.shared_wavefronts
+        if row.dynamic is None:
+            s["counted"] = False
+        else:
+            s["instructions"] += row.dynamic.instructions
+            for pipe, n in row.dynamic.pipes.items():
+                s["pipes"][pipe] = s["pipes"].get(pipe, 0.0) + n
+    out = {}
+    for name, s in sums.items():
+        u = s.pop("units")
+        counted = s.pop("counted")
+        out[name] = {**s, **{k: s[k] / u for k in ("load_bytes", "store_bytes",
+                                                    "shared_wavefronts")},
+                     "instructions": s["instructions"] / u if counted else None,
+                     "pipes": {p: n / u for p, n in s["pipes"].items()} if counted else None}
+    return out
+
+
+def _store() -> Path:
+    """Where this machine's figures and calibration are looked for."""
+    return cache_dir() / "perf"
+
+
+def _cache_path(arch: str) -> Path:
+    return _store() / f"choose-{arch}.json"
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return {}
+    return data.get("figures", {})
+
+
+def cached_figures(arch: str) -> dict:
+    """The figures saved on this machine for ``arch`` (read once a process)."""
+    with _LOCK:
+        if arch not in _FIGURES:
+            _FIGURES[arch] = _read(_cache_path(arch))
+        return _FIGURES[arch]
+
+
+def default_figures() -> dict:
+    """The shipped figures (``DEFAULTS``; see the module docstring)."""
+    global _DEFAULT_FIGURES
+    with _LOCK:
+        if _DEFAULT_FIGURES is None:
+            _DEFAULT_FIGURES = _read(DEFAULTS)
+        return _DEFAULT_FIGURES
+
+
+def save_figures(table) -> int:
+    """Merge ``figures_from_table(table)`` into this machine's cache for the table's
+    architecture; returns how many kernels it holds figures of. Later choices use them."""
+    found = figures_from_table(table)
+    if not found:
+        return 0
+    arch = table.gpu.arch.name
+    path = _cache_path(arch)
+    with _LOCK:
+        merged = {**_read(path), **found}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"format": FORMAT, "arch": arch, "figures": merged}))
+        os.replace(tmp, path)
+        _FIGURES[arch] = merged
+        _state["version"] += 1
+    return len(found)
+
+
+def _figures_for(launch, arch: str):
+    """(figures, "cache" | "defaults") of a launch's kernel, or (None, "none")."""
+    entry = cached_figures(arch).get(launch.name)
+    if entry is not None and entry.get("source") == source_key(launch.module):
+        return entry, "cache"
+    entry = default_figures().get(launch.name)
+    if entry is not None:
+        return entry, "defaults"
+    return None, "none"
+
+
+# --------------------------------------------------------------------------- calibration
+
+def load_calibration(path) -> dict:
+    """``{gpu key: {algorithm: {part: ratio}}}`` (median measured / predicted) of a GPU
+    run's JSON (``benchmarks.json``: ``{"runs": [...]}``, or one report); ValueError
+    naming the file if it cannot be read or holds no convolution entries."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        runs = data["runs"] if isinstance(data, dict) and "runs" in data else [data]
+        found: dict = {}
+        for run in runs:
+            machine_gpus = (run.get("machine") or {}).get("gpus") or [{}]
+            from .calibration import gpu_for_device
+            gpu = gpu_for_device(machine_gpus[0].get("name", ""))
+            for e in (run.get("calibration") or {}).get("entries", []):
+                params = e.get("params") or {}
+                part = PASS_PARTS.get(params.get("pass"))
+                algorithm = params.get("algorithm")
+                if gpu is None or part is None or algorithm not in ALGORITHMS:
+                    continue
+                ratio = float(e["measured_s"]) / float(e["predicted_s"])
+                found.setdefault(gpu.key, {}).setdefault(algorithm, {}) \
+                    .setdefault(part, []).append(ratio)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as exc:
+        raise ValueError(f"calibration {path}: cannot be read ({type(exc).__name__}: {exc})") \
+            from None
+    if not found:
+        raise ValueError(f"calibration {path}: no convolution entries (measured / predicted "
+                         f"per algorithm and pass on a known GPU)")
+    return {g: {a: {p: statistics.median(r) for p, r in parts.items()}
+                for a, parts in algs.items()} for g, algs in found.items()}
+
+
+def set_calibration(path) -> None:
+    """Use the calibration in ``path`` from now on (None: none)."""
+    with _LOCK:
+        _state["calibration"] = (str(path), load_calibration(path)) if path else None
+        _state["calibration_loaded"] = True
+        _state["version"] += 1
+
+
+def calibration() -> tuple[str, dict] | None:
+    """(path, ratios) of the calibration in use (see the module docstring), or None."""
+    with _LOCK:
+        if not _state["calibration_loaded"]:
+            env = os.environ.get("CONVNET_CALIBRATION")
+            default = _store() / "calibration.json"
+            path = env or (default if default.is_file() else None)
+            _state["calibration"] = (str(path), load_calibration(path)) if path else None
+            _state["calibration_loaded"] = True
+        return _state["calibration"]
+
+
+def _ratio(ratios: dict | None, algorithm: str, part: str | None) -> float:
+    if not ratios or part is None or algorithm not in ratios:
+        return 1.0
+    by_part = ratios[algorithm]
+    return by_part.get(part, statistics.median(by_part.values()))
+
+
+# --------------------------------------------------------------------------- prediction
+
+def _inputs(planned, figures):
+    """``model.KernelInputs`` of a launch from its kernel's per-unit figures (None: the
+    arrays' footprint only)."""
+    from .model import KernelInputs
+    from .predict import Row
+    p = planned
+    if p.launch is None:
+        return KernelInputs(p.kernel, 0, 0, p.flops, p.read_bytes, p.write_bytes, gemm=True)
+    base = dict(name=p.launch.name, blocks=p.blocks, threads_per_block=p.launch.threads_per_block,
+                flops=p.flops, read_bytes=p.read_bytes, write_bytes=p.write_bytes,
+                dynamic_shared=p.launch.shared_bytes)
+    if figures is None:
+        return KernelInputs(**base)
+    units = float(p.flops if figures["per"] == "flop" else Row(p, None).elements)
+    counted = figures.get("instructions") is not None
+    return KernelInputs(
+        **base, registers=figures["registers"], static_shared=figures["static_shared"],
+        math_share=figures["math_share"], load_bytes=figures["load_bytes"] * units,
+        store_bytes=figures["store_bytes"] * units,
+        shared_wavefronts=figures["shared_wavefronts"] * units,
+        instructions=figures["instructions"] * units if counted else None,
+        pipe_instructions={k: v * units for k, v in figures["pipes"].items()} if counted else None)
+
+
+def _launches(g, algorithm: str, gpu: gpus.GPU) -> list:
+    """The Planned launches of ``g``'s three passes by ``algorithm`` on ``gpu``."""
+    from .layers import conv_layer, standin_arrays
+    from .predict import standin_device
+    layer = conv_layer("choose", g.c, (g.h, g.w), g.k, (g.r, g.s), (g.stride_h, g.stride_w),
+                       (g.pad_h, g.pad_w), g.groups, algorithm=algorithm)
+    return layer.build(standin_device(gpu), g.n, standin_arrays, {}, False)
+
+
+def predict_parts(g, algorithm: str, gpu, ratios: dict | None = None) -> tuple[dict, dict]:
+    """({part: predicted seconds}, {figure source: launches}) of ``g`` by ``algorithm`` on
+    ``gpu`` from the figures (see the module docstring), each part scaled by the
+    calibration ``ratios`` of that GPU (``{algorithm: {part: ratio}}``) when given; part
+    None holds the launches outside the three GEMM passes (ReLU mask, bias gradient)."""
+    from .model import predict
+    g_ = gpus.gpu(gpu)
+    parts: dict = {}
+    sources: dict = {}
+    for planned in _launches(g, algorithm, g_):
+        figures, source = (_figures_for(planned.launch, g_.arch.name)
+                           if planned.launch is not None else (None, "cuBLAS"))
+        sources[source] = sources.get(source, 0) + 1
+        seconds = predict(_inputs(planned, figures), g_).time_s
+        parts[planned.part] = parts.get(planned.part, 0.0) + \
+            seconds * _ratio(ratios, algorithm, planned.part)
+    return parts, sources
+
+
+def gpu_for(device) -> tuple[gpus.GPU, str]:
+    """(the GPU the model is asked about for ``device``, how it was named)."""
+    if device.kind == "cuda":
+        from .calibration import gpu_for_device
+        try:
+            props = device.cupy.cuda.runtime.getDeviceProperties(device.index)
+            name = props["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+        except Exception as exc:  # a device without properties: the stand-in, said so
+            return gpus.gpu(STANDIN), f"{device.name}'s name unreadable ({exc}): stand-in"
+        found = gpu_for_device(name)
+        if found is not None:
+            return found, f"{device.name} is an {found.name}"
+        return gpus.gpu(STANDIN), f"{name} is not in convnet.perf.gpus: stand-in"
+    return gpus.gpu(STANDIN), f"{device.kind}: stand-in"
+
+
+def _winograd_fits(g) -> bool:
+    """Whether Winograd's workspaces (backward filter's with one split) have 32-bit indices."""
+    import numpy as np
+
+    from ..ops._arrays import INT32_MAX
+    from ..ops import conv_winograd
+    return all(int(np.prod(shape)) <= INT32_MAX for part in ("forward", "data", "filter")
+               for shape in conv_winograd.workspace_shapes(g, part).values())
+
+
+def choose_for_gpu(g, gpu) -> Choice:
+    """The choice for geometry ``g`` on ``gpu`` (a name or ``gpus.GPU``), kept."""
+    from ..ops import conv_winograd
+    g_ = gpus.gpu(gpu)
+    cal = calibration()
+    key = (g, g_.key, _state["version"], cal[0] if cal else None)
+    with _LOCK:
+        if key in _CHOICES:
+            return _CHOICES[key]
+    if not conv_winograd.supports(g):
+        choice = Choice("direct", g_.key, {}, {}, "-", None,
+                        f"Winograd takes 3x3 filters at stride 1 only ({g.r}x{g.s}, "
+                        f"stride {g.stride_h}x{g.stride_w})")
+    elif not _winograd_fits(g):
+        choice = Choice("direct", g_.key, {}, {}, "-", None,
+                        "Winograd's workspaces would hold 2**31 floats or more")
+    else:
+        ratios = cal[1].get(g_.key) if cal else None
+        seconds, parts, sources = {}, {}, {}
+        for algorithm in ALGORITHMS:
+            parts[algorithm], found = predict_parts(g, algorithm, g_, ratios)
+            seconds[algorithm] = sum(parts[algorithm].values())
+            for s, n in found.items():
+                sources[s] = sources.get(s, 0) + n
+        best = min(ALGORITHMS, key=lambda a: (seconds[a], ALGORITHMS.index(a)))
+        figures = ", ".join(f"{n} launches {SOURCES.get(s, s)}" for s, n in sorted(sources.items()))
+        used = cal[0] if cal and ratios else None
+        reason = (f"{'calibrated ' if used else ''}predicted fastest on {g_.name} "
+                  f"({'calibration ' + used + '; ' if used else ''}figures: {figures})")
+        choice = Choice(best, g_.key, seconds, parts, figures, used, reason)
+    with _LOCK:
+        _CHOICES[key] = choice
+    return choice
+
+
+def choose(device, g) -> Choice:
+    """The choice of ``conv2d(algorithm="auto")`` for geometry ``g`` on ``device``."""
+    if device.kind == "cpu":
+        return Choice("direct", "", {}, {}, "-", None,
+                      "cpu: both algorithms run the same NumPy references")
+    gpu, _ = gpu_for(device)
+    return choose_for_gpu(g, gpu)
+
+
+def algorithm_for(device, g) -> str:
+    """``choose(device, g).algorithm``."""
+    return choose(device, g).algorithm
+
+
+# --------------------------------------------------------------------------- defaults
+
+def write_defaults(conv_layers, path=DEFAULTS, gpu: str = STANDIN, batch: int = 128) -> int:
+    """Predict ``conv_layers`` (``perf.layers`` conv layers: AlexNet's, from
+    ``perf.command.write_choice_defaults``) by every algorithm each takes on ``gpu`` with
+    the full model (compiles and profiles: minutes) and write their figures to ``path``."""
+    from ..ops import conv_winograd
+    from .layers import conv_layer
+    from .predict import predict_layers
+    layers = []
+    for layer in conv_layers:
+        i = layer.info
+        for algorithm in ALGORITHMS:
+            if algorithm == "winograd" and not conv_winograd.supports(_info_geometry(i, 1)):
+                continue
+            layers.append(conv_layer(f"{layer.name}/{algorithm}", i["c"], i["hw"], i["k"],
+                                     i["rs"], i["stride"], i["pad"], i["groups"],
+                                     algorithm=algorithm))
+    table = predict_layers(layers, gpus.gpu(gpu), batch, allow_missing_traffic=False)
+    found = figures_from_table(table)
+    Path(path).write_text(json.dumps({"format": FORMAT, "arch": table.gpu.arch.name,
+                                      "gpu": table.gpu.key, "batch": batch,
+                                      "figures": found}, indent=1, sort_keys=True) + "\n")
+    return len(found)
+
+
+def _info_geometry(info: dict, batch: int):
+    from ..ops import conv
+    c, hw, rs, groups = info["c"], info["hw"], info["rs"], info["groups"]
+    hw = hw if isinstance(hw, tuple) else (hw, hw)
+    rs = rs if isinstance(rs, tuple) else (rs, rs)
+    return conv.geometry((batch, c, *hw), (info["k"], c // groups, *rs), info["stride"],
+                         info["pad"], groups)
+
+
+def layer_choices(layers, gpu, batch: int) -> dict:
+    """``{layer name: Choice}`` of the conv layers (``layer.info["op"] == "conv"``)."""
+    return {layer.name: choose_for_gpu(_info_geometry(layer.info, batch), gpu)
+            for layer in layers if layer.info.get("op") == "conv"}
+

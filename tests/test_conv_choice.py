@@ -1,0 +1,273 @@
+"""conv2d(algorithm="auto"): the choice asked of the performance model cheaply
+(convnet.perf.choose): Winograd where the model predicts it faster on the stand-in H100
+(AlexNet's conv3-5), direct where Winograd does not apply; deterministic; a measured
+calibration first; no compile, profile or launch build after the first call of a shape;
+"auto" computes exactly what the chosen explicit algorithm does."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from convnet import functional as F
+from convnet import nn
+from convnet.ops import conv
+from convnet.perf import choose, emu_traffic, kernel_figures, predict
+from convnet.tensor import Tensor
+
+from conftest import require_device
+
+# name: (C, H=W, K, R=S, stride, padding, groups), batch 128 (AlexNet, one column)
+ALEXNET = {"conv1": (3, 227, 96, 11, 4, 0, 1), "conv2": (96, 27, 256, 5, 1, 2, 2),
+           "conv3": (256, 13, 384, 3, 1, 1, 1), "conv4": (384, 13, 384, 3, 1, 1, 2),
+           "conv5": (384, 13, 256, 3, 1, 1, 2)}
+
+
+def geometry(name, batch=128):
+    c, hw, k, rs, stride, pad, groups = ALEXNET[name]
+    return conv.geometry((batch, c, hw, hw), (k, c // groups, rs, rs), stride, pad, groups)
+
+
+@pytest.fixture(autouse=True)
+def fresh(tmp_path, monkeypatch):
+    """An empty folder for the chooser's figures and calibration (none saved yet)."""
+    monkeypatch.setattr(choose, "_store", lambda: tmp_path / "perf")
+    monkeypatch.delenv("CONVNET_CALIBRATION", raising=False)
+    choose.clear()
+    yield
+    choose.clear()
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """The full model's expensive steps fail the test if called."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the chooser asked the full model (compile / emu profile)")
+    monkeypatch.setattr(predict, "predict_layers", refuse)
+    monkeypatch.setattr(emu_traffic, "measure", refuse)
+    monkeypatch.setattr(kernel_figures, "kernel_figures", refuse)
+
+
+def test_shipped_defaults_cover_alexnet():
+    figures = choose.default_figures()
+    assert figures, f"{choose.DEFAULTS} holds no figures"
+    for name in ("conv3", "conv4", "conv5"):
+        c = choose.choose_for_gpu(geometry(name), "h100")
+        assert "without figures" not in c.figures and "shipped defaults" in c.figures, c.figures
+
+
+@pytest.mark.parametrize("name", ["conv3", "conv4", "conv5"])
+def test_winograd_where_the_model_says_faster(name, no_model):
+    c = choose.choose_for_gpu(geometry(name), "h100")
+    assert set(c.seconds) == {"direct", "winograd"}
+    assert c.seconds["winograd"] < c.seconds["direct"]
+    assert c.algorithm == "winograd"
+    for algorithm, parts in c.parts.items():   # every pass predicted, positive
+        assert {"forward", "data", "filter"} <= set(parts) and min(parts.values()) > 0
+        assert sum(parts.values()) == pytest.approx(c.seconds[algorithm])
+
+
+@pytest.mark.parametrize("name, x, w, stride", [
+    ("conv1", None, None, None), ("conv2", None, None, None),
+    ("3x3 stride 2", (8, 16, 15, 15), (32, 16, 3, 3), 2)])
+def test_direct_where_winograd_does_not_apply(name, x, w, stride, no_model):
+    g = geometry(name) if x is None else conv.geometry(x, w, stride, 1, 1)
+    c = choose.choose_for_gpu(g, "h100")
+    assert c.algorithm == "direct" and not c.seconds
+    assert "3x3 filters at stride 1" in c.reason
+
+
+def test_deterministic_and_named_gpu():
+    g = geometry("conv4")
+    first = choose.choose_for_gpu(g, "h100")
+    choose.clear()
+    again = choose.choose_for_gpu(g, "h100")
+    assert first == again    # same figures, same GPU: the very same numbers
+    emu = require_device("emu")
+    assert choose.choose(emu, g) == first   # emu: the H100 stand-in
+    gpu, how = choose.gpu_for(emu)
+    assert gpu.key == choose.STANDIN and "stand-in" in how
+    assert choose.choose(require_device("cpu"), g).algorithm == "direct"
+    other = choose.choose_for_gpu(g, "a100")
+    assert other.gpu == "a100" and other.seconds != first.seconds
+
+
+def _calibration(path, gpu_name, ratios):
+    """A GPU run's benchmarks.json with conv entries: {(algorithm, pass): ratio}."""
+    entries = [{"label": f"{a} {p}", "measured_s": 1e-3 * r, "predicted_s": 1e-3, "ratio": r,
+                "params": {"layer": "conv3", "pass": p, "algorithm": a, "batch": 128}}
+               for (a, p), r in ratios.items()]
+    run = {"benchmark": "conv", "machine": {"gpus": [{"name": gpu_name}]},
+           "calibration": {"entries": entries, "median_ratio": 1.0}}
+    path.write_text(json.dumps({"mode": "full", "runs": [run]}))
+    return path
+
+
+def test_calibration_takes_precedence(tmp_path, monkeypatch, no_model):
+    g = geometry("conv3")
+    model = choose.choose_for_gpu(g, "h100")
+    assert model.algorithm == "winograd" and model.calibration is None
+    # measured on an H100: Winograd 4x slower than predicted in every pass, direct as predicted
+    ratios = {("winograd", p): 4.0 for p in ("forward", "backward_data", "backward_filter")}
+    ratios[("direct", "forward")] = 1.0
+    path = _calibration(tmp_path / "benchmarks.json", "NVIDIA H100 80GB HBM3", ratios)
+    monkeypatch.setenv("CONVNET_CALIBRATION", str(path))
+    choose.clear()
+    c = choose.choose_for_gpu(g, "h100")
+    assert c.algorithm == "direct" and c.calibration == str(path)
+    assert "calibrat" in c.reason
+    for part, seconds in c.parts["winograd"].items():   # passes x 4, the rest as predicted
+        factor = 1.0 if part is None else 4.0
+        assert seconds == pytest.approx(model.parts["winograd"][part] * factor)
+    assert c.parts["direct"] == pytest.approx(model.parts["direct"])
+    # another GPU's calibration does not apply
+    choose.set_calibration(_calibration(tmp_path / "a100.json", "NVIDIA A100-SXM4-80GB", ratios))
+    assert choose.choose_for_gpu(g, "h100").algorithm == "winograd"
+
+
+def test_bad_calibration_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: cannot be read"):
+        choose.set_calibration(bad)
+    empty = _calibration(tmp_path / "empty.json", "NVIDIA H100", {})
+    with pytest.raises(ValueError, match="no convolution entries"):
+        choose.set_calibration(empty)
+
+
+def test_cheap_after_warm_up(monkeypatch, no_model):
+    calls = []
+    build = choose._launches
+
+    def counted(*args):
+        calls.append(args[1])
+        return build(*args)
+    monkeypatch.setattr(choose, "_launches", counted)
+    g = geometry("conv5")
+    first = choose.choose_for_gpu(g, "h100")
+    assert sorted(calls) == ["direct", "winograd"]
+    calls.clear()
+    for _ in range(3):
+        assert choose.choose_for_gpu(g, "h100") is first
+    assert calls == []
+    # through conv2d on emu: one prediction per new shape, none after
+    emu = require_device("emu")
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((1, 2, 5, 5), dtype=np.float32), device=emu)
+    w = Tensor(rng.standard_normal((3, 2, 3, 3), dtype=np.float32), device=emu)
+    F.conv2d(x, w, padding=1)
+    assert sorted(calls) == ["direct", "winograd"]
+    calls.clear()
+    F.conv2d(x, w, padding=1)
+    assert calls == []
+
+
+def _run(device, algorithm, x, w, b, dy):
+    xt, wt, bt = (Tensor(a, device=device, requires_grad=True) for a in (x, w, b))
+    y = F.conv2d(xt, wt, bt, padding=1, relu=True, algorithm=algorithm)
+    y.backward(Tensor(dy, device=device))
+    return [t.numpy() for t in (y, xt.grad, wt.grad, bt.grad)]
+
+
+@pytest.mark.parametrize("force", [None, "winograd"])
+def test_auto_is_the_chosen_algorithm_exactly(force, tmp_path):
+    emu = require_device("emu")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 6, 6), dtype=np.float32)
+    w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(4, dtype=np.float32)
+    dy = rng.standard_normal((2, 4, 6, 6), dtype=np.float32)
+    g = conv.geometry(x.shape, w.shape, 1, 1, 1)
+    if force == "winograd":   # a calibration that makes direct 100x slower than predicted
+        ratios = {("direct", p): 100.0 for p in ("forward", "backward_data", "backward_filter")}
+        choose.set_calibration(_calibration(tmp_path / "c.json", "NVIDIA H100 PCIe", ratios))
+        choose_gpu = choose.gpu_for(emu)[0]
+        assert choose_gpu.key == "h100"
+    chosen = F.conv.chosen_algorithm(emu, g)
+    if force:
+        assert chosen == force
+    auto = _run(emu, "auto", x, w, b, dy)
+    explicit = _run(emu, chosen, x, w, b, dy)
+    for a, e in zip(auto, explicit):
+        np.testing.assert_array_equal(a, e)
+    if force == "winograd":   # and it is not what direct computes (the test can tell)
+        direct = _run(emu, "direct", x, w, b, dy)
+        assert any(not np.array_equal(a, d) for a, d in zip(auto, direct))
+
+
+def test_figures_round_trip():
+    """Per-unit figures from a table's row, times the same launch's units, give the row's
+    traffic and instruction counts back."""
+    from convnet.perf.layers import conv_layer, standin_arrays
+    dev = predict.standin_device("h100")
+    planned = conv_layer("t", 8, 9, 16, 3, 1, 1).build(dev, 4, standin_arrays, {}, False)
+    gemm = next(p for p in planned if p.part == "forward")
+    elementwise = next(p for p in planned if p.work is not None)
+    rows = []
+    for p, math in ((gemm, 0.8), (elementwise, 0.1)):
+        traffic = emu_traffic.Traffic(blocks=p.blocks, load_bytes=1e6, store_bytes=2e5,
+                                      shared_wavefronts=3e4, sectors_per_request=4.0,
+                                      conflict_degree=1.0, barriers_per_block=2.0)
+        dynamic = SimpleNamespace(instructions=5e4, pipes={"fp32": 4e4, "mufu": 10.0})
+        rows.append(predict.Row(p, None, traffic, {"registers": 96, "shared_bytes": 4096,
+                                                   "main_loop": {"shares": {"math": math}},
+                                                   "kernel_math_share": math}, dynamic))
+    figures = choose.figures_from_table(SimpleNamespace(rows=rows))
+    assert figures[gemm.launch.name]["per"] == "flop"
+    assert figures[elementwise.launch.name]["per"] == "element"
+    for row in rows:
+        k = choose._inputs(row.planned, figures[row.planned.launch.name])
+        assert (k.load_bytes, k.store_bytes, k.shared_wavefronts, k.instructions) == \
+            pytest.approx((1e6, 2e5, 3e4, 5e4))
+        assert k.pipe_instructions == pytest.approx({"fp32": 4e4, "mufu": 10.0})
+        assert (k.registers, k.static_shared, k.blocks) == (96, 4096, row.planned.blocks)
+
+
+def test_saved_figures_are_used_and_checked_against_the_source(monkeypatch):
+    g = geometry("conv4")
+    shipped = choose.choose_for_gpu(g, "h100")
+    # a table whose figures double every shipped kernel's per-unit instructions
+    doubled = {name: {**f, "instructions": 2 * f["instructions"] if f["instructions"] else None}
+               for name, f in choose.default_figures().items()}
+    monkeypatch.setattr(choose, "figures_from_table", lambda table: doubled)
+    choose.save_figures(SimpleNamespace(gpu=SimpleNamespace(arch=SimpleNamespace(name="sm_90"))))
+    saved = choose.choose_for_gpu(g, "h100")
+    assert "this machine's cache" in saved.figures and "shipped defaults" not in saved.figures
+    assert saved.seconds != shipped.seconds
+    choose.clear()   # a figure whose source digest is not the kernel's: not used
+    stale = {name: {**f, "source": "edited"} for name, f in doubled.items()}
+    monkeypatch.setattr(choose, "figures_from_table", lambda table: stale)
+    choose.save_figures(SimpleNamespace(gpu=SimpleNamespace(arch=SimpleNamespace(name="sm_90"))))
+    assert choose.choose_for_gpu(g, "h100") == shipped
+
+
+def test_conv2d_layer_passes_the_algorithm():
+    emu = require_device("emu")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        nn.Conv2d(2, 3, 3, algorithm="fft")
+    rng = np.random.default_rng(2)
+    layer = nn.Conv2d(2, 3, 3, padding=1, algorithm="winograd", rng=rng, device=emu)
+    assert layer.algorithm == "winograd" and "winograd" in repr(layer)
+    assert nn.Conv2d(2, 3, 3).algorithm == "auto"
+    x = Tensor(rng.standard_normal((1, 2, 5, 5), dtype=np.float32), device=emu)
+    want = F.conv2d(x, layer.weight, layer.bias, padding=1, algorithm="winograd")
+    np.testing.assert_array_equal(layer(x).numpy(), want.numpy())
+    nn.Conv2d(2, 3, 5, stride=2, algorithm="winograd", device=emu)   # checked at the call
+    with pytest.raises(ValueError, match="3x3 filters at stride 1"):
+        nn.Conv2d(2, 3, 5, algorithm="winograd", device=emu)(x)
+
+
+def test_perf_prints_the_choice_per_alexnet_layer(no_model):
+    from convnet.perf.command import format_choices
+    from convnet.perf.step import alexnet_layers
+    choices = choose.layer_choices(alexnet_layers(1), "h100", 128)
+    assert list(choices) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    text = format_choices(choices)
+    for name in ("conv3", "conv4", "conv5"):
+        line = next(l for l in text.splitlines() if l.strip().startswith(name + ":"))
+        assert "winograd:" in line and " us" in line and "direct" in line
+    layers = alexnet_layers(1, algorithms={n: c.algorithm for n, c in choices.items()})
+    assert [l.info["algorithm"] for l in layers if l.info.get("op") == "conv"] == \
+        ["direct", "direct", "winograd", "winograd", "winograd"]
