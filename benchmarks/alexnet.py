@@ -222,16 +222,19 @@ def _torch_case(torch, net, dev, kind: str, batch: int, size: int, classes: int,
     return infer
 
 
+_DEFAULT_TF32 = {}  # PyTorch's own TF32 switches, read before the first change
+
+
 def _set_torch_mode(torch, mode: str) -> None:
     """TF32 off for fp32 (and bf16's FP32 parts); PyTorch's own defaults for "default"."""
     if not torch.cuda.is_available():
         return
-    tf32 = mode == "default"
-    torch.backends.cuda.matmul.allow_tf32 = False if not tf32 else _DEFAULT_TF32["matmul"]
-    torch.backends.cudnn.allow_tf32 = False if not tf32 else _DEFAULT_TF32["cudnn"]
-
-
-_DEFAULT_TF32 = {}
+    if not _DEFAULT_TF32:
+        _DEFAULT_TF32.update(matmul=torch.backends.cuda.matmul.allow_tf32,
+                             cudnn=torch.backends.cudnn.allow_tf32)
+    default = mode == "default"
+    torch.backends.cuda.matmul.allow_tf32 = default and _DEFAULT_TF32["matmul"]
+    torch.backends.cudnn.allow_tf32 = default and _DEFAULT_TF32["cudnn"]
 
 
 def _torch_device(torch, device):
@@ -460,8 +463,6 @@ def main(argv=None) -> int:
                                  "alone, no agreement check")
     else:
         versions["torch"] = torch.__version__
-        _DEFAULT_TF32.update(matmul=torch.backends.cuda.matmul.allow_tf32,
-                             cudnn=torch.backends.cudnn.allow_tf32)
         torch.manual_seed(SEED)
     report.notes["versions"] = versions
     failed = False

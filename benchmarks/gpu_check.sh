@@ -155,10 +155,15 @@ if ((!GPU)); then
 fi
 for script in benchmarks/*.py; do
   name=$(basename "$script" .py)
-  case $name in harness | __init__ | kernel_tour | sgemm_kernel) continue ;; esac
+  case $name in harness | __init__ | kernel_tour | sgemm_kernel | alexnet) continue ;; esac
   grep -q '^def main(argv' "$script" || continue
   run_step "bench-$name" 150 "$PY" "$script" "${BENCH_ARGS[@]}"
 done
+# End to end against PyTorch (where torch is installed: the 'bench' extra): on a GPU the
+# paper's AlexNet on cuda:0 only (PyTorch FP32 with TF32 off, default, bf16 autocast);
+# without one, the small network on cpu, --quick.
+if ((GPU)); then ALEXNET_ARGS=(--devices cuda:0); else ALEXNET_ARGS=(--devices cpu); fi
+run_step bench-alexnet 240 "$PY" benchmarks/alexnet.py "${BENCH_ARGS[@]}" "${ALEXNET_ARGS[@]}"
 
 # ------------------------------------------------------------------ merge, summary
 "$PY" - "$BENCH_TMP" "$RESULTS/benchmarks.json" "$MODE" >>"$LOG" 2>&1 <<'EOF' || true
