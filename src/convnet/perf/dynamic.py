@@ -26,13 +26,17 @@ line weighs alike, are solved for X >= 0 by non-negative least squares.
 A memory instruction that is *conditional* — predicated, or in a basic block that a
 forward branch of its region jumps over — issues every pass but makes a request only
 when some lane takes it, so a line whose instructions in the loops are all conditional
-only bounds the passes from below: sum_L X_L x (its instructions in L) >= its requests.
-Such lines are left out of the least squares and applied afterwards, each raising its
-loops' X (in proportion, the shortfall shared) until it holds. (Without this, a loop
-whose loads are mostly branched around, like max-pool's backward gather, was credited
-with a third of its passes.) A loop that no line constrains (no memory access, barrier
-or warp operation in its own body) is taken to run once per iteration of its enclosing
-loop (once per warp at depth 0): a lower bound, said in ``Dynamic.unseen``. Then
+also bounds the passes from below: sum_L X_L x (its instructions in L) >= its requests.
+Such lines stay in the least squares and are applied afterwards as well, each raising
+its loops' X (in proportion; from zero, the kernel's own loops before called functions)
+until it holds. (Without this, a loop whose loads are mostly branched around, like
+max-pool's backward gather, was credited with a third of its passes.) Non-inlined
+device functions (the code after the final EXIT, reached by CALL) are one more region,
+kept out of the least squares (their lines repeat inlined code's): run once per
+unconditional CALL, raised by their lines' lower bounds. A loop that no line
+constrains (no memory access, barrier or warp operation in its own body) is taken to
+run once per iteration of its enclosing loop (once per warp at depth 0): a lower bound,
+said in ``Dynamic.unseen``. Then
 
     executed = warps x straight + sum_L X_L x (instructions of L's own body)
 
