@@ -236,6 +236,12 @@ def test_saved_figures_are_used_and_checked_against_the_source(monkeypatch):
     saved = choose.choose_for_gpu(g, "h100")
     assert "this machine's cache" in saved.figures and "shipped defaults" not in saved.figures
     assert saved.seconds != shipped.seconds
+    # figures of less work (a smaller table) do not replace them
+    smaller = {name: {**f, "units": f["units"] / 2, "instructions": None}
+               for name, f in choose.default_figures().items()}
+    monkeypatch.setattr(choose, "figures_from_table", lambda table: smaller)
+    choose.save_figures(SimpleNamespace(gpu=SimpleNamespace(arch=SimpleNamespace(name="sm_90"))))
+    assert choose.choose_for_gpu(g, "h100") == saved
     choose.clear()   # a figure whose source digest is not the kernel's: not used
     stale = {name: {**f, "source": "edited"} for name, f in doubled.items()}
     monkeypatch.setattr(choose, "figures_from_table", lambda table: stale)

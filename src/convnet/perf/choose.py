@@ -161,7 +161,7 @@ def figures_from_table(table) -> dict:
                 s["pipes"][pipe] = s["pipes"].get(pipe, 0.0) + n
     out = {}
     for name, s in sums.items():
-        u = s.pop("units")
+        u = s["units"]
         counted = s.pop("counted")
         out[name] = {**s, **{k: s[k] / u for k in ("load_bytes", "store_bytes",
                                                     "shared_wavefronts")},
@@ -206,16 +206,25 @@ def default_figures() -> dict:
         return _DEFAULT_FIGURES
 
 
+def _better(new: dict, old: dict | None) -> bool:
+    """Whether ``new`` figures of a kernel replace ``old``: another source (the kernel
+    changed), or as many units of work or more (larger launches: fewer partial tiles)."""
+    return (old is None or old.get("source") != new.get("source")
+            or new.get("units", 0.0) >= old.get("units", 0.0))
+
+
 def save_figures(table) -> int:
     """Merge ``figures_from_table(table)`` into this machine's cache for the table's
-    architecture; returns how many kernels it holds figures of. Later choices use them."""
+    architecture (a kernel's figures replaced by those of as much work or more, or of
+    another source); returns how many kernels it had figures of. Later choices use them."""
     found = figures_from_table(table)
     if not found:
         return 0
     arch = table.gpu.arch.name
     path = _cache_path(arch)
     with _LOCK:
-        merged = {**_read(path), **found}
+        merged = _read(path)
+        merged.update({k: v for k, v in found.items() if _better(v, merged.get(k))})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"format": FORMAT, "arch": arch, "figures": merged}))
@@ -403,7 +412,8 @@ def choose_for_gpu(g, gpu) -> Choice:
             for s, n in found.items():
                 sources[s] = sources.get(s, 0) + n
         best = min(ALGORITHMS, key=lambda a: (seconds[a], ALGORITHMS.index(a)))
-        figures = ", ".join(f"{n} launches {SOURCES.get(s, s)}" for s, n in sorted(sources.items()))
+        figures = ", ".join(f"{n} launch{'es' if n > 1 else ''} {SOURCES.get(s, s)}"
+                            for s, n in sorted(sources.items()))
         used = cal[0] if cal and ratios else None
         reason = (f"{'calibrated ' if used else ''}predicted fastest on {g_.name} "
                   f"({'calibration ' + used + '; ' if used else ''}figures: {figures})")
