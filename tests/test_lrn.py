@@ -296,6 +296,19 @@ def test_nan_and_inf_stay_in_their_windows(kernel_device):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
 
 
+def test_inline_backward_redoes_columns_it_cannot_take():
+    """The paper's parameters take the backward's inline beta = 0.75 walk; columns with a
+    sum of squares past 2^126 (1e20), inf or NaN are redone by the general walk. Every
+    column gives the bits of the general walk (the saved-scale backward) and stays within
+    the bound, ordinary columns beside them included."""
+    device = require_device("emu")
+    x = np.maximum(_data((2, 16, 3, 4), 21, 20.0), 0)
+    x[0, 7, 0, 0], x[0, 2, 1, 3], x[1, 15, 2, 1], x[1, 0, 0, 2] = 1e20, 3e19, np.inf, np.nan
+    dy = _data(x.shape, 22)
+    _check_kernels(device, x, dy, PAPER, chunk=5)
+    _check_kernels(device, x, dy, PAPER)
+
+
 def _awkward(kind, shape, seed):
     """Inputs that stress FP32 window sums: huge dynamic range, cancellation, zeros."""
     rng = np.random.default_rng(seed)
