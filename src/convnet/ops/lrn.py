@@ -49,11 +49,12 @@ from .elementwise import resident_threads
 
 # The kernels' W: FIXED_WIDTH keeps a window of exactly [c - 2, c + 2] in registers, 0
 # keeps any window in shared-memory rings (the same bits). The forwards use W = 5 where
-# it fits; the backwards W = 0: `convnet perf` (H100, batch 128, AlexNet's norm1+pool1)
-# predicts lrn_max_pool_backward 159 us with rings and 196 us with registers (its issue
-# count: the compiler unswitches the channel loop on beta == 0.75 and the register
-# version's copy carries more moves), the fused forward 156 us with rings, 154 with
-# registers. Both backward variants agree bit for bit (checked when W = 5 was tried).
+# it fits; the backwards are instantiated with W = 0 only, and walk the paper's window
+# (lo = hi = 2, beta = 0.75) in registers anyway, by their inline loop
+# (cn_lrn_backward_column_75 in kernels/lrn_window.cuh), the rings only for other
+# windows and rare columns. (A W = 5 instantiation of the whole general walk was slower
+# in `convnet perf`: 196 against 159 us for norm1's fused backward; the inline loop:
+# 104 us, DRAM-bound.)
 FIXED_WIDTH = 5
 MODULE = KernelModule("lrn.cu", tuple(f"lrn_forward<{flag}, {w}>" for flag in ("false", "true")
                                       for w in (0, FIXED_WIDTH))
