@@ -277,3 +277,17 @@ def test_perf_prints_the_choice_per_alexnet_layer(no_model):
     layers = alexnet_layers(1, algorithms={n: c.algorithm for n, c in choices.items()})
     assert [l.info["algorithm"] for l in layers if l.info.get("op") == "conv"] == \
         ["direct", "direct", "winograd", "winograd", "winograd"]
+
+
+@pytest.mark.parametrize("reported, key, note", [
+    (b"NVIDIA A100-SXM4-80GB", "a100", "is an"), ("NVIDIA H200", "h200", "is an"),
+    ("Tesla K80", choose.STANDIN, "not in convnet.perf.gpus")])
+def test_a_cuda_device_is_modelled_as_its_own_gpu(reported, key, note):
+    """On cuda the GPU is named from the device's properties (a GPU the table lacks:
+    the stand-in, said so)."""
+    runtime = SimpleNamespace(getDeviceProperties=lambda index: {"name": reported})
+    device = SimpleNamespace(kind="cuda", index=0, name="cuda:0",
+                             cupy=SimpleNamespace(cuda=SimpleNamespace(runtime=runtime)))
+    gpu, how = choose.gpu_for(device)
+    assert gpu.key == key and note in how
+    assert choose.choose(device, geometry("conv3")).gpu == key
