@@ -301,16 +301,16 @@ def test_sigterm_during_prepare(tmp_path):
 
 # --------------------------------------------------------------------------- concurrency
 
-def test_two_runs_on_one_folder(data, tmp_path):
+def test_two_runs_on_one_folder(data, tmp_path, capsys):
     out = tmp_path / "run"
     first = _start(*_train_args(data, out, "--epochs", 10000))
     try:
         _wait_for(lambda: (out / "metrics.jsonl").exists() or first.poll() is not None)
-        second = _convnet(*_train_args(data, out, "--epochs", 2, "--force"))
+        second = _inproc(capsys, *_train_args(data, out, "--epochs", 2, "--force"))
         assert second.returncode == 1, second.stderr
         line = one_clear_line(second.stderr, "train")
         assert f"the run folder {out} is in use by pid {first.pid} on host" in line
-        resume = _convnet(*_train_args(data, out, "--epochs", 2, "--resume"))
+        resume = _inproc(capsys, *_train_args(data, out, "--epochs", 2, "--resume"))
         assert resume.returncode == 1 and f"pid {first.pid}" in resume.stderr
         assert first.poll() is None  # the first run is untouched and goes on
     finally:
