@@ -114,7 +114,38 @@ def _bindings():
         raise
     except Exception as exc:  # the NVRTC shared library could not be found or loaded
         raise NVRTCUnavailable(f"the NVRTC library could not be loaded ({exc}); {INSTALL_HINT}") from exc
+    _preload_builtins()
     return nvrtc
+
+
+_BUILTINS_LOADED = False
+
+
+def _preload_builtins() -> None:
+    """Load ``libnvrtc-builtins`` from the folder of the loaded ``libnvrtc`` (Linux).
+
+    NVRTC opens its builtins library itself on the first compile, by a search relative
+    to its own file; under AddressSanitizer (``LD_PRELOAD``, the emu ``address`` check's
+    subprocess) that search fails ("failed to open libnvrtc-builtins.so"). Once the
+    library is loaded, NVRTC's open finds it by name in any process."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    import ctypes
+    from pathlib import Path
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return
+    folders = {Path(line.split()[-1]).parent for line in maps.splitlines()
+               if "/libnvrtc.so" in line}
+    for folder in folders:
+        for library in sorted(folder.glob("libnvrtc-builtins.so*")):
+            try:
+                ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                pass  # NVRTC reports its own error if it still cannot open it
 
 
 def _check(nvrtc, result, what: str):
