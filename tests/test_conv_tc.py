@@ -301,3 +301,18 @@ def test_thirty_seeded_shapes_all_passes_bit_for_bit(device, seed):
     chunk = conv_tc.plan_filter(device, g, splits)[1]
     np.testing.assert_array_equal(conv_tc.backward_filter(device, g, x, dy, precision, splits=splits),
                                   model_filter(g, x, dy, precision, chunk))
+
+
+def test_the_launch_model_times_tensor_core_flops_at_their_peak():
+    from convnet.perf import gpus
+    from convnet.perf.model import KernelInputs, predict
+    h100 = gpus.gpu("h100")
+    common = dict(name="conv_tc_forward<0>", blocks=132 * 8, threads_per_block=128, flops=1e12,
+                  read_bytes=1e6, write_bytes=1e6, registers=96, static_shared=29184,
+                  math_share=0.1)
+    for tensor, peak in (("tf32", h100.tf32_tflops), ("bf16", h100.bf16_tflops)):
+        p = predict(KernelInputs(**common, tensor=tensor), h100)
+        assert p.compute_s == pytest.approx(1e12 / (peak * 1e12 * p.latency_factor * p.wave_efficiency))
+        assert p.issue_factor == 1.0 and p.pct_peak <= 1.0
+    fp32 = predict(KernelInputs(**common), h100)  # the same mix on the CUDA cores: FP32 peak x math
+    assert fp32.compute_s > 7 * predict(KernelInputs(**common, tensor="tf32"), h100).compute_s

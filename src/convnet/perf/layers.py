@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..ops import (conv, conv_winograd, cross_entropy, dropout, linear, lrn, lrn_max_pool,
+from ..ops import (conv, conv_tc, conv_winograd, cross_entropy, dropout, linear, lrn, lrn_max_pool,
                    max_pool, relu, sgd)
 from ..toolchain.launch import Launch
 
@@ -61,6 +61,7 @@ class Planned:
     work: float | None = None    # None: scale traffic per block; else elements covered
     gemm: tuple | None = None
     part: str | None = None      # a convolution's launches: "forward", "data" or "filter"
+    tensor: str | None = None    # "tf32"/"bf16": its FLOPs run on the tensor cores
 
     @property
     def kernel(self) -> str:
@@ -114,11 +115,13 @@ def _pair(v) -> tuple:
 
 
 def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_grad=True,
-               bias=True, algorithm="direct") -> Layer:
+               bias=True, algorithm="direct", precision="fp32") -> Layer:
     """``conv2d`` on (N, c, hw, hw) with k filters of rs x rs (hw, rs, stride, pad: an
     int or an (h, w) pair): forward (bias + ReLU fused),
     backward (ReLU mask, data unless ``input_grad`` is False, filter, bias);
-    ``algorithm="winograd"``: the three passes by ``ops.conv_winograd``."""
+    ``algorithm="winograd"``: the three passes by ``ops.conv_winograd``;
+    ``precision`` "tf32"/"bf16": the three passes by ``ops.conv_tc`` (tensor cores)."""
+    tc = precision != "fp32"
 
     def build(dev, n, arrays, choices, reduced):
         g = conv.geometry((n, c, *_pair(hw)), (k, c // groups, *_pair(rs)), stride, pad,
@@ -127,7 +130,11 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
         b = arrays((k,)) if bias else None
         wino = _Winograd(name, dev, g, arrays, choices) if algorithm == "winograd" else None
         out = wino.forward(x, w, b, y, relu_) if wino else []
-        if not wino:
+        if tc:
+            fwd = conv_tc.forward_launch(dev, g, x, w, b, y, relu_, precision)
+            out.append(Planned(name, "forward", fwd, g.flops, (x, w) + ((b,) if bias else ()),
+                               (y,), part="forward", tensor=precision))
+        elif not wino:
             fwd = conv.forward_launch(dev, g, x, w, b, y, relu_, choices.get("forward"))
             choices.setdefault("forward", fwd.template_args)
             out.append(Planned(name, "forward", fwd, g.flops, (x, w) + ((b,) if bias else ()),
@@ -140,6 +147,11 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
             dy = dz
         if input_grad and wino:
             out += wino.backward_data(dy, w, arrays(g.x_shape))
+        elif input_grad and tc:
+            dx = arrays(g.x_shape)
+            data = conv_tc.backward_data_launch(dev, g, dy, w, dx, precision)
+            out.append(Planned(name, "backward", data, g.flops, (dy, w), (dx,), part="data",
+                               tensor=precision))
         elif input_grad:
             dx = arrays(g.x_shape)
             data = conv.backward_data_launch(dev, g, dy, w, dx, choices.get("data"))
@@ -147,6 +159,8 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
             out.append(Planned(name, "backward", data, g.flops, (dy, w), (dx,), part="data"))
         if wino:
             out += wino.backward_filter(x, dy, arrays(g.w_shape))
+        elif tc:
+            out += _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision)
         elif "filter" in choices:
             tile, chunk = choices["filter"]
             npq = g.n * g.p * g.q
@@ -154,7 +168,7 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
         else:
             plan = conv.plan_filter(dev, g)
             choices["filter"] = (tuple(plan.tile), plan.chunk)
-        if not wino:
+        if not wino and not tc:
             dw = arrays(g.w_shape)
             space = plan.workspace_size(g)
             ws = arrays((space,)) if space else None
@@ -179,7 +193,29 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
         return out
 
     return Layer(name, build, dict(op="conv", c=c, hw=hw, k=k, rs=rs, stride=stride, pad=pad,
-                                   groups=groups, algorithm=algorithm))
+                                   groups=groups, algorithm=algorithm, precision=precision))
+
+
+def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision) -> list:
+    """Backward filter on tensor cores: the split GEMM (its chunk recorded in ``choices``)
+    and, when split, the ordered sum of the partials."""
+    npq = g.n * g.p * g.q
+    if "filter" in choices:
+        chunk = choices["filter"]
+        splits = max(1, -(-npq // chunk))
+    else:
+        splits, chunk = conv_tc.plan_filter(dev, g)
+        choices["filter"] = chunk
+    dw = arrays(g.w_shape)
+    ws = arrays((splits * dw.size,)) if splits > 1 else None
+    launches = conv_tc.backward_filter_launches(dev, g, x, dy, dw, splits, chunk, ws, precision)
+    out = [Planned(name, "backward", launches[0], g.flops, (x, dy),
+                   (ws,) if ws is not None else (dw,), part="filter", tensor=precision)]
+    if len(launches) > 1:
+        count = dw.size * splits
+        out.append(Planned(name, "backward", launches[1], count * NOMINAL_FLOPS["sum"], (ws,),
+                           (dw,), work=count, part="filter"))
+    return out
 
 
 class _Winograd:
@@ -413,6 +449,7 @@ def sgd_layer(name, shapes) -> Layer:
 OP_SYNTAX = """\
 conv:C,HW,K,RS[,stride[,pad[,groups]]]   conv2d on N x C x HW x HW, K filters RS x RS (bias, ReLU)
 winograd:C,HW,K[,pad[,groups]]           the same, 3x3 at stride 1, by Winograd F(2x2, 3x3)
+conv_tf32:... | conv_bf16:...            conv's sizes, on tensor cores (TF32/BF16 operands)
 lrn_pool:C,HW[,groups]                   LRN (the paper's) + 3x3/2 max-pool, fused
 pool:C,HW                                3x3/2 max-pool with argmax
 linear:IN,OUT                            cuBLAS product + bias/ReLU epilogue
@@ -434,6 +471,8 @@ def parse_op(spec: str) -> Layer:
         "conv": (4, 7, lambda v: conv_layer(spec, *v)),
         "winograd": (3, 5, lambda v: conv_layer(spec, *v[:3], 3, 1, *v[3:],
                                                 algorithm="winograd")),
+        "conv_tf32": (4, 7, lambda v: conv_layer(spec, *v, precision="tf32")),
+        "conv_bf16": (4, 7, lambda v: conv_layer(spec, *v, precision="bf16")),
         "lrn_pool": (2, 3, lambda v: lrn_pool_layer(spec, *v)),
         "pool": (2, 2, lambda v: pool_layer(spec, *v)),
         "linear": (2, 2, lambda v: linear_layer(spec, *v)),

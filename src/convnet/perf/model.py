@@ -23,6 +23,11 @@
   math) and the executed instructions are counted, there is no compute term: FLOPs /
   math share would only estimate, from nominal figures, the issue slots the count gives
   (its FP32 work is in the issue term's FP32 pipe).
+* **tensor cores** (a launch whose ``tensor`` is "tf32" or "bf16", ``ops.conv_tc``):
+  compute = FLOPs / (the GPU's dense peak of that precision x latency x waves); the
+  instruction mix does not scale it (HMMA is a small share of any mix: the issue term
+  below counts what the other instructions cost), the counts are not normalised to the
+  FLOPs (no FP32 GEMM), and ``% peak`` of a compute bound is against that peak.
 * **issue** = the launch's executed warp instructions (``convnet.perf.dynamic``: the
   SASS loops' trip counts inferred from the emulator's requests per source line) /
   (SMs x 4 schedulers x 1 warp instruction per clock x clock x latency x waves).
@@ -118,6 +123,7 @@ class KernelInputs:
     gemm: bool = False
     instructions: float | None = None       # executed warp instructions (convnet.perf.dynamic)
     pipe_instructions: dict | None = None   # of them, per pipe: fp32, fp64, mufu, convert
+    tensor: str | None = None               # "tf32"/"bf16": FLOPs on the tensor cores
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,11 @@ def issue_factor(gpu: gpus.GPU, math_share: float) -> float:
     """The share of the FP32 peak an issue-bound loop with ``math_share`` reaches."""
     lanes = gpu.fp32_lanes_per_sm / SCHEDULERS_PER_SM
     return min(1.0, max(0.0, math_share) * gpu.arch.warp_size / lanes)
+
+
+def tensor_flops(gpu: gpus.GPU, precision: str) -> float:
+    """The dense tensor-core peak of ``precision`` ("tf32" or "bf16") in FLOP/s."""
+    return (gpu.tf32_tflops if precision == "tf32" else gpu.bf16_tflops) * 1e12
 
 
 def latency_factor(warps_per_scheduler: float) -> float:
@@ -244,13 +255,14 @@ def predict(k: KernelInputs, gpu) -> Prediction:
     waves, wave_eff = wave_efficiency(k.blocks, g.sms, occ.blocks_per_sm)
     resident = min(occ.blocks_per_sm, math.ceil(k.blocks / g.sms))
     latency = latency_factor(resident * occ.warps_per_block / SCHEDULERS_PER_SM)
-    issue = issue_factor(g, k.math_share)
-    rate = g.fp32_flops * issue * latency * wave_eff
+    peak = tensor_flops(g, k.tensor) if k.tensor else g.fp32_flops
+    issue = 1.0 if k.tensor else issue_factor(g, k.math_share)  # tensor: the issue term counts
+    rate = peak * issue * latency * wave_eff
     compute = k.flops / rate if k.flops and rate > 0 else (math.inf if k.flops else 0.0)
     clock = g.boost_clock_mhz * 1e6
     slots = g.sms * SCHEDULERS_PER_SM * clock
     instructions, pipes = normalised_counts(k)
-    if instructions and k.math_share < EXACT_FLOPS_MATH_SHARE:
+    if instructions and k.math_share < EXACT_FLOPS_MATH_SHARE and not k.tensor:
         compute = 0.0  # nominal FLOPs: the counted instructions (issue) stand for them
     cycles = issue_cycles(g, instructions, pipes) if instructions else 0.0
     issue_s = cycles / (slots * latency * wave_eff) if cycles else 0.0
@@ -262,7 +274,7 @@ def predict(k: KernelInputs, gpu) -> Prediction:
     elif largest == "compute":
         factors = {"math": issue, "latency": latency, "waves": wave_eff}
         bound = min(factors, key=factors.get)
-        pct = k.flops / body / g.fp32_flops
+        pct = k.flops / body / peak
     elif largest == "issue":
         bound, pct = "issue", cycles / body / slots
     else:

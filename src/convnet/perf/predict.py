@@ -212,7 +212,8 @@ def predict_layers(layers, gpu, batch: int, blocks: int | None = 4, title: str =
             store_bytes=traffic.store_bytes if traffic else None,
             shared_wavefronts=traffic.shared_wavefronts if traffic else None,
             instructions=row.dynamic.instructions if row.dynamic else None,
-            pipe_instructions=row.dynamic.pipes if row.dynamic else None)
+            pipe_instructions=row.dynamic.pipes if row.dynamic else None,
+            tensor=full.tensor)
         row.prediction = predict(inputs, g)
         rows.append(row)
     return Table(g, batch, rows, title, timings, notes)
