@@ -147,7 +147,7 @@ def test_cheap_after_warm_up(monkeypatch, no_model):
     monkeypatch.setattr(choose, "_launches", counted)
     g = geometry("conv5")
     first = choose.choose_for_gpu(g, "h100")
-    assert sorted(calls) == ["direct", "winograd"]
+    assert first.algorithm == "winograd" and sorted(calls) == ["direct", "winograd"]
     calls.clear()
     for _ in range(3):
         assert choose.choose_for_gpu(g, "h100") is first
@@ -291,3 +291,11 @@ def test_a_cuda_device_is_modelled_as_its_own_gpu(reported, key, note):
     gpu, how = choose.gpu_for(device)
     assert gpu.key == key and note in how
     assert choose.choose(device, geometry("conv3")).gpu == key
+
+
+def test_a_model_failure_falls_back_to_direct(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no launch for this shape")
+    monkeypatch.setattr(choose, "_launches", broken)
+    c = choose.choose_for_gpu(geometry("conv3"), "h100")
+    assert c.algorithm == "direct" and "could not predict" in c.reason and "no launch" in c.reason

@@ -404,23 +404,33 @@ def choose_for_gpu(g, gpu) -> Choice:
         choice = Choice("direct", g_.key, {}, {}, "-", None,
                         "Winograd's workspaces would hold 2**31 floats or more")
     else:
-        ratios = cal[1].get(g_.key) if cal else None
-        seconds, parts, sources = {}, {}, {}
+        choice = _predicted_choice(g, g_, cal)
+    with _LOCK:
+        _CHOICES[key] = choice
+    return choice
+
+
+def _predicted_choice(g, g_: gpus.GPU, cal) -> Choice:
+    """Both algorithms predicted; "direct" (said why) where the model cannot predict
+    (a model failure never stops a convolution)."""
+    ratios = cal[1].get(g_.key) if cal else None
+    seconds, parts, sources = {}, {}, {}
+    try:
         for algorithm in ALGORITHMS:
             parts[algorithm], found = predict_parts(g, algorithm, g_, ratios)
             seconds[algorithm] = sum(parts[algorithm].values())
             for s, n in found.items():
                 sources[s] = sources.get(s, 0) + n
-        best = min(ALGORITHMS, key=lambda a: (seconds[a], ALGORITHMS.index(a)))
-        figures = ", ".join(f"{n} launch{'es' if n > 1 else ''} {SOURCES.get(s, s)}"
-                            for s, n in sorted(sources.items()))
-        used = cal[0] if cal and ratios else None
-        reason = (f"{'calibrated ' if used else ''}predicted fastest on {g_.name} "
-                  f"({'calibration ' + used + '; ' if used else ''}figures: {figures})")
-        choice = Choice(best, g_.key, seconds, parts, figures, used, reason)
-    with _LOCK:
-        _CHOICES[key] = choice
-    return choice
+    except Exception as exc:  # noqa: BLE001 - the model's, reported in the reason
+        return Choice("direct", g_.key, {}, {}, "-", None,
+                      f"the model could not predict this shape ({type(exc).__name__}: {exc})")
+    best = min(ALGORITHMS, key=lambda a: (seconds[a], ALGORITHMS.index(a)))
+    figures = ", ".join(f"{n} launch{'es' if n > 1 else ''} {SOURCES.get(s, s)}"
+                        for s, n in sorted(sources.items()))
+    used = cal[0] if cal and ratios else None
+    reason = (f"{'calibrated ' if used else ''}predicted fastest on {g_.name} "
+              f"({'calibration ' + used + '; ' if used else ''}figures: {figures})")
+    return Choice(best, g_.key, seconds, parts, figures, used, reason)
 
 
 def choose(device, g) -> Choice:
