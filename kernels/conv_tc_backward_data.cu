@@ -15,10 +15,11 @@
 // no input gradient).
 //
 // Launch: block = 128 threads; grid = (ceil(N*H*W / 64), ceil(Cg / 64), groups);
+// UNIT = (sh == 1 && sw == 1);
 // 29 KiB static shared memory. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
-template <int PREC>
+template <int PREC, bool UNIT>
 __global__ void __launch_bounds__(CN_TC_THREADS)
 conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                       int N, int C, int H, int W, int K, int R, int S, int P, int Q,
@@ -47,15 +48,15 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
 
     // kk = (k, r, s) as digits: A's column -> k*Cg*RS + r*S + s (w[g*Kg + k][c][r][s]
     // less c), stepped by BK per slice; B's rows -> k*PQ with (r, s), stepped by 2 along a
-    // slice and by BK per slice (CnWalker, conv_common.cuh). Unit strides need no
-    // division at all; other strides divide by the stride to find the tap's phase.
+    // slice and by BK per slice (CnWalker, conv_common.cuh). UNIT (sh = sw = 1, the host
+    // chooses) needs no division at all; other strides divide by the stride to find the
+    // tap's phase.
     const CnDigits a_slice = cn_digits(1, RS, Cg * RS, 0, 1, 0, 0, CN_TC_BK);
     const CnDigits b_slice = cn_digits(R, S, PQ, 0, 0, 1, 1, CN_TC_BK);
     const CnDigits b_two = cn_digits(R, S, PQ, 0, 0, 1, 1, 2);
     CnWalker a_next, b_next;
     a_next.start(a_slice, ak);
     b_next.start(b_slice, cn_tc_b_row(0));
-    const bool unit = sh == 1 && sw == 1;
 
     auto load = [&](int slice, int stage) {
         const int k0 = slice * CN_TC_BK;
@@ -76,7 +77,7 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
             const int th = th0 - t.d1, tw = tw0 - t.d2;
             int p = th, q = tw;
             bool phase = true;
-            if (!unit) {
+            if (!UNIT) {
                 p = th / sh;
                 q = tw / sw;
                 phase = p * sh == th && q * sw == tw;

@@ -42,7 +42,9 @@ def _module(kernel: str) -> KernelModule:
 
 
 FORWARD = _module("conv_tc_forward")
-BACKWARD_DATA = _module("conv_tc_backward_data")
+# backward data: <precision, unit stride> (sh = sw = 1 needs no division by the stride)
+BACKWARD_DATA = KernelModule("conv_tc_backward_data.cu", tuple(
+    f"conv_tc_backward_data<{v}, {unit}>" for v in _TEMPLATE.values() for unit in ("true", "false")))
 BACKWARD_FILTER = _module("conv_tc_backward_filter")
 
 
@@ -115,8 +117,9 @@ def backward_data_launch(device, g: Geometry, dy, w, dx, precision="tf32") -> La
     precision = _tensor_core(precision)
     cols = g.n * g.h * g.w
     grid = (-(-cols // BLOCK_N), -(-g.cg // BLOCK_M), g.groups)
-    return Launch(BACKWARD_DATA, f"conv_tc_backward_data<{_TEMPLATE[precision]}>", grid=grid,
-                  block=(THREADS,), args=(dy, w, dx, *g.scalars()))
+    unit = "true" if g.stride_h == g.stride_w == 1 else "false"
+    return Launch(BACKWARD_DATA, f"conv_tc_backward_data<{_TEMPLATE[precision]}, {unit}>",
+                  grid=grid, block=(THREADS,), args=(dy, w, dx, *g.scalars()))
 
 
 def plan_filter(device, g: Geometry, splits=None) -> tuple[int, int]:
