@@ -27,15 +27,17 @@
 //   never stored: the same values, bit for bit, as bias_act_forward<true> then
 //   dropout_apply with the same seed. Launch as bias_act_forward (one Philox call per
 //   group of four, which is exactly one counter).
-// bias_relu_dropout_backward<QUADS, ROWS>: dz[r,c] = (keep(i) && y[r,c] > 0) ? dy[r,c] * scale
+// bias_relu_dropout_backward<COLS, ROWS>: dz[r,c] = (keep(i) && y[r,c] > 0) ? dy[r,c] * scale
 //   : 0 and db[c] = sum_r dz[r,c], the mask regenerated from the seed (y is the fused
-//   forward's output, so y > 0 iff kept and relu(z + b)·scale > 0). Block (QUADS, ROWS):
-//   each thread takes four consecutive columns of a row (one float4 of y, dy and dz
-//   where cols % 4 == 0 and the arrays are 16-byte aligned: then the four are one
-//   Philox counter; otherwise element by element, at most two counters), threadIdx.y
-//   strides over the rows by ROWS; the ROWS partial sums of a column meet in shared
-//   memory and are added in row-slot order. grid = ceil(cols / (4·QUADS)). Fixed order,
-//   no atomics: deterministic.
+//   forward's output, so y > 0 iff kept and relu(z + b)·scale > 0). Block (32, ROWS) as
+//   bias_relu_backward: a warp is one row of the block's 32 columns (128 coalesced bytes
+//   per array), warp threadIdx.y takes rows threadIdx.y + ROWS·k, 16 at a time with all
+//   their loads in flight, summing in row order; the block total as bias_relu_backward
+//   (the same sums, bit for bit, as dropout then bias_relu_backward). Where cols % 4 == 0
+//   a row's 32 columns are 8 whole Philox counters: each lane draws one counter for one
+//   of 4 rows and a row's lanes fetch their bits by a shuffle (one Philox per lane per 4
+//   rows); otherwise each lane draws its own. grid = ceil(cols / 32). Fixed order, no
+//   atomics: deterministic.
 #include "common.cuh"
 #include "philox.cuh"
 
@@ -75,12 +77,28 @@ __global__ void bias_act_forward(float* y, const float* __restrict__ b, long lon
     }
 }
 
+// The block's column totals: each thread's partial sum of column c (its row slot
+// threadIdx.y's rows) meets the others in shared memory (a warp writes one row of
+// `partial`: no bank conflicts), and row slot 0 adds the ROWS partials in slot order.
+template <int COLS, int ROWS>
+static __device__ __forceinline__ void ba_block_total(float sum, int c, int cols, float* db)
+{
+    __shared__ float partial[ROWS][COLS];
+    partial[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        float total = partial[0][threadIdx.x];
+#pragma unroll
+        for (int j = 1; j < ROWS; ++j) total += partial[j][threadIdx.x];
+        db[c] = total;
+    }
+}
+
 // The column sums of dy (masked by y > 0 when MASK, then also written to dz).
 template <bool MASK, int COLS, int ROWS>
 static __device__ __forceinline__ void ba_column_sums(const float* y, const float* dy, float* dz,
                                                       float* db, int rows, int cols)
 {
-    __shared__ float partial[ROWS][COLS];
     const int c = blockIdx.x * COLS + threadIdx.x;
     float sum = 0.0f;
     if (c < cols) {
@@ -94,13 +112,7 @@ static __device__ __forceinline__ void ba_column_sums(const float* y, const floa
             sum += d;
         }
     }
-    partial[threadIdx.y][threadIdx.x] = sum;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < cols) {
-        float total = partial[0][threadIdx.x];
-        for (int j = 1; j < ROWS; ++j) total += partial[j][threadIdx.x];
-        db[c] = total;
-    }
+    ba_block_total<COLS, ROWS>(sum, c, cols, db);
 }
 
 template <int COLS, int ROWS>
@@ -168,65 +180,69 @@ extern "C" __global__ void bias_relu_dropout_forward(float* y, const float* __re
     }
 }
 
-template <int QUADS, int ROWS>
-__global__ void __launch_bounds__(QUADS * ROWS)
+template <int COLS, int ROWS>
+__global__ void __launch_bounds__(COLS * ROWS)
 bias_relu_dropout_backward(const float* __restrict__ y, const float* __restrict__ dy,
                            float* __restrict__ dz, float* __restrict__ db, int rows, int cols,
                            unsigned long long seed, unsigned long long threshold, float scale)
 {
-    __shared__ float partial[ROWS][4 * QUADS + 1];  // +1: no bank conflicts on the writes
-    const int c0 = 4 * (blockIdx.x * QUADS + threadIdx.x);
-    const bool vec = (cols & 3) == 0 && cn_aligned16(y) && cn_aligned16(dy) && cn_aligned16(dz);
-    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const int width = cols - c0 < 4 ? cols - c0 : 4;  // columns of this thread's quad
-    if (c0 < cols) {
-        for (int r = threadIdx.y; r < rows; r += ROWS) {
-            const long long i = (long long)r * cols + c0;
-            // The quad's elements i .. i + width - 1 lie in one Philox counter (always when
-            // vec: i % 4 == 0) or straddle two.
-            const unsigned long long q0 = (unsigned long long)(i >> 2);
-            const int off = (int)(i & 3);
-            unsigned int keep = ba_keep4(seed, threshold, q0);
-            if (off + width > 4) keep |= ba_keep4(seed, threshold, q0 + 1) << 4;
-            keep >>= off;  // bit k: element i + k is kept
-            if (vec) {
-                const float4 y4 = reinterpret_cast<const float4*>(y)[i >> 2];
-                const float4 g4 = reinterpret_cast<const float4*>(dy)[i >> 2];
-                float4 d;
-                d.x = ((keep & 1u) && y4.x > 0.0f) ? g4.x * scale : 0.0f;
-                d.y = ((keep & 2u) && y4.y > 0.0f) ? g4.y * scale : 0.0f;
-                d.z = ((keep & 4u) && y4.z > 0.0f) ? g4.z * scale : 0.0f;
-                d.w = ((keep & 8u) && y4.w > 0.0f) ? g4.w * scale : 0.0f;
-                reinterpret_cast<float4*>(dz)[i >> 2] = d;
-                sum[0] += d.x;
-                sum[1] += d.y;
-                sum[2] += d.z;
-                sum[3] += d.w;
-            } else {
+    static_assert(COLS == 32, "a warp is one row of the block's 32 columns");
+    constexpr int STEP = 16;  // rows per thread per pass, all their loads issued at once
+    const int lane = threadIdx.x;
+    const int c0 = blockIdx.x * COLS;
+    const int c = c0 + lane;
+    float sum = 0.0f;  // column c over this warp's rows, in row order
+    if ((cols & 3) == 0) {
+        // A row's 32 columns are 8 whole Philox counters: lane l draws counter l & 7 of row
+        // 4g + (l >> 3) of the pass's group g, so 4 rows cost one Philox per lane; a row's
+        // lanes then fetch their counter's keep bits by one shuffle.
+        const long long quads = cols >> 2, stride = (long long)ROWS * cols;
+        const long long first = (long long)threadIdx.y * cols + c;  // this warp's first row
+        const float* yp = y + first;
+        const float* gp = dy + first;
+        float* zp = dz + first;
+        for (int left = rows - (int)threadIdx.y; left > 0; left -= ROWS * STEP) {
+            const long long base = rows - left;  // this pass's rows: base + ROWS * j, j < STEP
+            float yv[STEP], gv[STEP];
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {  // unrolled: sum[k] stays in registers
-                    if (k < width) {
-                        const long long e = i + k;
-                        const float d = (((keep >> k) & 1u) && y[e] > 0.0f) ? dy[e] * scale : 0.0f;
-                        dz[e] = d;
-                        sum[k] += d;
+            for (int j = 0; j < STEP; ++j) {
+                const bool in = ROWS * j < left && c < cols;
+                yv[j] = in ? yp[j * stride] : 0.0f;
+                gv[j] = in ? gp[j * stride] : 0.0f;
+            }
+            unsigned int nib[STEP / 4];
+#pragma unroll
+            for (int g = 0; g < STEP / 4; ++g) {
+                const long long r = base + ROWS * (4 * g + (lane >> 3));
+                nib[g] = ROWS * 4 * g < left
+                    ? ba_keep4(seed, threshold, (unsigned long long)(r * quads + (c0 >> 2) + (lane & 7)))
+                    : 0u;
+            }
+#pragma unroll
+            for (int j = 0; j < STEP; ++j) {
+                if (ROWS * j < left) {  // warp-uniform: every lane takes part in the shuffle
+                    const unsigned int keep =
+                        __shfl_sync(0xffffffffu, nib[j >> 2], 8 * (j & 3) + (lane >> 2)) >> (lane & 3);
+                    if (c < cols) {
+                        const float d = ((keep & 1u) && yv[j] > 0.0f) ? gv[j] * scale : 0.0f;
+                        zp[j * stride] = d;
+                        sum += d;
                     }
                 }
             }
+            yp += STEP * stride;
+            gp += STEP * stride;
+            zp += STEP * stride;
+        }
+    } else if (c < cols) {
+        // Rows whose columns straddle Philox counters: each lane draws its own.
+        for (int left = rows - (int)threadIdx.y; left > 0; left -= ROWS) {
+            const long long e = (long long)(rows - left) * cols + c;
+            const unsigned int keep = ba_keep4(seed, threshold, (unsigned long long)(e >> 2)) >> (e & 3);
+            const float d = ((keep & 1u) && y[e] > 0.0f) ? dy[e] * scale : 0.0f;
+            dz[e] = d;
+            sum += d;
         }
     }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) partial[threadIdx.y][4 * threadIdx.x + k] = sum[k];
-    __syncthreads();
-    // The first 4·QUADS threads of the block (one warp for QUADS = 8) each add up one
-    // column's ROWS partial sums in row-slot order.
-    const int t = threadIdx.y * QUADS + threadIdx.x;
-    if (t < 4 * QUADS) {
-        const int c = 4 * blockIdx.x * QUADS + t;
-        if (c < cols) {
-            float total = partial[0][t];
-            for (int j = 1; j < ROWS; ++j) total += partial[j][t];
-            db[c] = total;
-        }
-    }
+    ba_block_total<COLS, ROWS>(sum, c, cols, db);
 }

@@ -264,9 +264,11 @@ DROP_MODES = [dict(), dict(check="bounds", schedule="reverse", fill_shared=True)
 @pytest.mark.parametrize("mode", DROP_MODES, ids=lambda m: ",".join(f"{k}={v}" for k, v in m.items()) or "plain")
 def test_dropout_epilogue_bit_for_bit_with_separate_kernels(mode):
     """bias_relu_dropout_forward = bias_act_forward<true> then dropout_apply, bit for bit;
-    bias_relu_dropout_backward's dz = the reference's bits and db its column sums (float64
-    bound: rows · 2^-24 · Σ|dz|), on awkward shapes (cols % 4 != 0: element path, two
-    Philox counters a quad), misaligned views, every plan kind (p = 0, 1, paper eval)."""
+    bias_relu_dropout_backward's dz = the reference's bits and db the bits of dropout then
+    bias_relu_backward (the same sum order) and its column sums (float64 bound: rows ·
+    2^-24 · Σ|dz|), on awkward shapes (cols % 4 != 0: each lane its own Philox counter;
+    cols % 32 != 0: a partial warp; rows > 128: a warp's second pass of 16 rows),
+    misaligned views, every plan kind (p = 0, 1, paper eval)."""
     from convnet.backend import emu
     from convnet.ops import dropout as dropout_ops
     device = require_device("emu")
@@ -274,7 +276,7 @@ def test_dropout_epilogue_bit_for_bit_with_separate_kernels(mode):
     plans = [dropout_ops.plan(0.5, True, "paper", seed=11), dropout_ops.plan(0.3, True, "inverted", seed=2**63 + 5),
              dropout_ops.plan(0.5, False, "paper"), dropout_ops.plan(0.0, True, "paper", seed=1),
              dropout_ops.plan(1.0, True, "inverted", seed=3)]
-    for rows, cols in ((1, 1), (3, 5), (2, 33), (5, 4), (37, 12), (9, 64), (70, 3)):
+    for rows, cols in ((1, 1), (3, 5), (2, 33), (5, 4), (37, 12), (9, 64), (70, 3), (133, 44)):
         for offset in (0, 1):
             n = rows * cols
             z = rng.standard_normal(n + offset).astype(np.float32)[offset:].reshape(rows, cols)
@@ -289,6 +291,9 @@ def test_dropout_epilogue_bit_for_bit_with_separate_kernels(mode):
                 np.testing.assert_array_equal(y, linear_ops.epilogue_dropout_reference(z, b, True, drop))
                 ref_dz, _ = linear_ops.epilogue_dropout_backward_reference(y, dy, True, True, drop)
                 np.testing.assert_array_equal(dz, ref_dz)
+                _, separate_db = linear_ops.epilogue_backward(device, y, dropout_ops.apply(device, dy, drop),
+                                                              True, True)
+                np.testing.assert_array_equal(db, separate_db)
                 exact = ref_dz.astype(np.float64).sum(axis=0)
                 bound = rows * 2.0**-24 * np.abs(ref_dz).astype(np.float64).sum(axis=0)
                 assert np.all(np.abs(db - exact) <= bound), (rows, cols, drop)
@@ -320,7 +325,7 @@ def test_functional_linear_dropout_equals_linear_then_dropout(device_name):
 
 
 def test_dropout_epilogue_launches():
-    """One launch each way; the fused backward's grid covers the columns in quads."""
+    """One launch each way; the fused backward's grid covers the columns a warp at a time."""
     from convnet.ops import dropout as dropout_ops
     device = require_device("emu")
     drop = dropout_ops.plan(0.5, seed=1)
@@ -329,5 +334,5 @@ def test_dropout_epilogue_launches():
     forward = linear_ops.forward_dropout_launch(device, y, b, drop)
     backward = linear_ops.backward_dropout_launch(y, dy, dz, db, drop)
     assert forward.name == "bias_relu_dropout_forward"
-    assert backward.grid == (4096 // (4 * linear_ops.DROP_BLOCK[0]), 1, 1)
+    assert backward.grid == (4096 // linear_ops.DROP_BLOCK[0], 1, 1)
     assert backward.block == linear_ops.DROP_BLOCK + (1,)

@@ -35,8 +35,9 @@ from .elementwise import BLOCK, grid_for
 
 # The backward kernels' block: columns × row strides (their template arguments).
 REDUCE_BLOCK = (32, 8)
-# The fused dropout backward's block: quads of columns × row strides.
-DROP_BLOCK = (8, 32)
+# The fused dropout backward's block: a warp of columns × row strides (the same sums as
+# dropout then bias_relu_backward).
+DROP_BLOCK = REDUCE_BLOCK
 MODULE = KernelModule("linear.cu", ("bias_act_forward<true>", "bias_act_forward<false>",
                                     name_expression("bias_relu_backward", REDUCE_BLOCK),
                                     name_expression("bias_grad", REDUCE_BLOCK),
@@ -106,7 +107,7 @@ def forward_dropout_launch(device, y, b, drop) -> Launch:
 def backward_dropout_launch(y, dy, dz, db, drop) -> Launch:
     """dz = dy·scale where kept and y > 0 (else 0), db = column sums of dz, one pass."""
     rows, cols = dy.shape
-    grid = (-(-cols // (4 * DROP_BLOCK[0])),)
+    grid = (-(-cols // DROP_BLOCK[0]),)
     return Launch(MODULE, "bias_relu_dropout_backward", grid=grid, block=DROP_BLOCK,
                   args=(y, dy, dz, db, np.int32(rows), np.int32(cols), np.uint64(drop.seed),
                         np.uint64(drop.threshold), np.float32(drop.scale)),
