@@ -75,7 +75,7 @@ def test_winograd_where_the_model_says_faster(name, no_model):
 def test_direct_where_winograd_does_not_apply(name, x, w, stride, no_model):
     g = geometry(name) if x is None else conv.geometry(x, w, stride, 1, 1)
     c = choose.choose_for_gpu(g, "h100")
-    assert c.algorithm == "direct" and not c.seconds
+    assert c.algorithm == "direct" and set(c.seconds) == {"direct"} and c.seconds["direct"] > 0
     assert "3x3 filters at stride 1" in c.reason
 
 
@@ -147,7 +147,8 @@ def test_cheap_after_warm_up(monkeypatch, no_model):
     monkeypatch.setattr(choose, "_launches", counted)
     g = geometry("conv5")
     first = choose.choose_for_gpu(g, "h100")
-    assert first.algorithm == "winograd" and sorted(calls) == ["direct", "winograd"]
+    # the direct engine with each candidate tile, then with the chosen ones, and Winograd
+    assert first.algorithm == "winograd" and sorted(set(calls)) == ["direct", "winograd"]
     calls.clear()
     for _ in range(3):
         assert choose.choose_for_gpu(g, "h100") is first
@@ -158,7 +159,7 @@ def test_cheap_after_warm_up(monkeypatch, no_model):
     x = Tensor(rng.standard_normal((1, 2, 5, 5), dtype=np.float32), device=emu)
     w = Tensor(rng.standard_normal((3, 2, 3, 3), dtype=np.float32), device=emu)
     F.conv2d(x, w, padding=1)
-    assert sorted(calls) == ["direct", "winograd"]
+    assert sorted(set(calls)) == ["direct", "winograd"]
     calls.clear()
     F.conv2d(x, w, padding=1)
     assert calls == []
@@ -215,7 +216,7 @@ def test_figures_round_trip():
                                                    "main_loop": {"shares": {"math": math}},
                                                    "kernel_math_share": math}, dynamic))
     figures = choose.figures_from_table(SimpleNamespace(rows=rows))
-    assert figures[gemm.launch.name]["per"] == "flop"
+    assert figures[gemm.launch.name]["per"] == "tile"
     assert figures[elementwise.launch.name]["per"] == "element"
     for row in rows:
         k = choose._inputs(row.planned, figures[row.planned.launch.name])
@@ -277,6 +278,10 @@ def test_perf_prints_the_choice_per_alexnet_layer(no_model):
     layers = alexnet_layers(1, algorithms={n: c.algorithm for n, c in choices.items()})
     assert [l.info["algorithm"] for l in layers if l.info.get("op") == "conv"] == \
         ["direct", "direct", "winograd", "winograd", "winograd"]
+    layers = alexnet_layers(1, tiles={n: c.tiles for n, c in choices.items()})
+    assert {l.name: l.info["tiles"] for l in layers if l.info.get("op") == "conv"} == \
+        {n: c.tiles for n, c in choices.items()}
+    assert "direct tiles: forward" in text
 
 
 @pytest.mark.parametrize("reported, key, note", [
@@ -291,6 +296,50 @@ def test_a_cuda_device_is_modelled_as_its_own_gpu(reported, key, note):
     gpu, how = choose.gpu_for(device)
     assert gpu.key == key and note in how
     assert choose.choose(device, geometry("conv3")).gpu == key
+
+
+@pytest.mark.parametrize("name", ["conv2", "conv4"])
+def test_direct_tiles_are_the_predicted_fastest(name, no_model):
+    """Per pass, the chosen tile's predicted time is the least of the tiles whose launches
+    all have figures (at least two of them); the choice's direct time uses those tiles."""
+    from convnet.ops._conv_tiles import TILE_MODELS
+    g = geometry(name)
+    tiles = choose.direct_tiles(g, "h100")
+    assert tiles, "no pass had figures of two tiles"
+    for part, chosen in tiles.items():
+        times = {}
+        for tile in TILE_MODELS["cuda"]:
+            forced = {p: tile for p in choose.PARTS}
+            parts, sources = choose.predict_parts(g, "direct", "h100", tiles=forced)
+            launches = choose._launches(g, "direct", choose.gpus.gpu("h100"), forced)
+            if all(choose._figures_for(p.launch, "sm_90")[0] is not None
+                   for p in launches if p.part == part):
+                times[tuple(tile)] = parts[part]
+        assert len(times) >= 2 and times[chosen] == min(times.values())
+    c = choose.choose_for_gpu(g, "h100")
+    assert c.tiles == tiles
+    want, _ = choose.predict_parts(g, "direct", "h100", tiles=tiles)
+    assert c.parts["direct"] == pytest.approx(want)
+
+
+def test_the_direct_engine_takes_the_tiles_on_cuda_only(monkeypatch):
+    g = geometry("conv4", batch=8)
+    emu = require_device("emu")
+    assert F.conv.direct_ops(emu, g) is conv   # the emulator's own tiles
+    runtime = SimpleNamespace(getDeviceProperties=lambda index: {"name": "NVIDIA H100 80GB HBM3"})
+    cuda = SimpleNamespace(kind="cuda", index=0, name="cuda:0",
+                           cupy=SimpleNamespace(cuda=SimpleNamespace(runtime=runtime)))
+    ops = F.conv.direct_ops(cuda, g)
+    tiles = choose.choose_for_gpu(g, "h100").tiles
+    assert tiles and ops.tiles == tiles
+    seen = {}
+    for name in ("forward", "backward_data", "backward_filter"):
+        monkeypatch.setattr(conv, name, lambda *a, _n=name: seen.setdefault(_n, a[-1]))
+    ops.forward(cuda, g, None, None, None, False)
+    ops.backward_data(cuda, g, None, None)
+    ops.backward_filter(cuda, g, None, None)
+    assert seen == {"forward": tiles.get("forward"), "backward_data": tiles.get("data"),
+                    "backward_filter": tiles.get("filter")}
 
 
 def test_a_model_failure_falls_back_to_direct(monkeypatch):

@@ -11,7 +11,7 @@ from ..tensor import Tensor
 from ._checks import check_float_tensors
 from ._weighted import WeightedFunction
 
-__all__ = ["ALGORITHMS", "chosen_algorithm", "conv2d"]
+__all__ = ["ALGORITHMS", "chosen_algorithm", "conv2d", "direct_ops"]
 
 # "auto": the one the performance model predicts fastest for the shape on the device's
 # GPU (convnet.perf.choose: cached per-kernel figures, a measured calibration first;
@@ -38,6 +38,35 @@ def _algorithm_ops(algorithm, g, device=None, precision="fp32"):
         _winograd_ops.check_supported(g)
         return _winograd_ops
     return _conv_ops
+
+
+class _DirectTiles:
+    """``ops.conv`` with a tile per pass (``{"forward" | "data" | "filter": tile}``; a pass
+    not named: the engine's own choice)."""
+
+    def __init__(self, tiles: dict):
+        self.tiles = tiles
+
+    def forward(self, device, g, x, w, b, relu):
+        return _conv_ops.forward(device, g, x, w, b, relu, self.tiles.get("forward"))
+
+    def backward_data(self, device, g, dy, w):
+        return _conv_ops.backward_data(device, g, dy, w, self.tiles.get("data"))
+
+    def backward_filter(self, device, g, x, dy):
+        return _conv_ops.backward_filter(device, g, x, dy, self.tiles.get("filter"))
+
+
+def direct_ops(device, g):
+    """What runs the direct engine in FP32 for ``g`` on ``device``: on ``cuda`` with the
+    tiles the performance model predicts fastest on its GPU (``convnet.perf.choose``,
+    where it has figures of several), else ``ops.conv`` (its own tile choice; the
+    emulator's tiles on ``emu``)."""
+    if device.kind != "cuda" or not all(g.y_shape):
+        return _conv_ops
+    from ..perf import choose
+    tiles = choose.choose(device, g).tiles
+    return _DirectTiles(tiles) if tiles else _conv_ops
 
 
 class _TensorCores:
@@ -100,7 +129,9 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, g
     filters at stride 1, all three passes; ``ops.conv_winograd``; on ``cpu`` the same
     references) or "auto": on ``emu``/``cuda`` the one ``convnet.perf.choose`` predicts
     fastest for this shape on the device's GPU (an H100 stand-in on ``emu``), decided once
-    per shape; "direct" on ``cpu`` (the same references) and in TF32/BF16.
+    per shape; "direct" on ``cpu`` (the same references) and in TF32/BF16. The direct
+    engine runs on ``cuda`` with the tile per pass that model predicts fastest
+    (``direct_ops``), whether named or chosen.
     ``precision``: the products' arithmetic (``convnet.precision``), None for the
     process-wide default (``convnet.set_precision``, "fp32" unless set): "fp32" (the
     paper's), or "tf32"/"bf16": the operands of all three passes rounded to TF32/BF16 and
@@ -120,4 +151,6 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, g
             raise ValueError(f"conv2d: algorithm {algorithm!r} computes in FP32 only; "
                              f"precision {precision!r} runs the implicit GEMM ('auto' or 'direct')")
         ops = _TensorCores(precision)
+    elif ops is _conv_ops:
+        ops = direct_ops(x.device, g)
     return Conv2d.apply(*inputs, g=g, relu=bool(relu), ops=ops)

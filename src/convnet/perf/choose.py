@@ -8,10 +8,12 @@ a kernel instantiation is, to first order, independent of the shape it runs:
 * the static figures of the GPU build (registers, static shared memory, the main loop's
   math share), and
 * the executed warp instructions (and their pipes), global bytes loaded and stored and
-  shared wavefronts *per unit of work*: per FLOP for a GEMM-like launch (its grid
-  covers the problem, its main loop at least ``model.EXACT_FLOPS_MATH_SHARE`` math:
-  the counts the model normalises to the FLOPs), per element covered otherwise
-  (``predict.Row.elements``).
+  shared wavefronts *per unit of work*: for a convolution's GEMM (a pass's launch whose
+  grid covers the problem) per FLOP of whole tiles, rows and columns past the matrix
+  included (blocks x BM x BN x 2 x the reduction length, which is the launch's FLOPs /
+  2 / its output elements; a block does all of its tile's work, masked or not: per
+  useful FLOP, conv1's backward data on a 64-row tile for 3 channels was predicted 15x
+  too fast), per element covered otherwise (``predict.Row.elements``).
 
 ``figures_from_table(table)`` takes those per-kernel **figures** from a predicted table;
 ``convnet perf`` saves them after every table (``save_figures``) under
@@ -58,18 +60,19 @@ import json
 import os
 import statistics
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cache import cache_dir
 from . import gpus
 
-FORMAT = 1
+FORMAT = 3  # 3: convolution GEMMs per FLOP of whole tiles (2: per FLOP; 1: math >= 0.5)
 STANDIN = "h100"
 DEFAULTS = Path(__file__).with_name("choose_defaults.json")
 ALGORITHMS = ("direct", "winograd")
 # The conv benchmark's pass names (entries' params) -> the model's Planned.part.
 PASS_PARTS = {"forward": "forward", "backward_data": "data", "backward_filter": "filter"}
+PARTS = ("forward", "data", "filter")
 
 # How a choice names where a launch's figures came from.
 SOURCES = {"cache": "from this machine's cache", "defaults": "from the shipped defaults",
@@ -94,10 +97,14 @@ class Choice:
     figures: str                  # where the figures came from
     calibration: str | None       # the calibration file applied, if any
     reason: str
+    tiles: dict = field(default_factory=dict)   # the direct engine's {part: tile} (cuda)
 
     def describe(self) -> str:
         times = ", ".join(f"{a} {s * 1e6:,.1f} us" for a, s in self.seconds.items())
-        return f"{self.algorithm}: {self.reason}" + (f" ({times})" if times else "")
+        tiles = ", ".join(f"{part} {'x'.join(map(str, t[:3]))}/{t[3]}x{t[4]}"
+                          for part, t in self.tiles.items())
+        return (f"{self.algorithm}: {self.reason}" + (f" ({times})" if times else "")
+                + (f"; direct tiles: {tiles}" if tiles else ""))
 
 
 def clear() -> None:
@@ -123,11 +130,26 @@ def source_key(module) -> str:
         return _SOURCE_KEYS[module]
 
 
+def _units(p, per: str) -> float:
+    """A Planned launch's units of work (see the module docstring): whole tiles' FLOPs
+    (per "tile"; FLOPs where the launch's template arguments are not a tile), or the
+    elements it covers (per "element")."""
+    from .predict import Row
+    if per == "element":
+        return float(Row(p, None).elements)
+    args = p.launch.template_args
+    out = sum(int(a.size) for a in p.writes)
+    if len(args) >= 5 and all(isinstance(a, int) for a in args[:5]) and out:
+        return float(p.blocks * args[0] * args[1]) * p.flops / out
+    return float(p.flops)
+
+
 def _per_flop(row) -> bool:
-    """Whether a row's launch is counted per FLOP (GEMM-like) rather than per element."""
-    from .model import EXACT_FLOPS_MATH_SHARE
-    return (row.planned.work is None and bool(row.planned.flops)
-            and (row.math_share or 0.0) >= EXACT_FLOPS_MATH_SHARE)
+    """Whether a row's launch is counted per FLOP rather than per element: a
+    convolution's GEMM (a pass's launch whose grid covers the problem; its work per
+    element grows with the reduction, whatever its math share)."""
+    p = row.planned
+    return p.work is None and p.part is not None and bool(p.flops)
 
 
 def figures_from_table(table) -> dict:
@@ -138,8 +160,8 @@ def figures_from_table(table) -> dict:
         p = row.planned
         if p.launch is None or row.traffic is None or row.static is None:
             continue
-        per = "flop" if _per_flop(row) else "element"
-        units = float(p.flops if per == "flop" else row.elements)
+        per = "tile" if _per_flop(row) else "element"
+        units = _units(p, per)
         if units <= 0:
             continue
         s = sums.setdefault(p.launch.name, {
@@ -312,7 +334,6 @@ def _inputs(planned, figures):
     """``model.KernelInputs`` of a launch from its kernel's per-unit figures (None: the
     arrays' footprint only)."""
     from .model import KernelInputs
-    from .predict import Row
     p = planned
     if p.launch is None:
         return KernelInputs(p.kernel, 0, 0, p.flops, p.read_bytes, p.write_bytes, gemm=True)
@@ -321,7 +342,7 @@ def _inputs(planned, figures):
                 dynamic_shared=p.launch.shared_bytes)
     if figures is None:
         return KernelInputs(**base)
-    units = float(p.flops if figures["per"] == "flop" else Row(p, None).elements)
+    units = _units(p, figures["per"])
     counted = figures.get("instructions") is not None
     return KernelInputs(
         **base, registers=figures["registers"], static_shared=figures["static_shared"],
@@ -332,32 +353,65 @@ def _inputs(planned, figures):
         pipe_instructions={k: v * units for k, v in figures["pipes"].items()} if counted else None)
 
 
-def _launches(g, algorithm: str, gpu: gpus.GPU) -> list:
-    """The Planned launches of ``g``'s three passes by ``algorithm`` on ``gpu``."""
+def _launches(g, algorithm: str, gpu: gpus.GPU, tiles: dict | None = None) -> list:
+    """The Planned launches of ``g``'s three passes by ``algorithm`` on ``gpu`` (the
+    direct engine's ``tiles`` per part where given)."""
     from .layers import conv_layer, standin_arrays
     from .predict import standin_device
     layer = conv_layer("choose", g.c, (g.h, g.w), g.k, (g.r, g.s), (g.stride_h, g.stride_w),
-                       (g.pad_h, g.pad_w), g.groups, algorithm=algorithm)
+                       (g.pad_h, g.pad_w), g.groups, algorithm=algorithm, tiles=tiles)
     return layer.build(standin_device(gpu), g.n, standin_arrays, {}, False)
 
 
-def predict_parts(g, algorithm: str, gpu, ratios: dict | None = None) -> tuple[dict, dict]:
+def _predict(planned, algorithm: str, g_: gpus.GPU, ratios: dict | None):
+    """({part: seconds}, {figure source: launches}, {parts with a launch lacking figures})."""
+    from .model import predict
+    parts: dict = {}
+    sources: dict = {}
+    blind = set()
+    for p in planned:
+        figures, source = (_figures_for(p.launch, g_.arch.name)
+                           if p.launch is not None else (None, "cuBLAS"))
+        sources[source] = sources.get(source, 0) + 1
+        if figures is None and p.launch is not None:
+            blind.add(p.part)
+        seconds = predict(_inputs(p, figures), g_).time_s
+        parts[p.part] = parts.get(p.part, 0.0) + seconds * _ratio(ratios, algorithm, p.part)
+    return parts, sources, blind
+
+
+def predict_parts(g, algorithm: str, gpu, ratios: dict | None = None,
+                  tiles: dict | None = None) -> tuple[dict, dict]:
     """({part: predicted seconds}, {figure source: launches}) of ``g`` by ``algorithm`` on
     ``gpu`` from the figures (see the module docstring), each part scaled by the
     calibration ``ratios`` of that GPU (``{algorithm: {part: ratio}}``) when given; part
-    None holds the launches outside the three GEMM passes (ReLU mask, bias gradient)."""
-    from .model import predict
+    None holds the launches outside the three GEMM passes (ReLU mask, bias gradient);
+    ``tiles``: the direct engine's per part (else its builders' own)."""
     g_ = gpus.gpu(gpu)
-    parts: dict = {}
-    sources: dict = {}
-    for planned in _launches(g, algorithm, g_):
-        figures, source = (_figures_for(planned.launch, g_.arch.name)
-                           if planned.launch is not None else (None, "cuBLAS"))
-        sources[source] = sources.get(source, 0) + 1
-        seconds = predict(_inputs(planned, figures), g_).time_s
-        parts[planned.part] = parts.get(planned.part, 0.0) + \
-            seconds * _ratio(ratios, algorithm, planned.part)
+    parts, sources, _ = _predict(_launches(g, algorithm, g_, tiles), algorithm, g_, ratios)
     return parts, sources
+
+
+def direct_tiles(g, gpu) -> dict:
+    """``{part: tile}``: for each pass of the direct engine ("forward", "data",
+    "filter"), the tile of ``ops._conv_tiles.TILE_MODELS["cuda"]`` with the least
+    predicted time on ``gpu`` (ties: the table's order) among those whose launches of that
+    pass all have figures; a pass where fewer than two have them is left out (the
+    engine's own waves model, ``choose_tile``, decides it)."""
+    from ..ops._conv_tiles import TILE_MODELS
+    from ..toolchain.launch import LaunchError
+    g_ = gpus.gpu(gpu)
+    found: dict = {}
+    for index, tile in enumerate(TILE_MODELS["cuda"]):
+        try:
+            planned = _launches(g, "direct", g_, {part: tile for part in PARTS})
+        except (LaunchError, ValueError):
+            continue   # a tile this shape cannot take
+        parts, _, blind = _predict(planned, "direct", g_, None)
+        for part in PARTS:
+            if part in parts and part not in blind:
+                found.setdefault(part, []).append((parts[part], index, tuple(tile)))
+    return {part: min(times)[2] for part, times in found.items() if len(times) >= 2}
 
 
 def gpu_for(device) -> tuple[gpus.GPU, str]:
@@ -397,40 +451,44 @@ def choose_for_gpu(g, gpu) -> Choice:
         if key in _CHOICES:
             return _CHOICES[key]
     if not conv_winograd.supports(g):
-        choice = Choice("direct", g_.key, {}, {}, "-", None,
-                        f"Winograd takes 3x3 filters at stride 1 only ({g.r}x{g.s}, "
-                        f"stride {g.stride_h}x{g.stride_w})")
+        why = (f"Winograd takes 3x3 filters at stride 1 only ({g.r}x{g.s}, "
+               f"stride {g.stride_h}x{g.stride_w})")
+        choice = _predicted_choice(g, g_, cal, ("direct",), why)
     elif not _winograd_fits(g):
-        choice = Choice("direct", g_.key, {}, {}, "-", None,
-                        "Winograd's workspaces would hold 2**31 floats or more")
+        choice = _predicted_choice(g, g_, cal, ("direct",),
+                                   "Winograd's workspaces would hold 2**31 floats or more")
     else:
-        choice = _predicted_choice(g, g_, cal)
+        choice = _predicted_choice(g, g_, cal, ALGORITHMS)
     with _LOCK:
         _CHOICES[key] = choice
     return choice
 
 
-def _predicted_choice(g, g_: gpus.GPU, cal) -> Choice:
-    """Both algorithms predicted; "direct" (said why) where the model cannot predict
-    (a model failure never stops a convolution)."""
+def _predicted_choice(g, g_: gpus.GPU, cal, algorithms, only: str = "") -> Choice:
+    """The fastest of ``algorithms`` predicted (the direct engine with its tiles chosen,
+    ``direct_tiles``); ``only``: why there is no other. "direct" (said why) where the
+    model cannot predict: a model failure never stops a convolution."""
     ratios = cal[1].get(g_.key) if cal else None
     seconds, parts, sources = {}, {}, {}
     try:
-        for algorithm in ALGORITHMS:
-            parts[algorithm], found = predict_parts(g, algorithm, g_, ratios)
+        tiles = direct_tiles(g, g_)
+        for algorithm in algorithms:
+            parts[algorithm], found = predict_parts(g, algorithm, g_, ratios,
+                                                    tiles if algorithm == "direct" else None)
             seconds[algorithm] = sum(parts[algorithm].values())
             for s, n in found.items():
                 sources[s] = sources.get(s, 0) + n
     except Exception as exc:  # noqa: BLE001 - the model's, reported in the reason
         return Choice("direct", g_.key, {}, {}, "-", None,
                       f"the model could not predict this shape ({type(exc).__name__}: {exc})")
-    best = min(ALGORITHMS, key=lambda a: (seconds[a], ALGORITHMS.index(a)))
+    best = min(algorithms, key=lambda a: (seconds[a], ALGORITHMS.index(a)))
     figures = ", ".join(f"{n} launch{'es' if n > 1 else ''} {SOURCES.get(s, s)}"
                         for s, n in sorted(sources.items()))
     used = cal[0] if cal and ratios else None
-    reason = (f"{'calibrated ' if used else ''}predicted fastest on {g_.name} "
+    what = only or f"predicted fastest on {g_.name}"
+    reason = (f"{'calibrated ' if used else ''}{what} "
               f"({'calibration ' + used + '; ' if used else ''}figures: {figures})")
-    return Choice(best, g_.key, seconds, parts, figures, used, reason)
+    return Choice(best, g_.key, seconds, parts, figures, used, reason, tiles)
 
 
 def choose(device, g) -> Choice:

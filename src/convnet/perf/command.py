@@ -32,7 +32,8 @@ def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int 
         elif model == "alexnet":
             choices = choose.layer_choices(alexnet_layers(columns), g, batch)
             layers = alexnet_layers(columns, algorithms={n: c.algorithm
-                                                         for n, c in choices.items()})
+                                                         for n, c in choices.items()},
+                                    tiles={n: c.tiles for n, c in choices.items()})
             title = (f"AlexNet training step, {columns} column{'s' if columns > 1 else ''}"
                      + (" (one GPU's column)" if columns == 2 else "") + f", batch {batch}")
         else:
@@ -58,6 +59,7 @@ def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int 
         data = table.as_dict()
         data["elapsed_s"] = elapsed
         data["conv_algorithms"] = {n: {"algorithm": c.algorithm, "predicted_s": c.seconds,
+                                       "tiles": {p: list(t) for p, t in c.tiles.items()},
                                        "reason": c.reason} for n, c in choices.items()}
         Path(json_path).write_text(json.dumps(data, indent=1) + "\n")
         print(f"wrote {json_path}", file=out)
@@ -67,7 +69,8 @@ def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int 
 def format_choices(choices: dict) -> str:
     """What ``conv2d(algorithm="auto")`` runs per conv layer, and why."""
     lines = ['conv2d algorithm="auto" per conv layer (PREDICTED us of each algorithm, '
-             'forward + backward data + backward filter + ReLU mask + bias gradient):']
+             'forward + backward data + backward filter + ReLU mask + bias gradient; the '
+             'direct engine with the tiles named, on a GPU):']
     for name, c in choices.items():
         lines.append(f"  {name}: {c.describe()}")
     return "\n".join(lines)

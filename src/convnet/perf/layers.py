@@ -115,19 +115,25 @@ def _pair(v) -> tuple:
 
 
 def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_grad=True,
-               bias=True, algorithm="direct", precision="fp32") -> Layer:
+               bias=True, algorithm="direct", precision="fp32", tiles=None) -> Layer:
     """``conv2d`` on (N, c, hw, hw) with k filters of rs x rs (hw, rs, stride, pad: an
     int or an (h, w) pair): forward (bias + ReLU fused),
     backward (ReLU mask, data unless ``input_grad`` is False, filter, bias);
     ``algorithm="winograd"``: the three passes by ``ops.conv_winograd``;
-    ``precision`` "tf32"/"bf16": the three passes by ``ops.conv_tc`` (tensor cores)."""
+    ``precision`` "tf32"/"bf16": the three passes by ``ops.conv_tc`` (tensor cores);
+    ``tiles``: {"forward" | "data" | "filter": tile} for the direct engine's passes (the
+    conv chooser's, ``convnet.perf.choose``), else each builder's own choice."""
     tc = precision != "fp32"
+    tiles = {part: tuple(t) for part, t in (tiles or {}).items()}
 
     def build(dev, n, arrays, choices, reduced):
         g = conv.geometry((n, c, *_pair(hw)), (k, c // groups, *_pair(rs)), stride, pad,
                           groups)
         x, w, y = arrays(g.x_shape), arrays(g.w_shape), arrays(g.y_shape)
         b = arrays((k,)) if bias else None
+        for part in ("forward", "data"):
+            if part in tiles:
+                choices.setdefault(part, tiles[part])
         wino = _Winograd(name, dev, g, arrays, choices) if algorithm == "winograd" else None
         out = wino.forward(x, w, b, y, relu_) if wino else []
         if tc:
@@ -166,7 +172,7 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
             npq = g.n * g.p * g.q
             plan = conv.FilterPlan(conv.Tile(*tile), max(1, -(-npq // chunk)), chunk)
         else:
-            plan = conv.plan_filter(dev, g)
+            plan = conv.plan_filter(dev, g, tiles.get("filter"))
             choices["filter"] = (tuple(plan.tile), plan.chunk)
         if not wino and not tc:
             dw = arrays(g.w_shape)
@@ -193,7 +199,8 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
         return out
 
     return Layer(name, build, dict(op="conv", c=c, hw=hw, k=k, rs=rs, stride=stride, pad=pad,
-                                   groups=groups, algorithm=algorithm, precision=precision))
+                                   groups=groups, algorithm=algorithm, precision=precision,
+                                   tiles=tiles))
 
 
 def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision) -> list:

@@ -27,11 +27,13 @@ INPUT_SIZE = 227
 
 
 def alexnet_layers(columns: int = 1, num_classes: int = 1000, widths=PAPER_WIDTHS,
-                   input_size: int = INPUT_SIZE, algorithms: dict | None = None) -> list[Layer]:
+                   input_size: int = INPUT_SIZE, algorithms: dict | None = None,
+                   tiles: dict | None = None) -> list[Layer]:
     """The layers one GPU runs in a training step (see the module docstring);
     ``algorithms``: {conv layer name: "direct" | "winograd"} (``conv2d``'s "auto" asks
-    ``convnet.perf.choose``; ``convnet perf`` passes its choices), "direct" where unnamed."""
-    algorithm = (algorithms or {}).get
+    ``convnet.perf.choose``; ``convnet perf`` passes its choices), "direct" where unnamed;
+    ``tiles``: {conv layer name: {pass: tile}} for the direct engine (the chooser's)."""
+    algorithm, tile = (algorithms or {}).get, (tiles or {}).get
     if columns not in (1, 2):
         raise ValueError(f"columns must be 1 or 2, got {columns!r}")
     w1, w2, w3, w4, w5, w6, w7 = widths
@@ -44,17 +46,17 @@ def alexnet_layers(columns: int = 1, num_classes: int = 1000, widths=PAPER_WIDTH
     classes = num_classes if columns == 1 else -(-num_classes // 2)
     layers = [
         conv_layer("conv1", 3, input_size, w1 // h, 11, 4, pad1, input_grad=False,
-                   algorithm=algorithm("conv1", "direct")),
+                   algorithm=algorithm("conv1", "direct"), tiles=tile("conv1")),
         lrn_pool_layer("norm1+pool1", w1 // h, size["conv1"], lrn_groups, **LRN),
         conv_layer("conv2", w1 // h, size["pool1"], w2 // h, 5, 1, 2, groups,
-                   algorithm=algorithm("conv2", "direct")),
+                   algorithm=algorithm("conv2", "direct"), tiles=tile("conv2")),
         lrn_pool_layer("norm2+pool2", w2 // h, size["conv2"], lrn_groups, **LRN),
         conv_layer("conv3", w2, size["pool2"], w3 // h, 3, 1, 1,
-                   algorithm=algorithm("conv3", "direct")),
+                   algorithm=algorithm("conv3", "direct"), tiles=tile("conv3")),
         conv_layer("conv4", w3 // h, size["conv3"], w4 // h, 3, 1, 1, groups,
-                   algorithm=algorithm("conv4", "direct")),
+                   algorithm=algorithm("conv4", "direct"), tiles=tile("conv4")),
         conv_layer("conv5", w4 // h, size["conv4"], w5 // h, 3, 1, 1, groups,
-                   algorithm=algorithm("conv5", "direct")),
+                   algorithm=algorithm("conv5", "direct"), tiles=tile("conv5")),
         pool_layer("pool5", w5 // h, size["conv5"]),
         linear_layer("fc6", flat, w6 // h, dropout_p=0.5),  # drop6 in fc6's epilogue
         linear_layer("fc7", w6, w7 // h, dropout_p=0.5),    # drop7 in fc7's epilogue
