@@ -193,9 +193,10 @@ bias_relu_dropout_backward(const float* __restrict__ y, const float* __restrict_
     const int c = c0 + lane;
     float sum = 0.0f;  // column c over this warp's rows, in row order
     if ((cols & 3) == 0) {
-        // A row's 32 columns are 8 whole Philox counters: lane l draws counter l & 7 of row
-        // 4g + (l >> 3) of the pass's group g, so 4 rows cost one Philox per lane; a row's
-        // lanes then fetch their counter's keep bits by one shuffle.
+        // A row's 32 columns are 8 whole Philox counters (quads). In group g of a pass (its
+        // rows 4g .. 4g + 3) lane l draws the counter of quad l & 7 in row 4g + (l >> 3),
+        // so 4 rows cost one Philox per lane; a row's lanes then fetch their quad's keep
+        // bits by one shuffle (a warp-uniform branch: the row is the warp's).
         const long long quads = cols >> 2, stride = (long long)ROWS * cols;
         const long long first = (long long)threadIdx.y * cols + c;  // this warp's first row
         const float* yp = y + first;
