@@ -1,5 +1,6 @@
-"""``conv2d(algorithm="auto")``'s choice between the direct engine and Winograd, asked of
-the launch model cheaply (issue 12, part 5).
+"""``conv2d(algorithm="auto")``'s choice between the direct engine and Winograd, and the
+direct engine's tile per pass on a GPU, asked of the launch model cheaply (issue 12,
+part 5).
 
 The full model (``convnet.perf.predict``) compiles every kernel and profiles the
 launches on ``emu``: about a minute a layer, far too slow for a call. What it learns of
@@ -33,7 +34,16 @@ an H100 (sm_90) on AlexNet's conv1-5 by both algorithms, written by
 until then they describe the kernels of the commit that wrote them). A launch with no
 figures at all (a tile AlexNet does not use on that GPU) is predicted from its arrays'
 footprint at the FP32 peak (the model's degraded form); the choice names how many.
-No nvdisasm, no NVRTC, no emulator is needed to choose.
+No nvdisasm and no emulator run is needed to choose; the launch builders read the
+tiles' residency from NVRTC's register report (``toolchain.resources``, cached on disk:
+the first choice on a fresh machine waits for those compiles, ~50 s on a loaded 2-core
+machine; without NVRTC they use their fallback table).
+
+**Tiles** (``direct_tiles``): per pass of the direct engine, each tile of
+``ops._conv_tiles.TILE_MODELS["cuda"]`` is predicted the same way and the fastest kept
+where two or more have figures for that pass (the others are left to the engine's own
+waves model, ``choose_tile``); ``conv2d`` runs them on ``cuda`` (``functional.conv.
+direct_ops``), not on ``emu``, whose tiles are chosen for the emulator's speed.
 
 **Calibration first**: a measured calibration (a GPU run's ``benchmarks.json`` of
 ``benchmarks/gpu_check.sh``, or one benchmark report, with the conv benchmark's
@@ -52,7 +62,9 @@ Deterministic: the choice depends only on the geometry, the GPU, the figures and
 calibration (ties go to "direct"), and is kept per (geometry, GPU, figures version,
 calibration) in-process: after the first call of a shape a choice is a dictionary
 look-up. ``choose(device, g)`` gives a ``Choice`` (the algorithm, the predicted seconds
-of each, what they came from); ``algorithm_for`` just the name.
+of each, the direct engine's tiles, what they came from); ``algorithm_for`` just the
+name. Only FP32 is chosen for: TF32/BF16 run the tensor-core engine, which has neither
+an alternative algorithm nor tiles to choose.
 """
 from __future__ import annotations
 
