@@ -126,19 +126,24 @@ def forward_reference(g: Geometry, x, w, b=None, relu=False):
 
 def backward_data_reference(g: Geometry, dy, w):
     """dL/dx from dL/dy: per chunk of images, the columns' gradient w^T dy (one matmul per
-    group) added back to the windows (col2im: one strided add per filter tap)."""
+    group) added back to the windows (col2im: one strided add per filter tap). The
+    chunk's images are the last axis here (columns in (P, Q, n) order, dx padded as
+    (C, H, W, n)), so each tap's add runs over rows of Q·n elements, not of Q."""
     wt = w.reshape(g.groups, g.kg, g.cg * g.r * g.s).transpose(0, 2, 1)
     hp, wp = g.h + 2 * g.pad_h, g.w + 2 * g.pad_w
     dx = np.empty(g.x_shape, dtype=dy.dtype)
     for n0, n1 in _chunks(g, dy.dtype):
-        dcols = np.matmul(wt, _grouped(dy[n0:n1], g, g.kg))           # g, cg*r*s, n*p*q
-        dcols = dcols.reshape(g.c, g.r, g.s, n1 - n0, g.p, g.q)
-        dxp = np.zeros((g.c, n1 - n0, hp, wp), dtype=dy.dtype)
+        n = n1 - n0
+        dyt = np.empty((g.groups, g.kg, g.p, g.q, n), dtype=dy.dtype)
+        dyt[...] = dy[n0:n1].reshape(n, g.groups, g.kg, g.p, g.q).transpose(1, 2, 3, 4, 0)
+        dcols = np.matmul(wt, dyt.reshape(g.groups, g.kg, g.p * g.q * n))
+        dcols = dcols.reshape(g.c, g.r, g.s, g.p, g.q, n)
+        dxp = np.zeros((g.c, hp, wp, n), dtype=dy.dtype)
         for r in range(g.r):
             for s in range(g.s):
-                dxp[:, :, r:r + (g.p - 1) * g.stride_h + 1:g.stride_h,
+                dxp[:, r:r + (g.p - 1) * g.stride_h + 1:g.stride_h,
                     s:s + (g.q - 1) * g.stride_w + 1:g.stride_w] += dcols[:, r, s]
-        dx[n0:n1] = dxp[:, :, g.pad_h:g.pad_h + g.h, g.pad_w:g.pad_w + g.w].transpose(1, 0, 2, 3)
+        dx[n0:n1] = dxp[:, g.pad_h:g.pad_h + g.h, g.pad_w:g.pad_w + g.w].transpose(3, 0, 1, 2)
     return dx
 
 
