@@ -99,12 +99,12 @@ def _columns(x, g: Geometry):
     return cols.reshape(g.groups, g.cg * g.r * g.s, n * g.p * g.q)
 
 
-def _grouped(a, g: Geometry, kg: int):
-    """a (n, groups*kg, P, Q) as a (groups, kg, n*P*Q) copy (kg: channels per group)."""
-    n = a.shape[0]
-    out = np.empty((g.groups, kg, n, g.p * g.q), dtype=a.dtype)
-    out[...] = a.reshape(n, g.groups, kg, g.p * g.q).transpose(1, 2, 0, 3)
-    return out.reshape(g.groups, kg, n * g.p * g.q)
+def _grouped(dy, g: Geometry):
+    """dy (n, K, P, Q) of a chunk of images as a (groups, Kg, n*P*Q) copy."""
+    n = dy.shape[0]
+    out = np.empty((g.groups, g.kg, n, g.p * g.q), dtype=dy.dtype)
+    out[...] = dy.reshape(n, g.groups, g.kg, g.p * g.q).transpose(1, 2, 0, 3)
+    return out.reshape(g.groups, g.kg, n * g.p * g.q)
 
 
 def forward_reference(g: Geometry, x, w, b=None, relu=False):
@@ -154,7 +154,7 @@ def backward_filter_reference(g: Geometry, x, dy):
     slower on two cores.)"""
     dwt = np.zeros((g.groups, g.cg * g.r * g.s, g.kg), dtype=x.dtype)
     for n0, n1 in _chunks(g, x.dtype):
-        dwt += np.matmul(_columns(x[n0:n1], g), _grouped(dy[n0:n1], g, g.kg).transpose(0, 2, 1))
+        dwt += np.matmul(_columns(x[n0:n1], g), _grouped(dy[n0:n1], g).transpose(0, 2, 1))
     return np.ascontiguousarray(dwt.transpose(0, 2, 1)).reshape(g.w_shape)
 
 
