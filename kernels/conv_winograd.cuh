@@ -18,6 +18,26 @@
 // rows; the helpers below work in place on small register arrays.
 #pragma once
 
+// The tile an element-wise transform thread handles: ``id`` in [0, planes x N x TH x TW)
+// walks tiles fastest, then images, then planes (channels or filters); (p0, q0) is the
+// tile's top-left output position (2x2 tiles).
+struct CnwTile { int plane, n, p0, q0; };
+
+static __device__ __forceinline__ CnwTile cnw_tile(int id, int N, int TH, int TW)
+{
+    const int tiles = TH * TW;
+    const int T = N * tiles;
+    CnwTile tile;
+    tile.plane = id / T;
+    const int t = id - tile.plane * T;
+    tile.n = t / tiles;
+    const int r = t - tile.n * tiles;
+    const int th = r / TW;
+    tile.p0 = 2 * th;
+    tile.q0 = 2 * (r - th * TW);
+    return tile;
+}
+
 // B^T v for a 4-vector.
 static __device__ __forceinline__ void cnw_bt(float& v0, float& v1, float& v2, float& v3)
 {

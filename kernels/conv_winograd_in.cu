@@ -31,18 +31,13 @@ extern "C" __global__ void __launch_bounds__(256)
 winograd_input(const float* __restrict__ src, float* __restrict__ V, int N, int C, int H, int W,
                int TH, int TW, int oh, int ow)
 {
-    const int tiles = TH * TW;
-    const int T = N * tiles;
-    const int count = C * T;
+    const int count = C * N * TH * TW;
     for (long long i = cn_global_thread(); i < count; i += cn_grid_threads()) {
         const int id = (int)i;
-        const int c = id / T;
-        const int t = id - c * T;
-        const int n = t / tiles;
-        const int r = t - n * tiles;
-        const int th = r / TW;
-        const int h0 = 2 * th + oh;
-        const int w0 = 2 * (r - th * TW) + ow;
+        const CnwTile tile = cnw_tile(id, N, TH, TW);
+        const int c = tile.plane, n = tile.n;
+        const int h0 = tile.p0 + oh;
+        const int w0 = tile.q0 + ow;
         const float* plane = src + (n * C + c) * H * W;
         float d[4][4];
 #pragma unroll
@@ -94,18 +89,11 @@ extern "C" __global__ void __launch_bounds__(256)
 winograd_grad(const float* __restrict__ dy, float* __restrict__ D, int N, int K, int P, int Q,
               int TH, int TW)
 {
-    const int tiles = TH * TW;
-    const int T = N * tiles;
-    const int count = K * T;
+    const int count = K * N * TH * TW;
     for (long long i = cn_global_thread(); i < count; i += cn_grid_threads()) {
         const int id = (int)i;
-        const int k = id / T;
-        const int t = id - k * T;
-        const int n = t / tiles;
-        const int r = t - n * tiles;
-        const int th = r / TW;
-        const int p0 = 2 * th;
-        const int q0 = 2 * (r - th * TW);
+        const CnwTile tile = cnw_tile(id, N, TH, TW);
+        const int k = tile.plane, n = tile.n, p0 = tile.p0, q0 = tile.q0;
         const float* plane = dy + (n * K + k) * P * Q;
         float e[2][2];
 #pragma unroll

@@ -21,18 +21,11 @@ extern "C" __global__ void __launch_bounds__(256)
 winograd_output(const float* __restrict__ M, const float* __restrict__ bias, float* __restrict__ y,
                 int N, int K, int P, int Q, int TH, int TW, int has_bias, int relu)
 {
-    const int tiles = TH * TW;
-    const int T = N * tiles;
-    const int count = K * T;
+    const int count = K * N * TH * TW;
     for (long long i = cn_global_thread(); i < count; i += cn_grid_threads()) {
         const int id = (int)i;
-        const int k = id / T;
-        const int t = id - k * T;
-        const int n = t / tiles;
-        const int r = t - n * tiles;
-        const int th = r / TW;
-        const int p0 = 2 * th;
-        const int q0 = 2 * (r - th * TW);
+        const CnwTile tile = cnw_tile(id, N, TH, TW);
+        const int k = tile.plane, n = tile.n, p0 = tile.p0, q0 = tile.q0;
         float m[4][4];
 #pragma unroll
         for (int a = 0; a < 4; ++a)
