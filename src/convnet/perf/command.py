@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import choose, gpus
+from . import choose, gpus, predict
 from .layers import parse_op
 from .model import legend
-from .predict import LEGEND_COLUMNS, format_table, predict_layers
+from .predict import LEGEND_COLUMNS, format_table
 from .step import alexnet_layers
 
 
@@ -42,7 +42,7 @@ def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int 
         print(f"convnet perf: {exc}".splitlines()[0], file=sys.stderr)
         return 2
     began = time.perf_counter()
-    table = predict_layers(layers, g, batch, blocks=blocks, title=title, kernel=kernel)
+    table = predict.predict_layers(layers, g, batch, blocks=blocks, title=title, kernel=kernel)
     elapsed = time.perf_counter() - began
     choose.save_figures(table)
     print(f"{title} on {g.name} — PREDICTED, not measured", file=out)
