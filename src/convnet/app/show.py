@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runs import METRICS, TrainError
+from .runs import METRICS, TrainError, plural
 
 __all__ = ["FIGURES", "PlotUnavailable", "draw", "read_metrics", "require_matplotlib"]
 
@@ -228,7 +228,7 @@ def draw_curves(run, out: Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{_run_folder(run).name}: {len(epochs)} epoch(s)", fontsize=9)
+    fig.suptitle(f"{_run_folder(run).name}: {plural(len(epochs), 'epoch')}", fontsize=9)
     fig.tight_layout()
     return _save(fig, out)
 
