@@ -39,33 +39,6 @@
 #include "common.cuh"
 #include "lrn_window.cuh"
 
-// The column a thread handles: its first element's offset and its channel range.
-struct cn_lrn_column {
-    long long base;  // offset of (n, channel 0, pixel)
-    int g0, g1;      // the channels of its group: [g0, g1)
-    int c0, c1;      // the channels it writes: [c0, c1)
-};
-
-static __device__ __forceinline__ cn_lrn_column cn_lrn_locate(long long t, int channels, int plane,
-                                                              int groups, int chunk)
-{
-    const int group_channels = channels / groups;
-    const int chunks = (group_channels + chunk - 1) / chunk;
-    cn_lrn_column col;
-    const int pixel = (int)(t % plane);
-    long long rest = t / plane;
-    const int q = (int)(rest % chunks);
-    rest /= chunks;
-    const int g = (int)(rest % groups);
-    const long long n = rest / groups;
-    col.base = n * channels * (long long)plane + pixel;
-    col.g0 = g * group_channels;
-    col.g1 = col.g0 + group_channels;
-    col.c0 = col.g0 + q * chunk;
-    col.c1 = min(col.c0 + chunk, col.g1);
-    return col;
-}
-
 template <bool WRITE_SCALE, int W>
 __global__ void lrn_forward(const float* __restrict__ x, float* __restrict__ y,
                             float* __restrict__ scale, int batch, int channels, int plane,

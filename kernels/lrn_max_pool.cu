@@ -275,25 +275,17 @@ __global__ void lrn_max_pool_backward(const float* __restrict__ x, const float* 
     const cn_lrn_rings ring = cn_lrn_backward_rings<FW>(cn_lrn_ring, lo, hi);
     const int plane = H * W;
     const long long out_plane = (long long)OH * OW;
-    const int group_channels = channels / groups;
-    const int chunks = (group_channels + chunk - 1) / chunk;
+    const int chunks = (channels / groups + chunk - 1) / chunk;
     const long long columns = (long long)batch * groups * chunks * plane;
     const bool beta75 = beta == 0.75f;
 
     for (long long t = cn_global_thread(); t < columns; t += cn_grid_threads()) {
-        const int pixel = (int)(t % plane);
-        long long rest = t / plane;
-        const int q = (int)(rest % chunks);
-        rest /= chunks;
-        const int g = (int)(rest % groups);
-        const long long n = rest / groups;
-        const int h = pixel / W, w = pixel - h * W;
-        const long long base = n * channels * (long long)plane + pixel;
-        const int g0 = g * group_channels, g1 = g0 + group_channels;
-        const int c0 = g0 + q * chunk, c1 = min(c0 + chunk, g1);
+        const cn_lrn_column col = cn_lrn_locate(t, channels, plane, groups, chunk);
+        const int h = col.pixel / W, w = col.pixel - h * W;
+        const long long base = col.base;
         cn_lrn_pooled_grad<IndexT> grad;
-        grad.dyn = dy + n * channels * out_plane;
-        grad.an = argmax + n * channels * out_plane;
+        grad.dyn = dy + col.n * channels * out_plane;
+        grad.an = argmax + col.n * channels * out_plane;
         grad.out_plane = out_plane;
         grad.OW = OW;
         cn_lrn_pool_cover(h, kh, sh, ph, OH, grad.oh0, grad.oh1);
@@ -302,8 +294,8 @@ __global__ void lrn_max_pool_backward(const float* __restrict__ x, const float* 
         grad.want0 = (h - (grad.oh0 * sh - ph)) * kw + (w - (grad.ow0 * sw - pw));
         grad.row_step = sh * kw;
         grad.col_step = sw;
-        cn_lrn_backward_column<FW, false>(x + base, x + base, dx + base, grad, plane, c0, c1, g0,
-                                         g1, lo, hi, ring.x, ring.r, ring.d, ring.stride, alpha, beta, beta75,
+        cn_lrn_backward_column<FW, false>(x + base, x + base, dx + base, grad, plane, col.c0,
+                                         col.c1, col.g0, col.g1, lo, hi, ring.x, ring.r, ring.d, ring.stride, alpha, beta, beta75,
                                          cn_lrn_fast75(alpha, beta, k), k);
     }
 }

@@ -88,6 +88,37 @@ static __device__ __forceinline__ float cn_lrn_times_power(float v, float s, flo
     return cn_lrn_times_power_general(v, s, beta);
 }
 
+// The column thread index t handles (pixel fastest, then chunk, group, image): its first element's offset and its channel range.
+struct cn_lrn_column {
+    long long n;     // the image
+    int pixel;       // the position in the plane
+    long long base;  // offset of (n, channel 0, pixel)
+    int g0, g1;      // the channels of its group: [g0, g1)
+    int c0, c1;      // the channels it writes: [c0, c1)
+};
+
+static __device__ __forceinline__ cn_lrn_column cn_lrn_locate(long long t, int channels, int plane,
+                                                              int groups, int chunk)
+{
+    const int group_channels = channels / groups;
+    const int chunks = (group_channels + chunk - 1) / chunk;
+    cn_lrn_column col;
+    const int pixel = (int)(t % plane);
+    long long rest = t / plane;
+    const int q = (int)(rest % chunks);
+    rest /= chunks;
+    const int g = (int)(rest % groups);
+    const long long n = rest / groups;
+    col.n = n;
+    col.pixel = pixel;
+    col.base = n * channels * (long long)plane + pixel;
+    col.g0 = g * group_channels;
+    col.g1 = col.g0 + group_channels;
+    col.c0 = col.g0 + q * chunk;
+    col.c1 = min(col.c0 + chunk, col.g1);
+    return col;
+}
+
 // A window of the `width` most recent values of a column, oldest first: push(v) enters
 // v and drops the oldest; at(i) is the i-th oldest; sum() and squares() add the values
 // (or their squares) in that order, one FMA each.
