@@ -40,6 +40,7 @@ extern "C" __global__ void strided_read(const float* x, float* y, int stride) {
 __device__ int nest(int n, volatile char* above) {
   volatile char here[1024];
   here[0] = above[0] + 1;
+  here[1023] = 0;  // read on the way back up: without this the sum depends on old stack contents
   if (n == 0) return here[0];
   return nest(n - 1, here) + here[1023];  // FAULT:recurse
 }
