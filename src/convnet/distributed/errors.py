@@ -1,0 +1,30 @@
+"""The errors of the parallel layer: a collective that did not finish, a rank refused."""
+from __future__ import annotations
+
+__all__ = ["CollectiveTimeout", "ConfigMismatch", "describe_ranks"]
+
+
+def describe_ranks(ranks) -> str:
+    ranks = sorted(set(int(r) for r in ranks))
+    if not ranks:
+        return ""
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(str(r) for r in ranks)
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective did not complete within the communicator's timeout, or failed because
+    a peer is gone. ``operation``, ``missing`` (the ranks that did not answer, when
+    known, else ``()``), ``step`` (the caller's ``comm.step``, or ``None``)."""
+
+    def __init__(self, operation: str, timeout: float, missing=(), step=None, cause: str = ""):
+        self.operation, self.timeout, self.step = operation, float(timeout), step
+        self.missing = tuple(sorted(set(int(r) for r in missing)))
+        at = f" at step {step}" if step is not None else ""
+        who = (f"{describe_ranks(self.missing)} did not answer" if self.missing
+               else "the rank that did not answer is not known")
+        why = f"failed ({cause})" if cause else f"did not finish within {self.timeout:g} s"
+        super().__init__(f"{operation}{at} {why}: {who}")
+
+
+class ConfigMismatch(RuntimeError):
+    """A rank started with a configuration that differs from rank 0's."""
