@@ -87,7 +87,14 @@ class Communicator:
         raise NotImplementedError
 
     def broadcast_object(self, obj, root: int = 0):
-        raise NotImplementedError
+        """``obj`` from ``root`` (a small picklable object): its length, then its bytes."""
+        root = self._check_root(root)
+        blob = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if self.rank == root else None
+        n = np.array([blob.size if blob is not None else 0], dtype=np.int64)
+        self.broadcast(n, root)
+        buf = blob.copy() if blob is not None else np.empty(int(n[0]), dtype=np.uint8)
+        self.broadcast(buf, root)
+        return obj if self.rank == root else pickle.loads(buf.tobytes())
 
     def allgather_object(self, obj) -> list:
         """Every rank's ``obj``, in rank order (small picklable objects)."""
@@ -224,15 +231,6 @@ class MPICommunicator(Communicator):
         check_contiguous([array], "broadcast")
         req = self._call("broadcast", lambda: [self._comm.Ibcast(array, root=root)])
         _MPIPending(self, req, "broadcast").wait()
-
-    def broadcast_object(self, obj, root=0):
-        root = self._check_root(root)
-        blob = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if self.rank == root else None
-        n = np.array([blob.size if blob is not None else 0], dtype=np.int64)
-        self.broadcast(n, root)
-        buf = blob.copy() if blob is not None else np.empty(int(n[0]), dtype=np.uint8)
-        self.broadcast(buf, root)
-        return obj if self.rank == root else pickle.loads(buf.tobytes())
 
     def barrier(self):
         req = self._call("barrier", lambda: [self._comm.Ibarrier()])

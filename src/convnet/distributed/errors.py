@@ -14,16 +14,18 @@ def describe_ranks(ranks) -> str:
 class CollectiveTimeout(RuntimeError):
     """A collective did not complete within the communicator's timeout, or failed because
     a peer is gone. ``operation``, ``missing`` (the ranks that did not answer, when
-    known, else ``()``), ``step`` (the caller's ``comm.step``, or ``None``)."""
+    known, else ``()``), ``step`` (the caller's ``comm.step``, or ``None``); ``message``
+    replaces the composed text (a failure another rank reported, forwarded as it is)."""
 
-    def __init__(self, operation: str, timeout: float, missing=(), step=None, cause: str = ""):
+    def __init__(self, operation: str, timeout: float, missing=(), step=None, cause: str = "",
+                 message: str | None = None):
         self.operation, self.timeout, self.step = operation, float(timeout), step
         self.missing = tuple(sorted(set(int(r) for r in missing)))
         at = f" at step {step}" if step is not None else ""
         who = (f"{describe_ranks(self.missing)} did not answer" if self.missing
                else "the rank that did not answer is not known")
         why = f"failed ({cause})" if cause else f"did not finish within {self.timeout:g} s"
-        super().__init__(f"{operation}{at} {why}: {who}")
+        super().__init__(message or f"{operation}{at} {why}: {who}")
 
 
 class ConfigMismatch(RuntimeError):
