@@ -376,13 +376,39 @@ def _topological_order(root: Function) -> list[Function]:
     return order
 
 
+def _leaf_uses(order: list[Function]) -> dict[int, int]:
+    """How many inputs of the nodes in ``order`` each leaf tensor is."""
+    uses: dict[int, int] = {}
+    for node in order:
+        for parent in node._parents:
+            if isinstance(parent, Tensor):
+                uses[id(parent)] = uses.get(id(parent), 0) + 1
+    return uses
+
+
+def _leaf_done(key: int, uses: dict, leaves: dict) -> None:
+    """One use of leaf ``key`` handled; after its last, its gradient is final: it is
+    accumulated now and its ``grad_hooks`` run (``convnet.distributed`` starts reducing
+    it while the rest of the backward pass goes on)."""
+    uses[key] -= 1
+    if uses[key] == 0 and key in leaves:
+        leaf, g = leaves.pop(key)
+        _accumulate_leaf(leaf, g)
+        for hook in getattr(leaf, "grad_hooks", ()):
+            hook(leaf)
+
+
 def _run_backward(root: Function, grad, retain_graph: bool) -> None:
     order = _topological_order(root)
     grads = {id(root): grad}  # the gradient of each node's output, summed over its uses
     leaves: dict[int, tuple[Tensor, object]] = {}
+    uses = _leaf_uses(order)
     for node in order:
         grad_out = grads.pop(id(node), None)
         if grad_out is None:
+            for parent in node._parents:
+                if isinstance(parent, Tensor):
+                    _leaf_done(id(parent), uses, leaves)
             continue
         name = type(node).__name__
         with node.device.activate():
@@ -392,7 +418,8 @@ def _run_backward(root: Function, grad, retain_graph: bool) -> None:
         if len(in_grads) != len(node._parents):
             raise RuntimeError(f"{name}.backward returned {len(in_grads)} gradients for "
                                f"{len(node._parents)} inputs")
-        for parent, g, shape, dtype in zip(node._parents, in_grads, node._shapes, node._dtypes):
+        parents = node._parents
+        for parent, g, shape, dtype in zip(parents, in_grads, node._shapes, node._dtypes):
             if parent is None or g is None:
                 continue
             if tuple(g.shape) != shape:
@@ -411,8 +438,9 @@ def _run_backward(root: Function, grad, retain_graph: bool) -> None:
         if not retain_graph:
             node.saved = ()
             node._parents = None
-    for leaf, g in leaves.values():
-        _accumulate_leaf(leaf, g)
+        for parent in parents:
+            if isinstance(parent, Tensor):
+                _leaf_done(id(parent), uses, leaves)
 
 
 # --------------------------------------------------------------------------- glue ops
