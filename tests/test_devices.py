@@ -10,7 +10,7 @@ import pytest
 
 import convnet
 from convnet.app import doctor
-from convnet.backend import DeviceError, cuda, get_device
+from convnet.backend import DeviceError, cuda, cuda_copy, get_device
 from convnet.toolchain.launch import KernelModule, Launch
 
 
@@ -310,9 +310,14 @@ def test_fake_wrong_arguments_are_named(fake_cupy, kernel_module):
 
 def test_fake_to_numpy_and_cross_device_copy(fake_cupy, monkeypatch):
     cupy, calls = fake_cupy(count=2)
-    # CuPy's ndarray.copy() copies onto the current device
-    monkeypatch.setattr(_FakeArray, "copy",
-                        lambda self: _FakeArray(self.data.copy(), calls.current[-1]), raising=False)
+    copies = []  # the copies' stream ordering: tests/test_columns_devices.py
+
+    def copy(cp, array, index, path):
+        copies.append((array.device.id, index, path))
+        return _FakeArray(array.data.copy(), index)
+
+    monkeypatch.setattr(cuda_copy, "copy", copy)
+    monkeypatch.setattr(cuda_copy, "can_access_peer", lambda cp, src, dst: (src, dst) == (0, 1))
     a, b = cuda.CUDADevice(0), cuda.CUDADevice(1)
     x = a.asarray([1.0, 2.0], dtype=np.float32)
     assert a.owns(x) and not b.owns(x)
@@ -320,11 +325,8 @@ def test_fake_to_numpy_and_cross_device_copy(fake_cupy, monkeypatch):
     assert a.to_numpy(np.zeros(2)).shape == (2,)
     moved = b.asarray(x)
     assert moved is not x and b.owns(moved)
-    # ordered without a host sync: cuda:0's stream records, cuda:1's waits, the copy runs
-    # on cuda:1, then cuda:0's stream waits for it before reusing the source's memory
-    (r0, dev0, ready), (w1, dev1, waited), (r1, dev1b, done), (w0, dev0b, waited0) = calls.stream_ops
-    assert (r0, dev0, w1, dev1, waited) == ("record", 0, "wait", 1, ready)
-    assert (r1, dev1b, w0, dev0b, waited0) == ("record", 1, "wait", 0, done)
+    assert a.owns(a.asarray(moved))
+    assert copies == [(0, 1, "peer"), (1, 0, "staged")]  # crossing.path: peer where allowed
     np.testing.assert_array_equal(b.to_numpy(moved), [1.0, 2.0])
     assert a.asarray(x) is x
 

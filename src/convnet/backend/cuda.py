@@ -22,11 +22,12 @@ First GPU contact (issue 10, item 8):
   than 48 KiB of shared memory in total (static + dynamic) gets the opt-in: the
   function's ``max_dynamic_shared_size_bytes`` (cudaFuncAttributeMaxDynamicSharedMemorySize,
   which bounds the dynamic part) raised to the launch's dynamic bytes.
-* **Cross-device copies are ordered** after the source GPU's queued work with an
-  event recorded on the source device's current stream, which the target's current
-  stream waits for before the copy; a second event makes the source stream wait for
-  the copy before anything queued later there can reuse the source's memory. No host
-  synchronisation.
+* **Cross-device copies** (two columns on two GPUs) go peer-to-peer where
+  ``cudaDeviceCanAccessPeer`` allows, else through pinned host memory
+  (``crossing.path``), on each GPU's copy stream, ordered by events after the source
+  GPU's queued work and before the destination's later work (``crossing.steps``, run
+  by ``cuda_copy``); the source stays alive until the copy has read it, so the source
+  stream never waits. No host synchronisation.
 * **Allocations on the tensor's own GPU.** ``device.xp`` is CuPy bound to this GPU:
   every CuPy function called through it (``empty``, ``zeros``, ``asarray``...) runs with
   this device current, so a direct ``ops.*`` call on ``cuda:1`` allocates there even
@@ -35,12 +36,14 @@ First GPU contact (issue 10, item 8):
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 
 from ..toolchain.kernel_source import digest, expand
 from ..toolchain.nvrtc import NVRTC_OPTIONS
 from ..toolchain.resources import DEFAULT_SHARED_BYTES, check_launch
+from . import crossing, cuda_copy
 from .base import Device, DeviceError
 
 INSTALL_HINT = ('install CuPy for your CUDA driver: pip install -e ".[cuda13]" '
@@ -220,23 +223,20 @@ class CUDADevice(Device):
                 array = self._copy_from_peer(array)
             return cp.ascontiguousarray(cp.asarray(array, dtype=dtype))
 
+    def can_access_peer(self, source) -> bool:
+        """Whether this GPU may read ``source``'s memory (another ``CUDADevice``); when
+        it may, peer access is enabled (once per pair)."""
+        return cuda_copy.can_access_peer(self.cupy, source.index, self.index)
+
     def _copy_from_peer(self, array):
-        """A copy on this GPU of ``array`` from another GPU, ordered after the work queued
-        on the source GPU's current stream (an event it records, which this GPU's current
-        stream waits for) and before the source stream's later work (the reverse event),
-        so neither a pending kernel's output nor memory the source reuses is raced."""
-        cp = self.cupy
+        """A copy on this GPU of ``array`` from another GPU: peer-to-peer or staged through
+        pinned host memory (``crossing.path``), on copy streams ordered by events after
+        the source GPU's queued work and before this GPU's later work (``cuda_copy``)."""
         source = array.device.id
-        with cp.cuda.Device(source):
-            ready = cp.cuda.Event(block=False, disable_timing=True)
-            ready.record()                                 # on the source's current stream
-        cp.cuda.get_current_stream().wait_event(ready)      # this GPU's stream (we are current)
-        copy = array.copy()                                 # peer copy on this GPU's stream
-        done = cp.cuda.Event(block=False, disable_timing=True)
-        done.record()
-        with cp.cuda.Device(source):
-            cp.cuda.get_current_stream().wait_event(done)
-        return copy
+        path = crossing.path(SimpleNamespace(kind="cuda", name=f"cuda:{source}"), self,
+                             lambda src, dst: cuda_copy.can_access_peer(self.cupy, source,
+                                                                        self.index))
+        return cuda_copy.copy(self.cupy, array, self.index, path)
 
     def to_numpy(self, array) -> np.ndarray:
         if isinstance(array, self.cupy.ndarray):

@@ -29,6 +29,13 @@ Placement:
   pass mirrors those crossings. Each crossing goes through ``Tensor.to(..., name=)``,
   so ``convnet.record_transfers`` sees exactly that plan, even with both columns on
   one device (``devices=["cpu", "cpu"]``).
+* Two GPUs (``devices=["cuda:0", "cuda:1"]``): each column runs on its GPU's current
+  stream, so the two compute at once; each crossing is a copy on copy streams
+  (peer-to-peer where the GPUs allow it, else staged through pinned host memory:
+  ``crossing_path``), ordered by events after the sending column's work and
+  before the receiving column's, with no host synchronisation: in backward the sending
+  column goes on with its next layer while its gradient crosses
+  (``convnet.backend.crossing`` gives the plan).
 
 ``one_to_two_columns`` / ``two_to_one_columns`` map a state dict of one layout onto
 the other (every parameter is split in halves along its first axis, or joined), so
@@ -44,7 +51,7 @@ import numpy as np
 from .. import arguments
 from .. import functional as F
 from .. import nn
-from ..backend import get_device
+from ..backend import crossing, get_device
 from ..state_dict import differences
 from ..tensor import Tensor
 
@@ -312,6 +319,15 @@ class AlexNet(nn.Module):
                      for j, h in enumerate(hs)]
             out.append(F.cat(parts, dim=1))
         return out
+
+    def crossing_path(self) -> str:
+        """How activations cross between the columns (``convnet.backend.crossing.path``):
+        "same" (one device: nothing is copied), "host" (a ``cpu``/``emu`` end), "peer"
+        or "staged" (two GPUs); "none" with one column."""
+        if self.columns == 1:
+            return "none"
+        return crossing.path(self.devices[0], self.devices[1],
+                             lambda src, dst: dst.can_access_peer(src))
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, columns={self.columns}, "
