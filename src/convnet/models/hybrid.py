@@ -1,0 +1,327 @@
+"""AlexNet split the "one weird trick" way (Krizhevsky 2014) over the K ranks of a
+communicator: the convolutional layers data-parallel, fc6–fc8 model-parallel.
+
+Rank r of K holds all of conv1–conv5 (the same weights on every rank) and slice r of
+the output units of fc6, fc7 and fc8: the first ``n % K`` ranks ceil(n/K) units, the
+others floor(n/K), rank 0's units first (``shares``; for K = 2 the two columns' cut).
+Every rank takes its own share of the global batch — rank r the images
+``batch_slice(N, r, K)``, contiguous blocks in rank order — and:
+
+    conv1..pool5 on its n = N/K images            (data parallel)
+    all-gather the pooled conv5 features           → (N, F) on every rank
+    fc6_r on the whole batch, all-gather the units → (N, fc6) → dropout
+    fc7_r likewise                                 → (N, fc7) → dropout
+    fc8_r, logits gathered from the slices         → (N, classes) on every rank
+
+so every rank holds the logits of the whole batch and the same loss, the mean over the
+global batch (``hybrid_step``: ``train_step`` with ``model.gather_labels(labels)``).
+Backward mirrors it: each gathered activation's gradient is summed over the ranks
+(every rank's slice of the next layer contributes) and cut back to the rank's own
+piece; the fc gradients stay with their slices; each conv parameter's gradient is
+summed over the ranks as soon as the backward reaches it (``hybrid_ops.sum_gradients``),
+so after ``loss.backward()`` every rank holds the global gradient and the same update
+keeps the conv weights equal. Nothing is averaged: the loss already divides by N.
+
+Dropout is applied to the gathered (N, units) activations with the seed the
+single-process layer would use (every rank builds the one-column network from the same
+seed, so its dropout layers draw the same seeds), hence the same Philox mask, element
+for element, as one process on the whole batch: the hybrid computes what
+``alexnet(...)`` computes, up to the rounding of sums taken in another order. Each rank
+applies the whole (N, units) mask (an elementwise pass, K times its slice's work).
+
+The layer names, their order and ``named_modules()`` are those of the one-column
+network (so per-layer dropout reseeding by module index matches), but fc6–fc8 hold
+slices: ``gather_state_dict`` joins them into an ordinary one-column state dict (on
+every rank; rank 0 writes the checkpoint) and ``load_one_column`` takes this rank's
+slices of one; ``one_column_to_hybrid`` / ``hybrid_to_one_column`` are the mappings
+themselves (they apply to the SGD velocities too: same names, same shapes).
+"""
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import numpy as np
+
+from .. import arguments
+from .. import functional as F
+from .. import nn
+from ..distributed import hybrid_ops
+from ..distributed.errors import ConfigMismatch
+from ..step import train_step
+from ..tensor import Tensor
+from .alexnet import (LAYERS, PAPER_WIDTHS, WEIGHT_STD, AlexNet, _check_names, _check_widths,
+                      _run, feature_sizes)
+
+__all__ = ["HybridAlexNet", "hybrid_alexnet", "hybrid_step", "shares", "batch_slice",
+           "one_column_to_hybrid", "hybrid_to_one_column", "step_bytes"]
+
+CONV_NAMES = ("conv1", "norm1", "pool1", "conv2", "norm2", "pool2", "conv3", "conv4", "conv5",
+              "pool5", "flatten")
+FC_LAYERS = ("fc6", "fc7", "fc8")
+_PARAM_NAMES = tuple(f"{layer}.{kind}" for layer in LAYERS for kind in ("weight", "bias"))
+
+
+def shares(n: int, size: int) -> list[int]:
+    """How ``n`` units split over ``size`` ranks: ceil(n/size) to the first ``n % size``
+    ranks, floor(n/size) to the others."""
+    base, extra = divmod(int(n), int(size))
+    return [base + (1 if r < extra else 0) for r in range(size)]
+
+
+def batch_slice(batch: int, rank: int, size: int) -> slice:
+    """Rank ``rank``'s images of a global batch of ``batch``: the contiguous block
+    [rank·n, (rank+1)·n), n = batch/size; a ValueError unless ``size`` divides ``batch``."""
+    if batch % size:
+        raise ValueError(f"hybrid: a batch of {batch} images does not split evenly over "
+                         f"{size} ranks; use a batch size that is a multiple of {size}")
+    share = batch // size
+    return slice(rank * share, (rank + 1) * share)
+
+
+def _layout(num_classes: int, widths, size: int) -> dict:
+    """Per fc layer, the units of each rank; a ValueError if a layer has fewer than K."""
+    units = dict(fc6=widths[5], fc7=widths[6], fc8=num_classes)
+    for layer, n in units.items():
+        if n < size:
+            what = "classes" if layer == "fc8" else "units"
+            raise ValueError(f"hybrid: {layer} has {n} {what}, fewer than the {size} ranks "
+                             f"(each rank holds a slice of at least one); use at most {n} "
+                             f"ranks or a wider layer")
+    return {layer: shares(n, size) for layer, n in units.items()}
+
+
+def one_column_to_hybrid(state, rank: int, size: int) -> "OrderedDict[str, np.ndarray]":
+    """Rank ``rank``'s part of a one-column AlexNet state dict (or SGD velocities): every
+    conv parameter whole, fc6–fc8's weight and bias rows of the rank's units."""
+    _check_names(state, _PARAM_NAMES, "one-column")
+    out = OrderedDict()
+    for name in _PARAM_NAMES:
+        a = np.asarray(state[name])
+        if name.split(".")[0] in FC_LAYERS:
+            if a.ndim == 0 or a.shape[0] < size:
+                raise ValueError(f"hybrid: {name} of shape {a.shape} has fewer rows than the "
+                                 f"{size} ranks")
+            cut = shares(a.shape[0], size)
+            start = hybrid_ops.offsets(cut)[rank]
+            a = a[start:start + cut[rank]]
+        out[name] = np.array(a, copy=True)
+    return out
+
+
+def hybrid_to_one_column(states) -> "OrderedDict[str, np.ndarray]":
+    """The one-column state dict of K ranks' hybrid state dicts (rank order): conv
+    parameters from rank 0 (every rank holds the same), fc6–fc8's slices joined."""
+    states = list(states)
+    if not states:
+        raise ValueError("hybrid: no rank's state dict to join")
+    for r, state in enumerate(states):
+        _check_names(state, _PARAM_NAMES, f"rank {r}'s hybrid")
+    out = OrderedDict()
+    for name in _PARAM_NAMES:
+        parts = [np.asarray(s[name]) for s in states]
+        if name.split(".")[0] in FC_LAYERS:
+            if any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+                raise ValueError(f"hybrid: {name}: the ranks' shapes "
+                                 f"{[p.shape for p in parts]} differ beyond the first axis")
+            out[name] = np.concatenate(parts, axis=0)
+        else:
+            out[name] = np.array(parts[0], copy=True)
+    return out
+
+
+def _agree(comm, settings: dict) -> None:
+    """Every rank's settings, compared on every rank, so that a rank started differently
+    is refused by all of them (``ConfigMismatch``), with what differs."""
+    everyone = comm.allgather_object(settings)
+    lines = [f"rank {r} has {k}={v!r}, rank 0 {everyone[0].get(k)!r}"
+             for r, other in enumerate(everyone[1:], start=1)
+             for k, v in other.items() if v != everyone[0].get(k)]
+    if lines:
+        raise ConfigMismatch("hybrid: the ranks were started with different settings: "
+                             + "; ".join(lines))
+
+
+class HybridAlexNet(nn.Module):
+    """AlexNet over a communicator ``comm`` (rank r of K), the "one weird trick" split;
+    see this module's docstring. Arguments as ``alexnet(...)`` takes them, one column
+    only; ``device`` the rank's device (default "cpu"). ``seed=None``: rank 0 draws one
+    and sends it to the others (the ranks must start from the same weights and draw the
+    same dropout masks). Every rank must be built with the same settings (checked: a
+    ``ConfigMismatch`` on every rank listing what differs)."""
+
+    def __init__(self, comm, num_classes=1000, input_size=227, lrn_groups=None,
+                 widths=PAPER_WIDTHS, dropout=0.5, dropout_mode="paper", weight_std=WEIGHT_STD,
+                 fuse_lrn_pool=True, seed=None, dtype=np.float32, device="cpu", columns=1):
+        super().__init__()
+        if columns != 1 or isinstance(columns, bool):
+            raise ValueError(f"hybrid: the hybrid split replaces the two columns; build it "
+                             f"with columns=1, got {columns!r}")
+        for attr in ("rank", "size", "allgather", "allreduce", "allgather_object",
+                     "broadcast_object"):
+            if not hasattr(comm, attr):
+                raise TypeError(f"hybrid: comm must be a convnet.distributed Communicator "
+                                f"(no {attr!r} on {type(comm).__name__})")
+        num_classes = arguments.integer(num_classes, "hybrid: num_classes")
+        widths = _check_widths(widths)
+        self.layout = _layout(num_classes, widths, comm.size)
+        if seed is None:
+            seed = comm.broadcast_object(int(np.random.SeedSequence().entropy % 2**63)
+                                         if comm.rank == 0 else None, root=0)
+        _agree(comm, dict(num_classes=num_classes, input_size=input_size,
+                          lrn_groups=lrn_groups, widths=widths, dropout=dropout,
+                          dropout_mode=dropout_mode, weight_std=weight_std,
+                          fuse_lrn_pool=fuse_lrn_pool, seed=seed, dtype=np.dtype(dtype).name))
+        # The one-column network of the same settings, built alike on every rank: its
+        # conv and dropout layers become ours, its fc layers give our slices.
+        whole = AlexNet(num_classes=num_classes, columns=1, input_size=input_size,
+                        lrn_groups=lrn_groups, widths=widths, dropout=dropout,
+                        dropout_mode=dropout_mode, weight_std=weight_std,
+                        fuse_lrn_pool=fuse_lrn_pool, seed=seed, dtype=dtype)
+        object.__setattr__(self, "comm", comm)
+        self.num_classes, self.input_size, self.widths = num_classes, whole.input_size, whole.widths
+        self.dtype, self.fuse_lrn_pool, self.seed = whole.dtype, whole.fuse_lrn_pool, seed
+        mine = one_column_to_hybrid(whole.state_dict(), comm.rank, comm.size)
+        for name, layer in whole._modules.items():
+            if name in FC_LAYERS:  # initial values are mine's; rng=0 only fills the shape
+                layer = nn.Linear(layer.in_features, self.layout[name][comm.rank],
+                                  relu=layer.relu, rng=0, dtype=self.dtype)
+            setattr(self, name, layer)
+        self.load_state_dict(mine)
+        self.to(device)
+        self.device = self.conv1.weight.device
+
+    @property
+    def input_device(self):
+        return self.device
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x) -> Tensor:
+        """The logits (N, num_classes) of the global batch, the same on every rank, for
+        this rank's images (n, 3, S, S), N = K·n (every rank must pass n images)."""
+        comm = self.comm
+        if len(getattr(x, "shape", ())) != 4:
+            raise ValueError(f"hybrid: expected this rank's images (n, 3, S, S), got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        self._check_counts(int(x.shape[0]), "images")
+        h = AlexNet._input(self, x, self.device)
+        convs = SimpleNamespace(**{name: getattr(self, name) for name in CONV_NAMES})
+        for name in CONV_NAMES:
+            if isinstance(getattr(self, name), nn.Conv2d):
+                setattr(convs, name, _SummedConv(getattr(self, name), comm))
+        h = _run(convs, h, CONV_NAMES, None, "", self.fuse_lrn_pool)
+        h = hybrid_ops.gather(h, comm, [h.shape[0]] * comm.size, axis=0, name="pool5")
+        for layer, drop in (("fc6", "drop6"), ("fc7", "drop7"), ("fc8", None)):
+            h = getattr(self, layer)(h)
+            h = hybrid_ops.gather(h, comm, self.layout[layer], axis=1,
+                                  partial=drop is not None, name=layer)
+            if drop is not None:
+                h = getattr(self, drop)(h)
+        return h
+
+    def _check_counts(self, n: int, what: str) -> None:
+        """Every rank passes the same number of images (labels): one small all-gather, so
+        that a mismatch is the same error on every rank, not a collective of two shapes."""
+        counts = self.device.to_numpy(self.comm.allgather(self.device.xp.asarray([n]))).ravel()
+        if (counts != counts[0]).any():
+            raise ValueError(f"hybrid: every rank must pass the same number of {what}; they "
+                             f"passed {', '.join(f'rank {r}: {c}' for r, c in enumerate(counts))} "
+                             f"(split each batch with batch_slice)")
+
+    def gather_labels(self, labels):
+        """The labels of the global batch (an int64 array of the device, rank 0's first)
+        from this rank's labels (collective)."""
+        data = labels.data if isinstance(labels, Tensor) else labels
+        local = self.device.asarray(data, dtype=np.int64).reshape(-1)
+        self._check_counts(int(local.shape[0]), "labels")
+        return self.comm.allgather(local).reshape(-1)
+
+    # ------------------------------------------------------------------ state
+    def gather_state_dict(self, state=None) -> "OrderedDict[str, np.ndarray]":
+        """The one-column state dict of the whole network, on every rank (collective):
+        ``state`` this rank's hybrid state dict (default the model's; pass
+        ``optimizer.state_dict()["velocity"]`` for the velocities)."""
+        state = self.state_dict() if state is None else state
+        _check_names(state, _PARAM_NAMES, "hybrid")
+        out = OrderedDict()
+        for name in _PARAM_NAMES:
+            a = np.asarray(state[name])
+            layer = name.split(".")[0]
+            if layer in FC_LAYERS:  # padded to the largest slice: an all-gather moves one shape
+                sizes = self.layout[layer]
+                padded = np.zeros((max(sizes),) + a.shape[1:], dtype=a.dtype)
+                padded[:a.shape[0]] = a
+                everyone = self.device.to_numpy(self.comm.allgather(self.device.asarray(padded)))
+                a = np.concatenate([everyone[k][:s] for k, s in enumerate(sizes)], axis=0)
+            out[name] = np.array(a, copy=True)
+        return out
+
+    def load_one_column(self, state) -> None:
+        """Load this rank's part of a one-column state dict (every rank passes the same
+        one; not collective)."""
+        self.load_state_dict(one_column_to_hybrid(state, self.comm.rank, self.comm.size))
+
+    def extra_repr(self) -> str:
+        r = self.comm.rank
+        return (f"num_classes={self.num_classes}, input_size={self.input_size}, rank={r} of "
+                f"{self.comm.size}, device={self.device.name}, units of this rank: "
+                + ", ".join(f"{k} {v[r]}/{sum(v)}" for k, v in self.layout.items()))
+
+
+class _SummedConv:
+    """A conv layer whose weight and bias gradients are summed over the ranks on the way
+    back (the data-parallel part); the forward is the layer's own."""
+
+    def __init__(self, layer: nn.Conv2d, comm):
+        self.layer, self.comm = layer, comm
+
+    def __call__(self, x):
+        c = self.layer
+        w = hybrid_ops.sum_gradients(c.weight, self.comm, name="conv weight")
+        b = None if c.bias is None else hybrid_ops.sum_gradients(c.bias, self.comm,
+                                                                 name="conv bias")
+        return F.conv2d(x, w, b, stride=c.stride, padding=c.padding, groups=c.groups,
+                        relu=c.relu, algorithm=c.algorithm)
+
+
+def hybrid_alexnet(comm, *args, **kwargs) -> HybridAlexNet:
+    """``HybridAlexNet(comm, *args, **kwargs)``: AlexNet over the ranks of ``comm``."""
+    return HybridAlexNet(comm, *args, **kwargs)
+
+
+hybrid_alexnet.__signature__ = inspect.signature(HybridAlexNet)
+
+
+def hybrid_step(model: HybridAlexNet, optimizer, images, labels, check_finite=None):
+    """One SGD step of the hybrid model on this rank's ``images`` and ``labels`` (its
+    ``batch_slice`` of the global batch): ``convnet.train_step`` with the global labels.
+    The returned loss and accuracies are the global batch's, the same on every rank."""
+    return train_step(model, optimizer, images, model.gather_labels(labels),
+                      check_finite=check_finite)
+
+
+def step_bytes(num_classes: int, widths, input_size: int, batch: int, size: int,
+               itemsize: int = 4) -> dict:
+    """The payload of each collective of one training step, in bytes, per rank (K =
+    ``size``, N = ``batch``, the global batch): the all-gathers' results (K × the
+    largest piece) and the all-reduces' arrays. A ring moves per rank (K-1)/K of an
+    all-gather's payload (received) and 2(K-1)/K of an all-reduce's (sent and received)."""
+    widths = _check_widths(widths)
+    layout = _layout(num_classes, widths, size)
+    w1, w2, w3, w4, w5 = widths[:5]
+    features = w5 * feature_sizes(input_size)["pool5"] ** 2
+    # conv1..conv5's weights and biases (conv2, conv4, conv5 in two groups)
+    conv_params = (w1 * 3 * 11 * 11 + w2 * (w1 // 2) * 5 * 5 + w3 * w2 * 3 * 3
+                   + w4 * (w3 // 2) * 3 * 3 + w5 * (w4 // 2) * 3 * 3 + w1 + w2 + w3 + w4 + w5)
+    share = batch_slice(batch, 0, size).stop
+    return {
+        "pool5 allgather": size * share * features * itemsize,
+        "fc6 allgather": size * max(layout["fc6"]) * batch * itemsize,
+        "fc7 allgather": size * max(layout["fc7"]) * batch * itemsize,
+        "fc8 allgather": size * max(layout["fc8"]) * batch * itemsize,
+        "pool5 allreduce": batch * features * itemsize,
+        "fc6 allreduce": batch * widths[5] * itemsize,
+        "fc7 allreduce": batch * widths[6] * itemsize,
+        "conv allreduce": conv_params * itemsize,
+    }

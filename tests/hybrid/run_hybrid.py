@@ -1,0 +1,104 @@
+"""One rank of the hybrid tests (tests/test_hybrid.py starts it under ``mpiexec -n K``).
+
+``train OUT STEPS``: the hybrid AlexNet (float64, cpu, the settings of SETTINGS) runs
+STEPS SGD steps on its share of seeded batches; then, as a resume would, a second model
+built from another seed takes the gathered one-column weights and velocities and both
+run one more step (dropout reseeded alike). Rank 0 writes OUT (npz): the losses, the
+gathered weights and velocities after STEPS steps, the eval-mode logits, the extra
+step's losses of both models and the gathered weights of both after it.
+
+``refuse``: the inputs that must be refused, each printed as ``rank R: <case>: <error>``.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from convnet import optim
+from convnet.distributed import MPICommunicator
+from convnet.models.hybrid import (batch_slice, hybrid_alexnet, hybrid_step,
+                                   one_column_to_hybrid)
+from convnet import nn
+
+WIDTHS = (4, 8, 8, 8, 8, 10, 14)   # fc6 10, fc7 14 units: uneven slices over 3 ranks
+SETTINGS = dict(num_classes=5, input_size=67, widths=WIDTHS, weight_std=0.1, seed=11,
+                dtype=np.float64)
+SGD = dict(lr=0.05, momentum=0.9, weight_decay=0.0005)
+BATCH = 6
+
+
+def batch(step: int):
+    """The global batch of ``step``: the same on every rank and in the reference."""
+    rng = np.random.default_rng(1000 + step)
+    images = rng.standard_normal((BATCH, 3, SETTINGS["input_size"], SETTINGS["input_size"]))
+    return images, rng.integers(0, SETTINGS["num_classes"], BATCH)
+
+
+def reseed(model, epoch: int) -> None:
+    """Each dropout layer's stream from (seed, epoch, its index in named_modules), as the
+    training driver does."""
+    for i, (_, module) in enumerate(model.named_modules()):
+        if isinstance(module, nn.Dropout):
+            module.reseed([5, epoch, i])
+
+
+def train(comm, out: str, steps: int) -> None:
+    model = hybrid_alexnet(comm, **SETTINGS)
+    opt = optim.SGD(model, **SGD)
+    mine = batch_slice(BATCH, comm.rank, comm.size)
+    losses = []
+    for step in range(steps):
+        images, labels = batch(step)
+        losses.append(hybrid_step(model, opt, images[mine], labels[mine]).loss)
+    weights = model.gather_state_dict()
+    velocity = model.gather_state_dict(opt.state_dict()["velocity"])
+    model.eval()
+    logits = model(batch(0)[0][mine]).numpy()
+    model.train()
+    # a resume: another model takes the one-column state, then both run one more step
+    resumed = hybrid_alexnet(comm, **dict(SETTINGS, seed=SETTINGS["seed"] + 1))
+    resumed.load_one_column(weights)
+    opt2 = optim.SGD(resumed, **SGD)
+    state = opt.state_dict()
+    state["velocity"] = one_column_to_hybrid(velocity, comm.rank, comm.size)
+    opt2.load_state_dict(state)
+    extra = []
+    for m, o in ((model, opt), (resumed, opt2)):
+        reseed(m, 1)
+        images, labels = batch(steps)
+        extra.append(hybrid_step(m, o, images[mine], labels[mine]).loss)
+    after = [m.gather_state_dict() for m in (model, resumed)]
+    if comm.rank == 0:
+        arrays = {f"w.{k}": v for k, v in weights.items()}
+        arrays.update({f"v.{k}": v for k, v in velocity.items()})
+        arrays.update({f"a0.{k}": v for k, v in after[0].items()})
+        arrays.update({f"a1.{k}": v for k, v in after[1].items()})
+        np.savez(out, losses=np.array(losses), logits=logits, extra=np.array(extra), **arrays)
+
+
+def refuse(comm) -> None:
+    def case(name, run):
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 (printed for the test to check)
+            print(f"rank {comm.rank}: {name}: {type(exc).__name__}: {exc}", flush=True)
+        else:
+            print(f"rank {comm.rank}: {name}: accepted", flush=True)
+
+    case("classes", lambda: hybrid_alexnet(comm, **dict(SETTINGS, num_classes=comm.size - 1)))
+    case("batch", lambda: batch_slice(BATCH + 1, comm.rank, comm.size))
+    case("settings", lambda: hybrid_alexnet(comm, **dict(SETTINGS, seed=comm.rank)))
+    model = hybrid_alexnet(comm, **SETTINGS)
+    images = batch(0)[0][:2 if comm.rank else 3]
+    case("images", lambda: model(images))
+    case("labels", lambda: model.gather_labels(np.zeros(1 + comm.rank, dtype=np.int64)))
+
+
+if __name__ == "__main__":
+    world = MPICommunicator(timeout=60)
+    if sys.argv[1] == "train":
+        train(world, sys.argv[2], int(sys.argv[3]))
+    else:
+        refuse(world)
+    world.barrier()
