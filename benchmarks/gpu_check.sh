@@ -155,7 +155,7 @@ if ((!GPU)); then
 fi
 for script in benchmarks/*.py; do
   name=$(basename "$script" .py)
-  case $name in harness | __init__ | kernel_tour | sgemm_kernel | alexnet) continue ;; esac
+  case $name in harness | __init__ | kernel_tour | sgemm_kernel | alexnet | columns) continue ;; esac
   grep -q '^def main(argv' "$script" || continue
   run_step "bench-$name" 150 "$PY" "$script" "${BENCH_ARGS[@]}"
 done
@@ -164,6 +164,18 @@ done
 # without one, the small network on cpu, --quick.
 if ((GPU)); then ALEXNET_ARGS=(--devices cuda:0); else ALEXNET_ARGS=(--devices cpu); fi
 run_step bench-alexnet 240 "$PY" benchmarks/alexnet.py "${BENCH_ARGS[@]}" "${ALEXNET_ARGS[@]}"
+
+# Two columns on two GPUs (issue 13, item 1): with two or more GPUs, a few training steps
+# of the paper's AlexNet in two columns on cuda:0 + cuda:1 against both columns on cuda:0
+# (same seed and batch: the same losses and weights, each layout's step time, the crossing
+# path, peer or staged); with one GPU, two columns on cuda:0 twice (what one GPU can
+# check); without one, the small network on cpu + cpu. Exit 1 when the runs disagree.
+# The copy paths themselves (peer and staged forced between streams of cuda:0) run in
+# the pytest step (tests/test_columns_devices.py).
+if ((GPU)); then
+  say "two columns: $("$PY" -c 'import cupy; print(cupy.cuda.runtime.getDeviceCount())' 2>&1) GPU(s)"
+fi
+run_step bench-columns 150 "$PY" benchmarks/columns.py "${BENCH_ARGS[@]}"
 
 # ------------------------------------------------------------------ merge, summary
 "$PY" - "$BENCH_TMP" "$RESULTS/benchmarks.json" "$MODE" >>"$LOG" 2>&1 <<'EOF' || true

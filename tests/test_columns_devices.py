@@ -298,3 +298,21 @@ def test_two_columns_on_two_gpus_equal_both_on_one():
     np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
     for name, w in weights1.items():
         np.testing.assert_allclose(weights2[name], w, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+# --------------------------------------------------------------------------- the GPU check's runs
+
+def test_columns_benchmark_layouts_and_agreement():
+    from benchmarks import columns
+    assert columns.layouts(4) == (["cuda:0", "cuda:1"], ["cuda:0", "cuda:0"])
+    assert columns.layouts(1) == (["cuda:0", "cuda:0"], ["cuda:0", "cuda:0"])
+    assert columns.layouts(0) == (["cpu", "cpu"], ["cpu", "cpu"])
+    w = {"fc8.weight": np.ones((2, 2), np.float32)}
+    same = columns.agreement({"losses": [2.0, 1.0], "weights": w}, {"losses": [2.0, 1.0], "weights": w})
+    assert same["agree"] and same["bit_identical"]
+    off = {"fc8.weight": w["fc8.weight"] + np.float32(1e-3)}
+    apart = columns.agreement({"losses": [2.0, 1.0], "weights": off},
+                              {"losses": [2.0, 1.0], "weights": w})
+    assert not apart["agree"] and apart["max_weight_abs_diff"] == pytest.approx(1e-3, rel=1e-3)
+    assert not columns.agreement({"losses": [2.0, 1.001], "weights": w},
+                                 {"losses": [2.0, 1.0], "weights": w})["agree"]

@@ -309,7 +309,7 @@ def test_fake_wrong_arguments_are_named(fake_cupy, kernel_module):
 
 
 def test_fake_to_numpy_and_cross_device_copy(fake_cupy, monkeypatch):
-    cupy, calls = fake_cupy(count=2)
+    fake_cupy(count=2)
     copies = []  # the copies' stream ordering: tests/test_columns_devices.py
 
     def copy(cp, array, index, path):
