@@ -51,6 +51,14 @@ class StepResult:
         self.transfers = transfers
 
     @property
+    def sums(self):
+        """``[loss x batch, top-1 hits, top-5 hits]`` (float64) on the device, not read
+        back: what data parallelism sums over the ranks."""
+        xp = self._device.xp
+        with self._device.activate():
+            return self._values * xp.asarray([self._batch, 1, 1], dtype=self._values.dtype)
+
+    @property
     def ready(self) -> bool:
         return self._host is not None
 
@@ -98,13 +106,17 @@ def _hits(logits, labels, ks):
     return [((greater < k) & valid).sum() for k in ks]
 
 
-def train_step(model, optimizer, images, labels, check_finite: bool | None = None) -> StepResult:
+def train_step(model, optimizer, images, labels, check_finite: bool | None = None,
+               grad_scale: float = 1.0, before_update=None) -> StepResult:
     """One step of SGD on a batch; see the module docstring.
 
     ``images``: a Tensor or host array the model takes (for AlexNet (N, 3, S, S));
     ``labels``: N integer classes (host data or a Tensor on the logits' device).
     ``check_finite``: stop before the update on a non-finite loss (a host read); the
     default is True on host devices, False on ``cuda``.
+    ``grad_scale``: the backward pass starts from this instead of 1 (data parallelism:
+    this rank's share of the global batch); ``before_update()``: called between the
+    backward pass and the update (data parallelism: the gradients' all-reduce).
     """
     if getattr(images, "shape", None) is not None and len(images.shape) and images.shape[0] == 0:
         # The model takes an empty batch (empty outputs, zero gradients), but its mean
@@ -129,7 +141,12 @@ def train_step(model, optimizer, images, labels, check_finite: bool | None = Non
                 raise FloatingPointError(f"train_step: the loss is {value}; the step was stopped "
                                          f"before the backward pass and the weights are unchanged "
                                          f"(lower the learning rate or check the inputs)")
-        loss.backward()
+        if grad_scale == 1.0:
+            loss.backward()
+        else:
+            loss.backward(device.xp.full(loss.data.shape, grad_scale, dtype=loss.dtype))
+    if before_update is not None:
+        before_update()
     classes = logits.shape[1]
     with no_grad(), device.activate():
         hits = _hits(logits.detach(), targets.data.astype(np.int64, copy=False), (1, min(5, classes)))

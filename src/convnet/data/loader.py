@@ -32,6 +32,11 @@ How it works
   the caller's stream waits for that copy on the GPU, not on the host, and the
   device buffer is reused only after the work that read it (recorded as an event on
   the caller's stream) is done.
+* Ranks (``shard=(rank, size)``): each batch of ``batch_size`` is cut into ``size``
+  consecutive shares (``np.array_split``: equal when ``size`` divides it) and this
+  loader yields share ``rank``; with the augmentation depending on (seed, epoch,
+  index) only, the union of the ranks' batches is the single-process batch. A share
+  can be empty (a last batch shorter than ``size``); it is still yielded.
 * Augmentation (``augment=``): ``"train"``, ``"center"`` or ``"ten_crop"`` (with the
   data set's mean image and eigen-statistics, ``crop`` and ``seed``), or an
   ``Augmentation``; None yields the uint8 (N, H, W, 3) batches themselves.
@@ -74,13 +79,15 @@ class LoaderError(RuntimeError):
 class Batch:
     """One batch: ``images`` and ``labels`` (int64) on the loader's device; ``indices``
     (host int64) are the images' positions in their split; ``number`` counts the
-    batches of the epoch from 0."""
+    batches of the epoch from 0; ``total``: the images of the whole batch (more than
+    ``len(batch)`` when the loader gives this rank a share of it, ``shard``)."""
 
     images: object
     labels: object
     indices: np.ndarray
     epoch: int
     number: int
+    total: int | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -270,6 +277,7 @@ class Loader:
     ``device``: where batches go. ``augment``: None, ``"train"``, ``"center"``,
     ``"ten_crop"`` or an ``Augmentation``; ``crop`` its patch size.
     ``start_method``: the multiprocessing start method (default forkserver, else spawn).
+    ``shard``: ``(rank, size)``: yield this rank's share of every batch (data parallelism).
     Iterating the loader runs the next epoch (from ``epoch``, default 0);
     ``loader.epoch(e)`` runs epoch ``e``.
     """
@@ -277,7 +285,8 @@ class Loader:
     def __init__(self, data, split: str = "train", *, batch_size: int = 128,
                  shuffle: bool | None = None, seed: int = 0, drop_last: bool = False,
                  workers: int | None = None, prefetch: int | None = None, device="cpu",
-                 augment=None, crop: int = 227, epoch: int = 0, start_method: str | None = None):
+                 augment=None, crop: int = 227, epoch: int = 0, start_method: str | None = None,
+                 shard: tuple | None = None):
         from ..backend import get_device
         self.dataset: PreparedDataset = open_prepared(data)
         self.split = self.dataset.split(split)
@@ -292,6 +301,8 @@ class Loader:
                          else positive_int(prefetch, "prefetch", error=LoaderError))
         self.next_epoch = int(epoch)
         self.start_method = start_method
+        self.shard = _check_shard(shard)
+        self._totals: list[int] = []  # the current epoch's whole-batch sizes
         if isinstance(augment, str):
             augment = Augmentation.from_dataset(self.dataset, augment, crop=crop, seed=self.seed)
         elif augment is not None and not isinstance(augment, Augmentation):
@@ -411,6 +422,10 @@ class Loader:
         batches = [order[c:c + self.batch_size] for c in cuts]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
+        self._totals = [len(b) for b in batches]
+        if self.shard is not None:
+            rank, size = self.shard
+            batches = [np.array_split(b, size)[rank] for b in batches]
         return batches
 
     def _emit(self, host: np.ndarray, indices: np.ndarray, epoch: int, number: int) -> Batch:
@@ -423,7 +438,8 @@ class Loader:
                 images = images.copy()  # the caller may keep it; the slot is reused
             self._stage.release(token)
             labels = self._stage.labels(self.split.labels[indices])
-        return Batch(images=images, labels=labels, indices=indices, epoch=epoch, number=number)
+        return Batch(images=images, labels=labels, indices=indices, epoch=epoch, number=number,
+                     total=self._totals[number] if number < len(self._totals) else len(indices))
 
     def _run_epoch(self, epoch: int):
         batches = self._batches(epoch)
@@ -529,6 +545,18 @@ class Loader:
                 yield self._emit(host, idx, epoch, number)
         finally:
             reader.close()
+
+
+def _check_shard(shard):
+    if shard is None:
+        return None
+    try:
+        rank, size = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise LoaderError(f"shard must be (rank, size), got {shard!r}") from None
+    if not 0 <= rank < size:
+        raise LoaderError(f"shard (rank {rank}, size {size}): the rank must be in 0..size-1")
+    return (rank, size) if size > 1 else None
 
 
 def _check_shm_space(nbytes: int) -> None:

@@ -1,0 +1,84 @@
+"""Data parallelism: one process per device, each on its share of every global batch.
+
+``DataParallel(model, optimizer, comm)``:
+
+* ``broadcast_state()``: every parameter, momentum buffer and the step count from rank
+  0 (a new run's initial weights, or the checkpoint rank 0 resumed from).
+* ``step(images, labels, total)``: this rank's ``len(labels)`` images of a global batch
+  of ``total``; the backward pass starts from ``n / total`` (so the sum over ranks is the
+  global batch's mean-loss gradient), its gradients are all-reduced in buckets that
+  start while the backward pass is still running (``buckets``), and every rank then
+  takes the same SGD step. A rank with no images in a (short, last) batch still joins
+  every collective with zero gradients. Returns a ``StepResult`` of the whole global
+  batch (the loss and hits summed over ranks).
+* ``reduce_evaluation(result, images)``: an evaluation over this rank's share of a split
+  combined into the whole split's (counts and loss sums added).
+
+The loader gives each rank its share (``Loader(..., shard=(rank, size))``); the
+augmentation of an image depends on (seed, epoch, index) only, so the union of the
+ranks' batches is the single-process batch, image for image.
+"""
+from __future__ import annotations
+
+from .buckets import DEFAULT_BUCKET_BYTES, GradientBuckets
+from .comm import Communicator
+
+__all__ = ["DataParallel"]
+
+
+class DataParallel:
+    def __init__(self, model, optimizer, comm: Communicator,
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES):
+        self.model, self.optimizer, self.comm = model, optimizer, comm
+        self.buckets = GradientBuckets(model.named_parameters(), comm, bucket_bytes)
+        self.buckets.attach()
+
+    def close(self) -> None:
+        self.buckets.detach()
+
+    def broadcast_state(self) -> None:
+        comm = self.comm
+        for _, p in self.model.named_parameters():
+            comm.broadcast(p.data, 0)
+        for v in self.optimizer.velocity.values():
+            comm.broadcast(v, 0)
+        self.optimizer.steps = comm.broadcast_object(self.optimizer.steps, 0)
+
+    def step(self, images, labels, total: int):
+        from ..step import StepResult, train_step
+        from ..tensor import TransferLog
+        n = int(len(labels))
+        self.buckets.begin()
+        if n:
+            local = train_step(self.model, self.optimizer, images, labels, check_finite=False,
+                               grad_scale=n / total, before_update=self.buckets.finish)
+            sums, device, transfers = local.sums, local._device, local.transfers
+        else:  # nothing to learn from here, but the others' gradients still arrive
+            self.optimizer.zero_grad()
+            self.buckets.finish()
+            self.optimizer.step()
+            device = next(iter(self.model.parameters())).device
+            with device.activate():
+                sums = device.xp.zeros(3, dtype="float64")
+            transfers = TransferLog()
+        self.comm.allreduce([sums])
+        with device.activate():
+            values = sums / device.xp.asarray([total, 1, 1], dtype=sums.dtype)
+        return StepResult(values, device, total, transfers, checked=False)
+
+    def reduce_evaluation(self, result, images: int, mode: str, classes: int):
+        """``result`` (an ``EvalResult`` in ``mode`` of this rank's ``images`` images, or
+        None when it had none) combined over the ranks into the whole split's."""
+        import numpy as np
+        from ..app.evaluate import EvalResult
+        mine = np.zeros(5, dtype=np.float64)
+        if result is not None:
+            mine[:] = (images, result.loss * images, (1 - result.top1_error) * images,
+                       (1 - result.top5_error) * images, result.seconds)
+        self.comm.allreduce([mine])
+        count, loss, right1, right5 = mine[:4]
+        if count == 0:
+            raise ValueError("evaluate: the split holds no images")
+        return EvalResult(mode=mode, images=int(round(count)), loss=loss / count,
+                          top1_error=1 - round(right1) / count, top5_error=1 - round(right5) / count,
+                          seconds=mine[4] / self.comm.size, classes=classes)
