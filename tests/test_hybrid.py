@@ -4,7 +4,8 @@ data-parallel, fc6–fc8 model-parallel (convnet.models.hybrid).
 Under ``mpiexec -n 2`` and ``-n 3`` (tests/hybrid/run_hybrid.py; fc6 and fc7 of 10 and 14
 units and 5 classes split unevenly over 3 ranks), a few SGD steps of the hybrid model
 with dropout on give the losses, weights and velocities of one process on the whole
-batch, gathered into a one-column state dict; its eval-mode logits too; a model resumed
+batch, gathered into a one-column state dict (every rank's conv weights the same bits;
+the transfer log's collectives as ``step_bytes`` says); its eval-mode logits; a model resumed
 from that state dict (another seed at build) takes the next step bit for bit as the
 original does. Bad inputs are refused on every rank with the same message. In process:
 one rank (``SingleProcess``) is the single-process model bit for bit, the state-dict
@@ -88,6 +89,11 @@ def test_hybrid_training_equals_one_process(ranks, reference, tmp_path):
     done = _mpiexec(ranks, "train", str(out), str(STEPS))
     assert done.returncode == 0, done.stdout + done.stderr
     got = np.load(out)
+    assert got["apart"] == 0  # every rank holds the same conv weights, bit for bit
+    moved = dict(zip(got["moved_names"], got["moved_bytes"]))
+    formulas = step_bytes(run.SETTINGS["num_classes"], run.WIDTHS, run.SETTINGS["input_size"],
+                          run.BATCH, ranks, itemsize=8)
+    assert moved == formulas
     np.testing.assert_allclose(got["losses"], reference["losses"], rtol=RTOL, atol=0)
     for name, ref in reference["weights"].items():
         np.testing.assert_allclose(got[f"w.{name}"], ref, rtol=RTOL, atol=ATOL, err_msg=name)

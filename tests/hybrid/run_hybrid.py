@@ -5,7 +5,9 @@ STEPS SGD steps on its share of seeded batches; then, as a resume would, a secon
 built from another seed takes the gathered one-column weights and velocities and both
 run one more step (dropout reseeded alike). Rank 0 writes OUT (npz): the losses, the
 gathered weights and velocities after STEPS steps, the eval-mode logits, the extra
-step's losses of both models and the gathered weights of both after it.
+step's losses of both models and the gathered weights of both after it, how far apart
+the ranks' conv weights are (0: the same bits) and the bytes of the last step's
+collectives as the transfer log recorded them.
 
 ``refuse``: the inputs that must be refused, each printed as ``rank R: <case>: <error>``.
 """
@@ -50,7 +52,15 @@ def train(comm, out: str, steps: int) -> None:
     losses = []
     for step in range(steps):
         images, labels = batch(step)
-        losses.append(hybrid_step(model, opt, images[mine], labels[mine]).loss)
+        result = hybrid_step(model, opt, images[mine], labels[mine])
+        losses.append(result.loss)
+    moved = {}  # the last step's collectives by name (the transfer log's payloads)
+    for (_, _, _, name), entry in result.transfers.summary().items():
+        key = name.removeprefix("hybrid ").replace("conv weight", "conv").replace("conv bias", "conv")
+        moved[key] = moved.get(key, 0) + entry["bytes"]
+    # the conv weights: the same bits on every rank (each all-reduce gives all the same sum)
+    apart = max(float(np.abs(comm.allgather(p.numpy()) - p.numpy()).max())
+                for n, p in model.named_parameters() if n.startswith("conv"))
     weights = model.gather_state_dict()
     velocity = model.gather_state_dict(opt.state_dict()["velocity"])
     model.eval()
@@ -74,7 +84,9 @@ def train(comm, out: str, steps: int) -> None:
         arrays.update({f"v.{k}": v for k, v in velocity.items()})
         arrays.update({f"a0.{k}": v for k, v in after[0].items()})
         arrays.update({f"a1.{k}": v for k, v in after[1].items()})
-        np.savez(out, losses=np.array(losses), logits=logits, extra=np.array(extra), **arrays)
+        np.savez(out, losses=np.array(losses), logits=logits, extra=np.array(extra),
+                 apart=apart, moved_names=np.array(list(moved)),
+                 moved_bytes=np.array(list(moved.values())), **arrays)
 
 
 def refuse(comm) -> None:

@@ -66,7 +66,7 @@ class _Gather(Function):
         xp, comm = self.device.xp, self.comm
         if self.partial:
             grad = xp.array(grad, copy=True, order="C")  # reduced in place: our own copy
-            pass  # comm.allreduce([grad])
+            comm.allreduce([grad])
             _record("backward", self.device, self.device, grad.nbytes,
                     f"hybrid {self.name} allreduce")
         start = offsets(self.sizes)[comm.rank]
