@@ -9,7 +9,8 @@ step's losses of both models and the gathered weights of both after it, how far 
 the ranks' conv weights are (0: the same bits) and the bytes of the last step's
 collectives as the transfer log recorded them.
 
-``refuse``: the inputs that must be refused, each printed as ``rank R: <case>: <error>``.
+``refuse``: the inputs that must be refused, each rank's error printed by rank 0 as
+``rank R: <case>: <error>``.
 """
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ from convnet.distributed import MPICommunicator
 from convnet.models.hybrid import (batch_slice, hybrid_alexnet, hybrid_step,
                                    one_column_to_hybrid)
 from convnet import nn
+from convnet.app.evaluate import evaluate_batches
+from convnet.data.loader import Batch
 
 WIDTHS = (4, 8, 8, 8, 8, 10, 14)   # fc6 10, fc7 14 units: uneven slices over 3 ranks
 SETTINGS = dict(num_classes=5, input_size=67, widths=WIDTHS, weight_std=0.1, seed=11,
                 dtype=np.float64)
 SGD = dict(lr=0.05, momentum=0.9, weight_decay=0.0005)
-BATCH = 6
+BATCH = 7   # shares of 4 + 3 and 3 + 2 + 2 images
 
 
 def batch(step: int):
@@ -35,6 +38,17 @@ def batch(step: int):
     rng = np.random.default_rng(1000 + step)
     images = rng.standard_normal((BATCH, 3, SETTINGS["input_size"], SETTINGS["input_size"]))
     return images, rng.integers(0, SETTINGS["num_classes"], BATCH)
+
+
+def shares(rank: int, size: int):
+    """Rank ``rank``'s shares of two evaluation batches (0 and 1), as a sharded
+    ``Loader`` yields them; with size 1 the whole batches."""
+    for number in (0, 1):
+        images, labels = batch(number)
+        mine = batch_slice(BATCH, rank, size)
+        indices = np.arange(BATCH, dtype=np.int64)[mine] + BATCH * number
+        yield Batch(images=images[mine], labels=labels[mine], indices=indices, epoch=0,
+                    number=number, total=BATCH)
 
 
 def reseed(model, epoch: int) -> None:
@@ -66,6 +80,8 @@ def train(comm, out: str, steps: int) -> None:
     model.eval()
     logits = model(batch(0)[0][mine]).numpy()
     model.train()
+    evaluation = evaluate_batches(model, model.global_batches(shares(comm.rank, comm.size)))
+    model.train()
     # a resume: another model takes the one-column state, then both run one more step
     resumed = hybrid_alexnet(comm, **dict(SETTINGS, seed=SETTINGS["seed"] + 1))
     resumed.load_one_column(weights)
@@ -85,27 +101,36 @@ def train(comm, out: str, steps: int) -> None:
         arrays.update({f"a0.{k}": v for k, v in after[0].items()})
         arrays.update({f"a1.{k}": v for k, v in after[1].items()})
         np.savez(out, losses=np.array(losses), logits=logits, extra=np.array(extra),
+                 evaluation=np.array([evaluation.loss, evaluation.top1_error,
+                                      evaluation.top5_error, evaluation.images]),
                  apart=apart, moved_names=np.array(list(moved)),
                  moved_bytes=np.array(list(moved.values())), **arrays)
 
 
 def refuse(comm) -> None:
+    said = []
+
     def case(name, run):
         try:
             run()
         except Exception as exc:  # noqa: BLE001 (printed for the test to check)
-            print(f"rank {comm.rank}: {name}: {type(exc).__name__}: {exc}", flush=True)
+            said.append(f"rank {comm.rank}: {name}: {type(exc).__name__}: {exc}")
         else:
-            print(f"rank {comm.rank}: {name}: accepted", flush=True)
+            said.append(f"rank {comm.rank}: {name}: accepted")
 
     case("classes", lambda: hybrid_alexnet(comm, **dict(SETTINGS, num_classes=comm.size - 1)))
-    case("batch", lambda: batch_slice(BATCH + 1, comm.rank, comm.size))
     case("settings", lambda: hybrid_alexnet(comm, **dict(SETTINGS, seed=comm.rank)))
     model = hybrid_alexnet(comm, **SETTINGS)
-    images = batch(0)[0][:2 if comm.rank else 3]
-    case("images", lambda: model(images))
-    case("labels", lambda: model.gather_labels(np.zeros(1 + comm.rank, dtype=np.int64)))
-
+    opt = optim.SGD(model, **SGD)
+    images, labels = batch(0)
+    short = batch_slice(comm.size - 1, comm.rank, comm.size)  # the last rank gets none
+    case("batch", lambda: hybrid_step(model, opt, images[short], labels[short]))
+    case("images", lambda: model(images[:0]))
+    mine = batch_slice(BATCH, comm.rank, comm.size)
+    case("labels", lambda: hybrid_step(model, opt, images[mine], labels[mine][:1]))
+    everyone = comm.allgather_object(said)  # printed by rank 0: lines never interleave
+    if comm.rank == 0:
+        print("\n".join(line for lines in everyone for line in lines), flush=True)
 
 if __name__ == "__main__":
     world = MPICommunicator(timeout=60)

@@ -5,9 +5,10 @@ Rank r of K holds all of conv1–conv5 (the same weights on every rank) and slic
 the output units of fc6, fc7 and fc8: the first ``n % K`` ranks ceil(n/K) units, the
 others floor(n/K), rank 0's units first (``shares``; for K = 2 the two columns' cut).
 Every rank takes its own share of the global batch — rank r the images
-``batch_slice(N, r, K)``, contiguous blocks in rank order — and:
+``batch_slice(N, r, K)``, consecutive shares in rank order, N/K each when K divides N,
+else ceil/floor (``Loader(shard=(rank, K))`` splits batches so) — and:
 
-    conv1..pool5 on its n = N/K images            (data parallel)
+    conv1..pool5 on its n_r images                 (data parallel)
     all-gather the pooled conv5 features           → (N, F) on every rank
     fc6_r on the whole batch, all-gather the units → (N, fc6) → dropout
     fc7_r likewise                                 → (N, fc7) → dropout
@@ -38,6 +39,7 @@ themselves (they apply to the SGD velocities too: same names, same shapes).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections import OrderedDict
 from types import SimpleNamespace
@@ -48,7 +50,7 @@ from .. import arguments
 from .. import functional as F
 from .. import nn
 from ..distributed import hybrid_ops
-from ..distributed.errors import ConfigMismatch
+from ..distributed.config import check_same_configuration
 from ..step import train_step
 from ..tensor import Tensor
 from .alexnet import (LAYERS, PAPER_WIDTHS, WEIGHT_STD, AlexNet, _check_names, _check_widths,
@@ -71,13 +73,11 @@ def shares(n: int, size: int) -> list[int]:
 
 
 def batch_slice(batch: int, rank: int, size: int) -> slice:
-    """Rank ``rank``'s images of a global batch of ``batch``: the contiguous block
-    [rank·n, (rank+1)·n), n = batch/size; a ValueError unless ``size`` divides ``batch``."""
-    if batch % size:
-        raise ValueError(f"hybrid: a batch of {batch} images does not split evenly over "
-                         f"{size} ranks; use a batch size that is a multiple of {size}")
-    share = batch // size
-    return slice(rank * share, (rank + 1) * share)
+    """Rank ``rank``'s images of a global batch of ``batch``: consecutive shares in rank
+    order, ``shares(batch, size)`` long (``Loader(shard=(rank, size))``'s split)."""
+    cut = shares(batch, size)
+    start = hybrid_ops.offsets(cut)[rank]
+    return slice(start, start + cut[rank])
 
 
 def _layout(num_classes: int, widths, size: int) -> dict:
@@ -131,25 +131,14 @@ def hybrid_to_one_column(states) -> "OrderedDict[str, np.ndarray]":
     return out
 
 
-def _agree(comm, settings: dict) -> None:
-    """Every rank's settings, compared on every rank, so that a rank started differently
-    is refused by all of them (``ConfigMismatch``), with what differs."""
-    everyone = comm.allgather_object(settings)
-    lines = [f"rank {r} has {k}={v!r}, rank 0 {everyone[0].get(k)!r}"
-             for r, other in enumerate(everyone[1:], start=1)
-             for k, v in other.items() if v != everyone[0].get(k)]
-    if lines:
-        raise ConfigMismatch("hybrid: the ranks were started with different settings: "
-                             + "; ".join(lines))
-
-
 class HybridAlexNet(nn.Module):
     """AlexNet over a communicator ``comm`` (rank r of K), the "one weird trick" split;
     see this module's docstring. Arguments as ``alexnet(...)`` takes them, one column
     only; ``device`` the rank's device (default "cpu"). ``seed=None``: rank 0 draws one
     and sends it to the others (the ranks must start from the same weights and draw the
-    same dropout masks). Every rank must be built with the same settings (checked: a
-    ``ConfigMismatch`` on every rank listing what differs)."""
+    same dropout masks). Every rank must be built with the same settings (checked by
+    ``distributed.config.check_same_configuration``: a ``ConfigMismatch`` on every rank
+    naming what differs)."""
 
     def __init__(self, comm, num_classes=1000, input_size=227, lrn_groups=None,
                  widths=PAPER_WIDTHS, dropout=0.5, dropout_mode="paper", weight_std=WEIGHT_STD,
@@ -169,10 +158,11 @@ class HybridAlexNet(nn.Module):
         if seed is None:
             seed = comm.broadcast_object(int(np.random.SeedSequence().entropy % 2**63)
                                          if comm.rank == 0 else None, root=0)
-        _agree(comm, dict(num_classes=num_classes, input_size=input_size,
-                          lrn_groups=lrn_groups, widths=widths, dropout=dropout,
-                          dropout_mode=dropout_mode, weight_std=weight_std,
-                          fuse_lrn_pool=fuse_lrn_pool, seed=seed, dtype=np.dtype(dtype).name))
+        check_same_configuration(comm, dict(
+            model="hybrid alexnet", num_classes=num_classes, input_size=input_size,
+            lrn_groups=lrn_groups, widths=list(widths), dropout=dropout,
+            dropout_mode=dropout_mode, weight_std=weight_std, fuse_lrn_pool=fuse_lrn_pool,
+            seed=seed, dtype=np.dtype(dtype).name))
         # The one-column network of the same settings, built alike on every rank: its
         # conv and dropout layers become ours, its fc layers give our slices.
         whole = AlexNet(num_classes=num_classes, columns=1, input_size=input_size,
@@ -199,19 +189,22 @@ class HybridAlexNet(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x) -> Tensor:
         """The logits (N, num_classes) of the global batch, the same on every rank, for
-        this rank's images (n, 3, S, S), N = K·n (every rank must pass n images)."""
+        this rank's images (n_r, 3, S, S), N the sum of the ranks' n_r (collective; a
+        rank may pass no images, as long as some rank passes some)."""
         comm = self.comm
         if len(getattr(x, "shape", ())) != 4:
             raise ValueError(f"hybrid: expected this rank's images (n, 3, S, S), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
-        self._check_counts(int(x.shape[0]), "images")
+        counts = self.counts(int(x.shape[0]))
+        if not sum(counts):
+            raise ValueError("hybrid: no rank passed any image")
         h = AlexNet._input(self, x, self.device)
         convs = SimpleNamespace(**{name: getattr(self, name) for name in CONV_NAMES})
         for name in CONV_NAMES:
             if isinstance(getattr(self, name), nn.Conv2d):
                 setattr(convs, name, _SummedConv(getattr(self, name), comm))
         h = _run(convs, h, CONV_NAMES, None, "", self.fuse_lrn_pool)
-        h = hybrid_ops.gather(h, comm, [h.shape[0]] * comm.size, axis=0, name="pool5")
+        h = hybrid_ops.gather(h, comm, counts, axis=0, name="pool5")
         for layer, drop in (("fc6", "drop6"), ("fc7", "drop7"), ("fc8", None)):
             h = getattr(self, layer)(h)
             h = hybrid_ops.gather(h, comm, self.layout[layer], axis=1,
@@ -220,22 +213,40 @@ class HybridAlexNet(nn.Module):
                 h = getattr(self, drop)(h)
         return h
 
-    def _check_counts(self, n: int, what: str) -> None:
-        """Every rank passes the same number of images (labels): one small all-gather, so
-        that a mismatch is the same error on every rank, not a collective of two shapes."""
-        counts = self.device.to_numpy(self.comm.allgather(self.device.xp.asarray([n]))).ravel()
-        if (counts != counts[0]).any():
-            raise ValueError(f"hybrid: every rank must pass the same number of {what}; they "
-                             f"passed {', '.join(f'rank {r}: {c}' for r, c in enumerate(counts))} "
-                             f"(split each batch with batch_slice)")
+    def counts(self, n: int) -> list[int]:
+        """Every rank's ``n``, in rank order (one small all-gather)."""
+        mine = self.device.xp.asarray([n], dtype=np.int64)
+        return [int(c) for c in self.device.to_numpy(self.comm.allgather(mine)).ravel()]
 
-    def gather_labels(self, labels):
-        """The labels of the global batch (an int64 array of the device, rank 0's first)
-        from this rank's labels (collective)."""
+    def gather_rows(self, array, counts=None):
+        """Every rank's ``array`` (n_r, ...) joined along the first axis, rank 0's rows
+        first, as an array of the device (collective; ``counts``: every rank's n_r when
+        the caller has them, else gathered first). Without gradient: labels, indices."""
+        local = self.device.asarray(array)
+        counts = self.counts(local.shape[0]) if counts is None else counts
+        width = max(counts)
+        padded = self.device.xp.zeros((width,) + local.shape[1:], dtype=local.dtype)
+        padded[:local.shape[0]] = local
+        everyone = self.comm.allgather(padded)
+        return self.device.xp.concatenate([everyone[r, :c] for r, c in enumerate(counts)])
+
+    def gather_labels(self, labels, counts=None):
+        """The labels of the global batch (int64, an array of the device, rank 0's first)
+        from this rank's labels (collective; ``counts`` as ``gather_rows`` takes them)."""
         data = labels.data if isinstance(labels, Tensor) else labels
-        local = self.device.asarray(data, dtype=np.int64).reshape(-1)
-        self._check_counts(int(local.shape[0]), "labels")
-        return self.comm.allgather(local).reshape(-1)
+        return self.gather_rows(self.device.asarray(data, dtype=np.int64).reshape(-1), counts)
+
+    def global_batches(self, batches):
+        """``batches`` (this rank's shares of the global batches: ``Loader(shard=...)``)
+        with the labels and indices of the global batch, the images this rank's: what
+        ``evaluate_batches(model, ...)`` takes for the hybrid model (every rank then
+        computes the same numbers for the whole split; collective)."""
+        for batch in batches:
+            counts = self.counts(len(batch))
+            yield dataclasses.replace(
+                batch, labels=self.gather_labels(batch.labels, counts),
+                indices=self.device.to_numpy(self.gather_rows(
+                    np.asarray(batch.indices, dtype=np.int64), counts)))
 
     # ------------------------------------------------------------------ state
     def gather_state_dict(self, state=None) -> "OrderedDict[str, np.ndarray]":
@@ -296,8 +307,14 @@ hybrid_alexnet.__signature__ = inspect.signature(HybridAlexNet)
 def hybrid_step(model: HybridAlexNet, optimizer, images, labels, check_finite=None):
     """One SGD step of the hybrid model on this rank's ``images`` and ``labels`` (its
     ``batch_slice`` of the global batch): ``convnet.train_step`` with the global labels.
-    The returned loss and accuracies are the global batch's, the same on every rank."""
-    return train_step(model, optimizer, images, model.gather_labels(labels),
+    The returned loss and accuracies are the global batch's, the same on every rank.
+    A batch with fewer images than ranks (an empty share) is refused on every rank."""
+    counts = model.counts(len(labels))
+    if 0 in counts:
+        raise ValueError(f"hybrid: a batch of {sum(counts)} images leaves rank "
+                         f"{counts.index(0)} of {len(counts)} without any; train on batches "
+                         f"of at least {len(counts)} images (drop the short last batch)")
+    return train_step(model, optimizer, images, model.gather_labels(labels, counts),
                       check_finite=check_finite)
 
 
@@ -314,7 +331,7 @@ def step_bytes(num_classes: int, widths, input_size: int, batch: int, size: int,
     # conv1..conv5's weights and biases (conv2, conv4, conv5 in two groups)
     conv_params = (w1 * 3 * 11 * 11 + w2 * (w1 // 2) * 5 * 5 + w3 * w2 * 3 * 3
                    + w4 * (w3 // 2) * 3 * 3 + w5 * (w4 // 2) * 3 * 3 + w1 + w2 + w3 + w4 + w5)
-    share = batch_slice(batch, 0, size).stop
+    share = shares(batch, size)[0]  # the largest: the pieces travel padded to it
     return {
         "pool5 allgather": size * share * features * itemsize,
         "fc6 allgather": size * max(layout["fc6"]) * batch * itemsize,
