@@ -8,7 +8,7 @@ batch of 7 (shares of 4 + 3 and 3 + 2 + 2 images), gathered into a one-column st
 (every rank's conv weights the same bits; the transfer log's collectives as
 ``step_bytes`` says); its eval-mode logits and ``evaluate_batches`` over
 ``global_batches`` too; a model resumed
-from that state dict (another seed at build) takes the next step bit for bit as the
+from that state dict (another seed at build; the velocities scattered from rank 0) takes the next step bit for bit as the
 original does. Bad inputs are refused on every rank with the same message. In process:
 one rank (``SingleProcess``) is the single-process model bit for bit, the state-dict
 mappings invert each other, and the bytes per step follow the formulas.
@@ -128,6 +128,8 @@ def test_bad_inputs_are_refused_on_every_rank():
         "images": "ValueError: hybrid: no rank passed any image",
         "labels": "ValueError: cross_entropy: labels must have shape (7,) for logits of shape "
                   "(7, 5), got (3,)",
+        "scatter": "ValueError: hybrid: rank 0's state dict does not match the network: "
+                   "missing: conv1.bias, ",
     }
     for rank in range(3):
         for case, message in expected.items():

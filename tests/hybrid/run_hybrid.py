@@ -20,8 +20,7 @@ import numpy as np
 
 from convnet import optim
 from convnet.distributed import MPICommunicator
-from convnet.models.hybrid import (batch_slice, hybrid_alexnet, hybrid_step,
-                                   one_column_to_hybrid)
+from convnet.models.hybrid import batch_slice, hybrid_alexnet, hybrid_step
 from convnet import nn
 from convnet.app.evaluate import evaluate_batches
 from convnet.data.loader import Batch
@@ -82,12 +81,13 @@ def train(comm, out: str, steps: int) -> None:
     model.train()
     evaluation = evaluate_batches(model, model.global_batches(shares(comm.rank, comm.size)))
     model.train()
-    # a resume: another model takes the one-column state, then both run one more step
+    # a resume: another model takes the one-column state (the weights read by every rank,
+    # the velocities by rank 0 only and scattered), then both run one more step
     resumed = hybrid_alexnet(comm, **dict(SETTINGS, seed=SETTINGS["seed"] + 1))
     resumed.load_one_column(weights)
     opt2 = optim.SGD(resumed, **SGD)
     state = opt.state_dict()
-    state["velocity"] = one_column_to_hybrid(velocity, comm.rank, comm.size)
+    state["velocity"] = resumed.scatter_state_dict(velocity if comm.rank == 0 else None)
     opt2.load_state_dict(state)
     extra = []
     for m, o in ((model, opt), (resumed, opt2)):
@@ -128,6 +128,8 @@ def refuse(comm) -> None:
     case("images", lambda: model(images[:0]))
     mine = batch_slice(BATCH, comm.rank, comm.size)
     case("labels", lambda: hybrid_step(model, opt, images[mine], labels[mine][:1]))
+    bad = {"conv1.weight": np.zeros(3)} if comm.rank == 0 else None
+    case("scatter", lambda: model.scatter_state_dict(bad))
     everyone = comm.allgather_object(said)  # printed by rank 0: lines never interleave
     if comm.rank == 0:
         print("\n".join(line for lines in everyone for line in lines), flush=True)

@@ -33,8 +33,8 @@ applies the whole (N, units) mask (an elementwise pass, K times its slice's work
 The layer names, their order and ``named_modules()`` are those of the one-column
 network (so per-layer dropout reseeding by module index matches), but fc6–fc8 hold
 slices: ``gather_state_dict`` joins them into an ordinary one-column state dict (on
-every rank; rank 0 writes the checkpoint) and ``load_one_column`` takes this rank's
-slices of one; ``one_column_to_hybrid`` / ``hybrid_to_one_column`` are the mappings
+every rank; rank 0 writes the checkpoint), ``load_one_column`` takes this rank's slices
+of one every rank read, ``scatter_state_dict`` of one that only rank 0 read; ``one_column_to_hybrid`` / ``hybrid_to_one_column`` are the mappings
 themselves (they apply to the SGD velocities too: same names, same shapes).
 """
 from __future__ import annotations
@@ -51,6 +51,7 @@ from .. import functional as F
 from .. import nn
 from ..distributed import hybrid_ops
 from ..distributed.config import check_same_configuration
+from ..state_dict import differences
 from ..step import train_step
 from ..tensor import Tensor
 from .alexnet import (LAYERS, PAPER_WIDTHS, WEIGHT_STD, AlexNet, _check_names, _check_widths,
@@ -272,6 +273,37 @@ class HybridAlexNet(nn.Module):
         """Load this rank's part of a one-column state dict (every rank passes the same
         one; not collective)."""
         self.load_state_dict(one_column_to_hybrid(state, self.comm.rank, self.comm.size))
+
+    def scatter_state_dict(self, state=None, root: int = 0) -> "OrderedDict[str, np.ndarray]":
+        """This rank's hybrid state dict from the one-column ``state`` that only rank
+        ``root`` passes (the others pass None): a resume where one rank read the
+        checkpoint (collective; every array is broadcast, then each rank keeps its rows).
+        For the model ``load_state_dict`` the result; for the velocities put it in the
+        optimizer's state. A bad ``state`` is refused on every rank."""
+        comm = self.comm
+        shapes = OrderedDict()
+        for name, p in self.named_parameters():
+            layer = name.split(".")[0]
+            rows = sum(self.layout[layer]) if layer in FC_LAYERS else p.shape[0]
+            shapes[name] = (rows,) + tuple(p.shape[1:])
+        problems = []
+        if comm.rank == root:
+            if not hasattr(state, "items"):
+                problems = [f"expected a one-column state dict, not {type(state).__name__}"]
+            else:
+                problems = differences(state, shapes, given_where="in the state dict",
+                                       expected_where="in the network")
+        problems = comm.broadcast_object(problems, root=root)
+        if problems:
+            raise ValueError(f"hybrid: rank {root}'s state dict does not match the network: "
+                             + "; ".join(problems))
+        whole = OrderedDict()
+        for name, shape in shapes.items():
+            a = (np.array(state[name], dtype=self.dtype, order="C") if comm.rank == root
+                 else np.empty(shape, dtype=self.dtype))
+            comm.broadcast(a, root=root)
+            whole[name] = a
+        return one_column_to_hybrid(whole, comm.rank, comm.size)
 
     def extra_repr(self) -> str:
         r = self.comm.rank
