@@ -123,10 +123,14 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
         patience=args.patience, lr_drops=args.lr_drops, crop=args.crop, widths=args.widths,
         weight_std=args.weight_std, dropout=args.dropout, precision=args.precision,
+        parallel=args.parallel, collective_timeout=args.collective_timeout,
         resume=args.resume, force=args.force,
         progress=False if args.no_progress else None,
         final_eval=False if args.no_final_eval else None)
-    return _run_reporting_errors("train", lambda: train(options))
+    code = _run_reporting_errors("train", lambda: train(options))
+    from ..distributed.launch import end_job
+    end_job(code)  # after a failed collective: exit now, never wait on the other ranks
+    return code
 
 
 def cmd_evaluate(args) -> int:
@@ -321,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the convolutions' arithmetic: fp32 (default, the paper's), or tf32 "
                          "or bf16 operands on tensor cores with FP32 sums (all three "
                          "passes); fixed for a run")
+    tr.add_argument("--parallel", choices=("data", "hybrid"),
+                    help="data: one process per device, each on its share of every batch, "
+                         "gradients averaged over the ranks (start with mpirun/mpiexec -n N, or "
+                         "torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT variables)")
+    tr.add_argument("--collective-timeout", type=float, metavar="SECONDS",
+                    help="with --parallel: how long a rank waits for the others in any "
+                         "collective before the job stops naming the rank (default 300)")
     tr.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest checkpoint that loads")
     tr.add_argument("--force", action="store_true",

@@ -60,12 +60,16 @@ class TrainOptions:
     weight_std: float | None = None
     dropout: float | None = None
     precision: str | None = None
+    parallel: str | None = None  # "data" (convnet.distributed) or "hybrid"; None: one process
+    collective_timeout: float | None = None  # seconds (default distributed.DEFAULT_TIMEOUT)
     resume: bool = False
     force: bool = False
     progress: bool | None = None
     final_eval: bool | None = None  # None: True for a new run, the run's own on --resume
     log: object = field(default=None, repr=False)  # one-line messages (default: stderr)
     out_file: object = field(default=None, repr=False)  # epoch summaries (default: stdout)
+    comm: object = field(default=None, repr=False)  # a distributed.Communicator (default: the
+    #                                                 launcher's, distributed.from_environment)
 
 
 def default_device() -> str:
@@ -109,6 +113,9 @@ def _check(options: TrainOptions) -> None:
     if options.seed is not None and options.seed >= 2**63:
         raise TrainError(f"--seed must be below 2**63, got {options.seed}")
     _positive_number(options.lr, "lr")
+    _positive_number(options.collective_timeout, "collective_timeout")
+    if options.parallel not in (None, "data", "hybrid"):
+        raise TrainError(f"--parallel must be data or hybrid, got {options.parallel!r}")
     _positive_number(options.weight_std, "weight_std")
     if options.dropout is not None:
         real(options.dropout, "--dropout", low=0, high=1, high_open=True, error=TrainError)

@@ -63,6 +63,23 @@ from the checkpoint; ``--epochs``, ``--lr``, ``--patience``, ``--device``/``--de
 ``--workers`` may change. Without ``--resume``, an ``--out`` that holds another run
 is refused (``--force`` deletes that run's checkpoints and metrics and starts afresh).
 
+Data parallelism (``--parallel data``, one process per device, ``convnet.distributed``):
+launched by ``mpirun -n N convnet train --parallel data ...`` (or ``mpiexec``), or with
+torchrun-style variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``,
+``LOCAL_RANK``; ``cuda`` becomes ``cuda:LOCAL_RANK``). ``--batch-size`` is the global
+batch, which must divide evenly over the ranks; each rank trains on its share of every
+batch (the union is the single-process batch, same augmentation), the gradients are
+averaged over the ranks in buckets while the backward pass runs, and every rank takes the
+same step. At start-up the ranks compare their options and data (a rank that differs
+is refused, saying what differs); rank 0 opens (or resumes) the run and sends the
+settings, weights and momentum to the others; rank 0 alone writes the run folder
+(checkpoints, metrics, figures) and prints progress. Validation and the ten-crop test
+are sharded the same way and their counts summed. Dropout masks are drawn per rank
+(seeded by rank too), so with dropout a data-parallel run is not the single-process
+run bit for bit; without dropout it is, up to the rounding of the gradient sums. Every
+collective has a timeout (``--collective-timeout``, default 300 s): a rank that dies
+or hangs ends the others with one line naming the rank and the step.
+
 Ctrl-C stops at the next step boundary: the loader shuts down, the checkpoint of
 the last complete epoch stays as it was, and the command exits with 130 (a second
 Ctrl-C stops at once). A loss that is not finite stops the run (exit 1) before the
@@ -89,6 +106,7 @@ from ..models import build_model, one_to_two_columns, two_to_one_columns
 from ..optim import SGD, Plateau
 from ..progress import ProgressBar, clock, say
 from ..step import train_step
+from ..distributed import CollectiveTimeout, ConfigMismatch, DEFAULT_TIMEOUT, SingleProcess
 from . import board, show
 from .errors import Terminated
 from .evaluate import evaluate_batches
@@ -107,12 +125,13 @@ class TrainingStopped(RuntimeError):
     """Training could not go on (a loss that is not finite); the checkpoints are untouched."""
 
 
-def _reseed_dropout(model, seed: int, epoch: int) -> None:
+def _reseed_dropout(model, seed: int, epoch: int, rank: int = 0) -> None:
     """Each dropout layer's masks in epoch ``epoch`` from (seed, epoch, layer) alone, so a
-    resumed run draws what an uninterrupted one would."""
+    resumed run draws what an uninterrupted one would; a data-parallel rank r > 0 adds r
+    (its images get masks of their own)."""
     for i, (_, module) in enumerate(model.named_modules()):
         if isinstance(module, nn.Dropout):
-            module.reseed([seed, epoch, i])
+            module.reseed([seed, epoch, i] + ([rank] if rank else []))
 
 
 def _convert_columns(state: dict, columns_from: int, columns_to: int) -> dict:
@@ -166,19 +185,85 @@ class TrainingRun:
     """
 
     def __init__(self, options: TrainOptions):
-        self.log = options.log or say
-        self.out_file = options.out_file or sys.stdout
         self.options = options
-        self.out, saved, self._lock = open_run(options, self.log)
+        self.dp = None
+        self._lock = None
+        self.comm, self._own_comm = _communicator(options)
+        self.leader = self.comm.rank == 0
+        self.log = (options.log or say) if self.leader else _quiet
+        self.out_file = (options.out_file or sys.stdout) if self.leader else _Discard()
         try:
-            self._open(options, saved)
+            if options.parallel == "data":
+                self._open_parallel(options)
+            else:
+                self.out, saved, self._lock = open_run(options, self.log)
+                self._open(options, saved)
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
         """Let go of the run folder (its lock); ``run()`` does this when it ends."""
-        self._lock.release()
+        if self.dp is not None:
+            self.dp.close()
+            self.dp = None
+        if self._lock is not None:
+            self._lock.release()
+        if self._own_comm and not failed_job():
+            self.comm.close()
+            self._own_comm = False
+
+    # ------------------------------------------------------------------ data parallelism
+    def _open_parallel(self, options: TrainOptions) -> None:
+        """Every rank's options compared; rank 0 opens the run and tells the others its
+        settings; every rank opens the data (digests compared) and builds the model; the
+        weights and momentum come from rank 0."""
+        from ..distributed import DataParallel
+        from ..distributed.config import check_same_configuration, data_digest
+        comm = self.comm
+        try:
+            check_same_configuration(comm, _requested(options))
+        except ConfigMismatch as exc:
+            raise TrainError(str(exc)) from None
+
+        def lead():
+            self.out, saved, self._lock = open_run(options, self.log)
+            self._open(options, saved)
+            return {"settings": self.settings, "out": str(self.out), "epoch": self.epoch,
+                    "schedule": self.schedule.state(), "lr": self.optimizer.lr,
+                    "resumed_from": self.resumed_from and str(self.resumed_from)}
+
+        shared = _from_leader(comm, lead)
+        if not self.leader:
+            self._follow(options, shared)
+        batch = self.settings["batch_size"]
+        if batch % comm.size:
+            raise TrainError(f"--batch-size {batch} does not divide evenly over {comm.size} "
+                             f"ranks (each takes an equal share of every batch): use a "
+                             f"multiple of {comm.size}")
+        try:
+            check_same_configuration(comm, {"data digest": data_digest(self.dataset)})
+        except ConfigMismatch as exc:
+            raise TrainError(str(exc)) from None
+        self.dp = DataParallel(self.model, self.optimizer, comm)
+        self.dp.broadcast_state()
+
+    def _follow(self, options: TrainOptions, shared: dict) -> None:
+        """A rank > 0: rank 0's settings, the same data and model, rank 0's schedule."""
+        self.settings = s = shared["settings"]
+        self.out = Path(shared["out"])
+        self._lock = None
+        _, self.devices = placement(options, s["columns"])
+        self._open_data(_data_folder(options, s, options.resume, self.log))
+        try:
+            self.model = build_model(s, self.devices)
+        except (TypeError, ValueError) as exc:
+            raise TrainError(str(exc)) from None
+        self.optimizer = SGD(self.model, lr=shared["lr"], momentum=s["momentum"],
+                             weight_decay=s["weight_decay"])
+        self.schedule = Plateau(s["patience"], s["lr_drops"], shared["schedule"])
+        self.epoch = shared["epoch"]
+        self.resumed_from = shared["resumed_from"] and Path(shared["resumed_from"])
 
     def _open(self, options: TrainOptions, saved) -> None:
         columns, devices = placement(options, saved and settings_of(saved)["columns"])
@@ -186,27 +271,12 @@ class TrainingRun:
         self.settings = run_settings(options, saved, gpu)
         if saved is not None and options.data is None:
             check_recorded_data(self.settings, saved.path)
-        data_dir = resolve_data(options.data if options.data is not None
-                                else (saved and self.settings["data"]), options.prepared,
-                                demo=saved is not None and options.data is None
-                                and self.settings.get("demo", False),
-                                workers=options.workers, log=self.log, error=TrainError)
-        self.dataset = open_prepared(data_dir)
+        data_dir = _data_folder(options, self.settings, saved is not None, self.log)
+        self._open_data(data_dir)
         classes = list(self.dataset.classes)
-        if len(classes) < 2:
-            raise TrainError(f"{data_dir} has {plural(len(classes), 'class', 'classes')} "
-                             f"({short_list(classes)}): a classifier needs at least 2 to tell "
-                             f"apart (its loss would be 0 from the start)")
         if saved is not None and classes != list(self.settings["classes"]):
             raise TrainError(f"{data_dir} has classes {short_list(classes)}, the run was trained "
                              f"on {short_list(self.settings['classes'])}")
-        check_crop(self.settings["crop"], self.dataset)
-        if "val" in self.dataset.splits and len(self.dataset.split("val")):
-            self.has_val = True
-        else:
-            self.has_val = False
-            self.log(f"train: warning: {data_dir} has no validation images: no per-epoch "
-                     f"validation, and the learning rate stays at its value")
         saved_columns = self.settings.get("columns", columns)
         self.settings.update(classes=classes, columns=columns, data=str(Path(data_dir).resolve()),
                              demo=options.data is None and (saved is None
@@ -223,6 +293,22 @@ class TrainingRun:
         self.resumed_from = None
         if saved is not None:
             self._restore(saved, saved_columns)
+
+    def _open_data(self, data_dir) -> None:
+        """The prepared data set: at least 2 classes, crops that fit, a val split or not."""
+        self.dataset = open_prepared(data_dir)
+        classes = list(self.dataset.classes)
+        if len(classes) < 2:
+            raise TrainError(f"{data_dir} has {plural(len(classes), 'class', 'classes')} "
+                             f"({short_list(classes)}): a classifier needs at least 2 to tell "
+                             f"apart (its loss would be 0 from the start)")
+        check_crop(self.settings["crop"], self.dataset)
+        if "val" in self.dataset.splits and len(self.dataset.split("val")):
+            self.has_val = True
+        else:
+            self.has_val = False
+            self.log(f"train: warning: {data_dir} has no validation images: no per-epoch "
+                     f"validation, and the learning rate stays at its value")
 
     def _restore(self, saved, saved_columns: int) -> None:
         columns = self.settings["columns"]
@@ -246,6 +332,8 @@ class TrainingRun:
         print(text, file=self.out_file, flush=True)
 
     def _record(self, event: str, **fields) -> None:
+        if not self.leader:
+            return
         line = {"event": event, "time": _dt.datetime.now(_dt.timezone.utc).isoformat(
             timespec="seconds"), **fields}
         with open(self.out / METRICS, "a") as f:
@@ -263,6 +351,8 @@ class TrainingRun:
     def _end_of_run(self) -> None:
         """Close the TensorBoard writer; draw the learning curves and conv1's filters into
         the run folder (``show``), or say in one line why not (no matplotlib, an error)."""
+        if not self.leader:
+            return
         if getattr(self, "_board", None) is not None:
             self._board.close()
         try:
@@ -276,6 +366,8 @@ class TrainingRun:
 
     def _record_end(self, event: str, **fields) -> None:
         """Record how the run ended, or warn when even that cannot be written (a full disk)."""
+        if not self.leader:
+            return
         try:
             self._record(event, **fields)
         except OSError as exc:
@@ -284,9 +376,12 @@ class TrainingRun:
     def _loader(self, split: str, augment: str, batch_size: int):
         return Loader(self.dataset, split, batch_size=batch_size, seed=self.settings["seed"],
                       workers=self.options.workers, device=self.devices[0], augment=augment,
-                      crop=self.settings["crop"])
+                      crop=self.settings["crop"],
+                      shard=(self.comm.rank, self.comm.size) if self.dp else None)
 
     def _save(self, metrics: dict) -> Path:
+        if not self.leader:
+            return None
         state = {"epoch": self.epoch, "settings": self.settings,
                  "schedule": self.schedule.state(), "metrics": metrics,
                  "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -303,7 +398,7 @@ class TrainingRun:
     # ------------------------------------------------------------------ epochs
     def _train_epoch(self, loader, stop) -> dict:
         s = self.settings
-        _reseed_dropout(self.model, s["seed"], self.epoch)
+        _reseed_dropout(self.model, s["seed"], self.epoch, self.comm.rank if self.dp else 0)
         bar = ProgressBar(len(loader.split), f"epoch {self.epoch + 1}/{s['epochs']}", self.show,
                           leave=False)
         count, loss_sum, right1, right5 = 0, 0.0, 0.0, 0.0
@@ -325,10 +420,15 @@ class TrainingRun:
 
         try:
             for batch in loader.epoch(self.epoch):
-                n = len(batch)
+                n = batch.total if self.dp else len(batch)
                 try:
                     with np.errstate(over="ignore", invalid="ignore"):  # caught below instead
-                        step = train_step(self.model, self.optimizer, batch.images, batch.labels)
+                        if self.dp:
+                            self.comm.step = f"{batch.number + 1} of epoch {self.epoch + 1}"
+                            step = self.dp.step(batch.images, batch.labels, batch.total, stop())
+                        else:
+                            step = train_step(self.model, self.optimizer, batch.images,
+                                              batch.labels)
                 except FloatingPointError as exc:
                     raise TrainingStopped(
                         f"epoch {self.epoch + 1}, step {batch.number + 1}: {exc}. The run stopped; "
@@ -339,7 +439,7 @@ class TrainingRun:
                     bar.update(n, f"loss {loss_sum / count:.3f} top-1 err {_pct(1 - right1 / count)}")
                 else:
                     bar.update(n)
-                if stop():
+                if (step.stop_requested if self.dp else stop()):
                     raise KeyboardInterrupt
             read_pending()
         finally:
@@ -352,8 +452,15 @@ class TrainingRun:
     def _evaluate(self, loader, epoch: int, mode: str, stop, desc: str):
         bar = ProgressBar(len(loader.split), desc, self.show, leave=False)
         try:
-            return evaluate_batches(self.model, loader.epoch(epoch), mode, should_stop=stop,
-                                    on_batch=bar.update)
+            if self.dp is None:
+                return evaluate_batches(self.model, loader.epoch(epoch), mode, should_stop=stop,
+                                        on_batch=bar.update)
+            from ..distributed.data_parallel import share_of
+            mine = share_of(len(loader.split), loader.batch_size, self.comm.rank, self.comm.size)
+            result = evaluate_batches(
+                self.model, (b for b in loader.epoch(epoch) if len(b)), mode, should_stop=stop,
+                on_batch=lambda n: bar.update(n * self.comm.size)) if mine else None
+            return self.dp.reduce_evaluation(result, mine, mode, len(self.settings["classes"]))
         finally:
             bar.close()
 
@@ -376,16 +483,19 @@ class TrainingRun:
     def _note_unfinished(self) -> None:
         """Record that the run's previous process ended without releasing the run folder
         (killed, or the machine stopped): ``lock_run`` found its lock and said so."""
-        if self._lock.stale is not None:
+        if self._lock is not None and self._lock.stale is not None:
             self._record_end("unfinished", epoch=self.epoch, previous=self._lock.stale)
 
     def _run(self) -> dict:
         s = self.settings
         self.show = sys.stderr.isatty() if self.options.progress is None else self.options.progress
-        self.out.mkdir(parents=True, exist_ok=True)
-        clean_temporaries(self.out)
+        self.show = self.show and self.leader
+        if self.leader:
+            self.out.mkdir(parents=True, exist_ok=True)
+            clean_temporaries(self.out)
         params = self.model.num_parameters()
-        where = " ".join(d.name for d in self.devices)
+        where = " ".join(d.name for d in self.devices) + (
+            f" x {self.comm.size} ranks ({self.comm.backend})" if self.dp else "")
         if self.epoch >= s["epochs"]:
             self._print(f"train: {self.out} has finished its {plural(s['epochs'], 'epoch')}; give "
                         f"--epochs N > {self.epoch} with --resume to train on")
@@ -397,7 +507,9 @@ class TrainingRun:
             self._record("resume", epoch=self.epoch, checkpoint=self.resumed_from.name,
                          lr=self.optimizer.lr, devices=[d.name for d in self.devices])
         else:
-            self._record("start", **s, parameters=params, devices=[d.name for d in self.devices])
+            self._record("start", **s, parameters=params, devices=[d.name for d in self.devices],
+                         **({"parallel": "data", "ranks": self.comm.size,
+                             "backend": self.comm.backend} if self.dp else {}))
         self._print(f"train: {s['model']} ({params:,} parameters, widths "
                     f"{'/'.join(map(str, s['widths']))}, {plural(s['columns'], 'column')}) on "
                     f"{where}; {plural(len(self.dataset.split('train')), 'training image')} of "
@@ -418,7 +530,9 @@ class TrainingRun:
             except KeyboardInterrupt as exc:
                 self._record_end("interrupted", epoch=self.epoch,
                              signal="SIGTERM" if isinstance(exc, Terminated) else "SIGINT")
-                if run_checkpoints(self.out):
+                if not self.leader:
+                    pass
+                elif run_checkpoints(self.out):
                     self.log(f"train: interrupted; {self.out} keeps the checkpoint of epoch "
                              f"{self.epoch}: continue with `"
                              f"{quoted('convnet', 'train', '--resume', '--out', self.out)}`")
@@ -432,6 +546,8 @@ class TrainingRun:
                 self._record_end("failed", epoch=self.epoch, reason=one_line(exc))
                 raise
         self._end_of_run()
+        if self.dp:
+            self.comm.barrier()  # rank 0's last checkpoint is on disk before any rank ends
         total = time.monotonic() - started
         self._print(f"train: done in {clock(total)}; checkpoints in {self.out}")
         return {"out": str(self.out), "epochs": self.epoch, "last": metrics, "final": final,
@@ -488,3 +604,105 @@ def train(options: TrainOptions | None = None, **kwargs) -> dict:
     elif kwargs:
         raise TypeError("train: give options or keyword arguments, not both")
     return TrainingRun(options).run()
+
+
+# --------------------------------------------------------------------------- ranks
+
+def _quiet(*_args, **_kwargs) -> None:
+    """A rank > 0 says nothing: rank 0 speaks for the job."""
+
+
+class _Discard:
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def failed_job() -> bool:
+    from ..distributed.errors import collective_failed
+    return collective_failed()
+
+
+def _communicator(options: TrainOptions):
+    """(communicator, made here) for ``options``: the launcher's for ``--parallel data``
+    (``options.comm`` when given), else ``SingleProcess``; a process launched as one of
+    several ranks without ``--parallel`` is refused."""
+    from ..distributed.launch import LaunchError, communicator_for, launched_size
+    timeout = options.collective_timeout or DEFAULT_TIMEOUT
+    if options.parallel is None:
+        size = launched_size()
+        if size and size > 1:
+            raise TrainError(f"started as one of {size} ranks (mpirun/mpiexec or WORLD_SIZE), "
+                             f"but without --parallel: give --parallel data, or start one "
+                             f"process")
+        return SingleProcess(timeout), False
+    if options.parallel == "hybrid":
+        raise TrainError("--parallel hybrid is not wired into convnet train yet: use "
+                         "--parallel data, or convnet.models.hybrid from Python")
+    if options.comm is not None:
+        return options.comm, False
+    if options.devices and len(set(options.devices)) > 1:
+        raise TrainError("--parallel data runs one process per device: give --device (each "
+                         "rank takes cuda:LOCAL_RANK), not --devices "
+                         f"{' '.join(options.devices)}")
+    from .settings import default_device
+    try:
+        comm = communicator_for(timeout=timeout,
+                                device=options.device or (options.devices or [None])[0]
+                                or default_device())
+    except LaunchError as exc:
+        raise TrainError(str(exc)) from None
+    _rank_devices(options, comm)
+    return comm, True
+
+
+def _rank_devices(options: TrainOptions, comm) -> None:
+    """``cuda`` as ``cuda:LOCAL_RANK`` on every rank of a job of several."""
+    from ..distributed.launch import device_for_rank
+    if options.device is not None:
+        options.device = device_for_rank(options.device, comm.local_rank, comm.size)
+    if options.devices:
+        options.devices = [device_for_rank(d, comm.local_rank, comm.size)
+                           for d in options.devices]
+    if options.device is None and not options.devices:
+        from .settings import default_device
+        options.device = device_for_rank(default_device(), comm.local_rank, comm.size)
+
+
+def _requested(options: TrainOptions) -> dict:
+    """What every rank must have been started with alike."""
+    keys = ("data", "prepared", "out", "model", "columns", "epochs", "batch_size", "lr", "seed",
+            "patience", "lr_drops", "crop", "widths", "weight_std", "dropout", "precision",
+            "parallel", "resume", "force", "final_eval")
+    config = {k: getattr(options, k) for k in keys}
+    config["widths"] = list(config["widths"]) if config["widths"] is not None else None
+    device = options.device or (options.devices or ["?"])[0]
+    config["device kind"] = str(device).split(":")[0]
+    return config
+
+
+def _from_leader(comm, work):
+    """``work()`` on rank 0, its result sent to every rank; an error there is raised on
+    every rank (rank 0 its own, the others a TrainError quoting it)."""
+    if comm.rank == 0:
+        try:
+            value = work()
+        except Exception as exc:  # noqa: BLE001 - told to the others, then raised here
+            comm.broadcast_object(("error", one_line(exc)))
+            raise
+        comm.broadcast_object(("ok", value))
+        return value
+    status, value = comm.broadcast_object(None)
+    if status == "error":
+        raise TrainError(f"rank 0 could not start the run: {value}")
+    return value
+
+
+def _data_folder(options: TrainOptions, settings: dict, resuming: bool, log):
+    """The prepared data folder of a run: --data, else (resuming) the one it trained on."""
+    return resolve_data(options.data if options.data is not None
+                        else (settings["data"] if resuming else None), options.prepared,
+                        demo=resuming and options.data is None and settings.get("demo", False),
+                        workers=options.workers, log=log, error=TrainError)

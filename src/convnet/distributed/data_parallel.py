@@ -8,7 +8,8 @@
   of ``total``; the backward pass starts from ``n / total`` (so the sum over ranks is the
   global batch's mean-loss gradient), its gradients are all-reduced in buckets that
   start while the backward pass is still running (``buckets``), and every rank then
-  takes the same SGD step. A rank with no images in a (short, last) batch still joins
+  takes the same SGD step. ``stop``: this rank wants to stop (Ctrl-C); the result's
+  ``stop_requested`` says whether any rank does, so all stop after the same step. A rank with no images in a (short, last) batch still joins
   every collective with zero gradients. Returns a ``StepResult`` of the whole global
   batch (the loss and hits summed over ranks).
 * ``reduce_evaluation(result, images)``: an evaluation over this rank's share of a split
@@ -23,7 +24,16 @@ from __future__ import annotations
 from .buckets import DEFAULT_BUCKET_BYTES, GradientBuckets
 from .comm import Communicator
 
-__all__ = ["DataParallel"]
+__all__ = ["DataParallel", "share_of"]
+
+
+def share_of(images: int, batch_size: int, rank: int, size: int) -> int:
+    """How many of a split's ``images``, in batches of ``batch_size``, rank ``rank`` of
+    ``size`` gets (``np.array_split`` of every batch, as the loader cuts them)."""
+    def cut(n):
+        return n // size + (1 if rank < n % size else 0)
+    full, rest = divmod(int(images), int(batch_size))
+    return full * cut(batch_size) + cut(rest)
 
 
 class DataParallel:
@@ -44,7 +54,7 @@ class DataParallel:
             comm.broadcast(v, 0)
         self.optimizer.steps = comm.broadcast_object(self.optimizer.steps, 0)
 
-    def step(self, images, labels, total: int):
+    def step(self, images, labels, total: int, stop: bool = False):
         from ..step import StepResult, train_step
         from ..tensor import TransferLog
         n = int(len(labels))
@@ -53,18 +63,25 @@ class DataParallel:
             local = train_step(self.model, self.optimizer, images, labels, check_finite=False,
                                grad_scale=n / total, before_update=self.buckets.finish)
             sums, device, transfers = local.sums, local._device, local.transfers
+            xp = device.xp
+            with device.activate():
+                sums = xp.concatenate([sums, xp.asarray([float(stop)], dtype=sums.dtype)])
         else:  # nothing to learn from here, but the others' gradients still arrive
             self.optimizer.zero_grad()
             self.buckets.finish()
             self.optimizer.step()
             device = next(iter(self.model.parameters())).device
             with device.activate():
-                sums = device.xp.zeros(3, dtype="float64")
+                sums = device.xp.zeros(4, dtype="float64")
+                sums[3] = float(stop)
             transfers = TransferLog()
         self.comm.allreduce([sums])
         with device.activate():
-            values = sums / device.xp.asarray([total, 1, 1], dtype=sums.dtype)
-        return StepResult(values, device, total, transfers, checked=False)
+            values = sums[:3] / device.xp.asarray([total, 1, 1], dtype=sums.dtype)
+            stop_requested = bool(sums[3] > 0)
+        result = StepResult(values, device, total, transfers, checked=False)
+        result.stop_requested = stop_requested  # a rank saw Ctrl-C: every rank stops here
+        return result
 
     def reduce_evaluation(self, result, images: int, mode: str, classes: int):
         """``result`` (an ``EvalResult`` in ``mode`` of this rank's ``images`` images, or

@@ -1,7 +1,16 @@
 """The errors of the parallel layer: a collective that did not finish, a rank refused."""
 from __future__ import annotations
 
-__all__ = ["CollectiveTimeout", "ConfigMismatch", "describe_ranks"]
+__all__ = ["CollectiveTimeout", "ConfigMismatch", "collective_failed", "describe_ranks"]
+
+_FAILED = []  # set once a collective of this process failed
+
+
+def collective_failed() -> bool:
+    """Whether a collective of this process has failed: its communicator may hold
+    operations that never complete, so the process should end without waiting on them
+    (``launch.end_job``)."""
+    return bool(_FAILED)
 
 
 def describe_ranks(ranks) -> str:
@@ -19,6 +28,7 @@ class CollectiveTimeout(RuntimeError):
 
     def __init__(self, operation: str, timeout: float, missing=(), step=None, cause: str = "",
                  message: str | None = None):
+        _FAILED.append(operation)
         self.operation, self.timeout, self.step = operation, float(timeout), step
         self.missing = tuple(sorted(set(int(r) for r in missing)))
         at = f" at step {step}" if step is not None else ""

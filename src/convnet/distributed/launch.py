@@ -15,7 +15,8 @@ import os
 from .comm import (DEFAULT_TIMEOUT, Communicator, MPICommunicator, SingleProcess,
                    local_rank_from_environment, mpi_launched)
 
-__all__ = ["LaunchError", "communicator_for", "device_for_rank", "torchrun_variables"]
+__all__ = ["LaunchError", "communicator_for", "device_for_rank", "end_job", "launched_size",
+           "torchrun_variables"]
 
 
 class LaunchError(ValueError):
@@ -42,6 +43,29 @@ def torchrun_variables(environ) -> dict | None:
         raise LaunchError(f"MASTER_ADDR={addr!r} MASTER_PORT={port!r}: a torchrun-style launch "
                           "of several ranks needs rank 0's host and a free TCP port")
     return {"rank": rank, "size": size, "addr": addr, "port": int(port) if port else 0}
+
+
+def launched_size(environ=None) -> int | None:
+    """The number of ranks the launcher started (mpirun/mpiexec, srun with PMI, or
+    ``WORLD_SIZE``), or None when nothing says."""
+    environ = os.environ if environ is None else environ
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "WORLD_SIZE"):
+        text = environ.get(name, "").strip()
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def end_job(code: int) -> None:
+    """After a failed collective, end this process at once with ``code`` (its output
+    flushed): a normal exit could wait forever in MPI_Finalize or on a peer, and under
+    mpirun an exit without finalizing makes the launcher end the other ranks."""
+    import sys
+    from .errors import collective_failed
+    if collective_failed():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 1)
 
 
 def _is_cuda(device) -> bool:
