@@ -109,16 +109,17 @@ def _grouped(dy, g: Geometry):
 
 def forward_reference(g: Geometry, x, w, b=None, relu=False):
     """``act(conv(x, w) + b)`` in the arrays' dtype (NumPy, any float dtype): per chunk of
-    images, one matmul per group, copied into y, then bias and ReLU there."""
+    images, one matmul per group, copied into y with the bias added, then ReLU there."""
     wg = w.reshape(g.groups, g.kg, g.cg * g.r * g.s)
     y = np.empty(g.y_shape, dtype=x.dtype)
     for n0, n1 in _chunks(g, x.dtype):
         z = np.matmul(wg, _columns(x[n0:n1], g))                       # g, kg, n*p*q
         out = y[n0:n1]
-        out.reshape(n1 - n0, g.groups, g.kg, g.p, g.q)[...] = \
-            z.reshape(g.groups, g.kg, n1 - n0, g.p, g.q).transpose(2, 0, 1, 3, 4)
-        if b is not None:
-            out += b.reshape(1, g.k, 1, 1)
+        z = z.reshape(g.groups, g.kg, n1 - n0, g.p, g.q).transpose(2, 0, 1, 3, 4)
+        if b is None:
+            out.reshape(z.shape)[...] = z
+        else:                                                           # copy and bias: one pass
+            np.add(z, b.reshape(1, g.groups, g.kg, 1, 1), out=out.reshape(z.shape))
         if relu:
             relu_in_place(out)
     return y
