@@ -10,6 +10,9 @@ communicator (``convnet.distributed.comm``); every rank runs them in the same or
   which each rank holds a slice, so the true gradient is the sum of the slices'). With
   ``partial=False`` every rank already holds the whole gradient (the same loss of the
   same logits): it is only cut.
+* ``join(xp, comm, x, sizes, axis)``: the same joining without autograd (labels, state
+  dicts); ``shares``/``piece``: how n entries split over the ranks (``np.array_split``'s
+  rule: consecutive, ceil/floor).
 * ``sum_gradients(w, comm)``: the identity forward; backward sums ``w``'s gradient over
   the ranks (the data-parallel weights: each rank's gradient covers its own images,
   the loss being a mean over the global batch, so the sum is the global gradient).
@@ -25,7 +28,14 @@ from __future__ import annotations
 
 from ..tensor import Function, Tensor, _record
 
-__all__ = ["gather", "sum_gradients", "offsets"]
+__all__ = ["gather", "join", "offsets", "piece", "shares", "sum_gradients"]
+
+
+def shares(n: int, size: int) -> list[int]:
+    """How ``n`` entries split over ``size`` ranks: ceil(n/size) to the first ``n % size``
+    ranks, floor(n/size) to the others (``np.array_split``'s rule)."""
+    base, extra = divmod(int(n), int(size))
+    return [base + (1 if r < extra else 0) for r in range(size)]
 
 
 def offsets(sizes) -> list[int]:
@@ -37,30 +47,45 @@ def offsets(sizes) -> list[int]:
     return out
 
 
+def piece(n: int, rank: int, size: int) -> slice:
+    """Rank ``rank``'s entries of ``n`` split by ``shares``: consecutive, in rank order."""
+    cut = shares(n, size)
+    start = offsets(cut)[rank]
+    return slice(start, start + cut[rank])
+
+
 def _cut(xp, a, axis: int, start: int, length: int):
     index = [slice(None)] * a.ndim
     index[axis] = slice(start, start + length)
     return xp.ascontiguousarray(a[tuple(index)])
 
 
+def join(xp, comm, x, sizes, axis: int = 0):
+    """Every rank's array ``x`` joined along ``axis`` (rank r's has ``sizes[r]`` entries
+    there): padded to the largest piece for one all-gather, then cut back. Returns the
+    joined array and the all-gather's payload in bytes. No autograd (``gather`` is)."""
+    own, width = x.shape[axis], max(sizes)
+    padded = xp.ascontiguousarray(x)
+    if own < width:  # an all-gather moves one shape
+        pad = list(x.shape)
+        pad[axis] = width - own
+        padded = xp.concatenate([padded, xp.zeros(tuple(pad), dtype=x.dtype)], axis=axis)
+    everyone = comm.allgather(padded)            # (K, *padded.shape)
+    joined = xp.concatenate([_cut(xp, everyone[k], axis, 0, s) for k, s in enumerate(sizes)],
+                            axis=axis)
+    return joined, everyone.nbytes
+
+
 class _Gather(Function):
     def forward(self, x, comm, sizes, axis, partial, name):
         xp = self.device.xp
         self.comm, self.sizes, self.axis, self.partial, self.name = comm, sizes, axis, partial, name
-        own, width = sizes[comm.rank], max(sizes)
-        if x.shape[axis] != own:
+        if x.shape[axis] != sizes[comm.rank]:
             raise ValueError(f"hybrid {name}: rank {comm.rank}'s piece has {x.shape[axis]} "
-                             f"entries along axis {axis}, the layout says {own}")
-        piece = xp.ascontiguousarray(x)
-        if own < width:  # pad to the largest piece: an all-gather moves one shape
-            pad = list(x.shape)
-            pad[axis] = width - own
-            piece = xp.concatenate([piece, xp.zeros(tuple(pad), dtype=x.dtype)], axis=axis)
-        everyone = comm.allgather(piece)            # (K, *piece.shape)
-        _record("forward", self.device, self.device, everyone.nbytes,
-                f"hybrid {name} allgather")
-        return xp.concatenate([_cut(xp, everyone[k], axis, 0, s) for k, s in enumerate(sizes)],
-                              axis=axis)
+                             f"entries along axis {axis}, the layout says {sizes[comm.rank]}")
+        joined, nbytes = join(xp, comm, x, sizes, axis)
+        _record("forward", self.device, self.device, nbytes, f"hybrid {name} allgather")
+        return joined
 
     def backward(self, grad):
         xp, comm = self.device.xp, self.comm

@@ -66,19 +66,13 @@ FC_LAYERS = ("fc6", "fc7", "fc8")
 _PARAM_NAMES = tuple(f"{layer}.{kind}" for layer in LAYERS for kind in ("weight", "bias"))
 
 
-def shares(n: int, size: int) -> list[int]:
-    """How ``n`` units split over ``size`` ranks: ceil(n/size) to the first ``n % size``
-    ranks, floor(n/size) to the others."""
-    base, extra = divmod(int(n), int(size))
-    return [base + (1 if r < extra else 0) for r in range(size)]
+shares = hybrid_ops.shares
 
 
 def batch_slice(batch: int, rank: int, size: int) -> slice:
     """Rank ``rank``'s images of a global batch of ``batch``: consecutive shares in rank
     order, ``shares(batch, size)`` long (``Loader(shard=(rank, size))``'s split)."""
-    cut = shares(batch, size)
-    start = hybrid_ops.offsets(cut)[rank]
-    return slice(start, start + cut[rank])
+    return hybrid_ops.piece(batch, rank, size)
 
 
 def _layout(num_classes: int, widths, size: int) -> dict:
@@ -104,9 +98,7 @@ def one_column_to_hybrid(state, rank: int, size: int) -> "OrderedDict[str, np.nd
             if a.ndim == 0 or a.shape[0] < size:
                 raise ValueError(f"hybrid: {name} of shape {a.shape} has fewer rows than the "
                                  f"{size} ranks")
-            cut = shares(a.shape[0], size)
-            start = hybrid_ops.offsets(cut)[rank]
-            a = a[start:start + cut[rank]]
+            a = a[hybrid_ops.piece(a.shape[0], rank, size)]
         out[name] = np.array(a, copy=True)
     return out
 
@@ -225,11 +217,7 @@ class HybridAlexNet(nn.Module):
         the caller has them, else gathered first). Without gradient: labels, indices."""
         local = self.device.asarray(array)
         counts = self.counts(local.shape[0]) if counts is None else counts
-        width = max(counts)
-        padded = self.device.xp.zeros((width,) + local.shape[1:], dtype=local.dtype)
-        padded[:local.shape[0]] = local
-        everyone = self.comm.allgather(padded)
-        return self.device.xp.concatenate([everyone[r, :c] for r, c in enumerate(counts)])
+        return hybrid_ops.join(self.device.xp, self.comm, local, counts)[0]
 
     def gather_labels(self, labels, counts=None):
         """The labels of the global batch (int64, an array of the device, rank 0's first)
@@ -260,12 +248,8 @@ class HybridAlexNet(nn.Module):
         for name in _PARAM_NAMES:
             a = np.asarray(state[name])
             layer = name.split(".")[0]
-            if layer in FC_LAYERS:  # padded to the largest slice: an all-gather moves one shape
-                sizes = self.layout[layer]
-                padded = np.zeros((max(sizes),) + a.shape[1:], dtype=a.dtype)
-                padded[:a.shape[0]] = a
-                everyone = self.device.to_numpy(self.comm.allgather(self.device.asarray(padded)))
-                a = np.concatenate([everyone[k][:s] for k, s in enumerate(sizes)], axis=0)
+            if layer in FC_LAYERS:
+                a = self.device.to_numpy(self.gather_rows(a, self.layout[layer]))
             out[name] = np.array(a, copy=True)
         return out
 
