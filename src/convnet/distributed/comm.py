@@ -186,9 +186,11 @@ class _MPIPending(Pending):
         if self._done:
             return
         c = self._comm
-        if poll_until(self.test, time.monotonic() + c.timeout, c._answer_probes):
+        if poll_until(lambda: self.test() or c.notified, time.monotonic() + c.timeout,
+                      c._answer_probes) and self._done:
             return
-        raise CollectiveTimeout(self._operation, c.timeout, c._missing(), c.step)
+        cause = "the MPI launcher reported that a rank ended" if c.notified else ""
+        raise CollectiveTimeout(self._operation, c.timeout, c._missing(), c.step, cause=cause)
 
 
 class MPICommunicator(Communicator):
@@ -196,7 +198,12 @@ class MPICommunicator(Communicator):
     non-blocking ones (``Iallreduce``, ``Iallgather``, ``Ibcast``, ``Ibarrier``) polled
     with ``Test`` until ``timeout``. On a timeout the rank asks every other rank, over a
     second communicator, whether it is waiting in a collective; those that do not answer
-    within a grace of ``min(2 s, timeout)`` are the ranks named."""
+    within a grace of ``min(2 s, timeout)`` are the ranks named.
+
+    MPICH's launcher run with ``-disable-auto-cleanup`` tells the surviving ranks that one
+    ended with SIGUSR1 (whose default action would kill them silently): where nothing
+    else handles it, the signal is caught and a collective waiting then fails at once
+    (``notified``)."""
 
     def __init__(self, comm=None, timeout: float = DEFAULT_TIMEOUT):
         from mpi4py import MPI
@@ -210,6 +217,8 @@ class MPICommunicator(Communicator):
         self.local_rank = local_rank_from_environment(self.rank)
         self.backend, self.timeout = "mpi", float(timeout)
         self._sends = []  # fault-channel sends kept alive until they complete
+        self.notified = False
+        _catch_failure_notice(self)
 
     # -- collectives
     def allreduce_start(self, arrays):
@@ -302,6 +311,19 @@ class MPICommunicator(Communicator):
 
         poll_until(all_answered, time.monotonic() + min(2.0, self.timeout))
         return tuple(r for r in others if r not in answered)
+
+
+def _catch_failure_notice(comm) -> None:
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        return
+    if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+        return
+
+    def notice(signum, frame):
+        comm.notified = True
+    signal.signal(signal.SIGUSR1, notice)
 
 
 def _mpi_error(e) -> str:

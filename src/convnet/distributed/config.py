@@ -36,6 +36,10 @@ def data_digest(dataset) -> str:
     return digest(_stable(dataset.manifest))
 
 
+def _show(value) -> str:
+    return "the default" if value is None else repr(value)
+
+
 def check_same_configuration(comm: Communicator, config: dict) -> str:
     """Every rank's ``config`` equals rank 0's, or ``ConfigMismatch`` on every rank naming
     the ranks and the keys that differ. Returns the digest."""
@@ -49,8 +53,8 @@ def check_same_configuration(comm: Communicator, config: dict) -> str:
     if differing:
         parts = []
         for key, values in differing.items():
-            shown = "; ".join(f"{describe_ranks([r])} {v!r}" for r, v in values)
-            parts.append(f"{key}: rank 0 {first.get(key)!r}, {shown}")
+            shown = "; ".join(f"{describe_ranks([r])} {_show(v)}" for r, v in values)
+            parts.append(f"{key}: rank 0 {_show(first.get(key))}, {shown}")
         ranks = sorted({r for values in differing.values() for r, _ in values})
         raise ConfigMismatch(f"{describe_ranks(ranks)} started with a configuration that "
                              f"differs from rank 0's ({' | '.join(parts)}): start every rank "

@@ -1,0 +1,38 @@
+"""A data-parallel `convnet train` resumed after its first epoch ends where the same run
+uninterrupted ends (run under mpiexec -n 2): rank 0 runs the command line twice per
+ARGV[1] folder, "whole" for 2 epochs, "part" for 1 then --resume for 2; the test
+compares their checkpoints. Dropout on (masks per rank and epoch), workers 0. No
+TensorBoard file and no figures (their imports cost seconds; test_train covers them).
+
+ARGV: data folder, runs folder"""
+import sys
+from pathlib import Path
+
+from convnet.app import board, cli, show
+
+
+def _no_figures(*_args, **_kwargs):
+    raise show.PlotUnavailable("switched off in this test")
+
+
+def args(data, out, *extra):
+    return ["train", "--parallel", "data", "--data", data, "--out", str(out), "--device", "cpu",
+            "--crop", "67", "--widths", "8", "16", "16", "16", "16", "32", "32",
+            "--weight-std", "0.1", "--batch-size", "6", "--workers", "0", "--no-progress",
+            "--no-final-eval", "--collective-timeout", "60", *extra]
+
+
+def main(data, runs):
+    board.writer_class = lambda: None
+    show.draw = _no_figures
+    runs = Path(runs)
+    for command in (args(data, runs / "whole", "--epochs", "2"),
+                    args(data, runs / "part", "--epochs", "1"),
+                    args(data, runs / "part", "--epochs", "2", "--resume")):
+        code = cli.main(command)
+        if code:
+            sys.exit(code)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
