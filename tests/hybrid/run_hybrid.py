@@ -7,7 +7,7 @@ run one more step (dropout reseeded alike). Rank 0 writes OUT (npz): the losses,
 gathered weights and velocities after STEPS steps, the eval-mode logits, the extra
 step's losses of both models and the gathered weights of both after it, how far apart
 the ranks' conv weights are (0: the same bits) and the bytes of the last step's
-collectives as the transfer log recorded them.
+collectives (the transfer log's and the gradient buckets').
 
 ``refuse``: the inputs that must be refused, each rank's error printed by rank 0 as
 ``rank R: <case>: <error>``.
@@ -67,10 +67,11 @@ def train(comm, out: str, steps: int) -> None:
         images, labels = batch(step)
         result = hybrid_step(model, opt, images[mine], labels[mine])
         losses.append(result.loss)
-    moved = {}  # the last step's collectives by name (the transfer log's payloads)
-    for (_, _, _, name), entry in result.transfers.summary().items():
-        key = name.removeprefix("hybrid ").replace("conv weight", "conv").replace("conv bias", "conv")
-        moved[key] = moved.get(key, 0) + entry["bytes"]
+    # the last step's collectives: the activations' from the transfer log, the conv
+    # gradients' from the buckets
+    moved = {name.removeprefix("hybrid "): entry["bytes"]
+             for (_, _, _, name), entry in result.transfers.summary().items()}
+    moved["conv allreduce"] = sum(b.flat.nbytes for b in model.buckets.buckets)
     # the conv weights: the same bits on every rank (each all-reduce gives all the same sum)
     apart = max(float(np.abs(comm.allgather(p.numpy()) - p.numpy()).max())
                 for n, p in model.named_parameters() if n.startswith("conv"))

@@ -13,9 +13,6 @@ communicator (``convnet.distributed.comm``); every rank runs them in the same or
 * ``join(xp, comm, x, sizes, axis)``: the same joining without autograd (labels, state
   dicts); ``shares``/``piece``: how n entries split over the ranks (``np.array_split``'s
   rule: consecutive, ceil/floor).
-* ``sum_gradients(w, comm)``: the identity forward; backward sums ``w``'s gradient over
-  the ranks (the data-parallel weights: each rank's gradient covers its own images,
-  the loss being a mean over the global batch, so the sum is the global gradient).
 
 Every collective is entered in the transfer log (``convnet.record_transfers``) as a
 logical crossing on the tensor's device named ``"hybrid <name> allgather"`` /
@@ -28,7 +25,7 @@ from __future__ import annotations
 
 from ..tensor import Function, Tensor, _record
 
-__all__ = ["gather", "join", "offsets", "piece", "shares", "sum_gradients"]
+__all__ = ["gather", "join", "offsets", "piece", "shares"]
 
 
 def shares(n: int, size: int) -> list[int]:
@@ -106,21 +103,3 @@ def gather(x: Tensor, comm, sizes, axis: int, partial: bool = True, name: str = 
         raise ValueError(f"hybrid {name}: {len(sizes)} piece sizes for {comm.size} ranks")
     return _Gather.apply(x, comm=comm, sizes=sizes, axis=int(axis), partial=bool(partial),
                          name=name)
-
-
-class _SumGradients(Function):
-    def forward(self, w, comm, name):
-        self.comm, self.name = comm, name
-        return w
-
-    def backward(self, grad):
-        grad = self.device.xp.array(grad, copy=True, order="C")
-        self.comm.allreduce([grad])
-        _record("backward", self.device, self.device, grad.nbytes,
-                f"hybrid {self.name} allreduce")
-        return grad
-
-
-def sum_gradients(w: Tensor, comm, name: str = "") -> Tensor:
-    """``w`` itself, whose gradient is summed over the ranks on the way back."""
-    return _SumGradients.apply(w, comm=comm, name=name)

@@ -18,10 +18,11 @@ so every rank holds the logits of the whole batch and the same loss, the mean ov
 global batch (``hybrid_step``: ``train_step`` with ``model.gather_labels(labels)``).
 Backward mirrors it: each gathered activation's gradient is summed over the ranks
 (every rank's slice of the next layer contributes) and cut back to the rank's own
-piece; the fc gradients stay with their slices; each conv parameter's gradient is
-summed over the ranks as soon as the backward reaches it (``hybrid_ops.sum_gradients``),
-so after ``loss.backward()`` every rank holds the global gradient and the same update
-keeps the conv weights equal. Nothing is averaged: the loss already divides by N.
+piece; the fc gradients stay with their slices; the conv parameters' gradients are
+summed over the ranks in buckets started while the backward pass goes on
+(``distributed.buckets``, as data parallelism does; ``hybrid_step`` runs them), so every
+rank takes the global gradient's step and the conv weights stay equal. Nothing is
+averaged: the loss already divides by N.
 
 Dropout is applied to the gathered (N, units) activations with the seed the
 single-process layer would use (every rank builds the one-column network from the same
@@ -42,14 +43,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections import OrderedDict
-from types import SimpleNamespace
 
 import numpy as np
 
 from .. import arguments
-from .. import functional as F
 from .. import nn
 from ..distributed import hybrid_ops
+from ..distributed.buckets import GradientBuckets
 from ..distributed.config import check_same_configuration
 from ..state_dict import differences
 from ..step import train_step
@@ -174,6 +174,11 @@ class HybridAlexNet(nn.Module):
         self.load_state_dict(mine)
         self.to(device)
         self.device = self.conv1.weight.device
+        # the data-parallel part: the conv gradients' sum over the ranks (hybrid_step)
+        object.__setattr__(self, "buckets", GradientBuckets(
+            [(n, p) for n, p in self.named_parameters() if n.split(".")[0] not in FC_LAYERS],
+            comm))
+        self.buckets.attach()
 
     @property
     def input_device(self):
@@ -192,11 +197,7 @@ class HybridAlexNet(nn.Module):
         if not sum(counts):
             raise ValueError("hybrid: no rank passed any image")
         h = AlexNet._input(self, x, self.device)
-        convs = SimpleNamespace(**{name: getattr(self, name) for name in CONV_NAMES})
-        for name in CONV_NAMES:
-            if isinstance(getattr(self, name), nn.Conv2d):
-                setattr(convs, name, _SummedConv(getattr(self, name), comm))
-        h = _run(convs, h, CONV_NAMES, None, "", self.fuse_lrn_pool)
+        h = _run(self, h, CONV_NAMES, None, "", self.fuse_lrn_pool)
         h = hybrid_ops.gather(h, comm, counts, axis=0, name="pool5")
         for layer, drop in (("fc6", "drop6"), ("fc7", "drop7"), ("fc8", None)):
             h = getattr(self, layer)(h)
@@ -296,22 +297,6 @@ class HybridAlexNet(nn.Module):
                 + ", ".join(f"{k} {v[r]}/{sum(v)}" for k, v in self.layout.items()))
 
 
-class _SummedConv:
-    """A conv layer whose weight and bias gradients are summed over the ranks on the way
-    back (the data-parallel part); the forward is the layer's own."""
-
-    def __init__(self, layer: nn.Conv2d, comm):
-        self.layer, self.comm = layer, comm
-
-    def __call__(self, x):
-        c = self.layer
-        w = hybrid_ops.sum_gradients(c.weight, self.comm, name="conv weight")
-        b = None if c.bias is None else hybrid_ops.sum_gradients(c.bias, self.comm,
-                                                                 name="conv bias")
-        return F.conv2d(x, w, b, stride=c.stride, padding=c.padding, groups=c.groups,
-                        relu=c.relu, algorithm=c.algorithm)
-
-
 def hybrid_alexnet(comm, *args, **kwargs) -> HybridAlexNet:
     """``HybridAlexNet(comm, *args, **kwargs)``: AlexNet over the ranks of ``comm``."""
     return HybridAlexNet(comm, *args, **kwargs)
@@ -324,14 +309,18 @@ def hybrid_step(model: HybridAlexNet, optimizer, images, labels, check_finite=No
     """One SGD step of the hybrid model on this rank's ``images`` and ``labels`` (its
     ``batch_slice`` of the global batch): ``convnet.train_step`` with the global labels.
     The returned loss and accuracies are the global batch's, the same on every rank.
-    A batch with fewer images than ranks (an empty share) is refused on every rank."""
+    The conv gradients are summed over the ranks here (``model.buckets``): train the
+    hybrid model with this, not with a bare ``train_step``. A batch with fewer images
+    than ranks (an empty share) is refused on every rank."""
     counts = model.counts(len(labels))
     if 0 in counts:
         raise ValueError(f"hybrid: a batch of {sum(counts)} images leaves rank "
                          f"{counts.index(0)} of {len(counts)} without any; train on batches "
                          f"of at least {len(counts)} images (drop the short last batch)")
-    return train_step(model, optimizer, images, model.gather_labels(labels, counts),
-                      check_finite=check_finite)
+    labels = model.gather_labels(labels, counts)
+    model.buckets.begin()
+    return train_step(model, optimizer, images, labels, check_finite=check_finite,
+                      before_update=model.buckets.finish)
 
 
 def step_bytes(num_classes: int, widths, input_size: int, batch: int, size: int,
