@@ -329,6 +329,21 @@ def test_evaluate(data, tmp_path, capsys):
     assert "not a checkpoint (not a safetensors file" in capsys.readouterr().err
 
 
+def test_evaluate_uses_the_precision_the_run_trained_with(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(TrainOptions(data=str(data), out=str(out), device="cpu", crop=67, precision="bf16",
+                       widths=tuple(map(int, WIDTHS)), weight_std=0.1, batch_size=8, epochs=1,
+                       workers=0, progress=False, final_eval=False, log=lambda _: None,
+                       out_file=open(os.devnull, "w")))
+    run = dict(mode="center", device="cpu", workers=0)
+    recorded = evaluate_checkpoint(out, **run)
+    assert recorded.loss == evaluate_checkpoint(out, precision="bf16", **run).loss
+    assert recorded.loss != evaluate_checkpoint(out, precision="fp32", **run).loss  # bf16 rounds
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["evaluate", str(out), "--precision", "fp16", "--device", "cpu"])
+    assert exit_.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- data folders
 
 def test_an_image_folder_is_prepared_beside_it_once(tmp_path, capsys):

@@ -142,7 +142,7 @@ def cmd_evaluate(args) -> int:
         path = resolve_checkpoint(args.checkpoint)
         result = evaluate_checkpoint(path, data=args.data, mode=args.mode,
                                      device=args.device, batch_size=args.batch_size,
-                                     workers=args.workers,
+                                     workers=args.workers, precision=args.precision,
                                      progress=False if args.no_progress else None)
         print(f"{path}: {result}")
 
@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="default: cuda:0 if present, else cpu")
     ev.add_argument("--batch-size", type=int, help="default: the run's batch size")
     ev.add_argument("--workers", type=int, help="data loader processes (default: every core)")
+    ev.add_argument("--precision", choices=("fp32", "tf32", "bf16"),
+                    help="the convolutions' arithmetic (default: the one the run trained with)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

@@ -114,27 +114,35 @@ class LoadedRun:
     dataset: object
     model: object
     device: object
+    precision: str = "fp32"  # the convolutions' arithmetic the run trained with (or the caller's)
 
 
 def load_run(checkpoint, data=None, device=None, workers: int | None = None,
-             split: str = "val") -> LoadedRun:
+             split: str = "val", precision: str | None = None) -> LoadedRun:
     """Load a checkpoint written by the training driver and open its data set, checking
     that the data's classes are the run's and that ``split`` holds images.
 
     ``checkpoint``: a checkpoint file or a run folder (its best checkpoint). ``data``: a
     prepared data set or an image folder prepared before (default: the one the run
     trained on). ``device``: default ``cuda:0`` when there is one, else ``cpu``.
+    ``precision``: the convolutions' arithmetic (default: the run's, from its settings;
+    runs older than the setting trained in fp32). Run the model inside
+    ``convnet.using_precision(loaded.precision)``.
     """
     from . import checkpoint as ckpt
+    from ..precision import check_precision
     from ..backend import get_device
     from ..data import open_prepared, resolve_data
     from ..models import build_model
     from .runs import TrainError, resolve_checkpoint, settings_of, short_list
     from .settings import check_crop, check_recorded_data, default_device
 
+    if precision is not None:
+        check_precision(precision, "--precision")
     path = resolve_checkpoint(checkpoint)
     saved = ckpt.load(path)
     settings = settings_of(saved)
+    precision = precision or settings.get("precision") or "fp32"
     if data is None:
         check_recorded_data(settings, path)
     data_dir = resolve_data(data if data is not None else settings["data"], None,
@@ -150,12 +158,14 @@ def load_run(checkpoint, data=None, device=None, workers: int | None = None,
     device = get_device(device or default_device())
     model = build_model(settings, [device] * settings["columns"])
     ckpt.restore(saved, model)
-    return LoadedRun(path=path, settings=settings, dataset=dataset, model=model, device=device)
+    return LoadedRun(path=path, settings=settings, dataset=dataset, model=model, device=device,
+                     precision=precision)
 
 
 def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=None,
                         batch_size: int | None = None, workers: int | None = None,
-                        split: str = "val", progress: bool | None = None) -> EvalResult:
+                        split: str = "val", progress: bool | None = None,
+                        precision: str | None = None) -> EvalResult:
     """The error of a checkpoint written by the training driver on ``split`` of a
     prepared data set.
 
@@ -164,12 +174,14 @@ def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=No
     one the run trained on). ``device``: default ``cuda:0`` when there is one, else
     ``cpu``. ``batch_size``: images per batch (default: the run's; ten-crop runs
     ``batch_size // 10`` images, ten patches each, at a time). ``progress``: show a
-    progress bar on stderr (default: when it is a terminal).
+    progress bar on stderr (default: when it is a terminal). ``precision``: the
+    convolutions' arithmetic (default: the one the run trained with).
     """
     import sys
 
     from ..arguments import integer
     from ..data import Loader
+    from ..precision import using_precision
     from ..progress import ProgressBar
     from .runs import TrainError
 
@@ -178,7 +190,7 @@ def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=No
     for name, value in (("--batch-size", batch_size), ("--workers", workers)):
         if value is not None:
             integer(value, name, low=1 if name == "--batch-size" else 0, error=TrainError)
-    run = load_run(checkpoint, data, device, workers, split)
+    run = load_run(checkpoint, data, device, workers, split, precision)
     settings = run.settings
     per_batch = batch_size or settings["batch_size"]
     if mode == "ten_crop":
@@ -189,6 +201,7 @@ def evaluate_checkpoint(checkpoint, data=None, mode: str = "ten_crop", device=No
         show = sys.stderr.isatty() if progress is None else progress
         bar = ProgressBar(len(loader.split), mode.replace("_", "-"), show, leave=False)
         try:
-            return evaluate_batches(run.model, loader.epoch(0), mode, on_batch=bar.update)
+            with using_precision(run.precision):
+                return evaluate_batches(run.model, loader.epoch(0), mode, on_batch=bar.update)
         finally:
             bar.close()

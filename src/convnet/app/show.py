@@ -261,6 +261,7 @@ def _load(run, device):
 
 
 def draw_predictions(run, out: Path, images: int = 8, device=None) -> Path:
+    from ..precision import using_precision
     from ..tensor import no_grad
     from .evaluate import _softmax
     loaded = _load(run, device)
@@ -268,7 +269,7 @@ def draw_predictions(run, out: Path, images: int = 8, device=None) -> Path:
     labels = loaded.dataset.split("val").labels
     picked = _spread(images, len(labels))
     shown, probs = [], []
-    with no_grad():
+    with no_grad(), using_precision(loaded.precision):
         for chunk, patches, x in _batches(loaded, "val", picked, loaded.settings["batch_size"]):
             shown.extend(patches)
             probs.append(_softmax(np, loaded.model(x).numpy().astype(np.float64)))
@@ -302,9 +303,10 @@ def draw_predictions(run, out: Path, images: int = 8, device=None) -> Path:
 
 def _fc7(loaded, split: str, indices: np.ndarray, bar=None):
     """fc7 vectors (float64, one row per index) and the center patches of those images."""
+    from ..precision import using_precision
     from ..tensor import no_grad
     vectors, patches = [], []
-    with no_grad():
+    with no_grad(), using_precision(loaded.precision):
         for chunk, shown, x in _batches(loaded, split, indices, loaded.settings["batch_size"]):
             vectors.append(loaded.model.features(x, "fc7").numpy().astype(np.float64))
             patches.extend(shown)
