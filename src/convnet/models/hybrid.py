@@ -173,12 +173,25 @@ class HybridAlexNet(nn.Module):
             setattr(self, name, layer)
         self.load_state_dict(mine)
         self.to(device)
-        self.device = self.conv1.weight.device
-        # the data-parallel part: the conv gradients' sum over the ranks (hybrid_step)
+        self._bucket_conv_gradients()
+
+    def _bucket_conv_gradients(self) -> None:
+        """The data-parallel part: the conv gradients' sum over the ranks (``hybrid_step``
+        runs it), in buckets on the parameters' device."""
+        old = self.__dict__.get("buckets")
+        if old is not None:
+            old.detach()
         object.__setattr__(self, "buckets", GradientBuckets(
             [(n, p) for n, p in self.named_parameters() if n.split(".")[0] not in FC_LAYERS],
-            comm))
+            self.comm))
         self.buckets.attach()
+
+    def to(self, device) -> "HybridAlexNet":
+        super().to(device)
+        self.device = self.conv1.weight.device
+        if "buckets" in self.__dict__:  # built: the buckets follow the parameters
+            self._bucket_conv_gradients()
+        return self
 
     @property
     def input_device(self):
