@@ -10,7 +10,8 @@ batch of 7 (shares of 4 + 3 and 3 + 2 + 2 images), gathered into a one-column st
 ``global_batches`` too; a model resumed
 from that state dict (another seed at build; the velocities scattered from rank 0) takes the next step bit for bit as the
 original does. Bad inputs are refused on every rank with the same message. In process:
-one rank (``SingleProcess``) is the single-process model bit for bit, the state-dict
+one rank (``SingleProcess``) is the single-process model bit for bit (cpu; cuda:0 where
+there is one), the state-dict
 mappings invert each other, and the bytes per step follow the formulas.
 
 Tolerance (float64, eps = 2^-53 ≈ 1.1e-16): the hybrid sums the same terms as one
@@ -43,6 +44,8 @@ from convnet.models import alexnet
 from convnet.models.hybrid import (batch_slice, hybrid_alexnet, hybrid_step,
                                    hybrid_to_one_column, one_column_to_hybrid, shares,
                                    step_bytes)
+
+from conftest import require_device
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "hybrid" / "run_hybrid.py"
@@ -140,12 +143,20 @@ def test_bad_inputs_are_refused_on_every_rank():
 
 # --------------------------------------------------------------------------- in one process
 
-def test_one_rank_is_the_one_column_model_bit_for_bit():
-    one = alexnet(**run.SETTINGS)
-    hyb = hybrid_alexnet(SingleProcess(), **run.SETTINGS)
+@pytest.mark.parametrize("name", ["cpu", "cuda:0"])
+def test_one_rank_is_the_one_column_model_bit_for_bit(name):
+    """On cpu in float64; on a GPU (the device arrays through the hybrid's gathers and
+    buckets) in float32: the same kernels, the fc6/fc7 dropout as its own kernel instead
+    of the fused epilogue (the same bits, per ops.linear)."""
+    device = require_device(name)
+    settings = dict(run.SETTINGS, **({} if device.kind == "cpu" else {"dtype": np.float32}))
+    one = alexnet(devices=[device], **settings)
+    hyb = hybrid_alexnet(SingleProcess(), device=device, **settings)
     o1, o2 = optim.SGD(one, **run.SGD), optim.SGD(hyb, **run.SGD)
     for step in range(2):
-        a, b = train_step(one, o1, *run.batch(step)), hybrid_step(hyb, o2, *run.batch(step))
+        images, labels = run.batch(step)
+        images = images.astype(settings["dtype"])
+        a, b = train_step(one, o1, images, labels), hybrid_step(hyb, o2, images, labels)
         assert a.loss == b.loss
     for name, value in one.state_dict().items():
         np.testing.assert_array_equal(hyb.gather_state_dict()[name], value, err_msg=name)
