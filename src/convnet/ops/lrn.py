@@ -37,6 +37,7 @@ launch builders (``*_launch(device, ...)``) size their grids by ``device.kind`` 
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -169,7 +170,7 @@ class _Scratch:
         self.flat = [np.empty(size, dtype) for _ in range(count)]
 
     def views(self, shape) -> list:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         return [f[:size].reshape(shape) for f in self.flat]
 
 
