@@ -35,8 +35,9 @@ The layer names, their order and ``named_modules()`` are those of the one-column
 network (so per-layer dropout reseeding by module index matches), but fc6–fc8 hold
 slices: ``gather_state_dict`` joins them into an ordinary one-column state dict (on
 every rank; rank 0 writes the checkpoint), ``load_one_column`` takes this rank's slices
-of one every rank read, ``scatter_state_dict`` of one that only rank 0 read; ``one_column_to_hybrid`` / ``hybrid_to_one_column`` are the mappings
-themselves (they apply to the SGD velocities too: same names, same shapes).
+of one every rank read, ``scatter_state_dict`` of one that only rank 0 read;
+``one_column_to_hybrid`` / ``hybrid_to_one_column`` are the mappings themselves (they
+apply to the SGD velocities too: same names, same shapes).
 """
 from __future__ import annotations
 
