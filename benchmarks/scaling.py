@@ -304,14 +304,15 @@ def bytes_per_step(gpus=GPU_COUNTS) -> dict:
 
 # --------------------------------------------------------------------------- sources
 
-def predicted_table(gpu: str, columns: int) -> dict:
-    """``convnet perf --gpu GPU --columns N --batch 128``'s JSON (its printout discarded)."""
+def predicted_table(gpu: str, columns: int, blocks: int = 4) -> dict:
+    """``convnet perf --gpu GPU --columns N --batch 128 --blocks B``'s JSON (its printout
+    discarded)."""
     from convnet.perf import command
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "perf.json"
         with contextlib.redirect_stderr(io.StringIO()) as err:
             code = command.run(gpu, batch=BATCH, columns=columns, json_path=str(path),
-                               out=io.StringIO())
+                               blocks=blocks, out=io.StringIO())
         if code:
             raise ScalingError(err.getvalue().strip() or f"convnet perf failed ({code})")
         return json.loads(path.read_text())
@@ -378,7 +379,9 @@ def main(argv=None) -> int:
     parser.add_argument("--gpus", type=int, nargs="+", default=list(GPU_COUNTS),
                         help="GPU counts (default 1 2 4 8)")
     parser.add_argument("--out", default=None, help="results folder")
-    parser.add_argument("--quick", action="store_true", help="accepted (the estimate is quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="predict with one emulated block per launch (convnet perf "
+                             "--blocks 1: coarser memory traffic, faster)")
     parser.add_argument("--no-json", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     try:
@@ -388,8 +391,9 @@ def main(argv=None) -> int:
             one, two = (read_table(p) for p in args.perf_json)
             source = f"convnet perf tables {args.perf_json[0]}, {args.perf_json[1]}"
         else:
-            one, two = predicted_table(args.gpu, 1), predicted_table(args.gpu, 2)
-            source = f"convnet perf, {args.gpu}, batch {BATCH}"
+            blocks = 1 if args.quick else 4
+            one, two = (predicted_table(args.gpu, c, blocks) for c in (1, 2))
+            source = f"convnet perf, {args.gpu}, batch {BATCH}, --blocks {blocks}"
         times_one, times_two = layer_times(one), layer_times(two)
         folders = [Path(args.out)] if args.out else []
         folders.append(harness.DEFAULT_RESULTS_DIR)
