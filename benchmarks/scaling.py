@@ -62,6 +62,10 @@ Overlap ("no" / "yes"):
   crossing hides behind the weight gradient of the layer it leaves, taken as half that
   layer's backward time.
 
+A hybrid speed-up above K is no error of the sums: each GPU updates only 1/K of fc6-fc8's
+weights (the SGD update, bound by memory, is about 3 % of one GPU's predicted step), and
+its fc layers do one GPU's FLOPs on K times the images, taken at one GPU's time.
+
 Compared with the papers (printed and saved): Krizhevsky et al. 2012, section 3.2: the
 two-GPU net took "slightly less time to train" than a one-GPU net with half as many
 kernels in each convolutional layer, and cut top-1 and top-5 error by 1.7 % and 1.2 %
