@@ -14,9 +14,9 @@
 // most taps are zeros (the FP32 engine splits by phase; AlexNet's strided conv1 needs
 // no input gradient).
 //
-// Launch: block = 128 threads; grid = (ceil(N*H*W / 64), ceil(Cg / 64), groups);
+// Launch: block = 128 threads; grid = (ceil(N*H*W / 128), ceil(Cg / 128), groups);
 // UNIT = (sh == 1 && sw == 1);
-// 29 KiB static shared memory. 32-bit indices (the host checks the sizes).
+// 37 KiB (TF32) or 41 KiB (BF16) static shared memory. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
 template <int PREC, bool UNIT>
@@ -25,8 +25,7 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
                       int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                       int sh, int sw, int ph, int pw, int groups)
 {
-    __shared__ __align__(16) CnTcA As;
-    __shared__ __align__(16) CnTcB Bs;
+    __shared__ __align__(16) CnTcSmem<PREC> sm;
 
     const int g = blockIdx.z;
     const int Cg = C / groups, Kg = K / groups;
@@ -37,7 +36,7 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
     const int n0 = blockIdx.x * CN_TC_BN;
 
     const int ak = cn_tc_a_col(), bj = cn_tc_b_col();
-    const float* wg = w + (g * Kg * Cg + m0) * RS;  // w[g*Kg][m0][0][0]
+    const int wg = (g * Kg * Cg + m0) * RS;  // w[g*Kg][m0][0][0] (an index: fewer live registers than pointers)
     const int col = n0 + bj;
     const bool col_ok = col < cols;
     const int cn = col_ok ? col / HW : 0;
@@ -47,13 +46,13 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
     const float* dyimg = dy + (cn * K + g * Kg) * PQ;
 
     // kk = (k, r, s) as digits: A's column -> k*Cg*RS + r*S + s (w[g*Kg + k][c][r][s]
-    // less c), stepped by BK per slice; B's rows -> k*PQ with (r, s), stepped by 2 along a
+    // less c), stepped by BK per slice; B's rows -> k*PQ with (r, s), stepped by B_STEP along a
     // slice and by BK per slice (CnWalker, conv_common.cuh). UNIT (sh = sw = 1, the host
     // chooses) needs no division at all; other strides divide by the stride to find the
     // tap's phase.
     const CnDigits a_slice = cn_digits(1, RS, Cg * RS, 0, 1, 0, 0, CN_TC_BK);
     const CnDigits b_slice = cn_digits(R, S, PQ, 0, 0, 1, 1, CN_TC_BK);
-    const CnDigits b_two = cn_digits(R, S, PQ, 0, 0, 1, 1, 2);
+    const CnDigits b_step = cn_digits(R, S, PQ, 0, 0, 1, 1, CN_TC_B_STEP);
     CnWalker a_next, b_next;
     a_next.start(a_slice, ak);
     b_next.start(b_slice, cn_tc_b_row(0));
@@ -63,16 +62,16 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
         {
             const bool kk_ok = k0 + ak < kd;
 #pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int m = cn_tc_a_row(i);
+            for (int i = 0; i < CN_TC_A_COPIES; ++i) {
+                const int m = cn_tc_a_row<PREC>(i);
                 const bool ok = m0 + m < Cg && kk_ok;
-                cn_cp_async<4>(&As[stage][m][ak], ok ? wg + m * RS + a_next.off : w, ok);
+                cn_cp_async<4>(&sm.a[stage][m][ak], ok ? w + (wg + m * RS + a_next.off) : w, ok);
             }
             a_next.advance(a_slice);
         }
         CnWalker t = b_next;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
+        for (int i = 0; i < CN_TC_B_COPIES; ++i) {
             const int r = cn_tc_b_row(i), kk = k0 + r;
             const int th = th0 - t.d1, tw = tw0 - t.d2;
             int p = th, q = tw;
@@ -83,13 +82,13 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
                 phase = p * sh == th && q * sw == tw;
             }
             const bool ok = col_ok && kk < kd && th >= 0 && tw >= 0 && phase && p < P && q < Q;
-            cn_cp_async<4>(&Bs[stage][r][bj], ok ? dyimg + t.off + p * Q + q : dy, ok);
-            if (i < 7) t.advance(b_two);
+            cn_cp_async<4>(&sm.b[stage][r][bj], ok ? dyimg + t.off + p * Q + q : dy, ok);
+            if (i < CN_TC_B_COPIES - 1) t.advance(b_step);
         }
         b_next.advance(b_slice);
     };
-    float acc[2][4][4];
-    cn_tc_gemm<PREC>(load, As, Bs, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
+    CnTcAcc acc;
+    cn_tc_gemm<PREC>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
 
     auto store = [&](int m, int jj, float v) {
         const int j = n0 + jj, c = m0 + m;

@@ -15,8 +15,8 @@
 // splits * K * Cg*R*S floats that conv_split_sum (conv_backward_filter.cu) adds in
 // split order). No atomics: the result does not depend on the schedule.
 //
-// Launch: block = 128 threads; grid = (ceil(Cg*R*S / 64), ceil(Kg / 64), splits *
-// groups); 29 KiB static shared memory. 32-bit indices (the host checks the sizes).
+// Launch: block = 128 threads; grid = (ceil(Cg*R*S / 128), ceil(Kg / 128), splits *
+// groups); 37 KiB (TF32) or 41 KiB (BF16) static shared memory. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
 template <int PREC>
@@ -25,8 +25,7 @@ conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ d
                         int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                         int sh, int sw, int ph, int pw, int groups, int chunk)
 {
-    __shared__ __align__(16) CnTcA As;
-    __shared__ __align__(16) CnTcB Bs;
+    __shared__ __align__(16) CnTcSmem<PREC> sm;
 
     const int split = blockIdx.z / groups;
     const int g = blockIdx.z - split * groups;
@@ -50,11 +49,11 @@ conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ d
     const int xbase = (g * Cg + cc) * HW + hb * W + wb;  // of (n, p, q) = 0: may lie outside x
 
     // kk = (n, p, q) as digits with offsets: A's column (n, pq) -> n*K*PQ + pq, stepped by
-    // BK per slice; B's rows (n, p, q) -> n*C*HW + p*sh*W + q*sw, stepped by 2 along a
+    // BK per slice; B's rows (n, p, q) -> n*C*HW + p*sh*W + q*sw, stepped by B_STEP along a
     // slice and by BK per slice (CnWalker, conv_common.cuh): no division in the loop.
     const CnDigits a_slice = cn_digits(1, PQ, K * PQ, 0, 1, 0, 0, CN_TC_BK);
     const CnDigits b_slice = cn_digits(P, Q, C * HW, sh * W, sw, 1, 1, CN_TC_BK);
-    const CnDigits b_two = cn_digits(P, Q, C * HW, sh * W, sw, 1, 1, 2);
+    const CnDigits b_step = cn_digits(P, Q, C * HW, sh * W, sw, 1, 1, CN_TC_B_STEP);
     CnWalker a_next, b_next;
     a_next.start(a_slice, kbeg + ak);
     b_next.start(b_slice, kbeg + cn_tc_b_row(0));
@@ -64,26 +63,26 @@ conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ d
         {
             const bool kk_ok = k0 + ak < kend;
 #pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int m = cn_tc_a_row(i);
+            for (int i = 0; i < CN_TC_A_COPIES; ++i) {
+                const int m = cn_tc_a_row<PREC>(i);
                 const bool ok = m0 + m < Kg && kk_ok;
-                cn_cp_async<4>(&As[stage][m][ak], ok ? dyg + m * PQ + a_next.off : dy, ok);
+                cn_cp_async<4>(&sm.a[stage][m][ak], ok ? dyg + m * PQ + a_next.off : dy, ok);
             }
             a_next.advance(a_slice);
         }
         CnWalker t = b_next;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
+        for (int i = 0; i < CN_TC_B_COPIES; ++i) {
             const int r = cn_tc_b_row(i), kk = k0 + r;
             const int h = hb + t.d1 * sh, wi = wb + t.d2 * sw;
             const bool ok = col_ok && kk < kend && h >= 0 && h < H && wi >= 0 && wi < W;
-            cn_cp_async<4>(&Bs[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
-            if (i < 7) t.advance(b_two);
+            cn_cp_async<4>(&sm.b[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
+            if (i < CN_TC_B_COPIES - 1) t.advance(b_step);
         }
         b_next.advance(b_slice);
     };
-    float acc[2][4][4];
-    cn_tc_gemm<PREC>(load, As, Bs, (kend - kbeg + CN_TC_BK - 1) / CN_TC_BK, acc);
+    CnTcAcc acc;
+    cn_tc_gemm<PREC>(load, sm, (kend - kbeg + CN_TC_BK - 1) / CN_TC_BK, acc);
 
     float* part = out + split * K * crs;
     auto store = [&](int m, int jj, float v) {

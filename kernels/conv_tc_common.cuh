@@ -1,24 +1,31 @@
 // conv_tc_common.cuh: the tensor-core implicit-GEMM engine of the conv_tc_*.cu kernels
-// (issue 12): D[m][j] = sum_kk A[m][kk] B[kk][j] for one 64 x 64 tile of D per block.
+// (issue 12): D[m][j] = sum_kk A[m][kk] B[kk][j] for one 128 x 128 tile of D per block.
 //
-// Block: 128 threads = 4 warps in 2 x 2, each computing 32 x 32 of the tile as 2 x 4
+// Block: 128 threads = 4 warps in 2 x 2, each computing 64 x 64 of the tile as 4 x 8
 // mma tiles of 16 x 8 (kernels/mma.cuh); PREC 0: TF32 operands (m16n8k8, two k-steps
-// per slice), PREC 1: BF16 operands (m16n8k16). FP32 accumulation in registers.
-// The reduction advances in slices of BK = 16. A slice of A (64 x 16, kk fastest) and
-// of B (16 x 64, j fastest) goes global -> shared through 4-byte cp.async
-// (kernels/cp_async.cuh) issued by the kernel's loader; the ring holds 3 slices, so
-// slice t+2 is in flight while slice t is multiplied, with one __syncthreads per
-// slice. Values are rounded to TF32/BF16 as the fragments are read from shared
-// memory; each product joins the sum in ascending kk, one FP32 rounding per addition.
+// per slice), PREC 1: BF16 operands (m16n8k16). FP32 accumulation in registers. A
+// 64 x 64 warp tile reads 128 operand values of shared memory per k for 64 x 64 products
+// (a 32 x 32 one: 64 for 32 x 32), which is what the shared-memory bandwidth limits.
+// The reduction advances in slices of BK = 16. A slice of A (128 x 16, kk fastest) and
+// of B (16 x 128, j fastest) goes global -> shared through 4-byte cp.async
+// (kernels/cp_async.cuh) issued by the kernel's loader; the ring holds 2 slices (3 would
+// pass the 48 KiB of static shared memory), so slice t+1 is in flight while slice t is
+// multiplied, with one __syncthreads per slice. Values are rounded to TF32/BF16 as the
+// fragments are read from shared memory; each product joins the sum in ascending kk,
+// one FP32 rounding per addition.
 //
 // Loader contract: load(slice, stage) is called for slices 0, 1, 2, ... in order (so a
 // loader may step its gather state by one slice per call) and issues, for this
-// thread, the copies of A rows
-// cn_tc_a_row(i) (i < 8) at column cn_tc_a_col() and of B rows cn_tc_b_row(i) at
-// column cn_tc_b_col() of that slice into As[stage] / Bs[stage], zero-filling
+// thread, the copies of A rows cn_tc_a_row<PREC>(i) (i < CN_TC_A_COPIES) at column
+// cn_tc_a_col() and of B rows cn_tc_b_row(i) (i < CN_TC_B_COPIES, CN_TC_B_STEP apart) at
+// column cn_tc_b_col() of that slice into sm.a[stage] / sm.b[stage], zero-filling
 // everything outside the operands (padding, edges, past the reduction's end).
-// Shared rows are padded (A by 4, B by 8 floats): the fragment reads of a warp then
-// fall on 32 distinct banks.
+// Shared rows are padded so that the fragment reads of a warp and its copies fall on
+// distinct banks: TF32 reads A (g, t) and B (k = t, n = g) words (A rows of 20 floats,
+// B rows of 136: banks 20g + t and 8t + g); BF16 reads A pairs (g, 2t..2t+1) as one
+// 8-byte word per lane (rows of 24 floats: a half-warp's 16 pairs on 32 banks) and B
+// rows 2t and 2t+1 (rows of 132 floats: banks 8t + g and 8t + 4 + g). A warp's A copies
+// cover two rows 16 floats long, chosen so that their banks do not meet.
 #pragma once
 
 // conv_common.cuh: CnDigits / CnWalker, gather offsets without divisions
@@ -26,86 +33,106 @@
 #include "cp_async.cuh"
 #include "mma.cuh"
 
-#define CN_TC_BM 64
-#define CN_TC_BN 64
+#define CN_TC_BM 128
+#define CN_TC_BN 128
 #define CN_TC_BK 16
-#define CN_TC_STAGES 3
+#define CN_TC_STAGES 2
 #define CN_TC_THREADS 128
-#define CN_TC_LDA (CN_TC_BK + 4)
-#define CN_TC_LDB (CN_TC_BN + 8)
+#define CN_TC_MI 4                                          // mma tiles per warp, down
+#define CN_TC_NI 8                                          // ... and across
+#define CN_TC_A_COPIES (CN_TC_BM * CN_TC_BK / CN_TC_THREADS)  // A copies per thread per slice
+#define CN_TC_B_COPIES (CN_TC_BK * CN_TC_BN / CN_TC_THREADS)  // B copies ...
+#define CN_TC_B_STEP (CN_TC_THREADS / CN_TC_BN)              // B rows between a thread's copies
+#define CN_TC_LDA(PREC) ((PREC) ? CN_TC_BK + 8 : CN_TC_BK + 4)
+#define CN_TC_LDB(PREC) ((PREC) ? CN_TC_BN + 4 : CN_TC_BN + 8)
 
-typedef float CnTcA[CN_TC_STAGES][CN_TC_BM][CN_TC_LDA];
-typedef float CnTcB[CN_TC_STAGES][CN_TC_BK][CN_TC_LDB];
+template <int PREC>
+struct CnTcSmem {
+    float a[CN_TC_STAGES][CN_TC_BM][CN_TC_LDA(PREC)];
+    float b[CN_TC_STAGES][CN_TC_BK][CN_TC_LDB(PREC)];
+};
+typedef float CnTcAcc[CN_TC_MI][CN_TC_NI][4];
 
-// The slots a thread loads (tid = threadIdx.x).
-static __device__ __forceinline__ int cn_tc_a_row(int i) { return (threadIdx.x >> 4) + 8 * i; }
-static __device__ __forceinline__ int cn_tc_a_col() { return threadIdx.x & 15; }
-static __device__ __forceinline__ int cn_tc_b_row(int i) { return (threadIdx.x >> 6) + 2 * i; }
-static __device__ __forceinline__ int cn_tc_b_col() { return threadIdx.x & 63; }
+// The slots a thread loads (tid = threadIdx.x). A: each half-warp copies 16 floats of
+// one row; a warp's two rows are 4 apart for TF32 (20-float rows: 80 words, banks
+// 16 apart) and 2 apart for BF16 (24-float rows: 48 words), so its 32 words meet no bank
+// twice; the 8 rows of the block's copies i are 8i .. 8i + 7.
+template <int PREC>
+static __device__ __forceinline__ int cn_tc_a_row(int i)
+{
+    const int warp = threadIdx.x >> 5, half = (threadIdx.x >> 4) & 1;
+    const int row = PREC ? (warp & 1) + 4 * (warp >> 1) + 2 * half : warp + 4 * half;
+    return row + 8 * i;
+}
+static __device__ __forceinline__ int cn_tc_a_col() { return threadIdx.x & (CN_TC_BK - 1); }
+static __device__ __forceinline__ int cn_tc_b_row(int i) { return threadIdx.x / CN_TC_BN + CN_TC_B_STEP * i; }
+static __device__ __forceinline__ int cn_tc_b_col() { return threadIdx.x & (CN_TC_BN - 1); }
+
+// The warp's tile origin in the block's tile.
+static __device__ __forceinline__ int cn_tc_wm() { return (threadIdx.x >> 6) * (CN_TC_MI * 16); }
+static __device__ __forceinline__ int cn_tc_wn() { return ((threadIdx.x >> 5) & 1) * (CN_TC_NI * 8); }
 
 // One slice out of stage `st` into the accumulators.
 template <int PREC>
-static __device__ __forceinline__ void cn_tc_slice(const CnTcA& As, const CnTcB& Bs, int st,
-                                                   float (&acc)[2][4][4])
+static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC>& sm, int st, CnTcAcc& acc)
 {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31;
     const int gq = lane >> 2, tq = lane & 3;
-    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const int wm = cn_tc_wm(), wn = cn_tc_wn();
     if (PREC == 0) {
 #pragma unroll
         for (int ks = 0; ks < CN_TC_BK; ks += 8) {
-            unsigned a[2][4], b[4][2];
+            unsigned a[CN_TC_MI][4];
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) {
+            for (int mi = 0; mi < CN_TC_MI; ++mi) {
                 const int r0 = wm + 16 * mi + gq;
-                a[mi][0] = cn_tf32(As[st][r0][ks + tq]);
-                a[mi][1] = cn_tf32(As[st][r0 + 8][ks + tq]);
-                a[mi][2] = cn_tf32(As[st][r0][ks + tq + 4]);
-                a[mi][3] = cn_tf32(As[st][r0 + 8][ks + tq + 4]);
+                a[mi][0] = cn_tf32(sm.a[st][r0][ks + tq]);
+                a[mi][1] = cn_tf32(sm.a[st][r0 + 8][ks + tq]);
+                a[mi][2] = cn_tf32(sm.a[st][r0][ks + tq + 4]);
+                a[mi][3] = cn_tf32(sm.a[st][r0 + 8][ks + tq + 4]);
             }
 #pragma unroll
-            for (int ni = 0; ni < 4; ++ni) {
+            for (int ni = 0; ni < CN_TC_NI; ++ni) {  // a column's B fragment at a time (registers)
                 const int c0 = wn + 8 * ni + gq;
-                b[ni][0] = cn_tf32(Bs[st][ks + tq][c0]);
-                b[ni][1] = cn_tf32(Bs[st][ks + tq + 4][c0]);
+                const unsigned b[2] = {cn_tf32(sm.b[st][ks + tq][c0]), cn_tf32(sm.b[st][ks + tq + 4][c0])};
+#pragma unroll
+                for (int mi = 0; mi < CN_TC_MI; ++mi) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
             }
-#pragma unroll
-            for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < 4; ++ni) cn_mma_tf32(acc[mi][ni], a[mi], b[ni], acc[mi][ni]);
         }
     } else {
-        unsigned a[2][4], b[4][2];
+        unsigned a[CN_TC_MI][4];
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
+        for (int mi = 0; mi < CN_TC_MI; ++mi) {
             const int r0 = wm + 16 * mi + gq;
-            a[mi][0] = cn_bf16x2(As[st][r0][2 * tq], As[st][r0][2 * tq + 1]);
-            a[mi][1] = cn_bf16x2(As[st][r0 + 8][2 * tq], As[st][r0 + 8][2 * tq + 1]);
-            a[mi][2] = cn_bf16x2(As[st][r0][2 * tq + 8], As[st][r0][2 * tq + 9]);
-            a[mi][3] = cn_bf16x2(As[st][r0 + 8][2 * tq + 8], As[st][r0 + 8][2 * tq + 9]);
+            // (2t, 2t+1) as one 8-byte read: 8-aligned (even rows and columns of floats)
+            const float2 p0 = *reinterpret_cast<const float2*>(&sm.a[st][r0][2 * tq]);
+            const float2 p1 = *reinterpret_cast<const float2*>(&sm.a[st][r0 + 8][2 * tq]);
+            const float2 p2 = *reinterpret_cast<const float2*>(&sm.a[st][r0][2 * tq + 8]);
+            const float2 p3 = *reinterpret_cast<const float2*>(&sm.a[st][r0 + 8][2 * tq + 8]);
+            a[mi][0] = cn_bf16x2(p0.x, p0.y);
+            a[mi][1] = cn_bf16x2(p1.x, p1.y);
+            a[mi][2] = cn_bf16x2(p2.x, p2.y);
+            a[mi][3] = cn_bf16x2(p3.x, p3.y);
         }
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
+        for (int ni = 0; ni < CN_TC_NI; ++ni) {
             const int c0 = wn + 8 * ni + gq;
-            b[ni][0] = cn_bf16x2(Bs[st][2 * tq][c0], Bs[st][2 * tq + 1][c0]);
-            b[ni][1] = cn_bf16x2(Bs[st][2 * tq + 8][c0], Bs[st][2 * tq + 9][c0]);
+            const unsigned b[2] = {cn_bf16x2(sm.b[st][2 * tq][c0], sm.b[st][2 * tq + 1][c0]),
+                                   cn_bf16x2(sm.b[st][2 * tq + 8][c0], sm.b[st][2 * tq + 9][c0])};
+#pragma unroll
+            for (int mi = 0; mi < CN_TC_MI; ++mi) cn_mma_bf16(acc[mi][ni], a[mi], b, acc[mi][ni]);
         }
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni) cn_mma_bf16(acc[mi][ni], a[mi], b[ni], acc[mi][ni]);
     }
 }
 
-// The whole reduction: `slices` slices through the 3-stage cp.async ring.
+// The whole reduction: `slices` slices through the cp.async ring of CN_TC_STAGES.
 template <int PREC, class Load>
-static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcA& As, const CnTcB& Bs, int slices,
-                                                  float (&acc)[2][4][4])
+static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcSmem<PREC>& sm, int slices, CnTcAcc& acc)
 {
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
+    for (int mi = 0; mi < CN_TC_MI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
+        for (int ni = 0; ni < CN_TC_NI; ++ni)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
 #pragma unroll
@@ -118,26 +145,26 @@ static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcA& As, c
         __syncthreads();                        // everyone's copies; slice t-1 is free
         if (t + CN_TC_STAGES - 1 < slices) load(t + CN_TC_STAGES - 1, (t + CN_TC_STAGES - 1) % CN_TC_STAGES);
         cn_cp_async_commit();
-        cn_tc_slice<PREC>(As, Bs, t % CN_TC_STAGES, acc);
+        cn_tc_slice<PREC>(sm, t % CN_TC_STAGES, acc);
     }
     cn_cp_async_wait_all();  // only empty groups are left: nothing pending at exit
 }
 
 // Calls store(m, j, v) for each of this thread's results: row m and column j of the
-// block's tile (0..63), v = D[m][j] (the C/D fragment layout: element e of tile
+// block's tile (0..127), v = D[m][j] (the C/D fragment layout: element e of tile
 // (mi, ni) is row wm + 16 mi + g + 8 (e >> 1), column wn + 8 ni + 2 t + (e & 1)).
 template <class Store>
-static __device__ __forceinline__ void cn_tc_store(const float (&acc)[2][4][4], Store& store)
+static __device__ __forceinline__ void cn_tc_store(const CnTcAcc& acc, Store& store)
 {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31;
     const int gq = lane >> 2, tq = lane & 3;
-    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const int wm = cn_tc_wm(), wn = cn_tc_wn();
 #pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
+    for (int ni = 0; ni < CN_TC_NI; ++ni)
 #pragma unroll
         for (int e1 = 0; e1 < 2; ++e1)
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi)
+            for (int mi = 0; mi < CN_TC_MI; ++mi)
 #pragma unroll
                 for (int e0 = 0; e0 < 2; ++e0)
                     store(wm + 16 * mi + gq + 8 * e0, wn + 8 * ni + 2 * tq + e1, acc[mi][ni][2 * e0 + e1]);

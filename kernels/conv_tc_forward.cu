@@ -14,8 +14,8 @@
 // computed once; its rows' (c, r, s) and offsets follow kk with mixed-radix counters
 // (CnWalker, conv_common.cuh), no division in the loop.
 //
-// Launch: block = 128 threads; grid = (ceil(N*P*Q / 64), ceil(Kg / 64), groups);
-// 29 KiB static shared memory. 32-bit indices (the host checks the sizes).
+// Launch: block = 128 threads; grid = (ceil(N*P*Q / 128), ceil(Kg / 128), groups);
+// 37 KiB (TF32) or 41 KiB (BF16) static shared memory. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
 template <int PREC>
@@ -25,8 +25,7 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
                 int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                 int sh, int sw, int ph, int pw, int groups, int has_bias, int relu)
 {
-    __shared__ __align__(16) CnTcA As;
-    __shared__ __align__(16) CnTcB Bs;
+    __shared__ __align__(16) CnTcSmem<PREC> sm;
 
     const int g = blockIdx.z;
     const int Cg = C / groups, Kg = K / groups;
@@ -46,34 +45,34 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
     const int h0 = cp * sh - ph, w0 = (cpq - cp * Q) * sw - pw;
     const int xbase = (cn * C + g * Cg) * HW + h0 * W + w0;  // of (c, r, s) = 0: may lie outside x
 
-    // This thread's B rows kk = k0 + cn_tc_b_row(i) = k0 + row0 + 2i, as digits (c, r, s)
-    // with the offset c*HW + r*W + s: stepped by 2 along a slice and by BK per slice.
+    // This thread's B rows kk = k0 + cn_tc_b_row(i) = k0 + row0 + B_STEP i, as digits (c, r, s)
+    // with the offset c*HW + r*W + s: stepped by B_STEP along a slice and by BK per slice.
     const CnDigits by_slice = cn_digits(R, S, HW, W, 1, 1, 1, CN_TC_BK);
-    const CnDigits by_two = cn_digits(R, S, HW, W, 1, 1, 1, 2);
+    const CnDigits by_step = cn_digits(R, S, HW, W, 1, 1, 1, CN_TC_B_STEP);
     CnWalker next;
     next.start(by_slice, cn_tc_b_row(0));
 
     auto load = [&](int slice, int stage) {
         const int k0 = slice * CN_TC_BK;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int m = cn_tc_a_row(i), kk = k0 + ak;
+        for (int i = 0; i < CN_TC_A_COPIES; ++i) {
+            const int m = cn_tc_a_row<PREC>(i), kk = k0 + ak;
             const bool ok = m0 + m < Kg && kk < kd;
-            cn_cp_async<4>(&As[stage][m][ak], ok ? wrow + m * kd + kk : w, ok);
+            cn_cp_async<4>(&sm.a[stage][m][ak], ok ? wrow + m * kd + kk : w, ok);
         }
         CnWalker t = next;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
+        for (int i = 0; i < CN_TC_B_COPIES; ++i) {
             const int r = cn_tc_b_row(i), kk = k0 + r;
             const int h = h0 + t.d1, wi = w0 + t.d2;
             const bool ok = col_ok && kk < kd && h >= 0 && h < H && wi >= 0 && wi < W;
-            cn_cp_async<4>(&Bs[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
-            if (i < 7) t.advance(by_two);
+            cn_cp_async<4>(&sm.b[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
+            if (i < CN_TC_B_COPIES - 1) t.advance(by_step);
         }
         next.advance(by_slice);
     };
-    float acc[2][4][4];
-    cn_tc_gemm<PREC>(load, As, Bs, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
+    CnTcAcc acc;
+    cn_tc_gemm<PREC>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
 
     auto store = [&](int m, int jj, float v) {
         const int j = n0 + jj, k = m0 + m;

@@ -7,8 +7,8 @@ accumulation; forward with bias and ReLU fused, backward data, backward filter
   precision "tf32" or "bf16"): on ``cpu`` the FP32 references of ``ops.conv`` with the
   operands rounded as the tensor cores round them (``round_operand``), on
   ``emu``/``cuda`` the kernels. The bias gradient has no products: ``ops.conv``'s.
-* ``*_launch(es)`` builders (the same Launches on emu and cuda): 128 threads, a 64 x 64
-  tile of the pass's GEMM per block; backward filter splits its N*P*Q reduction
+* ``*_launch(es)`` builders (the same Launches on emu and cuda): 128 threads, a 128 x 128
+  tile of the pass's GEMM per block (four warps of 64 x 64); backward filter splits its N*P*Q reduction
   (``plan_filter``) and adds the partials with ``ops.conv``'s ordered conv_split_sum.
 * ``error_bound(n, magnitude)``: the elementwise bound that holds a pass's result to
   the exact (float64) result of the rounded operands.
@@ -30,8 +30,8 @@ __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "BLOCK_K", "BLOCK_M", "BLOCK_N", 
            "backward_filter", "backward_filter_launches", "backward_filter_reference",
            "error_bound", "forward", "forward_launch", "forward_reference", "plan_filter"]
 
-BLOCK_M = 64   # GEMM rows per block
-BLOCK_N = 64   # GEMM columns per block
+BLOCK_M = 128  # GEMM rows per block (kernels/conv_tc_common.cuh: CN_TC_BM)
+BLOCK_N = 128  # GEMM columns per block (CN_TC_BN)
 BLOCK_K = 16   # reduction slice
 THREADS = 128  # four warps
 _TEMPLATE = {"tf32": 0, "bf16": 1}
