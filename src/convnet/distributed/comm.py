@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from .errors import CollectiveTimeout
+from .errors import CollectiveTimeout, failed
 
 __all__ = ["DEFAULT_TIMEOUT", "Communicator", "MPICommunicator", "Pending", "SingleProcess",
            "from_environment", "mpi_launched"]
@@ -190,7 +190,8 @@ class _MPIPending(Pending):
                       c._answer_probes) and self._done:
             return
         cause = "the MPI launcher reported that a rank ended" if c.notified else ""
-        raise CollectiveTimeout(self._operation, c.timeout, c._missing(), c.step, cause=cause)
+        raise failed(CollectiveTimeout(self._operation, c.timeout, c._missing(), c.step,
+                                       cause=cause))
 
 
 class MPICommunicator(Communicator):
@@ -260,15 +261,15 @@ class MPICommunicator(Communicator):
         try:
             return start()
         except self._MPI.Exception as e:
-            raise CollectiveTimeout(operation, self.timeout, self._missing(), self.step,
-                                    cause=_mpi_error(e)) from None
+            raise failed(CollectiveTimeout(operation, self.timeout, self._missing(), self.step,
+                                           cause=_mpi_error(e))) from None
 
     def _test(self, requests, operation) -> bool:
         try:
             return self._MPI.Request.Testall(requests)
         except self._MPI.Exception as e:
-            raise CollectiveTimeout(operation, self.timeout, self._missing(), self.step,
-                                    cause=_mpi_error(e)) from None
+            raise failed(CollectiveTimeout(operation, self.timeout, self._missing(), self.step,
+                                           cause=_mpi_error(e))) from None
 
     def _answer_probes(self) -> None:
         """Tell every rank that asked that this one is alive and inside a collective."""
@@ -324,6 +325,7 @@ def _catch_failure_notice(comm) -> None:
     def notice(signum, frame):
         comm.notified = True
     signal.signal(signal.SIGUSR1, notice)
+    signal.siginterrupt(signal.SIGUSR1, False)  # SA_RESTART: MPI's own system calls go on
 
 
 def _mpi_error(e) -> str:

@@ -1,9 +1,16 @@
 """The errors of the parallel layer: a collective that did not finish, a rank refused."""
 from __future__ import annotations
 
-__all__ = ["CollectiveTimeout", "ConfigMismatch", "collective_failed", "describe_ranks"]
+__all__ = ["CollectiveTimeout", "ConfigMismatch", "collective_failed", "failed",
+           "describe_ranks"]
 
-_FAILED = []  # set once a collective of this process failed
+_FAILED = []  # the operations of this process's communicators that failed
+
+
+def failed(error: "CollectiveTimeout") -> "CollectiveTimeout":
+    """Note that a communicator of this process failed (``error``, returned to raise)."""
+    _FAILED.append(error.operation)
+    return error
 
 
 def collective_failed() -> bool:
@@ -28,7 +35,6 @@ class CollectiveTimeout(RuntimeError):
 
     def __init__(self, operation: str, timeout: float, missing=(), step=None, cause: str = "",
                  message: str | None = None):
-        _FAILED.append(operation)
         self.operation, self.timeout, self.step = operation, float(timeout), step
         self.missing = tuple(sorted(set(int(r) for r in missing)))
         at = f" at step {step}" if step is not None else ""

@@ -56,16 +56,26 @@ def launched_size(environ=None) -> int | None:
     return None
 
 
+_RANKS: list[int] = []  # the rank of each communicator communicator_for made here
+
+
 def end_job(code: int) -> None:
-    """After a failed collective, end this process at once with ``code`` (its output
-    flushed): a normal exit could wait forever in MPI_Finalize or on a peer, and under
-    mpirun an exit without finalizing makes the launcher end the other ranks."""
+    """After a failed collective, end this process with ``code`` (its output flushed)
+    without waiting on the others: a normal exit could wait forever in MPI_Finalize or on
+    a peer. A launcher ends the whole job when one rank exits without finalizing, so a
+    rank > 0 first gives rank 0 a moment (``FOLLOWER_GRACE`` s) to record the failure in
+    the run folder and print its line; rank 0 goes at once."""
     import sys
+    import time
     from .errors import collective_failed
     if collective_failed():
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(FOLLOWER_GRACE if any(_RANKS) else 0.5)  # the launcher forwards the output
         os._exit(code or 1)
+
+
+FOLLOWER_GRACE = 3.0
 
 
 def _is_cuda(device) -> bool:
@@ -91,6 +101,7 @@ def communicator_for(timeout: float = DEFAULT_TIMEOUT, device: str | None = None
             raise LaunchError("started by mpirun/mpiexec, but mpi4py is not installed "
                               "(pip install 'convnet[mpi]')") from None
         comm = MPICommunicator(timeout=timeout)
+        _RANKS.append(comm.rank)
         return _nccl_over(comm, device) if cuda and comm.size > 1 else comm
     variables = torchrun_variables(environ)
     if variables is None or variables["size"] == 1:
@@ -103,12 +114,13 @@ def communicator_for(timeout: float = DEFAULT_TIMEOUT, device: str | None = None
         rdv = Rendezvous(variables["addr"], variables["port"], variables["rank"],
                          variables["size"], timeout)
     except PeerLost as e:
-        from .errors import CollectiveTimeout
-        raise CollectiveTimeout("rendezvous", timeout, e.missing, None,
-                                message=f"rendezvous: {e}") from None
+        from .errors import CollectiveTimeout, failed
+        raise failed(CollectiveTimeout("rendezvous", timeout, e.missing, None,
+                                       message=f"rendezvous: {e}")) from None
     except OSError as e:
         raise LaunchError(f"rendezvous at {variables['addr']}:{variables['port']}: {e}") from None
     comm = TCPCommunicator(rdv, timeout, environ)
+    _RANKS.append(comm.rank)
     return _nccl_over(comm, device) if cuda else comm
 
 

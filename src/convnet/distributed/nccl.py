@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .comm import Communicator, Pending, check_contiguous, poll_until
-from .errors import CollectiveTimeout
+from .errors import CollectiveTimeout, failed
 
 __all__ = ["NCCLCommunicator"]
 
@@ -131,4 +131,4 @@ class NCCLCommunicator(Communicator):
         except Exception:
             pass
         missing = getattr(self._bootstrap, "_missing", lambda: ())()
-        raise CollectiveTimeout(operation, self.timeout, missing, self.step)
+        raise failed(CollectiveTimeout(operation, self.timeout, missing, self.step))

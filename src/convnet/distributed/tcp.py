@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from .comm import Communicator, Pending, check_contiguous, local_rank_from_environment
-from .errors import CollectiveTimeout
+from .errors import CollectiveTimeout, failed
 from .rendezvous import PeerLost, Rendezvous
 
 __all__ = ["TCPCommunicator"]
@@ -37,7 +37,7 @@ class _Job(Pending):
         # the worker has its own deadline per operation; this bound only guards the
         # queue ahead of it
         if not self.done.wait((self.comm.timeout + 2) * (self.comm._queue.qsize() + 2)):
-            raise CollectiveTimeout(self.operation, self.comm.timeout, (), self.comm.step)
+            raise failed(CollectiveTimeout(self.operation, self.comm.timeout, (), self.comm.step))
         if self.error is not None:
             raise self.error
 
@@ -154,9 +154,10 @@ class TCPCommunicator(Communicator):
     def _as_timeout(self, operation, e: PeerLost) -> CollectiveTimeout:
         missing = tuple(r for r in e.missing if r >= 0)
         if e.forwarded:  # rank 0's own report of the failure
-            return CollectiveTimeout(operation, self.timeout, missing, self.step, message=str(e))
+            return failed(CollectiveTimeout(operation, self.timeout, missing, self.step,
+                                            message=str(e)))
         cause = "" if e.timed_out else f"rank {e.rank} closed its connection"
-        error = CollectiveTimeout(operation, self.timeout, missing, self.step, cause=cause)
+        error = failed(CollectiveTimeout(operation, self.timeout, missing, self.step, cause=cause))
         if self.rank == 0:
             self._rdv.abort_all(missing, str(error))
         return error
