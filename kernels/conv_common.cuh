@@ -1,9 +1,10 @@
 // conv_common.cuh: the implicit-GEMM engine shared by the three convolution kernels
-// (conv_forward.cu, conv_backward_data.cu, conv_backward_filter.cu).
+// (conv_forward.cu, conv_backward_data.cu, conv_backward_filter.cu) and Winograd's
+// batched products (conv_winograd_gemm.cu).
 //
 // Each kernel is a matrix product C[m][n] = sum_kk A[m][kk] * B[kk][n] whose operands
-// are never built in memory: the loaders below gather a BK-deep slice of A (BM rows)
-// and of B (BN columns) straight from the tensors into shared memory, and the block's
+// are never built in memory: the loaders below copy a BK-deep slice of A (BM rows) and
+// of B (BN columns) straight from the tensors into shared memory, and the block's
 // threads multiply the slices out of shared memory into per-thread register tiles.
 //
 // Tile shape <BM, BN, BK, TM, TN>: a block computes a BM x BN tile of C with
@@ -11,35 +12,51 @@
 // registers. Thread (tx, ty) = (tid % (BN/TN), tid / (BN/TN)) owns the rows
 // h * (4 * BM/TM) + 4 * ty + i (h < TM/4, i < 4) and likewise the columns: groups of
 // four, a quarter (or half) of the tile apart, so that its operands are float4 reads
-// of shared memory and the eight threads of a quarter warp read 32 consecutive floats
-// (no bank conflicts).
+// (LDS.128) of shared memory and the eight threads of a quarter warp read 32
+// consecutive floats (no bank conflicts).
 //
-// Shared tiles are kk-major (As[kk][m], Bs[kk][n]) and double-buffered: while the
-// threads multiply slice t out of one buffer, the loaders have already fetched slice
-// t+1 into registers and store it into the other buffer afterwards, so there is one
-// __syncthreads per slice and the global loads overlap the arithmetic on a GPU. Tiles
-// whose staging would cost more than 16 registers per thread (the emulator's deep
-// tiles, the thin tile) copy slice t+1 straight into the other buffer instead.
-// Rows are padded by 4 floats (16-byte aligned, and stores along kk spread over banks).
+// Main loop (cn_mainloop): shared tiles are kk-major (As[kk][m], Bs[kk][n]) and
+// double-buffered. The global -> shared copies are asynchronous (cp.async,
+// cp_async.cuh; the emulator lands them at the wait): slice t+1 is issued into the
+// other buffer right after the barrier that opens slice t, and lands while the threads
+// multiply slice t, with no staging registers. Per slice one wait and one barrier.
+// Inside a slice (cn_multiply, unrolled over BK) the fragments are double-buffered in
+// registers: the float4s of step k+1 are read from shared memory before the
+// multiply-adds of step k, so no FFMA waits on the load just before it.
+// Rows are padded by 4 floats (16-byte aligned rows).
 //
 // Gathers: an operand element is src[base(x) + off(kk)], where x is the row (of A)
 // or column (of B) and kk the reduction index. base(x) is computed once per thread
-// (each thread always loads the same x positions); off(kk) follows kk through the
-// tiles with a mixed-radix counter (CnWalker: kk = (d0 * n1 + d1) * n2 + d2, stepped
-// by BK with at most one carry per digit, no division in the loop). Gathers that
-// need it also track a row/column displacement (h, w) so that an element outside the
-// image (the zero padding, the image's edge) reads as 0 without being touched.
-// Elements with kk past the reduction's end are zeros in both operands; rows and
-// columns past the matrix edge load a clamped (valid) position, whose products
-// land only in results that are never stored.
+// (each thread always copies the same x positions); off(kk) follows kk through the
+// slices with a mixed-radix counter (CnWalker: kk = (d0 * n1 + d1) * n2 + d2, stepped
+// by BK with at most one carry per digit, no division in the loop), one per row kk a
+// thread copies, so the per-element work in the loop is a bounds test (gathers that
+// need one), one address and one copy. Gathers that need it also track a row/column
+// displacement (h, w) so that an element outside the image (the zero padding, the
+// image's edge) is zero-filled by the copy without being read. Elements with kk past
+// the reduction's end are zeros in both operands; rows and columns past the matrix
+// edge copy a clamped (valid) position, whose products land only in results that are
+// never stored.
 //
 // All indices are 32-bit: the host checks that every tensor (and every padded image)
 // has fewer than 2^31 elements.
 #pragma once
 
 #include "common.cuh"
+#include "cp_async.cuh"
 
 #define CN_PAD 4
+
+// p itself, as a value the compiler cannot see through: the loaders' base pointers, so
+// that an element's address stays one multiply-add on them instead of being re-derived
+// from the kernel's arguments with 64-bit index arithmetic per element.
+static __device__ __forceinline__ const float* cn_opaque(const float* p)
+{
+#ifdef __CUDA_ARCH__
+    asm("mov.b64 %0, %0;" : "+l"(p));
+#endif
+    return p;
+}
 
 template <int BM_, int BN_, int BK_, int TM_, int TN_>
 struct CnTile {
@@ -53,14 +70,8 @@ struct CnTile {
     static constexpr int THREADS = TX * TY;
     static constexpr int LDA = BM + CN_PAD;
     static constexpr int LDB = BN + CN_PAD;
-    // Whether the next slice goes through registers (overlapping its global loads with
-    // the arithmetic on a GPU) or straight into shared memory: staging costs
-    // BK * (BM + BN) / THREADS registers per thread, too many for the emulator's deep
-    // tiles, which gain nothing from it (an emulated load completes at once).
-    static constexpr bool STAGED = BK * (BM + BN) <= 16 * THREADS;
     static_assert(BM % TM == 0 && BN % TN == 0, "the thread tile must divide the block tile");
     static_assert(TM % 4 == 0 && TN % 4 == 0, "thread tiles are made of float4 groups");
-    static_assert(BK % 4 == 0, "the dense loader moves four kk at a time");
 };
 
 // The digits of the reduction index kk = (d0 * n1 + d1) * n2 + d2 and what one unit of
@@ -133,7 +144,8 @@ struct CnWalker {
 // kend and, when CHECK, zero unless 0 <= hx[x] + h(kk) < H and 0 <= wx[x] + w(kk) < W.
 // BX is the tile's extent along x (BM for A, BN for B). KMAJOR: consecutive threads take
 // consecutive kk (memory contiguous along kk); else consecutive x (contiguous along x).
-// Each thread loads KR rows kk (one walker each) times XN positions x.
+// Each thread copies KR rows kk (one walker each) times XN positions x, one 4-byte
+// cp.async each (zero-filled, reading nothing, where the element is outside).
 template <class T, int BX, bool KMAJOR, bool CHECK>
 struct CnGather {
     static constexpr int BK = T::BK;
@@ -142,7 +154,7 @@ struct CnGather {
     static constexpr int TKL = THREADS / TXL;                                // threads along kk
     static constexpr int KR = BK / TKL;
     static constexpr int XN = BX / TXL;
-    static_assert(TXL >= 1 && THREADS % TXL == 0 && BK % TKL == 0 && BX % TXL == 0,
+    static_assert(TXL >= 1 && THREADS % TXL == 0 && TKL >= 1 && BK % TKL == 0 && BX % TXL == 0,
                   "the loader's thread grid must tile the BK x BX slice");
 
     const float* src;
@@ -153,7 +165,6 @@ struct CnGather {
     int base[XN];
     int hx[XN];
     int wx[XN];
-    float v[KR][XN];
 
     __device__ __forceinline__ void init(const float* src_, int kend_, int H_, int W_, int tid)
     {
@@ -180,11 +191,17 @@ struct CnGather {
         wx[j] = w;
     }
 
+    // After set_x: the walkers at kbeg. The thread's first position is folded into its
+    // own pointer (the others relative to it), so an element's address is one
+    // multiply-add on a per-thread register pair.
     __device__ __forceinline__ void start(int kbeg)
     {
         krem -= kbeg;
 #pragma unroll
         for (int i = 0; i < KR; ++i) wk[i].start(dg, kbeg + tk + i * TKL);
+        src = cn_opaque(src + base[0]);
+#pragma unroll
+        for (int j = XN - 1; j >= 0; --j) base[j] -= base[0];
     }
 
     __device__ __forceinline__ void advance()
@@ -194,13 +211,16 @@ struct CnGather {
         for (int i = 0; i < KR; ++i) wk[i].advance(dg);
     }
 
-    __device__ __forceinline__ void load()
+    // Issues the current slice's copies into S (asynchronous: they land at the wait).
+    template <int LD>
+    __device__ __forceinline__ void issue(float (&S)[BK][LD]) const
     {
 #pragma unroll
         for (int i = 0; i < KR; ++i) {
             const bool kin = tk + i * TKL < krem;
             const int h = wk[i].d1 * dg.h1;
             const int w = wk[i].d2 * dg.w2;
+            float* dst = &S[tk + i * TKL][tx];
 #pragma unroll
             for (int j = 0; j < XN; ++j) {
                 bool ok = kin;
@@ -208,170 +228,105 @@ struct CnGather {
                     ok = ok && (unsigned)(hx[j] + h) < (unsigned)H
                             && (unsigned)(wx[j] + w) < (unsigned)W;
                 }
-                v[i][j] = ok ? src[base[j] + wk[i].off] : 0.0f;
-            }
-        }
-    }
-
-    template <int LD>
-    __device__ __forceinline__ void store(float (&S)[BK][LD]) const
-    {
-#pragma unroll
-        for (int i = 0; i < KR; ++i)
-#pragma unroll
-            for (int j = 0; j < XN; ++j)
-                S[tk + i * TKL][tx + j * TXL] = v[i][j];
-    }
-
-    // load() and store() in one, without the staging registers.
-    template <int LD>
-    __device__ __forceinline__ void copy(float (&S)[BK][LD]) const
-    {
-#pragma unroll
-        for (int i = 0; i < KR; ++i) {
-            const bool kin = tk + i * TKL < krem;
-            const int h = wk[i].d1 * dg.h1;
-            const int w = wk[i].d2 * dg.w2;
-#pragma unroll
-            for (int j = 0; j < XN; ++j) {
-                bool ok = kin;
-                if (CHECK) {
-                    ok = ok && (unsigned)(hx[j] + h) < (unsigned)H
-                            && (unsigned)(wx[j] + w) < (unsigned)W;
-                }
-                S[tk + i * TKL][tx + j * TXL] = ok ? src[base[j] + wk[i].off] : 0.0f;
+                cn_cp_async<4>(dst + j * TXL, src + (base[j] + wk[i].off), ok);
             }
         }
     }
 };
 
-// A dense operand: V[kk][x] = src[row(x) * ld + kk] for kk < kend, where row(x) =
-// min(x0 + x, rows - 1). Each thread moves groups of four consecutive kk: one float4
-// when ld is a multiple of 4 and src is 16-byte aligned, else four floats. A thin
-// tile (BX smaller than the threads' rows per pass) leaves the surplus threads idle.
+// A dense operand: V[kk][x] = src[row(x) * ld + kk] for kk in [kbeg, kend), zero past
+// kend, where row(x) = min(x0 + x, rows - 1). Each thread copies four consecutive kk
+// of XP rows (one address per row, the four copies at immediate offsets); any ld and
+// alignment (the copies are 4 bytes each). A thin tile (BX smaller than the threads'
+// rows per pass) leaves the surplus threads idle. init also starts it at kbeg.
 template <class T, int BX>
 struct CnDense {
     static constexpr int BK = T::BK;
     static constexpr int THREADS = T::THREADS;
-    static constexpr int VK = BK / 4;          // threads along kk, four kk each
-    static constexpr int RP = THREADS / VK;    // rows per pass
+    static constexpr int VK = BK / 4;                 // threads along kk, four kk each
+    static constexpr int RP = THREADS / VK;           // rows per pass
     static constexpr int XP = RP < BX ? BX / RP : 1;  // passes
-    static constexpr bool SPARE = RP > BX;     // threads with tr >= BX load nothing
+    static constexpr bool SPARE = RP > BX;            // threads with tr >= BX copy nothing
+    static_assert(BK % 4 == 0, "the dense loader copies four kk at a time");
     static_assert(THREADS % VK == 0 && (SPARE || BX % RP == 0),
                   "the dense loader's thread grid must tile the BK x BX slice");
 
-    const float* src;
-    int ld, kend, k, tv, tr;
-    bool vec;
-    int rowoff[XP];
-    float v[XP][4];
+    const float* src;  // the current slice's first kk of this thread, row 0
+    int krem, tv, tr;  // krem: kend minus that kk
+    unsigned rowoff[XP];
 
-    __device__ __forceinline__ void init(const float* src_, int ld_, int rows, int x0, int kbeg,
-                                         int kend_, int tid)
+    __device__ __forceinline__ void init(const float* src_, int ld, int rows, int x0, int kbeg,
+                                         int kend, int tid)
     {
-        src = src_;
-        ld = ld_;
-        kend = kend_;
         tv = tid % VK;
         tr = tid / VK;
-        k = kbeg + 4 * tv;
-        vec = (ld % 4 == 0) && (kbeg % 4 == 0) && cn_aligned16(src_);
+        src = cn_opaque(src_ + kbeg + 4 * tv);
+        krem = kend - kbeg - 4 * tv;
+#pragma unroll
+        for (int p = 0; p < XP; ++p) rowoff[p] = (unsigned)(min(x0 + tr + p * RP, rows - 1) * ld);
+    }
+
+    __device__ __forceinline__ void advance()
+    {
+        src += BK;
+        krem -= BK;
+    }
+
+    template <int LD>
+    __device__ __forceinline__ void issue(float (&S)[BK][LD]) const
+    {
+        if (SPARE && tr >= BX) return;
 #pragma unroll
         for (int p = 0; p < XP; ++p) {
-            const int row = min(x0 + tr + p * RP, rows - 1);
-            rowoff[p] = row * ld;
-        }
-    }
-
-    __device__ __forceinline__ void advance() { k += BK; }
-
-    __device__ __forceinline__ void load()
-    {
-        if (SPARE && tr >= BX) return;
-        if (vec && k + 4 <= kend) {
+            const float* at = src + rowoff[p];
 #pragma unroll
-            for (int p = 0; p < XP; ++p) {
-                const float4 f = __ldg(reinterpret_cast<const float4*>(src + rowoff[p] + k));
-                v[p][0] = f.x;
-                v[p][1] = f.y;
-                v[p][2] = f.z;
-                v[p][3] = f.w;
-            }
-        } else {
-#pragma unroll
-            for (int p = 0; p < XP; ++p)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    v[p][e] = k + e < kend ? src[rowoff[p] + k + e] : 0.0f;
-        }
-    }
-
-    template <int LD>
-    __device__ __forceinline__ void store(float (&S)[BK][LD]) const
-    {
-        if (SPARE && tr >= BX) return;
-#pragma unroll
-        for (int p = 0; p < XP; ++p)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                S[4 * tv + e][tr + p * RP] = v[p][e];
-    }
-
-    // load() and store() in one, without the staging registers.
-    template <int LD>
-    __device__ __forceinline__ void copy(float (&S)[BK][LD]) const
-    {
-        if (SPARE && tr >= BX) return;
-        if (vec && k + 4 <= kend) {
-#pragma unroll
-            for (int p = 0; p < XP; ++p) {
-                const float4 f = __ldg(reinterpret_cast<const float4*>(src + rowoff[p] + k));
-                S[4 * tv + 0][tr + p * RP] = f.x;
-                S[4 * tv + 1][tr + p * RP] = f.y;
-                S[4 * tv + 2][tr + p * RP] = f.z;
-                S[4 * tv + 3][tr + p * RP] = f.w;
-            }
-        } else {
-#pragma unroll
-            for (int p = 0; p < XP; ++p)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    S[4 * tv + e][tr + p * RP] = k + e < kend ? src[rowoff[p] + k + e] : 0.0f;
+            for (int e = 0; e < 4; ++e) cn_cp_async<4>(&S[4 * tv + e][tr + p * RP], at + e, e < krem);
         }
     }
 };
 
-// acc[j][i] += sum over the slice of A[row i][kk] * B[kk][col j] (the thread's tile).
+// Step k's fragments: the thread's TM rows of A and TN columns of B, float4 reads.
+template <class T>
+__device__ __forceinline__ void cn_fragments(const float (&As)[T::BK][T::LDA],
+                                             const float (&Bs)[T::BK][T::LDB], int k, int tx,
+                                             int ty, float (&a)[T::TM], float (&b)[T::TN])
+{
+#pragma unroll
+    for (int h = 0; h < T::TM / 4; ++h) {
+        const float4 f = *reinterpret_cast<const float4*>(&As[k][h * 4 * T::TY + 4 * ty]);
+        a[4 * h + 0] = f.x;
+        a[4 * h + 1] = f.y;
+        a[4 * h + 2] = f.z;
+        a[4 * h + 3] = f.w;
+    }
+#pragma unroll
+    for (int h = 0; h < T::TN / 4; ++h) {
+        const float4 f = *reinterpret_cast<const float4*>(&Bs[k][h * 4 * T::TX + 4 * tx]);
+        b[4 * h + 0] = f.x;
+        b[4 * h + 1] = f.y;
+        b[4 * h + 2] = f.z;
+        b[4 * h + 3] = f.w;
+    }
+}
+
+// acc[j][i] += sum over the slice of A[row i][kk] * B[kk][col j] (the thread's tile),
+// the fragments of step k+1 read before the outer product of step k.
 template <class T>
 __device__ __forceinline__ void cn_multiply(const float (&As)[T::BK][T::LDA],
                                             const float (&Bs)[T::BK][T::LDB],
                                             float (&acc)[T::TN][T::TM], int tx, int ty)
 {
+    float a[2][T::TM];
+    float b[2][T::TN];
+    cn_fragments<T>(As, Bs, 0, tx, ty, a[0], b[0]);
 #pragma unroll
     for (int k = 0; k < T::BK; ++k) {
-        float a[T::TM];
-        float b[T::TN];
-#pragma unroll
-        for (int h = 0; h < T::TM / 4; ++h) {
-            const float4 f = *reinterpret_cast<const float4*>(&As[k][h * 4 * T::TY + 4 * ty]);
-            a[4 * h + 0] = f.x;
-            a[4 * h + 1] = f.y;
-            a[4 * h + 2] = f.z;
-            a[4 * h + 3] = f.w;
-        }
-#pragma unroll
-        for (int h = 0; h < T::TN / 4; ++h) {
-            const float4 f = *reinterpret_cast<const float4*>(&Bs[k][h * 4 * T::TX + 4 * tx]);
-            b[4 * h + 0] = f.x;
-            b[4 * h + 1] = f.y;
-            b[4 * h + 2] = f.z;
-            b[4 * h + 3] = f.w;
-        }
+        if (k + 1 < T::BK) cn_fragments<T>(As, Bs, k + 1, tx, ty, a[(k + 1) & 1], b[(k + 1) & 1]);
 #pragma unroll
         for (int i = 0; i < T::TM; ++i)
 #pragma unroll
             for (int j = 0; j < T::TN; ++j)
-                acc[j][i] = fmaf(a[i], b[j], acc[j][i]);
+                acc[j][i] = fmaf(a[k & 1][i], b[k & 1][j], acc[j][i]);
     }
 }
 
@@ -384,43 +339,34 @@ static __device__ __forceinline__ int cn_tile_index(int i, int t)
 }
 
 // The double-buffered main loop over `tiles` slices: the loaders are started at the
-// first slice; acc holds the sums when it returns. Ends with a barrier, so the caller
-// may reuse shared memory. `tiles` must be the same for every thread of the block.
+// first slice; acc holds the sums when it returns. Slice t+1's copies are issued into
+// the other buffer after the barrier that opens slice t (every thread has finished
+// slice t-1, the buffer's last reader) and land while slice t is multiplied. Ends with
+// a barrier, so the caller may reuse shared memory. `tiles` must be the same for every
+// thread of the block.
 template <class T, class LA, class LB>
 __device__ __forceinline__ void cn_mainloop(LA& la, LB& lb, float (&As)[2][T::BK][T::LDA],
                                             float (&Bs)[2][T::BK][T::LDB],
                                             float (&acc)[T::TN][T::TM], int tiles, int tx, int ty)
 {
     if (tiles <= 0) return;
-    la.copy(As[0]);
-    lb.copy(Bs[0]);
-    __syncthreads();
+    la.issue(As[0]);
+    lb.issue(Bs[0]);
+    cn_cp_async_commit();
     for (int t = 0; t < tiles; ++t) {
         const int cur = t & 1;
-        const bool more = t + 1 < tiles;
-        if (more) {
+        cn_cp_async_wait<0>();  // this thread's copies of slice t have landed
+        __syncthreads();        // everyone's have, and slice t-1 is no longer read
+        if (t + 1 < tiles) {
             la.advance();
             lb.advance();
+            la.issue(As[cur ^ 1]);
+            lb.issue(Bs[cur ^ 1]);
+            cn_cp_async_commit();
         }
-        if (T::STAGED) {
-            if (more) {  // fetch the next slice into registers while this one is multiplied
-                la.load();
-                lb.load();
-            }
-            cn_multiply<T>(As[cur], Bs[cur], acc, tx, ty);
-            if (more) {
-                la.store(As[cur ^ 1]);
-                lb.store(Bs[cur ^ 1]);
-            }
-        } else {
-            if (more) {  // the other buffer was last read before the previous barrier
-                la.copy(As[cur ^ 1]);
-                lb.copy(Bs[cur ^ 1]);
-            }
-            cn_multiply<T>(As[cur], Bs[cur], acc, tx, ty);
-        }
-        __syncthreads();
+        cn_multiply<T>(As[cur], Bs[cur], acc, tx, ty);
     }
+    __syncthreads();
 }
 
 template <class T>

@@ -577,7 +577,7 @@ def test_launch_shapes():
     assert launch.block == (256, 1, 1)
     assert launch.grid == (-(-8 * 27 * 27 // 128), 1, 2)
     assert launch.args[-2:] == (np.int32(0), np.int32(1)) and launch.args[2] is w  # no bias
-    assert launch.name == "conv_forward<128, 128, 8, 8, 8>"
+    assert launch.name == "conv_forward<128, 128, 16, 8, 8>"
     g4 = conv.geometry((2, 3, 227, 227), (96, 3, 11, 11), 4, 0, 1)
     data = conv.backward_data_launch(gpu, g4, np.zeros(g4.y_shape, np.float32),
                                      np.zeros(g4.w_shape, np.float32),

@@ -29,10 +29,11 @@ class Tile(NamedTuple):
         return name_expression(kernel, tuple(self))
 
 
-# The GPU's main tile: 256 threads, 8x8 results each (128x128 per block).
-LARGE = Tile(128, 128, 8, 8, 8)
+# The GPU's main tile: 256 threads, 8x8 results each (128x128 per block), 16-deep
+# slices (1024 multiply-adds per thread between barriers).
+LARGE = Tile(128, 128, 16, 8, 8)
 # Fewer rows for layers with few output (forward, filter) or input (data) channels.
-MEDIUM = Tile(64, 128, 8, 8, 8)
+MEDIUM = Tile(64, 128, 16, 8, 8)
 # Small problems: 64 threads, 4x4 results each.
 SMALL = Tile(32, 32, 16, 4, 4)
 # The emulator's tile: few fibers with fat register tiles and a deep slice, so that
@@ -55,8 +56,9 @@ BACKWARD_FILTER = KernelModule("conv_backward_filter.cu",
 
 # How a device kind runs each tile it may choose: (blocks resident per SM or emulator
 # worker, arithmetic rate relative to the device's main tile). GPU: residency from the
-# compile report's registers (LARGE 124-165, MEDIUM up to 167 per thread, of 65536 per
-# SM), rates estimated (4x4 and 4x8 thread tiles read more shared memory per
+# compile report's registers (sm_90, BK = 16: LARGE 128 per thread in forward, two
+# blocks; backward 1 block; MEDIUM up to 167, three blocks; of 65536 per SM), rates
+# estimated (4x4 and 4x8 thread tiles read more shared memory per
 # multiply-add); not yet measured on a GPU. emu: rates measured on AlexNet's layers
 # (benchmarks/conv.py): a thin or small tile does ~1/6 of EMU's arithmetic per second.
 TILE_MODELS = {
