@@ -109,7 +109,7 @@ from ..step import train_step
 from ..distributed import CollectiveTimeout, ConfigMismatch, DEFAULT_TIMEOUT, SingleProcess
 from . import board, show
 from .errors import Terminated
-from .evaluate import evaluate_batches
+from .evaluate import EvalResult, evaluate_batches
 from .runs import (METRICS, TrainError, checkpoint_path, clean_temporaries, open_run, plural,
                    prune, quoted, run_checkpoints, settings_of, short_list)
 from .settings import TrainOptions, check_crop, check_recorded_data, placement, run_settings
@@ -460,9 +460,24 @@ class TrainingRun:
             result = evaluate_batches(
                 self.model, (b for b in loader.epoch(epoch) if len(b)), mode, should_stop=stop,
                 on_batch=lambda n: bar.update(n * self.comm.size)) if mine else None
-            return self.dp.reduce_evaluation(result, mine, mode, len(self.settings["classes"]))
+            return self._sum_evaluations(result, mine, mode)
         finally:
             bar.close()
+
+    def _sum_evaluations(self, result, images: int, mode: str) -> EvalResult:
+        """Every rank's evaluation of its share of a split (``result`` of ``images``
+        images, None for none) as the whole split's: counts and loss sums added."""
+        right1 = right5 = loss = seconds = 0.0
+        if result is not None:
+            loss, seconds = result.loss * images, result.seconds
+            right1, right5 = (1 - result.top1_error) * images, (1 - result.top5_error) * images
+        count, loss, right1, right5, seconds = self.dp.sum([images, loss, right1, right5, seconds])
+        if count == 0:
+            raise ValueError("evaluate: the split holds no images")
+        return EvalResult(mode=mode, images=int(round(count)), loss=loss / count,
+                          top1_error=1 - round(right1) / count,
+                          top5_error=1 - round(right5) / count,
+                          seconds=seconds / self.comm.size, classes=len(self.settings["classes"]))
 
     def run(self) -> dict:
         """Train to the last epoch; the run folder's lock is released when this returns or

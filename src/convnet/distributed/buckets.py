@@ -12,7 +12,7 @@ backward pass started from its share of the batch (``DataParallel`` does that).
 """
 from __future__ import annotations
 
-from .comm import Communicator
+from .base import Communicator
 
 __all__ = ["DEFAULT_BUCKET_BYTES", "GradientBuckets"]
 

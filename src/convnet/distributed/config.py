@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .comm import Communicator
+from .base import Communicator
 from .errors import ConfigMismatch, describe_ranks
 
 __all__ = ["check_same_configuration", "digest", "data_digest"]

@@ -12,8 +12,8 @@
   ``stop_requested`` says whether any rank does, so all stop after the same step. A rank with no images in a (short, last) batch still joins
   every collective with zero gradients. Returns a ``StepResult`` of the whole global
   batch (the loss and hits summed over ranks).
-* ``reduce_evaluation(result, images)``: an evaluation over this rank's share of a split
-  combined into the whole split's (counts and loss sums added).
+* ``sum(values)``: numbers summed over the ranks (an evaluation's counts and loss sums
+  over each rank's share of a split).
 
 The loader gives each rank its share (``Loader(..., shard=(rank, size))``); the
 augmentation of an image depends on (seed, epoch, index) only, so the union of the
@@ -22,7 +22,7 @@ ranks' batches is the single-process batch, image for image.
 from __future__ import annotations
 
 from .buckets import DEFAULT_BUCKET_BYTES, GradientBuckets
-from .comm import Communicator
+from .base import Communicator
 
 __all__ = ["DataParallel", "share_of"]
 
@@ -83,19 +83,9 @@ class DataParallel:
         result.stop_requested = stop_requested  # a rank saw Ctrl-C: every rank stops here
         return result
 
-    def reduce_evaluation(self, result, images: int, mode: str, classes: int):
-        """``result`` (an ``EvalResult`` in ``mode`` of this rank's ``images`` images, or
-        None when it had none) combined over the ranks into the whole split's."""
+    def sum(self, values) -> list:
+        """``values`` (numbers) summed over the ranks, as floats (float64)."""
         import numpy as np
-        from ..app.evaluate import EvalResult
-        mine = np.zeros(5, dtype=np.float64)
-        if result is not None:
-            mine[:] = (images, result.loss * images, (1 - result.top1_error) * images,
-                       (1 - result.top5_error) * images, result.seconds)
+        mine = np.array(values, dtype=np.float64)
         self.comm.allreduce([mine])
-        count, loss, right1, right5 = mine[:4]
-        if count == 0:
-            raise ValueError("evaluate: the split holds no images")
-        return EvalResult(mode=mode, images=int(round(count)), loss=loss / count,
-                          top1_error=1 - round(right1) / count, top5_error=1 - round(right5) / count,
-                          seconds=mine[4] / self.comm.size, classes=classes)
+        return [float(v) for v in mine]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 
-from .comm import (DEFAULT_TIMEOUT, Communicator, MPICommunicator, SingleProcess,
-                   local_rank_from_environment, mpi_launched)
+from .base import (DEFAULT_TIMEOUT, Communicator, SingleProcess, local_rank_from_environment,
+                   mpi_launched)
+from .mpi import MPICommunicator
 
 __all__ = ["LaunchError", "communicator_for", "device_for_rank", "end_job", "launched_size",
            "torchrun_variables"]

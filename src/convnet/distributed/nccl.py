@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .comm import Communicator, Pending, check_contiguous, poll_until
+from .base import Communicator, Pending, check_contiguous, poll_until
 from .errors import CollectiveTimeout, failed
 
 __all__ = ["NCCLCommunicator"]

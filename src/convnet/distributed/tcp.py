@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .comm import Communicator, Pending, check_contiguous, local_rank_from_environment
+from .base import Communicator, Pending, check_contiguous, local_rank_from_environment
 from .errors import CollectiveTimeout, failed
 from .rendezvous import PeerLost, Rendezvous
 
