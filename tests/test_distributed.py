@@ -8,8 +8,8 @@ variables on cpu, running the scripts in tests/distributed/.
   apart, then the ranks' sums added): a few ulps per step, measured 5e-16 of each
   parameter's largest element after 3 steps; asserted below 1e-12. Every rank ends with
   the same bits; the buckets started during the backward pass;
-* a 2-rank `convnet train --parallel data` resumed after epoch 1 ends with the bits of
-  the uninterrupted run;
+* a 2-rank `convnet train --parallel data` (and `--parallel hybrid`) resumed after
+  epoch 1 ends with the bits of the uninterrupted run, its checkpoints one-column ones;
 * a rank that hangs mid-run (SIGSTOP) under mpiexec, or is killed (SIGKILL) under
   torchrun-style variables, ends the job with one `convnet train:` line naming the rank
   and the step; a rank killed under mpiexec ends the job at once (mpiexec does that);
@@ -189,9 +189,10 @@ def test_data_parallel_torchrun_style(tmp_path):
 # --------------------------------------------------------------------------- convnet train
 
 @needs_mpi
-def test_resumed_two_rank_run_equals_uninterrupted(data, tmp_path):
+@pytest.mark.parametrize("parallel", ["data", "hybrid"])
+def test_resumed_two_rank_run_equals_uninterrupted(parallel, data, tmp_path):
     from safetensors.numpy import load_file
-    done = _mpiexec(2, HERE / "resume.py", data, tmp_path)
+    done = _mpiexec(2, HERE / "resume.py", data, tmp_path, parallel)
     assert done.returncode == 0, done.stdout + done.stderr
     whole = load_file(tmp_path / "whole" / "epoch-0002.safetensors")
     part = load_file(tmp_path / "part" / "epoch-0002.safetensors")
@@ -200,8 +201,9 @@ def test_resumed_two_rank_run_equals_uninterrupted(data, tmp_path):
     events = [json.loads(l)["event"] for l in (tmp_path / "part" / "metrics.jsonl").open()]
     assert events == ["start", "epoch", "resume", "epoch"]
     start = json.loads((tmp_path / "whole" / "metrics.jsonl").open().readline())
-    assert (start["parallel"], start["ranks"], start["backend"]) == ("data", 2, "mpi")
-    assert "x 2 ranks (mpi)" in done.stdout
+    assert (start["parallel"], start["ranks"], start["backend"]) == (parallel, 2, "mpi")
+    assert f"(10,883 parameters, " in done.stdout  # the whole network's, hybrid too
+    assert f"x 2 ranks ({parallel}, mpi)" in done.stdout
 
 
 def _one_line_naming(output: str, rank: int, step: str) -> None:

@@ -80,6 +80,13 @@ run bit for bit; without dropout it is, up to the rounding of the gradient sums.
 collective has a timeout (``--collective-timeout``, default 300 s): a rank that dies
 or hangs ends the others with one line naming the rank and the step.
 
+Hybrid parallelism (``--parallel hybrid``, ``convnet.models.hybrid``, Krizhevsky 2014):
+launched the same way; conv1-conv5 data-parallel, fc6-fc8 split over the ranks (each
+holds 1/K of their units). Rank 0's one-column network (new, or resumed) is scattered
+to the ranks; checkpoints gather the slices back into the one-column layout (so a
+hybrid run resumes as one process and back); dropout draws the single-process masks;
+validation runs over each rank's share of every batch, the logits gathered.
+
 Ctrl-C stops at the next step boundary: the loader shuts down, the checkpoint of
 the last complete epoch stays as it was, and the command exits with 130 (a second
 Ctrl-C stops at once). A loss that is not finite stops the run (exit 1) before the
@@ -187,13 +194,14 @@ class TrainingRun:
     def __init__(self, options: TrainOptions):
         self.options = options
         self.dp = None
+        self.parallel = options.parallel  # None, "data" or "hybrid"
         self._lock = None
         self.comm, self._own_comm = _communicator(options)
         self.leader = self.comm.rank == 0
         self.log = (options.log or say) if self.leader else _quiet
         self.out_file = (options.out_file or sys.stdout) if self.leader else _Discard()
         try:
-            if options.parallel == "data":
+            if options.parallel is not None:
                 self._open_parallel(options)
             else:
                 self.out, saved, self._lock = open_run(options, self.log)
@@ -245,8 +253,49 @@ class TrainingRun:
             check_same_configuration(comm, {"data digest": data_digest(self.dataset)})
         except ConfigMismatch as exc:
             raise TrainError(str(exc)) from None
-        self.dp = DataParallel(self.model, self.optimizer, comm)
-        self.dp.broadcast_state()
+        if self.parallel == "hybrid":
+            self._become_hybrid()
+        else:
+            self.dp = DataParallel(self.model, self.optimizer, comm)
+            self.dp.broadcast_state()
+
+    def _become_hybrid(self) -> None:
+        """The one-column model rank 0 built (or resumed) becomes ``HybridAlexNet``'s
+        pieces on every rank: its weights and momentum scattered from rank 0."""
+        from ..models.hybrid import hybrid_alexnet
+        s, comm = self.settings, self.comm
+        if s["columns"] != 1:
+            raise TrainError("--parallel hybrid splits one column over the ranks: give "
+                             "--columns 1 (or resume a run with --columns 1)")
+        self.whole_parameters = self.model.num_parameters()
+        whole = self.model.state_dict() if self.leader else None
+        velocity = self.optimizer.state_dict()["velocity"] if self.leader else None
+        extra = {"dropout": s["dropout"]} if "dropout" in s else {}
+        try:
+            model = hybrid_alexnet(comm, num_classes=len(s["classes"]), input_size=s["crop"],
+                                   widths=tuple(s["widths"]), weight_std=s["weight_std"],
+                                   seed=s["seed"], device=self.devices[0], **extra)
+        except ValueError as exc:
+            raise TrainError(f"--parallel hybrid: {exc}") from None
+        model.load_state_dict(model.scatter_state_dict(whole))
+        optimizer = SGD(model, lr=self.optimizer.lr, momentum=s["momentum"],
+                        weight_decay=s["weight_decay"])
+        mine = model.scatter_state_dict(velocity)
+        device = self.devices[0]
+        for name, v in optimizer.velocity.items():
+            v[...] = device.asarray(mine[name], dtype=v.dtype)
+        optimizer.steps = comm.broadcast_object(self.optimizer.steps)
+        self.model, self.optimizer = model, optimizer
+
+    def _hybrid_step(self, batch, stop: bool):
+        """One step of the hybrid model; whether any rank wants to stop (Ctrl-C)."""
+        from ..models.hybrid import hybrid_step
+        step = hybrid_step(self.model, self.optimizer, batch.images, batch.labels,
+                           check_finite=False)
+        flag = np.array([float(stop)])
+        self.comm.allreduce([flag])
+        step.stop_requested = bool(flag[0] > 0)
+        return step
 
     def _follow(self, options: TrainOptions, shared: dict) -> None:
         """A rank > 0: rank 0's settings, the same data and model, rank 0's schedule."""
@@ -377,17 +426,23 @@ class TrainingRun:
         return Loader(self.dataset, split, batch_size=batch_size, seed=self.settings["seed"],
                       workers=self.options.workers, device=self.devices[0], augment=augment,
                       crop=self.settings["crop"],
-                      shard=(self.comm.rank, self.comm.size) if self.dp else None)
+                      shard=(self.comm.rank, self.comm.size) if self.parallel else None)
 
     def _save(self, metrics: dict) -> Path:
+        if self.parallel == "hybrid":  # every rank: the slices gathered into one column
+            model_state = self.model.gather_state_dict()
+            optimizer_state = self.optimizer.state_dict()
+            optimizer_state["velocity"] = self.model.gather_state_dict(optimizer_state["velocity"])
         if not self.leader:
             return None
+        if self.parallel != "hybrid":
+            model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
         state = {"epoch": self.epoch, "settings": self.settings,
                  "schedule": self.schedule.state(), "metrics": metrics,
                  "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         try:
-            path = ckpt.save(checkpoint_path(self.out, self.epoch), self.model.state_dict(),
-                             self.optimizer.state_dict(), state)
+            path = ckpt.save(checkpoint_path(self.out, self.epoch), model_state,
+                             optimizer_state, state)
         except OSError as exc:  # disk full, permissions: the earlier checkpoints stay whole
             raise TrainingStopped(
                 f"epoch {self.epoch}: {one_line(exc)}; the checkpoints written before are "
@@ -398,7 +453,9 @@ class TrainingRun:
     # ------------------------------------------------------------------ epochs
     def _train_epoch(self, loader, stop) -> dict:
         s = self.settings
-        _reseed_dropout(self.model, s["seed"], self.epoch, self.comm.rank if self.dp else 0)
+        # hybrid: the same masks as one process (every rank applies the whole batch's)
+        _reseed_dropout(self.model, s["seed"], self.epoch,
+                        self.comm.rank if self.parallel == "data" else 0)
         bar = ProgressBar(len(loader.split), f"epoch {self.epoch + 1}/{s['epochs']}", self.show,
                           leave=False)
         count, loss_sum, right1, right5 = 0, 0.0, 0.0, 0.0
@@ -420,11 +477,14 @@ class TrainingRun:
 
         try:
             for batch in loader.epoch(self.epoch):
-                n = batch.total if self.dp else len(batch)
+                n = batch.total if self.parallel else len(batch)
                 try:
                     with np.errstate(over="ignore", invalid="ignore"):  # caught below instead
-                        if self.dp:
+                        if self.parallel:
                             self.comm.step = f"{batch.number + 1} of epoch {self.epoch + 1}"
+                        if self.parallel == "hybrid":
+                            step = self._hybrid_step(batch, stop())
+                        elif self.parallel:
                             step = self.dp.step(batch.images, batch.labels, batch.total, stop())
                         else:
                             step = train_step(self.model, self.optimizer, batch.images,
@@ -439,7 +499,7 @@ class TrainingRun:
                     bar.update(n, f"loss {loss_sum / count:.3f} top-1 err {_pct(1 - right1 / count)}")
                 else:
                     bar.update(n)
-                if (step.stop_requested if self.dp else stop()):
+                if (step.stop_requested if self.parallel else stop()):
                     raise KeyboardInterrupt
             read_pending()
         finally:
@@ -452,9 +512,12 @@ class TrainingRun:
     def _evaluate(self, loader, epoch: int, mode: str, stop, desc: str):
         bar = ProgressBar(len(loader.split), desc, self.show, leave=False)
         try:
-            if self.dp is None:
+            if self.parallel is None:
                 return evaluate_batches(self.model, loader.epoch(epoch), mode, should_stop=stop,
                                         on_batch=bar.update)
+            if self.parallel == "hybrid":  # every rank evaluates the whole split
+                return evaluate_batches(self.model, self.model.global_batches(loader.epoch(epoch)),
+                                        mode, should_stop=stop, on_batch=bar.update)
             from ..distributed.data_parallel import share_of
             mine = share_of(len(loader.split), loader.batch_size, self.comm.rank, self.comm.size)
             result = evaluate_batches(
@@ -508,9 +571,10 @@ class TrainingRun:
         if self.leader:
             self.out.mkdir(parents=True, exist_ok=True)
             clean_temporaries(self.out)
-        params = self.model.num_parameters()
+        params = getattr(self, "whole_parameters", None) or self.model.num_parameters()
         where = " ".join(d.name for d in self.devices) + (
-            f" x {self.comm.size} ranks ({self.comm.backend})" if self.dp else "")
+            f" x {self.comm.size} ranks ({self.parallel}, {self.comm.backend})"
+            if self.parallel else "")
         if self.epoch >= s["epochs"]:
             self._print(f"train: {self.out} has finished its {plural(s['epochs'], 'epoch')}; give "
                         f"--epochs N > {self.epoch} with --resume to train on")
@@ -523,8 +587,8 @@ class TrainingRun:
                          lr=self.optimizer.lr, devices=[d.name for d in self.devices])
         else:
             self._record("start", **s, parameters=params, devices=[d.name for d in self.devices],
-                         **({"parallel": "data", "ranks": self.comm.size,
-                             "backend": self.comm.backend} if self.dp else {}))
+                         **({"parallel": self.parallel, "ranks": self.comm.size,
+                             "backend": self.comm.backend} if self.parallel else {}))
         self._print(f"train: {s['model']} ({params:,} parameters, widths "
                     f"{'/'.join(map(str, s['widths']))}, {plural(s['columns'], 'column')}) on "
                     f"{where}; {plural(len(self.dataset.split('train')), 'training image')} of "
@@ -561,7 +625,7 @@ class TrainingRun:
                 self._record_end("failed", epoch=self.epoch, reason=one_line(exc))
                 raise
         self._end_of_run()
-        if self.dp:
+        if self.parallel:
             self.comm.barrier()  # rank 0's last checkpoint is on disk before any rank ends
         total = time.monotonic() - started
         self._print(f"train: done in {clock(total)}; checkpoints in {self.out}")
@@ -653,14 +717,11 @@ def _communicator(options: TrainOptions):
                              f"but without --parallel: give --parallel data, or start one "
                              f"process")
         return SingleProcess(timeout), False
-    if options.parallel == "hybrid":
-        raise TrainError("--parallel hybrid is not wired into convnet train yet: use "
-                         "--parallel data, or convnet.models.hybrid from Python")
     if options.comm is not None:
         return options.comm, False
     if options.devices and len(set(options.devices)) > 1:
-        raise TrainError("--parallel data runs one process per device: give --device (each "
-                         "rank takes cuda:LOCAL_RANK), not --devices "
+        raise TrainError(f"--parallel {options.parallel} runs one process per device: give "
+                         f"--device (each rank takes cuda:LOCAL_RANK), not --devices "
                          f"{' '.join(options.devices)}")
     from .settings import default_device
     try:
