@@ -242,8 +242,7 @@ class TrainingRun:
                     "resumed_from": self.resumed_from and str(self.resumed_from)}
 
         shared = _from_leader(comm, lead)
-        if not self.leader:
-            self._follow(options, shared)
+        _on_every_rank(comm, lambda: None if self.leader else self._follow(options, shared))
         batch = self.settings["batch_size"]
         if batch % comm.size:
             raise TrainError(f"--batch-size {batch} does not divide evenly over {comm.size} "
@@ -774,6 +773,22 @@ def _from_leader(comm, work):
     if status == "error":
         raise TrainError(f"rank 0 could not start the run: {value}")
     return value
+
+
+def _on_every_rank(comm, work) -> None:
+    """``work()`` on every rank, then every rank learns whether it failed anywhere: a
+    rank that cannot start (its data, its device) stops the job at once, naming itself,
+    instead of leaving the others to time out in the next collective."""
+    try:
+        work()
+        mine = None
+    except Exception as exc:  # noqa: BLE001 - told to the others, then raised here
+        mine, error = one_line(exc), exc
+    failures = [(r, m) for r, m in enumerate(comm.allgather_object(mine)) if m is not None]
+    if mine is not None:
+        raise error
+    if failures:
+        raise TrainError("; ".join(f"rank {r} could not start: {m}" for r, m in failures))
 
 
 def _data_folder(options: TrainOptions, settings: dict, resuming: bool, log):
