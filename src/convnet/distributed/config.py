@@ -12,7 +12,9 @@ from .errors import ConfigMismatch, describe_ranks
 
 __all__ = ["check_same_configuration", "digest", "data_digest"]
 
-_VOLATILE = ("created", "time", "seconds", "prepared_at", "date", "host")
+# manifest keys that differ between copies of the same data prepared on two nodes: when,
+# where from (a path), and the checksum of the manifest itself (which covers those)
+_VOLATILE = ("created", "time", "seconds", "date", "host", "source", "checksum")
 
 
 def digest(config: dict) -> str:
@@ -31,8 +33,9 @@ def _stable(value):
 
 
 def data_digest(dataset) -> str:
-    """The digest of a prepared data set's manifest (classes, image size, splits and
-    their shards), leaving out when and where it was prepared."""
+    """The digest of a prepared data set's manifest (settings, classes, image size, splits
+    and their shards, the statistics' hashes), leaving out when and from where it was
+    prepared."""
     return digest(_stable(dataset.manifest))
 
 
