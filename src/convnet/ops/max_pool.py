@@ -119,29 +119,44 @@ def _planes_last(a: np.ndarray, pad_h: int = 0, pad_w: int = 0, fill=0) -> np.nd
     every window-offset view has rows of N·C contiguous elements (NumPy's loops then run
     long; on the NCHW views each row would be OW strided elements)."""
     n, c, h, w = a.shape
-    out = np.full((h + 2 * pad_h, w + 2 * pad_w, n * c), fill, dtype=a.dtype)
+    out = np.empty((h + 2 * pad_h, w + 2 * pad_w, n * c), dtype=a.dtype)
     out[pad_h:pad_h + h, pad_w:pad_w + w] = a.reshape(n * c, h, w).transpose(1, 2, 0)
+    for border in (out[:pad_h], out[pad_h + h:], out[:, :pad_w], out[:, pad_w + w:]):
+        border[...] = fill
     return out
 
 
-def _planes_first(a: np.ndarray, n: int, c: int) -> np.ndarray:
-    """``_planes_last``'s (H, W, N·C) back as a C-contiguous (N, C, H, W)."""
-    h, w, _ = a.shape
-    return np.ascontiguousarray(a.transpose(2, 0, 1)).reshape(n, c, h, w)
+# forward_reference pools slabs of whole planes of about this many input elements in
+# turn, whose planes-last copies and temporaries stay in cache (one thread, loaded
+# machine: 10-35 % faster than the whole tensor at once on both networks' pools).
+SLAB_ELEMENTS = 1 << 17
 
 
 def forward_reference(x: np.ndarray, params: PoolParams) -> tuple[np.ndarray, np.ndarray]:
     """``(y, argmax)``: the pooled values and each window's offset (``index_dtype``), for
-    an x that ``output_shape`` accepts. One pass per window offset keeps the running
-    maximum and its offset (views of x laid out planes last, no copy per window)."""
+    an x that ``output_shape`` accepts; slab by slab of planes (``_forward_planes``)."""
     n, c, h, w = x.shape
+    oh, ow = params.output_size(h, w)
+    y = np.empty((n * c, oh, ow), x.dtype)
+    pick = np.empty((n * c, oh, ow), index_dtype(params))
+    if y.size and x.size:
+        planes = x.reshape(n * c, h, w)
+        step = max(1, SLAB_ELEMENTS // (h * w))
+        for i in range(0, n * c, step):
+            y[i:i + step], pick[i:i + step] = _forward_planes(planes[i:i + step], params)
+    return y.reshape(n, c, oh, ow), pick.reshape(n, c, oh, ow)
+
+
+def _forward_planes(x: np.ndarray, params: PoolParams) -> tuple[np.ndarray, np.ndarray]:
+    """``forward_reference`` of the planes x (B, H, W), as (B, OH, OW) views. One pass per
+    window offset keeps the running maximum and its offset (views of x laid out planes
+    last, no copy per window)."""
+    b, h, w = x.shape
     p = params
     oh, ow = p.output_size(h, w)
-    if x.size == 0 or n * c * oh * ow == 0:
-        return np.empty((n, c, oh, ow), x.dtype), np.empty((n, c, oh, ow), index_dtype(p))
-    xt = _planes_last(x, p.ph, p.pw, -np.inf)
-    y = np.empty((oh, ow, n * c), x.dtype)
-    pick = np.zeros((oh, ow, n * c), index_dtype(p))
+    xt = _planes_last(x[None], p.ph, p.pw, -np.inf)
+    y = np.empty((oh, ow, b), x.dtype)
+    pick = np.zeros((oh, ow, b), index_dtype(p))
     for offset, rows, cols in _taps(p, oh, ow):
         v = xt[rows, cols]
         if offset == 0:
@@ -161,7 +176,7 @@ def forward_reference(x: np.ndarray, params: PoolParams) -> tuple[np.ndarray, np
         reals = np.stack([real[rows, cols] for _, rows, cols in _taps(p, oh, ow)], axis=-1)
         on_pad = ~reals[np.arange(oh)[:, None, None], np.arange(ow)[None, :, None], pick]
         np.copyto(pick, np.argmax(reals, axis=-1)[..., None].astype(pick.dtype), where=on_pad)
-    return _planes_first(y, n, c), _planes_first(pick, n, c)
+    return y.transpose(2, 0, 1), pick.transpose(2, 0, 1)
 
 
 def backward_reference(dy: np.ndarray, argmax: np.ndarray, params: PoolParams,
