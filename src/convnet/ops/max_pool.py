@@ -181,19 +181,24 @@ def _forward_planes(x: np.ndarray, params: PoolParams) -> tuple[np.ndarray, np.n
 
 def backward_reference(dy: np.ndarray, argmax: np.ndarray, params: PoolParams,
                        input_shape) -> np.ndarray:
-    """dx: each output's gradient added to its argmax's position (row-major output order)."""
+    """dx: each output's gradient added to its argmax's position (row-major output order),
+    slab by slab of planes (their int64 positions stay in cache)."""
     n, c, h, w = (int(v) for v in input_shape)
     p = params
     _, _, oh, ow = dy.shape
     dx = np.zeros((n, c, h, w), dtype=dy.dtype)
     if dy.size == 0:
         return dx
-    offset = argmax.astype(np.int64)
-    rows = np.arange(oh)[:, None] * p.sh - p.ph + offset // p.kw
-    cols = np.arange(ow)[None, :] * p.sw - p.pw + offset % p.kw
-    planes = np.arange(n * c).reshape(n, c, 1, 1)
-    flat = (planes * h + rows) * w + cols
-    np.add.at(dx.reshape(-1), flat.reshape(-1), dy.reshape(-1))  # in output order
+    dxf, grads = dx.reshape(n * c, h * w), dy.reshape(n * c, oh * ow)
+    offsets = argmax.reshape(n * c, oh, ow)
+    rows = np.arange(oh)[:, None] * p.sh - p.ph
+    cols = np.arange(ow)[None, :] * p.sw - p.pw
+    step = max(1, SLAB_ELEMENTS // max(h * w, 1))
+    for i in range(0, n * c, step):
+        offset = offsets[i:i + step].astype(np.int64)
+        flat = (rows + offset // p.kw) * w + (cols + offset % p.kw)
+        flat += (np.arange(offset.shape[0]) * (h * w)).reshape(-1, 1, 1)   # the slab's planes
+        np.add.at(dxf[i:i + step].reshape(-1), flat.reshape(-1), grads[i:i + step].reshape(-1))
     return dx
 
 
