@@ -103,7 +103,9 @@ def communicator_for(timeout: float = DEFAULT_TIMEOUT, device: str | None = None
                               "(pip install 'convnet[mpi]')") from None
         comm = MPICommunicator(timeout=timeout)
         _RANKS.append(comm.rank)
-        return _nccl_over(comm, device) if cuda and comm.size > 1 else comm
+        if cuda and comm.size == 1:  # CuPy arrays never go through a host MPI
+            return SingleProcess(timeout=timeout)
+        return _nccl_over(comm, device) if cuda else comm
     variables = torchrun_variables(environ)
     if variables is None or variables["size"] == 1:
         single = SingleProcess(timeout=timeout)
