@@ -288,3 +288,44 @@ def test_several_ranks_without_parallel_refused(data, tmp_path, monkeypatch, cap
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["train", *_train_args(data, tmp_path / "run")[2:]]) == 2
     assert "give --parallel data" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- NCCL (GPU check)
+
+def test_nccl_one_rank_and_a_data_parallel_step_on_cuda():
+    """NCCL with one rank (what one GPU can check): the collectives on CuPy and host
+    arrays, then a data-parallel step on cuda:0 equals train_step's."""
+    from conftest import require_device
+    device = require_device("cuda:0")
+    try:
+        from cupy.cuda import nccl  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"cupy.cuda.nccl is unavailable: {exc}")
+    import cupy as cp
+    from convnet.distributed import DataParallel
+    from convnet.distributed.nccl import NCCLCommunicator
+    from convnet.models import alexnet
+    from convnet.optim import SGD
+    from convnet.step import train_step
+    comm = NCCLCommunicator(SingleProcess(), 0, timeout=60)
+    a = cp.arange(5, dtype=cp.float32)
+    comm.allreduce([a])
+    assert (a.get() == np.arange(5)).all()
+    assert comm.allgather(cp.ones(3)).shape == (1, 3)
+    host = np.arange(4.0)
+    comm.broadcast(host)
+    assert comm.broadcast_object({"x": 1}) == {"x": 1} and (host == np.arange(4.0)).all()
+    kw = dict(num_classes=3, input_size=67, widths=(8, 16, 16, 16, 16, 32, 32),
+              weight_std=0.1, seed=0, dropout=0.0, devices=[device])
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((4, 3, 67, 67)).astype(np.float32)
+    labels = rng.integers(0, 3, 4)
+    ours, theirs = alexnet(**kw), alexnet(**kw)
+    dp = DataParallel(ours, SGD(ours, lr=0.05), comm, bucket_bytes=4096)
+    dp.broadcast_state()
+    assert abs(dp.step(images, labels, 4).loss
+               - train_step(theirs, SGD(theirs, lr=0.05), images, labels).loss) < 1e-5
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        np.testing.assert_allclose(device.to_numpy(p.data), device.to_numpy(q.data),
+                                   rtol=1e-5, atol=1e-6)
+    comm.close()
