@@ -326,9 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "or bf16 operands on tensor cores with FP32 sums (all three "
                          "passes); fixed for a run")
     tr.add_argument("--parallel", choices=("data", "hybrid"),
-                    help="data: one process per device, each on its share of every batch, "
-                         "gradients averaged over the ranks (start with mpirun/mpiexec -n N, or "
-                         "torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT variables)")
+                    help="one process per device, started with mpirun/mpiexec -n N or "
+                         "torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT variables; "
+                         "data: each rank trains on its share of every batch, gradients "
+                         "averaged over the ranks; hybrid: conv layers data-parallel, fc6-fc8 "
+                         "split over the ranks")
     tr.add_argument("--collective-timeout", type=float, metavar="SECONDS",
                     help="with --parallel: how long a rank waits for the others in any "
                          "collective before the job stops naming the rank (default 300)")

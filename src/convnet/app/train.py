@@ -572,7 +572,7 @@ class TrainingRun:
             clean_temporaries(self.out)
         params = getattr(self, "whole_parameters", None) or self.model.num_parameters()
         where = " ".join(d.name for d in self.devices) + (
-            f" x {self.comm.size} ranks ({self.parallel}, {self.comm.backend})"
+            f" x {plural(self.comm.size, 'rank')} ({self.parallel}, {self.comm.backend})"
             if self.parallel else "")
         if self.epoch >= s["epochs"]:
             self._print(f"train: {self.out} has finished its {plural(s['epochs'], 'epoch')}; give "
