@@ -4,14 +4,15 @@
 
 * ``broadcast_state()``: every parameter, momentum buffer and the step count from rank
   0 (a new run's initial weights, or the checkpoint rank 0 resumed from).
-* ``step(images, labels, total)``: this rank's ``len(labels)`` images of a global batch
-  of ``total``; the backward pass starts from ``n / total`` (so the sum over ranks is the
-  global batch's mean-loss gradient), its gradients are all-reduced in buckets that
-  start while the backward pass is still running (``buckets``), and every rank then
-  takes the same SGD step. ``stop``: this rank wants to stop (Ctrl-C); the result's
-  ``stop_requested`` says whether any rank does, so all stop after the same step. A rank with no images in a (short, last) batch still joins
-  every collective with zero gradients. Returns a ``StepResult`` of the whole global
-  batch (the loss and hits summed over ranks).
+* ``step(images, labels, total, stop=False)``: this rank's ``len(labels)`` images of a
+  global batch of ``total``; the backward pass starts from ``n / total`` (so the sum
+  over ranks is the global batch's mean-loss gradient), its gradients are all-reduced
+  in buckets that start while the backward pass is still running (``buckets``), and
+  every rank then takes the same SGD step. A rank with no images in a (short, last)
+  batch still joins every collective with zero gradients. Returns a ``StepResult`` of
+  the whole global batch (the loss and hits summed over ranks); its
+  ``stop_requested`` says whether any rank passed ``stop`` (Ctrl-C), so all stop after
+  the same step.
 * ``sum(values)``: numbers summed over the ranks (an evaluation's counts and loss sums
   over each rank's share of a split).
 
@@ -37,6 +38,8 @@ def share_of(images: int, batch_size: int, rank: int, size: int) -> int:
 
 
 class DataParallel:
+    """Data-parallel SGD of ``model`` with ``optimizer`` over ``comm`` (see the module)."""
+
     def __init__(self, model, optimizer, comm: Communicator,
                  bucket_bytes: int = DEFAULT_BUCKET_BYTES):
         self.model, self.optimizer, self.comm = model, optimizer, comm
