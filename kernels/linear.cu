@@ -21,20 +21,22 @@
 //   meet in shared memory after one barrier. grid = ceil(cols / COLS). The sum order is
 //   fixed, so results are deterministic (no atomics).
 // bias_relu_dropout_forward: in place, y[r,c] = keep(i) ? relu(y[r,c] + b[c]) * scale : 0
-//   for flat index i = r·cols + c, keep(i) = Philox word(i) >= threshold as dropout.cu
-//   (philox.cuh: counter i / 4, word i % 4, key = seed; threshold 0 keeps everything and
-//   skips the generator, threshold 2^32 keeps nothing). The mask is computed here and
-//   never stored: the same values, bit for bit, as bias_act_forward<true> then
-//   dropout_apply with the same seed. Launch as bias_act_forward (one Philox call per
-//   group of four, which is exactly one counter).
+//   for flat index i = r·cols + c, keep(i) = Philox word(offset + i) >= threshold as
+//   dropout.cu (philox.cuh: counter e / 4, word e % 4 of stream position e, key = seed;
+//   offset 64-bit, r0·cols for rows r0.. of a larger batch; threshold 0 keeps everything
+//   and skips the generator, threshold 2^32 keeps nothing). The mask is computed here
+//   and never stored: the same values, bit for bit, as bias_act_forward<true> then
+//   dropout_apply with the same seed and offset. Launch as bias_act_forward (one Philox
+//   call per counter: group q is counter offset / 4 + q; with offset % 4 != 0 the groups
+//   straddle local quads and go element by element).
 // bias_relu_dropout_backward<COLS, ROWS>: dz[r,c] = (keep(i) && y[r,c] > 0) ? dy[r,c] * scale
-//   : 0 and db[c] = sum_r dz[r,c], the mask regenerated from the seed (y is the fused
+//   : 0 and db[c] = sum_r dz[r,c], the mask regenerated from the seed and offset (y is the fused
 //   forward's output, so y > 0 iff kept and relu(z + b)·scale > 0). Block (32, ROWS) as
 //   bias_relu_backward: a warp is one row of the block's 32 columns (128 coalesced bytes
 //   per array), warp threadIdx.y takes rows threadIdx.y + ROWS·k, 16 at a time with all
 //   their loads in flight, summing in row order; the block total as bias_relu_backward
 //   (the same sums, bit for bit, as dropout then bias_relu_backward). Where cols % 4 == 0
-//   a row's 32 columns are 8 whole Philox counters: each lane draws one counter for one
+//   and offset % 4 == 0 a row's 32 columns are 8 whole Philox counters: each lane draws one counter for one
 //   of 4 rows and a row's lanes fetch their bits by a shuffle (one Philox per lane per 4
 //   rows); otherwise each lane draws its own. grid = ceil(cols / 32). Fixed order, no
 //   atomics: deterministic.
@@ -154,13 +156,16 @@ static __device__ __forceinline__ float ba_drop(float v, unsigned int keep, int 
 extern "C" __global__ void bias_relu_dropout_forward(float* y, const float* __restrict__ b,
                                                      long long n, int cols,
                                                      unsigned long long seed,
-                                                     unsigned long long threshold, float scale)
+                                                     unsigned long long threshold, float scale,
+                                                     unsigned long long offset)
 {
-    const long long groups = (n + 3) / 4;
-    const bool vec = cn_aligned16(y);
+    const long long skip = (long long)(offset & 3ull);  // words of the first counter before us
+    const unsigned long long counter0 = offset >> 2;
+    const long long groups = (n + skip + 3) / 4;
+    const bool vec = skip == 0 && cn_aligned16(y);
     for (long long q = cn_global_thread(); q < groups; q += cn_grid_threads()) {
-        const long long i = 4 * q;
-        const unsigned int keep = ba_keep4(seed, threshold, (unsigned long long)q);
+        const long long i = 4 * q - skip;  // local index of the counter's word 0 (may be < 0)
+        const unsigned int keep = ba_keep4(seed, threshold, counter0 + (unsigned long long)q);
         if (vec && i + 4 <= n) {
             float4 v = reinterpret_cast<float4*>(y)[q];
             int c = (int)(i % cols);
@@ -173,8 +178,8 @@ extern "C" __global__ void bias_relu_dropout_forward(float* y, const float* __re
             v.w = ba_drop(ba_relu(v.w + b[c]), keep, 3, scale);
             reinterpret_cast<float4*>(y)[q] = v;
         } else {
-            const long long end = i + 4 < n ? i + 4 : n;
-            for (long long k = i; k < end; ++k)
+            const long long begin = i > 0 ? i : 0, end = i + 4 < n ? i + 4 : n;
+            for (long long k = begin; k < end; ++k)
                 y[k] = ba_drop(ba_relu(y[k] + b[k % cols]), keep, (int)(k - i), scale);
         }
     }
@@ -184,7 +189,8 @@ template <int COLS, int ROWS>
 __global__ void __launch_bounds__(COLS * ROWS)
 bias_relu_dropout_backward(const float* __restrict__ y, const float* __restrict__ dy,
                            float* __restrict__ dz, float* __restrict__ db, int rows, int cols,
-                           unsigned long long seed, unsigned long long threshold, float scale)
+                           unsigned long long seed, unsigned long long threshold, float scale,
+                           unsigned long long offset)
 {
     static_assert(COLS == 32, "a warp is one row of the block's 32 columns");
     constexpr int STEP = 16;  // rows per thread per pass, all their loads issued at once
@@ -192,12 +198,13 @@ bias_relu_dropout_backward(const float* __restrict__ y, const float* __restrict_
     const int c0 = blockIdx.x * COLS;
     const int c = c0 + lane;
     float sum = 0.0f;  // column c over this warp's rows, in row order
-    if ((cols & 3) == 0) {
+    if ((cols & 3) == 0 && (offset & 3ull) == 0) {
         // A row's 32 columns are 8 whole Philox counters (quads). In group g of a pass (its
         // rows 4g .. 4g + 3) lane l draws the counter of quad l & 7 in row 4g + (l >> 3),
         // so 4 rows cost one Philox per lane; a row's lanes then fetch their quad's keep
         // bits by one shuffle (a warp-uniform branch: the row is the warp's).
         const long long quads = cols >> 2, stride = (long long)ROWS * cols;
+        const unsigned long long counter0 = offset >> 2;  // the array's first counter
         const long long first = (long long)threadIdx.y * cols + c;  // this warp's first row
         const float* yp = y + first;
         const float* gp = dy + first;
@@ -216,7 +223,8 @@ bias_relu_dropout_backward(const float* __restrict__ y, const float* __restrict_
             for (int g = 0; g < STEP / 4; ++g) {
                 const long long r = base + ROWS * (4 * g + (lane >> 3));
                 nib[g] = ROWS * 4 * g < left
-                    ? ba_keep4(seed, threshold, (unsigned long long)(r * quads + (c0 >> 2) + (lane & 7)))
+                    ? ba_keep4(seed, threshold,
+                               counter0 + (unsigned long long)(r * quads + (c0 >> 2) + (lane & 7)))
                     : 0u;
             }
 #pragma unroll
@@ -236,10 +244,12 @@ bias_relu_dropout_backward(const float* __restrict__ y, const float* __restrict_
             zp += STEP * stride;
         }
     } else if (c < cols) {
-        // Rows whose columns straddle Philox counters: each lane draws its own.
+        // Rows whose columns straddle Philox counters (cols or offset not a multiple of 4):
+        // each lane draws its own.
         for (int left = rows - (int)threadIdx.y; left > 0; left -= ROWS) {
             const long long e = (long long)(rows - left) * cols + c;
-            const unsigned int keep = ba_keep4(seed, threshold, (unsigned long long)(e >> 2)) >> (e & 3);
+            const unsigned long long pos = offset + (unsigned long long)e;  // stream position
+            const unsigned int keep = ba_keep4(seed, threshold, pos >> 2) >> (unsigned int)(pos & 3ull);
             const float d = ((keep & 1u) && y[e] > 0.0f) ? dy[e] * scale : 0.0f;
             dz[e] = d;
             sum += d;

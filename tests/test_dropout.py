@@ -1,6 +1,7 @@
 """Dropout: the Philox4x32-10 generator against the published known answers, masks
 bit-identical on every device, exact p = 0 and p = 1, both modes, the backward, both
-emulator schedules and the errors."""
+emulator schedules, element offsets (an array's mask is its slice of a larger array's:
+data-parallel ranks) and the errors."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -133,6 +134,132 @@ def test_emu_schedule_order_does_not_matter():
     np.testing.assert_array_equal(forward, reverse)
 
 
+# --------------------------------------------------------------------------- offsets
+
+# Offsets off the counters' word alignment (% 4 != 0), and one past 2**32 counters.
+OFFSETS = [1, 2, 3, 5, 6, 7, 4 * 2**32 + 3]
+
+
+def test_offset_is_a_slice_of_the_stream():
+    seed = 0xDEADBEEF12345678
+    big = philox.random_uint32(seed, 64)
+    for offset in range(0, 40):
+        for n in (0, 1, 2, 3, 4, 5, 11, 24 - offset % 4):
+            np.testing.assert_array_equal(philox.random_uint32(seed, n, offset),
+                                          big[offset:offset + n])
+    far = 4 * 2**32 + 2  # counter 2**32: its high word in use
+    np.testing.assert_array_equal(philox.random_uint32(seed, 7, far)[2:],
+                                  philox.random_uint32(seed, 5, far + 2))
+    block = philox.philox4x32((0, 1, 0, 0), (seed & 0xFFFFFFFF, seed >> 32))
+    assert [int(w) for w in philox.random_uint32(seed, 2, far)] == [int(block[2]), int(block[3])]
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+def test_offset_kernels_match_the_reference(kernel_device, offset):
+    """The kernel's mask at an offset is the reference's, the reference's the big array's
+    slice; sizes that start and end inside a counter, and span a whole block's groups."""
+    seed = 0x0123456789ABCDEF ^ offset
+    for n in (1, 2, 3, 5, 4 * BLOCK + 6):
+        x = _data((n,), seed=n + offset)
+        for p, mode in ((0.5, "paper"), (0.3, "inverted"), (1.0, "inverted")):
+            plan = dropout_ops.plan(p, True, mode, seed=seed, offset=offset)
+            y = kernel_device.to_numpy(dropout_ops.apply(kernel_device, kernel_device.asarray(x), plan))
+            np.testing.assert_array_equal(y, dropout_ops.apply_reference(x, plan))
+        if offset < 64:
+            whole = dropout_ops.keep_mask(seed, (offset + n,), 0.5)
+            np.testing.assert_array_equal(dropout_ops.keep_mask(seed, (n,), 0.5, offset),
+                                          whole[offset:])
+
+
+@pytest.mark.parametrize("device_name", ["cpu", "emu"])
+def test_rows_of_a_batch_get_the_batch_masks_rows(device_name):
+    """F.dropout on rows r0..r1 of an (N, units) batch with offset r0·units equals those
+    rows of F.dropout on the batch, forward and backward; units odd (offsets % 4 != 0)."""
+    device = require_device(device_name)
+    x = _data((7, 5, 3), seed=20)  # units = 15
+    g = _data((7, 5, 3), seed=21)
+    t = convnet.tensor(x, device=device, requires_grad=True)
+    F.dropout(t, 0.5, seed=99).backward(convnet.tensor(g, device=device))
+    whole = F.dropout(convnet.tensor(x, device=device), 0.5, seed=99).numpy()
+    for r0, r1 in ((0, 3), (3, 5), (5, 7), (1, 2)):
+        part = convnet.tensor(x[r0:r1], device=device, requires_grad=True)
+        y = F.dropout(part, 0.5, seed=99, offset=r0 * 15)
+        y.backward(convnet.tensor(g[r0:r1], device=device))
+        np.testing.assert_array_equal(y.numpy(), whole[r0:r1])
+        np.testing.assert_array_equal(part.grad.numpy(), t.grad.numpy()[r0:r1])
+
+
+@pytest.mark.parametrize("device_name", ["cpu", "emu"])
+def test_layers_with_a_row_offset_draw_the_batch_masks_rows(device_name):
+    """nn.Dropout after nn.Linear (the fused fc path on emu: bias + ReLU + dropout in one
+    kernel, both backward paths: out % 4 != 0 and == 0) and alone: a layer told its
+    row_offset gives its rows of the whole batch's output and input gradient. Small
+    integers and halves throughout, so the products are exact whatever the row count."""
+    from convnet import nn
+    device = require_device(device_name)
+    rng = np.random.default_rng(22)
+    for out in (13, 36):
+        x0 = rng.integers(-3, 4, (9, 6)).astype(np.float32)
+        g0 = rng.integers(-3, 4, (9, out)).astype(np.float32)
+        fc = nn.Linear(6, out, relu=True, bias_init=0.5, device=device)
+        fc.weight.data[...] = device.asarray(rng.integers(-2, 3, (out, 6)).astype(np.float32))
+
+        def run(rows, row_offset):
+            drop, alone = nn.Dropout(0.5, mode="paper", seed=3), nn.Dropout(0.5, seed=4)
+            drop.row_offset = alone.row_offset = row_offset
+            x = convnet.tensor(x0[rows], device=device, requires_grad=True)
+            y = alone(fc(x, dropout=drop))
+            (y * convnet.tensor(g0[rows], device=device)).sum().backward()
+            return y.numpy(), x.grad.numpy()
+
+        y_all, dx_all = run(slice(0, 9), 0)
+        for r0, r1 in ((0, 4), (4, 9), (5, 6)):
+            y, dx = run(slice(r0, r1), r0)
+            np.testing.assert_array_equal(y, y_all[r0:r1])
+            np.testing.assert_array_equal(dx, dx_all[r0:r1])
+
+
+def test_fused_fc_kernels_at_an_offset_under_the_emulator_checks():
+    """bias_relu_dropout_forward/backward with offsets % 4 != 0 (and == 0 past the first
+    counters) equal the reference under the bounds/race/init/align checks, on tiny shapes:
+    cols % 4 == 0 (the shuffle path when the offset allows it) and != 0."""
+    from convnet.backend import emu
+    from convnet.ops import linear as linear_ops
+    device = require_device("emu")
+    rng = np.random.default_rng(23)
+    modes = [dict(check="bounds", schedule="reverse", fill_shared=True),
+             dict(check="race", schedule="random", seed=2), dict(check="init", fill_empty=True),
+             dict(check="align")]
+    for (rows, cols), offset in (((3, 5), 3), ((18, 8), 6), ((18, 8), 8), ((2, 33), 1)):
+        z = rng.standard_normal((rows, cols)).astype(np.float32)
+        b = rng.standard_normal(cols).astype(np.float32)
+        dy = rng.standard_normal((rows, cols)).astype(np.float32)
+        drop = dropout_ops.plan(0.5, True, "inverted", seed=31, offset=offset)
+        want_y = linear_ops.epilogue_dropout_reference(z, b, True, drop)
+        want_dz, _ = linear_ops.epilogue_dropout_backward_reference(want_y, dy, True, True, drop)
+        for mode in modes:
+            with emu.debug(**mode):
+                y = linear_ops.epilogue(device, z.copy(), b, True, drop)
+                dz, db = linear_ops.epilogue_backward(device, y, dy, True, True, drop)
+            np.testing.assert_array_equal(y, want_y)
+            np.testing.assert_array_equal(dz, want_dz)
+            np.testing.assert_allclose(db, want_dz.sum(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_offset_zero_is_the_unshifted_stream():
+    """Offset 0 (the default) draws exactly the masks of before offsets existed: element i
+    takes word i % 4 of counter i // 4, so single-process runs and checkpoints are unchanged."""
+    seed = 12345
+    n = 4 * BLOCK + 5
+    plan = dropout_ops.plan(0.5, seed=seed)
+    assert plan.offset == 0 and plan == dropout_ops.plan(0.5, seed=seed, offset=0)
+    j = np.arange(-(-n // 4), dtype=np.uint64)
+    words = philox.philox4x32((j.astype(np.uint32), (j >> np.uint64(32)).astype(np.uint32), 0, 0),
+                              (seed, 0))
+    expected = np.stack(words, axis=1).reshape(-1)[:n] >= np.uint32(2**31)
+    np.testing.assert_array_equal(dropout_ops.keep_mask(seed, (n,), 0.5), expected)
+
+
 # --------------------------------------------------------------------------- semantics
 
 def test_p_zero_and_one_are_exact(device):
@@ -234,6 +361,12 @@ def test_errors(kernel_device):
         F.dropout(t, 0.5, seed=2**64)
     with pytest.raises(TypeError, match="seed"):
         F.dropout(t, 0.5, seed=1.5)
+    with pytest.raises(ValueError, match=r"dropout offset is an integer in \[0, 2\*\*63\), got -1"):
+        F.dropout(t, 0.5, seed=1, offset=-1)
+    with pytest.raises(ValueError, match="dropout offset"):
+        F.dropout(t, 0.5, seed=1, offset=2**63)
+    with pytest.raises(TypeError, match="dropout offset .* not float"):
+        F.dropout(t, 0.5, seed=1, offset=4.0)
     with pytest.raises(TypeError, match="float32.*float64"):
         F.dropout(convnet.tensor(np.ones(4), device=kernel_device), 0.5)
     with pytest.raises(TypeError, match="convnet.Tensor"):
@@ -248,9 +381,22 @@ def test_errors(kernel_device):
         y * convnet.tensor(np.ones((2, 2), np.float32))
 
 
+def test_row_offset_errors():
+    from convnet import nn
+    layer = nn.Dropout(0.5, seed=1)
+    layer.row_offset = -2
+    with pytest.raises(ValueError, match="Dropout: row_offset must be an integer >= 0, got -2"):
+        layer(convnet.tensor(np.ones((2, 3), np.float32)))
+    layer.row_offset = 1.5
+    with pytest.raises(TypeError, match="Dropout: row_offset must be an integer"):
+        layer(convnet.tensor(np.ones((2, 3), np.float32)))
+
+
 def test_launch_arguments():
     x = np.zeros(10, np.float32)
     emu = SimpleNamespace(kind="emu", parallel_units=2)  # what the launch builders read
-    launch = dropout_ops.apply_launch(emu, x, x, dropout_ops.Plan(2**64 - 1, 2**32, 0.0))
-    assert [type(a) for a in launch.args[2:]] == [np.int64, np.uint64, np.uint64, np.float32]
+    launch = dropout_ops.apply_launch(emu, x, x, dropout_ops.Plan(2**64 - 1, 2**32, 0.0, 2**63 - 1))
+    assert [type(a) for a in launch.args[2:]] == [np.int64, np.uint64, np.uint64, np.float32,
+                                                  np.uint64]
     assert launch.args[3] == np.uint64(2**64 - 1) and launch.args[4] == np.uint64(2**32)
+    assert launch.args[6] == np.uint64(2**63 - 1)

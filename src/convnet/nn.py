@@ -317,7 +317,7 @@ class Linear(Module):
                             f"{type(dropout).__name__}")
         return F.linear(x, self.weight, self.bias, relu=self.relu, dropout=dropout.p,
                         training=dropout.training, seed=dropout.next_seed(),
-                        mode=dropout.mode)
+                        mode=dropout.mode, offset=dropout.offset_of(self.out_features))
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, relu={self.relu}"
@@ -362,12 +362,24 @@ class Dropout(Module):
     """Dropout with probability ``p`` in training, per ``F.dropout`` (``mode`` "inverted"
     or "paper"). ``seed`` gives the layer its own reproducible stream of mask seeds
     (one drawn per training forward); without it, seeds come from
-    ``convnet.ops.dropout``'s generator."""
+    ``convnet.ops.dropout``'s generator.
+
+    ``row_offset`` (default 0) is the row of the whole batch at which this layer's input
+    starts: a data-parallel rank sets it to its share's first row
+    (``convnet.distributed.DataParallel.step``), so its masks are exactly those rows of
+    the masks one process draws on the whole batch (the element offset
+    ``row_offset * units``, ``F.dropout``'s ``offset``)."""
 
     def __init__(self, p=0.5, mode="inverted", seed=None):
         super().__init__()
         self.p, self.mode = _check_dropout(p, mode), mode
         self._seeds = None if seed is None else _generator(seed)
+        self.row_offset = 0
+
+    def offset_of(self, units: int) -> int:
+        """The mask's element offset for an input whose rows hold ``units`` elements:
+        ``row_offset`` rows of that width (0 for a whole batch)."""
+        return arguments.integer(self.row_offset, "Dropout: row_offset", low=0) * int(units)
 
     def reseed(self, seed) -> None:
         """Restart the layer's stream of mask seeds from ``seed`` (an int, a sequence of
@@ -381,9 +393,16 @@ class Dropout(Module):
             return int(self._seeds.integers(0, 2**64, dtype=np.uint64))
         return None
 
+    def skip_forward(self) -> None:
+        """Draw (and drop) the seed of one training forward: a data-parallel rank with no
+        images in a step keeps its stream in step with the ranks that ran one."""
+        if self._seeds is not None:
+            self._seeds.integers(0, 2**64, dtype=np.uint64)
+
     def forward(self, x):
+        units = int(np.prod(x.shape[1:], dtype=np.int64))
         return F.dropout(x, self.p, training=self.training, seed=self.next_seed(),
-                         mode=self.mode)
+                         mode=self.mode, offset=self.offset_of(units))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mode={self.mode!r}"

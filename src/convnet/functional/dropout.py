@@ -21,7 +21,7 @@ class Dropout(Function):
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, seed=None,
-            mode: str = "inverted") -> Tensor:
+            mode: str = "inverted", offset: int = 0) -> Tensor:
     """Zero each element with probability ``p``.
 
     ``mode="inverted"`` (default) scales the kept elements by ``1/(1-p)`` in
@@ -30,9 +30,12 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, seed=None,
     training and multiplies by ``(1-p)`` at eval. ``seed`` (an integer in
     [0, 2**64)) fixes the mask, which is the same on every device; ``None`` draws
     a fresh seed (``convnet.ops.dropout.set_seed`` makes the draws reproducible).
+    ``offset`` (an integer in [0, 2**63)) is the position of ``x``'s first element in
+    the seed's stream: ``x`` gets elements ``[offset, offset + x.size)`` of the mask of a
+    larger array (rows ``r0..`` of an (N, units) batch: offset ``r0 * units``).
     """
     check_float_tensors("dropout", input=x)
-    plan = _dropout_ops.plan(p, training, mode, seed)
+    plan = _dropout_ops.plan(p, training, mode, seed, offset)
     if plan is None:
         return x
     return Dropout.apply(x, plan=plan)

@@ -30,12 +30,12 @@ class Linear(WeightedFunction):
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None, relu: bool = False, *,
            dropout: float | None = None, training: bool = True, seed=None,
-           mode: str = "inverted") -> Tensor:
+           mode: str = "inverted", offset: int = 0) -> Tensor:
     """``act(x · wᵀ + b)`` for ``x`` (batch, in), ``w`` (out, in), ``b`` (out,) or None;
     ``relu=True`` applies ReLU in the same elementwise pass as the bias.
 
-    ``dropout=p`` then drops each output as ``F.dropout(y, p, training, seed, mode)``
-    would (the same Philox mask for the same seed, bit for bit), inside the same pass
+    ``dropout=p`` then drops each output as ``F.dropout(y, p, training, seed, mode,
+    offset)`` would (the same Philox mask for the same seed, bit for bit), inside the same pass
     when there is a bias and ReLU (the mask is never stored; the backward regenerates
     it and masks the ReLU gradient in one pass).
 
@@ -45,5 +45,5 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None, relu: bool = False, *,
     """
     check_float_tensors("linear", input=x, weight=w, bias=b)
     inputs = (x, w) if b is None else (x, w, b)
-    drop = None if dropout is None else _dropout_ops.plan(dropout, training, mode, seed)
+    drop = None if dropout is None else _dropout_ops.plan(dropout, training, mode, seed, offset)
     return Linear.apply(*inputs, relu=bool(relu), drop=drop)

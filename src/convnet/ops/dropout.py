@@ -7,8 +7,14 @@ are exactly those with ``word / 2**32 >= p``; p = 0 keeps all, p = 1 none). The
 NumPy reference and ``kernels/dropout.cu`` compute the same words, so the mask is
 bit-identical on cpu, emu and cuda.
 
-``plan(p, training, mode, seed)`` checks the user's arguments once and returns the
-``Plan`` (seed, threshold, scale), or None where dropout is the identity; one
+The plan's element ``offset`` (default 0) shifts the stream: element ``i`` takes the
+word of position ``offset + i`` (counter ``(offset + i) // 4``, word ``(offset + i) % 4``).
+An array that holds rows ``r0 ..`` of an (N, units) activation, with offset
+``r0 * units``, gets exactly those rows of the whole activation's mask: how a
+data-parallel rank draws the single-process masks on its share of the batch.
+
+``plan(p, training, mode, seed, offset)`` checks the user's arguments once and returns
+the ``Plan`` (seed, threshold, scale, offset), or None where dropout is the identity; one
 primitive, ``apply(device, x, plan)``, serves the forward and the backward (which
 passes the incoming gradient with the forward's plan: the mask is regenerated,
 never stored):
@@ -50,12 +56,14 @@ def set_seed(seed) -> None:
 
 
 class Plan(NamedTuple):
-    """What ``apply`` does: keep element i iff its Philox word under ``seed`` is
-    >= ``threshold`` (an int in [0, 2**32]), then multiply by ``scale``."""
+    """What ``apply`` does: keep element i iff the Philox word at stream position
+    ``offset + i`` under ``seed`` is >= ``threshold`` (an int in [0, 2**32]), then
+    multiply by ``scale``."""
 
     seed: int
     threshold: int
     scale: float
+    offset: int = 0
 
 
 def check_arguments(p, mode: str) -> float:
@@ -66,10 +74,13 @@ def check_arguments(p, mode: str) -> float:
     return p
 
 
-def plan(p, training: bool = True, mode: str = "inverted", seed=None) -> Plan | None:
+def plan(p, training: bool = True, mode: str = "inverted", seed=None,
+         offset: int = 0) -> Plan | None:
     """The ``Plan`` of one dropout call, or None where it is the identity. ``seed=None``
-    draws a fresh seed where a mask is needed (``draw_seed``)."""
+    draws a fresh seed where a mask is needed (``draw_seed``); ``offset`` is the stream
+    position of the array's first element (see the module docstring)."""
     p = check_arguments(p, mode)
+    offset = philox.check_offset(offset)
     if seed is not None:
         seed = philox.check_seed(seed)
     if training:
@@ -81,21 +92,22 @@ def plan(p, training: bool = True, mode: str = "inverted", seed=None) -> Plan | 
         threshold, scale = 0, 1.0 - p
     if seed is None:
         seed = draw_seed() if threshold else 0  # no mask: no seed needed
-    return Plan(seed, threshold, scale)
+    return Plan(seed, threshold, scale, offset)
 
 
-def keep_mask(seed: int, shape, p: float) -> np.ndarray:
-    """The boolean keep-mask of a tensor of ``shape`` under ``seed`` (NumPy, any device's)."""
+def keep_mask(seed: int, shape, p: float, offset: int = 0) -> np.ndarray:
+    """The boolean keep-mask of a tensor of ``shape`` under ``seed`` whose first element is
+    at stream position ``offset`` (NumPy, any device's)."""
     shape = tuple(shape)
     n = int(np.prod(shape, dtype=np.int64))
-    return philox.keep_mask(seed, n, philox.keep_threshold(p)).reshape(shape)
+    return philox.keep_mask(seed, n, philox.keep_threshold(p), offset).reshape(shape)
 
 
 # --------------------------------------------------------------------------- reference
 
 def apply_reference(x: np.ndarray, plan: Plan) -> np.ndarray:
     """``keep ? x * scale : 0`` in x's dtype (the scale rounded to that dtype once)."""
-    mask = philox.keep_mask(plan.seed, x.size, plan.threshold).reshape(x.shape)
+    mask = philox.keep_mask(plan.seed, x.size, plan.threshold, plan.offset).reshape(x.shape)
     return np.where(mask, x * x.dtype.type(plan.scale), x.dtype.type(0))
 
 
@@ -104,7 +116,7 @@ def apply_reference(x: np.ndarray, plan: Plan) -> np.ndarray:
 def apply_launch(device, x, y, plan: Plan) -> Launch:
     return Launch(MODULE, "dropout_apply", grid=(grid_for(device, x.size),), block=(BLOCK,),
                   args=(x, y, np.int64(x.size), np.uint64(plan.seed), np.uint64(plan.threshold),
-                        np.float32(plan.scale)))
+                        np.float32(plan.scale), np.uint64(plan.offset)))
 
 
 # --------------------------------------------------------------------------- on a device

@@ -17,7 +17,8 @@ Dropout in the epilogue (``drop``, an ``ops.dropout.Plan``): ``y = dropout(relu(
 in one pass (``bias_relu_dropout_forward``: the Philox mask computed in the kernel, never
 stored; the same values bit for bit as the epilogue then ``ops.dropout.apply`` with the
 plan), and backward ``dz = (keep ∧ y > 0) ? dy·scale : 0`` with ``db`` in one pass
-(``bias_relu_dropout_backward``: the mask regenerated from the seed). With the saved
+(``bias_relu_dropout_backward``: the mask regenerated from the seed; the plan's element
+offset places the rows in a larger batch's mask, as ``ops.dropout``). With the saved
 output being the dropped one, ``y > 0`` stands for ``relu(z + b) > 0``; they differ only
 where ``relu(z + b)·scale`` underflows to 0 (scale < 1: the paper mode at eval, below
 2^-126/scale), where this gradient is 0. Without ReLU or bias, or on ``cpu``, the two
@@ -101,7 +102,7 @@ def forward_dropout_launch(device, y, b, drop) -> Launch:
     return Launch(MODULE, "bias_relu_dropout_forward", grid=(grid_for(device, y.size),),
                   block=(BLOCK,), args=(y, b, np.int64(y.size), np.int32(y.shape[1]),
                                         np.uint64(drop.seed), np.uint64(drop.threshold),
-                                        np.float32(drop.scale)))
+                                        np.float32(drop.scale), np.uint64(drop.offset)))
 
 
 def backward_dropout_launch(y, dy, dz, db, drop) -> Launch:
@@ -110,7 +111,8 @@ def backward_dropout_launch(y, dy, dz, db, drop) -> Launch:
     grid = (-(-cols // DROP_BLOCK[0]),)
     return Launch(MODULE, "bias_relu_dropout_backward", grid=grid, block=DROP_BLOCK,
                   args=(y, dy, dz, db, np.int32(rows), np.int32(cols), np.uint64(drop.seed),
-                        np.uint64(drop.threshold), np.float32(drop.scale)),
+                        np.uint64(drop.threshold), np.float32(drop.scale),
+                        np.uint64(drop.offset)),
                   template_args=DROP_BLOCK)
 
 

@@ -11,7 +11,10 @@ The stream convention shared with the kernels (``random_uint32``): the key is th
 64-bit seed split as ``(seed & 0xffffffff, seed >> 32)``; element ``i`` of a tensor
 (flat, row-major) takes output word ``i % 4`` of the block with counter
 ``(j & 0xffffffff, j >> 32, 0, 0)`` where ``j = i // 4``. One Philox call serves four
-consecutive elements.
+consecutive elements. An element ``offset`` shifts the stream: element ``i`` of a
+tensor then takes the word of stream position ``offset + i``, so a tensor that is a
+slice ``[offset, offset + n)`` of a larger one (a data-parallel rank's rows of the
+batch) gets exactly that slice of the larger tensor's words.
 
 All arithmetic is on uint32 arrays with the 32x32 -> 64 products done in uint64, so
 overflow wraps exactly as in C.
@@ -66,14 +69,32 @@ def check_seed(seed) -> int:
     return seed
 
 
-def random_uint32(seed: int, n: int) -> np.ndarray:
-    """The first ``n`` uint32 words of the stream for ``seed`` (see the module docstring)."""
-    seed = check_seed(seed)
-    groups = -(-int(n) // 4)
-    j = np.arange(groups, dtype=_U64)
+# Stream positions (offset + i) are 64-bit in the kernels: offsets stay below 2**63 so
+# that offset + n fits for any array size.
+OFFSET_LIMIT = 2**63
+
+
+def check_offset(offset) -> int:
+    """``offset`` (a stream position) as a Python int in [0, 2**63); a clear error otherwise."""
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+        raise TypeError(f"a dropout offset is an integer in [0, 2**63), not "
+                        f"{type(offset).__name__}")
+    offset = int(offset)
+    if not 0 <= offset < OFFSET_LIMIT:
+        raise ValueError(f"a dropout offset is an integer in [0, 2**63), got {offset}")
+    return offset
+
+
+def random_uint32(seed: int, n: int, offset: int = 0) -> np.ndarray:
+    """The ``n`` uint32 words at stream positions ``offset .. offset + n - 1`` for ``seed``
+    (see the module docstring)."""
+    seed, offset, n = check_seed(seed), check_offset(offset), int(n)
+    first, skip = divmod(offset, 4)  # the first counter, and its words before `offset`
+    groups = -(-(skip + n) // 4)
+    j = np.arange(groups, dtype=_U64) + _U64(first)
     words = philox4x32((j.astype(_U32), (j >> _U64(32)).astype(_U32), 0, 0),
                        (seed & _MASK32, seed >> 32))
-    return np.stack(words, axis=1).reshape(-1)[:n]
+    return np.stack(words, axis=1).reshape(-1)[skip:skip + n]
 
 
 def keep_threshold(p: float) -> int:
@@ -89,10 +110,11 @@ def keep_threshold(p: float) -> int:
     return math.ceil(p * 2.0**32)
 
 
-def keep_mask(seed: int, n: int, threshold: int) -> np.ndarray:
-    """Boolean mask of ``n`` elements: element ``i`` is kept iff its word >= ``threshold``."""
+def keep_mask(seed: int, n: int, threshold: int, offset: int = 0) -> np.ndarray:
+    """Boolean mask of ``n`` elements: element ``i`` is kept iff the word at stream
+    position ``offset + i`` is >= ``threshold``."""
     if threshold <= 0:
         return np.ones(n, dtype=bool)
     if threshold >= 2**32:
         return np.zeros(n, dtype=bool)
-    return random_uint32(seed, n) >= _U32(threshold)
+    return random_uint32(seed, n, offset) >= _U32(threshold)
