@@ -19,11 +19,12 @@
 // Launch: block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(N * ceil(H/sh) *
 // ceil(W/sw) / BN), ceil(Cg / BM), groups * sh * sw) with blockIdx.z = g * sh*sw +
 // a * sw + b; blocks past their phase's columns return at once. No dynamic shared
-// memory. 32-bit indices: the host checks the sizes.
+// memory. 32-bit indices: the host checks the sizes. One resident block asked for
+// (ptxas's default for the 192-thread tile spills on sm_80; two would spill anywhere).
 #include "conv_common.cuh"
 
 template <int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), 1)
 conv_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
                    float* __restrict__ dx,
                    int N, int C, int H, int W, int K, int R, int S, int P, int Q,

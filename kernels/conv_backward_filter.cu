@@ -17,7 +17,9 @@
 // workspace of splits * K * Cg*R*S floats). conv_split_sum then adds the partials
 // in split order. No atomics: the result does not depend on the schedule.
 // Launch: block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(Cg*R*S / BN),
-// ceil(Kg / BM), splits * groups); no dynamic shared memory.
+// ceil(Kg / BM), splits * groups); no dynamic shared memory. The 192-thread tile asks
+// for two resident blocks per SM (168 registers), which it fits without spilling; the
+// 256-thread tile would spill at 128 and does not ask.
 //
 // conv_split_sum: out[i] = sum_{s < splits} part[s * count + i], in order of s.
 // Launch: any 1-D grid (grid-stride loop).
@@ -39,7 +41,7 @@
 #include "conv_common.cuh"
 
 template <int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) == 192 ? 2 : 1)
 conv_backward_filter(const float* __restrict__ x, const float* __restrict__ dy,
                      float* __restrict__ out,
                      int N, int C, int H, int W, int K, int R, int S, int P, int Q,

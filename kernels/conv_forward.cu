@@ -18,13 +18,14 @@
 //
 // Launch: block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(N*P*Q / BN),
 // ceil(Kg / BM), groups); no dynamic shared memory. Every index is guarded, so any
-// shape works. 32-bit indices: the host checks the sizes. Tiles of 256 threads ask
-// for two resident blocks per SM (at most 128 registers), which they fit without
-// spilling; the backward kernels, with two gathers, need more and do not ask.
+// shape works. 32-bit indices: the host checks the sizes. Tiles of 192 or more
+// threads ask for two resident blocks per SM (at most 128 registers at 256 threads,
+// 168 at 192), which they fit without spilling; the backward kernels, with two
+// gathers, ask it of the 192-thread tile only (conv_backward_filter.cu) or not at all.
 #include "conv_common.cuh"
 
 template <int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) >= 256 ? 2 : 1)
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) >= 192 ? 2 : 1)
 conv_forward(const float* __restrict__ x, const float* __restrict__ w,
              const float* __restrict__ bias, float* __restrict__ y,
              int N, int C, int H, int W, int K, int R, int S, int P, int Q,

@@ -612,7 +612,7 @@ def test_choose_tile():
     # AlexNet at batch 128 on 132 SMs: conv3 forward, conv1 forward, conv2 backward data
     # (48 input channels per group), conv1 backward data (3 channels, 16 stride phases)
     assert conv.choose_tile(gpu, 384, 128 * 169, 1) == conv.LARGE
-    assert conv.choose_tile(gpu, 96, 128 * 55 * 55, 1) == conv.LARGE
+    assert conv.choose_tile(gpu, 96, 128 * 55 * 55, 1) == conv.ROWS96  # no rows wasted
     assert conv.choose_tile(gpu, 48, 128 * 27 * 27, 2) == conv.MEDIUM
     assert conv.choose_tile(gpu, 3, 128 * 57 * 57, 16) == conv.THIN
 

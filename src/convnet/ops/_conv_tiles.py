@@ -34,6 +34,10 @@ class Tile(NamedTuple):
 LARGE = Tile(128, 128, 16, 8, 8)
 # Fewer rows for layers with few output (forward, filter) or input (data) channels.
 MEDIUM = Tile(64, 128, 16, 8, 8)
+# 96 rows: AlexNet's channel counts (96, 192, 384) are multiples of it, so forward and
+# backward filter of conv1 (96 filters) waste no rows; 192 threads, 24-deep slices,
+# registers enough (167) for two blocks per SM in all three passes without spilling.
+ROWS96 = Tile(96, 128, 24, 8, 8)
 # Small problems: 64 threads, 4x4 results each.
 SMALL = Tile(32, 32, 16, 4, 4)
 # The emulator's tile: few fibers with fat register tiles and a deep slice, so that
@@ -42,7 +46,7 @@ EMU = Tile(128, 128, 16, 16, 8)
 # Four rows: GEMMs with very few rows (backward data of an RGB input's three channels).
 THIN = Tile(4, 256, 16, 4, 8)
 
-TILES: tuple[Tile, ...] = (LARGE, MEDIUM, SMALL, EMU, THIN)
+TILES: tuple[Tile, ...] = (LARGE, MEDIUM, ROWS96, SMALL, EMU, THIN)
 
 # The instantiations each conv kernel file exports (the one place they are made).
 BIAS_THREADS = 256  # conv_bias_grad's block (a template argument: a power of two)
@@ -62,7 +66,8 @@ BACKWARD_FILTER = KernelModule("conv_backward_filter.cu",
 # multiply-add); not yet measured on a GPU. emu: rates measured on AlexNet's layers
 # (benchmarks/conv.py): a thin or small tile does ~1/6 of EMU's arithmetic per second.
 TILE_MODELS = {
-    "cuda": {LARGE: (1, 1.0), MEDIUM: (3, 0.8), SMALL: (8, 0.45), THIN: (10, 0.35)},
+    "cuda": {LARGE: (1, 1.0), MEDIUM: (3, 0.8), ROWS96: (2, 0.95), SMALL: (8, 0.45),
+             THIN: (10, 0.35)},
     "emu": {EMU: (1, 1.0), SMALL: (1, 0.18), THIN: (1, 0.17)},
 }
 

@@ -41,12 +41,12 @@ from ..toolchain.launch import Launch, LaunchError
 from ._arrays import INT32_MAX, check_one_dtype, check_shape, kernel_array
 from ._conv_geometry import Geometry, check_kernel_sizes, geometry
 from ._conv_tiles import (BACKWARD_DATA, BACKWARD_FILTER, BIAS_THREADS, EMU, FORWARD, LARGE,
-                          MEDIUM, SMALL, THIN, TILES, Tile, choose_tile, pick_tile)
+                          MEDIUM, ROWS96, SMALL, THIN, TILES, Tile, choose_tile, pick_tile)
 from .elementwise import BLOCK, max_blocks
 from .relu import relu_in_place
 
 __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "EMU", "FORWARD", "FilterPlan", "Geometry",
-           "LARGE", "MEDIUM", "SMALL", "THIN", "TILES", "Tile", "backward_bias",
+           "LARGE", "MEDIUM", "ROWS96", "SMALL", "THIN", "TILES", "Tile", "backward_bias",
            "backward_bias_launches", "backward_bias_reference", "bias_splits", "backward_data",
            "backward_data_launch", "backward_data_reference", "backward_filter",
            "backward_filter_launches", "backward_filter_reference", "check_kernel_sizes",
