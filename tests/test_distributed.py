@@ -3,11 +3,14 @@ variables on cpu, running the scripts in tests/distributed/.
 
 * the contract's collectives on every rank, and a rank that stops answering named (with
   the step) by the others within the timeout;
-* data-parallel SGD equals one process on the whole batches: float64, so the only
-  difference is the order of the gradient sums (each rank's share of the batch summed
-  apart, then the ranks' sums added): a few ulps per step, measured 5e-16 of each
-  parameter's largest element after 3 steps; asserted below 1e-12. Every rank ends with
-  the same bits; the buckets started during the backward pass;
+* data-parallel SGD equals one process on the whole batches, with dropout 0.5 (each
+  rank draws its rows of the one-process masks, by its share's row offset; a rank left
+  without images still advances its seeds): float64, so the only difference is the
+  order of the gradient sums (each rank's share of the batch summed apart, then the
+  ranks' sums added): a few ulps per step, measured 1.0e-15 (2 ranks) and 7.9e-16
+  (3 ranks) of each parameter's largest element after 4 steps; asserted below 1e-12
+  (per-rank masks instead, or a rank's seeds left behind, give 0.3-1.1). Every rank
+  ends with the same bits; the buckets started during the backward pass;
 * a 2-rank `convnet train --parallel data` (and `--parallel hybrid`) resumed after
   epoch 1 ends with the bits of the uninterrupted run, its checkpoints one-column ones;
 * a rank that hangs mid-run (SIGSTOP) under mpiexec, or is killed (SIGKILL) under
@@ -36,7 +39,7 @@ from convnet.app import cli
 from convnet.app.train import TrainError, TrainOptions, train
 from convnet.distributed import CollectiveTimeout, SingleProcess, from_environment
 from convnet.distributed.config import check_same_configuration
-from convnet.distributed.data_parallel import share_of
+from convnet.distributed.data_parallel import first_row, share_of
 from convnet.distributed.launch import LaunchError, device_for_rank, torchrun_variables
 
 HERE = Path(__file__).parent / "distributed"
@@ -160,6 +163,11 @@ def test_shares_of_a_split():
     assert [share_of(23, 6, r, 3) for r in range(3)] == [8, 8, 7]
     assert sum(share_of(9, 6, r, 4) for r in range(4)) == 9
     assert share_of(2, 6, 3, 4) == 0
+    # a share's first row in its batch (its dropout row offset): np.array_split's cut
+    for total, size in ((6, 3), (5, 3), (2, 3), (7, 4), (0, 2)):
+        starts = [int(part[0]) if len(part) else total
+                  for part in np.array_split(np.arange(total), size)]
+        assert [first_row(total, r, size) for r in range(size)] == starts
 
 
 # --------------------------------------------------------------------------- same weights

@@ -1,7 +1,7 @@
 """A data-parallel `convnet train` resumed after its first epoch ends where the same run
 uninterrupted ends (run under mpiexec -n 2): rank 0 runs the command line twice per
 ARGV[1] folder, "whole" for 2 epochs, "part" for 1 then --resume for 2; the test
-compares their checkpoints. Dropout on (masks per rank and epoch), workers 0. No
+compares their checkpoints. Dropout on (masks per epoch), workers 0. No
 TensorBoard file and no figures (their imports cost seconds; test_train covers them).
 
 ARGV: data folder, runs folder, and "data" (default) or "hybrid" (--parallel)"""

@@ -1,6 +1,8 @@
 """Data-parallel SGD against one process (run under mpiexec -n N, or with torchrun-style
-variables): a tiny AlexNet in float64, batches of 6, 5 and 2 images (the last leaves a
-rank of 3 with none), gradients in 4 KB buckets. Rank 0 then trains the same network
+variables): a tiny AlexNet in float64 with dropout 0.5 after fc6 and fc7 (each rank
+draws its rows of the one-process masks), batches of 6, 5, 2 and 4 images (the 2 leaves
+a rank of 3 with none: its dropout seeds must still advance for the next step),
+gradients in 4 KB buckets. Rank 0 then trains the same network
 alone on the whole batches and writes to ARGV[1] (JSON): the largest difference of any
 parameter relative to its largest element, whether all ranks hold the same bits, how
 many buckets there were and how many started during a backward pass.
@@ -16,9 +18,9 @@ from convnet.models import alexnet
 from convnet.optim import SGD
 from convnet.step import train_step
 
-BATCHES = (6, 5, 2)
+BATCHES = (6, 5, 2, 4)
 KW = dict(num_classes=3, input_size=67, widths=(8, 16, 16, 16, 16, 32, 32), weight_std=0.1,
-          seed=0, dropout=0.0, dtype=np.float64)
+          seed=0, dropout=0.5, dtype=np.float64)
 
 
 def batch(step, n):

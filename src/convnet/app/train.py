@@ -74,9 +74,10 @@ same step. At start-up the ranks compare their options and data (a rank that dif
 is refused, saying what differs); rank 0 opens (or resumes) the run and sends the
 settings, weights and momentum to the others; rank 0 alone writes the run folder
 (checkpoints, metrics, figures) and prints progress. Validation and the ten-crop test
-are sharded the same way and their counts summed. Dropout masks are drawn per rank
-(seeded by rank too), so with dropout a data-parallel run is not the single-process
-run bit for bit; without dropout it is, up to the rounding of the gradient sums. Every
+are sharded the same way and their counts summed. Dropout draws the single-process
+masks (every rank the same seeds; each its rows of the batch's masks, by the row offset
+of its share), so a data-parallel run is the single-process run up to the rounding of
+the gradient sums, with dropout or without. Every
 collective has a timeout (``--collective-timeout``, default 300 s): a rank that dies
 or hangs ends the others with one line naming the rank and the step.
 
@@ -132,13 +133,14 @@ class TrainingStopped(RuntimeError):
     """Training could not go on (a loss that is not finite); the checkpoints are untouched."""
 
 
-def _reseed_dropout(model, seed: int, epoch: int, rank: int = 0) -> None:
+def _reseed_dropout(model, seed: int, epoch: int) -> None:
     """Each dropout layer's masks in epoch ``epoch`` from (seed, epoch, layer) alone, so a
-    resumed run draws what an uninterrupted one would; a data-parallel rank r > 0 adds r
-    (its images get masks of their own)."""
+    resumed run draws what an uninterrupted one would. Every rank of a parallel run draws
+    the same seeds as one process (data-parallel ranks take their rows of the masks by
+    ``row_offset``, set by ``DataParallel.step``; hybrid ranks apply the whole batch's)."""
     for i, (_, module) in enumerate(model.named_modules()):
         if isinstance(module, nn.Dropout):
-            module.reseed([seed, epoch, i] + ([rank] if rank else []))
+            module.reseed([seed, epoch, i])
 
 
 def _convert_columns(state: dict, columns_from: int, columns_to: int) -> dict:
@@ -452,9 +454,7 @@ class TrainingRun:
     # ------------------------------------------------------------------ epochs
     def _train_epoch(self, loader, stop) -> dict:
         s = self.settings
-        # hybrid: the same masks as one process (every rank applies the whole batch's)
-        _reseed_dropout(self.model, s["seed"], self.epoch,
-                        self.comm.rank if self.parallel == "data" else 0)
+        _reseed_dropout(self.model, s["seed"], self.epoch)
         bar = ProgressBar(len(loader.split), f"epoch {self.epoch + 1}/{s['epochs']}", self.show,
                           leave=False)
         count, loss_sum, right1, right5 = 0, 0.0, 0.0, 0.0

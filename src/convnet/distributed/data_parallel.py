@@ -12,7 +12,12 @@
   batch still joins every collective with zero gradients. Returns a ``StepResult`` of
   the whole global batch (the loss and hits summed over ranks); its
   ``stop_requested`` says whether any rank passed ``stop`` (Ctrl-C), so all stop after
-  the same step.
+  the same step. Dropout: every rank's dropout layers hold the seeds one process would
+  (the same run seed on every rank), and ``step`` sets their ``row_offset`` to the first
+  row of this rank's share (``first_row``: the ``np.array_split`` cut the loader makes),
+  so each rank draws exactly its rows of the single-process masks; a rank with no images
+  still draws the step's seeds (``nn.Dropout.skip_forward``). With dropout on, the run
+  is the single-process run up to the rounding of the gradient sums, as without.
 * ``sum(values)``: numbers summed over the ranks (an evaluation's counts and loss sums
   over each rank's share of a split).
 
@@ -25,16 +30,27 @@ from __future__ import annotations
 from .buckets import DEFAULT_BUCKET_BYTES, GradientBuckets
 from .base import Communicator
 
-__all__ = ["DataParallel", "share_of"]
+__all__ = ["DataParallel", "first_row", "share_of"]
+
+
+def _cut(n: int, rank: int, size: int) -> int:
+    """Rank ``rank``'s share of ``n`` images (``np.array_split``: the first ``n % size``
+    ranks take one more)."""
+    return n // size + (1 if rank < n % size else 0)
 
 
 def share_of(images: int, batch_size: int, rank: int, size: int) -> int:
     """How many of a split's ``images``, in batches of ``batch_size``, rank ``rank`` of
     ``size`` gets (``np.array_split`` of every batch, as the loader cuts them)."""
-    def cut(n):
-        return n // size + (1 if rank < n % size else 0)
     full, rest = divmod(int(images), int(batch_size))
-    return full * cut(batch_size) + cut(rest)
+    return full * _cut(batch_size, rank, size) + _cut(rest, rank, size)
+
+
+def first_row(total: int, rank: int, size: int) -> int:
+    """The row of a batch of ``total`` at which rank ``rank`` of ``size``'s share starts
+    (``np.array_split``'s cut, as the loader makes it)."""
+    total, rank = int(total), int(rank)
+    return rank * (total // size) + min(rank, total % size)
 
 
 class DataParallel:
@@ -57,10 +73,25 @@ class DataParallel:
             comm.broadcast(v, 0)
         self.optimizer.steps = comm.broadcast_object(self.optimizer.steps, 0)
 
-    def step(self, images, labels, total: int, stop: bool = False):
+    def _dropout_layers(self) -> list:
+        from ..nn import Dropout
+        return [m for _, m in self.model.named_modules() if isinstance(m, Dropout)]
+
+    def step(self, images, labels, total: int, stop: bool = False, first: int | None = None):
+        """One step on this rank's ``len(labels)`` images, rows ``first ..`` of the global
+        batch of ``total`` (default: ``first_row``, the loader's cut)."""
         from ..step import StepResult, train_step
         from ..tensor import TransferLog
         n = int(len(labels))
+        if first is None:
+            first = first_row(total, self.comm.rank, self.comm.size)
+        if not 0 <= first <= int(total) - n:
+            raise ValueError(f"DataParallel.step: rows {first}..{first + n - 1} are not within "
+                             f"the global batch of {total}")
+        for layer in self._dropout_layers():  # this rank's rows of the one-process masks
+            layer.row_offset = first
+            if not n:
+                layer.skip_forward()
         self.buckets.begin()
         if n:
             local = train_step(self.model, self.optimizer, images, labels, check_finite=False,
