@@ -11,9 +11,10 @@
 // The exchange: every lane of the warp deposits its fragment registers (A, B and C
 // as the .b32/.f32 bit patterns it holds) in a per-warp staging area, the warp meets
 // at a full-mask warp barrier (a partial or diverged warp is diagnosed there, as
-// mma.sync.aligned requires all 32 lanes), each lane rebuilds the whole 16x8xK
-// problem from the 32 deposits through the fragment layouts of the PTX ISA and
-// computes its own four results, and the warp meets again before the area is reused.
+// mma.sync.aligned requires all 32 lanes), each lane rebuilds the rows of A and the
+// columns of B its own four results need from the deposits of the lanes that hold them,
+// through the fragment layouts of the PTX ISA, computes those results, and the warp
+// meets again before the area is reused.
 // Layouts (PTX ISA 9.7.14.5, "Matrix Fragments for mma.m16n8k8" and "...m16n8k16",
 // with groupID g = lane >> 2 and threadID_in_group t = lane % 4):
 //   m16n8k8 .tf32   A a0:(g, t) a1:(g+8, t) a2:(g, t+4) a3:(g+8, t+4)
@@ -151,32 +152,34 @@ static inline void emu_mma_leave(const char* file, int line) {
   (void)emu_api->warp(EMU_WARP_SYNC, 0xffffffffu, 0, 0, 32, file, line);
 }
 
-// The element (row, col) of the 16x8 accumulator C as the lanes hold it.
-static inline float emu_mma_c(const EmuMmaLane* w, int row, int col) {
-  const int lane = (row & 7) * 4 + (col >> 1);
-  return w[lane].c[(row >> 3) * 2 + (col & 1)];
-}
-
-// d = A (16x8, tf32) * B (8x8, tf32) + C, this lane's four results.
+// d = A (16x8, tf32) * B (8x8, tf32) + C, this lane's four results. A lane's results
+// are rows g and g+8 and columns 2t and 2t+1 of D: it decodes those rows of A and
+// columns of B from the lanes that hold them through the layouts above (the lanes of
+// group g for A's rows, of groups 2t and 2t+1 for B's columns; its own C), which is
+// the whole exchange as far as its results see it, at an eighth of the reads (each read
+// of the staging area is a profiled access in the emulator's profile build).
 static inline void emu_mma_m16n8k8_tf32_at(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4],
                                            const char* file, int line) {
   int lane;
   const EmuMmaLane* w = emu_mma_enter(a, b, c, &lane, file, line);
-  float A[16][8], B[8][8];
-  for (int l = 0; l < 32; ++l) {
-    const int g = l >> 2, t = l & 3;
-    A[g][t] = emu_tf32_value(w[l].a[0]);
-    A[g + 8][t] = emu_tf32_value(w[l].a[1]);
-    A[g][t + 4] = emu_tf32_value(w[l].a[2]);
-    A[g + 8][t + 4] = emu_tf32_value(w[l].a[3]);
-    B[t][g] = emu_tf32_value(w[l].b[0]);
-    B[t + 4][g] = emu_tf32_value(w[l].b[1]);
-  }
   const int g = lane >> 2, t = lane & 3;
+  float A[16][8], B[8][8];
+  for (int l = 4 * g; l < 4 * g + 4; ++l) {  // the lanes holding rows g and g+8 of A
+    const int lt = l & 3;
+    A[g][lt] = emu_tf32_value(w[l].a[0]);
+    A[g + 8][lt] = emu_tf32_value(w[l].a[1]);
+    A[g][lt + 4] = emu_tf32_value(w[l].a[2]);
+    A[g + 8][lt + 4] = emu_tf32_value(w[l].a[3]);
+  }
+  for (int l = 8 * t; l < 8 * t + 8; ++l) {  // the lanes holding columns 2t and 2t+1 of B
+    const int lg = l >> 2, lt = l & 3;
+    B[lt][lg] = emu_tf32_value(w[l].b[0]);
+    B[lt + 4][lg] = emu_tf32_value(w[l].b[1]);
+  }
   float out[4];
   for (int i = 0; i < 4; ++i) {
     const int row = g + (i >> 1) * 8, col = 2 * t + (i & 1);
-    float s = emu_mma_c(w, row, col);
+    float s = c[i];  // this lane's own C element (row, col)
     for (int k = 0; k < 8; ++k) s = emu_opaque(s + emu_opaque(A[row][k] * B[k][col]));
     out[i] = emu_ftz(s);
   }
@@ -184,31 +187,35 @@ static inline void emu_mma_m16n8k8_tf32_at(float d[4], const uint32_t a[4], cons
   std::memcpy(d, out, sizeof out);
 }
 
-// d = A (16x16) * B (16x8) + C with 16-bit operands, decoded by `to_f32`.
+// d = A (16x16) * B (16x8) + C with 16-bit operands, decoded by `to_f32`; the same
+// lanes as above hold this lane's rows of A and columns of B.
 template <float (*ToF32)(uint16_t)>
 static inline void emu_mma_m16n8k16_16bit(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4],
                                           const char* file, int line) {
   int lane;
   const EmuMmaLane* w = emu_mma_enter(a, b, c, &lane, file, line);
+  const int g = lane >> 2, t = lane & 3;
   float A[16][16], B[16][8];
-  for (int l = 0; l < 32; ++l) {
-    const int g = l >> 2, t = l & 3;
+  for (int l = 4 * g; l < 4 * g + 4; ++l) {
+    const int lt = l & 3;
     for (int i = 0; i < 8; ++i) {  // element ai is half (i & 1) of register i >> 1
       const uint16_t h = static_cast<uint16_t>(w[l].a[i >> 1] >> (16 * (i & 1)));
       const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
-      const int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+      const int col = 2 * lt + (i & 1) + (i >= 4 ? 8 : 0);
       A[row][col] = ToF32(h);
     }
+  }
+  for (int l = 8 * t; l < 8 * t + 8; ++l) {
+    const int lg = l >> 2, lt = l & 3;
     for (int i = 0; i < 4; ++i) {
       const uint16_t h = static_cast<uint16_t>(w[l].b[i >> 1] >> (16 * (i & 1)));
-      B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = ToF32(h);
+      B[2 * lt + (i & 1) + (i >= 2 ? 8 : 0)][lg] = ToF32(h);
     }
   }
-  const int g = lane >> 2, t = lane & 3;
   float out[4];
   for (int i = 0; i < 4; ++i) {
     const int row = g + (i >> 1) * 8, col = 2 * t + (i & 1);
-    float s = emu_mma_c(w, row, col);
+    float s = c[i];
     for (int k = 0; k < 16; ++k) s = emu_opaque(s + emu_opaque(A[row][k] * B[k][col]));
     out[i] = emu_ftz(s);
   }
