@@ -71,7 +71,7 @@ def test_a_run_logs_checkpoints_and_learns(data, tmp_path, capsys):
     slowly otherwise): the training loss of the last two epochs is well below the first."""
     out = tmp_path / "run"
     assert cli.main(_args(data, out, "--epochs", 8, "--batch-size", 4, "--lr", 0.003,
-                          "--dropout", 0, "--patience", 100)) == 0
+                          "--dropout", 0, "--patience", 100, "--schedule", "plateau")) == 0
     printed = capsys.readouterr().out
     assert "epoch 1/8: train loss" in printed and "epoch 8/8" in printed
     assert "final (epoch 8 weights, ten-crop, 9 val images)" in printed
@@ -100,8 +100,11 @@ def test_a_run_logs_checkpoints_and_learns(data, tmp_path, capsys):
 
 def test_resume_trains_exactly_as_an_uninterrupted_run(data, tmp_path, capsys):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert cli.main(_args(data, straight, "--epochs", 3, "--no-final-eval")) == 0
-    assert cli.main(_args(data, split, "--epochs", 2, "--no-final-eval")) == 0
+    # the paper's schedule: a run of 2 epochs resumed for a 3rd trains as one of 3 (the
+    # cosine's rates depend on the run's length: tests/test_schedule.py)
+    plateau = ("--schedule", "plateau")
+    assert cli.main(_args(data, straight, "--epochs", 3, "--no-final-eval", *plateau)) == 0
+    assert cli.main(_args(data, split, "--epochs", 2, "--no-final-eval", *plateau)) == 0
     after_two = ckpt.load(split / "epoch-0002.safetensors")
     assert cli.main(_args(data, split, "--epochs", 3, "--no-final-eval", "--resume")) == 0
     err = capsys.readouterr().err
@@ -123,7 +126,8 @@ def test_resume_trains_exactly_as_an_uninterrupted_run(data, tmp_path, capsys):
 
 def test_resume_restores_weights_velocities_and_lr(data, tmp_path):
     out = tmp_path / "run"
-    assert cli.main(_args(data, out, "--epochs", 1, "--no-final-eval", "--lr", 0.02)) == 0
+    assert cli.main(_args(data, out, "--epochs", 1, "--no-final-eval", "--lr", 0.02,
+                          "--schedule", "plateau")) == 0
     saved = ckpt.load(out / "epoch-0001.safetensors")
     run = TrainingRun(TrainOptions(out=str(out), resume=True, device="cpu", workers=0,
                                    log=lambda _: None))
@@ -389,8 +393,14 @@ def test_a_data_set_without_validation_images(tmp_path, capsys):
     prepare_arrays(tmp_path / "p", {"train": (images, np.array([0, 1, 0, 1, 0, 1]))}, ["a", "b"],
                    log=lambda _: None)
     out = tmp_path / "run"
-    assert cli.main(_args(tmp_path / "p", out, "--epochs", 2)) == 0
-    assert "no validation images" in capsys.readouterr().err
+    assert cli.main(_args(tmp_path / "p", out, "--epochs", 2, "--schedule", "plateau")) == 0
+    assert "no validation images: no per-epoch validation, and the learning rate stays" in \
+        capsys.readouterr().err
     lines = _metrics(out)
     assert [l["event"] for l in lines] == ["start", "epoch", "epoch"]
     assert "val_top1_error" not in lines[1] and lines[2]["lr"] == lines[1]["lr"]
+    out = tmp_path / "cosine"  # the cosine needs no validation error
+    assert cli.main(_args(tmp_path / "p", out, "--epochs", 2, "--schedule", "cosine")) == 0
+    assert "no validation images: no per-epoch validation\n" in capsys.readouterr().err
+    lines = _metrics(out)
+    assert lines[2]["lr"] < lines[1]["lr"]

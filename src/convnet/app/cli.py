@@ -121,7 +121,8 @@ def cmd_train(args) -> int:
         data=args.data, prepared=args.prepared, out=args.out, device=args.device,
         devices=args.devices, model=args.model, columns=args.columns, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
-        patience=args.patience, lr_drops=args.lr_drops, crop=args.crop, widths=args.widths,
+        patience=args.patience, lr_drops=args.lr_drops, schedule=args.schedule, crop=args.crop,
+        widths=args.widths,
         weight_std=args.weight_std, dropout=args.dropout, precision=args.precision,
         parallel=args.parallel, collective_timeout=args.collective_timeout,
         resume=args.resume, force=args.force,
@@ -300,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "--devices)")
     tr.add_argument("--epochs", type=int, help="epochs in all (default 30 on cuda, 6 elsewhere)")
     tr.add_argument("--batch-size", type=int, help="default 128 on cuda, 32 elsewhere")
-    tr.add_argument("--lr", type=float, help="learning rate (default 0.01; with --resume: "
-                                             "replaces the run's current rate)")
+    tr.add_argument("--lr", type=float, help="learning rate (default 0.01 on cuda, 0.005 "
+                                             "elsewhere; with --resume: replaces the run's "
+                                             "current rate, or the cosine's starting one)")
     tr.add_argument("--seed", type=int, help="seed of the weights, data order, augmentation "
                                              "and dropout (default 0)")
     tr.add_argument("--workers", type=int,
@@ -311,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "is divided by 10 (default 2)")
     tr.add_argument("--lr-drops", type=int, help="divide the learning rate at most this "
                                                  "many times (default 3, as in the paper)")
+    tr.add_argument("--schedule", choices=("plateau", "cosine"),
+                    help="plateau: the paper's (divide by 10 when the validation error stops "
+                         "improving; default on cuda); cosine: from --lr down to 0 along half "
+                         "a cosine over the run's steps (default elsewhere: a few epochs)")
     tr.add_argument("--crop", type=int, help="side of the training patches (default 227)")
     tr.add_argument("--widths", type=int, nargs=7, metavar="W",
                     help="the 7 layer widths: conv1..conv5 filters, fc6, fc7 units "

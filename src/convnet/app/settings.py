@@ -4,7 +4,7 @@ defaults and checks, and the devices the columns run on.
 A new run takes its settings from the options and the defaults below (which depend
 on whether it runs on a GPU); a resumed run takes them from its checkpoint, and only
 ``--epochs``, ``--lr``, ``--patience``, ``--lr-drops``, the devices and ``--workers``
-may change. Every unusable option is a ``TrainError`` naming the option as the
+may change (not ``--schedule``). Every unusable option is a ``TrainError`` naming the option as the
 command line spells it.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..arguments import integer, real
 from ..models import PRESETS
+from ..optim.schedule import SCHEDULES
 from ..precision import PRECISIONS
 from .runs import TrainError, settings_of
 
@@ -23,7 +24,13 @@ __all__ = ["TrainOptions", "check_crop", "check_recorded_data", "default_device"
 
 DEFAULT_EPOCHS = {"gpu": 30, "host": 6}
 DEFAULT_BATCH = {"gpu": 128, "host": 32}
-DEFAULT_LR = 0.01
+# The paper's rate and schedule on a GPU. On the host (a few epochs of the CPU network on
+# the demo set) half the rate falling along a cosine to 0 over the run: measured there
+# (2-core CPU, 6 epochs, center-patch validation error) 20.2 % against 34.6 % for 0.01
+# with the cosine and 37.2 % for 0.01 with the paper's plateau drops, which come too
+# late in a short run; 0.02 and above learn far worse.
+DEFAULT_LR = {"gpu": 0.01, "host": 0.005}
+DEFAULT_SCHEDULE = {"gpu": "plateau", "host": "cosine"}
 MOMENTUM = 0.9
 WEIGHT_DECAY = 0.0005
 DEFAULT_PATIENCE = 2
@@ -55,6 +62,7 @@ class TrainOptions:
     workers: int | None = None
     patience: int | None = None
     lr_drops: int | None = None
+    schedule: str | None = None
     crop: int | None = None
     widths: tuple | None = None
     weight_std: float | None = None
@@ -114,6 +122,9 @@ def _check(options: TrainOptions) -> None:
         raise TrainError(f"--seed must be below 2**63, got {options.seed}")
     _positive_number(options.lr, "lr")
     _positive_number(options.collective_timeout, "collective_timeout")
+    if options.schedule not in (None, *SCHEDULES):
+        raise TrainError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
+                         f"got {options.schedule!r}")
     if options.parallel not in (None, "data", "hybrid"):
         raise TrainError(f"--parallel must be data or hybrid, got {options.parallel!r}")
     _positive_number(options.weight_std, "weight_std")
@@ -136,9 +147,11 @@ def _resumed(options: TrainOptions, saved) -> dict:
     """The checkpoint's settings, with the options a resumed run may change."""
     settings = dict(settings_of(saved))
     settings.setdefault("precision", "fp32")  # runs from before the option were FP32
+    settings.setdefault("schedule", "plateau")  # and used the paper's schedule
     fixed = {"model": options.model, "widths": options.widths, "weight_std": options.weight_std,
              "dropout": options.dropout, "crop": options.crop, "seed": options.seed,
-             "batch_size": options.batch_size, "precision": options.precision}
+             "batch_size": options.batch_size, "precision": options.precision,
+             "schedule": options.schedule}
     clashes = [f"{_option(k)} {_show(v)} (the run has {_show(settings.get(k))})"
                for k, v in fixed.items() if v is not None and _show(v) != _show(settings.get(k))]
     if clashes:
@@ -170,7 +183,8 @@ def run_settings(options: TrainOptions, saved, gpu: bool) -> dict:
         "seed": 0 if options.seed is None else options.seed,
         "batch_size": options.batch_size or DEFAULT_BATCH[kind],
         "epochs": options.epochs or DEFAULT_EPOCHS[kind],
-        "lr": options.lr or DEFAULT_LR,
+        "lr": options.lr or DEFAULT_LR[kind],
+        "schedule": options.schedule or DEFAULT_SCHEDULE[kind],
         "momentum": MOMENTUM,
         "weight_decay": WEIGHT_DECAY,
         "patience": DEFAULT_PATIENCE if options.patience is None else options.patience,

@@ -30,9 +30,12 @@ What a run does (Krizhevsky, Sutskever & Hinton 2012):
   the mean image subtracted (sections 4.1, 4.2); the validation images' center
   patch after every epoch; the ten-patch test (corners, center, mirrored; softmax
   averaged) on the final weights.
-* SGD with momentum 0.9 and weight decay 0.0005 (section 5); learning rate 0.01,
-  divided by 10 when the validation top-1 error has not improved for ``--patience``
-  epochs, at most ``--lr-drops`` (3) times. Weights N(0, 0.01) for the paper's
+* SGD with momentum 0.9 and weight decay 0.0005 (section 5); on a GPU learning rate
+  0.01, divided by 10 when the validation top-1 error has not improved for
+  ``--patience`` epochs, at most ``--lr-drops`` (3) times (``--schedule plateau``).
+  On a CPU run of a few epochs, 0.005 falling to 0 along half a cosine over the run
+  (``--schedule cosine``, ``optim.schedule``): the plateau's first drop comes too late
+  in a short run to help. Weights N(0, 0.01) for the paper's
   network; the narrow one starts from N(0, 0.05), as 0.01 leaves too little signal
   through its small fan-ins to learn in a few epochs.
 
@@ -111,7 +114,7 @@ from .. import nn
 from ..data import Loader, open_prepared, resolve_data
 from ..data._pool import one_line
 from ..models import build_model, one_to_two_columns, two_to_one_columns
-from ..optim import SGD, Plateau
+from ..optim import SGD, make_schedule
 from ..progress import ProgressBar, clock, say
 from ..step import train_step
 from ..distributed import CollectiveTimeout, ConfigMismatch, DEFAULT_TIMEOUT, SingleProcess
@@ -311,7 +314,7 @@ class TrainingRun:
             raise TrainError(str(exc)) from None
         self.optimizer = SGD(self.model, lr=shared["lr"], momentum=s["momentum"],
                              weight_decay=s["weight_decay"])
-        self.schedule = Plateau(s["patience"], s["lr_drops"], shared["schedule"])
+        self.schedule = self._make_schedule(shared["schedule"])
         self.epoch = shared["epoch"]
         self.resumed_from = shared["resumed_from"] and Path(shared["resumed_from"])
 
@@ -338,7 +341,7 @@ class TrainingRun:
             raise TrainError(str(exc)) from None
         self.optimizer = SGD(self.model, lr=self.settings["lr"], momentum=self.settings["momentum"],
                              weight_decay=self.settings["weight_decay"])
-        self.schedule = Plateau(self.settings["patience"], self.settings["lr_drops"])
+        self.schedule = self._make_schedule()
         self.epoch = 0
         self.resumed_from = None
         if saved is not None:
@@ -357,8 +360,11 @@ class TrainingRun:
             self.has_val = True
         else:
             self.has_val = False
+            kept = ("" if self.settings.get("schedule") == "cosine"
+                    else ", and the learning rate stays at its value (the plateau schedule "
+                         "needs them)")
             self.log(f"train: warning: {data_dir} has no validation images: no per-epoch "
-                     f"validation, and the learning rate stays at its value")
+                     f"validation{kept}")
 
     def _restore(self, saved, saved_columns: int) -> None:
         columns = self.settings["columns"]
@@ -369,13 +375,21 @@ class TrainingRun:
             saved.optimizer.pop("lr_multipliers", None)
             saved.optimizer.pop("weight_decay_multipliers", None)
         ckpt.restore(saved, self.model, self.optimizer)
-        self.schedule = Plateau(self.settings["patience"], self.settings["lr_drops"],
-                                saved.state.get("schedule"))
+        self.schedule = self._make_schedule(saved.state.get("schedule"))
         self.epoch = int(saved.state["epoch"])
         self.resumed_from = saved.path
         if self.options.lr is not None:
+            if self.schedule.per_step:  # the cosine starts from the new rate
+                self.schedule.base_lr = float(self.options.lr)
             self.optimizer.set_lr(self.options.lr)
         self.settings["lr"] = self.optimizer.lr
+
+    def _make_schedule(self, state: dict | None = None):
+        """The run's learning-rate schedule (``settings["schedule"]``; runs from before
+        the setting: the paper's plateau), resumed from ``state`` when given."""
+        s = self.settings
+        self._steps_per_epoch = max(1, -(-len(self.dataset.split("train")) // s["batch_size"]))
+        return make_schedule(s.get("schedule", "plateau"), s, self._steps_per_epoch, state)
 
     # ------------------------------------------------------------------ helpers
     def _print(self, text: str) -> None:
@@ -477,6 +491,9 @@ class TrainingRun:
         try:
             for batch in loader.epoch(self.epoch):
                 n = batch.total if self.parallel else len(batch)
+                if self.schedule.per_step:
+                    self.optimizer.set_lr(self.schedule.lr_at(
+                        self.epoch * self._steps_per_epoch + batch.number))
                 try:
                     with np.errstate(over="ignore", invalid="ignore"):  # caught below instead
                         if self.parallel:
@@ -633,7 +650,9 @@ class TrainingRun:
 
     def _one_epoch(self, train_loader, val_loader, stop) -> dict:
         s = self.settings
-        lr = self.optimizer.lr
+        lr = (self.schedule.lr_at(self.epoch * self._steps_per_epoch) if self.schedule.per_step
+              else self.optimizer.lr)  # the rate the epoch starts with
+        dropped = False
         started = time.monotonic()
         metrics = self._train_epoch(train_loader, stop)
         self.epoch += 1
@@ -644,14 +663,15 @@ class TrainingRun:
             metrics.update(val_loss=val.loss, val_top1_error=val.top1_error,
                            val_top5_error=val.top5_error)
             line += f" | val loss {val.loss:.3f} {self._errors(val.top1_error, val.top5_error)}"
-            if self.schedule.step(val.top1_error, self.epoch):
+            dropped = self.schedule.step(val.top1_error, self.epoch)
+            if dropped:
                 self.optimizer.set_lr(lr / 10)
         metrics.update(epoch=self.epoch, lr=lr, seconds=time.monotonic() - started)
         line += (f" | lr {lr:g} | {metrics['train_seconds']:.0f} s, "
                  f"{metrics['images_per_second'] or 0:.0f} img/s")
         self._save(metrics)
         self._record("epoch", **metrics)
-        if self.optimizer.lr != lr:
+        if dropped:
             line += f" | no improvement for {plural(self.settings['patience'], 'epoch')}: lr -> " \
                     f"{self.optimizer.lr:g}"
         self._print(line)

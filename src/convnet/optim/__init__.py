@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules: ``SGD`` (the paper's update rule, one fused
-kernel per parameter) and ``Plateau`` (divide by 10 when the validation error stops
-improving)."""
-from .schedule import Plateau
+kernel per parameter), ``Plateau`` (divide by 10 when the validation error stops
+improving) and ``Cosine`` (half a cosine from the starting rate to 0 over a run)."""
+from .schedule import Cosine, Plateau, make_schedule
 from .sgd import SGD
 
-__all__ = ["Plateau", "SGD"]
+__all__ = ["Cosine", "Plateau", "SGD", "make_schedule"]
