@@ -96,6 +96,6 @@ def test_the_default_schedule_is_the_papers_on_a_gpu_and_the_cosine_elsewhere():
     gpu = run_settings(TrainOptions(), None, gpu=True)
     host = run_settings(TrainOptions(), None, gpu=False)
     assert (gpu["schedule"], gpu["lr"]) == ("plateau", 0.01)
-    assert (host["schedule"], host["lr"]) == ("cosine", 0.005)
+    assert (host["schedule"], host["lr"], host["epochs"]) == ("cosine", 0.004, 8)
     with pytest.raises(TrainError, match="--schedule must be one of plateau, cosine"):
         run_settings(TrainOptions(schedule="steps"), None, gpu=False)

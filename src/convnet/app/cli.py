@@ -299,9 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--columns", type=int, choices=(1, 2),
                     help="one column, or two as in the paper (default 1, or the number of "
                          "--devices)")
-    tr.add_argument("--epochs", type=int, help="epochs in all (default 30 on cuda, 6 elsewhere)")
+    tr.add_argument("--epochs", type=int, help="epochs in all (default 30 on cuda, 8 elsewhere)")
     tr.add_argument("--batch-size", type=int, help="default 128 on cuda, 32 elsewhere")
-    tr.add_argument("--lr", type=float, help="learning rate (default 0.01 on cuda, 0.005 "
+    tr.add_argument("--lr", type=float, help="learning rate (default 0.01 on cuda, 0.004 "
                                              "elsewhere; with --resume: replaces the run's "
                                              "current rate, or the cosine's starting one)")
     tr.add_argument("--seed", type=int, help="seed of the weights, data order, augmentation "

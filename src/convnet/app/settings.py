@@ -22,14 +22,15 @@ from .runs import TrainError, settings_of
 __all__ = ["TrainOptions", "check_crop", "check_recorded_data", "default_device", "placement",
            "run_settings"]
 
-DEFAULT_EPOCHS = {"gpu": 30, "host": 6}
+DEFAULT_EPOCHS = {"gpu": 30, "host": 8}
 DEFAULT_BATCH = {"gpu": 128, "host": 32}
-# The paper's rate and schedule on a GPU. On the host (a few epochs of the CPU network on
-# the demo set) half the rate falling along a cosine to 0 over the run: measured there
-# (2-core CPU, 6 epochs, center-patch validation error) 20.2 % against 34.6 % for 0.01
-# with the cosine and 37.2 % for 0.01 with the paper's plateau drops, which come too
-# late in a short run; 0.02 and above learn far worse.
-DEFAULT_LR = {"gpu": 0.01, "host": 0.005}
+# The paper's rate and schedule on a GPU. On the host (8 epochs of the CPU network on the
+# demo set, about 53 s each on an idle 2-core machine) 0.004 falling along half a cosine to
+# 0 over the run. Measured there (one seed each; center-patch validation error after 6
+# epochs): 0.01 with the paper's plateau drops 37.2 % (its first drop comes too late in a
+# short run), 0.01 cosine 34.6 %, 0.005 cosine 20.2 %, 0.003 cosine 24.4 %, 0.02 cosine
+# 65 % after 4; ten-crop after 8 epochs: 0.005 cosine 22.6 %, 0.004 cosine 19.2 %.
+DEFAULT_LR = {"gpu": 0.01, "host": 0.004}
 DEFAULT_SCHEDULE = {"gpu": "plateau", "host": "cosine"}
 MOMENTUM = 0.9
 WEIGHT_DECAY = 0.0005

@@ -33,7 +33,7 @@ What a run does (Krizhevsky, Sutskever & Hinton 2012):
 * SGD with momentum 0.9 and weight decay 0.0005 (section 5); on a GPU learning rate
   0.01, divided by 10 when the validation top-1 error has not improved for
   ``--patience`` epochs, at most ``--lr-drops`` (3) times (``--schedule plateau``).
-  On a CPU run of a few epochs, 0.005 falling to 0 along half a cosine over the run
+  On a CPU run of a few epochs, 0.004 falling to 0 along half a cosine over the run
   (``--schedule cosine``, ``optim.schedule``): the plateau's first drop comes too late
   in a short run to help. Weights N(0, 0.01) for the paper's
   network; the narrow one starts from N(0, 0.05), as 0.01 leaves too little signal
