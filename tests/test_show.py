@@ -148,6 +148,8 @@ def test_read_metrics_keeps_the_later_epoch_and_finds_lr_drops(tmp_path):
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
     assert epochs[2]["train_loss"] == 9.0
     assert show.lr_drops(epochs) == [(3, 0.001), (5, 0.0001)]
+    assert show.marked_drops(start, epochs) == show.lr_drops(epochs)
+    assert show.marked_drops({"schedule": "cosine", "lr": 0.01}, epochs) == []  # every step
 
 
 def test_nearest_is_the_brute_force_euclidean_order():

@@ -192,6 +192,12 @@ def lr_drops(epochs: list[dict]) -> list[tuple[int, float]]:
             if b.get("lr") is not None and a.get("lr") is not None and b["lr"] < a["lr"]]
 
 
+def marked_drops(start: dict | None, epochs: list[dict]) -> list[tuple[int, float]]:
+    """The rate drops the curves mark: ``lr_drops``, none for a cosine run (its rate falls
+    at every step; the title says so instead)."""
+    return [] if start is not None and start.get("schedule") == "cosine" else lr_drops(epochs)
+
+
 def draw_curves(run, out: Path) -> Path:
     start, epochs, final = read_metrics(run)
     x = [e["epoch"] for e in epochs]
@@ -220,7 +226,7 @@ def draw_curves(run, out: Path) -> Path:
     err_ax.set_ylabel("error (%)")
     err_ax.set_ylim(bottom=0)
     for ax in (loss_ax, err_ax):
-        for epoch, lr in lr_drops(epochs):
+        for epoch, lr in marked_drops(start, epochs):
             ax.axvline(epoch - 0.5, color="grey", linestyle=":", linewidth=1)
             ax.annotate(f"lr {lr:g}", (epoch - 0.5, 1), xycoords=("data", "axes fraction"),
                         rotation=90, ha="right", va="top", fontsize=7, color="grey")
@@ -228,7 +234,10 @@ def draw_curves(run, out: Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{_run_folder(run).name}: {plural(len(epochs), 'epoch')}", fontsize=9)
+    cosine = start is not None and start.get("schedule") == "cosine"
+    schedule = f", learning rate {start['lr']:g} falling to 0 along a cosine" if cosine else ""
+    fig.suptitle(f"{_run_folder(run).name}: {plural(len(epochs), 'epoch')}{schedule}",
+                 fontsize=9)
     fig.tight_layout()
     return _save(fig, out)
 
