@@ -10,11 +10,19 @@ skipped with the reason (no GPU, no CuPy, the emulator not built), never failed.
 """
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# A test session started with SIGINT ignored (`pytest &` in a non-interactive shell) would
+# hand the ignore on to every subprocess, and the tests that press Ctrl-C on one (the
+# loader, the emulator, convnet train) would see nothing happen: give SIGINT its
+# KeyboardInterrupt back, as an interactive shell would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 try:
     import cuda.bindings.nvrtc  # noqa: F401  (in the test extras, so present in CI)

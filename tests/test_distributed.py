@@ -42,6 +42,8 @@ from convnet.distributed.config import check_same_configuration
 from convnet.distributed.data_parallel import first_row, share_of
 from convnet.distributed.launch import LaunchError, device_for_rank, torchrun_variables
 
+from test_train import data  # noqa: F401 - test_train's 3-class data set (a module fixture)
+
 HERE = Path(__file__).parent / "distributed"
 WIDTHS = ["8", "16", "16", "16", "16", "32", "32"]
 
@@ -93,27 +95,6 @@ def _torchrun(ranks, *args, timeout=120):
                 p.wait()
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """3 classes, 8 training and 3 validation images each, 76x76 (test_train's set)."""
-    from convnet.data import prepare_arrays
-    rng = np.random.default_rng(0)
-
-    def split(per_class):
-        images, labels = [], []
-        for k in range(3):
-            for _ in range(per_class):
-                image = rng.integers(40, 120, (76, 76, 3))
-                y0, x0 = rng.integers(0, 40, 2)
-                image[y0:y0 + 36, x0:x0 + 36, k] += 120
-                images.append(image.astype(np.uint8))
-                labels.append(k)
-        return np.stack(images), np.array(labels)
-
-    root = tmp_path_factory.mktemp("dp-data") / "prepared"
-    prepare_arrays(root, {"train": split(8), "val": split(3)}, ["red", "green", "blue"],
-                   log=lambda _: None)
-    return root
 
 
 def _train_args(data, out, *extra):
