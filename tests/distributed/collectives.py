@@ -36,7 +36,10 @@ def main(timeout):
     try:
         comm.allreduce([np.ones(2)])
     except CollectiveTimeout as e:
-        print(f"rank {r}: {e}", flush=True)
+        # one write of the whole line: print's text and newline are two writes when
+        # unbuffered (PYTHONUNBUFFERED), and the ranks share the pipe
+        sys.stdout.write(f"rank {r}: {e}\n")
+        sys.stdout.flush()
         comm.abort(3)
     comm.abort(4)  # the all-reduce must not complete
 
