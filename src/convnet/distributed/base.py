@@ -3,6 +3,7 @@ launcher's environment says (an MPI launch, the local rank). The contract is in
 ``comm``."""
 from __future__ import annotations
 
+import abc
 import os
 import pickle
 import time
@@ -44,8 +45,10 @@ def poll_until(done, deadline: float, on_wait=None) -> bool:
             time.sleep(pause)
 
 
-class Communicator:
-    """The abstract communicator (see the module's docstring)."""
+class Communicator(abc.ABC):
+    """The communicator interface (see the module's docstring): SingleProcess,
+    MPICommunicator, TCPCommunicator and NCCLCommunicator implement its four transport
+    operations; the object collectives are built on them here."""
 
     rank: int = 0
     size: int = 1
@@ -57,14 +60,17 @@ class Communicator:
     def allreduce(self, arrays: list) -> None:
         self.allreduce_start(arrays).wait()
 
+    @abc.abstractmethod
     def allreduce_start(self, arrays: list) -> Pending:
-        raise NotImplementedError
+        """Start the in-place sum over ranks of each array; wait on the result."""
 
+    @abc.abstractmethod
     def allgather(self, array):
-        raise NotImplementedError
+        """A new (size, *shape) array: rank r's ``array`` at index r."""
 
+    @abc.abstractmethod
     def broadcast(self, array, root: int = 0) -> None:
-        raise NotImplementedError
+        """``array`` (in place) from ``root``."""
 
     def broadcast_object(self, obj, root: int = 0):
         """``obj`` from ``root`` (a small picklable object): its length, then its bytes."""
@@ -85,8 +91,9 @@ class Communicator:
         rows = self.allgather(padded)
         return [pickle.loads(rows[r, :int(n)].tobytes()) for r, n in enumerate(sizes)]
 
+    @abc.abstractmethod
     def barrier(self) -> None:
-        raise NotImplementedError
+        """Return when every rank has called it."""
 
     def progress(self) -> None:
         return None
