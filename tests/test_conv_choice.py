@@ -94,10 +94,11 @@ def test_deterministic_and_named_gpu():
     assert other.gpu == "a100" and other.seconds != first.seconds
 
 
-def _calibration(path, gpu_name, ratios):
+def _calibration(path, gpu_name, ratios, precision="fp32"):
     """A GPU run's benchmarks.json with conv entries: {(algorithm, pass): ratio}."""
     entries = [{"label": f"{a} {p}", "measured_s": 1e-3 * r, "predicted_s": 1e-3, "ratio": r,
-                "params": {"layer": "conv3", "pass": p, "algorithm": a, "batch": 128}}
+                "params": {"layer": "conv3", "pass": p, "algorithm": a, "batch": 128,
+                           "precision": precision}}
                for (a, p), r in ratios.items()]
     run = {"benchmark": "conv", "machine": {"gpus": [{"name": gpu_name}]},
            "calibration": {"entries": entries, "median_ratio": 1.0}}
@@ -348,3 +349,65 @@ def test_a_model_failure_falls_back_to_direct(monkeypatch):
     monkeypatch.setattr(choose, "_launches", broken)
     c = choose.choose_for_gpu(geometry("conv3"), "h100")
     assert c.algorithm == "direct" and "could not predict" in c.reason and "no launch" in c.reason
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_tensor_core_precisions_keep_their_arithmetic(precision, tmp_path, monkeypatch, no_model):
+    """TF32/BF16 run the tensor-core engine whatever the FP32 algorithms would take (the
+    arithmetic is the user's): the choice names the precision and predicts from the
+    tensor-core kernels' figures; its calibration is its own variant's."""
+    from convnet.perf.command import format_choices
+    from convnet.perf.step import alexnet_layers
+    choices = choose.layer_choices(alexnet_layers(1, precision=precision), "h100", 128)
+    assert [c.algorithm for c in choices.values()] == ["direct"] * 5
+    assert {c.precision for c in choices.values()} == {precision}
+    assert all("tensor-core engine is the only algorithm" in c.reason for c in choices.values())
+    assert "without figures" not in choices["conv3"].figures, choices["conv3"].figures
+    fp32 = choose.choose_for_gpu(geometry("conv3"), "h100")
+    assert fp32.algorithm == "winograd"                    # FP32's own choice is unchanged
+    assert choices["conv3"].seconds["direct"] < fp32.seconds["direct"]   # tensor cores
+    assert "conv3: direct" in format_choices(choices)
+    assert {l.info["precision"] for l in alexnet_layers(1, precision=precision)
+            if l.info.get("op") == "conv"} == {precision}
+    # a calibration of the FP32 direct engine does not scale the tensor cores, and back
+    ratios = {("direct", p): 3.0 for p in ("forward", "backward_data", "backward_filter")}
+    choose.set_calibration(_calibration(tmp_path / "fp32.json", "NVIDIA H100 80GB HBM3", ratios))
+    assert choose.choose_for_gpu(geometry("conv3"), "h100", precision).seconds == \
+        pytest.approx(choices["conv3"].seconds)
+    path = _calibration(tmp_path / "tc.json", "NVIDIA H100 80GB HBM3", ratios, precision)
+    assert choose.load_calibration(path) == {"h100": {precision: {
+        "forward": 3.0, "data": 3.0, "filter": 3.0}}}
+    with pytest.raises(ValueError, match="precision must be one of"):
+        choose.choose_for_gpu(geometry("conv3"), "h100", "fp16")
+
+
+def test_a_run_records_and_keeps_the_algorithms_its_convolutions_ran():
+    """nn.Conv2d keeps the choice "auto" followed; a run records it (settings →
+    checkpoints) and a resumed run or an evaluation on the same GPU runs it again even if
+    the chooser would now say otherwise; another GPU chooses anew, said in one line."""
+    from convnet.app import conv_choices
+    emu, cpu = require_device("emu"), require_device("cpu")
+    rng = np.random.default_rng(5)
+
+    def net(device):
+        return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=rng, device=device),
+                             nn.Conv2d(3, 2, 3, padding=1, algorithm="direct", rng=rng,
+                                       device=device))
+    x = rng.standard_normal((1, 2, 5, 5), dtype=np.float32)
+    ran = net(emu)
+    ran(Tensor(x, device=emu))
+    want = choose.choose(emu, conv.geometry((1, 2, 5, 5), (3, 2, 3, 3), 1, 1, 1))
+    record = conv_choices.recorded(ran)
+    assert record == {"0": {"algorithm": want.algorithm, "precision": "fp32", "gpu": "h100"}}
+    assert conv_choices.recorded(net(cpu)) == {}            # nothing chosen on cpu
+    other = "direct" if want.algorithm == "winograd" else "winograd"
+    resumed = net(emu)
+    assert conv_choices.pin(resumed, {"0": {**record["0"], "algorithm": other}}, emu) is None
+    assert resumed[0].algorithm == other and resumed[1].algorithm == "direct"
+    resumed(Tensor(x, device=emu))
+    assert conv_choices.recorded(resumed)["0"]["algorithm"] == other   # kept in the record
+    elsewhere = net(emu)
+    line = conv_choices.pin(elsewhere, {"0": {**record["0"], "gpu": "a100"}}, emu)
+    assert "chosen for a100" in line and "chosen anew" in line
+    assert elsewhere[0].algorithm == "auto"
+    assert conv_choices.pin(net(cpu), record, cpu) is None

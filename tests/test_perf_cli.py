@@ -33,6 +33,21 @@ def test_perf_one_op_with_kernel_filter(capsys):
     assert len(rows) == 1 and "conv_forward" in rows[0]
 
 
+def test_perf_alexnet_in_a_tensor_core_precision(tmp_path, capsys):
+    """--precision bf16: every conv layer on the tensor-core engine, said in the title and
+    the JSON (one kernel's rows, to keep it short)."""
+    require_perf_tools()
+    path = tmp_path / "perf.json"
+    assert cli.main(["perf", "--precision", "bf16", "--batch", "1", "--columns", "2",
+                     "--kernel", "conv_tc_forward", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "convolutions in bf16" in out and "tensor-core engine is the only algorithm" in out
+    data = json.loads(path.read_text())
+    assert data["precision"] == "bf16" and len(data["rows"]) == 5
+    assert all("conv_tc_forward" in row["kernel"] for row in data["rows"]), data["rows"][0]
+    assert {c["precision"] for c in data["conv_algorithms"].values()} == {"bf16"}
+
+
 @pytest.mark.parametrize("argv", [["--gpu", "v100"], ["--op", "conv:1,2"]])
 def test_perf_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert cli.main(["perf", *argv]) == 2

@@ -254,7 +254,9 @@ class Sequential(Module):
 class Conv2d(Module):
     """2-D convolution with fused bias and optional ReLU; weight (out, in/groups, kh, kw).
     ``algorithm``: ``F.conv2d``'s ("auto": the one the performance model predicts fastest
-    for each input shape; "direct"; "winograd" for 3x3 filters at stride 1)."""
+    for each input shape; "direct"; "winograd" for 3x3 filters at stride 1). With "auto"
+    on a device that runs kernels, ``chosen`` holds the last ``perf.choose.Choice``
+    followed (``convnet.app.conv_choices`` records it in a run's checkpoints)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
                  bias=True, relu=False, *, weight_std=0.01, bias_init=0.0, rng=None,
@@ -274,6 +276,7 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d: algorithm must be one of {F.conv.ALGORITHMS}, got "
                              f"{algorithm!r}")
         self.algorithm = algorithm
+        self.chosen = None
         dtype, device = _float_dtype(dtype), get_device(device)
         shape = (out_channels, in_channels // groups, kh, kw)
         self.weight = _new_parameter(_gaussian(rng, shape, weight_std, dtype), device)
@@ -281,8 +284,12 @@ class Conv2d(Module):
                      if bias else None)
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                        groups=self.groups, relu=self.relu, algorithm=self.algorithm)
+        y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                     groups=self.groups, relu=self.relu, algorithm=self.algorithm)
+        if self.algorithm == "auto":  # what conv2d followed (kept per shape: a look-up)
+            self.chosen = F.conv.choice_for(x, self.weight, self.stride, self.padding,
+                                            self.groups) or self.chosen
+        return y
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -168,7 +168,8 @@ def cmd_perf(args) -> int:
     """Predicted time of every launch of a training step (or one op) on a named GPU."""
     from ..perf import command
     return command.run(args.gpu, args.model, args.batch, args.columns, op=args.op,
-                       kernel=args.kernel, json_path=args.json, blocks=args.blocks)
+                       kernel=args.kernel, json_path=args.json, blocks=args.blocks,
+                       precision=args.precision)
 
 
 def cmd_bench(args) -> int:
@@ -234,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "(conv:C,HW,K,RS[,stride[,pad[,groups]]], lrn_pool:C,HW[,groups], "
                            "pool:C,HW, linear:IN,OUT, relu:F, dropout:F, cross_entropy:CLASSES, "
                            "sgd:COUNT)")
+    perf.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                      help="the model's convolutions: fp32 (default; the chooser's direct or "
+                           "Winograd per layer) or tf32/bf16 (every conv layer on tensor "
+                           "cores, as train --precision runs them)")
     perf.add_argument("--kernel", metavar="NAME",
                       help="only launches whose kernel name contains NAME (e.g. conv_forward)")
     perf.add_argument("--json", metavar="FILE", help="also write the table as JSON")

@@ -158,6 +158,8 @@ def load_run(checkpoint, data=None, device=None, workers: int | None = None,
     device = get_device(device or default_device())
     model = build_model(settings, [device] * settings["columns"])
     ckpt.restore(saved, model)
+    from .conv_choices import pin   # the algorithms training ran, where the GPU is the same
+    pin(model, settings.get("conv_algorithms"), device)
     return LoadedRun(path=path, settings=settings, dataset=dataset, model=model, device=device,
                      precision=precision)
 

@@ -119,7 +119,7 @@ from ..optim import SGD, make_schedule
 from ..progress import ProgressBar, clock, say
 from ..step import train_step
 from ..distributed import CollectiveTimeout, ConfigMismatch, DEFAULT_TIMEOUT, SingleProcess
-from . import board, show
+from . import board, conv_choices, show
 from .errors import Terminated
 from .evaluate import EvalResult, evaluate_batches
 from .runs import (METRICS, TrainError, checkpoint_path, clean_temporaries, open_run, plural,
@@ -376,6 +376,10 @@ class TrainingRun:
             saved.optimizer.pop("lr_multipliers", None)
             saved.optimizer.pop("weight_decay_multipliers", None)
         ckpt.restore(saved, self.model, self.optimizer)
+        set_aside = conv_choices.pin(self.model, self.settings.get("conv_algorithms"),
+                                     self.devices[0])
+        if set_aside:
+            self.log(f"train: {set_aside}")
         self.schedule = self._make_schedule(saved.state.get("schedule"))
         self.epoch = int(saved.state["epoch"])
         self.resumed_from = saved.path
@@ -453,6 +457,9 @@ class TrainingRun:
             return None
         if self.parallel != "hybrid":
             model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
+        ran = conv_choices.recorded(self.model)  # the convolutions' algorithms, kept on resume
+        if ran:
+            self.settings["conv_algorithms"] = ran
         state = {"epoch": self.epoch, "settings": self.settings,
                  "schedule": self.schedule.state(), "metrics": metrics,
                  "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -11,7 +11,7 @@ from ..tensor import Tensor
 from ._checks import check_float_tensors
 from ._weighted import WeightedFunction
 
-__all__ = ["ALGORITHMS", "chosen_algorithm", "conv2d", "direct_ops"]
+__all__ = ["ALGORITHMS", "choice_for", "chosen_algorithm", "conv2d", "direct_ops"]
 
 # "auto": the one the performance model predicts fastest for the shape on the device's
 # GPU (convnet.perf.choose: cached per-kernel figures, a measured calibration first;
@@ -26,6 +26,16 @@ def chosen_algorithm(device, g, precision: str = "fp32") -> str:
         return "direct"
     from ..perf import choose
     return choose.algorithm_for(device, g)
+
+
+def choice_for(x, w, stride=1, padding=0, groups=1, precision=None):
+    """The ``convnet.perf.choose.Choice`` that ``algorithm="auto"`` follows for these
+    operands on their device (None where no choice is made: ``cpu``, an empty output)."""
+    g = _conv_ops.geometry(x.shape, w.shape, stride, padding, groups)
+    if not x.device.runs_kernels or not all(g.y_shape):
+        return None
+    from ..perf import choose
+    return choose.choose(x.device, g, _precision.resolve(precision, "conv2d: precision"))
 
 
 def _algorithm_ops(algorithm, g, device=None, precision="fp32"):

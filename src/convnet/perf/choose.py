@@ -63,8 +63,17 @@ calibration (ties go to "direct"), and is kept per (geometry, GPU, figures versi
 calibration) in-process: after the first call of a shape a choice is a dictionary
 look-up. ``choose(device, g)`` gives a ``Choice`` (the algorithm, the predicted seconds
 of each, the direct engine's tiles, what they came from); ``algorithm_for`` just the
-name. Only FP32 is chosen for: TF32/BF16 run the tensor-core engine, which has neither
-an alternative algorithm nor tiles to choose.
+name.
+
+**Precision** (``convnet.precision``): the arithmetic is the user's, never the chooser's
+(a TF32 request is not answered with FP32 Winograd, nor FP32 with TF32). In FP32 the
+choice is between the algorithms above; in TF32/BF16 the tensor-core engine
+(``ops.conv_tc``) is the only algorithm, and what is chosen is its tile per pass among
+``ops.conv_tc.TILES`` (``tensor_core_tiles``), predicted the same way from its kernels'
+figures (the shipped defaults hold them for AlexNet's layers in both precisions). A
+calibration's ratios are kept per *variant*: "direct" and "winograd" (FP32) and "tf32",
+"bf16" (the tensor-core engine), so that one engine's measured speed never scales
+another's.
 """
 from __future__ import annotations
 
@@ -82,6 +91,7 @@ FORMAT = 3  # 3: convolution GEMMs per FLOP of whole tiles (2: per FLOP; 1: math
 STANDIN = "h100"
 DEFAULTS = Path(__file__).with_name("choose_defaults.json")
 ALGORITHMS = ("direct", "winograd")
+TENSOR_PRECISIONS = ("tf32", "bf16")
 # The conv benchmark's pass names (entries' params) -> the model's Planned.part.
 PASS_PARTS = {"forward": "forward", "backward_data": "data", "backward_filter": "filter"}
 PARTS = ("forward", "data", "filter")
@@ -109,14 +119,22 @@ class Choice:
     figures: str                  # where the figures came from
     calibration: str | None       # the calibration file applied, if any
     reason: str
-    tiles: dict = field(default_factory=dict)   # the direct engine's {part: tile} (cuda)
+    tiles: dict = field(default_factory=dict)   # the engine's {part: tile} (cuda)
+    precision: str = "fp32"
+
+    def record(self) -> dict:
+        """The choice as plain JSON-able data (a run's settings, ``convnet perf --json``)."""
+        return {"algorithm": self.algorithm, "precision": self.precision, "gpu": self.gpu,
+                "tiles": {part: list(t) for part, t in self.tiles.items()},
+                "predicted_s": dict(self.seconds), "reason": self.reason}
 
     def describe(self) -> str:
         times = ", ".join(f"{a} {s * 1e6:,.1f} us" for a, s in self.seconds.items())
         tiles = ", ".join(f"{part} {'x'.join(map(str, t[:3]))}/{t[3]}x{t[4]}"
                           for part, t in self.tiles.items())
+        engine = "direct" if self.precision == "fp32" else f"tensor-core ({self.precision})"
         return (f"{self.algorithm}: {self.reason}" + (f" ({times})" if times else "")
-                + (f"; direct tiles: {tiles}" if tiles else ""))
+                + (f"; {engine} tiles: {tiles}" if tiles else ""))
 
 
 def clear() -> None:
@@ -281,8 +299,14 @@ def _figures_for(launch, arch: str):
 
 # --------------------------------------------------------------------------- calibration
 
+def variant(algorithm: str, precision: str = "fp32") -> str:
+    """The engine a calibration ratio belongs to: the FP32 algorithm's name, or the
+    precision of the tensor-core engine ("tf32", "bf16")."""
+    return algorithm if precision == "fp32" else precision
+
+
 def load_calibration(path) -> dict:
-    """``{gpu key: {algorithm: {part: ratio}}}`` (median measured / predicted) of a GPU
+    """``{gpu key: {variant: {part: ratio}}}`` (median measured / predicted) of a GPU
     run's JSON (``benchmarks.json``: ``{"runs": [...]}``, or one report); ValueError
     naming the file if it cannot be read or holds no convolution entries."""
     path = Path(path)
@@ -298,10 +322,12 @@ def load_calibration(path) -> dict:
                 params = e.get("params") or {}
                 part = PASS_PARTS.get(params.get("pass"))
                 algorithm = params.get("algorithm")
-                if gpu is None or part is None or algorithm not in ALGORITHMS:
+                precision = params.get("precision", "fp32")
+                if (gpu is None or part is None or algorithm not in ALGORITHMS
+                        or precision not in ("fp32",) + TENSOR_PRECISIONS):
                     continue
                 ratio = float(e["measured_s"]) / float(e["predicted_s"])
-                found.setdefault(gpu.key, {}).setdefault(algorithm, {}) \
+                found.setdefault(gpu.key, {}).setdefault(variant(algorithm, precision), {}) \
                     .setdefault(part, []).append(ratio)
     except (OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as exc:
         raise ValueError(f"calibration {path}: cannot be read ({type(exc).__name__}: {exc})") \
@@ -365,17 +391,19 @@ def _inputs(planned, figures):
         pipe_instructions={k: v * units for k, v in figures["pipes"].items()} if counted else None)
 
 
-def _launches(g, algorithm: str, gpu: gpus.GPU, tiles: dict | None = None) -> list:
-    """The Planned launches of ``g``'s three passes by ``algorithm`` on ``gpu`` (the
-    direct engine's ``tiles`` per part where given)."""
+def _launches(g, algorithm: str, gpu: gpus.GPU, tiles: dict | None = None,
+              precision: str = "fp32") -> list:
+    """The Planned launches of ``g``'s three passes by ``algorithm`` in ``precision`` on
+    ``gpu`` (the engine's ``tiles`` per part where given)."""
     from .layers import conv_layer, standin_arrays
     from .predict import standin_device
     layer = conv_layer("choose", g.c, (g.h, g.w), g.k, (g.r, g.s), (g.stride_h, g.stride_w),
-                       (g.pad_h, g.pad_w), g.groups, algorithm=algorithm, tiles=tiles)
+                       (g.pad_h, g.pad_w), g.groups, algorithm=algorithm, tiles=tiles,
+                       precision=precision)
     return layer.build(standin_device(gpu), g.n, standin_arrays, {}, False)
 
 
-def _predict(planned, algorithm: str, g_: gpus.GPU, ratios: dict | None):
+def _predict(planned, key: str, g_: gpus.GPU, ratios: dict | None):
     """({part: seconds}, {figure source: launches}, {parts with a launch lacking figures})."""
     from .model import predict
     parts: dict = {}
@@ -388,19 +416,20 @@ def _predict(planned, algorithm: str, g_: gpus.GPU, ratios: dict | None):
         if figures is None and p.launch is not None:
             blind.add(p.part)
         seconds = predict(_inputs(p, figures), g_).time_s
-        parts[p.part] = parts.get(p.part, 0.0) + seconds * _ratio(ratios, algorithm, p.part)
+        parts[p.part] = parts.get(p.part, 0.0) + seconds * _ratio(ratios, key, p.part)
     return parts, sources, blind
 
 
 def predict_parts(g, algorithm: str, gpu, ratios: dict | None = None,
-                  tiles: dict | None = None) -> tuple[dict, dict]:
-    """({part: predicted seconds}, {figure source: launches}) of ``g`` by ``algorithm`` on
-    ``gpu`` from the figures (see the module docstring), each part scaled by the
-    calibration ``ratios`` of that GPU (``{algorithm: {part: ratio}}``) when given; part
-    None holds the launches outside the three GEMM passes (ReLU mask, bias gradient);
-    ``tiles``: the direct engine's per part (else its builders' own)."""
+                  tiles: dict | None = None, precision: str = "fp32") -> tuple[dict, dict]:
+    """({part: predicted seconds}, {figure source: launches}) of ``g`` by ``algorithm`` in
+    ``precision`` on ``gpu`` from the figures (see the module docstring), each part scaled
+    by the calibration ``ratios`` of that GPU (``{variant: {part: ratio}}``) when given;
+    part None holds the launches outside the three GEMM passes (ReLU mask, bias gradient);
+    ``tiles``: the engine's per part (else its builders' own)."""
     g_ = gpus.gpu(gpu)
-    parts, sources, _ = _predict(_launches(g, algorithm, g_, tiles), algorithm, g_, ratios)
+    parts, sources, _ = _predict(_launches(g, algorithm, g_, tiles, precision),
+                                 variant(algorithm, precision), g_, ratios)
     return parts, sources
 
 
@@ -411,15 +440,27 @@ def direct_tiles(g, gpu) -> dict:
     pass all have figures; a pass where fewer than two have them is left out (the
     engine's own waves model, ``choose_tile``, decides it)."""
     from ..ops._conv_tiles import TILE_MODELS
+    return _fastest_tiles(g, gpus.gpu(gpu), tuple(TILE_MODELS["cuda"]), "fp32")
+
+
+def tensor_core_tiles(g, gpu, precision: str) -> dict:
+    """``direct_tiles`` for the tensor-core engine in ``precision``: per pass, the fastest
+    of ``ops.conv_tc.TILES`` predicted (a pass where fewer than two have figures is left
+    to the engine's own choice)."""
+    from ..ops import conv_tc
+    return _fastest_tiles(g, gpus.gpu(gpu), tuple(getattr(conv_tc, "TILES", ())), precision)
+
+
+def _fastest_tiles(g, g_: gpus.GPU, menu: tuple, precision: str) -> dict:
+    """``{part: tile}``: the fastest tile of ``menu`` per pass (see ``direct_tiles``)."""
     from ..toolchain.launch import LaunchError
-    g_ = gpus.gpu(gpu)
     found: dict = {}
-    for index, tile in enumerate(TILE_MODELS["cuda"]):
+    for index, tile in enumerate(menu):
         try:
-            planned = _launches(g, "direct", g_, {part: tile for part in PARTS})
+            planned = _launches(g, "direct", g_, {part: tile for part in PARTS}, precision)
         except (LaunchError, ValueError):
             continue   # a tile this shape cannot take
-        parts, _, blind = _predict(planned, "direct", g_, None)
+        parts, _, blind = _predict(planned, variant("direct", precision), g_, None)
         for part in PARTS:
             if part in parts and part not in blind:
                 found.setdefault(part, []).append((parts[part], index, tuple(tile)))
@@ -453,16 +494,23 @@ def _winograd_fits(g) -> bool:
                for shape in conv_winograd.workspace_shapes(g, part).values())
 
 
-def choose_for_gpu(g, gpu) -> Choice:
-    """The choice for geometry ``g`` on ``gpu`` (a name or ``gpus.GPU``), kept."""
+def choose_for_gpu(g, gpu, precision: str = "fp32") -> Choice:
+    """The choice for geometry ``g`` in ``precision`` on ``gpu`` (a name or
+    ``gpus.GPU``), kept."""
     from ..ops import conv_winograd
+    from ..precision import check_precision
+    check_precision(precision)
     g_ = gpus.gpu(gpu)
     cal = calibration()
-    key = (g, g_.key, _state["version"], cal[0] if cal else None)
+    key = (g, g_.key, precision, _state["version"], cal[0] if cal else None)
     with _LOCK:
         if key in _CHOICES:
             return _CHOICES[key]
-    if not conv_winograd.supports(g):
+    if precision != "fp32":
+        choice = _predicted_choice(g, g_, cal, ("direct",),
+                                   f"{precision}: the tensor-core engine is the only algorithm",
+                                   precision)
+    elif not conv_winograd.supports(g):
         why = (f"Winograd takes 3x3 filters at stride 1 only ({g.r}x{g.s}, "
                f"stride {g.stride_h}x{g.stride_w})")
         choice = _predicted_choice(g, g_, cal, ("direct",), why)
@@ -476,23 +524,28 @@ def choose_for_gpu(g, gpu) -> Choice:
     return choice
 
 
-def _predicted_choice(g, g_: gpus.GPU, cal, algorithms, only: str = "") -> Choice:
-    """The fastest of ``algorithms`` predicted (the direct engine with its tiles chosen,
-    ``direct_tiles``); ``only``: why there is no other. "direct" (said why) where the
-    model cannot predict: a model failure never stops a convolution."""
+def _predicted_choice(g, g_: gpus.GPU, cal, algorithms, only: str = "",
+                      precision: str = "fp32") -> Choice:
+    """The fastest of ``algorithms`` predicted (the direct or tensor-core engine with its
+    tiles chosen, ``direct_tiles`` / ``tensor_core_tiles``); ``only``: why there is no
+    other. "direct" (said why) where the model cannot predict: a model failure never
+    stops a convolution."""
     ratios = cal[1].get(g_.key) if cal else None
     seconds, parts, sources = {}, {}, {}
     try:
-        tiles = direct_tiles(g, g_)
+        tiles = (direct_tiles(g, g_) if precision == "fp32"
+                 else tensor_core_tiles(g, g_, precision))
         for algorithm in algorithms:
             parts[algorithm], found = predict_parts(g, algorithm, g_, ratios,
-                                                    tiles if algorithm == "direct" else None)
+                                                    tiles if algorithm == "direct" else None,
+                                                    precision)
             seconds[algorithm] = sum(parts[algorithm].values())
             for s, n in found.items():
                 sources[s] = sources.get(s, 0) + n
     except Exception as exc:  # noqa: BLE001 - the model's, reported in the reason
         return Choice("direct", g_.key, {}, {}, "-", None,
-                      f"the model could not predict this shape ({type(exc).__name__}: {exc})")
+                      f"the model could not predict this shape ({type(exc).__name__}: {exc})",
+                      precision=precision)
     best = min(algorithms, key=lambda a: (seconds[a], ALGORITHMS.index(a)))
     figures = ", ".join(f"{n} launch{'es' if n > 1 else ''} {SOURCES.get(s, s)}"
                         for s, n in sorted(sources.items()))
@@ -500,41 +553,48 @@ def _predicted_choice(g, g_: gpus.GPU, cal, algorithms, only: str = "") -> Choic
     what = only or f"predicted fastest on {g_.name}"
     reason = (f"{'calibrated ' if used else ''}{what} "
               f"({'calibration ' + used + '; ' if used else ''}figures: {figures})")
-    return Choice(best, g_.key, seconds, parts, figures, used, reason, tiles)
+    return Choice(best, g_.key, seconds, parts, figures, used, reason, tiles, precision)
 
 
-def choose(device, g) -> Choice:
-    """The choice of ``conv2d(algorithm="auto")`` for geometry ``g`` on ``device``."""
+def choose(device, g, precision: str = "fp32") -> Choice:
+    """The choice of ``conv2d(algorithm="auto")`` for geometry ``g`` in ``precision`` on
+    ``device``."""
     if device.kind == "cpu":
         return Choice("direct", "", {}, {}, "-", None,
-                      "cpu: both algorithms run the same NumPy references")
+                      "cpu: both algorithms run the same NumPy references", precision=precision)
     gpu, _ = gpu_for(device)
-    return choose_for_gpu(g, gpu)
+    return choose_for_gpu(g, gpu, precision)
 
 
-def algorithm_for(device, g) -> str:
-    """``choose(device, g).algorithm``."""
-    return choose(device, g).algorithm
+def algorithm_for(device, g, precision: str = "fp32") -> str:
+    """``choose(device, g, precision).algorithm``."""
+    return choose(device, g, precision).algorithm
 
 
 # --------------------------------------------------------------------------- defaults
 
 def write_defaults(conv_layers, path=DEFAULTS, gpu: str = STANDIN, batch: int = 128) -> int:
     """Predict ``conv_layers`` (``perf.layers`` conv layers: AlexNet's, from
-    ``perf.command.write_choice_defaults``) by every algorithm each takes on ``gpu`` with
-    the full model (compiles and profiles: minutes) and write their figures to ``path``."""
-    from ..ops import conv_winograd
+    ``perf.command.write_choice_defaults``) by every algorithm each takes in FP32, and by
+    the tensor-core engine with each of its tiles in TF32 and BF16, on ``gpu`` with the
+    full model (compiles and profiles: minutes) and write their figures to ``path``."""
+    from ..ops import conv_tc, conv_winograd
     from .layers import conv_layer
     from .predict import predict_layers
     layers = []
     for layer in conv_layers:
         i = layer.info
+        shape = (i["c"], i["hw"], i["k"], i["rs"], i["stride"], i["pad"], i["groups"])
         for algorithm in ALGORITHMS:
             if algorithm == "winograd" and not conv_winograd.supports(_info_geometry(i, 1)):
                 continue
-            layers.append(conv_layer(f"{layer.name}/{algorithm}", i["c"], i["hw"], i["k"],
-                                     i["rs"], i["stride"], i["pad"], i["groups"],
-                                     algorithm=algorithm))
+            layers.append(conv_layer(f"{layer.name}/{algorithm}", *shape, algorithm=algorithm))
+        for precision in TENSOR_PRECISIONS:
+            for tile in getattr(conv_tc, "TILES", ()) or (None,):
+                tiles = None if tile is None else {part: tile for part in PARTS}
+                label = "" if tile is None else "/" + "x".join(map(str, tile))
+                layers.append(conv_layer(f"{layer.name}/{precision}{label}", *shape,
+                                         precision=precision, tiles=tiles))
     table = predict_layers(layers, gpus.gpu(gpu), batch, allow_missing_traffic=False)
     found = figures_from_table(table)
     Path(path).write_text(json.dumps({"format": FORMAT, "arch": table.gpu.arch.name,
@@ -553,7 +613,9 @@ def _info_geometry(info: dict, batch: int):
 
 
 def layer_choices(layers, gpu, batch: int) -> dict:
-    """``{layer name: Choice}`` of the conv layers (``layer.info["op"] == "conv"``)."""
-    return {layer.name: choose_for_gpu(_info_geometry(layer.info, batch), gpu)
+    """``{layer name: Choice}`` of the conv layers (``layer.info["op"] == "conv"``), each
+    in its layer's precision."""
+    return {layer.name: choose_for_gpu(_info_geometry(layer.info, batch), gpu,
+                                       layer.info.get("precision", "fp32"))
             for layer in layers if layer.info.get("op") == "conv"}
 

@@ -19,8 +19,9 @@ from .step import alexnet_layers
 
 def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int = 1,
         op: str | None = None, kernel: str | None = None, json_path: str | None = None,
-        blocks: int = 4, out=None) -> int:
-    """Print the table; 2 for an unknown GPU, a bad op or batch (one line on stderr)."""
+        blocks: int = 4, out=None, precision: str = "fp32") -> int:
+    """Print the table; 2 for an unknown GPU, a bad op, batch or precision (one line on
+    stderr). ``precision``: the model's convolutions (an op names its own)."""
     out = out or sys.stdout
     try:
         g = gpus.gpu(gpu)
@@ -30,12 +31,15 @@ def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int 
         if op:
             layers, title = [parse_op(op)], f"{op} at batch {batch}"
         elif model == "alexnet":
-            choices = choose.layer_choices(alexnet_layers(columns), g, batch)
+            choices = choose.layer_choices(alexnet_layers(columns, precision=precision), g,
+                                           batch)
             layers = alexnet_layers(columns, algorithms={n: c.algorithm
                                                          for n, c in choices.items()},
-                                    tiles={n: c.tiles for n, c in choices.items()})
+                                    tiles={n: c.tiles for n, c in choices.items()},
+                                    precision=precision)
             title = (f"AlexNet training step, {columns} column{'s' if columns > 1 else ''}"
-                     + (" (one GPU's column)" if columns == 2 else "") + f", batch {batch}")
+                     + (" (one GPU's column)" if columns == 2 else "") + f", batch {batch}"
+                     + ("" if precision == "fp32" else f", convolutions in {precision}"))
         else:
             raise ValueError(f"unknown model {model!r}; known: alexnet")
     except (gpus.UnknownGPU, ValueError) as exc:
@@ -58,9 +62,8 @@ def run(gpu: str, model: str | None = "alexnet", batch: int = 128, columns: int 
     if json_path:
         data = table.as_dict()
         data["elapsed_s"] = elapsed
-        data["conv_algorithms"] = {n: {"algorithm": c.algorithm, "predicted_s": c.seconds,
-                                       "tiles": {p: list(t) for p, t in c.tiles.items()},
-                                       "reason": c.reason} for n, c in choices.items()}
+        data["precision"] = precision if not op else None
+        data["conv_algorithms"] = {n: c.record() for n, c in choices.items()}
         Path(json_path).write_text(json.dumps(data, indent=1) + "\n")
         print(f"wrote {json_path}", file=out)
     return 0

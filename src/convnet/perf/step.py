@@ -20,6 +20,7 @@ conv1's input needs no gradient, so conv1 has no backward-data launch.
 from __future__ import annotations
 
 from ..models.alexnet import LRN, PAPER_WIDTHS, feature_sizes
+from ..precision import check_precision
 from .layers import (Layer, conv_layer, cross_entropy_layer, linear_layer,
                      lrn_pool_layer, pool_layer, sgd_layer)
 
@@ -28,12 +29,14 @@ INPUT_SIZE = 227
 
 def alexnet_layers(columns: int = 1, num_classes: int = 1000, widths=PAPER_WIDTHS,
                    input_size: int = INPUT_SIZE, algorithms: dict | None = None,
-                   tiles: dict | None = None) -> list[Layer]:
+                   tiles: dict | None = None, precision: str = "fp32") -> list[Layer]:
     """The layers one GPU runs in a training step (see the module docstring);
     ``algorithms``: {conv layer name: "direct" | "winograd"} (``conv2d``'s "auto" asks
     ``convnet.perf.choose``; ``convnet perf`` passes its choices), "direct" where unnamed;
-    ``tiles``: {conv layer name: {pass: tile}} for the direct engine (the chooser's)."""
-    algorithm, tile = (algorithms or {}).get, (tiles or {}).get
+    ``tiles``: {conv layer name: {pass: tile}} for the direct or tensor-core engine (the
+    chooser's); ``precision``: the convolutions' (``convnet.precision``; "tf32"/"bf16"
+    run every conv layer on the tensor-core engine, as ``convnet train --precision``)."""
+    check_precision(precision)
     if columns not in (1, 2):
         raise ValueError(f"columns must be 1 or 2, got {columns!r}")
     w1, w2, w3, w4, w5, w6, w7 = widths
@@ -44,19 +47,20 @@ def alexnet_layers(columns: int = 1, num_classes: int = 1000, widths=PAPER_WIDTH
     pad1 = 2 if input_size == 224 else 0
     flat = w5 * size["pool5"] ** 2
     classes = num_classes if columns == 1 else -(-num_classes // 2)
+
+    def conv(name, *shape, **kwargs):  # in the run's precision, with the chooser's algorithm
+        chosen = (algorithms or {}).get(name, "direct") if precision == "fp32" else "direct"
+        return conv_layer(name, *shape, algorithm=chosen, precision=precision,
+                          tiles=(tiles or {}).get(name), **kwargs)
+
     layers = [
-        conv_layer("conv1", 3, input_size, w1 // h, 11, 4, pad1, input_grad=False,
-                   algorithm=algorithm("conv1", "direct"), tiles=tile("conv1")),
+        conv("conv1", 3, input_size, w1 // h, 11, 4, pad1, input_grad=False),
         lrn_pool_layer("norm1+pool1", w1 // h, size["conv1"], lrn_groups, **LRN),
-        conv_layer("conv2", w1 // h, size["pool1"], w2 // h, 5, 1, 2, groups,
-                   algorithm=algorithm("conv2", "direct"), tiles=tile("conv2")),
+        conv("conv2", w1 // h, size["pool1"], w2 // h, 5, 1, 2, groups),
         lrn_pool_layer("norm2+pool2", w2 // h, size["conv2"], lrn_groups, **LRN),
-        conv_layer("conv3", w2, size["pool2"], w3 // h, 3, 1, 1,
-                   algorithm=algorithm("conv3", "direct"), tiles=tile("conv3")),
-        conv_layer("conv4", w3 // h, size["conv3"], w4 // h, 3, 1, 1, groups,
-                   algorithm=algorithm("conv4", "direct"), tiles=tile("conv4")),
-        conv_layer("conv5", w4 // h, size["conv4"], w5 // h, 3, 1, 1, groups,
-                   algorithm=algorithm("conv5", "direct"), tiles=tile("conv5")),
+        conv("conv3", w2, size["pool2"], w3 // h, 3, 1, 1),
+        conv("conv4", w3 // h, size["conv3"], w4 // h, 3, 1, 1, groups),
+        conv("conv5", w4 // h, size["conv4"], w5 // h, 3, 1, 1, groups),
         pool_layer("pool5", w5 // h, size["conv5"]),
         linear_layer("fc6", flat, w6 // h, dropout_p=0.5),  # drop6 in fc6's epilogue
         linear_layer("fc7", w6, w7 // h, dropout_p=0.5),    # drop7 in fc7's epilogue
