@@ -604,6 +604,23 @@ def test_filter_plan():
         conv.plan_filter(emu, g, splits=0)
 
 
+def test_filter_plan_ends_in_whole_waves():
+    """On a GPU the split fills the last wave of resident blocks: conv1 (ROWS96, two
+    blocks an SM, 3 blocks a split) and conv2 (groups 2) at batch 128 on 132 SMs."""
+    gpu = _device("cuda", 132)
+    for x, w, stride, pad, groups in [((128, 3, 227, 227), (96, 3, 11, 11), 4, 0, 1),
+                                      ((128, 96, 27, 27), (256, 48, 5, 5), 1, 2, 2)]:
+        g = conv.geometry(x, w, stride, pad, groups)
+        plan = conv.plan_filter(gpu, g)
+        per_split = -(-g.kg // plan.tile.bm) * -(-g.cg * g.r * g.s // plan.tile.bn) * groups
+        slots = 132 * conv.resident_blocks(gpu, plan.tile, "conv_backward_filter")
+        waves = per_split * plan.splits / slots
+        assert waves >= 1 and waves / -(-waves // 1) >= 0.9, (plan, waves)
+    # fewer blocks than slots count as that share of a wave; ties: fewer splits
+    assert conv.whole_wave_splits(3, 264, 387200, 24, 504) == 88
+    assert conv.whole_wave_splits(20, 132, 93312, 16, 182) % 33 == 0
+
+
 def test_choose_tile():
     emu, gpu = _device("emu", 2), _device("cuda", 132)
     assert conv.choose_tile(emu, 256, 10000) == conv.EMU
@@ -611,10 +628,14 @@ def test_choose_tile():
     assert conv.choose_tile(emu, 3, 20) == conv.SMALL
     # AlexNet at batch 128 on 132 SMs: conv3 forward, conv1 forward, conv2 backward data
     # (48 input channels per group), conv1 backward data (3 channels, 16 stride phases)
-    assert conv.choose_tile(gpu, 384, 128 * 169, 1) == conv.LARGE
-    assert conv.choose_tile(gpu, 96, 128 * 55 * 55, 1) == conv.ROWS96  # no rows wasted
-    assert conv.choose_tile(gpu, 48, 128 * 27 * 27, 2) == conv.MEDIUM
-    assert conv.choose_tile(gpu, 3, 128 * 57 * 57, 16) == conv.THIN
+    assert conv.choose_tile(gpu, 384, 128 * 169, 1, "conv_forward") == conv.LARGE
+    assert conv.choose_tile(gpu, 96, 128 * 55 * 55, 1, "conv_forward") == conv.ROWS96  # no waste
+    assert conv.choose_tile(gpu, 48, 128 * 27 * 27, 2, "conv_backward_data") == conv.MEDIUM
+    assert conv.choose_tile(gpu, 3, 128 * 57 * 57, 16, "conv_backward_data") == conv.THIN
+    # conv2 backward filter: the 128x128 tile's one block of 8 warps an SM hides latency
+    # worse (0.75) than the 64x128 tile's three of 4
+    assert conv.choose_tile(gpu, 128, 1200, 2 * 364, "conv_backward_filter") == conv.MEDIUM
+    assert conv.choose_tile(gpu, 128, 1200, 2 * 364) == conv.LARGE  # no kernel: rates only
 
 
 def test_32_bit_limits():

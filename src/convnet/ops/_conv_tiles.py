@@ -81,10 +81,11 @@ CONV_KERNELS = ("conv_forward", "conv_backward_data", "conv_backward_filter")
 _RESIDENCY: dict[tuple, int] = {}
 
 
-def gpu_residency(tile: Tile, arch: str = "sm_90") -> int | None:
-    """Blocks of ``tile`` an SM of ``arch`` holds, from the compiled kernels; None when
+def gpu_residency(tile: Tile, arch: str = "sm_90", kernel: str | None = None) -> int | None:
+    """Blocks of ``tile`` an SM of ``arch`` holds, from the compiled kernels: of
+    ``kernel`` (one of ``CONV_KERNELS``), else the fewest over the three; None when
     NVRTC (or the architecture's limits) is unavailable."""
-    key = (tile, arch)
+    key = (tile, arch) if kernel is None else (tile, arch, kernel)
     if key not in _RESIDENCY:
         from ..perf.gpus import UnknownGPU
         from ..perf.occupancy import occupancy
@@ -92,8 +93,10 @@ def gpu_residency(tile: Tile, arch: str = "sm_90") -> int | None:
         modules = (FORWARD, BACKWARD_DATA, BACKWARD_FILTER)
         blocks = []
         try:
-            for module, kernel in zip(modules, CONV_KERNELS):
-                found = kernel_resources(module, tile.name(kernel), arch)
+            for module, name in zip(modules, CONV_KERNELS):
+                if kernel is not None and name != kernel:
+                    continue
+                found = kernel_resources(module, tile.name(name), arch)
                 if found.registers is None:
                     return None  # no NVRTC: kernel_resources has warned once
                 blocks.append(occupancy(arch, tile.threads, found.registers,
@@ -116,18 +119,54 @@ def _model(device) -> dict:
     return out
 
 
-def choose_tile(device, rows: int, cols: int, batches: int = 1) -> Tile:
+def resident_blocks(device, tile: Tile, kernel: str | None = None) -> int:
+    """Blocks of ``tile`` one parallel unit of ``device`` runs at once: on a GPU of
+    ``kernel`` (``gpu_residency``), else the tile table's (1 for a tile not in it)."""
+    if device.kind == "cuda":
+        found = gpu_residency(tile, getattr(device, "arch", "sm_90"), kernel)
+        if found is not None:
+            return found
+    return TILE_MODELS.get(device.kind, {}).get(tile, (1, 1.0))[0]
+
+
+def whole_wave_splits(blocks: int, slots: int, length: int, bk: int, most: int) -> int:
+    """How many chunks to split a reduction of ``length`` into, for a GEMM of ``blocks``
+    blocks a chunk on a device running ``slots`` at once: the fewest splits of the least
+    (waves) x (BK-slices a block), at most ``most`` (a grid of 4.09 waves runs 5); a grid
+    of less than one wave counts as one over the share of the slots it fills (resident
+    blocks hide each other's latency: 132 blocks on 264 slots are not 264's speed)."""
+    slots = max(1, slots)
+
+    def cost(s: int) -> tuple:
+        slices = -(-(-(-length // s)) // bk)
+        chunks = -(-length // (slices * bk))
+        total = blocks * chunks
+        return -(-total // slots) * slices / min(1.0, total / slots), chunks
+
+    return min(range(1, max(1, most) + 1), key=cost)
+
+
+def choose_tile(device, rows: int, cols: int, batches: int = 1,
+                kernel: str | None = None) -> Tile:
     """The tile for ``batches`` GEMMs of ``rows`` x ``cols`` results (one block grid of
     ceil(rows/BM) x ceil(cols/BN) x batches) on a kernel ``device``.
 
     The tile with the least estimated time: waves of resident blocks over the device's
     ``parallel_units`` (SMs; emulator workers) times the work of a wave, each tile's
     residency and rate from ``TILE_MODELS``. Rows and columns past the matrix are work
-    too, so GEMMs with few rows pick narrow tiles."""
+    too, so GEMMs with few rows pick narrow tiles. On a GPU, given the ``kernel`` (one of
+    ``CONV_KERNELS``), that kernel's own residency, and the rate times the launch
+    model's latency factor (``perf.model``: min(1, 0.25 + 0.25 x resident warps per
+    scheduler, 4 schedulers an SM)): backward filter's 128x128 tile holds one block of
+    8 warps (0.75), the 64x128 tile three of 4 (1.0)."""
     model, units = _model(device), device.parallel_units
+    named = device.kind == "cuda" and kernel is not None
 
     def cost(t: Tile) -> float:
         resident, rate = model[t]
+        if named:
+            resident = resident_blocks(device, t, kernel)
+            rate *= min(1.0, 0.25 + 0.25 * resident * -(-t.threads // 32) / 4)
         blocks = -(-rows // t.bm) * -(-cols // t.bn) * max(1, batches)
         waves = -(-blocks // (units * resident))
         return waves * resident * t.bm * t.bn / rate
@@ -135,10 +174,12 @@ def choose_tile(device, rows: int, cols: int, batches: int = 1) -> Tile:
     return min(model, key=cost)
 
 
-def pick_tile(device, tile, rows: int, cols: int, batches: int) -> Tile:
-    """``tile`` (a 5-tuple, which must be in ``TILES``), or ``choose_tile``'s when None."""
+def pick_tile(device, tile, rows: int, cols: int, batches: int,
+              kernel: str | None = None) -> Tile:
+    """``tile`` (a 5-tuple, which must be in ``TILES``), or ``choose_tile``'s (for
+    ``kernel``) when None."""
     if tile is None:
-        return choose_tile(device, rows, cols, batches)
+        return choose_tile(device, rows, cols, batches, kernel)
     tile = Tile(*tile)
     if tile not in TILES:
         raise LaunchError(f"conv2d: tile {tuple(tile)} is not instantiated; exported: "

@@ -41,7 +41,8 @@ from ..toolchain.launch import Launch, LaunchError
 from ._arrays import INT32_MAX, check_one_dtype, check_shape, kernel_array
 from ._conv_geometry import Geometry, check_kernel_sizes, geometry
 from ._conv_tiles import (BACKWARD_DATA, BACKWARD_FILTER, BIAS_THREADS, EMU, FORWARD, LARGE,
-                          MEDIUM, ROWS96, SMALL, THIN, TILES, Tile, choose_tile, pick_tile)
+                          MEDIUM, ROWS96, SMALL, THIN, TILES, Tile, choose_tile, pick_tile,
+                          resident_blocks, whole_wave_splits)
 from .elementwise import BLOCK, max_blocks
 from .relu import relu_in_place
 
@@ -55,8 +56,9 @@ __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "EMU", "FORWARD", "FilterPlan", "
 
 
 # Blocks of backward filter's split GEMM per parallel unit of the device, when
-# plan_filter chooses the split: about four per SM on a GPU, two per emulator worker.
-SPLIT_BLOCKS_PER_UNIT = {"cuda": 4, "emu": 2}
+# plan_filter chooses the split off a GPU: two per emulator worker (on a GPU: whole waves).
+SPLIT_BLOCKS_PER_UNIT = {"emu": 2}
+FILTER_KERNEL = "conv_backward_filter"
 # Blocks of the bias gradient's first pass per parallel unit: four of 256 threads, half
 # an SM's 2048 threads, with four loads in flight each (more splits only shorten each
 # thread's run against its fixed tree-reduction cost); on emu one split (channels are
@@ -269,7 +271,7 @@ def backward_bias_reference(dy):
 def forward_launch(device, g: Geometry, x, w, b, y, relu=False, tile=None) -> Launch:
     """The Launch writing ``act(conv(x, w) + b)`` into ``y`` (all float32, C-contiguous)."""
     cols = g.n * g.p * g.q
-    tile = pick_tile(device, tile, g.kg, cols, g.groups)
+    tile = pick_tile(device, tile, g.kg, cols, g.groups, "conv_forward")
     grid = (-(-cols // tile.bn), -(-g.kg // tile.bm), g.groups)
     return Launch(FORWARD, "conv_forward", grid=grid, block=(tile.threads,),
                   args=(x, w, w if b is None else b, y, *g.scalars(),
@@ -281,7 +283,7 @@ def backward_data_launch(device, g: Geometry, dy, w, dx, tile=None) -> Launch:
     """The Launch writing dL/dx into ``dx`` (every element; no clearing needed)."""
     phases = g.stride_h * g.stride_w
     cols = g.n * -(-g.h // g.stride_h) * -(-g.w // g.stride_w)
-    tile = pick_tile(device, tile, g.cg, cols, g.groups * phases)
+    tile = pick_tile(device, tile, g.cg, cols, g.groups * phases, "conv_backward_data")
     grid = (-(-cols // tile.bn), -(-g.cg // tile.bm), g.groups * phases)
     return Launch(BACKWARD_DATA, "conv_backward_data", grid=grid, block=(tile.threads,),
                   args=(dy, w, dx, *g.scalars()), template_args=tuple(tile))
@@ -303,19 +305,28 @@ class FilterPlan(NamedTuple):
 def plan_filter(device, g: Geometry, tile=None, splits=None) -> FilterPlan:
     """The tile and split of backward filter on a kernel ``device``.
 
-    ``splits=None`` chooses: enough blocks to fill the device
-    (``SPLIT_BLOCKS_PER_UNIT`` per parallel unit) but chunks of at least 32 slices, so
-    that the partial sums' extra traffic stays small next to the products, and never a
-    workspace past the 32-bit indices. A given ``splits`` is taken as an upper bound
-    (chunks are whole slices, so fewer may result)."""
+    ``splits=None`` chooses, with chunks of at least 32 slices (so that the partial
+    sums' extra traffic stays small next to the products) and never a workspace past
+    the 32-bit indices: on a GPU the count that ends in whole waves of resident blocks
+    (``_conv_tiles.whole_wave_splits``: conv2 at batch 128 on 132 SMs, 20 blocks a
+    split, one resident each, was 27 splits = 4.09 waves run in 5); elsewhere enough
+    blocks to fill the device (``SPLIT_BLOCKS_PER_UNIT`` per parallel unit). A given
+    ``splits`` is taken as an upper bound (chunks are whole slices, so fewer may
+    result)."""
     crs = g.cg * g.r * g.s
     npq = g.n * g.p * g.q
     # the split will fill the device: pick the tile for a large grid
-    tile = pick_tile(device, tile, g.kg, crs, g.groups * max(1, npq // 256))
+    tile = pick_tile(device, tile, g.kg, crs, g.groups * max(1, npq // 256),
+                     FILTER_KERNEL)
     if splits is None:
         blocks = -(-g.kg // tile.bm) * -(-crs // tile.bn) * g.groups
-        target = SPLIT_BLOCKS_PER_UNIT[device.kind] * device.parallel_units
-        splits = max(1, min(-(-target // blocks), npq // (32 * tile.bk)))
+        most = max(1, npq // (32 * tile.bk))
+        if device.kind == "cuda":
+            slots = device.parallel_units * resident_blocks(device, tile, FILTER_KERNEL)
+            splits = whole_wave_splits(blocks, slots, npq, tile.bk, most)
+        else:
+            target = SPLIT_BLOCKS_PER_UNIT.get(device.kind, 2) * device.parallel_units
+            splits = max(1, min(-(-target // blocks), most))
         while splits > 1 and splits * g.k * crs > INT32_MAX:
             splits //= 2
     else:
