@@ -11,7 +11,8 @@ from ..tensor import Tensor
 from ._checks import check_float_tensors
 from ._weighted import WeightedFunction
 
-__all__ = ["ALGORITHMS", "choice_for", "chosen_algorithm", "conv2d", "direct_ops"]
+__all__ = ["ALGORITHMS", "choice_for", "chosen_algorithm", "conv2d", "direct_ops",
+           "tensor_core_ops"]
 
 # "auto": the one the performance model predicts fastest for the shape on the device's
 # GPU (convnet.perf.choose: cached per-kernel figures, a measured calibration first;
@@ -80,20 +81,34 @@ def direct_ops(device, g):
 
 
 class _TensorCores:
-    """``ops.conv_tc`` bound to one precision ("tf32" or "bf16"), with the passes'
-    signatures of ``ops.conv``."""
+    """``ops.conv_tc`` bound to one precision ("tf32" or "bf16") and a tile per pass
+    (``{"forward" | "data" | "filter": tile}``; a pass not named: the engine's own
+    choice), with the passes' signatures of ``ops.conv``."""
 
-    def __init__(self, precision: str):
-        self.precision = precision
+    def __init__(self, precision: str, tiles: dict | None = None):
+        self.precision, self.tiles = precision, tiles or {}
+
+    def _tile(self, part) -> dict:
+        return {"tile": self.tiles[part]} if part in self.tiles else {}
 
     def forward(self, device, g, x, w, b, relu):
-        return _tc_ops.forward(device, g, x, w, b, relu, self.precision)
+        return _tc_ops.forward(device, g, x, w, b, relu, self.precision, **self._tile("forward"))
 
     def backward_data(self, device, g, dy, w):
-        return _tc_ops.backward_data(device, g, dy, w, self.precision)
+        return _tc_ops.backward_data(device, g, dy, w, self.precision, **self._tile("data"))
 
     def backward_filter(self, device, g, x, dy):
-        return _tc_ops.backward_filter(device, g, x, dy, self.precision)
+        return _tc_ops.backward_filter(device, g, x, dy, self.precision, **self._tile("filter"))
+
+
+def tensor_core_ops(device, g, precision: str):
+    """What runs the tensor-core engine in ``precision`` for ``g`` on ``device``: on
+    ``cuda`` with the tiles the performance model predicts fastest on its GPU
+    (``convnet.perf.choose``, where it has figures of several), else the engine's own."""
+    if device.kind != "cuda" or not all(g.y_shape):
+        return _TensorCores(precision)
+    from ..perf import choose
+    return _TensorCores(precision, choose.choose(device, g, precision).tiles)
 
 
 class Conv2d(WeightedFunction):
@@ -160,7 +175,7 @@ def conv2d(x: Tensor, w: Tensor, b: Tensor | None = None, stride=1, padding=0, g
         if ops is not _conv_ops:
             raise ValueError(f"conv2d: algorithm {algorithm!r} computes in FP32 only; "
                              f"precision {precision!r} runs the implicit GEMM ('auto' or 'direct')")
-        ops = _TensorCores(precision)
+        ops = tensor_core_ops(x.device, g, precision)
     elif ops is _conv_ops:
         ops = direct_ops(x.device, g)
     return Conv2d.apply(*inputs, g=g, relu=bool(relu), ops=ops)
