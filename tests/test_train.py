@@ -305,6 +305,10 @@ def test_one_step_on_emu(data, tmp_path, capsys):
     assert line["event"] == "epoch" and 0 <= line["val_top1_error"] <= 1
     assert np.isfinite(line["train_loss"])
     assert _metrics(out)[0]["devices"] == ["emu"]
+    ran = ckpt.load(out / "epoch-0001.safetensors").state["settings"]["conv_algorithms"]
+    assert len(ran) == 5, ran   # what each conv layer's "auto" ran, for resume and evaluate
+    assert all(r["gpu"] == "h100" and r["algorithm"] in ("direct", "winograd")
+               and r["precision"] == "fp32" for r in ran.values()), ran
 
 
 # --------------------------------------------------------------------------- evaluate
