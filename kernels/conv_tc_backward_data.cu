@@ -14,18 +14,19 @@
 // most taps are zeros (the FP32 engine splits by phase; AlexNet's strided conv1 needs
 // no input gradient).
 //
-// Launch: block = 128 threads; grid = (ceil(N*H*W / 128), ceil(Cg / 128), groups);
+// Launch: block = 128 threads; grid = (ceil(N*H*W / BN), ceil(Cg / 128), groups);
 // UNIT = (sh == 1 && sw == 1);
-// 37 KiB (TF32) or 41 KiB (BF16) static shared memory. 32-bit indices (the host checks the sizes).
+// BN = 128 or 96 (the tile's columns); 37 KiB (TF32) or 41 KiB (BF16) static shared
+// memory at BN = 128. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
-template <int PREC, bool UNIT>
+template <int PREC, int BN, bool UNIT>
 __global__ void __launch_bounds__(CN_TC_THREADS)
 conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                       int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                       int sh, int sw, int ph, int pw, int groups)
 {
-    __shared__ __align__(16) CnTcSmem<PREC> sm;
+    __shared__ __align__(16) CnTcSmem<PREC, BN> sm;
 
     const int g = blockIdx.z;
     const int Cg = C / groups, Kg = K / groups;
@@ -33,12 +34,12 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
     const int kd = Kg * RS;
     const int cols = N * HW;
     const int m0 = blockIdx.y * CN_TC_BM;
-    const int n0 = blockIdx.x * CN_TC_BN;
+    const int n0 = blockIdx.x * BN;
 
     const int ak = cn_tc_a_col(), bj = cn_tc_b_col();
     const int wg = (g * Kg * Cg + m0) * RS;  // w[g*Kg][m0][0][0] (an index: fewer live registers than pointers)
     const int col = n0 + bj;
-    const bool col_ok = col < cols;
+    const bool col_ok = cn_tc_b_copies<BN>() && col < cols;
     const int cn = col_ok ? col / HW : 0;
     const int chw = col_ok ? col - cn * HW : 0;
     const int ch = chw / W;
@@ -70,25 +71,27 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
             a_next.advance(a_slice);
         }
         CnWalker t = b_next;
+        if (cn_tc_b_copies<BN>()) {  // with BN = 96 the last warp copies no B
 #pragma unroll
-        for (int i = 0; i < CN_TC_B_COPIES; ++i) {
-            const int r = cn_tc_b_row(i), kk = k0 + r;
-            const int th = th0 - t.d1, tw = tw0 - t.d2;
-            int p = th, q = tw;
-            bool phase = true;
-            if (!UNIT) {
-                p = th / sh;
-                q = tw / sw;
-                phase = p * sh == th && q * sw == tw;
+            for (int i = 0; i < CN_TC_B_COPIES; ++i) {
+                const int r = cn_tc_b_row(i), kk = k0 + r;
+                const int th = th0 - t.d1, tw = tw0 - t.d2;
+                int p = th, q = tw;
+                bool phase = true;
+                if (!UNIT) {
+                    p = th / sh;
+                    q = tw / sw;
+                    phase = p * sh == th && q * sw == tw;
+                }
+                const bool ok = col_ok && kk < kd && th >= 0 && tw >= 0 && phase && p < P && q < Q;
+                cn_cp_async<4>(&sm.b[stage][r][bj], ok ? dyimg + t.off + p * Q + q : dy, ok);
+                if (i < CN_TC_B_COPIES - 1) t.advance(b_step);
             }
-            const bool ok = col_ok && kk < kd && th >= 0 && tw >= 0 && phase && p < P && q < Q;
-            cn_cp_async<4>(&sm.b[stage][r][bj], ok ? dyimg + t.off + p * Q + q : dy, ok);
-            if (i < CN_TC_B_COPIES - 1) t.advance(b_step);
         }
         b_next.advance(b_slice);
     };
-    CnTcAcc acc;
-    cn_tc_gemm<PREC>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
+    CnTcAcc<BN> acc;
+    cn_tc_gemm<PREC, BN>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
 
     auto store = [&](int m, int jj, float v) {
         const int j = n0 + jj, c = m0 + m;
@@ -96,5 +99,5 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
         const int n = j / HW;
         dx[(n * C + g * Cg + c) * HW + (j - n * HW)] = v;
     };
-    cn_tc_store(acc, store);
+    cn_tc_store<BN>(acc, store);
 }

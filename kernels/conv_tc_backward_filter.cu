@@ -15,17 +15,18 @@
 // splits * K * Cg*R*S floats that conv_split_sum (conv_backward_filter.cu) adds in
 // split order). No atomics: the result does not depend on the schedule.
 //
-// Launch: block = 128 threads; grid = (ceil(Cg*R*S / 128), ceil(Kg / 128), splits *
-// groups); 37 KiB (TF32) or 41 KiB (BF16) static shared memory. 32-bit indices (the host checks the sizes).
+// Launch: block = 128 threads; grid = (ceil(Cg*R*S / BN), ceil(Kg / 128), splits *
+// groups); BN = 128 or 96 (the tile's columns); 37 KiB (TF32) or 41 KiB (BF16) static
+// shared memory at BN = 128. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
-template <int PREC>
+template <int PREC, int BN>
 __global__ void __launch_bounds__(CN_TC_THREADS)
 conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
                         int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                         int sh, int sw, int ph, int pw, int groups, int chunk)
 {
-    __shared__ __align__(16) CnTcSmem<PREC> sm;
+    __shared__ __align__(16) CnTcSmem<PREC, BN> sm;
 
     const int split = blockIdx.z / groups;
     const int g = blockIdx.z - split * groups;
@@ -36,12 +37,12 @@ conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ d
     const int kbeg = split * chunk;
     const int kend = min(kbeg + chunk, npq);
     const int m0 = blockIdx.y * CN_TC_BM;
-    const int n0 = blockIdx.x * CN_TC_BN;
+    const int n0 = blockIdx.x * BN;
 
     const int ak = cn_tc_a_col(), bj = cn_tc_b_col();
     const float* dyg = dy + (g * Kg + m0) * PQ;  // dy[0][g*Kg + m0]
     const int col = n0 + bj;
-    const bool col_ok = col < crs;
+    const bool col_ok = cn_tc_b_copies<BN>() && col < crs;
     const int cc = col_ok ? col / RS : 0;
     const int crs_rem = col_ok ? col - cc * RS : 0;
     const int cr = crs_rem / S, cs = crs_rem - cr * S;
@@ -71,18 +72,20 @@ conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ d
             a_next.advance(a_slice);
         }
         CnWalker t = b_next;
+        if (cn_tc_b_copies<BN>()) {  // with BN = 96 the last warp copies no B
 #pragma unroll
-        for (int i = 0; i < CN_TC_B_COPIES; ++i) {
-            const int r = cn_tc_b_row(i), kk = k0 + r;
-            const int h = hb + t.d1 * sh, wi = wb + t.d2 * sw;
-            const bool ok = col_ok && kk < kend && h >= 0 && h < H && wi >= 0 && wi < W;
-            cn_cp_async<4>(&sm.b[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
-            if (i < CN_TC_B_COPIES - 1) t.advance(b_step);
+            for (int i = 0; i < CN_TC_B_COPIES; ++i) {
+                const int r = cn_tc_b_row(i), kk = k0 + r;
+                const int h = hb + t.d1 * sh, wi = wb + t.d2 * sw;
+                const bool ok = col_ok && kk < kend && h >= 0 && h < H && wi >= 0 && wi < W;
+                cn_cp_async<4>(&sm.b[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
+                if (i < CN_TC_B_COPIES - 1) t.advance(b_step);
+            }
         }
         b_next.advance(b_slice);
     };
-    CnTcAcc acc;
-    cn_tc_gemm<PREC>(load, sm, (kend - kbeg + CN_TC_BK - 1) / CN_TC_BK, acc);
+    CnTcAcc<BN> acc;
+    cn_tc_gemm<PREC, BN>(load, sm, (kend - kbeg + CN_TC_BK - 1) / CN_TC_BK, acc);
 
     float* part = out + split * K * crs;
     auto store = [&](int m, int jj, float v) {
@@ -90,5 +93,5 @@ conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ d
         if (j >= crs || k >= Kg) return;
         part[(g * Kg + k) * crs + j] = v;
     };
-    cn_tc_store(acc, store);
+    cn_tc_store<BN>(acc, store);
 }

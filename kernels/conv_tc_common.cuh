@@ -1,13 +1,15 @@
 // conv_tc_common.cuh: the tensor-core implicit-GEMM engine of the conv_tc_*.cu kernels
-// (issue 12): D[m][j] = sum_kk A[m][kk] B[kk][j] for one 128 x 128 tile of D per block.
+// (issue 12): D[m][j] = sum_kk A[m][kk] B[kk][j] for one 128 x BN tile of D per block,
+// BN = 128 or 96 (a template parameter: 96 gives a grid of better waves where 128's
+// falls just past a whole number, ops/conv_tc.py TILES).
 //
-// Block: 128 threads = 4 warps in 2 x 2, each computing 64 x 64 of the tile as 4 x 8
-// mma tiles of 16 x 8 (kernels/mma.cuh); PREC 0: TF32 operands (m16n8k8, two k-steps
+// Block: 128 threads = 4 warps in 2 x 2, each computing 64 x BN/2 of the tile as 4 x
+// BN/16 mma tiles of 16 x 8 (kernels/mma.cuh); PREC 0: TF32 operands (m16n8k8, two k-steps
 // per slice), PREC 1: BF16 operands (m16n8k16). FP32 accumulation in registers. A
 // 64 x 64 warp tile reads 128 operand values of shared memory per k for 64 x 64 products
 // (a 32 x 32 one: 64 for 32 x 32), which is what the shared-memory bandwidth limits.
 // The reduction advances in slices of BK = 16. A slice of A (128 x 16, kk fastest) and
-// of B (16 x 128, j fastest) goes global -> shared through 4-byte cp.async
+// of B (16 x BN, j fastest) goes global -> shared through 4-byte cp.async
 // (kernels/cp_async.cuh) issued by the kernel's loader; the ring holds 2 slices (3 would
 // pass the 48 KiB of static shared memory), so slice t+1 is in flight while slice t is
 // multiplied, with one __syncthreads per slice. Values are rounded to TF32/BF16 as the
@@ -17,14 +19,15 @@
 // Loader contract: load(slice, stage) is called for slices 0, 1, 2, ... in order (so a
 // loader may step its gather state by one slice per call) and issues, for this
 // thread, the copies of A rows cn_tc_a_row<PREC>(i) (i < CN_TC_A_COPIES) at column
-// cn_tc_a_col() and of B rows cn_tc_b_row(i) (i < CN_TC_B_COPIES, CN_TC_B_STEP apart) at
-// column cn_tc_b_col() of that slice into sm.a[stage] / sm.b[stage], zero-filling
+// cn_tc_a_col() and, where cn_tc_b_copies<BN>() (thread < BN), of B rows cn_tc_b_row(i)
+// (i < CN_TC_B_COPIES, CN_TC_B_STEP apart) at column cn_tc_b_col() of that slice into
+// sm.a[stage] / sm.b[stage], zero-filling
 // everything outside the operands (padding, edges, past the reduction's end).
 // Shared rows are padded so that the fragment reads of a warp and its copies fall on
 // distinct banks: TF32 reads A (g, t) and B (k = t, n = g) words (A rows of 20 floats,
-// B rows of 136: banks 20g + t and 8t + g); BF16 reads A pairs (g, 2t..2t+1) as one
+// B rows of BN + 8: banks 20g + t and 8t + g); BF16 reads A pairs (g, 2t..2t+1) as one
 // 8-byte word per lane (rows of 24 floats: a half-warp's 16 pairs on 32 banks) and B
-// rows 2t and 2t+1 (rows of 132 floats: banks 8t + g and 8t + 4 + g). A warp's A copies
+// rows 2t and 2t+1 (rows of BN + 4 floats: banks 8t + g and 8t + 4 + g; BN = 96 or 128). A warp's A copies
 // cover two rows 16 floats long, chosen so that their banks do not meet.
 #pragma once
 
@@ -34,24 +37,25 @@
 #include "mma.cuh"
 
 #define CN_TC_BM 128
-#define CN_TC_BN 128
 #define CN_TC_BK 16
 #define CN_TC_STAGES 2
 #define CN_TC_THREADS 128
 #define CN_TC_MI 4                                          // mma tiles per warp, down
-#define CN_TC_NI 8                                          // ... and across
 #define CN_TC_A_COPIES (CN_TC_BM * CN_TC_BK / CN_TC_THREADS)  // A copies per thread per slice
-#define CN_TC_B_COPIES (CN_TC_BK * CN_TC_BN / CN_TC_THREADS)  // B copies ...
-#define CN_TC_B_STEP (CN_TC_THREADS / CN_TC_BN)              // B rows between a thread's copies
+#define CN_TC_B_COPIES CN_TC_BK                              // B copies per thread (< BN) per slice
+#define CN_TC_B_STEP 1                                       // B rows between a thread's copies
+#define CN_TC_NI(BN) ((BN) / 16)                             // mma tiles per warp, across
 #define CN_TC_LDA(PREC) ((PREC) ? CN_TC_BK + 8 : CN_TC_BK + 4)
-#define CN_TC_LDB(PREC) ((PREC) ? CN_TC_BN + 4 : CN_TC_BN + 8)
+#define CN_TC_LDB(PREC, BN) ((PREC) ? (BN) + 4 : (BN) + 8)
 
-template <int PREC>
+template <int PREC, int BN>
 struct CnTcSmem {
+    static_assert(BN == 128 || BN == 96, "conv_tc: BN is 128 or 96");
     float a[CN_TC_STAGES][CN_TC_BM][CN_TC_LDA(PREC)];
-    float b[CN_TC_STAGES][CN_TC_BK][CN_TC_LDB(PREC)];
+    float b[CN_TC_STAGES][CN_TC_BK][CN_TC_LDB(PREC, BN)];
 };
-typedef float CnTcAcc[CN_TC_MI][CN_TC_NI][4];
+template <int BN>
+using CnTcAcc = float[CN_TC_MI][CN_TC_NI(BN)][4];
 
 // The slots a thread loads (tid = threadIdx.x). A: each half-warp copies 16 floats of
 // one row; a warp's two rows are 4 apart for TF32 (20-float rows: 80 words, banks
@@ -65,20 +69,25 @@ static __device__ __forceinline__ int cn_tc_a_row(int i)
     return row + 8 * i;
 }
 static __device__ __forceinline__ int cn_tc_a_col() { return threadIdx.x & (CN_TC_BK - 1); }
-static __device__ __forceinline__ int cn_tc_b_row(int i) { return threadIdx.x / CN_TC_BN + CN_TC_B_STEP * i; }
-static __device__ __forceinline__ int cn_tc_b_col() { return threadIdx.x & (CN_TC_BN - 1); }
+// B: thread j < BN copies the 16 rows of column j (with BN = 96 the last warp copies none
+// of B: the same warp instructions as 12 rows per thread, and one column per thread).
+static __device__ __forceinline__ int cn_tc_b_row(int i) { return CN_TC_B_STEP * i; }
+static __device__ __forceinline__ int cn_tc_b_col() { return threadIdx.x; }
+template <int BN>
+static __device__ __forceinline__ bool cn_tc_b_copies() { return BN == CN_TC_THREADS || (int)threadIdx.x < BN; }
 
 // The warp's tile origin in the block's tile.
 static __device__ __forceinline__ int cn_tc_wm() { return (threadIdx.x >> 6) * (CN_TC_MI * 16); }
-static __device__ __forceinline__ int cn_tc_wn() { return ((threadIdx.x >> 5) & 1) * (CN_TC_NI * 8); }
+template <int BN>
+static __device__ __forceinline__ int cn_tc_wn() { return ((threadIdx.x >> 5) & 1) * (BN / 2); }
 
 // One slice out of stage `st` into the accumulators.
-template <int PREC>
-static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC>& sm, int st, CnTcAcc& acc)
+template <int PREC, int BN>
+static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC, BN>& sm, int st, CnTcAcc<BN>& acc)
 {
     const int lane = threadIdx.x & 31;
     const int gq = lane >> 2, tq = lane & 3;
-    const int wm = cn_tc_wm(), wn = cn_tc_wn();
+    const int wm = cn_tc_wm(), wn = cn_tc_wn<BN>();
     if (PREC == 0) {
 #pragma unroll
         for (int ks = 0; ks < CN_TC_BK; ks += 8) {
@@ -92,7 +101,7 @@ static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC>& sm, int
                 a[mi][3] = cn_tf32(sm.a[st][r0 + 8][ks + tq + 4]);
             }
 #pragma unroll
-            for (int ni = 0; ni < CN_TC_NI; ++ni) {  // a column's B fragment at a time (registers)
+            for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {  // a column's B fragment at a time (registers)
                 const int c0 = wn + 8 * ni + gq;
                 const unsigned b[2] = {cn_tf32(sm.b[st][ks + tq][c0]), cn_tf32(sm.b[st][ks + tq + 4][c0])};
 #pragma unroll
@@ -115,7 +124,7 @@ static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC>& sm, int
             a[mi][3] = cn_bf16x2(p3.x, p3.y);
         }
 #pragma unroll
-        for (int ni = 0; ni < CN_TC_NI; ++ni) {
+        for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
             const int c0 = wn + 8 * ni + gq;
             const unsigned b[2] = {cn_bf16x2(sm.b[st][2 * tq][c0], sm.b[st][2 * tq + 1][c0]),
                                    cn_bf16x2(sm.b[st][2 * tq + 8][c0], sm.b[st][2 * tq + 9][c0])};
@@ -126,13 +135,13 @@ static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC>& sm, int
 }
 
 // The whole reduction: `slices` slices through the cp.async ring of CN_TC_STAGES.
-template <int PREC, class Load>
-static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcSmem<PREC>& sm, int slices, CnTcAcc& acc)
+template <int PREC, int BN, class Load>
+static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcSmem<PREC, BN>& sm, int slices, CnTcAcc<BN>& acc)
 {
 #pragma unroll
     for (int mi = 0; mi < CN_TC_MI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < CN_TC_NI; ++ni)
+        for (int ni = 0; ni < CN_TC_NI(BN); ++ni)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
 #pragma unroll
@@ -145,22 +154,22 @@ static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcSmem<PRE
         __syncthreads();                        // everyone's copies; slice t-1 is free
         if (t + CN_TC_STAGES - 1 < slices) load(t + CN_TC_STAGES - 1, (t + CN_TC_STAGES - 1) % CN_TC_STAGES);
         cn_cp_async_commit();
-        cn_tc_slice<PREC>(sm, t % CN_TC_STAGES, acc);
+        cn_tc_slice<PREC, BN>(sm, t % CN_TC_STAGES, acc);
     }
     cn_cp_async_wait_all();  // only empty groups are left: nothing pending at exit
 }
 
 // Calls store(m, j, v) for each of this thread's results: row m and column j of the
-// block's tile (0..127), v = D[m][j] (the C/D fragment layout: element e of tile
+// block's tile (0..127, 0..BN-1), v = D[m][j] (the C/D fragment layout: element e of tile
 // (mi, ni) is row wm + 16 mi + g + 8 (e >> 1), column wn + 8 ni + 2 t + (e & 1)).
-template <class Store>
-static __device__ __forceinline__ void cn_tc_store(const CnTcAcc& acc, Store& store)
+template <int BN, class Store>
+static __device__ __forceinline__ void cn_tc_store(const CnTcAcc<BN>& acc, Store& store)
 {
     const int lane = threadIdx.x & 31;
     const int gq = lane >> 2, tq = lane & 3;
-    const int wm = cn_tc_wm(), wn = cn_tc_wn();
+    const int wm = cn_tc_wm(), wn = cn_tc_wn<BN>();
 #pragma unroll
-    for (int ni = 0; ni < CN_TC_NI; ++ni)
+    for (int ni = 0; ni < CN_TC_NI(BN); ++ni)
 #pragma unroll
         for (int e1 = 0; e1 < 2; ++e1)
 #pragma unroll

@@ -14,18 +14,19 @@
 // computed once; its rows' (c, r, s) and offsets follow kk with mixed-radix counters
 // (CnWalker, conv_common.cuh), no division in the loop.
 //
-// Launch: block = 128 threads; grid = (ceil(N*P*Q / 128), ceil(Kg / 128), groups);
-// 37 KiB (TF32) or 41 KiB (BF16) static shared memory. 32-bit indices (the host checks the sizes).
+// Launch: block = 128 threads; grid = (ceil(N*P*Q / BN), ceil(Kg / 128), groups);
+// BN = 128 or 96 (the tile's columns); 37 KiB (TF32) or 41 KiB (BF16) static shared
+// memory at BN = 128. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
-template <int PREC>
+template <int PREC, int BN>
 __global__ void __launch_bounds__(CN_TC_THREADS)
 conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
                 const float* __restrict__ bias, float* __restrict__ y,
                 int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                 int sh, int sw, int ph, int pw, int groups, int has_bias, int relu)
 {
-    __shared__ __align__(16) CnTcSmem<PREC> sm;
+    __shared__ __align__(16) CnTcSmem<PREC, BN> sm;
 
     const int g = blockIdx.z;
     const int Cg = C / groups, Kg = K / groups;
@@ -33,12 +34,12 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
     const int kd = Cg * RS;
     const int cols = N * PQ;
     const int m0 = blockIdx.y * CN_TC_BM;
-    const int n0 = blockIdx.x * CN_TC_BN;
+    const int n0 = blockIdx.x * BN;
 
     const int ak = cn_tc_a_col(), bj = cn_tc_b_col();
     const float* wrow = w + (g * Kg + m0) * kd;
     const int col = n0 + bj;
-    const bool col_ok = col < cols;
+    const bool col_ok = cn_tc_b_copies<BN>() && col < cols;
     const int cn = col_ok ? col / PQ : 0;
     const int cpq = col_ok ? col - cn * PQ : 0;
     const int cp = cpq / Q;
@@ -61,18 +62,20 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
             cn_cp_async<4>(&sm.a[stage][m][ak], ok ? wrow + m * kd + kk : w, ok);
         }
         CnWalker t = next;
+        if (cn_tc_b_copies<BN>()) {  // with BN = 96 the last warp copies no B
 #pragma unroll
-        for (int i = 0; i < CN_TC_B_COPIES; ++i) {
-            const int r = cn_tc_b_row(i), kk = k0 + r;
-            const int h = h0 + t.d1, wi = w0 + t.d2;
-            const bool ok = col_ok && kk < kd && h >= 0 && h < H && wi >= 0 && wi < W;
-            cn_cp_async<4>(&sm.b[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
-            if (i < CN_TC_B_COPIES - 1) t.advance(by_step);
+            for (int i = 0; i < CN_TC_B_COPIES; ++i) {
+                const int r = cn_tc_b_row(i), kk = k0 + r;
+                const int h = h0 + t.d1, wi = w0 + t.d2;
+                const bool ok = col_ok && kk < kd && h >= 0 && h < H && wi >= 0 && wi < W;
+                cn_cp_async<4>(&sm.b[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
+                if (i < CN_TC_B_COPIES - 1) t.advance(by_step);
+            }
         }
         next.advance(by_slice);
     };
-    CnTcAcc acc;
-    cn_tc_gemm<PREC>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
+    CnTcAcc<BN> acc;
+    cn_tc_gemm<PREC, BN>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
 
     auto store = [&](int m, int jj, float v) {
         const int j = n0 + jj, k = m0 + m;
@@ -82,5 +85,5 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
         if (relu) v = (v > 0.0f || v != v) ? v : 0.0f;
         y[(n * K + g * Kg + k) * PQ + (j - n * PQ)] = v;
     };
-    cn_tc_store(acc, store);
+    cn_tc_store<BN>(acc, store);
 }

@@ -5,8 +5,9 @@ partials added in split order) bit for bit, and against the float64 result of th
 rounded operands within ``ops.conv_tc.error_bound`` (n u sum |a||b| + |b|, n the
 additions per output, u = 2^-24); the rounding is real (FP32 operands give results
 outside that bound somewhere); awkward shapes (groups, strides, asymmetric padding,
-partial tiles, several K-slices, several blocks); clean under the race, init and
-align checks; bad precisions refused."""
+partial tiles, several K-slices, several blocks), on each of ``TILES``; clean under
+the race, init and align checks; bad precisions and tiles refused; the tile and split
+choices."""
 from __future__ import annotations
 
 import numpy as np
@@ -180,8 +181,8 @@ def test_kernels_are_clean_under_the_checks(device, check):
     want_dw = model_filter(g, x, dy, "tf32", chunk)
     with emu.debug(check=check):
         y = conv_tc.forward(device, g, x, w, b, True, "tf32")
-        dx = conv_tc.backward_data(device, g, dy, w, "bf16")
-        dw = conv_tc.backward_filter(device, g, x, dy, "tf32", splits=2)
+        dx = conv_tc.backward_data(device, g, dy, w, "bf16", tile=(128, 96))  # both tiles
+        dw = conv_tc.backward_filter(device, g, x, dy, "tf32", splits=2, tile=(128, 128))
     np.testing.assert_array_equal(y, want[0])
     np.testing.assert_array_equal(dx, want[1])
     np.testing.assert_array_equal(dw, want_dw)
@@ -195,6 +196,24 @@ def test_no_bias_and_bad_precision(device):
         conv_tc.forward(device, g, x, w, b, False, "fp32")
     with pytest.raises(ValueError, match="precision must be one of"):
         conv_tc.forward(device, g, x, w, b, False, "fp16")
+    with pytest.raises(ValueError, match=r"tile \(128, 64\) is not instantiated"):
+        conv_tc.forward(device, g, x, w, b, False, "tf32", tile=(128, 64))
+
+
+def test_tile_and_split_choices():
+    """The waves model: conv3's backward data (169 x 2 blocks of 128 x 128 = 1.28 waves
+    of 2 per SM on 132 SMs) takes 128 x 96 (226 x 2 = 1.71 waves); conv3's forward (507
+    blocks = 1.92 waves) keeps 128 x 128. Backward filter's split ends within 5 % of whole waves (it was 4 blocks per SM:
+    conv3's 128 x 128 tile in 10 splits of 54 blocks = 2.05 waves run in 3)."""
+    from types import SimpleNamespace
+    h100 = SimpleNamespace(kind="cuda", parallel_units=132)
+    assert conv_tc.choose_tile(h100, 256, 128 * 169) == (128, 96)
+    assert conv_tc.choose_tile(h100, 384, 128 * 169) == (128, 128)
+    g = conv_ops.geometry((128, 256, 13, 13), (384, 256, 3, 3), 1, 1, 1)
+    for tile in conv_tc.TILES:
+        splits, chunk = conv_tc.plan_filter(h100, g, None, tile)
+        waves = splits * 3 * -(-256 * 9 // tile[1]) / (2 * 132)
+        assert waves / -(-waves // 1) > 0.95 and chunk >= 32 * conv_tc.BLOCK_K, (tile, splits)
 
 
 # --------------------------------------------------------------------------- precision as a choice
@@ -291,16 +310,19 @@ def test_thirty_seeded_shapes_all_passes_bit_for_bit(device, seed):
     rng = np.random.default_rng(1000 + seed)
     shape = random_shape(rng)
     precision = ("tf32", "bf16")[seed % 2]
+    tile = conv_tc.TILES[(seed // 2) % len(conv_tc.TILES)]
     g, x, w, b = data(shape, seed)
     dy = rng.standard_normal(g.y_shape).astype(np.float32)
-    np.testing.assert_array_equal(conv_tc.forward(device, g, x, w, b, seed % 3 == 0, precision),
-                                  model(g, x, w, b, seed % 3 == 0, precision))
-    np.testing.assert_array_equal(conv_tc.backward_data(device, g, dy, w, precision),
+    np.testing.assert_array_equal(
+        conv_tc.forward(device, g, x, w, b, seed % 3 == 0, precision, tile=tile),
+        model(g, x, w, b, seed % 3 == 0, precision))
+    np.testing.assert_array_equal(conv_tc.backward_data(device, g, dy, w, precision, tile=tile),
                                   model_data(g, dy, w, precision))
     splits = 1 + seed % 3
-    chunk = conv_tc.plan_filter(device, g, splits)[1]
-    np.testing.assert_array_equal(conv_tc.backward_filter(device, g, x, dy, precision, splits=splits),
-                                  model_filter(g, x, dy, precision, chunk))
+    chunk = conv_tc.plan_filter(device, g, splits, tile)[1]
+    np.testing.assert_array_equal(
+        conv_tc.backward_filter(device, g, x, dy, precision, splits=splits, tile=tile),
+        model_filter(g, x, dy, precision, chunk))
 
 
 def test_the_launch_model_times_tensor_core_flops_at_their_peak():

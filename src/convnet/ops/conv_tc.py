@@ -7,9 +7,12 @@ accumulation; forward with bias and ReLU fused, backward data, backward filter
   precision "tf32" or "bf16"): on ``cpu`` the FP32 references of ``ops.conv`` with the
   operands rounded as the tensor cores round them (``round_operand``), on
   ``emu``/``cuda`` the kernels. The bias gradient has no products: ``ops.conv``'s.
-* ``*_launch(es)`` builders (the same Launches on emu and cuda): 128 threads, a 128 x 128
-  tile of the pass's GEMM per block (four warps of 64 x 64); backward filter splits its N*P*Q reduction
-  (``plan_filter``) and adds the partials with ``ops.conv``'s ordered conv_split_sum.
+* ``*_launch(es)`` builders (the same Launches on emu and cuda): 128 threads, a tile of
+  the pass's GEMM per block, one of ``TILES`` ((rows, columns): 128 x 128 as four warps
+  of 64 x 64, or 128 x 96 as four of 64 x 48); ``tile=None`` takes ``choose_tile``'s (a
+  waves model), the perf chooser passes its own per pass. Backward filter splits its
+  N*P*Q reduction (``plan_filter``) and adds the partials with ``ops.conv``'s ordered
+  conv_split_sum.
 * ``error_bound(n, magnitude)``: the elementwise bound that holds a pass's result to
   the exact (float64) result of the rounded operands.
 """
@@ -26,26 +29,64 @@ from .conv import _operands
 from .elementwise import BLOCK, max_blocks
 
 __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "BLOCK_K", "BLOCK_M", "BLOCK_N", "FORWARD",
-           "THREADS", "backward_data", "backward_data_launch", "backward_data_reference",
+           "THREADS", "TILES", "backward_data", "backward_data_launch", "backward_data_reference",
            "backward_filter", "backward_filter_launches", "backward_filter_reference",
-           "error_bound", "forward", "forward_launch", "forward_reference", "plan_filter"]
+           "choose_tile", "error_bound", "filter_tile", "forward", "forward_launch",
+           "forward_reference", "launch_tile", "plan_filter"]
 
 BLOCK_M = 128  # GEMM rows per block (kernels/conv_tc_common.cuh: CN_TC_BM)
-BLOCK_N = 128  # GEMM columns per block (CN_TC_BN)
+BLOCK_N = 128  # GEMM columns per block of the widest tile
 BLOCK_K = 16   # reduction slice
 THREADS = 128  # four warps
 _TEMPLATE = {"tf32": 0, "bf16": 1}
+# (rows, columns) of a block's tile: the kernels' <BN> instantiations (BM is 128)
+TILES = ((128, 128), (128, 96))
+# per tile: (resident blocks per SM on sm_80/sm_90 by the NVRTC register report, 2 for
+# both; the rate of a resident block relative to 128 x 128's: shared-memory wavefronts
+# per mma, 1.5 against 1.75); on emu one block at a time and the same rate per column
+_TILE_MODEL = {"cuda": {(128, 128): (2, 1.0), (128, 96): (2, 1.5 / 1.75)},
+               "emu": {(128, 128): (1, 1.0), (128, 96): (1, 1.0)}}
 
 
-def _module(kernel: str) -> KernelModule:
-    return KernelModule(f"{kernel}.cu", tuple(f"{kernel}<{v}>" for v in _TEMPLATE.values()))
+def _module(kernel: str, extra=("",)) -> KernelModule:
+    return KernelModule(f"{kernel}.cu", tuple(
+        f"{kernel}<{v}, {bn}{e}>" for v in _TEMPLATE.values() for _, bn in TILES for e in extra))
 
 
 FORWARD = _module("conv_tc_forward")
-# backward data: <precision, unit stride> (sh = sw = 1 needs no division by the stride)
-BACKWARD_DATA = KernelModule("conv_tc_backward_data.cu", tuple(
-    f"conv_tc_backward_data<{v}, {unit}>" for v in _TEMPLATE.values() for unit in ("true", "false")))
+# backward data: <precision, BN, unit stride> (sh = sw = 1 needs no division by the stride)
+BACKWARD_DATA = _module("conv_tc_backward_data", (", true", ", false"))
 BACKWARD_FILTER = _module("conv_tc_backward_filter")
+
+
+def choose_tile(device, rows: int, cols: int, batches: int = 1) -> tuple[int, int]:
+    """The tile of ``TILES`` for ``batches`` GEMMs of ``rows`` x ``cols`` with the least
+    estimated time: whole waves of resident blocks over the device's parallel units, each
+    wave costing its blocks' tile area over the tile's rate (``_TILE_MODEL``); ties go to
+    the first (128 x 128)."""
+    model, units = _TILE_MODEL.get(device.kind, _TILE_MODEL["cuda"]), device.parallel_units
+
+    def cost(t):
+        resident, rate = model[t]
+        blocks = -(-rows // t[0]) * -(-cols // t[1]) * max(1, batches)
+        return -(-blocks // (units * resident)) * resident * t[0] * t[1] / rate
+
+    return min(TILES, key=cost)
+
+
+def launch_tile(launch: Launch) -> tuple[int, int]:
+    """The tile (of ``TILES``) a conv_tc Launch runs."""
+    return (BLOCK_M, int(launch.template_args[1]))
+
+
+def _pick_tile(device, tile, rows: int, cols: int, batches: int) -> tuple[int, int]:
+    """``tile`` (which must be one of ``TILES``), or ``choose_tile``'s when None."""
+    if tile is None:
+        return choose_tile(device, rows, cols, batches)
+    if tuple(tile) not in TILES:
+        raise ValueError(f"conv2d: tensor-core tile {tuple(tile)!r} is not instantiated; "
+                         f"exported: {', '.join(str(t) for t in TILES)}")
+    return tuple(tile)
 
 
 def _tensor_core(precision) -> str:
@@ -89,18 +130,21 @@ def error_bound(n: int, magnitude):
     return np.asarray(magnitude, dtype=np.float64) * (n * u / (1 - n * u))
 
 
-def forward_launch(device, g: Geometry, x, w, b, y, relu=False, precision="tf32") -> Launch:
+def forward_launch(device, g: Geometry, x, w, b, y, relu=False, precision="tf32",
+                   tile=None) -> Launch:
     """The Launch writing ``act(conv(x, w) + b)`` with rounded operands into ``y``."""
     precision = _tensor_core(precision)
     cols = g.n * g.p * g.q
-    grid = (-(-cols // BLOCK_N), -(-g.kg // BLOCK_M), g.groups)
-    return Launch(FORWARD, f"conv_tc_forward<{_TEMPLATE[precision]}>", grid=grid, block=(THREADS,),
-                  args=(x, w, w if b is None else b, y, *g.scalars(),
+    bm, bn = _pick_tile(device, tile, g.kg, cols, g.groups)
+    grid = (-(-cols // bn), -(-g.kg // bm), g.groups)
+    return Launch(FORWARD, "conv_tc_forward", template_args=(_TEMPLATE[precision], bn),
+                  grid=grid, block=(THREADS,), args=(x, w, w if b is None else b, y, *g.scalars(),
                         np.int32(b is not None), np.int32(bool(relu))))
 
 
-def forward(device, g: Geometry, x, w, b=None, relu=False, precision="tf32"):
-    """``act(conv(x, w) + b)`` with ``precision``'s operands on ``device``."""
+def forward(device, g: Geometry, x, w, b=None, relu=False, precision="tf32", tile=None):
+    """``act(conv(x, w) + b)`` with ``precision``'s operands on ``device`` (``tile``: one
+    of ``TILES``, else ``choose_tile``'s)."""
     precision = _tensor_core(precision)
     x, w, b = _operands(device, g, "conv2d", x=x, w=w, b=b)
     if not device.runs_kernels:
@@ -108,30 +152,39 @@ def forward(device, g: Geometry, x, w, b=None, relu=False, precision="tf32"):
     y = device.xp.empty(g.y_shape, dtype=np.float32)
     if y.size:
         check_kernel_sizes(g)
-        device.launch(forward_launch(device, g, x, w, b, y, relu, precision))
+        device.launch(forward_launch(device, g, x, w, b, y, relu, precision, tile))
     return y
 
 
-def backward_data_launch(device, g: Geometry, dy, w, dx, precision="tf32") -> Launch:
+def backward_data_launch(device, g: Geometry, dy, w, dx, precision="tf32",
+                         tile=None) -> Launch:
     """The Launch writing dL/dx (from rounded dy and w) into ``dx`` (every element)."""
     precision = _tensor_core(precision)
     cols = g.n * g.h * g.w
-    grid = (-(-cols // BLOCK_N), -(-g.cg // BLOCK_M), g.groups)
-    unit = "true" if g.stride_h == g.stride_w == 1 else "false"
-    return Launch(BACKWARD_DATA, f"conv_tc_backward_data<{_TEMPLATE[precision]}, {unit}>",
+    bm, bn = _pick_tile(device, tile, g.cg, cols, g.groups)
+    grid = (-(-cols // bn), -(-g.cg // bm), g.groups)
+    unit = g.stride_h == g.stride_w == 1
+    return Launch(BACKWARD_DATA, "conv_tc_backward_data",
+                  template_args=(_TEMPLATE[precision], bn, unit),
                   grid=grid, block=(THREADS,), args=(dy, w, dx, *g.scalars()))
 
 
-def plan_filter(device, g: Geometry, splits=None) -> tuple[int, int]:
-    """(splits, chunk) of backward filter's N*P*Q reduction: ``splits=None`` chooses
-    enough blocks to fill the device (``ops.conv.SPLIT_BLOCKS_PER_UNIT`` per parallel
-    unit) with chunks of at least 32 slices; a given count is an upper bound. The chunk
-    is a whole number of slices."""
+def plan_filter(device, g: Geometry, splits=None, tile=(BLOCK_M, BLOCK_N)) -> tuple[int, int]:
+    """(splits, chunk) of backward filter's N*P*Q reduction on ``tile``: ``splits=None``
+    chooses, with chunks of at least 32 slices: on a GPU the count of the least
+    (waves of resident blocks) x (slices a block), a grid of less than one wave counted
+    over the share of the SMs it fills (``_whole_waves``); elsewhere two blocks per
+    parallel unit. A given count is an upper bound. The chunk is a whole number of
+    slices."""
     crs, npq = g.cg * g.r * g.s, g.n * g.p * g.q
     if splits is None:
-        blocks = -(-g.kg // BLOCK_M) * -(-crs // BLOCK_N) * g.groups
-        target = _conv.SPLIT_BLOCKS_PER_UNIT[device.kind] * device.parallel_units
-        splits = max(1, min(-(-target // blocks), npq // (32 * BLOCK_K)))
+        blocks = -(-g.kg // tile[0]) * -(-crs // tile[1]) * g.groups
+        most = max(1, npq // (32 * BLOCK_K))
+        if device.kind == "cuda":
+            slots = device.parallel_units * _TILE_MODEL["cuda"][tuple(tile)][0]
+            splits = _whole_waves(blocks, slots, npq, most)
+        else:
+            splits = max(1, min(-(-2 * device.parallel_units // blocks), most))
         while splits > 1 and splits * g.k * crs > INT32_MAX:
             splits //= 2
     elif isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1:
@@ -145,16 +198,37 @@ def plan_filter(device, g: Geometry, splits=None) -> tuple[int, int]:
     return splits, chunk
 
 
+def _whole_waves(blocks: int, slots: int, length: int, most: int) -> int:
+    """The splits (1..``most``) of a reduction of ``length`` for a grid of ``blocks`` a
+    split on ``slots`` resident blocks with the least waves x BK-slices a block (the
+    fewest on ties)."""
+    def cost(s: int) -> tuple:
+        slices = -(-(-(-length // s)) // BLOCK_K)
+        chunks = -(-length // (slices * BLOCK_K))
+        total = blocks * chunks
+        return -(-total // slots) * slices / min(1.0, total / slots), chunks
+
+    return min(range(1, most + 1), key=cost)
+
+
+def filter_tile(device, g: Geometry, tile=None) -> tuple[int, int]:
+    """Backward filter's tile: ``tile`` (one of ``TILES``) or ``choose_tile``'s for the
+    Kg x Cg*R*S GEMM per group (before the split, which fills the device either way)."""
+    return _pick_tile(device, tile, g.kg, g.cg * g.r * g.s, g.groups)
+
+
 def backward_filter_launches(device, g: Geometry, x, dy, dw, splits: int, chunk: int,
-                             workspace=None, precision="tf32") -> list[Launch]:
+                             workspace=None, precision="tf32", tile=None) -> list[Launch]:
     """The Launches writing dL/dw into ``dw``: the split GEMM into ``dw`` (one split) or
-    ``workspace`` (``splits * dw.size`` floats), then conv_split_sum in split order."""
+    ``workspace`` (``splits * dw.size`` floats), then conv_split_sum in split order.
+    ``tile``: as ``filter_tile``; the same as ``plan_filter`` was given."""
     precision = _tensor_core(precision)
     crs = g.cg * g.r * g.s
-    grid = (-(-crs // BLOCK_N), -(-g.kg // BLOCK_M), g.groups * splits)
-    name = f"conv_tc_backward_filter<{_TEMPLATE[precision]}>"
+    bm, bn = filter_tile(device, g, tile)
+    grid = (-(-crs // bn), -(-g.kg // bm), g.groups * splits)
+    name, targs = "conv_tc_backward_filter", (_TEMPLATE[precision], bn)
     if splits == 1:
-        return [Launch(BACKWARD_FILTER, name, grid=grid, block=(THREADS,),
+        return [Launch(BACKWARD_FILTER, name, template_args=targs, grid=grid, block=(THREADS,),
                        args=(x, dy, dw, *g.scalars(), np.int32(chunk)))]
     count = dw.size
     if workspace is None or workspace.size < splits * count:
@@ -162,14 +236,15 @@ def backward_filter_launches(device, g: Geometry, x, dy, dw, splits: int, chunk:
                          f"{splits * count} floats")
     ws = workspace.reshape(-1)[:splits * count]
     blocks = min(-(-count // BLOCK), max_blocks(device))
-    return [Launch(BACKWARD_FILTER, name, grid=grid, block=(THREADS,),
+    return [Launch(BACKWARD_FILTER, name, template_args=targs, grid=grid, block=(THREADS,),
                    args=(x, dy, ws, *g.scalars(), np.int32(chunk))),
             Launch(_conv.BACKWARD_FILTER, "conv_split_sum", grid=(blocks,), block=(BLOCK,),
                    args=(ws, dw, np.int32(count), np.int32(splits)))]
 
 
-def backward_data(device, g: Geometry, dy, w, precision="tf32"):
-    """dL/dx from dL/dy with ``precision``'s operands on ``device``."""
+def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None):
+    """dL/dx from dL/dy with ``precision``'s operands on ``device`` (``tile``: as
+    ``forward``'s)."""
     precision = _tensor_core(precision)
     dy, w = _operands(device, g, "conv2d backward", dy=dy, w=w)
     if not device.runs_kernels:
@@ -177,12 +252,13 @@ def backward_data(device, g: Geometry, dy, w, precision="tf32"):
     dx = device.xp.empty(g.x_shape, dtype=np.float32)
     if dx.size:
         check_kernel_sizes(g)
-        device.launch(backward_data_launch(device, g, dy, w, dx, precision))
+        device.launch(backward_data_launch(device, g, dy, w, dx, precision, tile))
     return dx
 
 
-def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None):
-    """dL/dw from dL/dy and the input with ``precision``'s operands on ``device``."""
+def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None):
+    """dL/dw from dL/dy and the input with ``precision``'s operands on ``device``
+    (``tile``: as ``forward``'s)."""
     precision = _tensor_core(precision)
     x, dy = _operands(device, g, "conv2d backward", x=x, dy=dy)
     if not device.runs_kernels:
@@ -191,10 +267,11 @@ def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None):
     if g.n == 0:
         return xp.zeros(g.w_shape, dtype=np.float32)
     check_kernel_sizes(g)
-    splits, chunk = plan_filter(device, g, splits)
+    tile = filter_tile(device, g, tile)
+    splits, chunk = plan_filter(device, g, splits, tile)
     dw = xp.empty(g.w_shape, dtype=np.float32)
     workspace = xp.empty(splits * dw.size, dtype=np.float32) if splits > 1 else None
     for launch in backward_filter_launches(device, g, x, dy, dw, splits, chunk, workspace,
-                                           precision):
+                                           precision, tile):
         device.launch(launch)
     return dw

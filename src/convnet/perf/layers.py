@@ -137,7 +137,9 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
         wino = _Winograd(name, dev, g, arrays, choices) if algorithm == "winograd" else None
         out = wino.forward(x, w, b, y, relu_) if wino else []
         if tc:
-            fwd = conv_tc.forward_launch(dev, g, x, w, b, y, relu_, precision)
+            fwd = conv_tc.forward_launch(dev, g, x, w, b, y, relu_, precision,
+                                         choices.get("forward"))
+            choices.setdefault("forward", conv_tc.launch_tile(fwd))
             out.append(Planned(name, "forward", fwd, g.flops, (x, w) + ((b,) if bias else ()),
                                (y,), part="forward", tensor=precision))
         elif not wino:
@@ -155,7 +157,9 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
             out += wino.backward_data(dy, w, arrays(g.x_shape))
         elif input_grad and tc:
             dx = arrays(g.x_shape)
-            data = conv_tc.backward_data_launch(dev, g, dy, w, dx, precision)
+            data = conv_tc.backward_data_launch(dev, g, dy, w, dx, precision,
+                                                choices.get("data"))
+            choices.setdefault("data", conv_tc.launch_tile(data))
             out.append(Planned(name, "backward", data, g.flops, (dy, w), (dx,), part="data",
                                tensor=precision))
         elif input_grad:
@@ -166,7 +170,8 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
         if wino:
             out += wino.backward_filter(x, dy, arrays(g.w_shape))
         elif tc:
-            out += _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision)
+            out += _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision,
+                                       tiles.get("filter"))
         elif "filter" in choices:
             tile, chunk = choices["filter"]
             npq = g.n * g.p * g.q
@@ -203,19 +208,22 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
                                    tiles=tiles))
 
 
-def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision) -> list:
-    """Backward filter on tensor cores: the split GEMM (its chunk recorded in ``choices``)
-    and, when split, the ordered sum of the partials."""
+def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=None) -> list:
+    """Backward filter on tensor cores: the split GEMM (its tile, ``tile`` or the
+    engine's choice, and chunk recorded in ``choices``) and, when split, the ordered sum
+    of the partials."""
     npq = g.n * g.p * g.q
     if "filter" in choices:
-        chunk = choices["filter"]
+        tile, chunk = choices["filter"]
         splits = max(1, -(-npq // chunk))
     else:
-        splits, chunk = conv_tc.plan_filter(dev, g)
-        choices["filter"] = chunk
+        tile = conv_tc.filter_tile(dev, g, tile)
+        splits, chunk = conv_tc.plan_filter(dev, g, None, tile)
+        choices["filter"] = (tile, chunk)
     dw = arrays(g.w_shape)
     ws = arrays((splits * dw.size,)) if splits > 1 else None
-    launches = conv_tc.backward_filter_launches(dev, g, x, dy, dw, splits, chunk, ws, precision)
+    launches = conv_tc.backward_filter_launches(dev, g, x, dy, dw, splits, chunk, ws, precision,
+                                                tile)
     out = [Planned(name, "backward", launches[0], g.flops, (x, dy),
                    (ws,) if ws is not None else (dw,), part="filter", tensor=precision)]
     if len(launches) > 1:
