@@ -130,7 +130,8 @@ class Choice:
 
     def describe(self) -> str:
         times = ", ".join(f"{a} {s * 1e6:,.1f} us" for a, s in self.seconds.items())
-        tiles = ", ".join(f"{part} {'x'.join(map(str, t[:3]))}/{t[3]}x{t[4]}"
+        tiles = ", ".join(f"{part} {'x'.join(map(str, t[:3]))}"
+                          + (f"/{t[3]}x{t[4]}" if len(t) == 5 else "")   # a thread tile
                           for part, t in self.tiles.items())
         engine = "direct" if self.precision == "fp32" else f"tensor-core ({self.precision})"
         return (f"{self.algorithm}: {self.reason}" + (f" ({times})" if times else "")
