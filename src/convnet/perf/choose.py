@@ -594,7 +594,10 @@ def write_defaults(conv_layers, path=DEFAULTS, gpu: str = STANDIN, batch: int = 
             for tile in getattr(conv_tc, "TILES", ()) or (None,):
                 tiles = None if tile is None else {part: tile for part in PARTS}
                 label = "" if tile is None else "/" + "x".join(map(str, tile))
+                # the data pass only where the network runs it (conv1's would take the
+                # emulator half an hour to profile, for a pass AlexNet never launches)
                 layers.append(conv_layer(f"{layer.name}/{precision}{label}", *shape,
+                                         input_grad=i.get("input_grad", True),
                                          precision=precision, tiles=tiles))
     table = predict_layers(layers, gpus.gpu(gpu), batch, allow_missing_traffic=False)
     found = figures_from_table(table)

@@ -205,7 +205,7 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
 
     return Layer(name, build, dict(op="conv", c=c, hw=hw, k=k, rs=rs, stride=stride, pad=pad,
                                    groups=groups, algorithm=algorithm, precision=precision,
-                                   tiles=tiles))
+                                   tiles=tiles, input_grad=input_grad))
 
 
 def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=None) -> list:
