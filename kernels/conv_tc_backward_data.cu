@@ -15,7 +15,7 @@
 // no input gradient).
 //
 // Launch: block = 128 threads; grid = (ceil(N*H*W / BN), ceil(Cg / 128), groups);
-// UNIT = (sh == 1 && sw == 1);
+// UNIT = (sh == 1 && sw == 1 && R <= 32 && S <= 32: the tap masks' bits);
 // BN = 128 or 96 (the tile's columns); 37 KiB (TF32) or 41 KiB (BF16) static shared
 // memory at BN = 128. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
@@ -45,15 +45,24 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
     const int ch = chw / W;
     const int th0 = ch + ph, tw0 = chw - ch * W + pw;  // p*sh + r and q*sw + s
     const float* dyimg = dy + (cn * K + g * Kg) * PQ;
+    // UNIT: bit r of hmask = (tap row p = th0 - r lands on an output), bit s of wmask
+    // likewise for q, so a copy's test is two shifts; the offset of tap (k, r, s) is
+    // k*PQ - r*Q - s from dyc = &dy[n][g*Kg][th0][tw0] (formed, not read, when outside).
+    unsigned hmask = 0u, wmask = 0u;
+    if (UNIT && col_ok) {
+        for (int r = 0; r < R; ++r) hmask |= (unsigned)(th0 - r >= 0 && th0 - r < P) << r;
+        for (int s = 0; s < S; ++s) wmask |= (unsigned)(tw0 - s >= 0 && tw0 - s < Q) << s;
+    }
+    const float* dyc = dyimg + th0 * Q + tw0;
 
     // kk = (k, r, s) as digits: A's column -> k*Cg*RS + r*S + s (w[g*Kg + k][c][r][s]
     // less c), stepped by BK per slice; B's rows -> k*PQ with (r, s), stepped by B_STEP along a
-    // slice and by BK per slice (CnWalker, conv_common.cuh). UNIT (sh = sw = 1, the host
-    // chooses) needs no division at all; other strides divide by the stride to find the
+    // slice and by BK per slice (CnWalker, conv_common.cuh; UNIT: k*PQ - r*Q - s). UNIT (the
+    // host chooses) needs no division at all; other strides divide by the stride to find the
     // tap's phase.
     const CnDigits a_slice = cn_digits(1, RS, Cg * RS, 0, 1, 0, 0, CN_TC_BK);
-    const CnDigits b_slice = cn_digits(R, S, PQ, 0, 0, 1, 1, CN_TC_BK);
-    const CnDigits b_step = cn_digits(R, S, PQ, 0, 0, 1, 1, CN_TC_B_STEP);
+    const CnDigits b_slice = cn_digits(R, S, PQ, UNIT ? -Q : 0, UNIT ? -1 : 0, 1, 1, CN_TC_BK);
+    const CnDigits b_step = cn_digits(R, S, PQ, UNIT ? -Q : 0, UNIT ? -1 : 0, 1, 1, CN_TC_B_STEP);
     CnWalker a_next, b_next;
     a_next.start(a_slice, ak);
     b_next.start(b_slice, cn_tc_b_row(0));
@@ -75,16 +84,16 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
 #pragma unroll
             for (int i = 0; i < CN_TC_B_COPIES; ++i) {
                 const int r = cn_tc_b_row(i), kk = k0 + r;
-                const int th = th0 - t.d1, tw = tw0 - t.d2;
-                int p = th, q = tw;
-                bool phase = true;
-                if (!UNIT) {
-                    p = th / sh;
-                    q = tw / sw;
-                    phase = p * sh == th && q * sw == tw;
+                if (UNIT) {
+                    const bool ok = ((hmask >> t.d1) & (wmask >> t.d2) & 1u) && kk < kd;
+                    cn_cp_async<4>(&sm.b[stage][r][bj], ok ? dyc + t.off : dy, ok);
+                } else {
+                    const int th = th0 - t.d1, tw = tw0 - t.d2;
+                    const int p = th / sh, q = tw / sw;
+                    const bool ok = col_ok && kk < kd && th >= 0 && tw >= 0 && p * sh == th &&
+                                    q * sw == tw && p < P && q < Q;
+                    cn_cp_async<4>(&sm.b[stage][r][bj], ok ? dyimg + t.off + p * Q + q : dy, ok);
                 }
-                const bool ok = col_ok && kk < kd && th >= 0 && tw >= 0 && phase && p < P && q < Q;
-                cn_cp_async<4>(&sm.b[stage][r][bj], ok ? dyimg + t.off + p * Q + q : dy, ok);
                 if (i < CN_TC_B_COPIES - 1) t.advance(b_step);
             }
         }

@@ -201,14 +201,16 @@ def test_no_bias_and_bad_precision(device):
 
 
 def test_tile_and_split_choices():
-    """The waves model: conv3's backward data (169 x 2 blocks of 128 x 128 = 1.28 waves
-    of 2 per SM on 132 SMs) takes 128 x 96 (226 x 2 = 1.71 waves); conv3's forward (507
-    blocks = 1.92 waves) keeps 128 x 128. Backward filter's split ends within 5 % of whole waves (it was 4 blocks per SM:
+    """The waves model: 128 x 96 needs as many waves as 128 x 128 or more, at 0.7 of its
+    rate per block (conv3's backward data: 452 blocks = 1.71 waves of 2 per SM on 132 SMs
+    against 338 = 1.28), so a GPU keeps 128 x 128; emu (one block a worker, the same rate)
+    takes the 96 tile where it costs no more rounds (480 columns on 3 workers: 4 blocks of
+    128 or 5 of 96, two rounds either way, of smaller blocks). Backward filter's split ends within 5 % of whole waves (it was 4 blocks per SM:
     conv3's 128 x 128 tile in 10 splits of 54 blocks = 2.05 waves run in 3)."""
     from types import SimpleNamespace
     h100 = SimpleNamespace(kind="cuda", parallel_units=132)
-    assert conv_tc.choose_tile(h100, 256, 128 * 169) == (128, 96)
-    assert conv_tc.choose_tile(h100, 384, 128 * 169) == (128, 128)
+    assert conv_tc.choose_tile(h100, 256, 128 * 169) == (128, 128)
+    assert conv_tc.choose_tile(SimpleNamespace(kind="emu", parallel_units=3), 128, 480) == (128, 96)
     g = conv_ops.geometry((128, 256, 13, 13), (384, 256, 3, 3), 1, 1, 1)
     for tile in conv_tc.TILES:
         splits, chunk = conv_tc.plan_filter(h100, g, None, tile)

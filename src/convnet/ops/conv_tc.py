@@ -42,9 +42,12 @@ _TEMPLATE = {"tf32": 0, "bf16": 1}
 # (rows, columns) of a block's tile: the kernels' <BN> instantiations (BM is 128)
 TILES = ((128, 128), (128, 96))
 # per tile: (resident blocks per SM on sm_80/sm_90 by the NVRTC register report, 2 for
-# both; the rate of a resident block relative to 128 x 128's: shared-memory wavefronts
-# per mma, 1.5 against 1.75); on emu one block at a time and the same rate per column
-_TILE_MODEL = {"cuda": {(128, 128): (2, 1.0), (128, 96): (2, 1.5 / 1.75)},
+# both; the rate of a resident block relative to 128 x 128's: 0.7, from the model's
+# predictions (H100 b128 conv3: the 96 tile's 1.71 waves lost to 128's 1.28 in every
+# pass, TF32 backward data 203 against 178 us: issue- and shared-bound, 4/3 the
+# loader's instructions and shared-memory wavefronts per mma)); emu: one block at a
+# time, the same rate per column
+_TILE_MODEL = {"cuda": {(128, 128): (2, 1.0), (128, 96): (2, 0.7)},
                "emu": {(128, 128): (1, 1.0), (128, 96): (1, 1.0)}}
 
 
@@ -54,7 +57,7 @@ def _module(kernel: str, extra=("",)) -> KernelModule:
 
 
 FORWARD = _module("conv_tc_forward")
-# backward data: <precision, BN, unit stride> (sh = sw = 1 needs no division by the stride)
+# backward data: <precision, BN, unit> (sh = sw = 1 and R, S <= 32: tap masks, no division)
 BACKWARD_DATA = _module("conv_tc_backward_data", (", true", ", false"))
 BACKWARD_FILTER = _module("conv_tc_backward_filter")
 
@@ -163,7 +166,7 @@ def backward_data_launch(device, g: Geometry, dy, w, dx, precision="tf32",
     cols = g.n * g.h * g.w
     bm, bn = _pick_tile(device, tile, g.cg, cols, g.groups)
     grid = (-(-cols // bn), -(-g.cg // bm), g.groups)
-    unit = g.stride_h == g.stride_w == 1
+    unit = g.stride_h == g.stride_w == 1 and g.r <= 32 and g.s <= 32  # tap masks' bits
     return Launch(BACKWARD_DATA, "conv_tc_backward_data",
                   template_args=(_TEMPLATE[precision], bn, unit),
                   grid=grid, block=(THREADS,), args=(dy, w, dx, *g.scalars()))
