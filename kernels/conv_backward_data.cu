@@ -14,23 +14,25 @@
 //   A[m][kk] = w[g*Kg + k][m][r0 + sh*t][s0 + sw*u]     kk = (k, t, u), m = c
 //   B[kk][j] = dy[n][g*Kg + k][pa + i - t][qa + j' - u]  j = (n, i, j'), zero outside P x Q
 // A phase no tap reaches (r0 >= R, when the stride exceeds the kernel) has an empty
-// reduction and writes zeros.
+// reduction and writes zeros. conv_backward_data tests dy's bounds with per-column tap
+// masks (CnTapGather: phases of at most 15 x 16 taps, ceil(R/sh) x ceil(S/sw));
+// conv_backward_data_wide, the same kernel with the plain checked gather, takes any.
 //
-// Launch: block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(N * ceil(H/sh) *
+// Launch (both): block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(N * ceil(H/sh) *
 // ceil(W/sw) / BN), ceil(Cg / BM), groups * sh * sw) with blockIdx.z = g * sh*sw +
 // a * sw + b; blocks past their phase's columns return at once. No dynamic shared
 // memory. 32-bit indices: the host checks the sizes. One resident block asked for
 // (ptxas's default for the 192-thread tile spills on sm_80; two would spill anywhere).
 #include "conv_common.cuh"
 
-template <int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), 1)
-conv_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
-                   float* __restrict__ dx,
-                   int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                   int sh, int sw, int ph, int pw, int groups)
+// The kernel's body, B gathered by LB (CnTapGather or CnGather).
+template <class T, class LB>
+static __device__ __forceinline__ void conv_backward_data_tile(
+    const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int N,
+    int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph, int pw,
+    int groups)
 {
-    using T = CnTile<BM, BN, BK, TM, TN>;
+    constexpr int BM = T::BM, BN = T::BN, BK = T::BK, TM = T::TM, TN = T::TN;
     __align__(16) __shared__ float As[2][BK][T::LDA];
     __align__(16) __shared__ float Bs[2][BK][T::LDB];
 
@@ -72,12 +74,12 @@ conv_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
     }
 
     // B: dy at (pa + i - t, qa + j - u), zero outside P x Q.
-    CnGather<T, BN, false, true> lb;
+    LB lb;
     lb.init(dy + g * Kg * PQ, kd, P, Q, tid);
     lb.dg = cn_digits(Rp, Sp, PQ, -Q, -1, -1, -1, BK);
     const int HWp = Hp * Wp;
 #pragma unroll
-    for (int j = 0; j < lb.XN; ++j) {
+    for (int j = 0; j < LB::XN; ++j) {
         const int col = min(n0 + lb.x_of(j), cols - 1);
         const int n = col / HWp;
         const int rest = col - n * HWp;
@@ -117,4 +119,26 @@ conv_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
         for (int j = 0; j < TN; ++j)
             if (xoff[j] >= 0) xrow[xoff[j]] = acc[j][i];
     }
+}
+
+#define CN_DATA_ARGS                                                                          \
+    const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int N, \
+        int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph, int pw, \
+        int groups
+#define CN_DATA_PASS dy, w, dx, N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, groups
+
+// Phases of at most CN_TAP_N1 x CN_TAP_N2 taps (ceil(R / sh), ceil(S / sw); the host checks).
+template <int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), 1) conv_backward_data(CN_DATA_ARGS)
+{
+    using T = CnTile<BM, BN, BK, TM, TN>;
+    conv_backward_data_tile<T, CnTapGather<T, BN, CnTapLanes<T, BN>::value>>(CN_DATA_PASS);
+}
+
+// Any filter (wider phases than conv_backward_data takes).
+template <int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), 1) conv_backward_data_wide(CN_DATA_ARGS)
+{
+    using T = CnTile<BM, BN, BK, TM, TN>;
+    conv_backward_data_tile<T, CnGather<T, BN, false, true>>(CN_DATA_PASS);
 }

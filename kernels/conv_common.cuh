@@ -33,8 +33,10 @@
 // thread copies, so the per-element work in the loop is a bounds test (gathers that
 // need one), one address and one copy. Gathers that need it also track a row/column
 // displacement (h, w) so that an element outside the image (the zero padding, the
-// image's edge) is zero-filled by the copy without being read. Elements with kk past
-// the reduction's end are zeros in both operands; rows and columns past the matrix
+// image's edge) is zero-filled by the copy without being read; where the displacement
+// is one filter tap per digit (forward, backward data: CnTapGather), each position keeps
+// a mask of the taps that leave the image and the bounds test is one AND per element.
+// Elements with kk past the reduction's end are zeros in both operands; rows and columns past the matrix
 // edge copy a clamped (valid) position, whose products land only in results that are
 // never stored.
 //
@@ -232,6 +234,119 @@ struct CnGather {
             }
         }
     }
+};
+
+// The tap masks' limits: CnTapGather handles digits d1 < CN_TAP_N1 and d2 < CN_TAP_N2.
+#define CN_TAP_N1 15
+#define CN_TAP_N2 16
+
+// A gathered operand bounds-checked by tap masks (the forward and backward-data image
+// gathers): V[kk][x] = src[base[x] + off(kk)] as CnGather's (KMAJOR false, CHECK true),
+// for displacements h = d1 * h1, w = d2 * w2 with h1, w2 each 1 or -1 and n1 <= CN_TAP_N1,
+// n2 <= CN_TAP_N2 (the caller checks; CnGather covers other shapes). Whether an element
+// is inside the image depends only on x's (hx, wx) and kk's digits (d1, d2), so set_x
+// folds it into one word per position: skip[x] has bit d1 set where hx + d1 * h1 is
+// outside [0, H), bit 16 + d2 where wx + d2 * w2 is outside [0, W), and bit 15 always.
+// A row kk of a slice tests the word (1 << d1) | (1 << (16 + d2)), or bit 15 past the
+// reduction's end, against it: one AND per element instead of two additions and two
+// compares. TXL threads along x (consecutive x, memory-contiguous): each thread copies
+// BK / (THREADS / TXL) rows kk times BX / TXL positions.
+template <class T, int BX, int TXL_>
+struct CnTapGather {
+    static constexpr int BK = T::BK;
+    static constexpr int THREADS = T::THREADS;
+    static constexpr int TXL = TXL_;
+    static constexpr int TKL = THREADS / TXL;
+    static constexpr int KR = BK / TKL;
+    static constexpr int XN = BX / TXL;
+    static_assert(TXL >= 1 && THREADS % TXL == 0 && TKL >= 1 && BK % TKL == 0 && BX % TXL == 0,
+                  "the loader's thread grid must tile the BK x BX slice");
+
+    const float* src;
+    int krem, H, W;
+    CnDigits dg;
+    int tk, tx;
+    CnWalker wk[KR];
+    int base[XN];
+    unsigned skip[XN];
+
+    __device__ __forceinline__ void init(const float* src_, int kend_, int H_, int W_, int tid)
+    {
+        src = src_;
+        krem = kend_;
+        H = H_;
+        W = W_;
+        tx = tid % TXL;
+        tk = tid / TXL;
+        if (TXL == 16 && TKL % 8 == 0) {
+            // A warp's two half warps write rows 4 apart (mod 8): shared rows of LDB =
+            // BN + 4 floats put them 16 banks apart, so the warp's copies never conflict.
+            const int warp = tid / 32;
+            tk = warp % 4 + 4 * ((tid / 16) % 2) + 8 * (warp / 4);
+        }
+    }
+
+    __device__ __forceinline__ int x_of(int j) const { return tx + j * TXL; }
+
+    // The digit values d < n (at most `bits` of them) with 0 <= at + d * step < size,
+    // as a bit mask; step is 1 or -1.
+    static __device__ __forceinline__ unsigned inside(int at, int step, int size, int n, int bits)
+    {
+        int lo = step > 0 ? -at : at - size + 1;  // d >= lo
+        int hi = step > 0 ? size - at : at + 1;   // d < hi
+        lo = max(lo, 0);
+        hi = min(min(hi, n), bits);
+        return hi > lo ? ((1u << hi) - 1u) & ~((1u << lo) - 1u) : 0u;
+    }
+
+    // After dg is set.
+    __device__ __forceinline__ void set_x(int j, int b, int h, int w)
+    {
+        base[j] = b;
+        skip[j] = ~(inside(h, dg.h1, H, dg.n1, CN_TAP_N1)
+                    | (inside(w, dg.w2, W, dg.n2, CN_TAP_N2) << 16));
+    }
+
+    __device__ __forceinline__ void start(int kbeg)
+    {
+        krem -= kbeg;
+#pragma unroll
+        for (int i = 0; i < KR; ++i) wk[i].start(dg, kbeg + tk + i * TKL);
+        src = cn_opaque(src + base[0]);
+#pragma unroll
+        for (int j = XN - 1; j >= 0; --j) base[j] -= base[0];
+    }
+
+    __device__ __forceinline__ void advance()
+    {
+        krem -= BK;
+#pragma unroll
+        for (int i = 0; i < KR; ++i) wk[i].advance(dg);
+    }
+
+    template <int LD>
+    __device__ __forceinline__ void issue(float (&S)[BK][LD]) const
+    {
+#pragma unroll
+        for (int i = 0; i < KR; ++i) {
+            const unsigned tap = tk + i * TKL < krem ? (1u << wk[i].d1) | (0x10000u << wk[i].d2)
+                                                     : 0x8000u;
+            float* dst = &S[tk + i * TKL][tx];
+#pragma unroll
+            for (int j = 0; j < XN; ++j)
+                cn_cp_async<4>(dst + j * TXL, src + (base[j] + wk[i].off), (skip[j] & tap) == 0u);
+        }
+    }
+};
+
+// CnTapGather's threads along x for a tile's BX positions: 16 (so half as many rows
+// kk, so walkers, a thread) where the rows' threads come in multiples of eight (the
+// half warps can then be paired without bank conflicts, see CnTapGather::init) and
+// the registers allow (not the 256-thread tile, which would spill); else up to 32.
+template <class T, int BX>
+struct CnTapLanes {
+    static constexpr int value =
+        (BX == 128 && T::THREADS <= 192 && (T::THREADS / 16) % 8 == 0) ? 16 : (BX < 32 ? BX : 32);
 };
 
 // A dense operand: V[kk][x] = src[row(x) * ld + kk] for kk in [kbeg, kend), zero past

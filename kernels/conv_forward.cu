@@ -14,9 +14,11 @@
 //   B[kk][j] = x[n][g*Cg + c][p*sh - ph + r][q*sw - pw + s]  for kk = (c, r, s),
 //              j = (n, p, q)                             (Cg*R*S x N*P*Q, gathered)
 // The B gather never materialises im2col: each thread keeps the image position of
-// its columns j and walks (c, r, s) with a counter.
+// its columns j and walks (c, r, s) with a counter. conv_forward tests the image's
+// bounds with per-column tap masks (CnTapGather: filters of at most 15 x 16 taps);
+// conv_forward_wide, the same kernel with the plain checked gather, takes any filter.
 //
-// Launch: block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(N*P*Q / BN),
+// Launch (both): block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(N*P*Q / BN),
 // ceil(Kg / BM), groups); no dynamic shared memory. Every index is guarded, so any
 // shape works. 32-bit indices: the host checks the sizes. Tiles of 192 or more
 // threads ask for two resident blocks per SM (at most 128 registers at 256 threads,
@@ -24,14 +26,14 @@
 // gathers, ask it of the 192-thread tile only (conv_backward_filter.cu) or not at all.
 #include "conv_common.cuh"
 
-template <int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) >= 192 ? 2 : 1)
-conv_forward(const float* __restrict__ x, const float* __restrict__ w,
-             const float* __restrict__ bias, float* __restrict__ y,
-             int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-             int sh, int sw, int ph, int pw, int groups, int has_bias, int relu)
+// The kernel's body, B gathered by LB (CnTapGather or CnGather).
+template <class T, class LB>
+static __device__ __forceinline__ void conv_forward_tile(
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh,
+    int sw, int ph, int pw, int groups, int has_bias, int relu)
 {
-    using T = CnTile<BM, BN, BK, TM, TN>;
+    constexpr int BM = T::BM, BN = T::BN, BK = T::BK, TM = T::TM, TN = T::TN;
     __align__(16) __shared__ float As[2][BK][T::LDA];
     __align__(16) __shared__ float Bs[2][BK][T::LDB];
 
@@ -50,12 +52,11 @@ conv_forward(const float* __restrict__ x, const float* __restrict__ w,
 
     CnDense<T, BM> la;
     la.init(w + g * Kg * kd, kd, Kg, m0, 0, kd, tid);
-
-    CnGather<T, BN, false, true> lb;
+    LB lb;
     lb.init(x + g * Cg * HW, kd, H, W, tid);
     lb.dg = cn_digits(R, S, HW, W, 1, 1, 1, BK);
 #pragma unroll
-    for (int j = 0; j < lb.XN; ++j) {
+    for (int j = 0; j < LB::XN; ++j) {
         const int col = min(n0 + lb.x_of(j), cols - 1);
         const int n = col / PQ;
         const int pq = col - n * PQ;
@@ -94,4 +95,29 @@ conv_forward(const float* __restrict__ x, const float* __restrict__ w,
             yrow[yoff[j]] = v;
         }
     }
+}
+
+#define CN_FORWARD_ARGS                                                                      \
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, \
+        float* __restrict__ y, int N, int C, int H, int W, int K, int R, int S, int P, int Q,   \
+        int sh, int sw, int ph, int pw, int groups, int has_bias, int relu
+#define CN_FORWARD_PASS \
+    x, w, bias, y, N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, groups, has_bias, relu
+
+// Filters of at most CN_TAP_N1 x CN_TAP_N2 taps (the host checks).
+template <int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) >= 192 ? 2 : 1)
+conv_forward(CN_FORWARD_ARGS)
+{
+    using T = CnTile<BM, BN, BK, TM, TN>;
+    conv_forward_tile<T, CnTapGather<T, BN, CnTapLanes<T, BN>::value>>(CN_FORWARD_PASS);
+}
+
+// Any filter (wider ones than conv_forward takes).
+template <int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) >= 192 ? 2 : 1)
+conv_forward_wide(CN_FORWARD_ARGS)
+{
+    using T = CnTile<BM, BN, BK, TM, TN>;
+    conv_forward_tile<T, CnGather<T, BN, false, true>>(CN_FORWARD_PASS);
 }

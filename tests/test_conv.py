@@ -156,6 +156,8 @@ REQUIRED_SHAPES = [
     ((1, 3, 6, 19), (9, 3, 2, 5), (1, 3), (0, 2), 1),  # rectangular image, kernel and stride
     ((2, 16, 6, 6), (34, 8, 3, 3), 1, 1, 2),           # groups 2, K per group odd
     ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0, 1),             # the smallest convolution
+    ((1, 2, 18, 19), (3, 2, 16, 17), 1, 1, 1),         # past 15x16 taps: the *_wide kernels
+    ((2, 3, 20, 9), (4, 3, 17, 2), (2, 1), 0, 1),      # forward wide, data's phases not
 ]
 
 
@@ -177,7 +179,7 @@ def _random_shapes(count: int, seed: int = 2012):
     return shapes
 
 
-RANDOM_SHAPES = REQUIRED_SHAPES + _random_shapes(24)
+RANDOM_SHAPES = REQUIRED_SHAPES + _random_shapes(22)
 
 
 def test_random_shapes_cover_the_cases():
@@ -201,13 +203,13 @@ def test_random_shapes(kernel_device, index):
     check_all(kernel_device, case)
 
 
-TILE_SHAPES = [RANDOM_SHAPES[i] for i in (1, 3, 4, 5, 6, 10)] + [
+TILE_SHAPES = [RANDOM_SHAPES[i] for i in (1, 3, 4, 6, 10)] + [
     ((2, 12, 13, 13), (20, 6, 3, 3), 1, 1, 2),
     ((1, 3, 35, 35), (16, 3, 11, 11), 4, 0, 1),
 ]
 
 
-@pytest.mark.parametrize("tile", conv.TILES, ids=lambda t: "x".join(map(str, t)))
+@pytest.mark.parametrize("tile", conv.CONV_TILES, ids=lambda t: "x".join(map(str, t)))
 def test_every_tile(tile):
     """Every instantiation, the GPU tiles included, on shapes that cross its edges."""
     device = require_device("emu")
@@ -587,6 +589,17 @@ def test_launch_shapes():
         assert all(name in conv.FORWARD.kernels for name in [tile.name("conv_forward")])
     with pytest.raises(LaunchError, match="not instantiated"):
         conv.forward_launch(gpu, g, x, w, None, y, tile=(64, 64, 8, 4, 4))
+    # filters past the tap masks' 15x16 run the wide kernels, on their tiles only
+    gw = conv.geometry((2, 3, 40, 40), (8, 3, 16, 5), 1, 0, 1)
+    xw, ww, yw = (np.zeros(shape, np.float32) for shape in (gw.x_shape, gw.w_shape, gw.y_shape))
+    assert conv.forward_launch(gpu, gw, xw, ww, None, yw).name.startswith("conv_forward_wide<")
+    data = conv.backward_data_launch(gpu, gw, yw, ww, xw)
+    assert data.name.startswith("conv_backward_data_wide<")
+    with pytest.raises(LaunchError, match="at most 15x16 taps"):
+        conv.forward_launch(gpu, gw, xw, ww, None, yw, tile=conv.MEDIUM)
+    g2 = conv.geometry((2, 3, 40, 40), (8, 3, 16, 5), 2, 0, 1)  # phases of 8 rows: tap masks
+    assert conv.backward_data_launch(gpu, g2, np.zeros(g2.y_shape, np.float32), ww,
+                                     xw).name.startswith("conv_backward_data<")
 
 
 def test_filter_plan():
@@ -630,7 +643,9 @@ def test_choose_tile():
     # (48 input channels per group), conv1 backward data (3 channels, 16 stride phases)
     assert conv.choose_tile(gpu, 384, 128 * 169, 1, "conv_forward") == conv.LARGE
     assert conv.choose_tile(gpu, 96, 128 * 55 * 55, 1, "conv_forward") == conv.ROWS96  # no waste
-    assert conv.choose_tile(gpu, 48, 128 * 27 * 27, 2, "conv_backward_data") == conv.MEDIUM
+    assert conv.choose_tile(gpu, 48, 128 * 27 * 27, 2, "conv_backward_data") == conv.ROWS48
+    assert conv.choose_tile(gpu, 256, 128 * 169, 1, "conv_backward_data") == conv.MEDIUM
+    assert conv.choose_tile(gpu, 48, 128 * 27 * 27, 2) in conv.TILES  # not a direct kernel
     assert conv.choose_tile(gpu, 3, 128 * 57 * 57, 16, "conv_backward_data") == conv.THIN
     # conv2 backward filter: the 128x128 tile's one block of 8 warps an SM hides latency
     # worse (0.75) than the 64x128 tile's three of 4

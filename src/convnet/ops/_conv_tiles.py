@@ -46,16 +46,34 @@ EMU = Tile(128, 128, 16, 16, 8)
 # Four rows: GEMMs with very few rows (backward data of an RGB input's three channels).
 THIN = Tile(4, 256, 16, 4, 8)
 
+# 48 rows: backward data of layers with 48 input channels per group (AlexNet's conv2),
+# which waste a quarter of a 64-row tile; 192 threads, two blocks per SM, 12-deep
+# slices (a 24-deep slice of 256 columns would pass the 48 KiB of static shared memory).
+# The direct kernels only (Winograd's products instantiate TILES).
+ROWS48 = Tile(48, 256, 12, 8, 8)
+
+# The tiles every implicit-GEMM module instantiates (Winograd's products too), and the
+# direct convolution kernels' (these and ROWS48).
 TILES: tuple[Tile, ...] = (LARGE, MEDIUM, ROWS96, SMALL, EMU, THIN)
+CONV_TILES: tuple[Tile, ...] = TILES + (ROWS48,)
+
+# Forward and backward data bounds-check their image gathers with per-position tap masks
+# (conv_common.cuh, CnTapGather), which hold at most TAP_ROWS x TAP_COLS taps (forward:
+# R x S; backward data: a stride phase's ceil(R/sh) x ceil(S/sw)); wider filters run the
+# *_wide kernels (the plain checked gather), instantiated for these tiles only.
+TAP_ROWS, TAP_COLS = 15, 16  # CN_TAP_N1, CN_TAP_N2
+WIDE_TILES: tuple[Tile, ...] = (LARGE, EMU)
 
 # The instantiations each conv kernel file exports (the one place they are made).
 BIAS_THREADS = 256  # conv_bias_grad's block (a template argument: a power of two)
 
-FORWARD = KernelModule("conv_forward.cu", tuple(t.name("conv_forward") for t in TILES))
+FORWARD = KernelModule("conv_forward.cu", tuple(t.name("conv_forward") for t in CONV_TILES)
+                       + tuple(t.name("conv_forward_wide") for t in WIDE_TILES))
 BACKWARD_DATA = KernelModule("conv_backward_data.cu",
-                             tuple(t.name("conv_backward_data") for t in TILES))
+                             tuple(t.name("conv_backward_data") for t in CONV_TILES)
+                             + tuple(t.name("conv_backward_data_wide") for t in WIDE_TILES))
 BACKWARD_FILTER = KernelModule("conv_backward_filter.cu",
-                               tuple(t.name("conv_backward_filter") for t in TILES)
+                               tuple(t.name("conv_backward_filter") for t in CONV_TILES)
                                + ("conv_split_sum", name_expression("conv_bias_grad", (BIAS_THREADS,))))
 
 # How a device kind runs each tile it may choose: (blocks resident per SM or emulator
@@ -67,7 +85,7 @@ BACKWARD_FILTER = KernelModule("conv_backward_filter.cu",
 # (benchmarks/conv.py): a thin or small tile does ~1/6 of EMU's arithmetic per second.
 TILE_MODELS = {
     "cuda": {LARGE: (1, 1.0), MEDIUM: (3, 0.8), ROWS96: (2, 0.95), SMALL: (8, 0.45),
-             THIN: (10, 0.35)},
+             THIN: (10, 0.35), ROWS48: (2, 0.78)},
     "emu": {EMU: (1, 1.0), SMALL: (1, 0.18), THIN: (1, 0.17)},
 }
 
@@ -147,7 +165,7 @@ def whole_wave_splits(blocks: int, slots: int, length: int, bk: int, most: int) 
 
 
 def choose_tile(device, rows: int, cols: int, batches: int = 1,
-                kernel: str | None = None) -> Tile:
+                kernel: str | None = None, menu=None) -> Tile:
     """The tile for ``batches`` GEMMs of ``rows`` x ``cols`` results (one block grid of
     ceil(rows/BM) x ceil(cols/BN) x batches) on a kernel ``device``.
 
@@ -158,9 +176,12 @@ def choose_tile(device, rows: int, cols: int, batches: int = 1,
     ``CONV_KERNELS``), that kernel's own residency, and the rate times the launch
     model's latency factor (``perf.model``: min(1, 0.25 + 0.25 x resident warps per
     scheduler, 4 schedulers an SM)): backward filter's 128x128 tile holds one block of
-    8 warps (0.75), the 64x128 tile three of 4 (1.0)."""
+    8 warps (0.75), the 64x128 tile three of 4 (1.0). ``menu``: only these tiles (the
+    wide kernels' ``WIDE_TILES``; by default ``CONV_TILES`` for the direct kernels,
+    ``TILES`` for other GEMMs)."""
     model, units = _model(device), device.parallel_units
     named = device.kind == "cuda" and kernel is not None
+    menu = menu or (CONV_TILES if kernel in CONV_KERNELS else TILES)
 
     def cost(t: Tile) -> float:
         resident, rate = model[t]
@@ -171,17 +192,28 @@ def choose_tile(device, rows: int, cols: int, batches: int = 1,
         waves = -(-blocks // (units * resident))
         return waves * resident * t.bm * t.bn / rate
 
-    return min(model, key=cost)
+    return min((t for t in model if t in menu), key=cost)
 
 
 def pick_tile(device, tile, rows: int, cols: int, batches: int,
-              kernel: str | None = None) -> Tile:
-    """``tile`` (a 5-tuple, which must be in ``TILES``), or ``choose_tile``'s (for
-    ``kernel``) when None."""
+              kernel: str | None = None, wide: bool = False) -> Tile:
+    """``tile`` (a 5-tuple, which must be in ``CONV_TILES`` for a direct-convolution
+    ``kernel``, else in ``TILES``; in ``WIDE_TILES`` when ``wide``), or ``choose_tile``'s
+    (for ``kernel``; among ``WIDE_TILES`` when ``wide``) when None."""
     if tile is None:
-        return choose_tile(device, rows, cols, batches, kernel)
+        return choose_tile(device, rows, cols, batches, kernel, WIDE_TILES if wide else None)
     tile = Tile(*tile)
-    if tile not in TILES:
+    exported = CONV_TILES if kernel in CONV_KERNELS else TILES
+    if tile not in exported:
         raise LaunchError(f"conv2d: tile {tuple(tile)} is not instantiated; exported: "
-                          + ", ".join(str(tuple(t)) for t in TILES))
+                          + ", ".join(str(tuple(t)) for t in exported))
+    if wide and tile not in WIDE_TILES:
+        raise LaunchError(f"conv2d: tile {tuple(tile)} takes filters (or stride phases) of "
+                          f"at most {TAP_ROWS}x{TAP_COLS} taps; wider ones run on "
+                          + ", ".join(str(tuple(t)) for t in WIDE_TILES))
     return tile
+
+
+def wide_taps(rows: int, cols: int) -> bool:
+    """Whether a gather of ``rows`` x ``cols`` taps needs the *_wide kernels."""
+    return rows > TAP_ROWS or cols > TAP_COLS

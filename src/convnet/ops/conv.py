@@ -40,16 +40,16 @@ from ..arguments import positive_int
 from ..toolchain.launch import Launch, LaunchError
 from ._arrays import INT32_MAX, check_one_dtype, check_shape, kernel_array
 from ._conv_geometry import Geometry, check_kernel_sizes, geometry
-from ._conv_tiles import (BACKWARD_DATA, BACKWARD_FILTER, BIAS_THREADS, EMU, FORWARD, LARGE,
-                          MEDIUM, ROWS96, SMALL, THIN, TILES, Tile, choose_tile, pick_tile,
-                          resident_blocks, whole_wave_splits)
+from ._conv_tiles import (BACKWARD_DATA, BACKWARD_FILTER, BIAS_THREADS, CONV_TILES, EMU,
+                          FORWARD, LARGE, MEDIUM, ROWS48, ROWS96, SMALL, THIN, TILES, Tile,
+                          choose_tile, pick_tile, resident_blocks, whole_wave_splits, wide_taps)
 from .elementwise import BLOCK, max_blocks
 from .relu import relu_in_place
 
-__all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "EMU", "FORWARD", "FilterPlan", "Geometry",
-           "LARGE", "MEDIUM", "ROWS96", "SMALL", "THIN", "TILES", "Tile", "backward_bias",
-           "backward_bias_launches", "backward_bias_reference", "bias_splits", "backward_data",
-           "backward_data_launch", "backward_data_reference", "backward_filter",
+__all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "CONV_TILES", "EMU", "FORWARD", "FilterPlan",
+           "Geometry", "LARGE", "MEDIUM", "ROWS48", "ROWS96", "SMALL", "THIN", "TILES", "Tile",
+           "backward_bias", "backward_bias_launches", "backward_bias_reference", "bias_splits",
+           "backward_data", "backward_data_launch", "backward_data_reference", "backward_filter",
            "backward_filter_launches", "backward_filter_reference", "check_kernel_sizes",
            "choose_tile", "forward", "forward_launch", "forward_reference", "geometry",
            "plan_filter"]
@@ -271,9 +271,11 @@ def backward_bias_reference(dy):
 def forward_launch(device, g: Geometry, x, w, b, y, relu=False, tile=None) -> Launch:
     """The Launch writing ``act(conv(x, w) + b)`` into ``y`` (all float32, C-contiguous)."""
     cols = g.n * g.p * g.q
-    tile = pick_tile(device, tile, g.kg, cols, g.groups, "conv_forward")
+    wide = wide_taps(g.r, g.s)
+    tile = pick_tile(device, tile, g.kg, cols, g.groups, "conv_forward", wide)
     grid = (-(-cols // tile.bn), -(-g.kg // tile.bm), g.groups)
-    return Launch(FORWARD, "conv_forward", grid=grid, block=(tile.threads,),
+    return Launch(FORWARD, "conv_forward_wide" if wide else "conv_forward", grid=grid,
+                  block=(tile.threads,),
                   args=(x, w, w if b is None else b, y, *g.scalars(),
                         np.int32(b is not None), np.int32(bool(relu))),
                   template_args=tuple(tile))
@@ -283,10 +285,12 @@ def backward_data_launch(device, g: Geometry, dy, w, dx, tile=None) -> Launch:
     """The Launch writing dL/dx into ``dx`` (every element; no clearing needed)."""
     phases = g.stride_h * g.stride_w
     cols = g.n * -(-g.h // g.stride_h) * -(-g.w // g.stride_w)
-    tile = pick_tile(device, tile, g.cg, cols, g.groups * phases, "conv_backward_data")
+    wide = wide_taps(-(-g.r // g.stride_h), -(-g.s // g.stride_w))  # a phase's taps at most
+    tile = pick_tile(device, tile, g.cg, cols, g.groups * phases, "conv_backward_data", wide)
     grid = (-(-cols // tile.bn), -(-g.cg // tile.bm), g.groups * phases)
-    return Launch(BACKWARD_DATA, "conv_backward_data", grid=grid, block=(tile.threads,),
-                  args=(dy, w, dx, *g.scalars()), template_args=tuple(tile))
+    return Launch(BACKWARD_DATA, "conv_backward_data_wide" if wide else "conv_backward_data",
+                  grid=grid, block=(tile.threads,), args=(dy, w, dx, *g.scalars()),
+                  template_args=tuple(tile))
 
 
 class FilterPlan(NamedTuple):
