@@ -71,8 +71,8 @@ static __device__ __forceinline__ int cn_tc_a_row(int i)
 static __device__ __forceinline__ int cn_tc_a_col() { return threadIdx.x & (CN_TC_BK - 1); }
 // B: thread j < BN copies the 16 rows of column j (with BN = 96 the last warp copies none
 // of B: the same warp instructions as 12 rows per thread, and one column per thread).
-static __device__ __forceinline__ int cn_tc_b_row(int i) { return CN_TC_B_STEP * i; }
-static __device__ __forceinline__ int cn_tc_b_col() { return threadIdx.x; }
+static __device__ __forceinline__ int cn_tc_b_row(int i) { return threadIdx.x / CN_TC_THREADS + CN_TC_B_STEP * i; }
+static __device__ __forceinline__ int cn_tc_b_col() { return threadIdx.x & (CN_TC_THREADS - 1); }
 template <int BN>
 static __device__ __forceinline__ bool cn_tc_b_copies() { return BN == CN_TC_THREADS || (int)threadIdx.x < BN; }
 

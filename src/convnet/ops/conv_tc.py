@@ -172,11 +172,11 @@ def backward_data_launch(device, g: Geometry, dy, w, dx, precision="tf32",
                   grid=grid, block=(THREADS,), args=(dy, w, dx, *g.scalars()))
 
 
-def plan_filter(device, g: Geometry, splits=None, tile=(BLOCK_M, BLOCK_N)) -> tuple[int, int]:
+def plan_filter(device, g: Geometry, splits=None, tile=(BLOCK_M, BLOCK_N),
+                precision="tf32") -> tuple[int, int]:
     """(splits, chunk) of backward filter's N*P*Q reduction on ``tile``: ``splits=None``
-    chooses, with chunks of at least 32 slices: on a GPU the count of the least
-    (waves of resident blocks) x (slices a block), a grid of less than one wave counted
-    over the share of the SMs it fills (``_whole_waves``); elsewhere two blocks per
+    chooses, with chunks of at least 32 slices: on a GPU the count of the least GEMM
+    time plus partial-sum traffic (``_splits_for_gpu``); elsewhere two blocks per
     parallel unit. A given count is an upper bound. The chunk is a whole number of
     slices."""
     crs, npq = g.cg * g.r * g.s, g.n * g.p * g.q
@@ -185,7 +185,8 @@ def plan_filter(device, g: Geometry, splits=None, tile=(BLOCK_M, BLOCK_N)) -> tu
         most = max(1, npq // (32 * BLOCK_K))
         if device.kind == "cuda":
             slots = device.parallel_units * _TILE_MODEL["cuda"][tuple(tile)][0]
-            splits = _whole_waves(blocks, slots, npq, most)
+            splits = _splits_for_gpu(blocks, slots, npq, most, tile, g.k * crs,
+                                     _FLOP_PER_BYTE[_tensor_core(precision)])
         else:
             splits = max(1, min(-(-2 * device.parallel_units // blocks), most))
         while splits > 1 and splits * g.k * crs > INT32_MAX:
@@ -201,15 +202,28 @@ def plan_filter(device, g: Geometry, splits=None, tile=(BLOCK_M, BLOCK_N)) -> tu
     return splits, chunk
 
 
-def _whole_waves(blocks: int, slots: int, length: int, most: int) -> int:
+# A GPU's dense tensor-core FLOP/s over its DRAM bytes/s (H100: TF32 495 / 3.35 TB/s,
+# BF16 twice that): what a split's partial sums cost against the GEMM's slices
+_FLOP_PER_BYTE = {"tf32": 150.0, "bf16": 300.0}
+
+
+def _splits_for_gpu(blocks: int, slots: int, length: int, most: int, tile, count: int,
+                    flop_per_byte: float) -> int:
     """The splits (1..``most``) of a reduction of ``length`` for a grid of ``blocks`` a
-    split on ``slots`` resident blocks with the least waves x BK-slices a block (the
-    fewest on ties)."""
+    split on ``slots`` resident blocks: the least (waves of resident blocks) x (BK-slices
+    a block) x (a wave-slice's FLOPs at 3/4 of the peak: the launch model's latency at
+    2 blocks per SM), a grid of less than one wave counted over the share of the slots
+    it fills, plus each split's ``count`` partial sums written and read back (8 bytes),
+    in bytes at ``flop_per_byte`` (conv3 at batch 128, 128 x 128: 34 whole-wave splits
+    cost 39 us of partial sums on an H100, 9 splits 10 us for 8 % more GEMM)."""
+    wave_slice = slots * tile[0] * tile[1] * BLOCK_K * 2 / (0.75 * flop_per_byte)
+
     def cost(s: int) -> tuple:
         slices = -(-(-(-length // s)) // BLOCK_K)
         chunks = -(-length // (slices * BLOCK_K))
         total = blocks * chunks
-        return -(-total // slots) * slices / min(1.0, total / slots), chunks
+        gemm = -(-total // slots) * slices / min(1.0, total / slots) * wave_slice
+        return gemm + (8.0 * count * chunks if chunks > 1 else 0.0), chunks
 
     return min(range(1, most + 1), key=cost)
 
@@ -271,7 +285,7 @@ def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, t
         return xp.zeros(g.w_shape, dtype=np.float32)
     check_kernel_sizes(g)
     tile = filter_tile(device, g, tile)
-    splits, chunk = plan_filter(device, g, splits, tile)
+    splits, chunk = plan_filter(device, g, splits, tile, precision)
     dw = xp.empty(g.w_shape, dtype=np.float32)
     workspace = xp.empty(splits * dw.size, dtype=np.float32) if splits > 1 else None
     for launch in backward_filter_launches(device, g, x, dy, dw, splits, chunk, workspace,

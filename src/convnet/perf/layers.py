@@ -218,7 +218,7 @@ def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=No
         splits = max(1, -(-npq // chunk))
     else:
         tile = conv_tc.filter_tile(dev, g, tile)
-        splits, chunk = conv_tc.plan_filter(dev, g, None, tile)
+        splits, chunk = conv_tc.plan_filter(dev, g, None, tile, precision)
         choices["filter"] = (tile, chunk)
     dw = arrays(g.w_shape)
     ws = arrays((splits * dw.size,)) if splits > 1 else None
