@@ -449,7 +449,7 @@ def tensor_core_tiles(g, gpu, precision: str) -> dict:
     of ``ops.conv_tc.TILES`` predicted (a pass where fewer than two have figures is left
     to the engine's own choice)."""
     from ..ops import conv_tc
-    return _fastest_tiles(g, gpus.gpu(gpu), tuple(getattr(conv_tc, "TILES", ())), precision)
+    return _fastest_tiles(g, gpus.gpu(gpu), tuple(conv_tc.TILES), precision)
 
 
 def _fastest_tiles(g, g_: gpus.GPU, menu: tuple, precision: str) -> dict:
@@ -591,14 +591,13 @@ def write_defaults(conv_layers, path=DEFAULTS, gpu: str = STANDIN, batch: int = 
                 continue
             layers.append(conv_layer(f"{layer.name}/{algorithm}", *shape, algorithm=algorithm))
         for precision in TENSOR_PRECISIONS:
-            for tile in getattr(conv_tc, "TILES", ()) or (None,):
-                tiles = None if tile is None else {part: tile for part in PARTS}
-                label = "" if tile is None else "/" + "x".join(map(str, tile))
+            for tile in conv_tc.TILES:
                 # the data pass only where the network runs it (conv1's would take the
                 # emulator half an hour to profile, for a pass AlexNet never launches)
-                layers.append(conv_layer(f"{layer.name}/{precision}{label}", *shape,
-                                         input_grad=i.get("input_grad", True),
-                                         precision=precision, tiles=tiles))
+                layers.append(conv_layer(f"{layer.name}/{precision}/{'x'.join(map(str, tile))}",
+                                         *shape, input_grad=i.get("input_grad", True),
+                                         precision=precision,
+                                         tiles={part: tile for part in PARTS}))
     table = predict_layers(layers, gpus.gpu(gpu), batch, allow_missing_traffic=False)
     found = figures_from_table(table)
     Path(path).write_text(json.dumps({"format": FORMAT, "arch": table.gpu.arch.name,
