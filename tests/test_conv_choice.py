@@ -343,6 +343,35 @@ def test_the_direct_engine_takes_the_tiles_on_cuda_only(monkeypatch):
                     "backward_filter": tiles.get("filter")}
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_the_tensor_cores_take_the_chosen_tiles_on_cuda_only(monkeypatch, precision):
+    """Per pass the fastest of ops.conv_tc.TILES predicted (each predicted from its own
+    figures), handed to the tensor-core passes on cuda; the engine's own elsewhere."""
+    from convnet.ops import conv_tc
+    g = geometry("conv3", batch=128)
+    emu = require_device("emu")
+    assert F.conv.tensor_core_ops(emu, g, precision).tiles == {}
+    tiles = choose.tensor_core_tiles(g, "h100", precision)
+    assert set(tiles) == {"forward", "data", "filter"} and set(tiles.values()) <= set(conv_tc.TILES)
+    for part, tile in tiles.items():
+        times = {t: choose.predict_parts(g, "direct", "h100", tiles={part: t},
+                                         precision=precision)[0][part] for t in conv_tc.TILES}
+        assert times[tile] == min(times.values()), (part, times)
+    runtime = SimpleNamespace(getDeviceProperties=lambda index: {"name": "NVIDIA H100 80GB HBM3"})
+    cuda = SimpleNamespace(kind="cuda", index=0, name="cuda:0",
+                           cupy=SimpleNamespace(cuda=SimpleNamespace(runtime=runtime)))
+    ops = F.conv.tensor_core_ops(cuda, g, precision)
+    assert ops.tiles == tiles
+    seen = {}
+    for name in ("forward", "backward_data", "backward_filter"):
+        monkeypatch.setattr(conv_tc, name, lambda *a, _n=name, **k: seen.setdefault(_n, k["tile"]))
+    ops.forward(cuda, g, None, None, None, False)
+    ops.backward_data(cuda, g, None, None)
+    ops.backward_filter(cuda, g, None, None)
+    assert seen == {"forward": tiles["forward"], "backward_data": tiles["data"],
+                    "backward_filter": tiles["filter"]}
+
+
 def test_a_model_failure_falls_back_to_direct(monkeypatch):
     def broken(*args):
         raise RuntimeError("no launch for this shape")
