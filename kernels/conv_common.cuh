@@ -142,6 +142,29 @@ struct CnWalker {
     }
 };
 
+// The walk shared by the gathers (CnGather, CnTapGather: members src, krem, dg, tk, wk[KR],
+// base[XN], TKL, BK). Start: the walkers at kbeg; the thread's first position is folded
+// into its own pointer (the others relative to it), so an element's address is one
+// multiply-add on a per-thread register pair. Advance: one slice on.
+template <class G>
+static __device__ __forceinline__ void cn_walk_start(G& g, int kbeg)
+{
+    g.krem -= kbeg;
+#pragma unroll
+    for (int i = 0; i < G::KR; ++i) g.wk[i].start(g.dg, kbeg + g.tk + i * G::TKL);
+    g.src = cn_opaque(g.src + g.base[0]);
+#pragma unroll
+    for (int j = G::XN - 1; j >= 0; --j) g.base[j] -= g.base[0];
+}
+
+template <class G>
+static __device__ __forceinline__ void cn_walk_advance(G& g)
+{
+    g.krem -= G::BK;
+#pragma unroll
+    for (int i = 0; i < G::KR; ++i) g.wk[i].advance(g.dg);
+}
+
 // A gathered operand: V[kk][x] = src[base[x] + off(kk)] for kk in [kbeg, kend), zero past
 // kend and, when CHECK, zero unless 0 <= hx[x] + h(kk) < H and 0 <= wx[x] + w(kk) < W.
 // BX is the tile's extent along x (BM for A, BN for B). KMAJOR: consecutive threads take
@@ -193,25 +216,9 @@ struct CnGather {
         wx[j] = w;
     }
 
-    // After set_x: the walkers at kbeg. The thread's first position is folded into its
-    // own pointer (the others relative to it), so an element's address is one
-    // multiply-add on a per-thread register pair.
-    __device__ __forceinline__ void start(int kbeg)
-    {
-        krem -= kbeg;
-#pragma unroll
-        for (int i = 0; i < KR; ++i) wk[i].start(dg, kbeg + tk + i * TKL);
-        src = cn_opaque(src + base[0]);
-#pragma unroll
-        for (int j = XN - 1; j >= 0; --j) base[j] -= base[0];
-    }
-
-    __device__ __forceinline__ void advance()
-    {
-        krem -= BK;
-#pragma unroll
-        for (int i = 0; i < KR; ++i) wk[i].advance(dg);
-    }
+    // After set_x: the walkers at kbeg (cn_walk_start).
+    __device__ __forceinline__ void start(int kbeg) { cn_walk_start(*this, kbeg); }
+    __device__ __forceinline__ void advance() { cn_walk_advance(*this); }
 
     // Issues the current slice's copies into S (asynchronous: they land at the wait).
     template <int LD>
@@ -307,22 +314,8 @@ struct CnTapGather {
                     | (inside(w, dg.w2, W, dg.n2, CN_TAP_N2) << 16));
     }
 
-    __device__ __forceinline__ void start(int kbeg)
-    {
-        krem -= kbeg;
-#pragma unroll
-        for (int i = 0; i < KR; ++i) wk[i].start(dg, kbeg + tk + i * TKL);
-        src = cn_opaque(src + base[0]);
-#pragma unroll
-        for (int j = XN - 1; j >= 0; --j) base[j] -= base[0];
-    }
-
-    __device__ __forceinline__ void advance()
-    {
-        krem -= BK;
-#pragma unroll
-        for (int i = 0; i < KR; ++i) wk[i].advance(dg);
-    }
+    __device__ __forceinline__ void start(int kbeg) { cn_walk_start(*this, kbeg); }
+    __device__ __forceinline__ void advance() { cn_walk_advance(*this); }
 
     template <int LD>
     __device__ __forceinline__ void issue(float (&S)[BK][LD]) const
