@@ -50,7 +50,10 @@ def report(command: str, exc: BaseException, code: int, debug: bool = False) -> 
         detail = getattr(exc, "traceback", None)  # a worker's own traceback
         if detail:
             print(f"the worker's traceback:\n{detail}", file=sys.stderr)
-    print(f"convnet {command}: {line}", file=sys.stderr, flush=True)
+    # one write, newline included: ranks of one job share the stderr pipe, and print's
+    # text and newline are two writes that another rank's line can fall between
+    sys.stderr.write(f"convnet {command}: {line}\n")
+    sys.stderr.flush()
     return code
 
 
