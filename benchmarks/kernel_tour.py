@@ -66,7 +66,11 @@ class Tour:
             ((1, 4, 9, 9), (6, 2, 3, 3), 2, 0, 2),
             ((2, 8, 7, 7), (130, 8, 3, 3), 1, 1, 1),
         ]
-        for (xs, ws, stride, padding, groups), tile in zip(shapes * len(conv.TILES), conv.TILES * 2):
+        from convnet.ops._conv_tiles import WIDE_TILES
+        cases = list(zip(shapes * len(conv.CONV_TILES), conv.CONV_TILES * 2))
+        # a filter past the tap masks' 15 x 16 taps: the *_wide kernels, on their tiles
+        cases += [(((1, 2, 19, 6), (3, 2, 17, 3), 1, 1, 1), tile) for tile in WIDE_TILES]
+        for (xs, ws, stride, padding, groups), tile in cases:
             x, w, b = self.data(*xs), self.data(*ws) * 0.1, self.data(ws[0])
             g = conv.geometry(xs, ws, stride, padding, groups)
             name = f"conv x{xs} w{ws} tile {tuple(tile)}"
@@ -93,21 +97,24 @@ class Tour:
         """conv_tc's three passes in TF32 and BF16 (cp.async pipeline, mma.sync) against the
         cpu references of the rounded operands: partial tiles, groups, a stride, 3 splits."""
         d, c = self.device, self.cpu
-        for (xs, ws, stride, padding, groups), precision in (
-                (((2, 3, 13, 11), (5, 3, 3, 3), 1, 1, 1), "tf32"),
-                (((1, 4, 9, 9), (70, 2, 3, 3), 2, 0, 2), "bf16")):
-            x, w, b = self.data(*xs), self.data(*ws) * 0.1, self.data(ws[0])
-            g = conv.geometry(xs, ws, stride, padding, groups)
-            name = f"conv_tc {precision} x{xs} w{ws}"
-            want = conv_tc.forward(c, g, x, w, b, True, precision)
-            self.check(f"{name} forward", conv_tc.forward(d, g, self.on(x), self.on(w), self.on(b),
-                                                          True, precision), want, rtol=1e-3, atol=1e-3)
-            dy = self.data(*want.shape)
-            self.check(f"{name} backward data", conv_tc.backward_data(d, g, self.on(dy), self.on(w), precision),
-                       conv_tc.backward_data(c, g, dy, w, precision), rtol=1e-3, atol=1e-3)
-            self.check(f"{name} backward filter (3 splits)",
-                       conv_tc.backward_filter(d, g, self.on(x), self.on(dy), precision, splits=3),
-                       conv_tc.backward_filter(c, g, x, dy, precision), rtol=1e-3, atol=1e-3)
+        shapes = (((2, 3, 13, 11), (5, 3, 3, 3), 1, 1, 1), ((1, 4, 9, 9), (70, 2, 3, 3), 2, 0, 2))
+        for index, tile in enumerate(conv_tc.TILES):   # every tile, each precision, both shapes
+            for (xs, ws, stride, padding, groups), precision in zip(
+                    shapes, ("tf32", "bf16") if index % 2 == 0 else ("bf16", "tf32")):
+                x, w, b = self.data(*xs), self.data(*ws) * 0.1, self.data(ws[0])
+                g = conv.geometry(xs, ws, stride, padding, groups)
+                name = f"conv_tc {precision} x{xs} w{ws} tile {tile}"
+                want = conv_tc.forward(c, g, x, w, b, True, precision)
+                self.check(f"{name} forward", conv_tc.forward(
+                    d, g, self.on(x), self.on(w), self.on(b), True, precision, tile=tile),
+                    want, rtol=1e-3, atol=1e-3)
+                dy = self.data(*want.shape)
+                self.check(f"{name} backward data", conv_tc.backward_data(
+                    d, g, self.on(dy), self.on(w), precision, tile=tile),
+                    conv_tc.backward_data(c, g, dy, w, precision), rtol=1e-3, atol=1e-3)
+                self.check(f"{name} backward filter (3 splits)", conv_tc.backward_filter(
+                    d, g, self.on(x), self.on(dy), precision, splits=3, tile=tile),
+                    conv_tc.backward_filter(c, g, x, dy, precision), rtol=1e-3, atol=1e-3)
 
     # ---------------------------------------------------------------- LRN and max-pool
     def normalization(self):
