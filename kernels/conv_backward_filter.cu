@@ -10,13 +10,16 @@
 // conv_backward_filter: an implicit GEMM per group whose reduction runs over N*P*Q,
 //   A[m][kk] = dy[n][g*Kg + m][p][q]                        kk = (n, p, q), m = k
 //   B[kk][j] = x[n][g*Cg + c][p*sh - ph + r][q*sw - pw + s]  j = (c, r, s)
+// conv_backward_filter tests the image's bounds with CnTapGather's edge words (paddings
+// of at most 7 output rows or columns a side: ceil(ph / sh), ceil(pw / sw));
+// conv_backward_filter_wide, the same kernel with the plain checked gather, takes any.
 // The reduction is long and the result small (few filters), so it is split into
 // `splits` consecutive chunks of `chunk` (a multiple of BK) that separate blocks
 // reduce: blockIdx.z = split * groups + g, and block (split, g) writes its partial
 // sums to out[split][g*Kg + k][j] (out is dw itself when splits == 1, else a
 // workspace of splits * K * Cg*R*S floats). conv_split_sum then adds the partials
 // in split order. No atomics: the result does not depend on the schedule.
-// Launch: block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(Cg*R*S / BN),
+// Launch (both): block = (BM/TM) * (BN/TN) threads (1-D); grid = (ceil(Cg*R*S / BN),
 // ceil(Kg / BM), splits * groups); no dynamic shared memory. The 192-thread tile asks
 // for two resident blocks per SM (168 registers), which it fits without spilling; the
 // 256-thread tile would spill at 128 and does not ask.
@@ -40,14 +43,14 @@
 // 32-bit indices: the host checks the sizes.
 #include "conv_common.cuh"
 
-template <int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) == 192 ? 2 : 1)
-conv_backward_filter(const float* __restrict__ x, const float* __restrict__ dy,
-                     float* __restrict__ out,
-                     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                     int sh, int sw, int ph, int pw, int groups, int chunk)
+// The kernel's body, B gathered by LB (CnTapGather's edge words or CnGather).
+template <class T, class LB>
+static __device__ __forceinline__ void conv_backward_filter_tile(
+    const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out, int N,
+    int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph, int pw,
+    int groups, int chunk)
 {
-    using T = CnTile<BM, BN, BK, TM, TN>;
+    constexpr int BM = T::BM, BN = T::BN, BK = T::BK, TM = T::TM, TN = T::TN;
     __align__(16) __shared__ float As[2][BK][T::LDA];
     __align__(16) __shared__ float Bs[2][BK][T::LDB];
 
@@ -79,11 +82,11 @@ conv_backward_filter(const float* __restrict__ x, const float* __restrict__ dy,
     }
 
     // B: x at (p*sh - ph + r, q*sw - pw + s) for column (c, r, s), zero outside the image.
-    CnGather<T, BN, false, true> lb;
+    LB lb;
     lb.init(x + g * Cg * HW, kend, H, W, tid);
     lb.dg = cn_digits(P, Q, C * HW, sh * W, sw, sh, sw, BK);
 #pragma unroll
-    for (int j = 0; j < lb.XN; ++j) {
+    for (int j = 0; j < LB::XN; ++j) {
         const int col = min(n0 + lb.x_of(j), crs - 1);
         const int c = col / RS;
         const int rs = col - c * RS;
@@ -113,6 +116,31 @@ conv_backward_filter(const float* __restrict__ x, const float* __restrict__ dy,
             if (col < crs) row[col] = acc[j][i];
         }
     }
+}
+
+#define CN_FILTER_ARGS                                                                        \
+    const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out, int N, \
+        int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph, int pw,  \
+        int groups, int chunk
+#define CN_FILTER_PASS x, dy, out, N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, groups, chunk
+
+// Paddings of at most CN_EDGE_ROWS rows (columns) of outputs: ceil(ph / sh), ceil(pw / sw)
+// (the host checks).
+template <int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) == 192 ? 2 : 1)
+conv_backward_filter(CN_FILTER_ARGS)
+{
+    using T = CnTile<BM, BN, BK, TM, TN>;
+    conv_backward_filter_tile<T, CnTapGather<T, BN, CnEdgeLanes<T, BN>::value, true>>(CN_FILTER_PASS);
+}
+
+// Any padding (wider ones than conv_backward_filter takes).
+template <int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) == 192 ? 2 : 1)
+conv_backward_filter_wide(CN_FILTER_ARGS)
+{
+    using T = CnTile<BM, BN, BK, TM, TN>;
+    conv_backward_filter_tile<T, CnGather<T, BN, false, true>>(CN_FILTER_PASS);
 }
 
 extern "C" __global__ void conv_split_sum(const float* __restrict__ part, float* __restrict__ out,

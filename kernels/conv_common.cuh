@@ -33,9 +33,10 @@
 // thread copies, so the per-element work in the loop is a bounds test (gathers that
 // need one), one address and one copy. Gathers that need it also track a row/column
 // displacement (h, w) so that an element outside the image (the zero padding, the
-// image's edge) is zero-filled by the copy without being read; where the displacement
-// is one filter tap per digit (forward, backward data: CnTapGather), each position keeps
-// a mask of the taps that leave the image and the bounds test is one AND per element.
+// image's edge) is zero-filled by the copy without being read; with CnTapGather each
+// position keeps a word of the digit values that leave the image (forward, backward
+// data: the filter taps; backward filter: the output rows and columns near an edge) and
+// the bounds test is one AND per element.
 // Elements with kk past the reduction's end are zeros in both operands; rows and columns past the matrix
 // edge copy a clamped (valid) position, whose products land only in results that are
 // never stored.
@@ -58,6 +59,18 @@ static __device__ __forceinline__ const float* cn_opaque(const float* p)
     asm("mov.b64 %0, %0;" : "+l"(p));
 #endif
     return p;
+}
+
+// v << n, zero for n >= 32 (PTX's shl clamps the count; C++ leaves it undefined).
+static __device__ __forceinline__ unsigned cn_shl(unsigned v, int n)
+{
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("shl.b32 %0, %1, %2;" : "=r"(r) : "r"(v), "r"(n));
+    return r;
+#else
+    return (unsigned)n < 32u ? v << n : 0u;
+#endif
 }
 
 template <int BM_, int BN_, int BK_, int TM_, int TN_>
@@ -247,18 +260,35 @@ struct CnGather {
 #define CN_TAP_N1 15
 #define CN_TAP_N2 16
 
-// A gathered operand bounds-checked by tap masks (the forward and backward-data image
-// gathers): V[kk][x] = src[base[x] + off(kk)] as CnGather's (KMAJOR false, CHECK true),
-// for displacements h = d1 * h1, w = d2 * w2 with h1, w2 each 1 or -1 and n1 <= CN_TAP_N1,
-// n2 <= CN_TAP_N2 (the caller checks; CnGather covers other shapes). Whether an element
-// is inside the image depends only on x's (hx, wx) and kk's digits (d1, d2), so set_x
-// folds it into one word per position: skip[x] has bit d1 set where hx + d1 * h1 is
-// outside [0, H), bit 16 + d2 where wx + d2 * w2 is outside [0, W), and bit 15 always.
-// A row kk of a slice tests the word (1 << d1) | (1 << (16 + d2)), or bit 15 past the
-// reduction's end, against it: one AND per element instead of two additions and two
-// compares. TXL threads along x (consecutive x, memory-contiguous): each thread copies
+// A gathered operand bounds-checked by tap masks: V[kk][x] = src[base[x] + off(kk)] as
+// CnGather's (KMAJOR false, CHECK true), for displacements h = d1 * h1, w = d2 * w2.
+// Whether an element is inside the image depends only on x's (hx, wx) and kk's digits
+// (d1, d2), so set_x folds x's part into one word per position, skip[x], and a row kk
+// of a slice forms a word `tap` from its digits; the element is copied when
+// skip[x] & tap == 0: one AND per element instead of two additions and two compares.
+// Past the reduction's end tap is a bit that every skip word has. Two codings:
+//
+// Taps (EDGE false; the forward and backward-data image gathers, whose digits are
+// filter taps): h1, w2 each 1 or -1 and n1 <= CN_TAP_N1, n2 <= CN_TAP_N2 (the caller
+// checks; CnGather covers other shapes). skip[x] has bit d1 set where hx + d1 * h1 is
+// outside [0, H), bit 16 + d2 where wx + d2 * w2 is outside [0, W), and bit 15 always;
+// tap is (1 << d1) | (1 << (16 + d2)), or bit 15 past the end.
+//
+// Edges (EDGE true; backward filter's image gather, whose digits are output positions
+// (p, q) = (d1, d2) < (n1, n2) with h1, w2 > 0 the strides): the rows outside the image
+// for a position are the first few (hx + p * h1 < 0) and the last few (>= H), at most
+// ceil(pad / stride) at either end (cn_edge_rows; the caller checks that it is at most
+// CN_EDGE_ROWS). So the word classes a digit by its distance to either end: p (bits
+// 0-6) and n1 - 1 - p (bits 25-31), q (bits 7-13) and n2 - 1 - q (bits 14-20), a
+// distance of 7 or more setting no bit; skip[x] has the bits of its outside distances
+// and bit 21 (the end) always.
+//
+// TXL threads along x (consecutive x, memory-contiguous): each thread copies
 // BK / (THREADS / TXL) rows kk times BX / TXL positions.
-template <class T, int BX, int TXL_>
+#define CN_EDGE_ROWS 7
+#define CN_EDGE_END (1u << 21)
+
+template <class T, int BX, int TXL_, bool EDGE = false>
 struct CnTapGather {
     static constexpr int BK = T::BK;
     static constexpr int THREADS = T::THREADS;
@@ -266,6 +296,7 @@ struct CnTapGather {
     static constexpr int TKL = THREADS / TXL;
     static constexpr int KR = BK / TKL;
     static constexpr int XN = BX / TXL;
+    static constexpr unsigned END = EDGE ? CN_EDGE_END : 0x8000u;
     static_assert(TXL >= 1 && THREADS % TXL == 0 && TKL >= 1 && BK % TKL == 0 && BX % TXL == 0,
                   "the loader's thread grid must tile the BK x BX slice");
 
@@ -285,11 +316,13 @@ struct CnTapGather {
         W = W_;
         tx = tid % TXL;
         tk = tid / TXL;
-        if (TXL == 16 && TKL % 8 == 0) {
+        if (TXL == 16) {
             // A warp's two half warps write rows 4 apart (mod 8): shared rows of LDB =
             // BN + 4 floats put them 16 banks apart, so the warp's copies never conflict.
+            // Rows past the last multiple of 8 (TKL = 12) go in consecutive pairs.
             const int warp = tid / 32;
-            tk = warp % 4 + 4 * ((tid / 16) % 2) + 8 * (warp / 4);
+            const int half = (tid / 16) % 2;
+            tk = warp < 4 * (TKL / 8) ? warp % 4 + 4 * half + 8 * (warp / 4) : 2 * warp + half;
         }
     }
 
@@ -306,28 +339,55 @@ struct CnTapGather {
         return hi > lo ? ((1u << hi) - 1u) & ~((1u << lo) - 1u) : 0u;
     }
 
+    // The digit values d < n with at + d * step outside [0, size) (step > 0) as the
+    // counts (first, last) of them at either end, at most CN_EDGE_ROWS each.
+    static __device__ __forceinline__ unsigned edges(int at, int step, int size, int n,
+                                                     int first_bit, int last_bit)
+    {
+        const int first = at < 0 ? (step - 1 - at) / step : 0;                  // at + d*step < 0
+        const int in_end = size - at > 0 ? (size - at + step - 1) / step : 0;  // d >= this: past
+        const int last = max(n - in_end, 0);
+        const unsigned f = (1u << min(first, CN_EDGE_ROWS)) - 1u;
+        const unsigned l = (1u << min(last, CN_EDGE_ROWS)) - 1u;
+        return (f << first_bit) | (l << last_bit);
+    }
+
     // After dg is set.
     __device__ __forceinline__ void set_x(int j, int b, int h, int w)
     {
         base[j] = b;
-        skip[j] = ~(inside(h, dg.h1, H, dg.n1, CN_TAP_N1)
-                    | (inside(w, dg.w2, W, dg.n2, CN_TAP_N2) << 16));
+        if (EDGE)
+            skip[j] = END | edges(h, dg.h1, H, dg.n1, 0, 25) | edges(w, dg.w2, W, dg.n2, 7, 14);
+        else
+            skip[j] = ~(inside(h, dg.h1, H, dg.n1, CN_TAP_N1)
+                        | (inside(w, dg.w2, W, dg.n2, CN_TAP_N2) << 16));
     }
 
     __device__ __forceinline__ void start(int kbeg) { cn_walk_start(*this, kbeg); }
     __device__ __forceinline__ void advance() { cn_walk_advance(*this); }
+
+    // Row i's word (see above).
+    __device__ __forceinline__ unsigned tap(int i) const
+    {
+        const int d1 = wk[i].d1, d2 = wk[i].d2;
+        if (!EDGE) return (1u << d1) | (0x10000u << d2);
+        // Each bit is 1 shifted by the distance plus its field's first bit (n1 - 1 - p's
+        // overflow leaves the word; the others' are masked off).
+        const unsigned pf = cn_shl(1u, d1), pl = cn_shl(1u, (dg.n1 + 24) - d1);
+        const unsigned qf = cn_shl(1u, d2 + 7), ql = cn_shl(1u, (dg.n2 + 13) - d2);
+        return (pf & 0x7Fu) | pl | (qf & 0x3F80u) | (ql & 0x1FC000u);
+    }
 
     template <int LD>
     __device__ __forceinline__ void issue(float (&S)[BK][LD]) const
     {
 #pragma unroll
         for (int i = 0; i < KR; ++i) {
-            const unsigned tap = tk + i * TKL < krem ? (1u << wk[i].d1) | (0x10000u << wk[i].d2)
-                                                     : 0x8000u;
+            const unsigned t = tk + i * TKL < krem ? tap(i) : END;
             float* dst = &S[tk + i * TKL][tx];
 #pragma unroll
             for (int j = 0; j < XN; ++j)
-                cn_cp_async<4>(dst + j * TXL, src + (base[j] + wk[i].off), (skip[j] & tap) == 0u);
+                cn_cp_async<4>(dst + j * TXL, src + (base[j] + wk[i].off), (skip[j] & t) == 0u);
         }
     }
 };
@@ -340,6 +400,13 @@ template <class T, int BX>
 struct CnTapLanes {
     static constexpr int value =
         (BX == 128 && T::THREADS <= 192 && (T::THREADS / 16) % 8 == 0) ? 16 : (BX < 32 ? BX : 32);
+};
+
+// The same for the edge words (backward filter, whose A gather holds fewer registers):
+// 16 for 128 positions at every tile; else up to 32.
+template <class T, int BX>
+struct CnEdgeLanes {
+    static constexpr int value = BX == 128 ? 16 : (BX < 32 ? BX : 32);
 };
 
 // A dense operand: V[kk][x] = src[row(x) * ld + kk] for kk in [kbeg, kend), zero past

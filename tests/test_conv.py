@@ -158,6 +158,8 @@ REQUIRED_SHAPES = [
     ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0, 1),             # the smallest convolution
     ((1, 2, 18, 19), (3, 2, 16, 17), 1, 1, 1),         # past 15x16 taps: the *_wide kernels
     ((2, 3, 20, 9), (4, 3, 17, 2), (2, 1), 0, 1),      # forward wide, data's phases not
+    ((1, 2, 4, 5), (3, 2, 2, 3), 1, (7, 1), 1),        # filter's edge words: 7 rows, the most
+    ((1, 2, 5, 6), (3, 2, 3, 4), (1, 2), (8, 15), 1),  # past 7 rows a side: filter's wide kernel
 ]
 
 
@@ -600,6 +602,16 @@ def test_launch_shapes():
     g2 = conv.geometry((2, 3, 40, 40), (8, 3, 16, 5), 2, 0, 1)  # phases of 8 rows: tap masks
     assert conv.backward_data_launch(gpu, g2, np.zeros(g2.y_shape, np.float32), ww,
                                      xw).name.startswith("conv_backward_data<")
+    # backward filter: paddings past its edge words' 7 output rows a side run its wide kernel
+    for pad, name in [((8, 15), "conv_backward_filter_wide<"), ((15, 14), "conv_backward_filter<")]:
+        gp = conv.geometry((1, 2, 5, 6), (3, 2, 3, 4), (1, 2) if pad[0] == 8 else (3, 2), pad)
+        plan = conv.plan_filter(gpu, gp, splits=1)
+        xp, dyp, dwp = (np.zeros(shape, np.float32) for shape in (gp.x_shape, gp.y_shape, gp.w_shape))
+        launch = conv.backward_filter_launches(gpu, gp, xp, dyp, dwp, plan)[0]
+        assert launch.name.startswith(name), (pad, launch.name)
+    assert plan.tile in conv.CONV_TILES
+    with pytest.raises(LaunchError, match="at most 7 output rows"):
+        conv.plan_filter(gpu, conv.geometry((1, 2, 5, 6), (3, 2, 3, 4), 1, 8), tile=conv.MEDIUM)
 
 
 def test_filter_plan():

@@ -62,6 +62,10 @@ CONV_TILES: tuple[Tile, ...] = TILES + (ROWS48,)
 # R x S; backward data: a stride phase's ceil(R/sh) x ceil(S/sw)); wider filters run the
 # *_wide kernels (the plain checked gather), instantiated for these tiles only.
 TAP_ROWS, TAP_COLS = 15, 16  # CN_TAP_N1, CN_TAP_N2
+# Backward filter bounds-checks its image gather with edge words (conv_common.cuh,
+# CnTapGather's EDGE coding), which hold at most EDGE_ROWS output rows (columns) per
+# edge outside the image: ceil(pad / stride) of them; larger paddings run the wide kernel.
+EDGE_ROWS = 7  # CN_EDGE_ROWS
 WIDE_TILES: tuple[Tile, ...] = (LARGE, EMU)
 
 # The instantiations each conv kernel file exports (the one place they are made).
@@ -74,6 +78,7 @@ BACKWARD_DATA = KernelModule("conv_backward_data.cu",
                              + tuple(t.name("conv_backward_data_wide") for t in WIDE_TILES))
 BACKWARD_FILTER = KernelModule("conv_backward_filter.cu",
                                tuple(t.name("conv_backward_filter") for t in CONV_TILES)
+                               + tuple(t.name("conv_backward_filter_wide") for t in WIDE_TILES)
                                + ("conv_split_sum", name_expression("conv_bias_grad", (BIAS_THREADS,))))
 
 # How a device kind runs each tile it may choose: (blocks resident per SM or emulator
@@ -208,8 +213,10 @@ def pick_tile(device, tile, rows: int, cols: int, batches: int,
         raise LaunchError(f"conv2d: tile {tuple(tile)} is not instantiated; exported: "
                           + ", ".join(str(tuple(t)) for t in exported))
     if wide and tile not in WIDE_TILES:
-        raise LaunchError(f"conv2d: tile {tuple(tile)} takes filters (or stride phases) of "
-                          f"at most {TAP_ROWS}x{TAP_COLS} taps; wider ones run on "
+        limit = (f"paddings of at most {EDGE_ROWS} output rows (columns) a side"
+                 if kernel == "conv_backward_filter"
+                 else f"filters (or stride phases) of at most {TAP_ROWS}x{TAP_COLS} taps")
+        raise LaunchError(f"conv2d: tile {tuple(tile)} takes {limit}; wider ones run on "
                           + ", ".join(str(tuple(t)) for t in WIDE_TILES))
     return tile
 
@@ -217,3 +224,9 @@ def pick_tile(device, tile, rows: int, cols: int, batches: int,
 def wide_taps(rows: int, cols: int) -> bool:
     """Whether a gather of ``rows`` x ``cols`` taps needs the *_wide kernels."""
     return rows > TAP_ROWS or cols > TAP_COLS
+
+
+def wide_edges(pad_h: int, pad_w: int, stride_h: int, stride_w: int) -> bool:
+    """Whether backward filter's image gather needs its *_wide kernel: more than
+    EDGE_ROWS output rows (or columns) reach into either side's padding."""
+    return -(-pad_h // stride_h) > EDGE_ROWS or -(-pad_w // stride_w) > EDGE_ROWS

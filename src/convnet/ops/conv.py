@@ -42,7 +42,8 @@ from ._arrays import INT32_MAX, check_one_dtype, check_shape, kernel_array
 from ._conv_geometry import Geometry, check_kernel_sizes, geometry
 from ._conv_tiles import (BACKWARD_DATA, BACKWARD_FILTER, BIAS_THREADS, CONV_TILES, EMU,
                           FORWARD, LARGE, MEDIUM, ROWS48, ROWS96, SMALL, THIN, TILES, Tile,
-                          choose_tile, pick_tile, resident_blocks, whole_wave_splits, wide_taps)
+                          choose_tile, pick_tile, resident_blocks, whole_wave_splits, wide_edges,
+                          wide_taps)
 from .elementwise import BLOCK, max_blocks
 from .relu import relu_in_place
 
@@ -321,7 +322,7 @@ def plan_filter(device, g: Geometry, tile=None, splits=None) -> FilterPlan:
     npq = g.n * g.p * g.q
     # the split will fill the device: pick the tile for a large grid
     tile = pick_tile(device, tile, g.kg, crs, g.groups * max(1, npq // 256),
-                     FILTER_KERNEL)
+                     FILTER_KERNEL, _filter_wide(g))
     if splits is None:
         blocks = -(-g.kg // tile.bm) * -(-crs // tile.bn) * g.groups
         most = max(1, npq // (32 * tile.bk))
@@ -344,6 +345,10 @@ def plan_filter(device, g: Geometry, tile=None, splits=None) -> FilterPlan:
     return FilterPlan(tile, splits, chunk)
 
 
+def _filter_wide(g: Geometry) -> bool:
+    return wide_edges(g.pad_h, g.pad_w, g.stride_h, g.stride_w)
+
+
 def backward_filter_launches(device, g: Geometry, x, dy, dw, plan: FilterPlan,
                              workspace=None) -> list[Launch]:
     """The Launches writing dL/dw into ``dw``: the split GEMM, then (when split) the
@@ -352,8 +357,9 @@ def backward_filter_launches(device, g: Geometry, x, dy, dw, plan: FilterPlan,
     tile, splits, chunk = plan
     crs = g.cg * g.r * g.s
     grid = (-(-crs // tile.bn), -(-g.kg // tile.bm), g.groups * splits)
+    name = FILTER_KERNEL + "_wide" if _filter_wide(g) else FILTER_KERNEL
     if splits == 1:
-        return [Launch(BACKWARD_FILTER, "conv_backward_filter", grid=grid, block=(tile.threads,),
+        return [Launch(BACKWARD_FILTER, name, grid=grid, block=(tile.threads,),
                        args=(x, dy, dw, *g.scalars(), np.int32(chunk)),
                        template_args=tuple(tile))]
     need = plan.workspace_size(g)
@@ -363,7 +369,7 @@ def backward_filter_launches(device, g: Geometry, x, dy, dw, plan: FilterPlan,
     ws = workspace.reshape(-1)[:need]
     count = dw.size
     blocks = min(-(-count // BLOCK), max_blocks(device))
-    return [Launch(BACKWARD_FILTER, "conv_backward_filter", grid=grid, block=(tile.threads,),
+    return [Launch(BACKWARD_FILTER, name, grid=grid, block=(tile.threads,),
                    args=(x, dy, ws, *g.scalars(), np.int32(chunk)), template_args=tuple(tile)),
             Launch(BACKWARD_FILTER, "conv_split_sum", grid=(blocks,), block=(BLOCK,),
                    args=(ws, dw, np.int32(count), np.int32(splits)))]
