@@ -68,8 +68,9 @@ class Tour:
         ]
         from convnet.ops._conv_tiles import WIDE_TILES
         cases = list(zip(shapes * len(conv.CONV_TILES), conv.CONV_TILES * 2))
-        # a filter past the tap masks' 15 x 16 taps: the *_wide kernels, on their tiles
-        cases += [(((1, 2, 19, 6), (3, 2, 17, 3), 1, 1, 1), tile) for tile in WIDE_TILES]
+        # a filter past the tap masks' 15 x 16 taps and a padding past backward filter's edge
+        # words' 7 rows: the *_wide kernels, on their tiles
+        cases += [(((1, 2, 19, 6), (3, 2, 17, 3), 1, (8, 1), 1), tile) for tile in WIDE_TILES]
         for (xs, ws, stride, padding, groups), tile in cases:
             x, w, b = self.data(*xs), self.data(*ws) * 0.1, self.data(ws[0])
             g = conv.geometry(xs, ws, stride, padding, groups)
