@@ -127,12 +127,14 @@ static __device__ __forceinline__ void conv_backward_data_tile(
         int groups
 #define CN_DATA_PASS dy, w, dx, N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, groups
 
-// Phases of at most CN_TAP_N1 x CN_TAP_N2 taps (ceil(R / sh), ceil(S / sw); the host checks).
+// Phases of at most CN_TAP_N1 x CN_TAP_N2 taps (ceil(R / sh), ceil(S / sw); the host
+// checks); a pointer per gathered position of B (not of A: MEDIUM would pass 168
+// registers, its three blocks an SM).
 template <int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), 1) conv_backward_data(CN_DATA_ARGS)
 {
     using T = CnTile<BM, BN, BK, TM, TN>;
-    conv_backward_data_tile<T, CnTapGather<T, BN, CnTapLanes<T, BN>::value>>(CN_DATA_PASS);
+    conv_backward_data_tile<T, CnTapGather<T, BN, CnTapLanes<T, BN>::value, false, true>>(CN_DATA_PASS);
 }
 
 // Any filter (wider phases than conv_backward_data takes).

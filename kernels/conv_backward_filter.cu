@@ -71,8 +71,9 @@ static __device__ __forceinline__ void conv_backward_filter_tile(
     const int tx = tid % T::TX;
     const int ty = tid / T::TX;
 
-    // A: dy rows k, reduction (n, p, q): contiguous along kk within an image.
-    CnGather<T, BM, true, false> la;
+    // A: dy rows k, reduction (n, p, q): contiguous along kk within an image; a pointer
+    // per row k where a thread has at most 8 of them (ROWS96's 12 spill on sm_80).
+    CnGather<T, BM, true, false, CnGather<T, BM, true, false>::XN <= 8> la;
     la.init(dy + g * Kg * PQ, kend, 0, 0, tid);
     la.dg = cn_digits(P, Q, K * PQ, Q, 1, 0, 0, BK);
 #pragma unroll
@@ -131,7 +132,11 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) =
 conv_backward_filter(CN_FILTER_ARGS)
 {
     using T = CnTile<BM, BN, BK, TM, TN>;
-    conv_backward_filter_tile<T, CnTapGather<T, BN, CnEdgeLanes<T, BN>::value, true>>(CN_FILTER_PASS);
+    // a pointer per gathered position where the registers allow: not at MEDIUM (past
+    // 168 registers, its three blocks an SM), ROWS96 (spills) or EMU (255)
+    constexpr bool PTR = T::THREADS == 256 || BN == 256;
+    conv_backward_filter_tile<T, CnTapGather<T, BN, CnEdgeLanes<T, BN>::value, true, PTR>>(
+        CN_FILTER_PASS);
 }
 
 // Any padding (wider ones than conv_backward_filter takes).

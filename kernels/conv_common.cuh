@@ -156,9 +156,12 @@ struct CnWalker {
 };
 
 // The walk shared by the gathers (CnGather, CnTapGather: members src, krem, dg, tk, wk[KR],
-// base[XN], TKL, BK). Start: the walkers at kbeg; the thread's first position is folded
-// into its own pointer (the others relative to it), so an element's address is one
-// multiply-add on a per-thread register pair. Advance: one slice on.
+// base[XN], pos[], PTR_POS, TKL, BK). Start: the walkers at kbeg; the thread's first
+// position is folded into its own pointer (the others relative to it), so an element's
+// address is one addition and one multiply-add on a per-thread register pair; or, with
+// PTR_POS, every position gets its own pointer (pos[j]) and the address is one
+// multiply-add on it, for two registers a position instead of one (the kernels ask for
+// it where the registers allow). Advance: one slice on.
 template <class G>
 static __device__ __forceinline__ void cn_walk_start(G& g, int kbeg)
 {
@@ -168,6 +171,18 @@ static __device__ __forceinline__ void cn_walk_start(G& g, int kbeg)
     g.src = cn_opaque(g.src + g.base[0]);
 #pragma unroll
     for (int j = G::XN - 1; j >= 0; --j) g.base[j] -= g.base[0];
+    if (G::PTR_POS) {
+#pragma unroll
+        for (int j = 0; j < G::XN; ++j) g.pos[j] = cn_opaque(g.src + g.base[j]);
+    }
+}
+
+// Position j's element at reduction offset off (see cn_walk_start).
+template <class G>
+static __device__ __forceinline__ const float* cn_elem(const G& g, int j, int off)
+{
+    if (G::PTR_POS) return g.pos[j] + off;
+    return g.src + (g.base[j] + off);
 }
 
 template <class G>
@@ -183,8 +198,9 @@ static __device__ __forceinline__ void cn_walk_advance(G& g)
 // BX is the tile's extent along x (BM for A, BN for B). KMAJOR: consecutive threads take
 // consecutive kk (memory contiguous along kk); else consecutive x (contiguous along x).
 // Each thread copies KR rows kk (one walker each) times XN positions x, one 4-byte
-// cp.async each (zero-filled, reading nothing, where the element is outside).
-template <class T, int BX, bool KMAJOR, bool CHECK>
+// cp.async each (zero-filled, reading nothing, where the element is outside). PTR: a
+// pointer per position (cn_walk_start).
+template <class T, int BX, bool KMAJOR, bool CHECK, bool PTR = false>
 struct CnGather {
     static constexpr int BK = T::BK;
     static constexpr int THREADS = T::THREADS;
@@ -192,6 +208,7 @@ struct CnGather {
     static constexpr int TKL = THREADS / TXL;                                // threads along kk
     static constexpr int KR = BK / TKL;
     static constexpr int XN = BX / TXL;
+    static constexpr bool PTR_POS = PTR;
     static_assert(TXL >= 1 && THREADS % TXL == 0 && TKL >= 1 && BK % TKL == 0 && BX % TXL == 0,
                   "the loader's thread grid must tile the BK x BX slice");
 
@@ -203,6 +220,7 @@ struct CnGather {
     int base[XN];
     int hx[XN];
     int wx[XN];
+    const float* pos[PTR ? XN : 1];
 
     __device__ __forceinline__ void init(const float* src_, int kend_, int H_, int W_, int tid)
     {
@@ -250,7 +268,7 @@ struct CnGather {
                     ok = ok && (unsigned)(hx[j] + h) < (unsigned)H
                             && (unsigned)(wx[j] + w) < (unsigned)W;
                 }
-                cn_cp_async<4>(dst + j * TXL, src + (base[j] + wk[i].off), ok);
+                cn_cp_async<4>(dst + j * TXL, cn_elem(*this, j, wk[i].off), ok);
             }
         }
     }
@@ -284,11 +302,12 @@ struct CnGather {
 // and bit 21 (the end) always.
 //
 // TXL threads along x (consecutive x, memory-contiguous): each thread copies
-// BK / (THREADS / TXL) rows kk times BX / TXL positions.
+// BK / (THREADS / TXL) rows kk times BX / TXL positions. PTR: a pointer per position
+// (cn_walk_start).
 #define CN_EDGE_ROWS 7
 #define CN_EDGE_END (1u << 21)
 
-template <class T, int BX, int TXL_, bool EDGE = false>
+template <class T, int BX, int TXL_, bool EDGE = false, bool PTR = false>
 struct CnTapGather {
     static constexpr int BK = T::BK;
     static constexpr int THREADS = T::THREADS;
@@ -297,6 +316,7 @@ struct CnTapGather {
     static constexpr int KR = BK / TKL;
     static constexpr int XN = BX / TXL;
     static constexpr unsigned END = EDGE ? CN_EDGE_END : 0x8000u;
+    static constexpr bool PTR_POS = PTR;
     static_assert(TXL >= 1 && THREADS % TXL == 0 && TKL >= 1 && BK % TKL == 0 && BX % TXL == 0,
                   "the loader's thread grid must tile the BK x BX slice");
 
@@ -307,6 +327,7 @@ struct CnTapGather {
     CnWalker wk[KR];
     int base[XN];
     unsigned skip[XN];
+    const float* pos[PTR ? XN : 1];
 
     __device__ __forceinline__ void init(const float* src_, int kend_, int H_, int W_, int tid)
     {
@@ -387,7 +408,7 @@ struct CnTapGather {
             float* dst = &S[tk + i * TKL][tx];
 #pragma unroll
             for (int j = 0; j < XN; ++j)
-                cn_cp_async<4>(dst + j * TXL, src + (base[j] + wk[i].off), (skip[j] & t) == 0u);
+                cn_cp_async<4>(dst + j * TXL, cn_elem(*this, j, wk[i].off), (skip[j] & t) == 0u);
         }
     }
 };

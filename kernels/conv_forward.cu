@@ -104,13 +104,14 @@ static __device__ __forceinline__ void conv_forward_tile(
 #define CN_FORWARD_PASS \
     x, w, bias, y, N, C, H, W, K, R, S, P, Q, sh, sw, ph, pw, groups, has_bias, relu
 
-// Filters of at most CN_TAP_N1 x CN_TAP_N2 taps (the host checks).
+// Filters of at most CN_TAP_N1 x CN_TAP_N2 taps (the host checks); a pointer per
+// gathered position (the registers allow it at every tile).
 template <int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) >= 192 ? 2 : 1)
 conv_forward(CN_FORWARD_ARGS)
 {
     using T = CnTile<BM, BN, BK, TM, TN>;
-    conv_forward_tile<T, CnTapGather<T, BN, CnTapLanes<T, BN>::value>>(CN_FORWARD_PASS);
+    conv_forward_tile<T, CnTapGather<T, BN, CnTapLanes<T, BN>::value, false, true>>(CN_FORWARD_PASS);
 }
 
 // Any filter (wider ones than conv_forward takes).
