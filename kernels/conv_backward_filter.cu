@@ -43,6 +43,16 @@
 // 32-bit indices: the host checks the sizes.
 #include "conv_common.cuh"
 
+// Which gathers keep a pointer per position (cn_walk_start): where the registers allow
+// (NVRTC sm_80 and sm_90: no spills, and at most 168 registers where two or three blocks
+// are resident): the image gather at every tile but ROWS96 (which would spill on
+// sm_80), the dy rows at the 256-thread and 256-column tiles (MEDIUM would pass 168).
+template <class T>
+struct CnFilterPointers {
+    static constexpr bool A = T::THREADS == 256 || T::BN == 256;
+    static constexpr bool B = !(T::THREADS == 192 && T::BN == 128);
+};
+
 // The kernel's body, B gathered by LB (CnTapGather's edge words or CnGather).
 template <class T, class LB>
 static __device__ __forceinline__ void conv_backward_filter_tile(
@@ -71,9 +81,8 @@ static __device__ __forceinline__ void conv_backward_filter_tile(
     const int tx = tid % T::TX;
     const int ty = tid / T::TX;
 
-    // A: dy rows k, reduction (n, p, q): contiguous along kk within an image; a pointer
-    // per row k where a thread has at most 8 of them (ROWS96's 12 spill on sm_80).
-    CnGather<T, BM, true, false, CnGather<T, BM, true, false>::XN <= 8> la;
+    // A: dy rows k, reduction (n, p, q): contiguous along kk within an image.
+    CnGather<T, BM, true, false, CnFilterPointers<T>::A> la;
     la.init(dy + g * Kg * PQ, kend, 0, 0, tid);
     la.dg = cn_digits(P, Q, K * PQ, Q, 1, 0, 0, BK);
 #pragma unroll
@@ -132,11 +141,8 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), (BM / TM) * (BN / TN) =
 conv_backward_filter(CN_FILTER_ARGS)
 {
     using T = CnTile<BM, BN, BK, TM, TN>;
-    // a pointer per gathered position where the registers allow: not at MEDIUM (past
-    // 168 registers, its three blocks an SM), ROWS96 (spills) or EMU (255)
-    constexpr bool PTR = T::THREADS == 256 || BN == 256;
-    conv_backward_filter_tile<T, CnTapGather<T, BN, CnEdgeLanes<T, BN>::value, true, PTR>>(
-        CN_FILTER_PASS);
+    using LB = CnTapGather<T, BN, CnEdgeLanes<T, BN>::value, true, CnFilterPointers<T>::B>;
+    conv_backward_filter_tile<T, LB>(CN_FILTER_PASS);
 }
 
 // Any padding (wider ones than conv_backward_filter takes).
