@@ -102,6 +102,43 @@ def test_dynamic_count_of_a_known_trip_count():
     assert regions["loops"] == [] and dyn.instructions == warps * regions["straight"]["instructions"]
 
 
+def test_cp_async_copies_count_as_one_site_on_both_sides():
+    """cp_async_pipeline's staged_sum4 copies a tile a pass through kernels/cp_async.cuh:
+    the GPU build's LDGSTS sits at the PTX line of cp_async.cuh, the emulator takes the
+    copy's read in emu_cp_async.h. Both must name the same site (else the loop's blocks
+    holding the copies look as if they never ran, and their instructions were left out
+    of the count: the tensor-core kernels' loaders were), and the "@!PT" padding that
+    ptxas puts before each LDGSTS makes no request."""
+    import numpy as np
+    from convnet.perf import dynamic, sass
+    from convnet.perf.emu_traffic import measure
+    from convnet.toolchain.kernel_source import expand
+    require_perf_tools()
+    pipe = KernelModule(str(Path(__file__).resolve().parent / "kernels" / "cp_async_pipeline.cu"),
+                        ("staged_sum4",))
+    (built,) = sass.compile_source(expand(pipe.source), pipe.source, pipe.kernels, "sm_90",
+                                   line_info=True)
+    tiles = 9
+    x = np.random.default_rng(0).random(tiles * 64, dtype=np.float32)
+    launch = Launch(pipe, "staged_sum4", (1, 1, 1), (64, 1, 1),
+                    (x, np.zeros(64, np.float32), np.int32(tiles), np.int32(tiles * 64)))
+    (traffic,) = measure([launch], None)
+    regions = dynamic.regions(built)
+    loops = regions["loops"]  # ptxas unrolls the pipeline's loop by 4, with a remainder loop
+    assert any(i.opcode == "LDGSTS" for i in built.instructions)
+    assert traffic.sites.get(dynamic.CP_ASYNC_SITE) == 2 * tiles  # a copy a pass, 2 warps
+    for loop in loops:
+        assert loop["memory"].get(dynamic.CP_ASYNC_SITE)
+        assert not [k for k in loop["memory"] if "cp_async.cuh" in k]  # no "@!PT" requests
+        live, _ = dynamic._live(loop, traffic.sites)
+        assert live["instructions"] == loop["instructions"]  # no block of the loop pruned
+    dyn = dynamic.count(regions, 2, traffic.sites, traffic.barrier_warps, traffic.warp_ops)
+    copies = sum(x * l["memory"][dynamic.CP_ASYNC_SITE] for x, l in zip(dyn.iterations, loops))
+    # the least squares meets the copies' equation (the two prologue copies aside: 14)
+    # and the loop's tile reads' (18: the last two passes read without copying) between
+    assert 2 * (tiles - 2) - 1e-6 <= copies <= 2 * tiles + 1e-6
+
+
 def test_conditional_loads_bound_the_trip_count_from_below():
     """perf_rare's loop runs n = 7 times per warp, but its loads are conditional: the
     first taken in every pass (7 requests per warp), the second in one (1 request). Both

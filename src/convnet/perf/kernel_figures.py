@@ -26,7 +26,7 @@ from ..toolchain import nvrtc
 from ..toolchain.kernel_source import expand
 from ..toolchain.launch import KernelModule
 
-FORMAT = 4  # 3: each line's unconditional memory instructions; 4: called functions
+FORMAT = 5  # 3: each line's unconditional memory instructions; 4: called functions; 5: one cp.async site, "@!PT" no request
 _MEMORY: dict[str, dict[str, dict]] = {}
 _LOCK = threading.Lock()
 
