@@ -14,26 +14,28 @@
 // most taps are zeros (the FP32 engine splits by phase; AlexNet's strided conv1 needs
 // no input gradient).
 //
-// Launch: block = 128 threads; grid = (ceil(N*H*W / BN), ceil(Cg / 128), groups);
-// UNIT = (sh == 1 && sw == 1 && R <= 32 && S <= 32: the tap masks' bits);
-// BN = 128 or 96 (the tile's columns); 37 KiB (TF32) or 41 KiB (BF16) static shared
-// memory at BN = 128. 32-bit indices (the host checks the sizes).
+// Launch: block = 128 threads; grid = (ceil(N*H*W / BN), ceil(Cg / BM), groups);
+// UNIT = (sh == 1 && sw == 1);
+// BN = 128 or 96 (the tile's columns), BM = 128 or 64 (its rows; the default 128 keeps
+// the two-argument names); 37 KiB (TF32) or 41 KiB (BF16) static shared memory at
+// 128 x 128, plus the 512-byte tap table. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
-template <int PREC, int BN, bool UNIT>
+template <int PREC, int BN, bool UNIT, int BM = 128>
 __global__ void __launch_bounds__(CN_TC_THREADS)
 conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                       int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                       int sh, int sw, int ph, int pw, int groups)
 {
-    __shared__ __align__(16) CnTcSmem<PREC, BN> sm;
+    __shared__ __align__(16) CnTcSmem<PREC, BN, BM> sm;
+    __shared__ CnTcTaps taps;  // (offset, -r, -s) of a slice's rows
 
     const int g = blockIdx.z;
     const int Cg = C / groups, Kg = K / groups;
     const int HW = H * W, PQ = P * Q, RS = R * S;
     const int kd = Kg * RS;
     const int cols = N * HW;
-    const int m0 = blockIdx.y * CN_TC_BM;
+    const int m0 = blockIdx.y * BM;
     const int n0 = blockIdx.x * BN;
 
     const int ak = cn_tc_a_col(), bj = cn_tc_b_col();
@@ -44,63 +46,63 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
     const int chw = col_ok ? col - cn * HW : 0;
     const int ch = chw / W;
     const int th0 = ch + ph, tw0 = chw - ch * W + pw;  // p*sh + r and q*sw + s
-    const float* dyimg = dy + (cn * K + g * Kg) * PQ;
-    // UNIT: bit r of hmask = (tap row p = th0 - r lands on an output), bit s of wmask
-    // likewise for q, so a copy's test is two shifts; the offset of tap (k, r, s) is
-    // k*PQ - r*Q - s from dyc = &dy[n][g*Kg][th0][tw0] (formed, not read, when outside).
-    unsigned hmask = 0u, wmask = 0u;
-    if (UNIT && col_ok) {
-        for (int r = 0; r < R; ++r) hmask |= (unsigned)(th0 - r >= 0 && th0 - r < P) << r;
-        for (int s = 0; s < S; ++s) wmask |= (unsigned)(tw0 - s >= 0 && tw0 - s < Q) << s;
-    }
-    const float* dyc = dyimg + th0 * Q + tw0;
+    const int dyimg = (cn * K + g * Kg) * PQ;  // dy[n][g*Kg] (an index)
+    const int dyc = dyimg + th0 * Q + tw0;      // dy[n][g*Kg][th0][tw0] (UNIT; formed, not read)
 
     // kk = (k, r, s) as digits: A's column -> k*Cg*RS + r*S + s (w[g*Kg + k][c][r][s]
-    // less c), stepped by BK per slice; B's rows -> k*PQ with (r, s), stepped by B_STEP along a
-    // slice and by BK per slice (CnWalker, conv_common.cuh; UNIT: k*PQ - r*Q - s). UNIT (the
-    // host chooses) needs no division at all; other strides divide by the stride to find the
-    // tap's phase.
+    // less c), stepped by BK per slice (CnWalker, conv_common.cuh); B's rows from the tap
+    // table (CnTcTaps, conv_tc_common.cuh): offset k*PQ (UNIT: k*PQ - r*Q - s, from dyc)
+    // and displacements (-r, -s). UNIT (stride 1, the host chooses) tests p = th0 - r and
+    // q = tw0 - s against the output and needs no division at all; other strides divide
+    // by the stride to find the tap's phase.
     const CnDigits a_slice = cn_digits(1, RS, Cg * RS, 0, 1, 0, 0, CN_TC_BK);
-    const CnDigits b_slice = cn_digits(R, S, PQ, UNIT ? -Q : 0, UNIT ? -1 : 0, 1, 1, CN_TC_BK);
-    const CnDigits b_step = cn_digits(R, S, PQ, UNIT ? -Q : 0, UNIT ? -1 : 0, 1, 1, CN_TC_B_STEP);
+    const CnDigits b_slice = cn_digits(R, S, PQ, UNIT ? -Q : 0, UNIT ? -1 : 0, -1, -1, CN_TC_BK);
     CnWalker a_next, b_next;
     a_next.start(a_slice, ak);
-    b_next.start(b_slice, cn_tc_b_row(0));
+    cn_tc_taps_start(b_next, b_slice, 0);
+    const unsigned pimg = col_ok ? P : 0u, qimg = Q;  // a column past the end copies zeros
 
     auto load = [&](int slice, int stage) {
         const int k0 = slice * CN_TC_BK;
         {
             const bool kk_ok = k0 + ak < kd;
 #pragma unroll
-            for (int i = 0; i < CN_TC_A_COPIES; ++i) {
+            for (int i = 0; i < CN_TC_A_COPIES(BM); ++i) {
                 const int m = cn_tc_a_row<PREC>(i);
                 const bool ok = m0 + m < Cg && kk_ok;
-                cn_cp_async<4>(&sm.a[stage][m][ak], ok ? w + (wg + m * RS + a_next.off) : w, ok);
+                cn_cp_async<4>(&sm.a[stage][m][ak], w + (ok ? wg + m * RS + a_next.off : 0), ok);
             }
             a_next.advance(a_slice);
         }
-        CnWalker t = b_next;
-        if (cn_tc_b_copies<BN>()) {  // with BN = 96 the last warp copies no B
+        {
+            const int left = kd - k0;
+            const int4 mine = cn_tc_taps_read(taps, slice & 1);
 #pragma unroll
             for (int i = 0; i < CN_TC_B_COPIES; ++i) {
-                const int r = cn_tc_b_row(i), kk = k0 + r;
+                const int r = cn_tc_b_row(i);
+                const int3 tap = cn_tc_tap(mine, r);  // every lane: a shuffle
+                const int th = th0 + tap.y, tw = tw0 + tap.z;
+                bool ok;
+                int at;
                 if (UNIT) {
-                    const bool ok = ((hmask >> t.d1) & (wmask >> t.d2) & 1u) && kk < kd;
-                    cn_cp_async<4>(&sm.b[stage][r][bj], ok ? dyc + t.off : dy, ok);
+                    ok = r < left && (unsigned)th < pimg && (unsigned)tw < qimg;
+                    at = dyc + tap.x;
                 } else {
-                    const int th = th0 - t.d1, tw = tw0 - t.d2;
                     const int p = th / sh, q = tw / sw;
-                    const bool ok = col_ok && kk < kd && th >= 0 && tw >= 0 && p * sh == th &&
-                                    q * sw == tw && p < P && q < Q;
-                    cn_cp_async<4>(&sm.b[stage][r][bj], ok ? dyimg + t.off + p * Q + q : dy, ok);
+                    ok = col_ok && r < left && th >= 0 && tw >= 0 && p * sh == th && q * sw == tw &&
+                         p < P && q < Q;
+                    at = dyimg + tap.x + p * Q + q;
                 }
-                if (i < CN_TC_B_COPIES - 1) t.advance(b_step);
+                if (cn_tc_b_copies<BN>())  // with BN = 96 the last warp copies no B
+                    cn_cp_async<4>(&sm.b[stage][r][bj], dy + (ok ? at : 0), ok);
             }
         }
-        b_next.advance(b_slice);
+        cn_tc_taps_write(taps, (slice + 1) & 1, b_next, b_slice);  // read by the next call
     };
-    CnTcAcc<BN> acc;
-    cn_tc_gemm<PREC, BN>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
+    cn_tc_taps_write(taps, 0, b_next, b_slice);
+    __syncthreads();
+    CnTcAcc<BN, BM> acc;
+    cn_tc_gemm<PREC, BN, BM>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
 
     auto store = [&](int m, int jj, float v) {
         const int j = n0 + jj, c = m0 + m;
@@ -108,5 +110,5 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
         const int n = j / HW;
         dx[(n * C + g * Cg + c) * HW + (j - n * HW)] = v;
     };
-    cn_tc_store<BN>(acc, store);
+    cn_tc_store<BN, BM>(acc, store);
 }

@@ -1,14 +1,15 @@
 // conv_tc_common.cuh: the tensor-core implicit-GEMM engine of the conv_tc_*.cu kernels
-// (issue 12): D[m][j] = sum_kk A[m][kk] B[kk][j] for one 128 x BN tile of D per block,
-// BN = 128 or 96 (a template parameter: 96 gives a grid of better waves where 128's
-// falls just past a whole number, ops/conv_tc.py TILES).
+// (issue 12): D[m][j] = sum_kk A[m][kk] B[kk][j] for one BM x BN tile of D per block,
+// BM = 128 or 64, BN = 128 or 96 (template parameters: 96 gives a grid of better waves
+// where 128's falls just past a whole number; 64 rows waste less of the tile where a
+// group has few rows, conv2's 48 channels: ops/conv_tc.py TILES).
 //
-// Block: 128 threads = 4 warps in 2 x 2, each computing 64 x BN/2 of the tile as 4 x
-// BN/16 mma tiles of 16 x 8 (kernels/mma.cuh); PREC 0: TF32 operands (m16n8k8, two k-steps
+// Block: 128 threads = 4 warps in 2 x 2, each computing BM/2 x BN/2 of the tile as BM/32
+// x BN/16 mma tiles of 16 x 8 (kernels/mma.cuh); PREC 0: TF32 operands (m16n8k8, two k-steps
 // per slice), PREC 1: BF16 operands (m16n8k16). FP32 accumulation in registers. A
 // 64 x 64 warp tile reads 128 operand values of shared memory per k for 64 x 64 products
-// (a 32 x 32 one: 64 for 32 x 32), which is what the shared-memory bandwidth limits.
-// The reduction advances in slices of BK = 16. A slice of A (128 x 16, kk fastest) and
+// (a 32 x 64 one: 96 for 32 x 64), which is what the shared-memory bandwidth limits.
+// The reduction advances in slices of BK = 16. A slice of A (BM x 16, kk fastest) and
 // of B (16 x BN, j fastest) goes global -> shared through 4-byte cp.async
 // (kernels/cp_async.cuh) issued by the kernel's loader; the ring holds 2 slices (3 would
 // pass the 48 KiB of static shared memory), so slice t+1 is in flight while slice t is
@@ -17,8 +18,10 @@
 // one FP32 rounding per addition.
 //
 // Loader contract: load(slice, stage) is called for slices 0, 1, 2, ... in order (so a
-// loader may step its gather state by one slice per call) and issues, for this
-// thread, the copies of A rows cn_tc_a_row<PREC>(i) (i < CN_TC_A_COPIES) at column
+// loader may step its gather state by one slice per call; with CN_TC_STAGES == 2 two
+// calls are always a __syncthreads apart, so a call may leave the next one data in
+// shared memory) and issues, for this
+// thread, the copies of A rows cn_tc_a_row<PREC>(i) (i < CN_TC_A_COPIES(BM)) at column
 // cn_tc_a_col() and, where cn_tc_b_copies<BN>() (thread < BN), of B rows cn_tc_b_row(i)
 // (i < CN_TC_B_COPIES, CN_TC_B_STEP apart) at column cn_tc_b_col() of that slice into
 // sm.a[stage] / sm.b[stage], zero-filling
@@ -36,26 +39,26 @@
 #include "cp_async.cuh"
 #include "mma.cuh"
 
-#define CN_TC_BM 128
 #define CN_TC_BK 16
 #define CN_TC_STAGES 2
 #define CN_TC_THREADS 128
-#define CN_TC_MI 4                                          // mma tiles per warp, down
-#define CN_TC_A_COPIES (CN_TC_BM * CN_TC_BK / CN_TC_THREADS)  // A copies per thread per slice
+#define CN_TC_MI(BM) ((BM) / 32)                            // mma tiles per warp, down
+#define CN_TC_A_COPIES(BM) ((BM) * CN_TC_BK / CN_TC_THREADS)  // A copies per thread per slice
 #define CN_TC_B_COPIES CN_TC_BK                              // B copies per thread (< BN) per slice
 #define CN_TC_B_STEP 1                                       // B rows between a thread's copies
 #define CN_TC_NI(BN) ((BN) / 16)                             // mma tiles per warp, across
 #define CN_TC_LDA(PREC) ((PREC) ? CN_TC_BK + 8 : CN_TC_BK + 4)
 #define CN_TC_LDB(PREC, BN) ((PREC) ? (BN) + 4 : (BN) + 8)
 
-template <int PREC, int BN>
+template <int PREC, int BN, int BM>
 struct CnTcSmem {
     static_assert(BN == 128 || BN == 96, "conv_tc: BN is 128 or 96");
-    float a[CN_TC_STAGES][CN_TC_BM][CN_TC_LDA(PREC)];
+    static_assert(BM == 128 || BM == 64, "conv_tc: BM is 128 or 64");
+    float a[CN_TC_STAGES][BM][CN_TC_LDA(PREC)];
     float b[CN_TC_STAGES][CN_TC_BK][CN_TC_LDB(PREC, BN)];
 };
-template <int BN>
-using CnTcAcc = float[CN_TC_MI][CN_TC_NI(BN)][4];
+template <int BN, int BM>
+using CnTcAcc = float[CN_TC_MI(BM)][CN_TC_NI(BN)][4];
 
 // The slots a thread loads (tid = threadIdx.x). A: each half-warp copies 16 floats of
 // one row; a warp's two rows are 4 apart for TF32 (20-float rows: 80 words, banks
@@ -77,23 +80,61 @@ template <int BN>
 static __device__ __forceinline__ bool cn_tc_b_copies() { return BN == CN_TC_THREADS || (int)threadIdx.x < BN; }
 
 // The warp's tile origin in the block's tile.
-static __device__ __forceinline__ int cn_tc_wm() { return (threadIdx.x >> 6) * (CN_TC_MI * 16); }
+template <int BM>
+static __device__ __forceinline__ int cn_tc_wm() { return (threadIdx.x >> 6) * (BM / 2); }
 template <int BN>
 static __device__ __forceinline__ int cn_tc_wn() { return ((threadIdx.x >> 5) & 1) * (BN / 2); }
 
-// One slice out of stage `st` into the accumulators.
-template <int PREC, int BN>
-static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC, BN>& sm, int st, CnTcAcc<BN>& acc)
+// A tap table: for a loader whose B rows' offsets and displacements do not depend on the
+// column (an implicit GEMM's gathered operand), entry i of slot (slice & 1) is (offset,
+// d1 * h1, d2 * w2) of row kk = BK * slice + i. Threads 0..15 write it one slice ahead,
+// each stepping its own CnWalker by BK (cn_tc_taps_start at the first slice, then
+// cn_tc_taps_write(slot of slice s) once per slice s in order), so no copy walks the
+// digits itself. A warp reads the slice's 16 entries at once, lane l entry l % 16 (one
+// 16-byte read: 4 wavefronts for the warp, where one read per row, the same address
+// for every lane, would take 4 each), and cn_tc_tap hands row r's entry to every lane
+// by shuffles. Two slots suffice because consecutive loads are a barrier apart.
+static_assert(CN_TC_STAGES == 2, "CnTcTaps: two slots need consecutive loads a barrier apart");
+struct CnTcTaps {
+    int4 e[2][CN_TC_BK];
+};
+static __device__ __forceinline__ void cn_tc_taps_start(CnWalker& walk, const CnDigits& g, int kbeg)
 {
+    walk.start(g, kbeg + ((int)threadIdx.x & (CN_TC_BK - 1)));
+}
+static __device__ __forceinline__ void cn_tc_taps_write(CnTcTaps& taps, int slot, CnWalker& walk, const CnDigits& g)
+{
+    if (threadIdx.x < CN_TC_BK) {
+        taps.e[slot][threadIdx.x] = make_int4(walk.off, walk.d1 * g.h1, walk.d2 * g.w2, 0);
+        walk.advance(g);
+    }
+}
+static __device__ __forceinline__ int4 cn_tc_taps_read(const CnTcTaps& taps, int slot)
+{
+    return taps.e[slot][threadIdx.x & (CN_TC_BK - 1)];
+}
+// Row r's (offset, displacement 1, displacement 2) from the warp's cn_tc_taps_read (every
+// lane of the warp must call, with the same r).
+static __device__ __forceinline__ int3 cn_tc_tap(const int4& mine, int r)
+{
+    return make_int3(__shfl_sync(0xffffffffu, mine.x, r), __shfl_sync(0xffffffffu, mine.y, r),
+                     __shfl_sync(0xffffffffu, mine.z, r));
+}
+
+// One slice out of stage `st` into the accumulators.
+template <int PREC, int BN, int BM>
+static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
+{
+    constexpr int MI = CN_TC_MI(BM);
     const int lane = threadIdx.x & 31;
     const int gq = lane >> 2, tq = lane & 3;
-    const int wm = cn_tc_wm(), wn = cn_tc_wn<BN>();
+    const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
     if (PREC == 0) {
 #pragma unroll
         for (int ks = 0; ks < CN_TC_BK; ks += 8) {
-            unsigned a[CN_TC_MI][4];
+            unsigned a[MI][4];
 #pragma unroll
-            for (int mi = 0; mi < CN_TC_MI; ++mi) {
+            for (int mi = 0; mi < MI; ++mi) {
                 const int r0 = wm + 16 * mi + gq;
                 a[mi][0] = cn_tf32(sm.a[st][r0][ks + tq]);
                 a[mi][1] = cn_tf32(sm.a[st][r0 + 8][ks + tq]);
@@ -105,13 +146,13 @@ static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC, BN>& sm,
                 const int c0 = wn + 8 * ni + gq;
                 const unsigned b[2] = {cn_tf32(sm.b[st][ks + tq][c0]), cn_tf32(sm.b[st][ks + tq + 4][c0])};
 #pragma unroll
-                for (int mi = 0; mi < CN_TC_MI; ++mi) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
+                for (int mi = 0; mi < MI; ++mi) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
             }
         }
     } else {
-        unsigned a[CN_TC_MI][4];
+        unsigned a[MI][4];
 #pragma unroll
-        for (int mi = 0; mi < CN_TC_MI; ++mi) {
+        for (int mi = 0; mi < MI; ++mi) {
             const int r0 = wm + 16 * mi + gq;
             // (2t, 2t+1) as one 8-byte read: 8-aligned (even rows and columns of floats)
             const float2 p0 = *reinterpret_cast<const float2*>(&sm.a[st][r0][2 * tq]);
@@ -129,17 +170,17 @@ static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC, BN>& sm,
             const unsigned b[2] = {cn_bf16x2(sm.b[st][2 * tq][c0], sm.b[st][2 * tq + 1][c0]),
                                    cn_bf16x2(sm.b[st][2 * tq + 8][c0], sm.b[st][2 * tq + 9][c0])};
 #pragma unroll
-            for (int mi = 0; mi < CN_TC_MI; ++mi) cn_mma_bf16(acc[mi][ni], a[mi], b, acc[mi][ni]);
+            for (int mi = 0; mi < MI; ++mi) cn_mma_bf16(acc[mi][ni], a[mi], b, acc[mi][ni]);
         }
     }
 }
 
 // The whole reduction: `slices` slices through the cp.async ring of CN_TC_STAGES.
-template <int PREC, int BN, class Load>
-static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcSmem<PREC, BN>& sm, int slices, CnTcAcc<BN>& acc)
+template <int PREC, int BN, int BM, class Load>
+static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcSmem<PREC, BN, BM>& sm, int slices, CnTcAcc<BN, BM>& acc)
 {
 #pragma unroll
-    for (int mi = 0; mi < CN_TC_MI; ++mi)
+    for (int mi = 0; mi < CN_TC_MI(BM); ++mi)
 #pragma unroll
         for (int ni = 0; ni < CN_TC_NI(BN); ++ni)
 #pragma unroll
@@ -154,7 +195,7 @@ static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcSmem<PRE
         __syncthreads();                        // everyone's copies; slice t-1 is free
         if (t + CN_TC_STAGES - 1 < slices) load(t + CN_TC_STAGES - 1, (t + CN_TC_STAGES - 1) % CN_TC_STAGES);
         cn_cp_async_commit();
-        cn_tc_slice<PREC, BN>(sm, t % CN_TC_STAGES, acc);
+        cn_tc_slice<PREC, BN, BM>(sm, t % CN_TC_STAGES, acc);
     }
     cn_cp_async_wait_all();  // only empty groups are left: nothing pending at exit
 }
@@ -162,18 +203,18 @@ static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcSmem<PRE
 // Calls store(m, j, v) for each of this thread's results: row m and column j of the
 // block's tile (0..127, 0..BN-1), v = D[m][j] (the C/D fragment layout: element e of tile
 // (mi, ni) is row wm + 16 mi + g + 8 (e >> 1), column wn + 8 ni + 2 t + (e & 1)).
-template <int BN, class Store>
-static __device__ __forceinline__ void cn_tc_store(const CnTcAcc<BN>& acc, Store& store)
+template <int BN, int BM, class Store>
+static __device__ __forceinline__ void cn_tc_store(const CnTcAcc<BN, BM>& acc, Store& store)
 {
     const int lane = threadIdx.x & 31;
     const int gq = lane >> 2, tq = lane & 3;
-    const int wm = cn_tc_wm(), wn = cn_tc_wn<BN>();
+    const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
 #pragma unroll
     for (int ni = 0; ni < CN_TC_NI(BN); ++ni)
 #pragma unroll
         for (int e1 = 0; e1 < 2; ++e1)
 #pragma unroll
-            for (int mi = 0; mi < CN_TC_MI; ++mi)
+            for (int mi = 0; mi < CN_TC_MI(BM); ++mi)
 #pragma unroll
                 for (int e0 = 0; e0 < 2; ++e0)
                     store(wm + 16 * mi + gq + 8 * e0, wn + 8 * ni + 2 * tq + e1, acc[mi][ni][2 * e0 + e1]);

@@ -10,30 +10,34 @@
 //
 // Implicit GEMM per group g: A[m][kk] = w[g*Kg + m][kk] (Kg x Cg*R*S, dense rows),
 // B[kk][j] = x[n][g*Cg + c][p*sh - ph + r][q*sw - pw + s] for j = (n, p, q) (gathered,
-// zero outside the image). A thread's B column j is fixed: its image position is
-// computed once; its rows' (c, r, s) and offsets follow kk with mixed-radix counters
-// (CnWalker, conv_common.cuh), no division in the loop.
+// zero outside the image). A thread's B column j is fixed: its image position (h0, w0)
+// is computed once. A row's tap (c, r, s) and its offset c*HW + r*W + s are the same
+// for every column: a copy reads them from the tap table (CnTcTaps, conv_tc_common.cuh,
+// stepped one slice ahead by 16 threads, no division), tests h0 + r and w0 + s against
+// the image and adds the offset.
 //
-// Launch: block = 128 threads; grid = (ceil(N*P*Q / BN), ceil(Kg / 128), groups);
-// BN = 128 or 96 (the tile's columns); 37 KiB (TF32) or 41 KiB (BF16) static shared
-// memory at BN = 128. 32-bit indices (the host checks the sizes).
+// Launch: block = 128 threads; grid = (ceil(N*P*Q / BN), ceil(Kg / BM), groups);
+// BN = 128 or 96 (the tile's columns), BM = 128 or 64 (its rows; the default 128 keeps
+// the two-argument names); 37 KiB (TF32) or 41 KiB (BF16) static shared memory at
+// 128 x 128, plus the 512-byte tap table. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
-template <int PREC, int BN>
+template <int PREC, int BN, int BM = 128>
 __global__ void __launch_bounds__(CN_TC_THREADS)
 conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
                 const float* __restrict__ bias, float* __restrict__ y,
                 int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                 int sh, int sw, int ph, int pw, int groups, int has_bias, int relu)
 {
-    __shared__ __align__(16) CnTcSmem<PREC, BN> sm;
+    __shared__ __align__(16) CnTcSmem<PREC, BN, BM> sm;
+    __shared__ CnTcTaps taps;  // (offset, r, s) of a slice's rows
 
     const int g = blockIdx.z;
     const int Cg = C / groups, Kg = K / groups;
     const int HW = H * W, PQ = P * Q, RS = R * S;
     const int kd = Cg * RS;
     const int cols = N * PQ;
-    const int m0 = blockIdx.y * CN_TC_BM;
+    const int m0 = blockIdx.y * BM;
     const int n0 = blockIdx.x * BN;
 
     const int ak = cn_tc_a_col(), bj = cn_tc_b_col();
@@ -46,36 +50,37 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
     const int h0 = cp * sh - ph, w0 = (cpq - cp * Q) * sw - pw;
     const int xbase = (cn * C + g * Cg) * HW + h0 * W + w0;  // of (c, r, s) = 0: may lie outside x
 
-    // This thread's B rows kk = k0 + cn_tc_b_row(i) = k0 + row0 + B_STEP i, as digits (c, r, s)
-    // with the offset c*HW + r*W + s: stepped by B_STEP along a slice and by BK per slice.
     const CnDigits by_slice = cn_digits(R, S, HW, W, 1, 1, 1, CN_TC_BK);
-    const CnDigits by_step = cn_digits(R, S, HW, W, 1, 1, 1, CN_TC_B_STEP);
     CnWalker next;
-    next.start(by_slice, cn_tc_b_row(0));
+    cn_tc_taps_start(next, by_slice, 0);
+    const unsigned himg = col_ok ? H : 0u, wimg = W;  // a column past the end copies zeros
 
     auto load = [&](int slice, int stage) {
         const int k0 = slice * CN_TC_BK;
 #pragma unroll
-        for (int i = 0; i < CN_TC_A_COPIES; ++i) {
+        for (int i = 0; i < CN_TC_A_COPIES(BM); ++i) {
             const int m = cn_tc_a_row<PREC>(i), kk = k0 + ak;
             const bool ok = m0 + m < Kg && kk < kd;
-            cn_cp_async<4>(&sm.a[stage][m][ak], ok ? wrow + m * kd + kk : w, ok);
+            cn_cp_async<4>(&sm.a[stage][m][ak], wrow + (ok ? m * kd + kk : -m0 * kd), ok);
         }
-        CnWalker t = next;
-        if (cn_tc_b_copies<BN>()) {  // with BN = 96 the last warp copies no B
+        {
+            const int left = kd - k0;
+            const int4 mine = cn_tc_taps_read(taps, slice & 1);
 #pragma unroll
             for (int i = 0; i < CN_TC_B_COPIES; ++i) {
-                const int r = cn_tc_b_row(i), kk = k0 + r;
-                const int h = h0 + t.d1, wi = w0 + t.d2;
-                const bool ok = col_ok && kk < kd && h >= 0 && h < H && wi >= 0 && wi < W;
-                cn_cp_async<4>(&sm.b[stage][r][bj], ok ? x + (xbase + t.off) : x, ok);
-                if (i < CN_TC_B_COPIES - 1) t.advance(by_step);
+                const int r = cn_tc_b_row(i);
+                const int3 tap = cn_tc_tap(mine, r);  // every lane: a shuffle
+                const bool ok = r < left && (unsigned)(h0 + tap.y) < himg && (unsigned)(w0 + tap.z) < wimg;
+                if (cn_tc_b_copies<BN>())  // with BN = 96 the last warp copies no B
+                    cn_cp_async<4>(&sm.b[stage][r][bj], x + (ok ? xbase + tap.x : 0), ok);
             }
         }
-        next.advance(by_slice);
+        cn_tc_taps_write(taps, (slice + 1) & 1, next, by_slice);  // read by the next call
     };
-    CnTcAcc<BN> acc;
-    cn_tc_gemm<PREC, BN>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
+    cn_tc_taps_write(taps, 0, next, by_slice);
+    __syncthreads();
+    CnTcAcc<BN, BM> acc;
+    cn_tc_gemm<PREC, BN, BM>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
 
     auto store = [&](int m, int jj, float v) {
         const int j = n0 + jj, k = m0 + m;
@@ -85,5 +90,5 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
         if (relu) v = (v > 0.0f || v != v) ? v : 0.0f;
         y[(n * K + g * Kg + k) * PQ + (j - n * PQ)] = v;
     };
-    cn_tc_store<BN>(acc, store);
+    cn_tc_store<BN, BM>(acc, store);
 }

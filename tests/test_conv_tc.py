@@ -205,13 +205,17 @@ def test_tile_and_split_choices():
     rate per block (conv3's backward data: 452 blocks = 1.71 waves of 2 per SM on 132 SMs
     against 338 = 1.28), so a GPU keeps 128 x 128; emu (one block a worker, the same rate)
     takes the 96 tile where it costs no more rounds (480 columns on 3 workers: 4 blocks of
-    128 or 5 of 96, two rounds either way, of smaller blocks). Backward filter's split weighs waves against the partial sums: conv3's 128 x 128
+    128 or 5 of 96, two rounds either way, of smaller blocks); a GEMM of few rows takes
+    64 x 128 (4 resident blocks per SM, 0.6 of the rate per block). Backward filter's split weighs waves against the partial sums: conv3's 128 x 128
     tile takes 9 splits of 54 blocks (1.84 waves of 2 per SM), not 10 (2.05 waves run in
     3) nor 34 (6.95 waves, but 34 partials of K x Cg*R*S to write and add)."""
     from types import SimpleNamespace
     h100 = SimpleNamespace(kind="cuda", parallel_units=132)
     assert conv_tc.choose_tile(h100, 256, 128 * 169) == (128, 128)
     assert conv_tc.choose_tile(SimpleNamespace(kind="emu", parallel_units=3), 128, 480) == (128, 96)
+    # conv2's backward data: 48 rows a group fill 3/4 of a 64-row tile, 3/8 of a 128-row
+    # one: 1458 blocks either way, 3 waves of 4 per SM against 6 of 2
+    assert conv_tc.choose_tile(h100, 48, 128 * 27 * 27, 2) == (64, 128)
     g = conv_ops.geometry((128, 256, 13, 13), (384, 256, 3, 3), 1, 1, 1)
     assert conv_tc.plan_filter(h100, g, None, (128, 128)) == (9, 2416)
     assert conv_tc.plan_filter(h100, g, 4, (128, 128)) == (4, 5408)

@@ -9,7 +9,8 @@ accumulation; forward with bias and ReLU fused, backward data, backward filter
   ``emu``/``cuda`` the kernels. The bias gradient has no products: ``ops.conv``'s.
 * ``*_launch(es)`` builders (the same Launches on emu and cuda): 128 threads, a tile of
   the pass's GEMM per block, one of ``TILES`` ((rows, columns): 128 x 128 as four warps
-  of 64 x 64, or 128 x 96 as four of 64 x 48); ``tile=None`` takes ``choose_tile``'s (a
+  of 64 x 64, 128 x 96 as four of 64 x 48, or 64 x 128 as four of 32 x 64, for groups
+  of few rows such as conv2's 48 channels); ``tile=None`` takes ``choose_tile``'s (a
   waves model), the perf chooser passes its own per pass. Backward filter splits its
   N*P*Q reduction (``plan_filter``) and adds the partials with ``ops.conv``'s ordered
   conv_split_sum.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..precision import check_precision, round_operand
-from ..toolchain.launch import KernelModule, Launch
+from ..toolchain.launch import KernelModule, Launch, name_expression
 from . import conv as _conv
 from ._arrays import INT32_MAX
 from ._conv_geometry import Geometry, check_kernel_sizes
@@ -34,31 +35,41 @@ __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "BLOCK_K", "BLOCK_M", "BLOCK_N", 
            "choose_tile", "error_bound", "filter_tile", "forward", "forward_launch",
            "forward_reference", "launch_tile", "plan_filter"]
 
-BLOCK_M = 128  # GEMM rows per block (kernels/conv_tc_common.cuh: CN_TC_BM)
+BLOCK_M = 128  # GEMM rows per block of the tallest tile
 BLOCK_N = 128  # GEMM columns per block of the widest tile
 BLOCK_K = 16   # reduction slice
 THREADS = 128  # four warps
 _TEMPLATE = {"tf32": 0, "bf16": 1}
-# (rows, columns) of a block's tile: the kernels' <BN> instantiations (BM is 128)
-TILES = ((128, 128), (128, 96))
-# per tile: (resident blocks per SM on sm_80/sm_90 by the NVRTC register report, 2 for
-# both; the rate of a resident block relative to 128 x 128's: 0.7, from the model's
-# predictions (H100 b128 conv3: the 96 tile's 1.71 waves lost to 128's 1.28 in every
-# pass, TF32 backward data 203 against 178 us: issue- and shared-bound, 4/3 the
-# loader's instructions and shared-memory wavefronts per mma)); emu: one block at a
-# time, the same rate per column
-_TILE_MODEL = {"cuda": {(128, 128): (2, 1.0), (128, 96): (2, 0.7)},
-               "emu": {(128, 128): (1, 1.0), (128, 96): (1, 1.0)}}
+# (rows, columns) of a block's tile: the kernels' <.., BN, .., BM> instantiations (BM's
+# default 128 is left out of the names)
+TILES = ((128, 128), (128, 96), (64, 128))
+# per tile: (resident blocks per SM on sm_80/sm_90 by the NVRTC register report: 2 for
+# the 128-row tiles (up to 254 registers), 4 for 64 x 128 (at most 128); the rate of a resident block relative to 128 x 128's: 0.7 for 128 x 96,
+# from the model's predictions (H100 b128 conv3: the 96 tile's 1.71 waves lost to 128's
+# 1.28 in every pass, TF32 backward data 203 against 178 us: issue- and shared-bound,
+# 4/3 the loader's instructions and shared-memory wavefronts per mma), 0.6 for 64 x 128
+# (the same B copies for half the rows: 1.5x the fragment reads and about 1.6x the
+# loader's instructions per mma)); emu: one block at a time, the same rate per column
+_TILE_MODEL = {"cuda": {(128, 128): (2, 1.0), (128, 96): (2, 0.7), (64, 128): (4, 0.6)},
+               "emu": {(128, 128): (1, 1.0), (128, 96): (1, 1.0), (64, 128): (1, 1.0)}}
 
 
-def _module(kernel: str, extra=("",)) -> KernelModule:
+def _template_args(precision: str, tile, *extra) -> tuple:
+    """A conv_tc kernel's template arguments: <precision, BN, *extra[, BM]> (BM only when
+    it is not the default 128)."""
+    bm, bn = tile
+    return (_TEMPLATE[precision], bn, *extra, *(() if bm == BLOCK_M else (bm,)))
+
+
+def _module(kernel: str, extra=((),)) -> KernelModule:
     return KernelModule(f"{kernel}.cu", tuple(
-        f"{kernel}<{v}, {bn}{e}>" for v in _TEMPLATE.values() for _, bn in TILES for e in extra))
+        name_expression(kernel, _template_args(p, t, *e)) for p in _TEMPLATE for t in TILES
+        for e in extra))
 
 
 FORWARD = _module("conv_tc_forward")
-# backward data: <precision, BN, unit> (sh = sw = 1 and R, S <= 32: tap masks, no division)
-BACKWARD_DATA = _module("conv_tc_backward_data", (", true", ", false"))
+# backward data: <precision, BN, unit[, BM]> (unit: sh = sw = 1, no division)
+BACKWARD_DATA = _module("conv_tc_backward_data", ((True,), (False,)))
 BACKWARD_FILTER = _module("conv_tc_backward_filter")
 
 
@@ -79,7 +90,9 @@ def choose_tile(device, rows: int, cols: int, batches: int = 1) -> tuple[int, in
 
 def launch_tile(launch: Launch) -> tuple[int, int]:
     """The tile (of ``TILES``) a conv_tc Launch runs."""
-    return (BLOCK_M, int(launch.template_args[1]))
+    args = launch.template_args
+    bm = args[-1] if len(args) == (4 if launch.kernel == "conv_tc_backward_data" else 3) else BLOCK_M
+    return (int(bm), int(args[1]))
 
 
 def _pick_tile(device, tile, rows: int, cols: int, batches: int) -> tuple[int, int]:
@@ -140,7 +153,7 @@ def forward_launch(device, g: Geometry, x, w, b, y, relu=False, precision="tf32"
     cols = g.n * g.p * g.q
     bm, bn = _pick_tile(device, tile, g.kg, cols, g.groups)
     grid = (-(-cols // bn), -(-g.kg // bm), g.groups)
-    return Launch(FORWARD, "conv_tc_forward", template_args=(_TEMPLATE[precision], bn),
+    return Launch(FORWARD, "conv_tc_forward", template_args=_template_args(precision, (bm, bn)),
                   grid=grid, block=(THREADS,), args=(x, w, w if b is None else b, y, *g.scalars(),
                         np.int32(b is not None), np.int32(bool(relu))))
 
@@ -166,9 +179,9 @@ def backward_data_launch(device, g: Geometry, dy, w, dx, precision="tf32",
     cols = g.n * g.h * g.w
     bm, bn = _pick_tile(device, tile, g.cg, cols, g.groups)
     grid = (-(-cols // bn), -(-g.cg // bm), g.groups)
-    unit = g.stride_h == g.stride_w == 1 and g.r <= 32 and g.s <= 32  # tap masks' bits
+    unit = g.stride_h == g.stride_w == 1  # no stride phases: no division
     return Launch(BACKWARD_DATA, "conv_tc_backward_data",
-                  template_args=(_TEMPLATE[precision], bn, unit),
+                  template_args=_template_args(precision, (bm, bn), unit),
                   grid=grid, block=(THREADS,), args=(dy, w, dx, *g.scalars()))
 
 
@@ -243,7 +256,7 @@ def backward_filter_launches(device, g: Geometry, x, dy, dw, splits: int, chunk:
     crs = g.cg * g.r * g.s
     bm, bn = filter_tile(device, g, tile)
     grid = (-(-crs // bn), -(-g.kg // bm), g.groups * splits)
-    name, targs = "conv_tc_backward_filter", (_TEMPLATE[precision], bn)
+    name, targs = "conv_tc_backward_filter", _template_args(precision, (bm, bn))
     if splits == 1:
         return [Launch(BACKWARD_FILTER, name, template_args=targs, grid=grid, block=(THREADS,),
                        args=(x, dy, dw, *g.scalars(), np.int32(chunk)))]
