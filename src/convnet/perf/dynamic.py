@@ -44,7 +44,10 @@ and likewise per pipe. What it cannot see: a body's instructions skipped by a fo
 branch or predicated off are counted on every iteration (an over-count: e.g. powf's
 rare-input path); accesses the two compilers place differently (nvcc merging two
 loads into one vector load, or hoisting a load g++ keeps in the loop) shift the trip
-counts of the loops holding those lines.
+counts of the loops holding those lines. cp.async is matched as one site per kernel
+(``site_key``), and "@!PT" instructions (never executed: ptxas's padding before each
+LDGSTS) take issue slots but make no request; before both, a tensor-core loader's
+blocks looked as if they never ran and about half its main loop was left uncounted.
 """
 from __future__ import annotations
 
