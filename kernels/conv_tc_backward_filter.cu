@@ -75,18 +75,7 @@ conv_tc_backward_filter(const float* __restrict__ x, const float* __restrict__ d
             }
             a_next.advance(a_slice);
         }
-        {
-            const int left = kend - k0;
-            const int4 mine = cn_tc_taps_read(taps, slice & 1);
-#pragma unroll
-            for (int i = 0; i < CN_TC_B_COPIES; ++i) {
-                const int r = cn_tc_b_row(i);
-                const int3 tap = cn_tc_tap(mine, r);  // every lane: a shuffle
-                const bool ok = r < left && (unsigned)(hb + tap.y) < himg && (unsigned)(wb + tap.z) < wimg;
-                if (cn_tc_b_copies<BN>())  // with BN = 96 the last warp copies no B
-                    cn_cp_async<4>(&sm.b[stage][r][bj], x + (ok ? xbase + tap.x : 0), ok);
-            }
-        }
+        cn_tc_copy_b_taps<PREC, BN>(sm.b[stage], bj, taps, slice & 1, kend - k0, x, xbase, hb, wb, himg, wimg);
         cn_tc_taps_write(taps, (slice + 1) & 1, b_next, b_slice);  // read by the next call
     };
     cn_tc_taps_write(taps, 0, b_next, b_slice);

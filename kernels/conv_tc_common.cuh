@@ -121,6 +121,26 @@ static __device__ __forceinline__ int3 cn_tc_tap(const int4& mine, int r)
                      __shfl_sync(0xffffffffu, mine.z, r));
 }
 
+// The B copies of one slice for this thread's column bj through the tap table: row r
+// (< left) copies src[base + offset] where (unsigned)(h + d1) < hlim and (unsigned)(w +
+// d2) < wlim, zeros elsewhere (hlim = 0: a column past the end), into b[r][bj].
+template <int PREC, int BN>
+static __device__ __forceinline__ void cn_tc_copy_b_taps(float (&b)[CN_TC_BK][CN_TC_LDB(PREC, BN)], int bj,
+                                                         const CnTcTaps& taps, int slot, int left,
+                                                         const float* src, int base, int h, int w,
+                                                         unsigned hlim, unsigned wlim)
+{
+    const int4 mine = cn_tc_taps_read(taps, slot);
+#pragma unroll
+    for (int i = 0; i < CN_TC_B_COPIES; ++i) {
+        const int r = cn_tc_b_row(i);
+        const int3 tap = cn_tc_tap(mine, r);  // every lane: a shuffle
+        const bool ok = r < left && (unsigned)(h + tap.y) < hlim && (unsigned)(w + tap.z) < wlim;
+        if (cn_tc_b_copies<BN>())  // with BN = 96 the last warp copies no B
+            cn_cp_async<4>(&b[r][bj], src + (ok ? base + tap.x : 0), ok);
+    }
+}
+
 // One slice out of stage `st` into the accumulators.
 template <int PREC, int BN, int BM>
 static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)

@@ -63,18 +63,7 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
             const bool ok = m0 + m < Kg && kk < kd;
             cn_cp_async<4>(&sm.a[stage][m][ak], wrow + (ok ? m * kd + kk : -m0 * kd), ok);
         }
-        {
-            const int left = kd - k0;
-            const int4 mine = cn_tc_taps_read(taps, slice & 1);
-#pragma unroll
-            for (int i = 0; i < CN_TC_B_COPIES; ++i) {
-                const int r = cn_tc_b_row(i);
-                const int3 tap = cn_tc_tap(mine, r);  // every lane: a shuffle
-                const bool ok = r < left && (unsigned)(h0 + tap.y) < himg && (unsigned)(w0 + tap.z) < wimg;
-                if (cn_tc_b_copies<BN>())  // with BN = 96 the last warp copies no B
-                    cn_cp_async<4>(&sm.b[stage][r][bj], x + (ok ? xbase + tap.x : 0), ok);
-            }
-        }
+        cn_tc_copy_b_taps<PREC, BN>(sm.b[stage], bj, taps, slice & 1, kd - k0, x, xbase, h0, w0, himg, wimg);
         cn_tc_taps_write(taps, (slice + 1) & 1, next, by_slice);  // read by the next call
     };
     cn_tc_taps_write(taps, 0, next, by_slice);
