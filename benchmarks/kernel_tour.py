@@ -19,8 +19,8 @@ import numpy as np
 
 import convnet
 from convnet.data import augment
-from convnet.ops import (conv, conv_tc, cross_entropy, dropout, linear, lrn, lrn_max_pool, max_pool,
-                         relu, sgd)
+from convnet.ops import (conv, conv_layout, conv_tc, cross_entropy, dropout, linear, lrn, lrn_max_pool,
+                         max_pool, relu, sgd)
 
 
 class Tour:
@@ -116,6 +116,22 @@ class Tour:
                 self.check(f"{name} backward filter (3 splits)", conv_tc.backward_filter(
                     d, g, self.on(x), self.on(dy), precision, splits=3, tile=tile),
                     conv_tc.backward_filter(c, g, x, dy, precision), rtol=1e-3, atol=1e-3)
+
+    def layouts(self):
+        """conv_layout's channels-last transpose on conv2's input (two images: 96 x 729,
+        neither a multiple of the 32 x 32 tile) and conv2's filter (256, 48, 25), and
+        backward data's flipped filter of conv3 (384, 256, 3, 3) and of a grouped one."""
+        d, c = self.device, self.cpu
+        for shape in ((2, 96, 27 * 27), (256, 48, 25)):
+            a = self.data(*shape)
+            self.check(f"conv_layout to channels-last {shape}",
+                       conv_layout.to_channels_last(d, self.on(a)), conv_layout.to_channels_last(c, a),
+                       rtol=0, atol=0)
+        for shape, groups in (((384, 256, 3, 3), 1), ((6, 2, 5, 3), 2)):
+            w = self.data(*shape)
+            self.check(f"conv_layout filter for backward data {shape} groups {groups}",
+                       conv_layout.filter_for_data(d, self.on(w), groups),
+                       conv_layout.filter_for_data(c, w, groups), rtol=0, atol=0)
 
     # ---------------------------------------------------------------- LRN and max-pool
     def normalization(self):
@@ -223,8 +239,8 @@ class Tour:
                        rtol=1e-4, atol=1e-3)
 
     def run(self):
-        for part in (self.elementwise, self.convolution, self.tensor_cores, self.normalization,
-                     self.classifier, self.augmentation):
+        for part in (self.elementwise, self.convolution, self.tensor_cores, self.layouts,
+                     self.normalization, self.classifier, self.augmentation):
             part()
         print(f"kernel tour on {self.device.name}: {self.cases} checks passed")
 

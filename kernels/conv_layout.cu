@@ -1,0 +1,73 @@
+// conv_layout.cu: layout changes for the channels-last tensor-core convolution.
+//
+// conv_to_channels_last: a batched 2-D transpose, (B, R, C) -> (B, C, R); activations
+//   (N, C, H*W) -> (N, H*W, C) and filters (K, Cg, R*S) -> (K, R*S, Cg).
+// conv_filter_for_data: the filter of backward data as a forward convolution's filter
+//   (per group: channels-out c, taps flipped, filters k fastest).
+//
+// Float32, C-contiguous, 32-bit indices: the host checks every array's size fits in int.
+#include "common.cuh"
+
+#define CN_LAYOUT_TILE 32   // a tile is 32 x 32 elements
+#define CN_LAYOUT_ROWS 8    // block rows: each thread moves 32 / 8 = 4 elements each way
+
+// out[b][j][i] = in[b][i][j] for i < rows, j < cols.
+//
+// Launch shape: block (32, 8); grid.x = one block per 32 x 32 tile of a matrix
+// (ceil(rows/32) * ceil(cols/32), tile row-major), grid.y <= batches (<= 65535): each
+// block steps through the batches b = blockIdx.y, + gridDim.y, ... so any batch count
+// fits. A tile is read along j (coalesced: 32 consecutive floats a warp) into shared
+// memory and written along i (coalesced too); its rows are padded to 33 floats so that
+// neither the column reads nor the row writes of a warp meet on one bank. Edges are
+// masked, reads and writes alike, so no thread reads a shared element nobody wrote.
+extern "C" __global__ void __launch_bounds__(CN_LAYOUT_TILE * CN_LAYOUT_ROWS)
+conv_to_channels_last(const float* __restrict__ in, float* __restrict__ out,
+                      int batches, int rows, int cols)
+{
+    __shared__ float tile[CN_LAYOUT_TILE][CN_LAYOUT_TILE + 1];
+    const int tiles_j = (cols + CN_LAYOUT_TILE - 1) / CN_LAYOUT_TILE;
+    const int i0 = (int)(blockIdx.x / tiles_j) * CN_LAYOUT_TILE;   // tile's first row of in
+    const int j0 = (int)(blockIdx.x % tiles_j) * CN_LAYOUT_TILE;   // tile's first column
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int matrix = rows * cols;
+    for (int b = blockIdx.y; b < batches; b += gridDim.y) {
+        const float* src = in + (long long)b * matrix;
+        float* dst = out + (long long)b * matrix;
+        const int j = j0 + tx;
+#pragma unroll
+        for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
+            const int i = i0 + ty + k;
+            if (i < rows && j < cols) tile[ty + k][tx] = src[i * cols + j];
+        }
+        __syncthreads();
+        const int i = i0 + tx;
+#pragma unroll
+        for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
+            const int jj = j0 + ty + k;
+            if (i < rows && jj < cols) dst[jj * rows + i] = tile[tx][ty + k];
+        }
+        __syncthreads();   // the tile is rewritten for the next batch
+    }
+}
+
+// out[((g*Cg + c)*RS + t)*Kg + k] = w[((g*Kg + k)*Cg + c)*RS + (RS - 1 - t)], Kg = K / groups.
+//
+// Layout: w (K, Cg, RS) -> out (groups*Cg, RS, Kg). Launch shape: 1-D grid-stride, a
+// thread per output element (consecutive threads write consecutive floats; the reads
+// stride by Cg*RS, which a few-MB filter forgives).
+extern "C" __global__ void conv_filter_for_data(const float* __restrict__ w, float* __restrict__ out,
+                                                int K, int Cg, int RS, int groups)
+{
+    const int Kg = K / groups;
+    const long long total = (long long)K * Cg * RS;
+    for (long long o = cn_global_thread(); o < total; o += cn_grid_threads()) {
+        int rest = (int)o;
+        const int k = rest % Kg;
+        rest /= Kg;
+        const int t = rest % RS;
+        rest /= RS;
+        const int c = rest % Cg;
+        const int g = rest / Cg;
+        out[o] = w[((g * Kg + k) * Cg + c) * RS + (RS - 1 - t)];
+    }
+}

@@ -1,0 +1,124 @@
+"""Layout changes for the channels-last tensor-core convolution (``kernels/conv_layout.cu``).
+
+``to_channels_last(device, a3)``: a (B, R, C) array -> (B, C, R), a batched transpose
+(activations (N, C, H*W) -> (N, H*W, C); filters (K, Cg, R*S) -> (K, R*S, Cg)).
+``filter_for_data(device, w, groups)``: a filter (K, Cg, R, S) -> (groups*Cg, R*S, Kg),
+backward data's filter as a forward convolution's: per group, channels-out c, taps
+flipped, filters k fastest.
+
+On ``cpu`` these run the NumPy references (any dtype); on ``emu``/``cuda`` the kernels
+(float32 only, 32-bit indices: at most 2**31 - 1 elements an array; empty arrays launch
+nothing). Bad input is a ValueError naming the array.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..toolchain.launch import MAX_GRID_DIM, KernelModule, Launch
+from ._arrays import INT32_MAX, kernel_array
+from .elementwise import BLOCK, EMU_MAX_BLOCKS, max_blocks
+
+MODULE = KernelModule("conv_layout.cu", ("conv_to_channels_last", "conv_filter_for_data"))
+
+TILE = 32         # the transpose's tile: TILE x TILE elements
+TILE_ROWS = 8     # its block: (TILE, TILE_ROWS) threads
+
+
+# --------------------------------------------------------------------------- references
+
+def to_channels_last_reference(a3: np.ndarray) -> np.ndarray:
+    """(B, R, C) -> (B, C, R), C-contiguous: out[b, j, i] = a3[b, i, j]."""
+    return np.ascontiguousarray(np.swapaxes(a3, 1, 2))
+
+
+def filter_for_data_reference(w: np.ndarray, groups: int) -> np.ndarray:
+    """(K, Cg, R, S) -> (groups*Cg, R*S, Kg) with
+    out[g*Cg + c, t, k] = w[g*Kg + k, c, flat tap RS - 1 - t]."""
+    k_total, cg, r, s = w.shape
+    kg = k_total // groups
+    flipped = w.reshape(groups, kg, cg, r * s)[..., ::-1]          # (g, k, c, t) taps flipped
+    return np.ascontiguousarray(flipped.transpose(0, 2, 3, 1)).reshape(groups * cg, r * s, kg)
+
+
+# --------------------------------------------------------------------------- checks
+
+def _check(op: str, array, ndim: int, what: str, shape_doc: str) -> None:
+    if not (hasattr(array, "shape") and hasattr(array, "dtype")):
+        raise ValueError(f"{op}: {what} must be an array, not {type(array).__name__}")
+    if array.ndim != ndim:
+        raise ValueError(f"{op}: {what} must be {ndim}-D {shape_doc}, got shape {tuple(array.shape)}")
+
+
+def _check_kernel_input(device, op: str, array, what: str):
+    if array.dtype != np.float32:
+        raise ValueError(f"{op}: the {device.kind} kernels take float32, but {what} has dtype "
+                         f"{array.dtype}; convert it first (the cpu device runs any dtype)")
+    if array.size > INT32_MAX:
+        raise ValueError(f"{op}: {what} has {array.size} elements, more than the kernels' "
+                         f"int32 indices reach ({INT32_MAX})")
+    return kernel_array(device, array, op, what)
+
+
+def _check_groups(w, groups: int) -> int:
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"filter_for_data: groups must be a positive int, got {groups!r}")
+    if w.shape[0] % groups:
+        raise ValueError(f"filter_for_data: the filter w's {w.shape[0]} filters do not split "
+                         f"into {groups} groups")
+    return int(groups)
+
+
+# --------------------------------------------------------------------------- launches
+
+def to_channels_last_launch(device, src, dst, batches: int, rows: int, cols: int) -> Launch:
+    """Block (32, 8); grid.x a block per 32 x 32 tile of one matrix, grid.y up to
+    ``batches`` (at most 65535 on a GPU; on emu few enough that the blocks stay near
+    EMU_MAX_BLOCKS), the blocks stepping through the rest."""
+    tiles = -(-rows // TILE) * -(-cols // TILE)
+    if device.kind == "cuda":
+        cap = MAX_GRID_DIM[1]
+    else:
+        cap = max(1, EMU_MAX_BLOCKS // tiles)
+    return Launch(MODULE, "conv_to_channels_last", grid=(max(1, tiles), max(1, min(batches, cap))),
+                  block=(TILE, TILE_ROWS),
+                  args=(src, dst, np.int32(batches), np.int32(rows), np.int32(cols)))
+
+
+def filter_for_data_launch(device, w, out, groups: int) -> Launch:
+    """1-D grid-stride, a thread per element up to the device's cap."""
+    k, cg, r, s = w.shape
+    n = k * cg * r * s
+    grid = max(1, min(-(-n // BLOCK), max_blocks(device)))
+    return Launch(MODULE, "conv_filter_for_data", grid=(grid,), block=(BLOCK,),
+                  args=(w, out, np.int32(k), np.int32(cg), np.int32(r * s), np.int32(groups)))
+
+
+# --------------------------------------------------------------------------- on a device
+
+def to_channels_last(device, a3):
+    """(B, R, C) -> (B, C, R) on ``device``."""
+    op = "to_channels_last"
+    _check(op, a3, 3, "a3", "(batches, rows, cols)")
+    if not device.runs_kernels:
+        return to_channels_last_reference(a3)
+    a3 = _check_kernel_input(device, op, a3, "a3")
+    batches, rows, cols = a3.shape
+    out = device.xp.empty((batches, cols, rows), np.float32)
+    if a3.size:
+        device.launch(to_channels_last_launch(device, a3, out, batches, rows, cols))
+    return out
+
+
+def filter_for_data(device, w, groups: int):
+    """(K, Cg, R, S) -> (groups*Cg, R*S, K/groups) on ``device`` (see the module's doc)."""
+    op = "filter_for_data"
+    _check(op, w, 4, "the filter w", "(K, Cg, R, S)")
+    groups = _check_groups(w, groups)
+    if not device.runs_kernels:
+        return filter_for_data_reference(w, groups)
+    w = _check_kernel_input(device, op, w, "the filter w")
+    k, cg, r, s = w.shape
+    out = device.xp.empty((groups * cg, r * s, k // groups), np.float32)
+    if w.size:
+        device.launch(filter_for_data_launch(device, w, out, groups))
+    return out

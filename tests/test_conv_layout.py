@@ -1,0 +1,174 @@
+"""conv_layout: the channels-last transpose and backward data's filter, the kernels
+(emu, cuda) against the NumPy references bit for bit, on awkward shapes, under every
+emu check mode, and the errors."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import convnet
+from convnet.ops import conv_layout
+
+from conftest import forbid_launches, require_device
+
+CPU = convnet.get_device("cpu")
+
+# (batches, rows, cols): a single element, edges off the 32 x 32 tiles, several tiles
+# each way, a column or a row, and AlexNet-like channel counts
+TRANSPOSE_SHAPES = [(1, 1, 1), (3, 1, 1), (1, 33, 65), (3, 33, 65), (1, 32, 32), (3, 7, 45),
+                    (2, 1, 70), (2, 70, 1), (1, 96, 49), (5, 3, 31)]
+# (K, Cg, R, S, groups)
+FILTER_SHAPES = [(1, 1, 1, 1, 1), (5, 3, 3, 3, 1), (6, 2, 3, 3, 2), (12, 5, 5, 5, 3),
+                 (4, 1, 1, 2, 4), (8, 3, 11, 11, 2), (7, 3, 2, 5, 1)]
+
+
+def _data(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _transpose(device, a):
+    return device.to_numpy(conv_layout.to_channels_last(device, device.asarray(a)))
+
+
+def _flip(device, w, groups):
+    return device.to_numpy(conv_layout.filter_for_data(device, device.asarray(w), groups))
+
+
+def test_references_follow_the_index_formulas():
+    a = _data((2, 3, 5), 1)
+    out = conv_layout.to_channels_last_reference(a)
+    assert out.shape == (2, 5, 3) and out.flags.c_contiguous
+    for b, i, j in np.ndindex(*a.shape):
+        assert out[b, j, i] == a[b, i, j]
+    big_k, cg, r, s, groups = 6, 2, 2, 3, 3
+    w = _data((big_k, cg, r, s), 2)
+    out = conv_layout.filter_for_data_reference(w, groups)
+    kg, rs = big_k // groups, r * s
+    assert out.shape == (groups * cg, rs, kg) and out.flags.c_contiguous
+    flat_w, flat_out = w.reshape(-1), out.reshape(-1)
+    for g, c, t, k in np.ndindex(groups, cg, rs, kg):
+        assert flat_out[((g * cg + c) * rs + t) * kg + k] == flat_w[((g * kg + k) * cg + c) * rs + rs - 1 - t]
+
+
+@pytest.mark.parametrize("shape", TRANSPOSE_SHAPES, ids=str)
+def test_transpose_matches_reference(kernel_device, shape):
+    a = _data(shape, sum(shape))
+    got = _transpose(kernel_device, a)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, conv_layout.to_channels_last_reference(a))
+
+
+@pytest.mark.parametrize("shape", FILTER_SHAPES, ids=str)
+def test_filter_matches_reference(kernel_device, shape):
+    *wshape, groups = shape
+    w = _data(wshape, sum(shape))
+    got = _flip(kernel_device, w, groups)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, conv_layout.filter_for_data_reference(w, groups))
+
+
+def test_strided_input_is_made_contiguous(kernel_device):
+    a = _data((2, 40, 9), 3)
+    strided = kernel_device.asarray(a)[:, ::2]
+    got = kernel_device.to_numpy(conv_layout.to_channels_last(kernel_device, strided))
+    np.testing.assert_array_equal(got, conv_layout.to_channels_last_reference(a[:, ::2]))
+
+
+@pytest.mark.parametrize("check", ["bounds", "align", "race", "init"])
+def test_kernels_are_clean_under_the_checks(check):
+    """Every check mode of emu but "address" (that one needs ASan preloaded; the kernel
+    tour runs these kernels under it, tests/test_kernel_tour.py)."""
+    from convnet.backend import emu
+    device = require_device("emu")
+    a, w = _data((3, 33, 65), 4), _data((12, 5, 3, 3), 5)
+    want = conv_layout.to_channels_last_reference(a), conv_layout.filter_for_data_reference(w, 3)
+    schedule = "random" if check == "race" else "reverse"
+    looped = np.empty_like(want[0])  # one block row through all three batches: the tile reused
+    with emu.debug(check=check, schedule=schedule, fill_shared=True):
+        got = conv_layout.to_channels_last(device, a), conv_layout.filter_for_data(device, w, 3)
+        device.launch(_launch_one_block_row(a, looped))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(looped, want[0])
+
+
+def _launch_one_block_row(a, out):
+    """The transpose of ``a`` with grid.y = 1: every block loops over all the batches."""
+    from convnet.toolchain.launch import Launch
+    batches, rows, cols = a.shape
+    tiles = -(-rows // 32) * -(-cols // 32)
+    return Launch(conv_layout.MODULE, "conv_to_channels_last", grid=(tiles, 1), block=(32, 8),
+                  args=(a, out, np.int32(batches), np.int32(rows), np.int32(cols)))
+
+
+def test_many_batches_loop_over_the_grid():
+    """Fewer blocks in grid.y than batches (as past 65535 batches on a GPU): the blocks
+    step through the rest."""
+    device = require_device("emu")
+    a = _data((7, 33, 40), 6)
+    out = np.empty((7, 40, 33), np.float32)
+    device.launch(_launch_one_block_row(a, out))
+    np.testing.assert_array_equal(out, conv_layout.to_channels_last_reference(a))
+
+
+def test_launch_shapes():
+    gpu, emu_dev = SimpleNamespace(kind="cuda", parallel_units=132), SimpleNamespace(kind="emu")
+    a = np.zeros(1, np.float32)
+    launch = conv_layout.to_channels_last_launch(gpu, a, a, 128, 96, 27 * 27)
+    assert launch.block == (32, 8, 1) and launch.grid == (3 * 23, 128, 1)
+    assert all(isinstance(v, np.int32) for v in launch.args[2:])
+    assert conv_layout.to_channels_last_launch(gpu, a, a, 100_000, 4, 4).grid == (1, 65535, 1)
+    assert conv_layout.to_channels_last_launch(emu_dev, a, a, 100_000, 64, 64).grid == (4, 256, 1)
+    launch = conv_layout.filter_for_data_launch(gpu, np.zeros((384, 256, 3, 3), np.float32), a, 1)
+    assert launch.block == (256, 1, 1) and launch.grid == (384 * 256 * 9 // 256, 1, 1)
+    assert launch.args[2:] == (384, 256, 9, 1) and all(isinstance(v, np.int32) for v in launch.args[2:])
+    assert set(conv_layout.MODULE.kernels) == {"conv_to_channels_last", "conv_filter_for_data"}
+
+
+@pytest.mark.parametrize("which", ["transpose", "filter"])
+def test_empty_launches_nothing(kernel_device, monkeypatch, which):
+    forbid_launches(monkeypatch, kernel_device, "an empty array must not launch")
+    if which == "transpose":
+        for shape in [(0, 3, 4), (2, 0, 5), (2, 5, 0)]:
+            out = conv_layout.to_channels_last(kernel_device, kernel_device.asarray(np.zeros(shape, np.float32)))
+            assert out.shape == (shape[0], shape[2], shape[1])
+    else:
+        out = conv_layout.filter_for_data(kernel_device, kernel_device.asarray(np.zeros((0, 3, 3, 3), np.float32)), 1)
+        assert out.shape == (3, 9, 0)
+        out = conv_layout.filter_for_data(kernel_device, kernel_device.asarray(np.zeros((4, 0, 3, 3), np.float32)), 2)
+        assert out.shape == (0, 9, 2)
+
+
+def test_cpu_runs_the_reference_in_any_dtype():
+    a = np.arange(6, dtype=np.float64).reshape(1, 2, 3)
+    out = conv_layout.to_channels_last(CPU, a)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out[0], a[0].T)
+
+
+def test_errors(device):
+    with pytest.raises(ValueError, match="a3 must be 3-D"):
+        conv_layout.to_channels_last(device, device.asarray(np.zeros((2, 3), np.float32)))
+    with pytest.raises(ValueError, match="w must be 4-D"):
+        conv_layout.filter_for_data(device, device.asarray(np.zeros((2, 3, 3), np.float32)), 1)
+    w = device.asarray(np.zeros((6, 2, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="do not split into 4 groups"):
+        conv_layout.filter_for_data(device, w, 4)
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        conv_layout.filter_for_data(device, w, 0)
+    if device.runs_kernels:
+        with pytest.raises(ValueError, match="float32.*float64"):
+            conv_layout.to_channels_last(device, device.asarray(np.zeros((1, 2, 3))))
+        with pytest.raises(ValueError, match="float32.*int32"):
+            conv_layout.filter_for_data(device, device.asarray(np.zeros((2, 1, 1, 1), np.int32)), 1)
+
+
+def test_int32_limit():
+    """An array past 2**31 - 1 elements is refused before any allocation (a broadcast view
+    stands in for it: no memory)."""
+    device = require_device("emu")
+    huge = np.broadcast_to(np.float32(0), (2, 1 << 15, 1 << 15))
+    with pytest.raises(ValueError, match=r"a3 has 2147483648 elements.*int32"):
+        conv_layout.to_channels_last(device, huge)
