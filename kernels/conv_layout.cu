@@ -5,8 +5,22 @@
 // conv_filter_for_data: the filter of backward data as a forward convolution's filter
 //   (per group: channels-out c, taps flipped, filters k fastest).
 //
+// Both round what they move to the tensor cores' operand grid when asked (ROUND 1: TF32,
+// cvt.rna.tf32.f32 with the 13 low bits cleared; 2: BF16 values, round to nearest even;
+// 0: the bits as they are), so that the GEMM that reads the result rounds nothing.
+//
 // Float32, C-contiguous, 32-bit indices: the host checks every array's size fits in int.
 #include "common.cuh"
+#include "mma.cuh"
+
+// v on ROUND's grid, as a float (see above).
+template <int ROUND>
+static __device__ __forceinline__ float cn_layout_round(float v)
+{
+    if (ROUND == 1) return __uint_as_float(cn_tf32(v) & 0xffffe000u);
+    if (ROUND == 2) return __uint_as_float(cn_bf16x2(0.0f, v) & 0xffff0000u);
+    return v;
+}
 
 #define CN_LAYOUT_TILE 32   // a tile is 32 x 32 elements
 #define CN_LAYOUT_ROWS 8    // block rows: each thread moves 32 / 8 = 4 elements each way
@@ -20,7 +34,8 @@
 // memory and written along i (coalesced too); its rows are padded to 33 floats so that
 // neither the column reads nor the row writes of a warp meet on one bank. Edges are
 // masked, reads and writes alike, so no thread reads a shared element nobody wrote.
-extern "C" __global__ void __launch_bounds__(CN_LAYOUT_TILE * CN_LAYOUT_ROWS)
+template <int ROUND>
+__global__ void __launch_bounds__(CN_LAYOUT_TILE * CN_LAYOUT_ROWS)
 conv_to_channels_last(const float* __restrict__ in, float* __restrict__ out,
                       int batches, int rows, int cols)
 {
@@ -37,7 +52,7 @@ conv_to_channels_last(const float* __restrict__ in, float* __restrict__ out,
 #pragma unroll
         for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
             const int i = i0 + ty + k;
-            if (i < rows && j < cols) tile[ty + k][tx] = src[i * cols + j];
+            if (i < rows && j < cols) tile[ty + k][tx] = cn_layout_round<ROUND>(src[i * cols + j]);
         }
         __syncthreads();
         const int i = i0 + tx;
@@ -55,7 +70,8 @@ conv_to_channels_last(const float* __restrict__ in, float* __restrict__ out,
 // Layout: w (K, Cg, RS) -> out (groups*Cg, RS, Kg). Launch shape: 1-D grid-stride, a
 // thread per output element (consecutive threads write consecutive floats; the reads
 // stride by Cg*RS, which a few-MB filter forgives).
-extern "C" __global__ void conv_filter_for_data(const float* __restrict__ w, float* __restrict__ out,
+template <int ROUND>
+__global__ void conv_filter_for_data(const float* __restrict__ w, float* __restrict__ out,
                                                 int K, int Cg, int RS, int groups)
 {
     const int Kg = K / groups;
@@ -68,6 +84,6 @@ extern "C" __global__ void conv_filter_for_data(const float* __restrict__ w, flo
         rest /= RS;
         const int c = rest % Cg;
         const int g = rest / Cg;
-        out[o] = w[((g * Kg + k) * Cg + c) * RS + (RS - 1 - t)];
+        out[o] = cn_layout_round<ROUND>(w[((g * Kg + k) * Cg + c) * RS + (RS - 1 - t)]);
     }
 }

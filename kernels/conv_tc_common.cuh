@@ -60,6 +60,13 @@ struct CnTcSmem {
 template <int BN, int BM>
 using CnTcAcc = float[CN_TC_MI(BM)][CN_TC_NI(BN)][4];
 
+// Elements k and k + 1 (k even) of a shared row as one BF16 pair (one 8-byte read).
+static __device__ __forceinline__ unsigned cn_tc_pair(const float* row, int k)
+{
+    const float2 p = *reinterpret_cast<const float2*>(row + k);
+    return cn_bf16x2(p.x, p.y);
+}
+
 // The slots a thread loads (tid = threadIdx.x). A: each half-warp copies 16 floats of
 // one row; a warp's two rows are 4 apart for TF32 (20-float rows: 80 words, banks
 // 16 apart) and 2 apart for BF16 (24-float rows: 48 words), so its 32 words meet no bank
@@ -141,6 +148,84 @@ static __device__ __forceinline__ void cn_tc_copy_b_taps(float (&b)[CN_TC_BK][CN
     }
 }
 
+// K-major operands (the channels-last kernel, conv_tc_forward_nhwc.cu): A (BM x 16) and
+// B (16 x BN) both held kk fastest, a shared row per GEMM row or column, a[m][kk] and
+// b[j][kk], with the rows of A's padding (20 floats for TF32: a warp's (g, t) words on
+// banks 20g + t; 24 for BF16: its (g, 2t..2t+1) pairs, a half-warp's 16 on 32 banks),
+// so that B's fragments read exactly as A's. Rows arrive by 16-byte copies, four per
+// row (cn_tc_k_row, cn_tc_k_chunk), and already rounded to the precision (the layout
+// kernels round them, kernels/conv_layout.cu): a TF32 fragment is the shared word as it
+// is (no conversion in the main loop), a BF16 pair is packed by cvt (exact).
+template <int PREC, int BN, int BM>
+struct CnTcKSmem {
+    static_assert(BN == 128 || BN == 96, "conv_tc: BN is 128 or 96");
+    static_assert(BM == 128 || BM == 64, "conv_tc: BM is 128 or 64");
+    float a[CN_TC_STAGES][BM][CN_TC_LDA(PREC)];
+    float b[CN_TC_STAGES][BN][CN_TC_LDA(PREC)];
+};
+
+// The row of copy i (< rows / 32) of this thread: 4 threads a row (16 bytes each, a
+// row's 64 bytes read together), a warp 8 rows, 32i + 8 warp + the row in the warp; a
+// quarter-warp's two rows (its 16-byte writes go together) are 4 apart for TF32 (80
+// words: banks 16 apart) and 2 apart for BF16 (48 words), so they meet no bank twice.
+template <int PREC>
+static __device__ __forceinline__ int cn_tc_k_row(int i)
+{
+    const int lane = threadIdx.x & 31, quarter = lane >> 3, pair = (lane >> 2) & 1;
+    const int row = PREC ? (quarter & 1) + 4 * (quarter >> 1) + 2 * pair : quarter + 4 * pair;
+    return 32 * i + 8 * (threadIdx.x >> 5) + row;
+}
+static __device__ __forceinline__ int cn_tc_k_chunk() { return 4 * (threadIdx.x & 3); }
+
+// One slice of k-major operands out of stage `st` into the accumulators.
+template <int PREC, int BN, int BM>
+static __device__ __forceinline__ void cn_tc_slice(const CnTcKSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
+{
+    constexpr int MI = CN_TC_MI(BM);
+    const int lane = threadIdx.x & 31;
+    const int gq = lane >> 2, tq = lane & 3;
+    const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
+    if (PREC == 0) {
+#pragma unroll
+        for (int ks = 0; ks < CN_TC_BK; ks += 8) {
+            unsigned a[MI][4];
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const int r0 = wm + 16 * mi + gq;
+                a[mi][0] = __float_as_uint(sm.a[st][r0][ks + tq]);
+                a[mi][1] = __float_as_uint(sm.a[st][r0 + 8][ks + tq]);
+                a[mi][2] = __float_as_uint(sm.a[st][r0][ks + tq + 4]);
+                a[mi][3] = __float_as_uint(sm.a[st][r0 + 8][ks + tq + 4]);
+            }
+#pragma unroll
+            for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
+                const int c0 = wn + 8 * ni + gq;
+                const unsigned b[2] = {__float_as_uint(sm.b[st][c0][ks + tq]),
+                                       __float_as_uint(sm.b[st][c0][ks + tq + 4])};
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
+            }
+        }
+    } else {
+        unsigned a[MI][4];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+            const int r0 = wm + 16 * mi + gq;
+            a[mi][0] = cn_tc_pair(sm.a[st][r0], 2 * tq);
+            a[mi][1] = cn_tc_pair(sm.a[st][r0 + 8], 2 * tq);
+            a[mi][2] = cn_tc_pair(sm.a[st][r0], 2 * tq + 8);
+            a[mi][3] = cn_tc_pair(sm.a[st][r0 + 8], 2 * tq + 8);
+        }
+#pragma unroll
+        for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
+            const int c0 = wn + 8 * ni + gq;
+            const unsigned b[2] = {cn_tc_pair(sm.b[st][c0], 2 * tq), cn_tc_pair(sm.b[st][c0], 2 * tq + 8)};
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) cn_mma_bf16(acc[mi][ni], a[mi], b, acc[mi][ni]);
+        }
+    }
+}
+
 // One slice out of stage `st` into the accumulators.
 template <int PREC, int BN, int BM>
 static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
@@ -195,9 +280,10 @@ static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC, BN, BM>&
     }
 }
 
-// The whole reduction: `slices` slices through the cp.async ring of CN_TC_STAGES.
-template <int PREC, int BN, int BM, class Load>
-static __device__ __forceinline__ void cn_tc_gemm(Load& load, const CnTcSmem<PREC, BN, BM>& sm, int slices, CnTcAcc<BN, BM>& acc)
+// The whole reduction: `slices` slices through the cp.async ring of CN_TC_STAGES
+// (Smem: CnTcSmem or CnTcKSmem, whose cn_tc_slice reads it).
+template <int PREC, int BN, int BM, class Smem, class Load>
+static __device__ __forceinline__ void cn_tc_gemm(Load& load, const Smem& sm, int slices, CnTcAcc<BN, BM>& acc)
 {
 #pragma unroll
     for (int mi = 0; mi < CN_TC_MI(BM); ++mi)

@@ -99,7 +99,7 @@ def _launch_one_block_row(a, out):
     from convnet.toolchain.launch import Launch
     batches, rows, cols = a.shape
     tiles = -(-rows // 32) * -(-cols // 32)
-    return Launch(conv_layout.MODULE, "conv_to_channels_last", grid=(tiles, 1), block=(32, 8),
+    return Launch(conv_layout.MODULE, "conv_to_channels_last", template_args=(0,), grid=(tiles, 1), block=(32, 8),
                   args=(a, out, np.int32(batches), np.int32(rows), np.int32(cols)))
 
 
@@ -124,7 +124,8 @@ def test_launch_shapes():
     launch = conv_layout.filter_for_data_launch(gpu, np.zeros((384, 256, 3, 3), np.float32), a, 1)
     assert launch.block == (256, 1, 1) and launch.grid == (384 * 256 * 9 // 256, 1, 1)
     assert launch.args[2:] == (384, 256, 9, 1) and all(isinstance(v, np.int32) for v in launch.args[2:])
-    assert set(conv_layout.MODULE.kernels) == {"conv_to_channels_last", "conv_filter_for_data"}
+    assert set(conv_layout.MODULE.kernels) == {f"{k}<{r}>" for r in (0, 1, 2) for k in (
+        "conv_to_channels_last", "conv_filter_for_data")}
 
 
 @pytest.mark.parametrize("which", ["transpose", "filter"])
@@ -172,3 +173,37 @@ def test_int32_limit():
     huge = np.broadcast_to(np.float32(0), (2, 1 << 15, 1 << 15))
     with pytest.raises(ValueError, match=r"a3 has 2147483648 elements.*int32"):
         conv_layout.to_channels_last(device, huge)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_both_kernels_round_to_the_tensor_core_operands(kernel_device, precision):
+    """With a precision the kernels round what they move as the tensor cores' operands
+    are rounded (``convnet.precision.round_operand``: TF32 to nearest with ties away,
+    BF16 to nearest even), bit for bit, ties, NaN, infinities, the largest float and
+    subnormals included; the values are no longer the input's."""
+    special = np.array([1 + 2 ** -11, -(1 + 2 ** -11), 1 + 2 ** -8, 1 + 3 * 2 ** -9,
+                        np.finfo(np.float32).max, np.inf, -np.inf, np.nan, -0.0, 1e-40,
+                        -3e-39, 2 ** -126], np.float32)
+    a = np.concatenate([special, _data(3 * 33 * 20 - special.size, 5)]).reshape(3, 33, 20)
+    got = _transpose_rounded(kernel_device, a, precision)
+    want = conv_layout.to_channels_last_reference(a, precision)
+    assert_same_bits(got, want)
+    assert (got != conv_layout.to_channels_last_reference(a)).any()
+    w = a.reshape(6, 11, 3, 10)
+    got = kernel_device.to_numpy(conv_layout.filter_for_data(kernel_device, kernel_device.asarray(w), 2,
+                                                             precision))
+    want = conv_layout.filter_for_data_reference(w, 2, precision)
+    assert_same_bits(got, want)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        conv_layout.to_channels_last_launch(kernel_device, a, a, 3, 33, 20, "fp16")
+
+
+def assert_same_bits(got, want):
+    """The same bits, but NaN for NaN (a NaN's low payload bits are the tensor core's to ignore)."""
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+def _transpose_rounded(device, a, precision):
+    return device.to_numpy(conv_layout.to_channels_last(device, device.asarray(a), precision))

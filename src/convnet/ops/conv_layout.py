@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..toolchain.launch import MAX_GRID_DIM, KernelModule, Launch
+from ..precision import round_operand
+from ..toolchain.launch import MAX_GRID_DIM, KernelModule, Launch, name_expression
 from ._arrays import INT32_MAX, kernel_array
 from .elementwise import BLOCK, EMU_MAX_BLOCKS, max_blocks
 
-MODULE = KernelModule("conv_layout.cu", ("conv_to_channels_last", "conv_filter_for_data"))
+# ROUND: what the kernels round the values they move to (the tensor cores' operands)
+ROUNDING = {None: 0, "tf32": 1, "bf16": 2}
+MODULE = KernelModule("conv_layout.cu", tuple(
+    name_expression(kernel, (r,)) for kernel in ("conv_to_channels_last", "conv_filter_for_data")
+    for r in ROUNDING.values()))
 
 TILE = 32         # the transpose's tile: TILE x TILE elements
 TILE_ROWS = 8     # its block: (TILE, TILE_ROWS) threads
@@ -26,16 +31,23 @@ TILE_ROWS = 8     # its block: (TILE, TILE_ROWS) threads
 
 # --------------------------------------------------------------------------- references
 
-def to_channels_last_reference(a3: np.ndarray) -> np.ndarray:
-    """(B, R, C) -> (B, C, R), C-contiguous: out[b, j, i] = a3[b, i, j]."""
-    return np.ascontiguousarray(np.swapaxes(a3, 1, 2))
+def _rounded(a, precision):
+    """``a`` on ``precision``'s operand grid (float32) where one is given, else as it is."""
+    return a if precision is None else round_operand(a, precision)
 
 
-def filter_for_data_reference(w: np.ndarray, groups: int) -> np.ndarray:
+def to_channels_last_reference(a3: np.ndarray, precision=None) -> np.ndarray:
+    """(B, R, C) -> (B, C, R), C-contiguous: out[b, j, i] = a3[b, i, j] (rounded to
+    ``precision``'s tensor-core operands when given)."""
+    return np.ascontiguousarray(np.swapaxes(_rounded(a3, precision), 1, 2))
+
+
+def filter_for_data_reference(w: np.ndarray, groups: int, precision=None) -> np.ndarray:
     """(K, Cg, R, S) -> (groups*Cg, R*S, Kg) with
     out[g*Cg + c, t, k] = w[g*Kg + k, c, flat tap RS - 1 - t]."""
     k_total, cg, r, s = w.shape
     kg = k_total // groups
+    w = _rounded(w, precision)
     flipped = w.reshape(groups, kg, cg, r * s)[..., ::-1]          # (g, k, c, t) taps flipped
     return np.ascontiguousarray(flipped.transpose(0, 2, 3, 1)).reshape(groups * cg, r * s, kg)
 
@@ -70,7 +82,14 @@ def _check_groups(w, groups: int) -> int:
 
 # --------------------------------------------------------------------------- launches
 
-def to_channels_last_launch(device, src, dst, batches: int, rows: int, cols: int) -> Launch:
+def _round(precision) -> tuple:
+    if precision not in ROUNDING:
+        raise ValueError(f"conv_layout: precision must be one of {tuple(ROUNDING)}, got {precision!r}")
+    return (ROUNDING[precision],)
+
+
+def to_channels_last_launch(device, src, dst, batches: int, rows: int, cols: int,
+                            precision=None) -> Launch:
     """Block (32, 8); grid.x a block per 32 x 32 tile of one matrix, grid.y up to
     ``batches`` (at most 65535 on a GPU; on emu few enough that the blocks stay near
     EMU_MAX_BLOCKS), the blocks stepping through the rest."""
@@ -79,46 +98,47 @@ def to_channels_last_launch(device, src, dst, batches: int, rows: int, cols: int
         cap = MAX_GRID_DIM[1]
     else:
         cap = max(1, EMU_MAX_BLOCKS // tiles)
-    return Launch(MODULE, "conv_to_channels_last", grid=(max(1, tiles), max(1, min(batches, cap))),
+    return Launch(MODULE, "conv_to_channels_last", template_args=_round(precision), grid=(max(1, tiles), max(1, min(batches, cap))),
                   block=(TILE, TILE_ROWS),
                   args=(src, dst, np.int32(batches), np.int32(rows), np.int32(cols)))
 
 
-def filter_for_data_launch(device, w, out, groups: int) -> Launch:
+def filter_for_data_launch(device, w, out, groups: int, precision=None) -> Launch:
     """1-D grid-stride, a thread per element up to the device's cap."""
     k, cg, r, s = w.shape
     n = k * cg * r * s
     grid = max(1, min(-(-n // BLOCK), max_blocks(device)))
-    return Launch(MODULE, "conv_filter_for_data", grid=(grid,), block=(BLOCK,),
+    return Launch(MODULE, "conv_filter_for_data", template_args=_round(precision), grid=(grid,), block=(BLOCK,),
                   args=(w, out, np.int32(k), np.int32(cg), np.int32(r * s), np.int32(groups)))
 
 
 # --------------------------------------------------------------------------- on a device
 
-def to_channels_last(device, a3):
-    """(B, R, C) -> (B, C, R) on ``device``."""
+def to_channels_last(device, a3, precision=None):
+    """(B, R, C) -> (B, C, R) on ``device`` (rounded to ``precision``'s tensor-core
+    operands, "tf32" or "bf16", when given)."""
     op = "to_channels_last"
     _check(op, a3, 3, "a3", "(batches, rows, cols)")
     if not device.runs_kernels:
-        return to_channels_last_reference(a3)
+        return to_channels_last_reference(a3, precision)
     a3 = _check_kernel_input(device, op, a3, "a3")
     batches, rows, cols = a3.shape
     out = device.xp.empty((batches, cols, rows), np.float32)
     if a3.size:
-        device.launch(to_channels_last_launch(device, a3, out, batches, rows, cols))
+        device.launch(to_channels_last_launch(device, a3, out, batches, rows, cols, precision))
     return out
 
 
-def filter_for_data(device, w, groups: int):
+def filter_for_data(device, w, groups: int, precision=None):
     """(K, Cg, R, S) -> (groups*Cg, R*S, K/groups) on ``device`` (see the module's doc)."""
     op = "filter_for_data"
     _check(op, w, 4, "the filter w", "(K, Cg, R, S)")
     groups = _check_groups(w, groups)
     if not device.runs_kernels:
-        return filter_for_data_reference(w, groups)
+        return filter_for_data_reference(w, groups, precision)
     w = _check_kernel_input(device, op, w, "the filter w")
     k, cg, r, s = w.shape
     out = device.xp.empty((groups * cg, r * s, k // groups), np.float32)
     if w.size:
-        device.launch(filter_for_data_launch(device, w, out, groups))
+        device.launch(filter_for_data_launch(device, w, out, groups, precision))
     return out

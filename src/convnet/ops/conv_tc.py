@@ -24,6 +24,7 @@ import numpy as np
 from ..precision import check_precision, round_operand
 from ..toolchain.launch import KernelModule, Launch, name_expression
 from . import conv as _conv
+from . import conv_layout as _layout_ops
 from ._arrays import INT32_MAX
 from ._conv_geometry import Geometry, check_kernel_sizes
 from .conv import _operands
@@ -68,6 +69,8 @@ def _module(kernel: str, extra=((),)) -> KernelModule:
 
 
 FORWARD = _module("conv_tc_forward")
+# channels-last operands (16 channels a slice): forward, and backward data at unit stride
+FORWARD_NHWC = _module("conv_tc_forward_nhwc")
 # backward data: <precision, BN, unit[, BM]> (unit: sh = sw = 1, no division)
 BACKWARD_DATA = _module("conv_tc_backward_data", ((True,), (False,)))
 BACKWARD_FILTER = _module("conv_tc_backward_filter")
@@ -158,16 +161,111 @@ def forward_launch(device, g: Geometry, x, w, b, y, relu=False, precision="tf32"
                         np.int32(b is not None), np.int32(bool(relu))))
 
 
-def forward(device, g: Geometry, x, w, b=None, relu=False, precision="tf32", tile=None):
+# --------------------------------------------------------------------------- channels last
+LAYOUTS = ("nchw", "nhwc")
+
+
+def channels_last(g: Geometry, part: str) -> bool:
+    """Whether ``part`` ("forward" or "data") of ``g`` can run on the channels-last
+    kernel (``conv_tc_forward_nhwc``): its reduction's channels a group (Cg forward, Kg
+    for backward data) a multiple of ``BLOCK_K``, so that a slice is one tap and 16
+    contiguous channels; backward data also needs unit stride and padding below the
+    filter (it runs as the forward convolution of dy with the flipped filter)."""
+    if part == "forward":
+        return g.cg % BLOCK_K == 0
+    return (g.kg % BLOCK_K == 0 and g.stride_h == g.stride_w == 1 and g.pad_h < g.r
+            and g.pad_w < g.s)
+
+
+def _layout(g: Geometry, part: str, layout) -> str:
+    """``layout`` ("nchw", "nhwc", or None: "nhwc" where ``channels_last``), checked."""
+    if layout is None:
+        return "nhwc" if channels_last(g, part) else "nchw"
+    if layout not in LAYOUTS:
+        raise ValueError(f"conv2d: tensor-core layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "nhwc" and not channels_last(g, part):
+        raise ValueError(f"conv2d: the channels-last tensor-core {part} pass needs "
+                         + ("Cg a multiple of 16" if part == "forward" else
+                            "Kg a multiple of 16, unit stride and padding below the filter")
+                         + f"; got Cg={g.cg}, Kg={g.kg}, stride=({g.stride_h}, {g.stride_w}), "
+                         f"pad=({g.pad_h}, {g.pad_w}), filter {g.r}x{g.s}")
+    return layout
+
+
+def data_geometry(g: Geometry) -> Geometry:
+    """Backward data of ``g`` (unit stride) as a forward convolution: dy (N, K, P, Q)
+    with the flipped filter (C, Kg, R, S) and padding (R - 1 - ph, S - 1 - pw) gives
+    dx (N, C, H, W)."""
+    return _conv.geometry((g.n, g.k, g.p, g.q), (g.c, g.kg, g.r, g.s), 1,
+                          (g.r - 1 - g.pad_h, g.s - 1 - g.pad_w), g.groups)
+
+
+def nhwc_workspace_shapes(g: Geometry, part: str) -> dict:
+    """The channels-last pass's workspaces: the gathered operand ("x": x or dy channels
+    last) and the filter ("w": transposed, or flipped for backward data)."""
+    xs = g.n * g.h * g.w * g.c if part == "forward" else g.n * g.p * g.q * g.k
+    return {"x": (xs,), "w": (g.k * g.cg * g.r * g.s,)}
+
+
+def _gemm_nhwc(device, g: Geometry, xt, wt, b, y, relu, precision, tile) -> Launch:
+    """The channels-last GEMM of ``g`` (a forward geometry) from rounded operands."""
+    cols = g.n * g.p * g.q
+    bm, bn = _pick_tile(device, tile, g.kg, cols, g.groups)
+    return Launch(FORWARD_NHWC, "conv_tc_forward_nhwc",
+                  template_args=_template_args(precision, (bm, bn)),
+                  grid=(-(-cols // bn), -(-g.kg // bm), g.groups), block=(THREADS,),
+                  args=(xt, wt, wt if b is None else b, y, *g.scalars(),
+                        np.int32(b is not None), np.int32(bool(relu))))
+
+
+def forward_nhwc_launches(device, g: Geometry, x, w, b, y, xt, wt, relu=False,
+                          precision="tf32", tile=None) -> list[Launch]:
+    """The Launches writing ``act(conv(x, w) + b)`` into ``y`` channels-last: x and w
+    to channels last, rounded to ``precision`` (into the workspaces ``xt``, ``wt`` of
+    ``nhwc_workspace_shapes``), then the GEMM."""
+    precision = _tensor_core(precision)
+    _layout(g, "forward", "nhwc")
+    return [_layout_ops.to_channels_last_launch(device, x, xt, g.n, g.c, g.h * g.w, precision),
+            _layout_ops.to_channels_last_launch(device, w, wt, g.k, g.cg, g.r * g.s, precision),
+            _gemm_nhwc(device, g, xt, wt, b, y, relu, precision, tile)]
+
+
+def backward_data_nhwc_launches(device, g: Geometry, dy, w, dx, dyt, wt, precision="tf32",
+                                tile=None) -> list[Launch]:
+    """The Launches writing dL/dx into ``dx`` channels-last (``data_geometry``): dy to
+    channels last and the filter flipped, both rounded, then the GEMM."""
+    precision = _tensor_core(precision)
+    _layout(g, "data", "nhwc")
+    return [_layout_ops.to_channels_last_launch(device, dy, dyt, g.n, g.k, g.p * g.q, precision),
+            _layout_ops.filter_for_data_launch(device, w, wt, g.groups, precision),
+            _gemm_nhwc(device, data_geometry(g), dyt, wt, None, dx, False, precision, tile)]
+
+
+def _run_nhwc(device, g: Geometry, part: str, launches_for, out):
+    xp = device.xp
+    ws = {k: xp.empty(shape, dtype=np.float32)
+          for k, shape in nhwc_workspace_shapes(g, part).items()}
+    for launch in launches_for(ws["x"], ws["w"]):
+        device.launch(launch)
+    return out
+
+
+def forward(device, g: Geometry, x, w, b=None, relu=False, precision="tf32", tile=None,
+            layout=None):
     """``act(conv(x, w) + b)`` with ``precision``'s operands on ``device`` (``tile``: one
-    of ``TILES``, else ``choose_tile``'s)."""
+    of ``TILES``, else ``choose_tile``'s; ``layout``: "nchw", "nhwc" or None, the
+    channels-last kernel where ``channels_last`` allows)."""
     precision = _tensor_core(precision)
     x, w, b = _operands(device, g, "conv2d", x=x, w=w, b=b)
+    layout = _layout(g, "forward", layout)
     if not device.runs_kernels:
         return forward_reference(g, x, w, b, relu, precision)
     y = device.xp.empty(g.y_shape, dtype=np.float32)
     if y.size:
         check_kernel_sizes(g)
+        if layout == "nhwc":
+            return _run_nhwc(device, g, "forward", lambda xt, wt: forward_nhwc_launches(
+                device, g, x, w, b, y, xt, wt, relu, precision, tile), y)
         device.launch(forward_launch(device, g, x, w, b, y, relu, precision, tile))
     return y
 
@@ -272,16 +370,20 @@ def backward_filter_launches(device, g: Geometry, x, dy, dw, splits: int, chunk:
                    args=(ws, dw, np.int32(count), np.int32(splits)))]
 
 
-def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None):
-    """dL/dx from dL/dy with ``precision``'s operands on ``device`` (``tile``: as
-    ``forward``'s)."""
+def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None, layout=None):
+    """dL/dx from dL/dy with ``precision``'s operands on ``device`` (``tile``,
+    ``layout``: as ``forward``'s)."""
     precision = _tensor_core(precision)
     dy, w = _operands(device, g, "conv2d backward", dy=dy, w=w)
+    layout = _layout(g, "data", layout)
     if not device.runs_kernels:
         return backward_data_reference(g, dy, w, precision)
     dx = device.xp.empty(g.x_shape, dtype=np.float32)
     if dx.size:
         check_kernel_sizes(g)
+        if layout == "nhwc":
+            return _run_nhwc(device, g, "data", lambda dyt, wt: backward_data_nhwc_launches(
+                device, g, dy, w, dx, dyt, wt, precision, tile), dx)
         device.launch(backward_data_launch(device, g, dy, w, dx, precision, tile))
     return dx
 

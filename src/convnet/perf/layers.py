@@ -45,7 +45,8 @@ REDUCED_ELEMENTS = 1 << 18
 NOMINAL_FLOPS = {"relu": 1, "bias_act": 2, "bias_backward": 2, "dropout": 1, "pool": 1,
                  "lrn_forward": 2 * 5 + 8, "lrn_backward": 6 * 5 + 16, "sgd": 6,
                  "cross_entropy_forward": 4, "cross_entropy_backward": 3, "sum": 1,
-                 "winograd_transform": 32}  # adds per tile of a Winograd transform
+                 "winograd_transform": 32,  # adds per tile of a Winograd transform
+                 "layout": 1}               # a layout change's rounding
 
 
 @dataclass
@@ -137,11 +138,8 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
         wino = _Winograd(name, dev, g, arrays, choices) if algorithm == "winograd" else None
         out = wino.forward(x, w, b, y, relu_) if wino else []
         if tc:
-            fwd = conv_tc.forward_launch(dev, g, x, w, b, y, relu_, precision,
-                                         choices.get("forward"))
-            choices.setdefault("forward", conv_tc.launch_tile(fwd))
-            out.append(Planned(name, "forward", fwd, g.flops, (x, w) + ((b,) if bias else ()),
-                               (y,), part="forward", tensor=precision))
+            out += _tensor_core_pass(name, dev, g, "forward", (x, w, b, y), arrays, choices,
+                                     precision, relu_)
         elif not wino:
             fwd = conv.forward_launch(dev, g, x, w, b, y, relu_, choices.get("forward"))
             choices.setdefault("forward", fwd.template_args)
@@ -156,12 +154,8 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
         if input_grad and wino:
             out += wino.backward_data(dy, w, arrays(g.x_shape))
         elif input_grad and tc:
-            dx = arrays(g.x_shape)
-            data = conv_tc.backward_data_launch(dev, g, dy, w, dx, precision,
-                                                choices.get("data"))
-            choices.setdefault("data", conv_tc.launch_tile(data))
-            out.append(Planned(name, "backward", data, g.flops, (dy, w), (dx,), part="data",
-                               tensor=precision))
+            out += _tensor_core_pass(name, dev, g, "data", (dy, w, None, arrays(g.x_shape)),
+                                     arrays, choices, precision)
         elif input_grad:
             dx = arrays(g.x_shape)
             data = conv.backward_data_launch(dev, g, dy, w, dx, choices.get("data"))
@@ -206,6 +200,37 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
     return Layer(name, build, dict(op="conv", c=c, hw=hw, k=k, rs=rs, stride=stride, pad=pad,
                                    groups=groups, algorithm=algorithm, precision=precision,
                                    tiles=tiles, input_grad=input_grad))
+
+
+def _tensor_core_pass(name, dev, g, part, operands, arrays, choices, precision,
+                      relu_=False) -> list:
+    """Forward (``operands`` x, w, b, y) or backward data (dy, w, None, dx) on tensor
+    cores, its tile (the chooser's in ``choices``, else the engine's) recorded in
+    ``choices``: channels-last where ``conv_tc.channels_last`` allows (the layout
+    kernels, each covering its elements, then the GEMM), else the NCHW GEMM."""
+    src, w, b, dst = operands
+    when, tile = ("forward" if part == "forward" else "backward"), choices.get(part)
+    bias = (b,) if b is not None else ()
+    out = []
+    if conv_tc.channels_last(g, part):
+        ws = {k: arrays(v) for k, v in conv_tc.nhwc_workspace_shapes(g, part).items()}
+        build = (conv_tc.forward_nhwc_launches if part == "forward"
+                 else conv_tc.backward_data_nhwc_launches)
+        args = (src, w, b, dst) if part == "forward" else (src, w, dst)
+        *layouts, gemm = build(dev, g, *args, ws["x"], ws["w"],
+                               *((relu_,) if part == "forward" else ()), precision, tile)
+        for launch, a, t in zip(layouts, (src, w), (ws["x"], ws["w"])):
+            out.append(Planned(name, when, launch, a.size * NOMINAL_FLOPS["layout"], (a,), (t,),
+                               work=a.size, part=part))
+        reads = (ws["x"], ws["w"]) + bias
+    else:
+        gemm = (conv_tc.forward_launch(dev, g, src, w, b, dst, relu_, precision, tile)
+                if part == "forward" else
+                conv_tc.backward_data_launch(dev, g, src, w, dst, precision, tile))
+        reads = (src, w) + bias
+    choices.setdefault(part, conv_tc.launch_tile(gemm))
+    out.append(Planned(name, when, gemm, g.flops, reads, (dst,), part=part, tensor=precision))
+    return out
 
 
 def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=None) -> list:

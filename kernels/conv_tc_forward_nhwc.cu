@@ -1,0 +1,102 @@
+// conv_tc_forward_nhwc.cu: 2-D convolution forward on tensor cores from channels-last
+// operands (issue 12), with the bias and the ReLU fused as conv_tc_forward.cu:
+//   y[n][k][p][q] = act(bias[k] + sum_{r,s,c} w[k][r][s][c] * x[n][p*sh - ph + r][q*sw - pw + s][g*Cg + c])
+// with FP32 accumulation over kk = (r, s, c) ascending (c fastest). The operands come
+// rounded to TF32 (PREC 0) or to BF16 values (PREC 1) by the layout kernels
+// (kernels/conv_layout.cu, ops/conv_tc.py); the kernel does not round them again.
+// Also backward data at unit stride: the input gradient is this convolution of dy
+// with the flipped, transposed filter (ops/conv_tc.py).
+//
+// Layout: x (N, H, W, C) float32 (channels last), w (K, R, S, Cg), bias (K,) (not read
+// when has_bias == 0), y (N, K, P, Q) (NCHW, as the library's tensors). Cg is a
+// multiple of 16 (the host checks): a slice of 16 kk is one tap (r, s) and 16
+// consecutive channels, 64 contiguous bytes of x and of each filter row.
+//
+// Implicit GEMM per group g: A[m][kk] = w[g*Kg + m][kk] (Kg x R*S*Cg, dense rows),
+// B[kk][j] = x[n][h0 + r][w0 + s][g*Cg + c] for j = (n, p, q), zero outside the image.
+// Both operands go global -> shared as four 16-byte cp.async per row per slice
+// (CnTcKSmem, conv_tc_common.cuh); a column's image position (h0, w0) and offset are
+// computed once, and each slice tests its one tap against them (no tap table).
+//
+// Launch: block = 128 threads; grid = (ceil(N*P*Q / BN), ceil(Kg / BM), groups);
+// BN = 128 or 96, BM = 128 or 64 (default 128: two-argument names); 40 KiB (TF32) or
+// 48 KiB (BF16) of static shared memory at 128 x 128. 32-bit indices (the host checks).
+#include "conv_tc_common.cuh"
+
+template <int PREC, int BN, int BM = 128>
+__global__ void __launch_bounds__(CN_TC_THREADS)
+conv_tc_forward_nhwc(const float* __restrict__ x, const float* __restrict__ w,
+                     const float* __restrict__ bias, float* __restrict__ y,
+                     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                     int sh, int sw, int ph, int pw, int groups, int has_bias, int relu)
+{
+    __shared__ __align__(16) CnTcKSmem<PREC, BN, BM> sm;
+    constexpr int AI = BM / 32, BI = BN / 32;  // 16-byte copies per thread per slice
+
+    const int g = blockIdx.z;
+    const int Cg = C / groups, Kg = K / groups;
+    const int PQ = P * Q;
+    const int kd = R * S * Cg;  // a multiple of 16
+    const int cols = N * PQ;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    const int chunk = cn_tc_k_chunk();
+
+    // A: this thread's rows (an index into w; rows past Kg copy zeros)
+    const float* wg = w + g * Kg * kd + chunk;
+    int aoff[AI];
+    bool aok[AI];
+#pragma unroll
+    for (int i = 0; i < AI; ++i) {
+        const int m = m0 + cn_tc_k_row<PREC>(i);
+        aok[i] = m < Kg;
+        aoff[i] = aok[i] ? m * kd : 0;
+    }
+    // B: this thread's columns: the image position of tap (0, 0) (a column past the end
+    // sits far outside the image) and the offset of its pixel's channel g*Cg + chunk
+    int bh[BI], bw[BI], boff[BI];
+#pragma unroll
+    for (int i = 0; i < BI; ++i) {
+        const int j = n0 + cn_tc_k_row<PREC>(i);
+        const int n = j / PQ, pq = j - n * PQ;
+        const int p = pq / Q;
+        bh[i] = j < cols ? p * sh - ph : -(1 << 30);
+        bw[i] = (pq - p * Q) * sw - pw;
+        boff[i] = ((n * H + bh[i]) * W + bw[i]) * C + g * Cg + chunk;
+    }
+
+    // the slice's tap: kk = (r, s, c0), stepped one slice per load (loads come in order)
+    int tr = 0, ts = 0, tc = 0;
+    auto load = [&](int slice, int stage) {
+        const int k0 = slice * CN_TC_BK;
+#pragma unroll
+        for (int i = 0; i < AI; ++i)
+            cn_cp_async<16>(&sm.a[stage][cn_tc_k_row<PREC>(i)][chunk], wg + aoff[i] + k0, aok[i]);
+        const int tap = (tr * W + ts) * C + tc;
+#pragma unroll
+        for (int i = 0; i < BI; ++i) {
+            const bool ok = (unsigned)(bh[i] + tr) < (unsigned)H && (unsigned)(bw[i] + ts) < (unsigned)W;
+            cn_cp_async<16>(&sm.b[stage][cn_tc_k_row<PREC>(i)][chunk], x + (ok ? boff[i] + tap : 0), ok);
+        }
+        tc += CN_TC_BK;
+        if (tc == Cg) {
+            tc = 0;
+            if (++ts == S) {
+                ts = 0;
+                ++tr;
+            }
+        }
+    };
+    CnTcAcc<BN, BM> acc;
+    cn_tc_gemm<PREC, BN, BM>(load, sm, kd / CN_TC_BK, acc);
+
+    auto store = [&](int m, int jj, float v) {
+        const int j = n0 + jj, k = m0 + m;
+        if (j >= cols || k >= Kg) return;
+        const int n = j / PQ;
+        if (has_bias) v += bias[g * Kg + k];
+        if (relu) v = (v > 0.0f || v != v) ? v : 0.0f;
+        y[(n * K + g * Kg + k) * PQ + (j - n * PQ)] = v;
+    };
+    cn_tc_store<BN, BM>(acc, store);
+}
