@@ -5,22 +5,35 @@
 // conv_filter_for_data: the filter of backward data as a forward convolution's filter
 //   (per group: channels-out c, taps flipped, filters k fastest).
 //
-// Both round what they move to the tensor cores' operand grid when asked (ROUND 1: TF32,
-// cvt.rna.tf32.f32 with the 13 low bits cleared; 2: BF16 values, round to nearest even;
-// 0: the bits as they are), so that the GEMM that reads the result rounds nothing.
+// Both round what they move to the tensor cores' operands when asked (ROUND 1: TF32,
+// cvt.rna.tf32.f32 with the 13 low bits cleared, written as float; 2: BF16, round to
+// nearest even, written as its 16 bits (unsigned short): half the bytes for the GEMM to
+// copy; 0: float as it is), so that the GEMM that reads the result rounds nothing.
 //
-// Float32, C-contiguous, 32-bit indices: the host checks every array's size fits in int.
+// Float input, C-contiguous, 32-bit indices: the host checks every array's size fits in int.
 #include "common.cuh"
 #include "mma.cuh"
 
-// v on ROUND's grid, as a float (see above).
+// ROUND's output element (type) and value of v (of) as that element; `rounded` is v on
+// ROUND's grid as a float (what a tile holds: a BF16 value is exact in float).
 template <int ROUND>
-static __device__ __forceinline__ float cn_layout_round(float v)
-{
-    if (ROUND == 1) return __uint_as_float(cn_tf32(v) & 0xffffe000u);
-    if (ROUND == 2) return __uint_as_float(cn_bf16x2(0.0f, v) & 0xffff0000u);
-    return v;
-}
+struct CnLayoutValue {
+    typedef float type;
+    static __device__ __forceinline__ float rounded(float v)
+    {
+        return ROUND == 1 ? __uint_as_float(cn_tf32(v) & 0xffffe000u) : v;
+    }
+    static __device__ __forceinline__ float of(float v) { return v; }
+};
+template <>
+struct CnLayoutValue<2> {
+    typedef unsigned short type;
+    static __device__ __forceinline__ float rounded(float v)
+    {
+        return __uint_as_float(cn_bf16x2(0.0f, v) & 0xffff0000u);
+    }
+    static __device__ __forceinline__ unsigned short of(float v) { return (unsigned short)(__float_as_uint(v) >> 16); }
+};
 
 #define CN_LAYOUT_TILE 32   // a tile is 32 x 32 elements
 #define CN_LAYOUT_ROWS 8    // block rows: each thread moves 32 / 8 = 4 elements each way
@@ -36,7 +49,7 @@ static __device__ __forceinline__ float cn_layout_round(float v)
 // masked, reads and writes alike, so no thread reads a shared element nobody wrote.
 template <int ROUND>
 __global__ void __launch_bounds__(CN_LAYOUT_TILE * CN_LAYOUT_ROWS)
-conv_to_channels_last(const float* __restrict__ in, float* __restrict__ out,
+conv_to_channels_last(const float* __restrict__ in, typename CnLayoutValue<ROUND>::type* __restrict__ out,
                       int batches, int rows, int cols)
 {
     __shared__ float tile[CN_LAYOUT_TILE][CN_LAYOUT_TILE + 1];
@@ -47,19 +60,19 @@ conv_to_channels_last(const float* __restrict__ in, float* __restrict__ out,
     const int matrix = rows * cols;
     for (int b = blockIdx.y; b < batches; b += gridDim.y) {
         const float* src = in + (long long)b * matrix;
-        float* dst = out + (long long)b * matrix;
+        typename CnLayoutValue<ROUND>::type* dst = out + (long long)b * matrix;
         const int j = j0 + tx;
 #pragma unroll
         for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
             const int i = i0 + ty + k;
-            if (i < rows && j < cols) tile[ty + k][tx] = cn_layout_round<ROUND>(src[i * cols + j]);
+            if (i < rows && j < cols) tile[ty + k][tx] = CnLayoutValue<ROUND>::rounded(src[i * cols + j]);
         }
         __syncthreads();
         const int i = i0 + tx;
 #pragma unroll
         for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
             const int jj = j0 + ty + k;
-            if (i < rows && jj < cols) dst[jj * rows + i] = tile[tx][ty + k];
+            if (i < rows && jj < cols) dst[jj * rows + i] = CnLayoutValue<ROUND>::of(tile[tx][ty + k]);
         }
         __syncthreads();   // the tile is rewritten for the next batch
     }
@@ -68,11 +81,11 @@ conv_to_channels_last(const float* __restrict__ in, float* __restrict__ out,
 // out[((g*Cg + c)*RS + t)*Kg + k] = w[((g*Kg + k)*Cg + c)*RS + (RS - 1 - t)], Kg = K / groups.
 //
 // Layout: w (K, Cg, RS) -> out (groups*Cg, RS, Kg). Launch shape: 1-D grid-stride, a
-// thread per output element (consecutive threads write consecutive floats; the reads
+// thread per output element (consecutive threads write consecutive elements; the reads
 // stride by Cg*RS, which a few-MB filter forgives).
 template <int ROUND>
-__global__ void conv_filter_for_data(const float* __restrict__ w, float* __restrict__ out,
-                                                int K, int Cg, int RS, int groups)
+__global__ void conv_filter_for_data(const float* __restrict__ w, typename CnLayoutValue<ROUND>::type* __restrict__ out,
+                                     int K, int Cg, int RS, int groups)
 {
     const int Kg = K / groups;
     const long long total = (long long)K * Cg * RS;
@@ -84,6 +97,6 @@ __global__ void conv_filter_for_data(const float* __restrict__ w, float* __restr
         rest /= RS;
         const int c = rest % Cg;
         const int g = rest / Cg;
-        out[o] = cn_layout_round<ROUND>(w[((g * Kg + k) * Cg + c) * RS + (RS - 1 - t)]);
+        out[o] = CnLayoutValue<ROUND>::of(CnLayoutValue<ROUND>::rounded(w[((g * Kg + k) * Cg + c) * RS + (RS - 1 - t)]));
     }
 }

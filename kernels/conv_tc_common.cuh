@@ -60,13 +60,6 @@ struct CnTcSmem {
 template <int BN, int BM>
 using CnTcAcc = float[CN_TC_MI(BM)][CN_TC_NI(BN)][4];
 
-// Elements k and k + 1 (k even) of a shared row as one BF16 pair (one 8-byte read).
-static __device__ __forceinline__ unsigned cn_tc_pair(const float* row, int k)
-{
-    const float2 p = *reinterpret_cast<const float2*>(row + k);
-    return cn_bf16x2(p.x, p.y);
-}
-
 // The slots a thread loads (tid = threadIdx.x). A: each half-warp copies 16 floats of
 // one row; a warp's two rows are 4 apart for TF32 (20-float rows: 80 words, banks
 // 16 apart) and 2 apart for BF16 (24-float rows: 48 words), so its 32 words meet no bank
@@ -150,32 +143,42 @@ static __device__ __forceinline__ void cn_tc_copy_b_taps(float (&b)[CN_TC_BK][CN
 
 // K-major operands (the channels-last kernel, conv_tc_forward_nhwc.cu): A (BM x 16) and
 // B (16 x BN) both held kk fastest, a shared row per GEMM row or column, a[m][kk] and
-// b[j][kk], with the rows of A's padding (20 floats for TF32: a warp's (g, t) words on
-// banks 20g + t; 24 for BF16: its (g, 2t..2t+1) pairs, a half-warp's 16 on 32 banks),
-// so that B's fragments read exactly as A's. Rows arrive by 16-byte copies, four per
-// row (cn_tc_k_row, cn_tc_k_chunk), and already rounded to the precision (the layout
-// kernels round them, kernels/conv_layout.cu): a TF32 fragment is the shared word as it
-// is (no conversion in the main loop), a BF16 pair is packed by cvt (exact).
+// b[j][kk], so that B's fragments read exactly as A's. The operands arrive already
+// rounded by the layout kernels (kernels/conv_layout.cu): TF32 as floats, BF16 as
+// 16-bit values, two to a word (kk 2i in the low half), so no fragment is converted:
+// a fragment register is a shared word as it is. Rows of 16 kk: 16 words + 4 of padding
+// for TF32 (a warp's (g, t) words on banks 20g + t), 8 words + 4 for BF16 (banks
+// 12g + t). A row's slice (64 or 32 bytes) arrives by 16-byte copies: CN_TC_K_CHUNKS
+// threads a row, CN_TC_K_ROWS rows a round of the block's copies (cn_tc_k_row).
+template <int PREC> struct CnTcOperand { typedef float type; };             // TF32 values
+template <> struct CnTcOperand<1> { typedef unsigned short type; };           // BF16 bits
+#define CN_TC_LDK(PREC) ((PREC) ? 12 : 20)
+#define CN_TC_K_CHUNKS(PREC) ((PREC) ? 2 : 4)
+#define CN_TC_K_ROWS(PREC) (CN_TC_THREADS / CN_TC_K_CHUNKS(PREC))
+
 template <int PREC, int BN, int BM>
 struct CnTcKSmem {
     static_assert(BN == 128 || BN == 96, "conv_tc: BN is 128 or 96");
     static_assert(BM == 128 || BM == 64, "conv_tc: BM is 128 or 64");
-    float a[CN_TC_STAGES][BM][CN_TC_LDA(PREC)];
-    float b[CN_TC_STAGES][BN][CN_TC_LDA(PREC)];
+    unsigned a[CN_TC_STAGES][BM][CN_TC_LDK(PREC)];
+    unsigned b[CN_TC_STAGES][BN][CN_TC_LDK(PREC)];
 };
 
-// The row of copy i (< rows / 32) of this thread: 4 threads a row (16 bytes each, a
-// row's 64 bytes read together), a warp 8 rows, 32i + 8 warp + the row in the warp; a
-// quarter-warp's two rows (its 16-byte writes go together) are 4 apart for TF32 (80
-// words: banks 16 apart) and 2 apart for BF16 (48 words), so they meet no bank twice.
+// The row of this thread's copy in round i (rows CN_TC_K_ROWS * i ..): a quarter-warp's
+// 16-byte writes go together, so its rows are chosen to meet no bank twice: TF32, 4
+// threads a row, rows r and r + 4 (80 words apart: banks 16 apart); BF16, 2 threads a
+// row, rows r, r + 2, r + 4, r + 6 (12-word rows: the eight chunks on distinct banks).
 template <int PREC>
 static __device__ __forceinline__ int cn_tc_k_row(int i)
 {
-    const int lane = threadIdx.x & 31, quarter = lane >> 3, pair = (lane >> 2) & 1;
-    const int row = PREC ? (quarter & 1) + 4 * (quarter >> 1) + 2 * pair : quarter + 4 * pair;
-    return 32 * i + 8 * (threadIdx.x >> 5) + row;
+    const int lane = threadIdx.x & 31, quarter = lane >> 3;
+    const int row = PREC ? 2 * ((lane >> 1) & 3) + (quarter & 1) + 8 * (quarter >> 1)
+                         : quarter + 4 * ((lane >> 2) & 1);
+    return CN_TC_K_ROWS(PREC) * i + (32 / CN_TC_K_CHUNKS(PREC)) * (threadIdx.x >> 5) + row;
 }
-static __device__ __forceinline__ int cn_tc_k_chunk() { return 4 * (threadIdx.x & 3); }
+// The first word of this thread's 16 bytes in a row's slice.
+template <int PREC>
+static __device__ __forceinline__ int cn_tc_k_word() { return 4 * (threadIdx.x & (CN_TC_K_CHUNKS(PREC) - 1)); }
 
 // One slice of k-major operands out of stage `st` into the accumulators.
 template <int PREC, int BN, int BM>
@@ -185,43 +188,28 @@ static __device__ __forceinline__ void cn_tc_slice(const CnTcKSmem<PREC, BN, BM>
     const int lane = threadIdx.x & 31;
     const int gq = lane >> 2, tq = lane & 3;
     const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
-    if (PREC == 0) {
+    // TF32: two k-steps of 8 words; BF16: one of 16 kk (8 words)
 #pragma unroll
-        for (int ks = 0; ks < CN_TC_BK; ks += 8) {
-            unsigned a[MI][4];
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                const int r0 = wm + 16 * mi + gq;
-                a[mi][0] = __float_as_uint(sm.a[st][r0][ks + tq]);
-                a[mi][1] = __float_as_uint(sm.a[st][r0 + 8][ks + tq]);
-                a[mi][2] = __float_as_uint(sm.a[st][r0][ks + tq + 4]);
-                a[mi][3] = __float_as_uint(sm.a[st][r0 + 8][ks + tq + 4]);
-            }
-#pragma unroll
-            for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
-                const int c0 = wn + 8 * ni + gq;
-                const unsigned b[2] = {__float_as_uint(sm.b[st][c0][ks + tq]),
-                                       __float_as_uint(sm.b[st][c0][ks + tq + 4])};
-#pragma unroll
-                for (int mi = 0; mi < MI; ++mi) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
-            }
-        }
-    } else {
+    for (int ks = 0; ks < (PREC ? 1 : 2); ++ks) {
+        const int k = 8 * ks + tq;
         unsigned a[MI][4];
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi) {
             const int r0 = wm + 16 * mi + gq;
-            a[mi][0] = cn_tc_pair(sm.a[st][r0], 2 * tq);
-            a[mi][1] = cn_tc_pair(sm.a[st][r0 + 8], 2 * tq);
-            a[mi][2] = cn_tc_pair(sm.a[st][r0], 2 * tq + 8);
-            a[mi][3] = cn_tc_pair(sm.a[st][r0 + 8], 2 * tq + 8);
+            a[mi][0] = sm.a[st][r0][k];
+            a[mi][1] = sm.a[st][r0 + 8][k];
+            a[mi][2] = sm.a[st][r0][k + 4];
+            a[mi][3] = sm.a[st][r0 + 8][k + 4];
         }
 #pragma unroll
         for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
             const int c0 = wn + 8 * ni + gq;
-            const unsigned b[2] = {cn_tc_pair(sm.b[st][c0], 2 * tq), cn_tc_pair(sm.b[st][c0], 2 * tq + 8)};
+            const unsigned b[2] = {sm.b[st][c0][k], sm.b[st][c0][k + 4]};
 #pragma unroll
-            for (int mi = 0; mi < MI; ++mi) cn_mma_bf16(acc[mi][ni], a[mi], b, acc[mi][ni]);
+            for (int mi = 0; mi < MI; ++mi) {
+                if (PREC == 0) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
+                else cn_mma_bf16(acc[mi][ni], a[mi], b, acc[mi][ni]);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 // operands (issue 12), with the bias and the ReLU fused as conv_tc_forward.cu:
 //   y[n][k][p][q] = act(bias[k] + sum_{r,s,c} w[k][r][s][c] * x[n][p*sh - ph + r][q*sw - pw + s][g*Cg + c])
 // with FP32 accumulation over kk = (r, s, c) ascending (c fastest). The operands come
-// rounded to TF32 (PREC 0) or to BF16 values (PREC 1) by the layout kernels
+// rounded to TF32 (PREC 0) or to BF16 (PREC 1) by the layout kernels
 // (kernels/conv_layout.cu, ops/conv_tc.py); the kernel does not round them again.
 // Also backward data at unit stride: the input gradient is this convolution of dy
 // with the flipped, transposed filter (ops/conv_tc.py).
@@ -14,24 +14,28 @@
 //
 // Implicit GEMM per group g: A[m][kk] = w[g*Kg + m][kk] (Kg x R*S*Cg, dense rows),
 // B[kk][j] = x[n][h0 + r][w0 + s][g*Cg + c] for j = (n, p, q), zero outside the image.
-// Both operands go global -> shared as four 16-byte cp.async per row per slice
-// (CnTcKSmem, conv_tc_common.cuh); a column's image position (h0, w0) and offset are
+// Both operands go global -> shared as 16-byte cp.async, four (TF32) or two (BF16) a
+// row per slice (CnTcKSmem, conv_tc_common.cuh); a column's image position (h0, w0) and offset are
 // computed once, and each slice tests its one tap against them (no tap table).
 //
 // Launch: block = 128 threads; grid = (ceil(N*P*Q / BN), ceil(Kg / BM), groups);
 // BN = 128 or 96, BM = 128 or 64 (default 128: two-argument names); 40 KiB (TF32) or
-// 48 KiB (BF16) of static shared memory at 128 x 128. 32-bit indices (the host checks).
+// 24 KiB (BF16) of static shared memory at 128 x 128. 32-bit indices (the host checks).
 #include "conv_tc_common.cuh"
 
 template <int PREC, int BN, int BM = 128>
 __global__ void __launch_bounds__(CN_TC_THREADS)
-conv_tc_forward_nhwc(const float* __restrict__ x, const float* __restrict__ w,
+conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
                      const float* __restrict__ bias, float* __restrict__ y,
                      int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                      int sh, int sw, int ph, int pw, int groups, int has_bias, int relu)
 {
     __shared__ __align__(16) CnTcKSmem<PREC, BN, BM> sm;
-    constexpr int AI = BM / 32, BI = BN / 32;  // 16-byte copies per thread per slice
+    typedef typename CnTcOperand<PREC>::type E;  // an operand element: float or BF16 bits
+    constexpr int ROWS = CN_TC_K_ROWS(PREC);     // rows a round of copies
+    constexpr int AI = (BM + ROWS - 1) / ROWS, BI = (BN + ROWS - 1) / ROWS;
+    const E* x = static_cast<const E*>(x_);
+    const E* w = static_cast<const E*>(w_);
 
     const int g = blockIdx.z;
     const int Cg = C / groups, Kg = K / groups;
@@ -40,16 +44,17 @@ conv_tc_forward_nhwc(const float* __restrict__ x, const float* __restrict__ w,
     const int cols = N * PQ;
     const int m0 = blockIdx.y * BM;
     const int n0 = blockIdx.x * BN;
-    const int chunk = cn_tc_k_chunk();
+    const int word = cn_tc_k_word<PREC>();
+    const int chunk = word * (PREC ? 2 : 1);  // this thread's first element of a row's slice
 
     // A: this thread's rows (an index into w; rows past Kg copy zeros)
-    const float* wg = w + g * Kg * kd + chunk;
+    const E* wg = w + g * Kg * kd + chunk;
     int aoff[AI];
     bool aok[AI];
 #pragma unroll
     for (int i = 0; i < AI; ++i) {
         const int m = m0 + cn_tc_k_row<PREC>(i);
-        aok[i] = m < Kg;
+        aok[i] = m < Kg && cn_tc_k_row<PREC>(i) < BM;
         aoff[i] = aok[i] ? m * kd : 0;
     }
     // B: this thread's columns: the image position of tap (0, 0) (a column past the end
@@ -70,13 +75,18 @@ conv_tc_forward_nhwc(const float* __restrict__ x, const float* __restrict__ w,
     auto load = [&](int slice, int stage) {
         const int k0 = slice * CN_TC_BK;
 #pragma unroll
-        for (int i = 0; i < AI; ++i)
-            cn_cp_async<16>(&sm.a[stage][cn_tc_k_row<PREC>(i)][chunk], wg + aoff[i] + k0, aok[i]);
+        for (int i = 0; i < AI; ++i) {
+            const int row = cn_tc_k_row<PREC>(i);
+            if (BM % ROWS == 0 || row < BM)
+                cn_cp_async<16>(&sm.a[stage][row][word], wg + aoff[i] + k0, aok[i]);
+        }
         const int tap = (tr * W + ts) * C + tc;
 #pragma unroll
         for (int i = 0; i < BI; ++i) {
+            const int row = cn_tc_k_row<PREC>(i);
             const bool ok = (unsigned)(bh[i] + tr) < (unsigned)H && (unsigned)(bw[i] + ts) < (unsigned)W;
-            cn_cp_async<16>(&sm.b[stage][cn_tc_k_row<PREC>(i)][chunk], x + (ok ? boff[i] + tap : 0), ok);
+            if (BN % ROWS == 0 || row < BN)
+                cn_cp_async<16>(&sm.b[stage][row][word], x + (ok ? boff[i] + tap : 0), ok);
         }
         tc += CN_TC_BK;
         if (tc == Cg) {

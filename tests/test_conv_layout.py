@@ -179,7 +179,7 @@ def test_int32_limit():
 def test_both_kernels_round_to_the_tensor_core_operands(kernel_device, precision):
     """With a precision the kernels round what they move as the tensor cores' operands
     are rounded (``convnet.precision.round_operand``: TF32 to nearest with ties away,
-    BF16 to nearest even), bit for bit, ties, NaN, infinities, the largest float and
+    as float32; BF16 to nearest even, as uint16 bits), bit for bit, ties, NaN, infinities, the largest float and
     subnormals included; the values are no longer the input's."""
     special = np.array([1 + 2 ** -11, -(1 + 2 ** -11), 1 + 2 ** -8, 1 + 3 * 2 ** -9,
                         np.finfo(np.float32).max, np.inf, -np.inf, np.nan, -0.0, 1e-40,
@@ -188,7 +188,8 @@ def test_both_kernels_round_to_the_tensor_core_operands(kernel_device, precision
     got = _transpose_rounded(kernel_device, a, precision)
     want = conv_layout.to_channels_last_reference(a, precision)
     assert_same_bits(got, want)
-    assert (got != conv_layout.to_channels_last_reference(a)).any()
+    as_float = got if precision == "tf32" else (got.astype(np.uint32) << 16).view(np.float32)
+    assert (as_float != conv_layout.to_channels_last_reference(a)).any()
     w = a.reshape(6, 11, 3, 10)
     got = kernel_device.to_numpy(conv_layout.filter_for_data(kernel_device, kernel_device.asarray(w), 2,
                                                              precision))
@@ -199,7 +200,12 @@ def test_both_kernels_round_to_the_tensor_core_operands(kernel_device, precision
 
 
 def assert_same_bits(got, want):
-    """The same bits, but NaN for NaN (a NaN's low payload bits are the tensor core's to ignore)."""
+    """The same bits, but NaN for NaN (a NaN's low payload bits are the tensor core's to
+    ignore); BF16 (uint16 bits) exactly."""
+    assert got.dtype == want.dtype
+    if want.dtype == np.uint16:
+        np.testing.assert_array_equal(got, want)
+        return
     nan = np.isnan(want)
     np.testing.assert_array_equal(np.isnan(got), nan)
     np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))

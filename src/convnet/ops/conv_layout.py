@@ -6,6 +6,11 @@
 backward data's filter as a forward convolution's: per group, channels-out c, taps
 flipped, filters k fastest.
 
+With ``precision`` ("tf32" or "bf16") both round the values to the tensor cores'
+operands as they move them (``convnet.precision.round_operand``), so that the GEMM
+reading them rounds nothing: TF32 values as float32, BF16 as their 16 bits (uint16:
+half the bytes to copy).
+
 On ``cpu`` these run the NumPy references (any dtype); on ``emu``/``cuda`` the kernels
 (float32 only, 32-bit indices: at most 2**31 - 1 elements an array; empty arrays launch
 nothing). Bad input is a ValueError naming the array.
@@ -32,8 +37,17 @@ TILE_ROWS = 8     # its block: (TILE, TILE_ROWS) threads
 # --------------------------------------------------------------------------- references
 
 def _rounded(a, precision):
-    """``a`` on ``precision``'s operand grid (float32) where one is given, else as it is."""
-    return a if precision is None else round_operand(a, precision)
+    """``a`` as the kernels write it for ``precision``: as it is (None), TF32 values as
+    float32 ("tf32"), or BF16 bits as uint16 ("bf16")."""
+    if precision is None:
+        return a
+    r = round_operand(a, precision)
+    return r if precision == "tf32" else (r.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def dtype_for(precision) -> np.dtype:
+    """The element type the kernels write for ``precision`` (uint16: BF16 bits)."""
+    return np.dtype(np.uint16 if precision == "bf16" else np.float32)
 
 
 def to_channels_last_reference(a3: np.ndarray, precision=None) -> np.ndarray:
@@ -123,7 +137,7 @@ def to_channels_last(device, a3, precision=None):
         return to_channels_last_reference(a3, precision)
     a3 = _check_kernel_input(device, op, a3, "a3")
     batches, rows, cols = a3.shape
-    out = device.xp.empty((batches, cols, rows), np.float32)
+    out = device.xp.empty((batches, cols, rows), dtype_for(precision))
     if a3.size:
         device.launch(to_channels_last_launch(device, a3, out, batches, rows, cols, precision))
     return out
@@ -138,7 +152,7 @@ def filter_for_data(device, w, groups: int, precision=None):
         return filter_for_data_reference(w, groups, precision)
     w = _check_kernel_input(device, op, w, "the filter w")
     k, cg, r, s = w.shape
-    out = device.xp.empty((groups * cg, r * s, k // groups), np.float32)
+    out = device.xp.empty((groups * cg, r * s, k // groups), dtype_for(precision))
     if w.size:
         device.launch(filter_for_data_launch(device, w, out, groups, precision))
     return out

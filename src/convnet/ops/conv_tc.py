@@ -202,7 +202,8 @@ def data_geometry(g: Geometry) -> Geometry:
 
 def nhwc_workspace_shapes(g: Geometry, part: str) -> dict:
     """The channels-last pass's workspaces: the gathered operand ("x": x or dy channels
-    last) and the filter ("w": transposed, or flipped for backward data)."""
+    last) and the filter ("w": transposed, or flipped for backward data), of
+    ``ops.conv_layout.dtype_for(precision)`` (float32 TF32 values, uint16 BF16 bits)."""
     xs = g.n * g.h * g.w * g.c if part == "forward" else g.n * g.p * g.q * g.k
     return {"x": (xs,), "w": (g.k * g.cg * g.r * g.s,)}
 
@@ -214,7 +215,7 @@ def _gemm_nhwc(device, g: Geometry, xt, wt, b, y, relu, precision, tile) -> Laun
     return Launch(FORWARD_NHWC, "conv_tc_forward_nhwc",
                   template_args=_template_args(precision, (bm, bn)),
                   grid=(-(-cols // bn), -(-g.kg // bm), g.groups), block=(THREADS,),
-                  args=(xt, wt, wt if b is None else b, y, *g.scalars(),
+                  args=(xt, wt, y if b is None else b, y, *g.scalars(),  # bias unread: y
                         np.int32(b is not None), np.int32(bool(relu))))
 
 
@@ -241,9 +242,9 @@ def backward_data_nhwc_launches(device, g: Geometry, dy, w, dx, dyt, wt, precisi
             _gemm_nhwc(device, data_geometry(g), dyt, wt, None, dx, False, precision, tile)]
 
 
-def _run_nhwc(device, g: Geometry, part: str, launches_for, out):
+def _run_nhwc(device, g: Geometry, part: str, precision: str, launches_for, out):
     xp = device.xp
-    ws = {k: xp.empty(shape, dtype=np.float32)
+    ws = {k: xp.empty(shape, dtype=_layout_ops.dtype_for(precision))
           for k, shape in nhwc_workspace_shapes(g, part).items()}
     for launch in launches_for(ws["x"], ws["w"]):
         device.launch(launch)
@@ -264,7 +265,7 @@ def forward(device, g: Geometry, x, w, b=None, relu=False, precision="tf32", til
     if y.size:
         check_kernel_sizes(g)
         if layout == "nhwc":
-            return _run_nhwc(device, g, "forward", lambda xt, wt: forward_nhwc_launches(
+            return _run_nhwc(device, g, "forward", precision, lambda xt, wt: forward_nhwc_launches(
                 device, g, x, w, b, y, xt, wt, relu, precision, tile), y)
         device.launch(forward_launch(device, g, x, w, b, y, relu, precision, tile))
     return y
@@ -382,7 +383,7 @@ def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None, layou
     if dx.size:
         check_kernel_sizes(g)
         if layout == "nhwc":
-            return _run_nhwc(device, g, "data", lambda dyt, wt: backward_data_nhwc_launches(
+            return _run_nhwc(device, g, "data", precision, lambda dyt, wt: backward_data_nhwc_launches(
                 device, g, dy, w, dx, dyt, wt, precision, tile), dx)
         device.launch(backward_data_launch(device, g, dy, w, dx, precision, tile))
     return dx

@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..ops import (conv, conv_tc, conv_winograd, cross_entropy, dropout, linear, lrn, lrn_max_pool,
+from ..ops import (conv, conv_layout, conv_tc, conv_winograd, cross_entropy, dropout, linear, lrn, lrn_max_pool,
                    max_pool, relu, sgd)
 from ..toolchain.launch import Launch
 
@@ -213,7 +213,8 @@ def _tensor_core_pass(name, dev, g, part, operands, arrays, choices, precision,
     bias = (b,) if b is not None else ()
     out = []
     if conv_tc.channels_last(g, part):
-        ws = {k: arrays(v) for k, v in conv_tc.nhwc_workspace_shapes(g, part).items()}
+        ws = {k: arrays(v, conv_layout.dtype_for(precision))
+              for k, v in conv_tc.nhwc_workspace_shapes(g, part).items()}
         build = (conv_tc.forward_nhwc_launches if part == "forward"
                  else conv_tc.backward_data_nhwc_launches)
         args = (src, w, b, dst) if part == "forward" else (src, w, dst)
