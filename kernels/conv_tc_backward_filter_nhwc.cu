@@ -1,0 +1,193 @@
+// conv_tc_backward_filter_nhwc.cu: the filter gradient of a 2-D convolution on tensor
+// cores from channels-last operands (issue 12), exactly what conv_tc_backward_filter.cu
+// computes, bit for bit:
+//   dw[g*Kg + k][c][r][s] = sum_{n,p,q} dy[n][p][q][g*Kg + k] * x[n][p*sh - ph + r][q*sw - pw + s][g*Cg + c]
+// over kk = (n, p, q) ascending within each split's chunk, FP32 accumulation. TF32
+// (PREC 0): the operands come rounded by the layout kernel (kernels/conv_layout.cu), a
+// fragment is the shared word as it is. BF16 (PREC 1): they come as float, and a
+// fragment's pair (two shared rows: kk 2t and 2t + 1) is rounded as it is packed
+// (cvt.rn.bf16x2, as conv_tc_backward_filter does; the layout's 16-bit BF16 would leave
+// the pair in two rows to pack all the same).
+//
+// Layout: x (N, H, W, C) and dy (N, P, Q, K) float32 (channels last); out as
+// conv_tc_backward_filter's: out[split][g*Kg + k][c][r][s] (dw itself with one split,
+// else the workspace conv_split_sum adds in split order). Cg and Kg multiples of 4 (the
+// host checks): a 16-byte chunk is 4 channels of one pixel (one tap).
+//
+// Implicit GEMM per group g: D[k][j] = sum_i A[k][i] B[i][j], i = (n, p, q) (the row of
+// dy's NHWC matrix), j = (r, s, c) (c fastest): A[k][i] = dy[i][g*Kg + k] (dense rows),
+// B[i][j] = x[n][p*sh - ph + r][q*sw - pw + s][g*Cg + c], zero outside the image. Both
+// operands are held kk-major in shared memory, [BK][columns + padding] (CnTcFSmem below;
+// the row pitch makes the fragment reads of a warp fall on banks 8t + g), filled by
+// 16-byte cp.async of 4 consecutive k (A) or c (B). A row's pixel offset and (p*sh,
+// q*sw) are the same for every column: a row table (CnTcFRows) written one slice ahead
+// by 16 threads stepping mixed-radix counters (CnWalker, conv_common.cuh); a thread's
+// column chunk (r, s, c) is fixed, so its tap offset is computed once. Rows past the
+// chunk's end carry an impossible row position: the bounds test zero-fills them.
+//
+// Launch: block = 128 threads; grid = (ceil(Cg*R*S / BN), ceil(Kg / BM), splits *
+// groups), blockIdx.z = split * groups + g; BN = 128 or 96, BM = 128 or 64 (default 128:
+// two-argument names); static shared memory at 128 x 128: 34 KiB (TF32) or 33 KiB
+// (BF16), plus the 512-byte row table. 32-bit indices (the host checks the sizes).
+#include "conv_tc_common.cuh"
+
+// Both operands kk-major: a[stage][kk][m] and b[stage][kk][j], rows of columns + 8
+// floats (TF32: a warp's (k = t, column g) words on banks 8t + g) or + 4 (BF16: the
+// rows 2t and 2t + 1 of a pair on banks 8t + g and 8t + 4 + g), as CnTcSmem's b.
+template <int PREC, int BN, int BM>
+struct CnTcFSmem {
+    static_assert(BN == 128 || BN == 96, "conv_tc: BN is 128 or 96");
+    static_assert(BM == 128 || BM == 64, "conv_tc: BM is 128 or 64");
+    float a[CN_TC_STAGES][CN_TC_BK][CN_TC_LDB(PREC, BM)];
+    float b[CN_TC_STAGES][CN_TC_BK][CN_TC_LDB(PREC, BN)];
+};
+
+// One slice of kk-major operands out of stage `st` into the accumulators (found by
+// cn_tc_gemm through argument-dependent lookup).
+template <int PREC, int BN, int BM>
+static __device__ __forceinline__ void cn_tc_slice(const CnTcFSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
+{
+    constexpr int MI = CN_TC_MI(BM);
+    const int lane = threadIdx.x & 31;
+    const int gq = lane >> 2, tq = lane & 3;
+    const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
+    if (PREC == 0) {
+#pragma unroll
+        for (int ks = 0; ks < CN_TC_BK; ks += 8) {
+            unsigned a[MI][4];
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                const int r0 = wm + 16 * mi + gq;
+                a[mi][0] = __float_as_uint(sm.a[st][ks + tq][r0]);
+                a[mi][1] = __float_as_uint(sm.a[st][ks + tq][r0 + 8]);
+                a[mi][2] = __float_as_uint(sm.a[st][ks + tq + 4][r0]);
+                a[mi][3] = __float_as_uint(sm.a[st][ks + tq + 4][r0 + 8]);
+            }
+#pragma unroll
+            for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
+                const int c0 = wn + 8 * ni + gq;
+                const unsigned b[2] = {__float_as_uint(sm.b[st][ks + tq][c0]),
+                                       __float_as_uint(sm.b[st][ks + tq + 4][c0])};
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
+            }
+        }
+    } else {
+        unsigned a[MI][4];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+            const int r0 = wm + 16 * mi + gq;
+            a[mi][0] = cn_bf16x2(sm.a[st][2 * tq][r0], sm.a[st][2 * tq + 1][r0]);
+            a[mi][1] = cn_bf16x2(sm.a[st][2 * tq][r0 + 8], sm.a[st][2 * tq + 1][r0 + 8]);
+            a[mi][2] = cn_bf16x2(sm.a[st][2 * tq + 8][r0], sm.a[st][2 * tq + 9][r0]);
+            a[mi][3] = cn_bf16x2(sm.a[st][2 * tq + 8][r0 + 8], sm.a[st][2 * tq + 9][r0 + 8]);
+        }
+#pragma unroll
+        for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
+            const int c0 = wn + 8 * ni + gq;
+            const unsigned b[2] = {cn_bf16x2(sm.b[st][2 * tq][c0], sm.b[st][2 * tq + 1][c0]),
+                                   cn_bf16x2(sm.b[st][2 * tq + 8][c0], sm.b[st][2 * tq + 9][c0])};
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) cn_mma_bf16(acc[mi][ni], a[mi], b, acc[mi][ni]);
+        }
+    }
+}
+
+// The row table: entry i of slot (slice & 1) is (pixel offset n*H*W*C + p*sh*W*C +
+// q*sw*C, p*sh, q*sw) of row kk = kbeg + BK * slice + i, with p*sh = CN_TC_FAR (the
+// bounds test fails for every tap) where kk is past the chunk's end. Threads 0..15
+// write it one slice ahead (consecutive loads are a barrier apart: two slots suffice).
+#define CN_TC_FAR (-(1 << 29))
+struct CnTcFRows {
+    int4 e[2][CN_TC_BK];
+};
+static __device__ __forceinline__ void cn_tc_frows_write(CnTcFRows& rows, int slot, CnWalker& walk,
+                                                         const CnDigits& dg, int& left)
+{
+    if (threadIdx.x < CN_TC_BK) {
+        rows.e[slot][threadIdx.x] = make_int4(walk.off, left > 0 ? walk.d1 * dg.h1 : CN_TC_FAR, walk.d2 * dg.w2, 0);
+        walk.advance(dg);
+        left -= CN_TC_BK;
+    }
+}
+
+template <int PREC, int BN, int BM = 128>
+__global__ void __launch_bounds__(CN_TC_THREADS)
+conv_tc_backward_filter_nhwc(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
+                             int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                             int sh, int sw, int ph, int pw, int groups, int chunk)
+{
+    __shared__ __align__(16) CnTcFSmem<PREC, BN, BM> sm;
+    __shared__ __align__(16) CnTcFRows rows;
+    constexpr int CA = BM / 4, AS = CN_TC_THREADS / CA, AC = CN_TC_BK / AS;  // A: chunks a row, row step, copies
+    constexpr int CB = BN / 4, BS = 4, BC = CN_TC_BK / BS;                   // B: threads < BN copy
+
+    const int split = blockIdx.z / groups;
+    const int g = blockIdx.z - split * groups;
+    const int Cg = C / groups, Kg = K / groups;
+    const int RS = R * S;
+    const int crs = Cg * RS;
+    const int npq = N * P * Q;
+    const int kbeg = split * chunk;
+    const int kend = min(kbeg + chunk, npq);
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
+    const int tid = threadIdx.x;
+
+    // A: this thread's 4 filters m0 + 4 aq.. (fixed) in rows arow + AS i of each slice
+    const int aq = tid % CA, arow = tid / CA;
+    int aoff = (kbeg + arow) * K + g * Kg + m0 + 4 * aq;  // dy[kbeg + arow][g*Kg + m0 + 4 aq]
+    int aleft = m0 + 4 * aq < Kg ? kend - kbeg - arow : CN_TC_FAR;  // rows of this thread left
+    const int astep = AS * K;
+
+    // B: this thread's column chunk j = n0 + 4 bq.. = (r, s, c..c+3) (fixed) in rows brow + 4 i
+    const bool bcopies = BN == CN_TC_THREADS || tid < BN;
+    const int bq = tid % CB, brow = bcopies ? tid / CB : 0;
+    const int col = n0 + 4 * bq;
+    const bool col_ok = bcopies && col < crs;
+    const int rs = col_ok ? col / Cg : 0;
+    const int cc = col_ok ? col - rs * Cg : 0;
+    const int cr = rs / S, cs = rs - cr * S;
+    const int hb = cr - ph, wb = cs - pw;                   // h = p*sh + hb, w = q*sw + wb
+    const int xoff = (hb * W + wb) * C + g * Cg + cc;       // of (n, p, q) = 0: may lie outside x
+    const unsigned himg = col_ok ? H : 0u, wimg = W;        // a column past the end copies zeros
+
+    // the row table's walk: kk = (n, p, q) -> n*H*W*C + p*sh*W*C + q*sw*C, (p*sh, q*sw)
+    const CnDigits dg = cn_digits(P, Q, H * W * C, sh * W * C, sw * C, sh, sw, CN_TC_BK);
+    CnWalker walk;
+    int rleft = kend - kbeg - (tid & (CN_TC_BK - 1));
+    walk.start(dg, kbeg + (tid & (CN_TC_BK - 1)));
+
+    auto load = [&](int slice, int stage) {
+#pragma unroll
+        for (int i = 0; i < AC; ++i) {
+            const bool ok = AS * i < aleft;
+            cn_cp_async<16>(&sm.a[stage][arow + AS * i][4 * aq], dy + (ok ? aoff + i * astep : 0), ok);
+        }
+        aoff += CN_TC_BK * K;
+        aleft -= CN_TC_BK;
+        if (bcopies) {
+#pragma unroll
+            for (int i = 0; i < BC; ++i) {
+                const int4 e = rows.e[slice & 1][brow + BS * i];
+                const bool ok = (unsigned)(e.y + hb) < himg && (unsigned)(e.z + wb) < wimg;
+                cn_cp_async<16>(&sm.b[stage][brow + BS * i][4 * bq], x + (ok ? xoff + e.x : 0), ok);
+            }
+        }
+        cn_tc_frows_write(rows, (slice + 1) & 1, walk, dg, rleft);  // read by the next call
+    };
+    cn_tc_frows_write(rows, 0, walk, dg, rleft);
+    __syncthreads();
+    CnTcAcc<BN, BM> acc;
+    cn_tc_gemm<PREC, BN, BM>(load, sm, (kend - kbeg + CN_TC_BK - 1) / CN_TC_BK, acc);
+
+    // D[k][j = (r, s, c)] -> out[split][g*Kg + k][c][r][s]
+    float* part = out + split * K * crs;
+    auto store = [&](int m, int jj, float v) {
+        const int j = n0 + jj, k = m0 + m;
+        if (j >= crs || k >= Kg) return;
+        const int t = j / Cg;
+        part[(g * Kg + k) * crs + (j - t * Cg) * RS + t] = v;
+    };
+    cn_tc_store<BN, BM>(acc, store);
+}

@@ -1,0 +1,111 @@
+"""The channels-last tensor-core backward filter (issue 12):
+kernels/conv_tc_backward_filter_nhwc.cu after the layout kernels (x and dy to channels
+last) on emu against test_conv_tc's exact model of backward filter bit for bit (the
+same split, the same kk = (n, p, q) order within a chunk, chunks added in order), so
+also against the NCHW kernel, and against the float64 result of the rounded operands
+within ``ops.conv_tc.error_bound``; groups, strides, asymmetric padding, Cg and Kg
+multiples of 4 (4, 8, 12, 136 rows: past a tile), partial tiles and slices, several
+splits, every tile of ``conv_tc.TILES`` in both precisions; the shape rule and its
+errors; clean under the race, init and align checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convnet
+from convnet.backend import emu
+from convnet.ops import conv as conv_ops
+from convnet.ops import conv_tc
+from convnet.ops import conv_tc_filter_nhwc as nhwc
+from test_conv_tc import data, f64_abs, model_filter
+
+pytestmark = pytest.mark.skipif(not emu.available(), reason="emu runtime not built")
+
+# (N, C, H, W, K, R, S, stride, pad, groups), splits: Cg and Kg multiples of 4
+SHAPES = [
+    ((1, 4, 5, 5, 4, 3, 3, 1, 1, 1), 1),                 # Cg = Kg = 4; 25 kk: a partial slice
+    ((2, 24, 7, 6, 8, 3, 2, (2, 1), (1, 0), 2), 2),      # Cg = 12, Kg = 4, groups, strides, asymmetric pad
+    ((2, 12, 5, 6, 136, 3, 4, 1, (0, 2), 1), 3),         # Kg past 128 rows, Cg*R*S = 144 past a tile
+    ((2, 16, 9, 8, 24, 5, 5, 2, 2, 2), 2),               # Cg = 8, Kg = 12, 200 columns a group
+    ((3, 8, 11, 13, 8, 1, 1, 3, 0, 1), 4),               # 1x1, stride 3, 60 kk: 4 splits, the last of 12
+    ((1, 12, 13, 9, 12, 2, 3, (1, 2), (1, 2), 3), 2),    # 3 groups, pad past the right edge
+]
+
+
+@pytest.fixture(scope="module")
+def device():
+    return emu.EmuDevice()
+
+
+def operands(index):
+    shape, splits = SHAPES[index]
+    g, x, _, _ = data(shape, 60 + index)
+    dy = np.random.default_rng(index).standard_normal(g.y_shape).astype(np.float32)
+    return g, x, dy, splits
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("index", range(len(SHAPES)))
+def test_kernel_equals_the_model_and_the_bound(device, precision, index):
+    g, x, dy, splits = operands(index)
+    assert nhwc.supported(g)
+    tile = conv_tc.TILES[(index + (precision == "bf16")) % len(conv_tc.TILES)]
+    dw = nhwc.backward_filter_nhwc(device, g, x, dy, precision, splits=splits, tile=tile)
+    got_splits, chunk = conv_tc.plan_filter(device, g, splits, tile)
+    assert got_splits == splits
+    np.testing.assert_array_equal(dw, model_filter(g, x, dy, precision, chunk))
+    exact = conv_tc.backward_filter_reference(g, x.astype(np.float64), dy.astype(np.float64), precision)
+    xa, dya = f64_abs(precision, x, dy)
+    bound = conv_tc.error_bound(g.n * g.p * g.q, conv_ops.backward_filter_reference(g, xa, dya))
+    assert (np.abs(dw - exact) <= bound).all()
+
+
+def test_equals_the_nchw_kernel_and_the_launches(device):
+    """The same bits as conv_tc.backward_filter (split or not); the launch list: two
+    layout changes, the GEMM, the split sum."""
+    g, x, dy, _ = operands(3)
+    for splits in (1, 3):
+        np.testing.assert_array_equal(
+            nhwc.backward_filter_nhwc(device, g, x, dy, "tf32", splits=splits, tile=(128, 96)),
+            conv_tc.backward_filter(device, g, x, dy, "tf32", splits=splits, tile=(128, 96)))
+    ws = {k: np.empty(s, np.float32) for k, s in nhwc.workspace_shapes(g).items()}
+    dw = np.empty(g.w_shape, np.float32)
+    launches = nhwc.backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], 2, 32,
+                                                  np.empty(2 * dw.size, np.float32), "bf16", (64, 128))
+    assert [launch.kernel for launch in launches] == [
+        "conv_to_channels_last", "conv_to_channels_last", "conv_tc_backward_filter_nhwc", "conv_split_sum"]
+    assert launches[2].grid == (-(-g.cg * g.r * g.s // 128), 1, 2 * g.groups)
+    assert launches[2].template_args == (1, 128, 64)
+    with pytest.raises(ValueError, match="2 splits need a workspace"):
+        nhwc.backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], 2, 32)
+
+
+def test_the_shape_rule_and_its_errors(device):
+    g = conv_ops.geometry((1, 6, 5, 5), (8, 3, 3, 3), 1, 1, 2)   # Cg = 3
+    assert not nhwc.supported(g)
+    x = np.ones(g.x_shape, np.float32)
+    dy = np.ones(g.y_shape, np.float32)
+    with pytest.raises(ValueError, match="needs Cg and Kg multiples of 4; got Cg=3, Kg=4"):
+        nhwc.backward_filter_nhwc(device, g, x, dy, "tf32")
+    assert not nhwc.supported(conv_ops.geometry((1, 8, 5, 5), (6, 8, 3, 3), 1, 1, 1))  # Kg = 6
+    with pytest.raises(ValueError, match="'tf32' or 'bf16'"):
+        nhwc.backward_filter_nhwc(device, conv_ops.geometry((1, 4, 5, 5), (4, 4, 3, 3), 1, 1, 1),
+                                  np.ones((1, 4, 5, 5), np.float32), np.ones((1, 4, 5, 5), np.float32),
+                                  "fp32")
+    # cpu: the rounded reference
+    g, x, dy, _ = operands(0)
+    cpu = convnet.get_device("cpu")
+    np.testing.assert_array_equal(nhwc.backward_filter_nhwc(cpu, g, x, dy, "bf16"),
+                                  conv_tc.backward_filter_reference(g, x, dy, "bf16"))
+
+
+@pytest.mark.parametrize("check", ["race", "init", "align"])
+def test_clean_under_the_checks(device, check):
+    g, x, dy, _ = operands(1)
+    tile, precision = {"race": ((128, 96), "tf32"), "init": ((64, 128), "bf16"),
+                       "align": ((128, 128), "tf32")}[check]
+    chunk = conv_tc.plan_filter(device, g, 2, tile)[1]
+    want = model_filter(g, x, dy, precision, chunk)
+    with emu.debug(check=check):
+        dw = nhwc.backward_filter_nhwc(device, g, x, dy, precision, splits=2, tile=tile)
+    np.testing.assert_array_equal(dw, want)
