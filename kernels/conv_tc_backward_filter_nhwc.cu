@@ -9,14 +9,19 @@
 // (cvt.rn.bf16x2, as conv_tc_backward_filter does; the layout's 16-bit BF16 would leave
 // the pair in two rows to pack all the same).
 //
-// Layout: x (N, H, W, C) and dy (N, P, Q, K) float32 (channels last); out as
-// conv_tc_backward_filter's: out[split][g*Kg + k][c][r][s] (dw itself with one split,
-// else the workspace conv_split_sum adds in split order). Cg and Kg multiples of 4 (the
-// host checks): a 16-byte chunk is 4 channels of one pixel (one tap).
+// Layout: x (N, H, W, Cx) and dy (N, P, Q, Kx) float32 (channels last, Cx >= C and
+// Kx >= K channels a pixel); out as conv_tc_backward_filter's: out[split][g*Kg + k][c][r][s]
+// (dw itself with one split, else the workspace conv_split_sum adds in split order).
+// Cgx = Cx / groups and Kgx = Kx / groups are multiples of 4 (the host checks): a 16-byte
+// chunk is 4 channels of one pixel (one tap). groups > 1: Cx = C and Kx = K (Cg and Kg
+// multiples of 4); groups == 1: the layout kernel pads C and K up to multiples of 4 with
+// zero channels (conv1's C = 3: Cx = 4), and the GEMM below runs over the padded rows
+// k < Kgx and columns c < Cgx but stores only k < Kg, c < Cg. The padding widens the
+// GEMM's M and N, not its reduction: every stored sum is the unpadded one, bit for bit.
 //
 // Implicit GEMM per group g: D[k][j] = sum_i A[k][i] B[i][j], i = (n, p, q) (the row of
-// dy's NHWC matrix), j = (r, s, c) (c fastest): A[k][i] = dy[i][g*Kg + k] (dense rows),
-// B[i][j] = x[n][p*sh - ph + r][q*sw - pw + s][g*Cg + c], zero outside the image. Both
+// dy's NHWC matrix), j = (r, s, c) (c fastest, c < Cgx): A[k][i] = dy[i][g*Kg + k] (dense
+// rows), B[i][j] = x[n][p*sh - ph + r][q*sw - pw + s][g*Cg + c], zero outside the image. Both
 // operands are held kk-major in shared memory, [BK][columns + padding] (CnTcFSmem below;
 // the row pitch makes the fragment reads of a warp fall on banks 8t + g), filled by
 // 16-byte cp.async of 4 consecutive k (A) or c (B). A row's pixel offset and (p*sh,
@@ -25,7 +30,7 @@
 // column chunk (r, s, c) is fixed, so its tap offset is computed once. Rows past the
 // chunk's end carry an impossible row position: the bounds test zero-fills them.
 //
-// Launch: block = 128 threads; grid = (ceil(Cg*R*S / BN), ceil(Kg / BM), splits *
+// Launch: block = 128 threads; grid = (ceil(Cgx*R*S / BN), ceil(Kg / BM), splits *
 // groups), blockIdx.z = split * groups + g; BN = 128 or 96, BM = 128 or 64 (default 128:
 // two-argument names); static shared memory at 128 x 128: 34 KiB (TF32) or 33 KiB
 // (BF16), plus the 512-byte row table. 32-bit indices (the host checks the sizes).
@@ -115,7 +120,7 @@ template <int PREC, int BN, int BM = 128>
 __global__ void __launch_bounds__(CN_TC_THREADS)
 conv_tc_backward_filter_nhwc(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out,
                              int N, int C, int H, int W, int K, int R, int S, int P, int Q,
-                             int sh, int sw, int ph, int pw, int groups, int chunk)
+                             int sh, int sw, int ph, int pw, int groups, int chunk, int Cx, int Kx)
 {
     __shared__ __align__(16) CnTcFSmem<PREC, BN, BM> sm;
     __shared__ __align__(16) CnTcFRows rows;
@@ -125,8 +130,10 @@ conv_tc_backward_filter_nhwc(const float* __restrict__ x, const float* __restric
     const int split = blockIdx.z / groups;
     const int g = blockIdx.z - split * groups;
     const int Cg = C / groups, Kg = K / groups;
+    const int Cgx = Cx / groups, Kgx = Kx / groups;  // the layouts' channels a group (>= Cg, Kg)
     const int RS = R * S;
-    const int crs = Cg * RS;
+    const int crs = Cg * RS;                          // dw's columns a filter
+    const int crsx = Cgx * RS;                        // the GEMM's columns j = (r, s, c < Cgx)
     const int npq = N * P * Q;
     const int kbeg = split * chunk;
     const int kend = min(kbeg + chunk, npq);
@@ -136,24 +143,24 @@ conv_tc_backward_filter_nhwc(const float* __restrict__ x, const float* __restric
 
     // A: this thread's 4 filters m0 + 4 aq.. (fixed) in rows arow + AS i of each slice
     const int aq = tid % CA, arow = tid / CA;
-    int aoff = (kbeg + arow) * K + g * Kg + m0 + 4 * aq;  // dy[kbeg + arow][g*Kg + m0 + 4 aq]
-    int aleft = m0 + 4 * aq < Kg ? kend - kbeg - arow : CN_TC_FAR;  // rows of this thread left
-    const int astep = AS * K;
+    int aoff = (kbeg + arow) * Kx + g * Kg + m0 + 4 * aq;  // dy[kbeg + arow][g*Kg + m0 + 4 aq]
+    int aleft = m0 + 4 * aq < Kgx ? kend - kbeg - arow : CN_TC_FAR;  // rows of this thread left
+    const int astep = AS * Kx;
 
     // B: this thread's column chunk j = n0 + 4 bq.. = (r, s, c..c+3) (fixed) in rows brow + 4 i
     const bool bcopies = BN == CN_TC_THREADS || tid < BN;
     const int bq = tid % CB, brow = bcopies ? tid / CB : 0;
     const int col = n0 + 4 * bq;
-    const bool col_ok = bcopies && col < crs;
-    const int rs = col_ok ? col / Cg : 0;
-    const int cc = col_ok ? col - rs * Cg : 0;
+    const bool col_ok = bcopies && col < crsx;
+    const int rs = col_ok ? col / Cgx : 0;
+    const int cc = col_ok ? col - rs * Cgx : 0;
     const int cr = rs / S, cs = rs - cr * S;
     const int hb = cr - ph, wb = cs - pw;                   // h = p*sh + hb, w = q*sw + wb
-    const int xoff = (hb * W + wb) * C + g * Cg + cc;       // of (n, p, q) = 0: may lie outside x
+    const int xoff = (hb * W + wb) * Cx + g * Cg + cc;      // of (n, p, q) = 0: may lie outside x
     const unsigned himg = col_ok ? H : 0u, wimg = W;        // a column past the end copies zeros
 
-    // the row table's walk: kk = (n, p, q) -> n*H*W*C + p*sh*W*C + q*sw*C, (p*sh, q*sw)
-    const CnDigits dg = cn_digits(P, Q, H * W * C, sh * W * C, sw * C, sh, sw, CN_TC_BK);
+    // the row table's walk: kk = (n, p, q) -> n*H*W*Cx + p*sh*W*Cx + q*sw*Cx, (p*sh, q*sw)
+    const CnDigits dg = cn_digits(P, Q, H * W * Cx, sh * W * Cx, sw * Cx, sh, sw, CN_TC_BK);
     CnWalker walk;
     int rleft = kend - kbeg - (tid & (CN_TC_BK - 1));
     walk.start(dg, kbeg + (tid & (CN_TC_BK - 1)));
@@ -164,7 +171,7 @@ conv_tc_backward_filter_nhwc(const float* __restrict__ x, const float* __restric
             const bool ok = AS * i < aleft;
             cn_cp_async<16>(&sm.a[stage][arow + AS * i][4 * aq], dy + (ok ? aoff + i * astep : 0), ok);
         }
-        aoff += CN_TC_BK * K;
+        aoff += CN_TC_BK * Kx;
         aleft -= CN_TC_BK;
         if (bcopies) {
 #pragma unroll
@@ -181,13 +188,12 @@ conv_tc_backward_filter_nhwc(const float* __restrict__ x, const float* __restric
     CnTcAcc<BN, BM> acc;
     cn_tc_gemm<PREC, BN, BM>(load, sm, (kend - kbeg + CN_TC_BK - 1) / CN_TC_BK, acc);
 
-    // D[k][j = (r, s, c)] -> out[split][g*Kg + k][c][r][s]
+    // D[k][j = (r, s, c)] -> out[split][g*Kg + k][c][r][s], for k < Kg and c < Cg only
     float* part = out + split * K * crs;
     auto store = [&](int m, int jj, float v) {
         const int j = n0 + jj, k = m0 + m;
-        if (j >= crs || k >= Kg) return;
-        const int t = j / Cg;
-        part[(g * Kg + k) * crs + (j - t * Cg) * RS + t] = v;
+        const int t = j / Cgx, c = j - t * Cgx;  // t = r*S + s: t < RS is j < Cgx*RS
+        if (k < Kg && c < Cg && t < RS) part[(g * Kg + k) * crs + c * RS + t] = v;
     };
     cn_tc_store<BN, BM>(acc, store);
 }

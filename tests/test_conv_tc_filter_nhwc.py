@@ -5,8 +5,12 @@ same split, the same kk = (n, p, q) order within a chunk, chunks added in order)
 also against the NCHW kernel, and against the float64 result of the rounded operands
 within ``ops.conv_tc.error_bound``; groups, strides, asymmetric padding, Cg and Kg
 multiples of 4 (4, 8, 12, 136 rows: past a tile), partial tiles and slices, several
-splits, every tile of ``conv_tc.TILES`` in both precisions; the shape rule and its
-errors; clean under the race, init and align checks."""
+splits, every tile of ``conv_tc.TILES`` in both precisions; groups == 1 with C and K
+not multiples of 4 (C = 1, 2, 3, 5; K = 3, 6, 130; conv1's C = 3, K = 96, 11x11, stride
+4), laid out with zero channels up to multiples of 4 (``layout_channels``); the shape
+rule and its errors; clean under the race, init and align checks. The padding widens
+the GEMM's rows and columns, not its reduction, so the padded results are the model's
+bit for bit with no signed-zero caveat."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +33,15 @@ SHAPES = [
     ((2, 16, 9, 8, 24, 5, 5, 2, 2, 2), 2),               # Cg = 8, Kg = 12, 200 columns a group
     ((3, 8, 11, 13, 8, 1, 1, 3, 0, 1), 4),               # 1x1, stride 3, 60 kk: 4 splits, the last of 12
     ((1, 12, 13, 9, 12, 2, 3, (1, 2), (1, 2), 3), 2),    # 3 groups, pad past the right edge
+    # groups == 1, C (and K) padded to multiples of 4 in the layouts
+    ((1, 1, 5, 6, 3, 3, 3, 1, 1, 1), 1),                 # C = 1 (Cx 4), K = 3 (Kx 4)
+    ((2, 2, 7, 6, 8, 3, 2, (2, 1), (1, 0), 1), 2),       # C = 2, strides, asymmetric pad
+    ((2, 3, 27, 27, 96, 11, 11, 4, 2, 1), 2),            # conv1: C = 3, 484 GEMM columns (363 stored)
+    ((1, 5, 9, 8, 130, 2, 3, 1, (0, 2), 1), 3),          # C = 5 (Cx 8), K = 130 (Kx 132): past 128 rows
+    ((3, 3, 11, 13, 6, 1, 1, 3, 0, 1), 4),               # 1x1, stride 3, K = 6: 4 splits
+    ((1, 2, 6, 5, 12, 5, 5, 2, 2, 1), 1),                # C = 2, 5x5, pad 2, stride 2
 ]
+PADDED = range(6, len(SHAPES))
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +72,34 @@ def test_kernel_equals_the_model_and_the_bound(device, precision, index):
     assert (np.abs(dw - exact) <= bound).all()
 
 
+def test_padded_channels_equal_the_nchw_kernel_and_the_launches(device):
+    """groups == 1, C = 3, K = 6: conv_tc.backward_filter's default layout is this
+    kernel's (layout=None), the same bits as the NCHW kernel; the layouts get 4 and 8
+    channels a pixel, the GEMM Cx*R*S columns and the arguments (..., chunk, Cx, Kx)."""
+    g, x, dy, _ = operands(10)
+    assert nhwc.supported(g) and conv_tc.channels_last(g, "filter")
+    assert nhwc.layout_channels(g) == (4, 8)
+    assert nhwc.workspace_shapes(g) == {"x": (3 * 11 * 13 * 4,), "dy": (3 * 4 * 5 * 8,)}
+    for splits in (1, 2):
+        want = conv_tc.backward_filter(device, g, x, dy, "bf16", splits=splits, tile=(128, 96),
+                                       layout="nchw")
+        np.testing.assert_array_equal(
+            conv_tc.backward_filter(device, g, x, dy, "bf16", splits=splits, tile=(128, 96)), want)
+    ws = {k: np.empty(s, np.float32) for k, s in nhwc.workspace_shapes(g).items()}
+    dw = np.empty(g.w_shape, np.float32)
+    launches = nhwc.backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], 1, 32,
+                                                  precision="tf32", tile=(128, 96))
+    assert [int(a) for a in launches[0].args[2:]] == [3, 3, 11 * 13, 4]   # batches, C, H*W, Cx
+    assert [int(a) for a in launches[1].args[2:]] == [3, 6, 4 * 5, 8]     # batches, K, P*Q, Kx
+    assert launches[2].grid == (1, 1, 1)
+    assert [int(a) for a in launches[2].args[-3:]] == [32, 4, 8]
+    g5 = operands(9)[0]                                                  # C = 5, K = 130
+    ws5 = [np.empty(s, np.float32) for s in (g5.x_shape, g5.y_shape, g5.w_shape,
+                                             *nhwc.workspace_shapes(g5).values())]
+    assert nhwc.backward_filter_nhwc_launches(device, g5, *ws5, 1, 8,
+                                              tile=(64, 128))[2].grid == (1, 3, 1)
+
+
 def test_equals_the_nchw_kernel_and_the_launches(device):
     """The same bits as conv_tc.backward_filter (split or not); the launch list: two
     layout changes, the GEMM, the split sum."""
@@ -81,13 +121,23 @@ def test_equals_the_nchw_kernel_and_the_launches(device):
 
 
 def test_the_shape_rule_and_its_errors(device):
-    g = conv_ops.geometry((1, 6, 5, 5), (8, 3, 3, 3), 1, 1, 2)   # Cg = 3
-    assert not nhwc.supported(g)
+    g = conv_ops.geometry((1, 6, 5, 5), (8, 3, 3, 3), 1, 1, 2)   # groups 2, Cg = 3
+    assert not nhwc.supported(g) and not conv_tc.channels_last(g, "filter")
     x = np.ones(g.x_shape, np.float32)
     dy = np.ones(g.y_shape, np.float32)
-    with pytest.raises(ValueError, match="needs Cg and Kg multiples of 4; got Cg=3, Kg=4"):
+    with pytest.raises(ValueError, match="needs groups == 1 or Cg and Kg multiples of 4; "
+                                         "got groups=2, Cg=3, Kg=4"):
         nhwc.backward_filter_nhwc(device, g, x, dy, "tf32")
-    assert not nhwc.supported(conv_ops.geometry((1, 8, 5, 5), (6, 8, 3, 3), 1, 1, 1))  # Kg = 6
+    with pytest.raises(ValueError, match="channels-last tensor-core filter pass needs"):
+        conv_tc.backward_filter(device, g, x, dy, "tf32", layout="nhwc")
+    # layout=None: the NCHW kernel runs it
+    np.testing.assert_array_equal(conv_tc.backward_filter(device, g, x, dy, "tf32"),
+                                  conv_tc.backward_filter(device, g, x, dy, "tf32", layout="nchw"))
+    assert not nhwc.supported(conv_ops.geometry((1, 8, 5, 5), (12, 4, 3, 3), 1, 1, 2))  # Kg = 6
+    for c, k in ((1, 3), (2, 6), (3, 96), (5, 130), (4, 4)):      # groups == 1: any C and K
+        g1 = conv_ops.geometry((1, c, 5, 5), (k, c, 3, 3), 1, 1, 1)
+        assert nhwc.supported(g1)
+        assert nhwc.layout_channels(g1) == (-(-c // 4) * 4, -(-k // 4) * 4)
     with pytest.raises(ValueError, match="'tf32' or 'bf16'"):
         nhwc.backward_filter_nhwc(device, conv_ops.geometry((1, 4, 5, 5), (4, 4, 3, 3), 1, 1, 1),
                                   np.ones((1, 4, 5, 5), np.float32), np.ones((1, 4, 5, 5), np.float32),
@@ -99,9 +149,11 @@ def test_the_shape_rule_and_its_errors(device):
                                   conv_tc.backward_filter_reference(g, x, dy, "bf16"))
 
 
+@pytest.mark.parametrize("index", [1, 7])
 @pytest.mark.parametrize("check", ["race", "init", "align"])
-def test_clean_under_the_checks(device, check):
-    g, x, dy, _ = operands(1)
+def test_clean_under_the_checks(device, check, index):
+    """Groups, and C = 2 padded (the init check: the layouts' zero channels are written)."""
+    g, x, dy, _ = operands(index)
     tile, precision = {"race": ((128, 96), "tf32"), "init": ((64, 128), "bf16"),
                        "align": ((128, 128), "tf32")}[check]
     chunk = conv_tc.plan_filter(device, g, 2, tile)[1]

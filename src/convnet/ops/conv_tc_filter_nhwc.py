@@ -5,9 +5,14 @@ It computes exactly what ``conv_tc.backward_filter`` computes (the same split of
 N*P*Q reduction, the same summation order: bit for bit), from 16-byte copies of
 channels-last operands instead of 4-byte gathers.
 
-* ``supported(g)``: Cg and Kg multiples of 4 (a 16-byte chunk: 4 channels of a pixel).
+* ``supported(g)``: groups == 1 (any C and K), or Cg and Kg multiples of 4 (a 16-byte
+  chunk: 4 channels of a pixel).
+* ``layout_channels(g)``: the layouts' channels a pixel (Cx, Kx): with groups == 1, C and
+  K rounded up to multiples of 4 (zero channels; the GEMM computes their rows and columns
+  but stores only the real ones, so the sums are the unpadded ones bit for bit), else C, K.
 * ``backward_filter_nhwc_launches(...)``: x -> xt and dy -> dyt channels last (float32,
-  rounded to TF32 for "tf32"; "bf16" rounds in the GEMM, ``layout_rounding``);
+  padded to ``layout_channels``, rounded to TF32 for "tf32"; "bf16" rounds in the GEMM,
+  ``layout_rounding``);
   the GEMM (into ``dw``, or the split workspace); conv_split_sum in split order.
 * ``backward_filter_nhwc(device, g, x, dy, precision, splits=None, tile=None)``: runs them
   on emu/cuda (the rounded reference on cpu).
@@ -25,7 +30,7 @@ from .conv import _operands
 from .elementwise import BLOCK, max_blocks
 
 __all__ = ["MODULE", "VECTOR", "backward_filter_nhwc", "backward_filter_nhwc_launches",
-           "layout_rounding", "supported", "workspace_shapes"]
+           "layout_channels", "layout_rounding", "supported", "workspace_shapes"]
 
 VECTOR = 4  # channels a 16-byte copy moves
 KERNEL = "conv_tc_backward_filter_nhwc"
@@ -35,8 +40,18 @@ MODULE = KernelModule(f"{KERNEL}.cu", tuple(
 
 
 def supported(g: Geometry) -> bool:
-    """Whether the channels-last backward filter runs ``g``: Cg and Kg multiples of 4."""
-    return g.cg % VECTOR == 0 and g.kg % VECTOR == 0
+    """Whether the channels-last backward filter runs ``g``: groups == 1 (C and K padded
+    to multiples of 4, ``layout_channels``), or Cg and Kg multiples of 4
+    (``conv_tc.channels_last(g, "filter")``)."""
+    return conv_tc.channels_last(g, "filter")
+
+
+def layout_channels(g: Geometry) -> tuple[int, int]:
+    """(Cx, Kx): the channels a pixel of the channels-last x and dy. groups == 1: C and K
+    rounded up to multiples of ``VECTOR`` (the extra channels zeros); else C and K."""
+    if g.groups == 1:
+        return -(-g.c // VECTOR) * VECTOR, -(-g.k // VECTOR) * VECTOR
+    return g.c, g.k
 
 
 def layout_rounding(precision: str):
@@ -48,36 +63,50 @@ def layout_rounding(precision: str):
 
 
 def workspace_shapes(g: Geometry) -> dict:
-    """The channels-last copies: "x" (N, H, W, C) and "dy" (N, P, Q, K), flat."""
-    return {"x": (g.n * g.h * g.w * g.c,), "dy": (g.n * g.p * g.q * g.k,)}
+    """The channels-last copies: "x" (N, H, W, Cx) and "dy" (N, P, Q, Kx), flat
+    (``layout_channels``)."""
+    cx, kx = layout_channels(g)
+    return {"x": (g.n * g.h * g.w * cx,), "dy": (g.n * g.p * g.q * kx,)}
 
 
 def _check(g: Geometry) -> None:
     if not supported(g):
-        raise ValueError(f"conv2d: the channels-last tensor-core backward filter needs Cg and "
-                         f"Kg multiples of {VECTOR}; got Cg={g.cg}, Kg={g.kg}")
+        raise ValueError(f"conv2d: the channels-last tensor-core backward filter needs "
+                         f"groups == 1 or Cg and Kg multiples of {VECTOR}; got groups={g.groups}, "
+                         f"Cg={g.cg}, Kg={g.kg}")
+
+
+def _check_sizes(g: Geometry) -> None:
+    """``check_kernel_sizes`` of ``g``, and of ``g`` with the padded channels."""
+    check_kernel_sizes(g)
+    cx, kx = layout_channels(g)
+    if (cx, kx) != (g.c, g.k):
+        check_kernel_sizes(_conv.geometry((g.n, cx, g.h, g.w), (kx, cx, g.r, g.s),
+                                          (g.stride_h, g.stride_w), (g.pad_h, g.pad_w), 1))
 
 
 def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, splits: int,
                                   chunk: int, workspace=None, precision="tf32",
                                   tile=None) -> list[Launch]:
     """The Launches writing dL/dw into ``dw``: x (N, C, H*W) and dy (N, K, P*Q) to
-    channels last (float32, ``layout_rounding``), into ``xt`` and ``dyt`` (``workspace_shapes``);
-    the split GEMM into ``dw`` (one split) or ``workspace`` (``splits * dw.size`` floats);
+    channels last (float32, padded to ``layout_channels``, ``layout_rounding``), into ``xt``
+    and ``dyt`` (``workspace_shapes``); the split GEMM into ``dw`` (one split) or ``workspace`` (``splits * dw.size`` floats);
     then conv_split_sum in split order. ``splits``, ``chunk``: ``conv_tc.plan_filter``'s
     for ``tile`` (as ``conv_tc.filter_tile``)."""
     precision = conv_tc._tensor_core(precision)
     _check(g)
-    crs = g.cg * g.r * g.s
+    cx, kx = layout_channels(g)
+    cols = cx // g.groups * g.r * g.s  # the GEMM's columns (r, s, c < Cx / groups)
     bm, bn = conv_tc.filter_tile(device, g, tile)
-    grid = (-(-crs // bn), -(-g.kg // bm), g.groups * splits)
+    grid = (-(-cols // bn), -(-g.kg // bm), g.groups * splits)
     targs = conv_tc._template_args(precision, (bm, bn))
     rounding = layout_rounding(precision)
-    layout = [_layout_ops.to_channels_last_launch(device, x, xt, g.n, g.c, g.h * g.w, rounding),
-              _layout_ops.to_channels_last_launch(device, dy, dyt, g.n, g.k, g.p * g.q, rounding)]
+    layout = [_layout_ops.to_channels_last_launch(device, x, xt, g.n, g.c, g.h * g.w, rounding, cx),
+              _layout_ops.to_channels_last_launch(device, dy, dyt, g.n, g.k, g.p * g.q, rounding, kx)]
+    tail = (np.int32(chunk), np.int32(cx), np.int32(kx))
     if splits == 1:
         return layout + [Launch(MODULE, KERNEL, template_args=targs, grid=grid, block=(conv_tc.THREADS,),
-                                args=(xt, dyt, dw, *g.scalars(), np.int32(chunk)))]
+                                args=(xt, dyt, dw, *g.scalars(), *tail))]
     count = dw.size
     if workspace is None or workspace.size < splits * count:
         raise ValueError(f"conv2d backward filter: {splits} splits need a workspace of "
@@ -85,7 +114,7 @@ def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, split
     ws = workspace.reshape(-1)[:splits * count]
     blocks = min(-(-count // BLOCK), max_blocks(device))
     return layout + [Launch(MODULE, KERNEL, template_args=targs, grid=grid, block=(conv_tc.THREADS,),
-                            args=(xt, dyt, ws, *g.scalars(), np.int32(chunk))),
+                            args=(xt, dyt, ws, *g.scalars(), *tail)),
                      Launch(_conv.BACKWARD_FILTER, "conv_split_sum", grid=(blocks,), block=(BLOCK,),
                             args=(ws, dw, np.int32(count), np.int32(splits)))]
 
@@ -101,7 +130,7 @@ def backward_filter_nhwc(device, g: Geometry, x, dy, precision="tf32", splits=No
     xp = device.xp
     if g.n == 0:
         return xp.zeros(g.w_shape, dtype=np.float32)
-    check_kernel_sizes(g)
+    _check_sizes(g)
     tile = conv_tc.filter_tile(device, g, tile)
     splits, chunk = conv_tc.plan_filter(device, g, splits, tile, precision)
     dw = xp.empty(g.w_shape, dtype=np.float32)
