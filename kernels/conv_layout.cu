@@ -38,10 +38,11 @@ struct CnLayoutValue<2> {
 #define CN_LAYOUT_TILE 32   // a tile is 32 x 32 elements
 #define CN_LAYOUT_ROWS 8    // block rows: each thread moves 32 / 8 = 4 elements each way
 
-// out[b][j][i] = in[b][i][j] for i < rows, j < cols.
+// out[b][j][i] = in[b][i][j] for i < rows, j < cols, and 0 for rows <= i < out_rows
+// (channels padded with zeros: a small channel count made a whole 16-byte copy).
 //
 // Launch shape: block (32, 8); grid.x = one block per 32 x 32 tile of a matrix
-// (ceil(rows/32) * ceil(cols/32), tile row-major), grid.y <= batches (<= 65535): each
+// (ceil(out_rows/32) * ceil(cols/32), tile row-major), grid.y <= batches (<= 65535): each
 // block steps through the batches b = blockIdx.y, + gridDim.y, ... so any batch count
 // fits. A tile is read along j (coalesced: 32 consecutive floats a warp) into shared
 // memory and written along i (coalesced too); its rows are padded to 33 floats so that
@@ -50,7 +51,7 @@ struct CnLayoutValue<2> {
 template <int ROUND>
 __global__ void __launch_bounds__(CN_LAYOUT_TILE * CN_LAYOUT_ROWS)
 conv_to_channels_last(const float* __restrict__ in, typename CnLayoutValue<ROUND>::type* __restrict__ out,
-                      int batches, int rows, int cols)
+                      int batches, int rows, int cols, int out_rows)
 {
     __shared__ float tile[CN_LAYOUT_TILE][CN_LAYOUT_TILE + 1];
     const int tiles_j = (cols + CN_LAYOUT_TILE - 1) / CN_LAYOUT_TILE;
@@ -60,19 +61,19 @@ conv_to_channels_last(const float* __restrict__ in, typename CnLayoutValue<ROUND
     const int matrix = rows * cols;
     for (int b = blockIdx.y; b < batches; b += gridDim.y) {
         const float* src = in + (long long)b * matrix;
-        typename CnLayoutValue<ROUND>::type* dst = out + (long long)b * matrix;
+        typename CnLayoutValue<ROUND>::type* dst = out + (long long)b * out_rows * cols;
         const int j = j0 + tx;
 #pragma unroll
         for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
             const int i = i0 + ty + k;
-            if (i < rows && j < cols) tile[ty + k][tx] = CnLayoutValue<ROUND>::rounded(src[i * cols + j]);
+            if (i < out_rows && j < cols) tile[ty + k][tx] = i < rows ? CnLayoutValue<ROUND>::rounded(src[i * cols + j]) : 0.0f;
         }
         __syncthreads();
         const int i = i0 + tx;
 #pragma unroll
         for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
             const int jj = j0 + ty + k;
-            if (i < rows && jj < cols) dst[jj * rows + i] = CnLayoutValue<ROUND>::of(tile[tx][ty + k]);
+            if (i < out_rows && jj < cols) dst[jj * out_rows + i] = CnLayoutValue<ROUND>::of(tile[tx][ty + k]);
         }
         __syncthreads();   // the tile is rewritten for the next batch
     }

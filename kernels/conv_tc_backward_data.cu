@@ -104,11 +104,5 @@ conv_tc_backward_data(const float* __restrict__ dy, const float* __restrict__ w,
     CnTcAcc<BN, BM> acc;
     cn_tc_gemm<PREC, BN, BM>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
 
-    auto store = [&](int m, int jj, float v) {
-        const int j = n0 + jj, c = m0 + m;
-        if (j >= cols || c >= Cg) return;
-        const int n = j / HW;
-        dx[(n * C + g * Cg + c) * HW + (j - n * HW)] = v;
-    };
-    cn_tc_store<BN, BM>(acc, store);
+    cn_tc_store_nchw<BN, BM>(acc, dx, dx, 0, 0, m0, n0, Cg, cols, HW, C, g * Cg);
 }

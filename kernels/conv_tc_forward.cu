@@ -71,13 +71,5 @@ conv_tc_forward(const float* __restrict__ x, const float* __restrict__ w,
     CnTcAcc<BN, BM> acc;
     cn_tc_gemm<PREC, BN, BM>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
 
-    auto store = [&](int m, int jj, float v) {
-        const int j = n0 + jj, k = m0 + m;
-        if (j >= cols || k >= Kg) return;
-        const int n = j / PQ;
-        if (has_bias) v += bias[g * Kg + k];
-        if (relu) v = (v > 0.0f || v != v) ? v : 0.0f;
-        y[(n * K + g * Kg + k) * PQ + (j - n * PQ)] = v;
-    };
-    cn_tc_store<BN, BM>(acc, store);
+    cn_tc_store_nchw<BN, BM>(acc, y, bias, has_bias, relu, m0, n0, Kg, cols, PQ, K, g * Kg);
 }

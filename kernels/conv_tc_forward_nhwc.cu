@@ -7,23 +7,29 @@
 // Also backward data at unit stride: the input gradient is this convolution of dy
 // with the flipped, transposed filter (ops/conv_tc.py).
 //
-// Layout: x (N, H, W, C) float32 (channels last), w (K, R, S, Cg), bias (K,) (not read
-// when has_bias == 0), y (N, K, P, Q) (NCHW, as the library's tensors). Cg is a
-// multiple of 16 (the host checks): a slice of 16 kk is one tap (r, s) and 16
-// consecutive channels, 64 contiguous bytes of x and of each filter row.
+// Layout: x (N, H, W, C) (channels last), w (K, R, S, Cg), both of TF32 values as
+// float32 (PREC 0) or BF16 bits as unsigned short (PREC 1); bias (K,) float32 (not read
+// when has_bias == 0); y (N, K, P, Q) float32 (NCHW, as the library's tensors). Cg is a
+// multiple of 16: a slice of 16 kk is one tap (r, s) and 16 consecutive channels, 64
+// (TF32) or 32 (BF16) contiguous bytes of x and of each filter row. SMALL: one group
+// whose pixels the layout padded to one 16-byte copy (C = 4 TF32 or 8 BF16 channels,
+// zeros past the real ones: AlexNet's conv1 has 3): a slice is 4 (TF32) or 2 (BF16)
+// whole taps, one a copy, and the reduction's last slice may pass the last tap.
 //
 // Implicit GEMM per group g: A[m][kk] = w[g*Kg + m][kk] (Kg x R*S*Cg, dense rows),
 // B[kk][j] = x[n][h0 + r][w0 + s][g*Cg + c] for j = (n, p, q), zero outside the image.
 // Both operands go global -> shared as 16-byte cp.async, four (TF32) or two (BF16) a
-// row per slice (CnTcKSmem, conv_tc_common.cuh); a column's image position (h0, w0) and offset are
-// computed once, and each slice tests its one tap against them (no tap table).
+// row per slice (CnTcKSmem, conv_tc_common.cuh); a column's image position (h0, w0)
+// and offset are computed once, and a copy tests its tap against them (no tap table).
+// The epilogue: cn_tc_store_nchw.
 //
 // Launch: block = 128 threads; grid = (ceil(N*P*Q / BN), ceil(Kg / BM), groups);
-// BN = 128 or 96, BM = 128 or 64 (default 128: two-argument names); 40 KiB (TF32) or
-// 24 KiB (BF16) of static shared memory at 128 x 128. 32-bit indices (the host checks).
+// BN = 128 or 96, BM = 128 or 64 (default 128: three-argument names); 40 KiB (TF32)
+// or 24 KiB (BF16) of static shared memory at 128 x 128. 32-bit indices (the host
+// checks the sizes).
 #include "conv_tc_common.cuh"
 
-template <int PREC, int BN, int BM = 128>
+template <int PREC, int BN, bool SMALL, int BM = 128>
 __global__ void __launch_bounds__(CN_TC_THREADS)
 conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
                      const float* __restrict__ bias, float* __restrict__ y,
@@ -34,13 +40,14 @@ conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
     typedef typename CnTcOperand<PREC>::type E;  // an operand element: float or BF16 bits
     constexpr int ROWS = CN_TC_K_ROWS(PREC);     // rows a round of copies
     constexpr int AI = (BM + ROWS - 1) / ROWS, BI = (BN + ROWS - 1) / ROWS;
+    constexpr int CHUNKS = CN_TC_K_CHUNKS(PREC);  // 16-byte copies a row's slice
     const E* x = static_cast<const E*>(x_);
     const E* w = static_cast<const E*>(w_);
 
     const int g = blockIdx.z;
     const int Cg = C / groups, Kg = K / groups;
     const int PQ = P * Q;
-    const int kd = R * S * Cg;  // a multiple of 16
+    const int kd = R * S * Cg;  // a multiple of 16, or (SMALL) of a copy's elements
     const int cols = N * PQ;
     const int m0 = blockIdx.y * BM;
     const int n0 = blockIdx.x * BN;
@@ -59,6 +66,7 @@ conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
     }
     // B: this thread's columns: the image position of tap (0, 0) (a column past the end
     // sits far outside the image) and the offset of its pixel's channel g*Cg + chunk
+    // (SMALL: of channel 0; its copy is a whole pixel)
     int bh[BI], bw[BI], boff[BI];
 #pragma unroll
     for (int i = 0; i < BI; ++i) {
@@ -67,46 +75,55 @@ conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
         const int p = pq / Q;
         bh[i] = j < cols ? p * sh - ph : -(1 << 30);
         bw[i] = (pq - p * Q) * sw - pw;
-        boff[i] = ((n * H + bh[i]) * W + bw[i]) * C + g * Cg + chunk;
+        boff[i] = ((n * H + bh[i]) * W + bw[i]) * C + g * Cg + (SMALL ? 0 : chunk);
     }
 
-    // the slice's tap: kk = (r, s, c0), stepped one slice per load (loads come in order)
-    int tr = 0, ts = 0, tc = 0;
+    // The tap of this thread's copies: kk = (r, s, c0), stepped one slice per load (loads
+    // come in order). Cg % 16 == 0: one tap a slice, the same for every thread. SMALL
+    // (groups 1, C = a copy's elements: the layout padded the channels): a copy is one
+    // whole tap, this thread's the slice's tap number word / 4 (its own walk), and the
+    // last slice may pass the last tap (r = R: zeros).
+    int tr = 0, ts = SMALL ? word / 4 : 0, tc = 0;
+    // (r, s) of ts < S + CHUNKS past (tr, 0): at most CHUNKS carries (S >= 1), no loop
+    auto carry = [&]() {
+#pragma unroll
+        for (int i = 0; i < CHUNKS; ++i)
+            if (ts >= S) ts -= S, ++tr;
+    };
+    if (SMALL) carry();
     auto load = [&](int slice, int stage) {
         const int k0 = slice * CN_TC_BK;
+        const bool live = !SMALL || tr < R;
 #pragma unroll
         for (int i = 0; i < AI; ++i) {
             const int row = cn_tc_k_row<PREC>(i);
             if (BM % ROWS == 0 || row < BM)
-                cn_cp_async<16>(&sm.a[stage][row][word], wg + aoff[i] + k0, aok[i]);
+                cn_cp_async<16>(&sm.a[stage][row][word], wg + (live ? aoff[i] + k0 : 0), aok[i] && live);
         }
         const int tap = (tr * W + ts) * C + tc;
 #pragma unroll
         for (int i = 0; i < BI; ++i) {
             const int row = cn_tc_k_row<PREC>(i);
-            const bool ok = (unsigned)(bh[i] + tr) < (unsigned)H && (unsigned)(bw[i] + ts) < (unsigned)W;
+            const bool ok = live && (unsigned)(bh[i] + tr) < (unsigned)H && (unsigned)(bw[i] + ts) < (unsigned)W;
             if (BN % ROWS == 0 || row < BN)
                 cn_cp_async<16>(&sm.b[stage][row][word], x + (ok ? boff[i] + tap : 0), ok);
         }
-        tc += CN_TC_BK;
-        if (tc == Cg) {
-            tc = 0;
-            if (++ts == S) {
-                ts = 0;
-                ++tr;
+        if (SMALL) {
+            ts += CHUNKS;
+            carry();
+        } else {
+            tc += CN_TC_BK;
+            if (tc == Cg) {
+                tc = 0;
+                if (++ts == S) {
+                    ts = 0;
+                    ++tr;
+                }
             }
         }
     };
     CnTcAcc<BN, BM> acc;
-    cn_tc_gemm<PREC, BN, BM>(load, sm, kd / CN_TC_BK, acc);
+    cn_tc_gemm<PREC, BN, BM>(load, sm, (kd + CN_TC_BK - 1) / CN_TC_BK, acc);
 
-    auto store = [&](int m, int jj, float v) {
-        const int j = n0 + jj, k = m0 + m;
-        if (j >= cols || k >= Kg) return;
-        const int n = j / PQ;
-        if (has_bias) v += bias[g * Kg + k];
-        if (relu) v = (v > 0.0f || v != v) ? v : 0.0f;
-        y[(n * K + g * Kg + k) * PQ + (j - n * PQ)] = v;
-    };
-    cn_tc_store<BN, BM>(acc, store);
+    cn_tc_store_nchw<BN, BM>(acc, y, bias, has_bias, relu, m0, n0, Kg, cols, PQ, K, g * Kg);
 }

@@ -100,7 +100,7 @@ def _launch_one_block_row(a, out):
     batches, rows, cols = a.shape
     tiles = -(-rows // 32) * -(-cols // 32)
     return Launch(conv_layout.MODULE, "conv_to_channels_last", template_args=(0,), grid=(tiles, 1), block=(32, 8),
-                  args=(a, out, np.int32(batches), np.int32(rows), np.int32(cols)))
+                  args=(a, out, np.int32(batches), np.int32(rows), np.int32(cols), np.int32(rows)))
 
 
 def test_many_batches_loop_over_the_grid():
@@ -213,3 +213,19 @@ def assert_same_bits(got, want):
 
 def _transpose_rounded(device, a, precision):
     return device.to_numpy(conv_layout.to_channels_last(device, device.asarray(a), precision))
+
+
+@pytest.mark.parametrize("precision", [None, "tf32", "bf16"])
+def test_transpose_pads_channels_with_zeros(kernel_device, precision):
+    """``out_rows`` past the rows: the extra channels of every pixel are zeros (a small
+    channel count padded to a whole 16-byte copy), the rest as without padding."""
+    a = _data((2, 3, 45), 9)
+    got = kernel_device.to_numpy(conv_layout.to_channels_last(kernel_device, kernel_device.asarray(a),
+                                                              precision, out_rows=8))
+    want = conv_layout.to_channels_last_reference(a, precision, out_rows=8)
+    assert got.shape == want.shape == (2, 45, 8)
+    np.testing.assert_array_equal(got, want)
+    assert not want[..., 3:].any()
+    np.testing.assert_array_equal(want[..., :3], conv_layout.to_channels_last_reference(a, precision))
+    with pytest.raises(ValueError, match="out_rows 2 is fewer than the rows 3"):
+        conv_layout.to_channels_last_launch(kernel_device, a, got, 2, 3, 45, precision, 2)

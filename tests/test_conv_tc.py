@@ -7,7 +7,9 @@ additions per output, u = 2^-24); the rounding is real (FP32 operands give resul
 outside that bound somewhere); awkward shapes (groups, strides, asymmetric padding,
 partial tiles, several K-slices, several blocks), on each of ``TILES``; clean under
 the race, init and align checks; bad precisions and tiles refused; the tile and split
-choices."""
+choices. The NCHW kernels, each pass asked for layout="nchw" (the channels-last ones,
+which the engine runs where the channels allow: tests/test_conv_tc_nhwc.py and
+tests/test_conv_tc_filter_nhwc.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -110,7 +112,7 @@ def model_filter(g, x, dy, precision, chunk):
 def test_kernel_equals_the_model_and_the_bound(device, precision, index):
     g, x, w, b = data(SHAPES[index], index)
     relu = index % 2 == 0
-    y = conv_tc.forward(device, g, x, w, b, relu, precision)
+    y = conv_tc.forward(device, g, x, w, b, relu, precision, layout="nchw")
     np.testing.assert_array_equal(y, model(g, x, w, b, relu, precision))
     exact = conv_tc.forward_reference(g, x.astype(np.float64), w.astype(np.float64),
                                       b.astype(np.float64), relu, precision)
@@ -137,7 +139,7 @@ def forward_bound(g, x, w, b, precision):
 def test_backward_data_equals_the_model_and_the_bound(device, precision, index):
     g, x, w, _ = data(SHAPES[index], index + 20)
     dy = np.random.default_rng(index).standard_normal(g.y_shape).astype(np.float32)
-    dx = conv_tc.backward_data(device, g, dy, w, precision)
+    dx = conv_tc.backward_data(device, g, dy, w, precision, layout="nchw")
     np.testing.assert_array_equal(dx, model_data(g, dy, w, precision))
     exact = conv_tc.backward_data_reference(g, dy.astype(np.float64), w.astype(np.float64), precision)
     dya, wa = f64_abs(precision, dy, w)
@@ -152,7 +154,7 @@ def test_backward_data_equals_the_model_and_the_bound(device, precision, index):
 def test_backward_filter_equals_the_model_and_the_bound(device, precision, index, splits):
     g, x, _, _ = data(SHAPES[index], index + 40)
     dy = np.random.default_rng(index).standard_normal(g.y_shape).astype(np.float32)
-    dw = conv_tc.backward_filter(device, g, x, dy, precision, splits=splits)
+    dw = conv_tc.backward_filter(device, g, x, dy, precision, splits=splits, layout="nchw")
     got_splits, chunk = conv_tc.plan_filter(device, g, splits)
     assert got_splits == min(splits, -(-g.n * g.p * g.q // conv_tc.BLOCK_K))
     np.testing.assert_array_equal(dw, model_filter(g, x, dy, precision, chunk))
@@ -180,9 +182,9 @@ def test_kernels_are_clean_under_the_checks(device, check):
     chunk = conv_tc.plan_filter(device, g, 2)[1]
     want_dw = model_filter(g, x, dy, "tf32", chunk)
     with emu.debug(check=check):
-        y = conv_tc.forward(device, g, x, w, b, True, "tf32")
-        dx = conv_tc.backward_data(device, g, dy, w, "bf16", tile=(128, 96))  # both tiles
-        dw = conv_tc.backward_filter(device, g, x, dy, "tf32", splits=2, tile=(128, 128))
+        y = conv_tc.forward(device, g, x, w, b, True, "tf32", layout="nchw")
+        dx = conv_tc.backward_data(device, g, dy, w, "bf16", tile=(128, 96), layout="nchw")  # both tiles
+        dw = conv_tc.backward_filter(device, g, x, dy, "tf32", splits=2, tile=(128, 128), layout="nchw")
     np.testing.assert_array_equal(y, want[0])
     np.testing.assert_array_equal(dx, want[1])
     np.testing.assert_array_equal(dw, want_dw)
@@ -190,7 +192,7 @@ def test_kernels_are_clean_under_the_checks(device, check):
 
 def test_no_bias_and_bad_precision(device):
     g, x, w, b = data(SHAPES[1], 4)
-    y = conv_tc.forward(device, g, x, w, None, False, "bf16")
+    y = conv_tc.forward(device, g, x, w, None, False, "bf16", layout="nchw")
     np.testing.assert_array_equal(y, model(g, x, w, np.zeros_like(b), False, "bf16"))
     with pytest.raises(ValueError, match="'tf32' or 'bf16'"):
         conv_tc.forward(device, g, x, w, b, False, "fp32")
@@ -319,14 +321,14 @@ def test_thirty_seeded_shapes_all_passes_bit_for_bit(device, seed):
     g, x, w, b = data(shape, seed)
     dy = rng.standard_normal(g.y_shape).astype(np.float32)
     np.testing.assert_array_equal(
-        conv_tc.forward(device, g, x, w, b, seed % 3 == 0, precision, tile=tile),
+        conv_tc.forward(device, g, x, w, b, seed % 3 == 0, precision, tile=tile, layout="nchw"),
         model(g, x, w, b, seed % 3 == 0, precision))
-    np.testing.assert_array_equal(conv_tc.backward_data(device, g, dy, w, precision, tile=tile),
+    np.testing.assert_array_equal(conv_tc.backward_data(device, g, dy, w, precision, tile=tile, layout="nchw"),
                                   model_data(g, dy, w, precision))
     splits = 1 + seed % 3
     chunk = conv_tc.plan_filter(device, g, splits, tile)[1]
     np.testing.assert_array_equal(
-        conv_tc.backward_filter(device, g, x, dy, precision, splits=splits, tile=tile),
+        conv_tc.backward_filter(device, g, x, dy, precision, splits=splits, tile=tile, layout="nchw"),
         model_filter(g, x, dy, precision, chunk))
 
 

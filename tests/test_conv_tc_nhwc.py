@@ -5,8 +5,9 @@ arithmetic bit for bit (operands rounded to TF32/BF16, exact products, FP32 sums
 kk = (r, s, c) ascending, c fastest, then the bias and ReLU), and against the float64
 result of the rounded operands within ``ops.conv_tc.error_bound``; forward at any
 stride, backward data at unit stride as the forward convolution of dy with the
-flipped filter; every tile; groups, padding, partial tiles; the layout rule and its
-errors; clean under the race, init and align checks."""
+flipped filter; the small form (one group of at most 4 channels, padded to a 16-byte
+copy a pixel: AlexNet's conv1); every tile; groups, padding, partial tiles; the layout
+rule and its errors; clean under the race, init and align checks."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,6 +26,11 @@ SHAPES = [
     (2, 32, 6, 5, 32, 2, 3, 1, (1, 2), 2),       # groups; data: Kg = 16, asymmetric pad
     (1, 16, 7, 6, 130, 1, 1, 1, 0, 1),           # K past a 128-row tile, 1x1
     (3, 16, 9, 8, 16, 3, 3, (2, 1), (0, 1), 1),  # strided forward; columns past a tile
+    # the small form (one group of at most 4 channels, padded to a 16-byte copy a pixel)
+    (2, 3, 19, 17, 8, 11, 11, 4, 2, 1),          # conv1-like: 121 taps, the last slice short
+    (1, 1, 6, 7, 130, 2, 3, 1, (1, 0), 1),       # one channel, K past a 128-row tile
+    (3, 4, 5, 5, 5, 1, 1, 1, 0, 1),              # 1x1: more taps a slice than the filter has
+    (1, 2, 9, 9, 3, 3, 2, (1, 2), 1, 1),
 ]
 
 
@@ -137,9 +143,13 @@ def test_the_layout_rule_and_its_errors(device):
 @pytest.mark.parametrize("check", ["race", "init", "align"])
 def test_clean_under_the_checks(device, check):
     g, x, w, b, dy = data(SHAPES[1], 7)
-    want = model(g, x, w, b, True, "bf16"), model_data(g, dy, w, "tf32")
+    small = data(SHAPES[7], 8)   # the small form
+    want = (model(g, x, w, b, True, "bf16"), model_data(g, dy, w, "tf32"),
+            model(*small[:4], False, "tf32"))
     with emu.debug(check=check):
         y = conv_tc.forward(device, g, x, w, b, True, "bf16", tile=(64, 128))
         dx = conv_tc.backward_data(device, g, dy, w, "tf32", tile=(128, 96))
+        ys = conv_tc.forward(device, *small[:4], False, "tf32", tile=(128, 96))
     np.testing.assert_array_equal(y, want[0])
     np.testing.assert_array_equal(dx, want[1])
+    np.testing.assert_array_equal(ys, want[2])

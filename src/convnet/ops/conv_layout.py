@@ -50,10 +50,13 @@ def dtype_for(precision) -> np.dtype:
     return np.dtype(np.uint16 if precision == "bf16" else np.float32)
 
 
-def to_channels_last_reference(a3: np.ndarray, precision=None) -> np.ndarray:
-    """(B, R, C) -> (B, C, R), C-contiguous: out[b, j, i] = a3[b, i, j] (rounded to
-    ``precision``'s tensor-core operands when given)."""
-    return np.ascontiguousarray(np.swapaxes(_rounded(a3, precision), 1, 2))
+def to_channels_last_reference(a3: np.ndarray, precision=None, out_rows=None) -> np.ndarray:
+    """(B, R, C) -> (B, C, out_rows), C-contiguous: out[b, j, i] = a3[b, i, j] (rounded
+    to ``precision``'s tensor-core operands when given, as ``dtype_for`` it), zeros for
+    R <= i < ``out_rows`` (default R)."""
+    out = np.swapaxes(_rounded(a3, precision), 1, 2)
+    pad = (out_rows or a3.shape[1]) - a3.shape[1]
+    return np.ascontiguousarray(np.pad(out, ((0, 0), (0, 0), (0, pad))) if pad > 0 else out)
 
 
 def filter_for_data_reference(w: np.ndarray, groups: int, precision=None) -> np.ndarray:
@@ -103,18 +106,23 @@ def _round(precision) -> tuple:
 
 
 def to_channels_last_launch(device, src, dst, batches: int, rows: int, cols: int,
-                            precision=None) -> Launch:
+                            precision=None, out_rows=None) -> Launch:
     """Block (32, 8); grid.x a block per 32 x 32 tile of one matrix, grid.y up to
     ``batches`` (at most 65535 on a GPU; on emu few enough that the blocks stay near
-    EMU_MAX_BLOCKS), the blocks stepping through the rest."""
-    tiles = -(-rows // TILE) * -(-cols // TILE)
+    EMU_MAX_BLOCKS), the blocks stepping through the rest. ``out_rows`` (>= ``rows``,
+    default ``rows``): the output's rows (channels), the ones past ``rows`` zeros."""
+    out_rows = rows if out_rows is None else out_rows
+    if out_rows < rows:
+        raise ValueError(f"to_channels_last: out_rows {out_rows} is fewer than the rows {rows}")
+    tiles = -(-out_rows // TILE) * -(-cols // TILE)
     if device.kind == "cuda":
         cap = MAX_GRID_DIM[1]
     else:
         cap = max(1, EMU_MAX_BLOCKS // tiles)
     return Launch(MODULE, "conv_to_channels_last", template_args=_round(precision), grid=(max(1, tiles), max(1, min(batches, cap))),
                   block=(TILE, TILE_ROWS),
-                  args=(src, dst, np.int32(batches), np.int32(rows), np.int32(cols)))
+                  args=(src, dst, np.int32(batches), np.int32(rows), np.int32(cols),
+                        np.int32(out_rows)))
 
 
 def filter_for_data_launch(device, w, out, groups: int, precision=None) -> Launch:
@@ -128,18 +136,20 @@ def filter_for_data_launch(device, w, out, groups: int, precision=None) -> Launc
 
 # --------------------------------------------------------------------------- on a device
 
-def to_channels_last(device, a3, precision=None):
-    """(B, R, C) -> (B, C, R) on ``device`` (rounded to ``precision``'s tensor-core
-    operands, "tf32" or "bf16", when given)."""
+def to_channels_last(device, a3, precision=None, out_rows=None):
+    """(B, R, C) -> (B, C, out_rows) on ``device`` (rounded to ``precision``'s tensor-core
+    operands, "tf32" or "bf16", when given; ``out_rows``: as the reference's)."""
     op = "to_channels_last"
     _check(op, a3, 3, "a3", "(batches, rows, cols)")
     if not device.runs_kernels:
-        return to_channels_last_reference(a3, precision)
+        return to_channels_last_reference(a3, precision, out_rows)
     a3 = _check_kernel_input(device, op, a3, "a3")
     batches, rows, cols = a3.shape
-    out = device.xp.empty((batches, cols, rows), dtype_for(precision))
-    if a3.size:
-        device.launch(to_channels_last_launch(device, a3, out, batches, rows, cols, precision))
+    out_rows = rows if out_rows is None else out_rows
+    out = device.xp.empty((batches, cols, out_rows), dtype_for(precision))
+    if out.size:
+        device.launch(to_channels_last_launch(device, a3, out, batches, rows, cols, precision,
+                                              out_rows))
     return out
 
 

@@ -70,7 +70,8 @@ def _module(kernel: str, extra=((),)) -> KernelModule:
 
 FORWARD = _module("conv_tc_forward")
 # channels-last operands (16 channels a slice): forward, and backward data at unit stride
-FORWARD_NHWC = _module("conv_tc_forward_nhwc")
+# <precision, BN, small[, BM]> (small: C <= 4 padded to one 16-byte copy a pixel)
+FORWARD_NHWC = _module("conv_tc_forward_nhwc", ((False,), (True,)))
 # backward data: <precision, BN, unit[, BM]> (unit: sh = sw = 1, no division)
 BACKWARD_DATA = _module("conv_tc_backward_data", ((True,), (False,)))
 BACKWARD_FILTER = _module("conv_tc_backward_filter")
@@ -94,7 +95,8 @@ def choose_tile(device, rows: int, cols: int, batches: int = 1) -> tuple[int, in
 def launch_tile(launch: Launch) -> tuple[int, int]:
     """The tile (of ``TILES``) a conv_tc Launch runs."""
     args = launch.template_args
-    bm = args[-1] if len(args) == (4 if launch.kernel == "conv_tc_backward_data" else 3) else BLOCK_M
+    flagged = launch.kernel in ("conv_tc_backward_data", "conv_tc_forward_nhwc")  # <P, BN, flag[, BM]>
+    bm = args[-1] if len(args) == (4 if flagged else 3) else BLOCK_M
     return (int(bm), int(args[1]))
 
 
@@ -166,13 +168,20 @@ LAYOUTS = ("nchw", "nhwc")
 
 
 def channels_last(g: Geometry, part: str) -> bool:
-    """Whether ``part`` ("forward" or "data") of ``g`` can run on the channels-last
-    kernel (``conv_tc_forward_nhwc``): its reduction's channels a group (Cg forward, Kg
-    for backward data) a multiple of ``BLOCK_K``, so that a slice is one tap and 16
-    contiguous channels; backward data also needs unit stride and padding below the
-    filter (it runs as the forward convolution of dy with the flipped filter)."""
+    """Whether ``part`` ("forward", "data" or "filter") of ``g`` can run channels-last:
+    forward and backward data on ``conv_tc_forward_nhwc`` where the reduction's channels
+    a group (Cg forward, Kg for backward data) are a multiple of ``BLOCK_K``, so that a
+    slice is one tap and 16 contiguous channels, or (forward's small form, ``_small``)
+    there is one group of at most 4 channels, padded to a 16-byte copy a pixel
+    (conv1's 3); backward data also needs unit stride and padding below the filter (it
+    runs as the forward convolution of dy with the flipped filter); backward filter on ``conv_tc_backward_filter_nhwc``
+    (``ops.conv_tc_filter_nhwc``) for groups == 1 with any C and K (the layouts pad both
+    to multiples of 4 with zero channels: conv1's C = 3), and for groups > 1 where Cg and
+    Kg are multiples of 4 (a 16-byte copy: 4 channels of a pixel)."""
     if part == "forward":
-        return g.cg % BLOCK_K == 0
+        return g.cg % BLOCK_K == 0 or _small(g)
+    if part == "filter":
+        return g.groups == 1 or (g.cg % 4 == 0 and g.kg % 4 == 0)
     return (g.kg % BLOCK_K == 0 and g.stride_h == g.stride_w == 1 and g.pad_h < g.r
             and g.pad_w < g.s)
 
@@ -185,8 +194,9 @@ def _layout(g: Geometry, part: str, layout) -> str:
         raise ValueError(f"conv2d: tensor-core layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "nhwc" and not channels_last(g, part):
         raise ValueError(f"conv2d: the channels-last tensor-core {part} pass needs "
-                         + ("Cg a multiple of 16" if part == "forward" else
-                            "Kg a multiple of 16, unit stride and padding below the filter")
+                         + {"forward": "Cg a multiple of 16",
+                            "filter": "one group, or Cg and Kg multiples of 4"}.get(
+                             part, "Kg a multiple of 16, unit stride and padding below the filter")
                          + f"; got Cg={g.cg}, Kg={g.kg}, stride=({g.stride_h}, {g.stride_w}), "
                          f"pad=({g.pad_h}, {g.pad_w}), filter {g.r}x{g.s}")
     return layout
@@ -200,22 +210,39 @@ def data_geometry(g: Geometry) -> Geometry:
                           (g.r - 1 - g.pad_h, g.s - 1 - g.pad_w), g.groups)
 
 
-def nhwc_workspace_shapes(g: Geometry, part: str) -> dict:
+def _small(g: Geometry) -> bool:
+    """Forward's small-channel form: one group of at most 4 channels (AlexNet's conv1),
+    each pixel's channels padded with zeros to one 16-byte copy (``_pixel``)."""
+    return g.groups == 1 and g.c <= 4 and g.cg % BLOCK_K != 0
+
+
+def _pixel(g: Geometry, precision: str) -> int:
+    """The channels a pixel has in the forward's channels-last layout: C, or (small) a
+    16-byte copy's elements: 4 TF32 or 8 BF16 values."""
+    return (4 if precision == "tf32" else 8) if _small(g) else g.c
+
+
+def nhwc_workspace_shapes(g: Geometry, part: str, precision: str) -> dict:
     """The channels-last pass's workspaces: the gathered operand ("x": x or dy channels
     last) and the filter ("w": transposed, or flipped for backward data), of
     ``ops.conv_layout.dtype_for(precision)`` (float32 TF32 values, uint16 BF16 bits)."""
-    xs = g.n * g.h * g.w * g.c if part == "forward" else g.n * g.p * g.q * g.k
-    return {"x": (xs,), "w": (g.k * g.cg * g.r * g.s,)}
+    if part == "forward":
+        c = _pixel(g, precision)
+        return {"x": (g.n * g.h * g.w * c,), "w": (g.k * (c // g.groups) * g.r * g.s,)}
+    return {"x": (g.n * g.p * g.q * g.k,), "w": (g.k * g.cg * g.r * g.s,)}
 
 
 def _gemm_nhwc(device, g: Geometry, xt, wt, b, y, relu, precision, tile) -> Launch:
-    """The channels-last GEMM of ``g`` (a forward geometry) from rounded operands."""
+    """The channels-last GEMM of ``g`` (a forward geometry) from rounded operands whose
+    pixels have ``_pixel`` channels."""
     cols = g.n * g.p * g.q
     bm, bn = _pick_tile(device, tile, g.kg, cols, g.groups)
+    scalars = list(g.scalars())
+    scalars[1] = np.int32(_pixel(g, precision))   # C: the layout's channels
     return Launch(FORWARD_NHWC, "conv_tc_forward_nhwc",
-                  template_args=_template_args(precision, (bm, bn)),
+                  template_args=_template_args(precision, (bm, bn), _small(g)),
                   grid=(-(-cols // bn), -(-g.kg // bm), g.groups), block=(THREADS,),
-                  args=(xt, wt, y if b is None else b, y, *g.scalars(),  # bias unread: y
+                  args=(xt, wt, y if b is None else b, y, *scalars,  # bias unread: y
                         np.int32(b is not None), np.int32(bool(relu))))
 
 
@@ -226,8 +253,11 @@ def forward_nhwc_launches(device, g: Geometry, x, w, b, y, xt, wt, relu=False,
     ``nhwc_workspace_shapes``), then the GEMM."""
     precision = _tensor_core(precision)
     _layout(g, "forward", "nhwc")
-    return [_layout_ops.to_channels_last_launch(device, x, xt, g.n, g.c, g.h * g.w, precision),
-            _layout_ops.to_channels_last_launch(device, w, wt, g.k, g.cg, g.r * g.s, precision),
+    c = _pixel(g, precision)
+    return [_layout_ops.to_channels_last_launch(device, x, xt, g.n, g.c, g.h * g.w, precision,
+                                                c),
+            _layout_ops.to_channels_last_launch(device, w, wt, g.k, g.cg, g.r * g.s, precision,
+                                                c // g.groups),
             _gemm_nhwc(device, g, xt, wt, b, y, relu, precision, tile)]
 
 
@@ -245,7 +275,7 @@ def backward_data_nhwc_launches(device, g: Geometry, dy, w, dx, dyt, wt, precisi
 def _run_nhwc(device, g: Geometry, part: str, precision: str, launches_for, out):
     xp = device.xp
     ws = {k: xp.empty(shape, dtype=_layout_ops.dtype_for(precision))
-          for k, shape in nhwc_workspace_shapes(g, part).items()}
+          for k, shape in nhwc_workspace_shapes(g, part, precision).items()}
     for launch in launches_for(ws["x"], ws["w"]):
         device.launch(launch)
     return out
@@ -389,10 +419,15 @@ def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None, layou
     return dx
 
 
-def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None):
+def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None,
+                    layout=None):
     """dL/dw from dL/dy and the input with ``precision``'s operands on ``device``
-    (``tile``: as ``forward``'s)."""
+    (``tile``, ``layout``: as ``forward``'s; channels-last: ``ops.conv_tc_filter_nhwc``,
+    the same result bit for bit)."""
     precision = _tensor_core(precision)
+    if _layout(g, "filter", layout) == "nhwc" and device.runs_kernels:
+        from .conv_tc_filter_nhwc import backward_filter_nhwc
+        return backward_filter_nhwc(device, g, x, dy, precision, splits, tile)
     x, dy = _operands(device, g, "conv2d backward", x=x, dy=dy)
     if not device.runs_kernels:
         return backward_filter_reference(g, x, dy, precision)

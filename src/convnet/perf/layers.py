@@ -35,8 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..ops import (conv, conv_layout, conv_tc, conv_winograd, cross_entropy, dropout, linear, lrn, lrn_max_pool,
-                   max_pool, relu, sgd)
+from ..ops import (conv, conv_layout, conv_tc, conv_tc_filter_nhwc, conv_winograd, cross_entropy,
+                   dropout, linear, lrn, lrn_max_pool, max_pool, relu, sgd)
 from ..toolchain.launch import Launch
 
 REDUCED_ELEMENTS = 1 << 18
@@ -214,7 +214,7 @@ def _tensor_core_pass(name, dev, g, part, operands, arrays, choices, precision,
     out = []
     if conv_tc.channels_last(g, part):
         ws = {k: arrays(v, conv_layout.dtype_for(precision))
-              for k, v in conv_tc.nhwc_workspace_shapes(g, part).items()}
+              for k, v in conv_tc.nhwc_workspace_shapes(g, part, precision).items()}
         build = (conv_tc.forward_nhwc_launches if part == "forward"
                  else conv_tc.backward_data_nhwc_launches)
         args = (src, w, b, dst) if part == "forward" else (src, w, dst)
@@ -248,10 +248,20 @@ def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=No
         choices["filter"] = (tile, chunk)
     dw = arrays(g.w_shape)
     ws = arrays((splits * dw.size,)) if splits > 1 else None
-    launches = conv_tc.backward_filter_launches(dev, g, x, dy, dw, splits, chunk, ws, precision,
-                                                tile)
-    out = [Planned(name, "backward", launches[0], g.flops, (x, dy),
-                   (ws,) if ws is not None else (dw,), part="filter", tensor=precision)]
+    out, reads = [], (x, dy)
+    if conv_tc.channels_last(g, "filter"):
+        layout = {k: arrays(v) for k, v in conv_tc_filter_nhwc.workspace_shapes(g).items()}
+        launches = conv_tc_filter_nhwc.backward_filter_nhwc_launches(
+            dev, g, x, dy, dw, layout["x"], layout["dy"], splits, chunk, ws, precision, tile)
+        for launch, a, t in zip(launches[:2], (x, dy), (layout["x"], layout["dy"])):
+            out.append(Planned(name, "backward", launch, a.size * NOMINAL_FLOPS["layout"], (a,),
+                               (t,), work=a.size, part="filter"))
+        launches, reads = launches[2:], (layout["x"], layout["dy"])
+    else:
+        launches = conv_tc.backward_filter_launches(dev, g, x, dy, dw, splits, chunk, ws,
+                                                    precision, tile)
+    out.append(Planned(name, "backward", launches[0], g.flops, reads,
+                       (ws,) if ws is not None else (dw,), part="filter", tensor=precision))
     if len(launches) > 1:
         count = dw.size * splits
         out.append(Planned(name, "backward", launches[1], count * NOMINAL_FLOPS["sum"], (ws,),
