@@ -1,7 +1,8 @@
 // conv_layout.cu: layout changes for the channels-last tensor-core convolution.
 //
 // conv_to_channels_last: a batched 2-D transpose, (B, R, C) -> (B, C, R); activations
-//   (N, C, H*W) -> (N, H*W, C) and filters (K, Cg, R*S) -> (K, R*S, Cg).
+//   (N, C, H*W) -> (N, H*W, C) and filters (K, Cg, R*S) -> (K, R*S, Cg);
+//   conv_pixels_to_channels_last: the same for a few rows (channels), a thread a pixel.
 // conv_filter_for_data: the filter of backward data as a forward convolution's filter
 //   (per group: channels-out c, taps flipped, filters k fastest).
 //
@@ -76,6 +77,27 @@ conv_to_channels_last(const float* __restrict__ in, typename CnLayoutValue<ROUND
             if (i < out_rows && jj < cols) dst[jj * out_rows + i] = CnLayoutValue<ROUND>::of(tile[tx][ty + k]);
         }
         __syncthreads();   // the tile is rewritten for the next batch
+    }
+}
+
+// The same result as conv_to_channels_last for few rows (out_rows <= 8: conv1's 3
+// channels padded to a 16-byte copy): a thread per pixel (b, j) reads its rows (each
+// read coalesced across the warp's consecutive pixels) and writes its out_rows
+// consecutive elements, where a 32 x 32 tile would leave most of its threads idle.
+//
+// Launch shape: 1-D grid-stride over batches * cols pixels.
+template <int ROUND>
+__global__ void conv_pixels_to_channels_last(const float* __restrict__ in,
+                                             typename CnLayoutValue<ROUND>::type* __restrict__ out,
+                                             int batches, int rows, int cols, int out_rows)
+{
+    const long long total = (long long)batches * cols;
+    for (long long o = cn_global_thread(); o < total; o += cn_grid_threads()) {
+        const long long b = o / cols;
+        const float* src = in + b * rows * cols + (o - b * cols);
+        typename CnLayoutValue<ROUND>::type* dst = out + o * out_rows;
+        for (int i = 0; i < out_rows; ++i)
+            dst[i] = CnLayoutValue<ROUND>::of(i < rows ? CnLayoutValue<ROUND>::rounded(src[(long long)i * cols]) : 0.0f);
     }
 }
 

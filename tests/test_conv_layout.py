@@ -86,12 +86,15 @@ def test_kernels_are_clean_under_the_checks(check):
     want = conv_layout.to_channels_last_reference(a), conv_layout.filter_for_data_reference(w, 3)
     schedule = "random" if check == "race" else "reverse"
     looped = np.empty_like(want[0])  # one block row through all three batches: the tile reused
+    few = _data((2, 3, 45), 6)       # a thread per pixel, BF16 padded to 8 channels
     with emu.debug(check=check, schedule=schedule, fill_shared=True):
         got = conv_layout.to_channels_last(device, a), conv_layout.filter_for_data(device, w, 3)
         device.launch(_launch_one_block_row(a, looped))
+        pixels = conv_layout.to_channels_last(device, few, "bf16", out_rows=8)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(looped, want[0])
+    np.testing.assert_array_equal(pixels, conv_layout.to_channels_last_reference(few, "bf16", 8))
 
 
 def _launch_one_block_row(a, out):
@@ -119,13 +122,17 @@ def test_launch_shapes():
     launch = conv_layout.to_channels_last_launch(gpu, a, a, 128, 96, 27 * 27)
     assert launch.block == (32, 8, 1) and launch.grid == (3 * 23, 128, 1)
     assert all(isinstance(v, np.int32) for v in launch.args[2:])
-    assert conv_layout.to_channels_last_launch(gpu, a, a, 100_000, 4, 4).grid == (1, 65535, 1)
+    assert conv_layout.to_channels_last_launch(gpu, a, a, 100_000, 40, 4).grid == (2, 65535, 1)
+    # a few rows (channels): a thread per pixel, grid-stride
+    few = conv_layout.to_channels_last_launch(gpu, a, a, 128, 3, 224 * 224, "tf32", 4)
+    assert few.kernel == "conv_pixels_to_channels_last" and few.template_args == (1,)
+    assert few.block == (256, 1, 1) and few.args[2:] == (128, 3, 224 * 224, 4)
     assert conv_layout.to_channels_last_launch(emu_dev, a, a, 100_000, 64, 64).grid == (4, 256, 1)
     launch = conv_layout.filter_for_data_launch(gpu, np.zeros((384, 256, 3, 3), np.float32), a, 1)
     assert launch.block == (256, 1, 1) and launch.grid == (384 * 256 * 9 // 256, 1, 1)
     assert launch.args[2:] == (384, 256, 9, 1) and all(isinstance(v, np.int32) for v in launch.args[2:])
     assert set(conv_layout.MODULE.kernels) == {f"{k}<{r}>" for r in (0, 1, 2) for k in (
-        "conv_to_channels_last", "conv_filter_for_data")}
+        "conv_to_channels_last", "conv_filter_for_data", "conv_pixels_to_channels_last")}
 
 
 @pytest.mark.parametrize("which", ["transpose", "filter"])

@@ -22,13 +22,15 @@ import numpy as np
 from ..precision import round_operand
 from ..toolchain.launch import MAX_GRID_DIM, KernelModule, Launch, name_expression
 from ._arrays import INT32_MAX, kernel_array
-from .elementwise import BLOCK, EMU_MAX_BLOCKS, max_blocks
+from .elementwise import BLOCK, EMU_MAX_BLOCKS, grid_for, max_blocks
 
 # ROUND: what the kernels round the values they move to (the tensor cores' operands)
 ROUNDING = {None: 0, "tf32": 1, "bf16": 2}
 MODULE = KernelModule("conv_layout.cu", tuple(
-    name_expression(kernel, (r,)) for kernel in ("conv_to_channels_last", "conv_filter_for_data")
+    name_expression(kernel, (r,)) for kernel in ("conv_to_channels_last", "conv_filter_for_data",
+                                                 "conv_pixels_to_channels_last")
     for r in ROUNDING.values()))
+PIXEL_ROWS = 8    # at most this many output rows: a thread per pixel, not 32 x 32 tiles
 
 TILE = 32         # the transpose's tile: TILE x TILE elements
 TILE_ROWS = 8     # its block: (TILE, TILE_ROWS) threads
@@ -110,10 +112,17 @@ def to_channels_last_launch(device, src, dst, batches: int, rows: int, cols: int
     """Block (32, 8); grid.x a block per 32 x 32 tile of one matrix, grid.y up to
     ``batches`` (at most 65535 on a GPU; on emu few enough that the blocks stay near
     EMU_MAX_BLOCKS), the blocks stepping through the rest. ``out_rows`` (>= ``rows``,
-    default ``rows``): the output's rows (channels), the ones past ``rows`` zeros."""
+    default ``rows``): the output's rows (channels), the ones past ``rows`` zeros. At
+    most ``PIXEL_ROWS`` of them: conv_pixels_to_channels_last, a thread per pixel
+    (grid-stride)."""
     out_rows = rows if out_rows is None else out_rows
     if out_rows < rows:
         raise ValueError(f"to_channels_last: out_rows {out_rows} is fewer than the rows {rows}")
+    if out_rows <= PIXEL_ROWS:   # a few channels: a thread per pixel
+        return Launch(MODULE, "conv_pixels_to_channels_last", template_args=_round(precision),
+                      grid=(grid_for(device, max(1, batches * cols)),), block=(BLOCK,),
+                      args=(src, dst, np.int32(batches), np.int32(rows), np.int32(cols),
+                            np.int32(out_rows)))
     tiles = -(-out_rows // TILE) * -(-cols // TILE)
     if device.kind == "cuda":
         cap = MAX_GRID_DIM[1]
