@@ -96,12 +96,16 @@ class Tour:
 
     def tensor_cores(self):
         """conv_tc's three passes in TF32 and BF16 (cp.async pipeline, mma.sync) against the
-        cpu references of the rounded operands: partial tiles, groups, a stride, 3 splits."""
+        cpu references of the rounded operands: partial tiles, groups, a stride, 3 splits;
+        the NCHW kernels (2 channels a group), the channels-last ones (16 channels: the
+        layouts, forward, backward data as a forward, backward filter) and their small
+        forms (3 channels padded)."""
         d, c = self.device, self.cpu
-        shapes = (((2, 3, 13, 11), (5, 3, 3, 3), 1, 1, 1), ((1, 4, 9, 9), (70, 2, 3, 3), 2, 0, 2))
+        shapes = (((2, 3, 13, 11), (5, 3, 3, 3), 1, 1, 1), ((1, 4, 9, 9), (70, 2, 3, 3), 2, 0, 2),
+                  ((2, 16, 6, 5), (16, 16, 3, 3), 1, 1, 1))
         for index, tile in enumerate(conv_tc.TILES):   # every tile, each precision, both shapes
             for (xs, ws, stride, padding, groups), precision in zip(
-                    shapes, ("tf32", "bf16") if index % 2 == 0 else ("bf16", "tf32")):
+                    shapes, ("tf32", "bf16", "tf32") if index % 2 == 0 else ("bf16", "tf32", "bf16")):
                 x, w, b = self.data(*xs), self.data(*ws) * 0.1, self.data(ws[0])
                 g = conv.geometry(xs, ws, stride, padding, groups)
                 name = f"conv_tc {precision} x{xs} w{ws} tile {tile}"
@@ -122,11 +126,12 @@ class Tour:
         neither a multiple of the 32 x 32 tile) and conv2's filter (256, 48, 25), and
         backward data's flipped filter of conv3 (384, 256, 3, 3) and of a grouped one."""
         d, c = self.device, self.cpu
-        for shape in ((2, 96, 27 * 27), (256, 48, 25)):
-            a = self.data(*shape)
-            self.check(f"conv_layout to channels-last {shape}",
-                       conv_layout.to_channels_last(d, self.on(a)), conv_layout.to_channels_last(c, a),
-                       rtol=0, atol=0)
+        for shape, precision, rows in (((2, 96, 27 * 27), None, None), ((256, 48, 25), "tf32", None),
+                                       ((2, 3, 45), "bf16", 8), ((2, 3, 45), "tf32", 4)):
+            a = self.data(*shape)   # rows: a few channels padded, a thread per pixel
+            self.check(f"conv_layout to channels-last {shape} {precision} {rows}",
+                       conv_layout.to_channels_last(d, self.on(a), precision, rows),
+                       conv_layout.to_channels_last(c, a, precision, rows), rtol=0, atol=0)
         for shape, groups in (((384, 256, 3, 3), 1), ((6, 2, 5, 3), 2)):
             w = self.data(*shape)
             self.check(f"conv_layout filter for backward data {shape} groups {groups}",
