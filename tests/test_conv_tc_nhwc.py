@@ -138,6 +138,14 @@ def test_the_layout_rule_and_its_errors(device):
     assert not conv_tc.channels_last(small, "forward") and conv_tc.channels_last(small, "data")
     padded = conv_ops.geometry((1, 8, 5, 5), (16, 8, 3, 3), 1, 3, 1)   # pad past the filter
     assert not conv_tc.channels_last(padded, "data")
+    # AlexNet's conv1: forward's small form by default; backward filter can run
+    # channels-last with padded channels, but runs NCHW unless asked (its layouts cost
+    # more than they save)
+    conv1 = conv_ops.geometry((128, 3, 224, 224), (96, 3, 11, 11), 4, 2, 1)
+    assert conv_tc.prefers_channels_last(conv1, "forward")
+    assert conv_tc.channels_last(conv1, "filter") and not conv_tc.prefers_channels_last(conv1, "filter")
+    conv2 = conv_ops.geometry((128, 96, 27, 27), (256, 48, 5, 5), 1, 2, 2)
+    assert all(conv_tc.prefers_channels_last(conv2, part) for part in ("forward", "data", "filter"))
 
 
 @pytest.mark.parametrize("check", ["race", "init", "align"])

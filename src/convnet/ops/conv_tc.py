@@ -186,10 +186,21 @@ def channels_last(g: Geometry, part: str) -> bool:
             and g.pad_w < g.s)
 
 
+def prefers_channels_last(g: Geometry, part: str) -> bool:
+    """Whether ``part`` of ``g`` runs channels-last by default: wherever it can
+    (``channels_last``) but backward filter's padded form (one group whose C or K is not
+    a multiple of 4): its layouts cost more than the GEMM saves (AlexNet's conv1,
+    predicted on an H100 in TF32: 178 us of GEMM + 141 us of layouts against the NCHW
+    kernel's 248 us)."""
+    if part == "filter":
+        return g.cg % 4 == 0 and g.kg % 4 == 0
+    return channels_last(g, part)
+
+
 def _layout(g: Geometry, part: str, layout) -> str:
-    """``layout`` ("nchw", "nhwc", or None: "nhwc" where ``channels_last``), checked."""
+    """``layout`` ("nchw", "nhwc", or None: ``prefers_channels_last``'s), checked."""
     if layout is None:
-        return "nhwc" if channels_last(g, part) else "nchw"
+        return "nhwc" if prefers_channels_last(g, part) else "nchw"
     if layout not in LAYOUTS:
         raise ValueError(f"conv2d: tensor-core layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == "nhwc" and not channels_last(g, part):

@@ -206,13 +206,13 @@ def _tensor_core_pass(name, dev, g, part, operands, arrays, choices, precision,
                       relu_=False) -> list:
     """Forward (``operands`` x, w, b, y) or backward data (dy, w, None, dx) on tensor
     cores, its tile (the chooser's in ``choices``, else the engine's) recorded in
-    ``choices``: channels-last where ``conv_tc.channels_last`` allows (the layout
+    ``choices``: channels-last where ``conv_tc.prefers_channels_last`` (the layout
     kernels, each covering its elements, then the GEMM), else the NCHW GEMM."""
     src, w, b, dst = operands
     when, tile = ("forward" if part == "forward" else "backward"), choices.get(part)
     bias = (b,) if b is not None else ()
     out = []
-    if conv_tc.channels_last(g, part):
+    if conv_tc.prefers_channels_last(g, part):
         ws = {k: arrays(v, conv_layout.dtype_for(precision))
               for k, v in conv_tc.nhwc_workspace_shapes(g, part, precision).items()}
         build = (conv_tc.forward_nhwc_launches if part == "forward"
@@ -249,7 +249,7 @@ def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=No
     dw = arrays(g.w_shape)
     ws = arrays((splits * dw.size,)) if splits > 1 else None
     out, reads = [], (x, dy)
-    if conv_tc.channels_last(g, "filter"):
+    if conv_tc.prefers_channels_last(g, "filter"):
         layout = {k: arrays(v) for k, v in conv_tc_filter_nhwc.workspace_shapes(g).items()}
         launches = conv_tc_filter_nhwc.backward_filter_nhwc_launches(
             dev, g, x, dy, dw, layout["x"], layout["dy"], splits, chunk, ws, precision, tile)
