@@ -48,54 +48,18 @@ struct CnTcFSmem {
 };
 
 // One slice of kk-major operands out of stage `st` into the accumulators (found by
-// cn_tc_gemm through argument-dependent lookup).
+// cn_tc_gemm through argument-dependent lookup): TF32 words as they are, BF16 pairs
+// (rows 2k and 2k + 1) packed by cvt.
 template <int PREC, int BN, int BM>
 static __device__ __forceinline__ void cn_tc_slice(const CnTcFSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
 {
-    constexpr int MI = CN_TC_MI(BM);
-    const int lane = threadIdx.x & 31;
-    const int gq = lane >> 2, tq = lane & 3;
-    const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
-    if (PREC == 0) {
-#pragma unroll
-        for (int ks = 0; ks < CN_TC_BK; ks += 8) {
-            unsigned a[MI][4];
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                const int r0 = wm + 16 * mi + gq;
-                a[mi][0] = __float_as_uint(sm.a[st][ks + tq][r0]);
-                a[mi][1] = __float_as_uint(sm.a[st][ks + tq][r0 + 8]);
-                a[mi][2] = __float_as_uint(sm.a[st][ks + tq + 4][r0]);
-                a[mi][3] = __float_as_uint(sm.a[st][ks + tq + 4][r0 + 8]);
-            }
-#pragma unroll
-            for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
-                const int c0 = wn + 8 * ni + gq;
-                const unsigned b[2] = {__float_as_uint(sm.b[st][ks + tq][c0]),
-                                       __float_as_uint(sm.b[st][ks + tq + 4][c0])};
-#pragma unroll
-                for (int mi = 0; mi < MI; ++mi) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
-            }
-        }
-    } else {
-        unsigned a[MI][4];
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi) {
-            const int r0 = wm + 16 * mi + gq;
-            a[mi][0] = cn_bf16x2(sm.a[st][2 * tq][r0], sm.a[st][2 * tq + 1][r0]);
-            a[mi][1] = cn_bf16x2(sm.a[st][2 * tq][r0 + 8], sm.a[st][2 * tq + 1][r0 + 8]);
-            a[mi][2] = cn_bf16x2(sm.a[st][2 * tq + 8][r0], sm.a[st][2 * tq + 9][r0]);
-            a[mi][3] = cn_bf16x2(sm.a[st][2 * tq + 8][r0 + 8], sm.a[st][2 * tq + 9][r0 + 8]);
-        }
-#pragma unroll
-        for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
-            const int c0 = wn + 8 * ni + gq;
-            const unsigned b[2] = {cn_bf16x2(sm.b[st][2 * tq][c0], sm.b[st][2 * tq + 1][c0]),
-                                   cn_bf16x2(sm.b[st][2 * tq + 8][c0], sm.b[st][2 * tq + 9][c0])};
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) cn_mma_bf16(acc[mi][ni], a[mi], b, acc[mi][ni]);
-        }
-    }
+    auto fa = [&](int r, int k) {
+        return PREC == 0 ? __float_as_uint(sm.a[st][k][r]) : cn_bf16x2(sm.a[st][2 * k][r], sm.a[st][2 * k + 1][r]);
+    };
+    auto fb = [&](int c, int k) {
+        return PREC == 0 ? __float_as_uint(sm.b[st][k][c]) : cn_bf16x2(sm.b[st][2 * k][c], sm.b[st][2 * k + 1][c]);
+    };
+    cn_tc_mma_slice<PREC, BN, BM>(fa, fb, acc);
 }
 
 // The row table: entry i of slot (slice & 1) is (pixel offset n*H*W*C + p*sh*W*C +

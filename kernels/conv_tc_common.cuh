@@ -180,15 +180,18 @@ static __device__ __forceinline__ int cn_tc_k_row(int i)
 template <int PREC>
 static __device__ __forceinline__ int cn_tc_k_word() { return 4 * (threadIdx.x & (CN_TC_K_CHUNKS(PREC) - 1)); }
 
-// One slice of k-major operands out of stage `st` into the accumulators.
-template <int PREC, int BN, int BM>
-static __device__ __forceinline__ void cn_tc_slice(const CnTcKSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
+// The mma of one slice: the warp's MI x NI tiles of 16 x 8 from fragment registers
+// fa(row, k) and fb(column, k) (row, column: of the block's tile; k: the fragment's
+// reduction index, k and k + 4 for a register pair: TF32 the slice's kk, two steps of
+// 8; BF16 the kk pair 2k, 2k + 1, one step of 16), each operand's layout and rounding
+// being its reader's.
+template <int PREC, int BN, int BM, class FragA, class FragB>
+static __device__ __forceinline__ void cn_tc_mma_slice(const FragA& fa, const FragB& fb, CnTcAcc<BN, BM>& acc)
 {
     constexpr int MI = CN_TC_MI(BM);
     const int lane = threadIdx.x & 31;
     const int gq = lane >> 2, tq = lane & 3;
     const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
-    // TF32: two k-steps of 8 words; BF16: one of 16 kk (8 words)
 #pragma unroll
     for (int ks = 0; ks < (PREC ? 1 : 2); ++ks) {
         const int k = 8 * ks + tq;
@@ -196,15 +199,15 @@ static __device__ __forceinline__ void cn_tc_slice(const CnTcKSmem<PREC, BN, BM>
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi) {
             const int r0 = wm + 16 * mi + gq;
-            a[mi][0] = sm.a[st][r0][k];
-            a[mi][1] = sm.a[st][r0 + 8][k];
-            a[mi][2] = sm.a[st][r0][k + 4];
-            a[mi][3] = sm.a[st][r0 + 8][k + 4];
+            a[mi][0] = fa(r0, k);
+            a[mi][1] = fa(r0 + 8, k);
+            a[mi][2] = fa(r0, k + 4);
+            a[mi][3] = fa(r0 + 8, k + 4);
         }
 #pragma unroll
-        for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
+        for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {  // a column's B fragment at a time (registers)
             const int c0 = wn + 8 * ni + gq;
-            const unsigned b[2] = {sm.b[st][c0][k], sm.b[st][c0][k + 4]};
+            const unsigned b[2] = {fb(c0, k), fb(c0, k + 4)};
 #pragma unroll
             for (int mi = 0; mi < MI; ++mi) {
                 if (PREC == 0) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
@@ -214,58 +217,28 @@ static __device__ __forceinline__ void cn_tc_slice(const CnTcKSmem<PREC, BN, BM>
     }
 }
 
-// One slice out of stage `st` into the accumulators.
+// One slice of k-major operands out of stage `st`: the registers are the words.
+template <int PREC, int BN, int BM>
+static __device__ __forceinline__ void cn_tc_slice(const CnTcKSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
+{
+    cn_tc_mma_slice<PREC, BN, BM>([&](int r, int k) { return sm.a[st][r][k]; },
+                                  [&](int c, int k) { return sm.b[st][c][k]; }, acc);
+}
+
+// One slice out of stage `st`, rounded as it is read: A's rows kk fastest (a BF16 pair
+// one 8-byte read: 8-aligned, even rows and columns of floats), B's rows j fastest.
 template <int PREC, int BN, int BM>
 static __device__ __forceinline__ void cn_tc_slice(const CnTcSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
 {
-    constexpr int MI = CN_TC_MI(BM);
-    const int lane = threadIdx.x & 31;
-    const int gq = lane >> 2, tq = lane & 3;
-    const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
-    if (PREC == 0) {
-#pragma unroll
-        for (int ks = 0; ks < CN_TC_BK; ks += 8) {
-            unsigned a[MI][4];
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                const int r0 = wm + 16 * mi + gq;
-                a[mi][0] = cn_tf32(sm.a[st][r0][ks + tq]);
-                a[mi][1] = cn_tf32(sm.a[st][r0 + 8][ks + tq]);
-                a[mi][2] = cn_tf32(sm.a[st][r0][ks + tq + 4]);
-                a[mi][3] = cn_tf32(sm.a[st][r0 + 8][ks + tq + 4]);
-            }
-#pragma unroll
-            for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {  // a column's B fragment at a time (registers)
-                const int c0 = wn + 8 * ni + gq;
-                const unsigned b[2] = {cn_tf32(sm.b[st][ks + tq][c0]), cn_tf32(sm.b[st][ks + tq + 4][c0])};
-#pragma unroll
-                for (int mi = 0; mi < MI; ++mi) cn_mma_tf32(acc[mi][ni], a[mi], b, acc[mi][ni]);
-            }
-        }
-    } else {
-        unsigned a[MI][4];
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi) {
-            const int r0 = wm + 16 * mi + gq;
-            // (2t, 2t+1) as one 8-byte read: 8-aligned (even rows and columns of floats)
-            const float2 p0 = *reinterpret_cast<const float2*>(&sm.a[st][r0][2 * tq]);
-            const float2 p1 = *reinterpret_cast<const float2*>(&sm.a[st][r0 + 8][2 * tq]);
-            const float2 p2 = *reinterpret_cast<const float2*>(&sm.a[st][r0][2 * tq + 8]);
-            const float2 p3 = *reinterpret_cast<const float2*>(&sm.a[st][r0 + 8][2 * tq + 8]);
-            a[mi][0] = cn_bf16x2(p0.x, p0.y);
-            a[mi][1] = cn_bf16x2(p1.x, p1.y);
-            a[mi][2] = cn_bf16x2(p2.x, p2.y);
-            a[mi][3] = cn_bf16x2(p3.x, p3.y);
-        }
-#pragma unroll
-        for (int ni = 0; ni < CN_TC_NI(BN); ++ni) {
-            const int c0 = wn + 8 * ni + gq;
-            const unsigned b[2] = {cn_bf16x2(sm.b[st][2 * tq][c0], sm.b[st][2 * tq + 1][c0]),
-                                   cn_bf16x2(sm.b[st][2 * tq + 8][c0], sm.b[st][2 * tq + 9][c0])};
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) cn_mma_bf16(acc[mi][ni], a[mi], b, acc[mi][ni]);
-        }
-    }
+    auto fa = [&](int r, int k) {
+        if (PREC == 0) return cn_tf32(sm.a[st][r][k]);
+        const float2 p = *reinterpret_cast<const float2*>(&sm.a[st][r][2 * k]);
+        return cn_bf16x2(p.x, p.y);
+    };
+    auto fb = [&](int c, int k) {
+        return PREC == 0 ? cn_tf32(sm.b[st][k][c]) : cn_bf16x2(sm.b[st][2 * k][c], sm.b[st][2 * k + 1][c]);
+    };
+    cn_tc_mma_slice<PREC, BN, BM>(fa, fb, acc);
 }
 
 // The whole reduction: `slices` slices through the cp.async ring of CN_TC_STAGES
