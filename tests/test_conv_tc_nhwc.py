@@ -17,6 +17,7 @@ from convnet.backend import emu
 from convnet.ops import conv as conv_ops
 from convnet.ops import conv_tc
 from convnet.precision import round_operand
+from test_conv_tc import data as shape_data
 
 pytestmark = pytest.mark.skipif(not emu.available(), reason="emu runtime not built")
 
@@ -40,13 +41,9 @@ def device():
 
 
 def data(shape, seed):
-    n, c, h, w, k, r, s, stride, pad, groups = shape
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = (rng.standard_normal((k, c // groups, r, s)) * 0.3).astype(np.float32)
-    b = rng.standard_normal(k).astype(np.float32)
-    g = conv_ops.geometry(x.shape, wt.shape, stride, pad, groups)
-    dy = rng.standard_normal(g.y_shape).astype(np.float32)
+    """test_conv_tc's operands, and a dy of the output's shape."""
+    g, x, wt, b = shape_data(shape, seed)
+    dy = np.random.default_rng(seed + 1000).standard_normal(g.y_shape).astype(np.float32)
     return g, x, wt, b, dy
 
 

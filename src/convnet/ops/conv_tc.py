@@ -396,18 +396,28 @@ def backward_filter_launches(device, g: Geometry, x, dy, dw, splits: int, chunk:
     crs = g.cg * g.r * g.s
     bm, bn = filter_tile(device, g, tile)
     grid = (-(-crs // bn), -(-g.kg // bm), g.groups * splits)
-    name, targs = "conv_tc_backward_filter", _template_args(precision, (bm, bn))
+    return split_gemm_launches(device, Launch(
+        BACKWARD_FILTER, "conv_tc_backward_filter", template_args=_template_args(precision, (bm, bn)),
+        grid=grid, block=(THREADS,), args=(x, dy, dw, *g.scalars(), np.int32(chunk))),
+        dw, splits, workspace)
+
+
+def split_gemm_launches(device, gemm: Launch, dw, splits: int, workspace=None) -> list[Launch]:
+    """A backward filter's split GEMM (``gemm``, whose third argument is ``dw``) as it
+    runs: writing ``dw`` itself with one split; else writing ``workspace`` (``splits *
+    dw.size`` floats), then conv_split_sum adding the partials in split order."""
     if splits == 1:
-        return [Launch(BACKWARD_FILTER, name, template_args=targs, grid=grid, block=(THREADS,),
-                       args=(x, dy, dw, *g.scalars(), np.int32(chunk)))]
+        return [gemm]
     count = dw.size
     if workspace is None or workspace.size < splits * count:
         raise ValueError(f"conv2d backward filter: {splits} splits need a workspace of "
                          f"{splits * count} floats")
     ws = workspace.reshape(-1)[:splits * count]
     blocks = min(-(-count // BLOCK), max_blocks(device))
-    return [Launch(BACKWARD_FILTER, name, template_args=targs, grid=grid, block=(THREADS,),
-                   args=(x, dy, ws, *g.scalars(), np.int32(chunk))),
+    args = list(gemm.args)
+    args[2] = ws
+    return [Launch(gemm.module, gemm.kernel, template_args=gemm.template_args, grid=gemm.grid,
+                   block=gemm.block, args=tuple(args)),
             Launch(_conv.BACKWARD_FILTER, "conv_split_sum", grid=(blocks,), block=(BLOCK,),
                    args=(ws, dw, np.int32(count), np.int32(splits)))]
 

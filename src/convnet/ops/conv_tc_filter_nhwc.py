@@ -27,7 +27,6 @@ from . import conv_layout as _layout_ops
 from . import conv_tc
 from ._conv_geometry import Geometry, check_kernel_sizes
 from .conv import _operands
-from .elementwise import BLOCK, max_blocks
 
 __all__ = ["MODULE", "VECTOR", "backward_filter_nhwc", "backward_filter_nhwc_launches",
            "layout_channels", "layout_rounding", "supported", "workspace_shapes"]
@@ -104,19 +103,9 @@ def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, split
     layout = [_layout_ops.to_channels_last_launch(device, x, xt, g.n, g.c, g.h * g.w, rounding, cx),
               _layout_ops.to_channels_last_launch(device, dy, dyt, g.n, g.k, g.p * g.q, rounding, kx)]
     tail = (np.int32(chunk), np.int32(cx), np.int32(kx))
-    if splits == 1:
-        return layout + [Launch(MODULE, KERNEL, template_args=targs, grid=grid, block=(conv_tc.THREADS,),
-                                args=(xt, dyt, dw, *g.scalars(), *tail))]
-    count = dw.size
-    if workspace is None or workspace.size < splits * count:
-        raise ValueError(f"conv2d backward filter: {splits} splits need a workspace of "
-                         f"{splits * count} floats")
-    ws = workspace.reshape(-1)[:splits * count]
-    blocks = min(-(-count // BLOCK), max_blocks(device))
-    return layout + [Launch(MODULE, KERNEL, template_args=targs, grid=grid, block=(conv_tc.THREADS,),
-                            args=(xt, dyt, ws, *g.scalars(), *tail)),
-                     Launch(_conv.BACKWARD_FILTER, "conv_split_sum", grid=(blocks,), block=(BLOCK,),
-                            args=(ws, dw, np.int32(count), np.int32(splits)))]
+    gemm = Launch(MODULE, KERNEL, template_args=targs, grid=grid, block=(conv_tc.THREADS,),
+                  args=(xt, dyt, dw, *g.scalars(), *tail))
+    return layout + conv_tc.split_gemm_launches(device, gemm, dw, splits, workspace)
 
 
 def backward_filter_nhwc(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None):
