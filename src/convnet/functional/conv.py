@@ -7,7 +7,7 @@ from ..ops import conv as _conv_ops
 from ..ops import conv_tc as _tc_ops
 from ..ops import conv_winograd as _winograd_ops
 from ..ops import relu as _relu_ops
-from ..tensor import Tensor
+from ..tensor import Tensor, is_grad_enabled
 from ._checks import check_float_tensors
 from ._weighted import WeightedFunction
 
@@ -87,18 +87,27 @@ class _TensorCores:
 
     def __init__(self, precision: str, tiles: dict | None = None):
         self.precision, self.tiles = precision, tiles or {}
+        # channels-last arrays forward and backward data leave for backward filter
+        # (ops.conv_tc.shares_layout), kept only while a weight gradient is wanted
+        self.layouts: dict | None = None
 
     def _tile(self, part) -> dict:
         return {"tile": self.tiles[part]} if part in self.tiles else {}
 
+    def keep_layouts(self, keep: bool) -> None:
+        self.layouts = {} if keep else None
+
     def forward(self, device, g, x, w, b, relu):
-        return _tc_ops.forward(device, g, x, w, b, relu, self.precision, **self._tile("forward"))
+        return _tc_ops.forward(device, g, x, w, b, relu, self.precision, **self._tile("forward"),
+                               layouts=self.layouts)
 
     def backward_data(self, device, g, dy, w):
-        return _tc_ops.backward_data(device, g, dy, w, self.precision, **self._tile("data"))
+        return _tc_ops.backward_data(device, g, dy, w, self.precision, **self._tile("data"),
+                                     layouts=self.layouts)
 
     def backward_filter(self, device, g, x, dy):
-        return _tc_ops.backward_filter(device, g, x, dy, self.precision, **self._tile("filter"))
+        return _tc_ops.backward_filter(device, g, x, dy, self.precision, **self._tile("filter"),
+                                       layouts=self.layouts)
 
 
 def tensor_core_ops(device, g, precision: str):
@@ -120,6 +129,8 @@ class Conv2d(WeightedFunction):
 
     def forward(self, x, w, b=None, g=None, relu=False, ops=_conv_ops):
         self.g, self.relu, self.has_bias, self.ops = g, relu, b is not None, ops
+        if isinstance(ops, _TensorCores):   # what backward filter can take from forward
+            ops.keep_layouts(is_grad_enabled() and self.needs_input_grad[1])
         y = ops.forward(self.device, g, x, w, b, relu)
         self.save_operands(x, w, y)
         return y

@@ -283,20 +283,40 @@ def backward_data_nhwc_launches(device, g: Geometry, dy, w, dx, dyt, wt, precisi
             _gemm_nhwc(device, data_geometry(g), dyt, wt, None, dx, False, precision, tile)]
 
 
-def _run_nhwc(device, g: Geometry, part: str, precision: str, launches_for, out):
+def shares_layout(g: Geometry, part: str, precision: str) -> bool:
+    """Whether the channels-last operand ``part`` ("forward" or "data") lays out (x or
+    dy) is the very array backward filter would lay out, so that it can take it
+    (``layouts=``) instead of making it again: TF32 (both round to TF32 floats; BF16's
+    forward and data write 16-bit values, its filter floats), both passes
+    channels-last, the same channels a pixel."""
+    if precision != "tf32" or not (prefers_channels_last(g, part)
+                                   and prefers_channels_last(g, "filter")):
+        return False
+    from .conv_tc_filter_nhwc import layout_channels
+    cx, kx = layout_channels(g)
+    return _pixel(g, precision) == cx if part == "forward" else kx == g.k
+
+
+def _run_nhwc(device, g: Geometry, part: str, precision: str, launches_for, out,
+              layouts=None):
+    """Run a channels-last pass on fresh workspaces; its gathered operand's layout kept
+    in ``layouts`` (as "x" forward, "dy" data) where ``shares_layout``."""
     xp = device.xp
     ws = {k: xp.empty(shape, dtype=_layout_ops.dtype_for(precision))
           for k, shape in nhwc_workspace_shapes(g, part, precision).items()}
     for launch in launches_for(ws["x"], ws["w"]):
         device.launch(launch)
+    if layouts is not None and shares_layout(g, part, precision):
+        layouts["x" if part == "forward" else "dy"] = ws["x"]
     return out
 
 
 def forward(device, g: Geometry, x, w, b=None, relu=False, precision="tf32", tile=None,
-            layout=None):
+            layout=None, layouts=None):
     """``act(conv(x, w) + b)`` with ``precision``'s operands on ``device`` (``tile``: one
-    of ``TILES``, else ``choose_tile``'s; ``layout``: "nchw", "nhwc" or None, the
-    channels-last kernel where ``channels_last`` allows)."""
+    of ``TILES``, else ``choose_tile``'s; ``layout``: "nchw", "nhwc" or None,
+    ``prefers_channels_last``'s; ``layouts``: a dict that keeps x's channels-last array
+    for backward filter where ``shares_layout``)."""
     precision = _tensor_core(precision)
     x, w, b = _operands(device, g, "conv2d", x=x, w=w, b=b)
     layout = _layout(g, "forward", layout)
@@ -307,7 +327,7 @@ def forward(device, g: Geometry, x, w, b=None, relu=False, precision="tf32", til
         check_kernel_sizes(g)
         if layout == "nhwc":
             return _run_nhwc(device, g, "forward", precision, lambda xt, wt: forward_nhwc_launches(
-                device, g, x, w, b, y, xt, wt, relu, precision, tile), y)
+                device, g, x, w, b, y, xt, wt, relu, precision, tile), y, layouts)
         device.launch(forward_launch(device, g, x, w, b, y, relu, precision, tile))
     return y
 
@@ -422,9 +442,10 @@ def split_gemm_launches(device, gemm: Launch, dw, splits: int, workspace=None) -
                    args=(ws, dw, np.int32(count), np.int32(splits)))]
 
 
-def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None, layout=None):
+def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None, layout=None,
+                  layouts=None):
     """dL/dx from dL/dy with ``precision``'s operands on ``device`` (``tile``,
-    ``layout``: as ``forward``'s)."""
+    ``layout``, ``layouts``: as ``forward``'s; dy's array is the one kept)."""
     precision = _tensor_core(precision)
     dy, w = _operands(device, g, "conv2d backward", dy=dy, w=w)
     layout = _layout(g, "data", layout)
@@ -435,20 +456,24 @@ def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None, layou
         check_kernel_sizes(g)
         if layout == "nhwc":
             return _run_nhwc(device, g, "data", precision, lambda dyt, wt: backward_data_nhwc_launches(
-                device, g, dy, w, dx, dyt, wt, precision, tile), dx)
+                device, g, dy, w, dx, dyt, wt, precision, tile), dx, layouts)
         device.launch(backward_data_launch(device, g, dy, w, dx, precision, tile))
     return dx
 
 
 def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None,
-                    layout=None):
+                    layout=None, layouts=None):
     """dL/dw from dL/dy and the input with ``precision``'s operands on ``device``
     (``tile``, ``layout``: as ``forward``'s; channels-last: ``ops.conv_tc_filter_nhwc``,
-    the same result bit for bit)."""
+    the same result bit for bit, taking the arrays ``layouts`` holds from forward and
+    backward data, which it empties)."""
     precision = _tensor_core(precision)
+    made = dict(layouts or {})
+    if layouts:
+        layouts.clear()   # taken: they live no longer than this pass
     if _layout(g, "filter", layout) == "nhwc" and device.runs_kernels:
         from .conv_tc_filter_nhwc import backward_filter_nhwc
-        return backward_filter_nhwc(device, g, x, dy, precision, splits, tile)
+        return backward_filter_nhwc(device, g, x, dy, precision, splits, tile, made)
     x, dy = _operands(device, g, "conv2d backward", x=x, dy=dy)
     if not device.runs_kernels:
         return backward_filter_reference(g, x, dy, precision)

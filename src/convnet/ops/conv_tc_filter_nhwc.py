@@ -86,12 +86,14 @@ def _check_sizes(g: Geometry) -> None:
 
 def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, splits: int,
                                   chunk: int, workspace=None, precision="tf32",
-                                  tile=None) -> list[Launch]:
+                                  tile=None, ready=()) -> list[Launch]:
     """The Launches writing dL/dw into ``dw``: x (N, C, H*W) and dy (N, K, P*Q) to
     channels last (float32, padded to ``layout_channels``, ``layout_rounding``), into ``xt``
-    and ``dyt`` (``workspace_shapes``); the split GEMM into ``dw`` (one split) or ``workspace`` (``splits * dw.size`` floats);
-    then conv_split_sum in split order. ``splits``, ``chunk``: ``conv_tc.plan_filter``'s
-    for ``tile`` (as ``conv_tc.filter_tile``)."""
+    and ``dyt`` (``workspace_shapes``), but those named in ``ready`` ("x", "dy": already
+    there, made by another pass: ``conv_tc.shares_layout``); the split GEMM into ``dw``
+    (one split) or ``workspace`` (``splits * dw.size`` floats); then conv_split_sum in
+    split order. ``splits``, ``chunk``: ``conv_tc.plan_filter``'s for ``tile`` (as
+    ``conv_tc.filter_tile``)."""
     precision = conv_tc._tensor_core(precision)
     _check(g)
     cx, kx = layout_channels(g)
@@ -100,17 +102,22 @@ def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, split
     grid = (-(-cols // bn), -(-g.kg // bm), g.groups * splits)
     targs = conv_tc._template_args(precision, (bm, bn))
     rounding = layout_rounding(precision)
-    layout = [_layout_ops.to_channels_last_launch(device, x, xt, g.n, g.c, g.h * g.w, rounding, cx),
-              _layout_ops.to_channels_last_launch(device, dy, dyt, g.n, g.k, g.p * g.q, rounding, kx)]
+    layout = [_layout_ops.to_channels_last_launch(device, src, dst, g.n, rows, plane, rounding, out)
+              for name, src, dst, rows, plane, out in (("x", x, xt, g.c, g.h * g.w, cx),
+                                                       ("dy", dy, dyt, g.k, g.p * g.q, kx))
+              if name not in ready]
     tail = (np.int32(chunk), np.int32(cx), np.int32(kx))
     gemm = Launch(MODULE, KERNEL, template_args=targs, grid=grid, block=(conv_tc.THREADS,),
                   args=(xt, dyt, dw, *g.scalars(), *tail))
     return layout + conv_tc.split_gemm_launches(device, gemm, dw, splits, workspace)
 
 
-def backward_filter_nhwc(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None):
+def backward_filter_nhwc(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None,
+                         layouts=None):
     """dL/dw from dL/dy and the input through the channels-last kernel on ``device``
-    (``splits``, ``tile``: as ``conv_tc.backward_filter``'s)."""
+    (``splits``, ``tile``: as ``conv_tc.backward_filter``'s; ``layouts``: x's and dy's
+    channels-last arrays other passes made, {"x": ..., "dy": ...}, used in place of
+    laying them out again)."""
     precision = conv_tc._tensor_core(precision)
     _check(g)
     x, dy = _operands(device, g, "conv2d backward", x=x, dy=dy)
@@ -124,8 +131,10 @@ def backward_filter_nhwc(device, g: Geometry, x, dy, precision="tf32", splits=No
     splits, chunk = conv_tc.plan_filter(device, g, splits, tile, precision)
     dw = xp.empty(g.w_shape, dtype=np.float32)
     workspace = xp.empty(splits * dw.size, dtype=np.float32) if splits > 1 else None
-    ws = {k: xp.empty(shape, dtype=np.float32) for k, shape in workspace_shapes(g).items()}
+    made = layouts or {}
+    ws = {k: made[k] if k in made else xp.empty(shape, dtype=np.float32)
+          for k, shape in workspace_shapes(g).items()}
     for launch in backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], splits,
-                                                chunk, workspace, precision, tile):
+                                                chunk, workspace, precision, tile, tuple(made)):
         device.launch(launch)
     return dw

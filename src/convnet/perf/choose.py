@@ -87,7 +87,8 @@ from pathlib import Path
 from ..cache import cache_dir
 from . import gpus
 
-FORMAT = 3  # 3: convolution GEMMs per FLOP of whole tiles (2: per FLOP; 1: math >= 0.5)
+FORMAT = 4  # 4: tensor-core GEMMs per FLOP of whole tiles too (3: the direct engine's
+            # only; 2: per FLOP; 1: math >= 0.5)
 STANDIN = "h100"
 DEFAULTS = Path(__file__).with_name("choose_defaults.json")
 ALGORITHMS = ("direct", "winograd")
@@ -163,16 +164,29 @@ def source_key(module) -> str:
 
 def _units(p, per: str) -> float:
     """A Planned launch's units of work (see the module docstring): whole tiles' FLOPs
-    (per "tile"; FLOPs where the launch's template arguments are not a tile), or the
-    elements it covers (per "element")."""
+    (per "tile"; FLOPs where the launch's tile is not known), or the elements it covers
+    (per "element")."""
     from .predict import Row
     if per == "element":
         return float(Row(p, None).elements)
-    args = p.launch.template_args
+    tile = _gemm_tile(p.launch)
     out = sum(int(a.size) for a in p.writes)
-    if len(args) >= 5 and all(isinstance(a, int) for a in args[:5]) and out:
-        return float(p.blocks * args[0] * args[1]) * p.flops / out
+    if tile and out:
+        return float(p.blocks * tile[0] * tile[1]) * p.flops / out
     return float(p.flops)
+
+
+def _gemm_tile(launch):
+    """(rows, columns) of a convolution GEMM's block tile: the tensor-core engine's
+    (``ops.conv_tc.launch_tile``), the direct engine's and Winograd's (their first two
+    template arguments of five or more), else None."""
+    args = launch.template_args
+    if launch.kernel.startswith("conv_tc_"):
+        from ..ops import conv_tc
+        return conv_tc.launch_tile(launch)
+    if len(args) >= 5 and all(isinstance(a, int) for a in args[:5]):
+        return args[0], args[1]
+    return None
 
 
 def _per_flop(row) -> bool:

@@ -137,9 +137,10 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
                 choices.setdefault(part, tiles[part])
         wino = _Winograd(name, dev, g, arrays, choices) if algorithm == "winograd" else None
         out = wino.forward(x, w, b, y, relu_) if wino else []
+        shared: dict = {}   # channels-last arrays backward filter takes (conv_tc.shares_layout)
         if tc:
             out += _tensor_core_pass(name, dev, g, "forward", (x, w, b, y), arrays, choices,
-                                     precision, relu_)
+                                     precision, relu_, shared)
         elif not wino:
             fwd = conv.forward_launch(dev, g, x, w, b, y, relu_, choices.get("forward"))
             choices.setdefault("forward", fwd.template_args)
@@ -155,7 +156,7 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
             out += wino.backward_data(dy, w, arrays(g.x_shape))
         elif input_grad and tc:
             out += _tensor_core_pass(name, dev, g, "data", (dy, w, None, arrays(g.x_shape)),
-                                     arrays, choices, precision)
+                                     arrays, choices, precision, shared=shared)
         elif input_grad:
             dx = arrays(g.x_shape)
             data = conv.backward_data_launch(dev, g, dy, w, dx, choices.get("data"))
@@ -165,7 +166,7 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
             out += wino.backward_filter(x, dy, arrays(g.w_shape))
         elif tc:
             out += _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision,
-                                       tiles.get("filter"))
+                                       tiles.get("filter"), shared)
         elif "filter" in choices:
             tile, chunk = choices["filter"]
             npq = g.n * g.p * g.q
@@ -203,7 +204,7 @@ def conv_layer(name, c, hw, k, rs, stride=1, pad=0, groups=1, relu_=True, input_
 
 
 def _tensor_core_pass(name, dev, g, part, operands, arrays, choices, precision,
-                      relu_=False) -> list:
+                      relu_=False, shared=None) -> list:
     """Forward (``operands`` x, w, b, y) or backward data (dy, w, None, dx) on tensor
     cores, its tile (the chooser's in ``choices``, else the engine's) recorded in
     ``choices``: channels-last where ``conv_tc.prefers_channels_last`` (the layout
@@ -224,6 +225,8 @@ def _tensor_core_pass(name, dev, g, part, operands, arrays, choices, precision,
             out.append(Planned(name, when, launch, a.size * NOMINAL_FLOPS["layout"], (a,), (t,),
                                work=a.size, part=part))
         reads = (ws["x"], ws["w"]) + bias
+        if shared is not None and conv_tc.shares_layout(g, part, precision):
+            shared["x" if part == "forward" else "dy"] = ws["x"]
     else:
         gemm = (conv_tc.forward_launch(dev, g, src, w, b, dst, relu_, precision, tile)
                 if part == "forward" else
@@ -234,7 +237,8 @@ def _tensor_core_pass(name, dev, g, part, operands, arrays, choices, precision,
     return out
 
 
-def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=None) -> list:
+def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=None,
+                        shared=None) -> list:
     """Backward filter on tensor cores: the split GEMM (its tile, ``tile`` or the
     engine's choice, and chunk recorded in ``choices``) and, when split, the ordered sum
     of the partials."""
@@ -250,13 +254,18 @@ def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=No
     ws = arrays((splits * dw.size,)) if splits > 1 else None
     out, reads = [], (x, dy)
     if conv_tc.prefers_channels_last(g, "filter"):
-        layout = {k: arrays(v) for k, v in conv_tc_filter_nhwc.workspace_shapes(g).items()}
+        made = shared or {}   # laid out by forward / backward data already
+        layout = {k: made[k] if k in made else arrays(v)
+                  for k, v in conv_tc_filter_nhwc.workspace_shapes(g).items()}
         launches = conv_tc_filter_nhwc.backward_filter_nhwc_launches(
-            dev, g, x, dy, dw, layout["x"], layout["dy"], splits, chunk, ws, precision, tile)
-        for launch, a, t in zip(launches[:2], (x, dy), (layout["x"], layout["dy"])):
+            dev, g, x, dy, dw, layout["x"], layout["dy"], splits, chunk, ws, precision, tile,
+            tuple(made))
+        todo = [k for k in ("x", "dy") if k not in made]
+        for launch, k in zip(launches[:len(todo)], todo):
+            a = x if k == "x" else dy
             out.append(Planned(name, "backward", launch, a.size * NOMINAL_FLOPS["layout"], (a,),
-                               (t,), work=a.size, part="filter"))
-        launches, reads = launches[2:], (layout["x"], layout["dy"])
+                               (layout[k],), work=a.size, part="filter"))
+        launches, reads = launches[len(todo):], (layout["x"], layout["dy"])
     else:
         launches = conv_tc.backward_filter_launches(dev, g, x, dy, dw, splits, chunk, ws,
                                                     precision, tile)
