@@ -7,7 +7,7 @@ within ``ops.conv_tc.error_bound``; groups, strides, asymmetric padding, Cg and 
 multiples of 4 (4, 8, 12, 136 rows: past a tile), partial tiles and slices, several
 splits, every tile of ``conv_tc.TILES`` in both precisions; groups == 1 with C and K
 not multiples of 4 (C = 1, 2, 3, 5; K = 3, 6, 130; conv1's C = 3, K = 96, 11x11, stride
-4), laid out with zero channels up to multiples of 4 (``layout_channels``); the shape
+4), laid out with zero channels up to multiples of 4 (``filter_layout_channels``); the shape
 rule and its errors; clean under the race, init and align checks. The padding widens
 the GEMM's rows and columns, not its reduction, so the padded results are the model's
 bit for bit with no signed-zero caveat."""
@@ -20,7 +20,6 @@ import convnet
 from convnet.backend import emu
 from convnet.ops import conv as conv_ops
 from convnet.ops import conv_tc
-from convnet.ops import conv_tc_filter_nhwc as nhwc
 from test_conv_tc import data, f64_abs, model_filter
 
 pytestmark = pytest.mark.skipif(not emu.available(), reason="emu runtime not built")
@@ -60,9 +59,9 @@ def operands(index):
 @pytest.mark.parametrize("index", range(len(SHAPES)))
 def test_kernel_equals_the_model_and_the_bound(device, precision, index):
     g, x, dy, splits = operands(index)
-    assert nhwc.supported(g)
+    assert conv_tc.channels_last(g, "filter")
     tile = conv_tc.TILES[(index + (precision == "bf16")) % len(conv_tc.TILES)]
-    dw = nhwc.backward_filter_nhwc(device, g, x, dy, precision, splits=splits, tile=tile)
+    dw = conv_tc.backward_filter_nhwc(device, g, x, dy, precision, splits=splits, tile=tile)
     got_splits, chunk = conv_tc.plan_filter(device, g, splits, tile)
     assert got_splits == splits
     np.testing.assert_array_equal(dw, model_filter(g, x, dy, precision, chunk))
@@ -77,17 +76,17 @@ def test_padded_channels_equal_the_nchw_kernel_and_the_launches(device):
     kernel's (layout=None), the same bits as the NCHW kernel; the layouts get 4 and 8
     channels a pixel, the GEMM Cx*R*S columns and the arguments (..., chunk, Cx, Kx)."""
     g, x, dy, _ = operands(10)
-    assert nhwc.supported(g) and conv_tc.channels_last(g, "filter")
-    assert nhwc.layout_channels(g) == (4, 8)
-    assert nhwc.workspace_shapes(g) == {"x": (3 * 11 * 13 * 4,), "dy": (3 * 4 * 5 * 8,)}
+    assert conv_tc.channels_last(g, "filter") and conv_tc.channels_last(g, "filter")
+    assert conv_tc.filter_layout_channels(g) == (4, 8)
+    assert conv_tc.filter_workspace_shapes(g) == {"x": (3 * 11 * 13 * 4,), "dy": (3 * 4 * 5 * 8,)}
     for splits in (1, 2):
         want = conv_tc.backward_filter(device, g, x, dy, "bf16", splits=splits, tile=(128, 96),
                                        layout="nchw")
         np.testing.assert_array_equal(
             conv_tc.backward_filter(device, g, x, dy, "bf16", splits=splits, tile=(128, 96)), want)
-    ws = {k: np.empty(s, np.float32) for k, s in nhwc.workspace_shapes(g).items()}
+    ws = {k: np.empty(s, np.float32) for k, s in conv_tc.filter_workspace_shapes(g).items()}
     dw = np.empty(g.w_shape, np.float32)
-    launches = nhwc.backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], 1, 32,
+    launches = conv_tc.backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], 1, 32,
                                                   precision="tf32", tile=(128, 96))
     assert [int(a) for a in launches[0].args[2:]] == [3, 3, 11 * 13, 4]   # batches, C, H*W, Cx
     assert [int(a) for a in launches[1].args[2:]] == [3, 6, 4 * 5, 8]     # batches, K, P*Q, Kx
@@ -95,8 +94,8 @@ def test_padded_channels_equal_the_nchw_kernel_and_the_launches(device):
     assert [int(a) for a in launches[2].args[-3:]] == [32, 4, 8]
     g5 = operands(9)[0]                                                  # C = 5, K = 130
     ws5 = [np.empty(s, np.float32) for s in (g5.x_shape, g5.y_shape, g5.w_shape,
-                                             *nhwc.workspace_shapes(g5).values())]
-    assert nhwc.backward_filter_nhwc_launches(device, g5, *ws5, 1, 8,
+                                             *conv_tc.filter_workspace_shapes(g5).values())]
+    assert conv_tc.backward_filter_nhwc_launches(device, g5, *ws5, 1, 8,
                                               tile=(64, 128))[2].grid == (1, 3, 1)
 
 
@@ -106,46 +105,46 @@ def test_equals_the_nchw_kernel_and_the_launches(device):
     g, x, dy, _ = operands(3)
     for splits in (1, 3):
         np.testing.assert_array_equal(
-            nhwc.backward_filter_nhwc(device, g, x, dy, "tf32", splits=splits, tile=(128, 96)),
+            conv_tc.backward_filter_nhwc(device, g, x, dy, "tf32", splits=splits, tile=(128, 96)),
             conv_tc.backward_filter(device, g, x, dy, "tf32", splits=splits, tile=(128, 96)))
-    ws = {k: np.empty(s, np.float32) for k, s in nhwc.workspace_shapes(g).items()}
+    ws = {k: np.empty(s, np.float32) for k, s in conv_tc.filter_workspace_shapes(g).items()}
     dw = np.empty(g.w_shape, np.float32)
-    launches = nhwc.backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], 2, 32,
+    launches = conv_tc.backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], 2, 32,
                                                   np.empty(2 * dw.size, np.float32), "bf16", (64, 128))
     assert [launch.kernel for launch in launches] == [
         "conv_to_channels_last", "conv_to_channels_last", "conv_tc_backward_filter_nhwc", "conv_split_sum"]
     assert launches[2].grid == (-(-g.cg * g.r * g.s // 128), 1, 2 * g.groups)
     assert launches[2].template_args == (1, 128, 64)
     with pytest.raises(ValueError, match="2 splits need a workspace"):
-        nhwc.backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], 2, 32)
+        conv_tc.backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], 2, 32)
 
 
 def test_the_shape_rule_and_its_errors(device):
     g = conv_ops.geometry((1, 6, 5, 5), (8, 3, 3, 3), 1, 1, 2)   # groups 2, Cg = 3
-    assert not nhwc.supported(g) and not conv_tc.channels_last(g, "filter")
+    assert not conv_tc.channels_last(g, "filter") and not conv_tc.channels_last(g, "filter")
     x = np.ones(g.x_shape, np.float32)
     dy = np.ones(g.y_shape, np.float32)
     with pytest.raises(ValueError, match="needs groups == 1 or Cg and Kg multiples of 4; "
                                          "got groups=2, Cg=3, Kg=4"):
-        nhwc.backward_filter_nhwc(device, g, x, dy, "tf32")
+        conv_tc.backward_filter_nhwc(device, g, x, dy, "tf32")
     with pytest.raises(ValueError, match="channels-last tensor-core filter pass needs"):
         conv_tc.backward_filter(device, g, x, dy, "tf32", layout="nhwc")
     # layout=None: the NCHW kernel runs it
     np.testing.assert_array_equal(conv_tc.backward_filter(device, g, x, dy, "tf32"),
                                   conv_tc.backward_filter(device, g, x, dy, "tf32", layout="nchw"))
-    assert not nhwc.supported(conv_ops.geometry((1, 8, 5, 5), (12, 4, 3, 3), 1, 1, 2))  # Kg = 6
+    assert not conv_tc.channels_last(conv_ops.geometry((1, 8, 5, 5), (12, 4, 3, 3), 1, 1, 2), "filter")  # Kg = 6
     for c, k in ((1, 3), (2, 6), (3, 96), (5, 130), (4, 4)):      # groups == 1: any C and K
         g1 = conv_ops.geometry((1, c, 5, 5), (k, c, 3, 3), 1, 1, 1)
-        assert nhwc.supported(g1)
-        assert nhwc.layout_channels(g1) == (-(-c // 4) * 4, -(-k // 4) * 4)
+        assert conv_tc.channels_last(g1, "filter")
+        assert conv_tc.filter_layout_channels(g1) == (-(-c // 4) * 4, -(-k // 4) * 4)
     with pytest.raises(ValueError, match="'tf32' or 'bf16'"):
-        nhwc.backward_filter_nhwc(device, conv_ops.geometry((1, 4, 5, 5), (4, 4, 3, 3), 1, 1, 1),
+        conv_tc.backward_filter_nhwc(device, conv_ops.geometry((1, 4, 5, 5), (4, 4, 3, 3), 1, 1, 1),
                                   np.ones((1, 4, 5, 5), np.float32), np.ones((1, 4, 5, 5), np.float32),
                                   "fp32")
     # cpu: the rounded reference
     g, x, dy, _ = operands(0)
     cpu = convnet.get_device("cpu")
-    np.testing.assert_array_equal(nhwc.backward_filter_nhwc(cpu, g, x, dy, "bf16"),
+    np.testing.assert_array_equal(conv_tc.backward_filter_nhwc(cpu, g, x, dy, "bf16"),
                                   conv_tc.backward_filter_reference(g, x, dy, "bf16"))
 
 
@@ -159,5 +158,5 @@ def test_clean_under_the_checks(device, check, index):
     chunk = conv_tc.plan_filter(device, g, 2, tile)[1]
     want = model_filter(g, x, dy, precision, chunk)
     with emu.debug(check=check):
-        dw = nhwc.backward_filter_nhwc(device, g, x, dy, precision, splits=2, tile=tile)
+        dw = conv_tc.backward_filter_nhwc(device, g, x, dy, precision, splits=2, tile=tile)
     np.testing.assert_array_equal(dw, want)

@@ -39,12 +39,12 @@ def test_perf_alexnet_in_a_tensor_core_precision(tmp_path, capsys):
     require_perf_tools()
     path = tmp_path / "perf.json"
     assert cli.main(["perf", "--precision", "bf16", "--batch", "1", "--columns", "2",
-                     "--kernel", "conv_tc_forward", "--json", str(path)]) == 0
+                     "--kernel", "conv_tc_backward_filter", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "convolutions in bf16" in out and "tensor-core engine is the only algorithm" in out
     data = json.loads(path.read_text())
     assert data["precision"] == "bf16" and len(data["rows"]) == 5
-    assert all("conv_tc_forward" in row["kernel"] for row in data["rows"]), data["rows"][0]
+    assert all("conv_tc_backward_filter" in row["kernel"] for row in data["rows"]), data["rows"][0]
     assert {c["precision"] for c in data["conv_algorithms"].values()} == {"bf16"}
 
 

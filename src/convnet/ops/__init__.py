@@ -10,7 +10,7 @@ fails on any ``kernels/*.cu`` that defines a ``__global__`` and is missing.
 from __future__ import annotations
 
 from ..toolchain.launch import KernelModule
-from . import (augment, conv, conv_layout, conv_tc, conv_tc_filter_nhwc, conv_winograd, cross_entropy, dropout, linear, lrn,
+from . import (augment, conv, conv_layout, conv_tc, conv_winograd, cross_entropy, dropout, linear, lrn,
                lrn_max_pool, max_pool, relu, sgd)
 
 KERNEL_MODULES: tuple[KernelModule, ...] = (
@@ -21,9 +21,9 @@ KERNEL_MODULES: tuple[KernelModule, ...] = (
     conv_layout.MODULE,
     conv_tc.BACKWARD_DATA,
     conv_tc.BACKWARD_FILTER,
+    conv_tc.BACKWARD_FILTER_NHWC,
     conv_tc.FORWARD,
     conv_tc.FORWARD_NHWC,
-    conv_tc_filter_nhwc.MODULE,
     conv_winograd.GEMM,
     conv_winograd.IN,
     conv_winograd.OUT,

@@ -16,6 +16,13 @@ accumulation; forward with bias and ReLU fused, backward data, backward filter
   conv_split_sum.
 * ``error_bound(n, magnitude)``: the elementwise bound that holds a pass's result to
   the exact (float64) result of the rounded operands.
+* Channels-last (``kernels/conv_tc_forward_nhwc.cu``, ``conv_tc_backward_filter_nhwc.cu``
+  after ``ops.conv_layout``'s layout kernels, which round the operands as they move
+  them): where ``channels_last`` allows and ``prefers_channels_last`` says, each pass
+  runs so (``layout="nchw"|"nhwc"`` forces one); backward data at unit stride is the
+  forward convolution of dy with the flipped filter (``data_geometry``); in TF32
+  backward filter takes the arrays forward and backward data laid out (``layouts=``,
+  ``shares_layout``).
 """
 from __future__ import annotations
 
@@ -30,11 +37,15 @@ from ._conv_geometry import Geometry, check_kernel_sizes
 from .conv import _operands
 from .elementwise import BLOCK, max_blocks
 
-__all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "BLOCK_K", "BLOCK_M", "BLOCK_N", "FORWARD",
-           "THREADS", "TILES", "backward_data", "backward_data_launch", "backward_data_reference",
-           "backward_filter", "backward_filter_launches", "backward_filter_reference",
-           "choose_tile", "error_bound", "filter_tile", "forward", "forward_launch",
-           "forward_reference", "launch_tile", "plan_filter"]
+__all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "BACKWARD_FILTER_NHWC", "BLOCK_K", "BLOCK_M",
+           "BLOCK_N", "FORWARD", "FORWARD_NHWC", "LAYOUTS", "THREADS", "TILES", "backward_data",
+           "backward_data_launch", "backward_data_nhwc_launches", "backward_data_reference",
+           "backward_filter", "backward_filter_launches", "backward_filter_nhwc",
+           "backward_filter_nhwc_launches", "backward_filter_reference", "channels_last",
+           "choose_tile", "data_geometry", "error_bound", "filter_layout_channels",
+           "filter_tile", "filter_workspace_shapes", "forward", "forward_launch",
+           "forward_nhwc_launches", "forward_reference", "launch_tile", "nhwc_workspace_shapes",
+           "plan_filter", "prefers_channels_last", "shares_layout", "split_gemm_launches"]
 
 BLOCK_M = 128  # GEMM rows per block of the tallest tile
 BLOCK_N = 128  # GEMM columns per block of the widest tile
@@ -175,7 +186,7 @@ def channels_last(g: Geometry, part: str) -> bool:
     there is one group of at most 4 channels, padded to a 16-byte copy a pixel
     (conv1's 3); backward data also needs unit stride and padding below the filter (it
     runs as the forward convolution of dy with the flipped filter); backward filter on ``conv_tc_backward_filter_nhwc``
-    (``ops.conv_tc_filter_nhwc``) for groups == 1 with any C and K (the layouts pad both
+    (``backward_filter_nhwc``) for groups == 1 with any C and K (the layouts pad both
     to multiples of 4 with zero channels: conv1's C = 3), and for groups > 1 where Cg and
     Kg are multiples of 4 (a 16-byte copy: 4 channels of a pixel)."""
     if part == "forward":
@@ -292,8 +303,7 @@ def shares_layout(g: Geometry, part: str, precision: str) -> bool:
     if precision != "tf32" or not (prefers_channels_last(g, part)
                                    and prefers_channels_last(g, "filter")):
         return False
-    from .conv_tc_filter_nhwc import layout_channels
-    cx, kx = layout_channels(g)
+    cx, kx = filter_layout_channels(g)
     return _pixel(g, precision) == cx if part == "forward" else kx == g.k
 
 
@@ -464,7 +474,7 @@ def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None, layou
 def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None,
                     layout=None, layouts=None):
     """dL/dw from dL/dy and the input with ``precision``'s operands on ``device``
-    (``tile``, ``layout``: as ``forward``'s; channels-last: ``ops.conv_tc_filter_nhwc``,
+    (``tile``, ``layout``: as ``forward``'s; channels-last: ``backward_filter_nhwc``,
     the same result bit for bit, taking the arrays ``layouts`` holds from forward and
     backward data, which it empties)."""
     precision = _tensor_core(precision)
@@ -472,7 +482,6 @@ def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, t
     if layouts:
         layouts.clear()   # taken: they live no longer than this pass
     if _layout(g, "filter", layout) == "nhwc" and device.runs_kernels:
-        from .conv_tc_filter_nhwc import backward_filter_nhwc
         return backward_filter_nhwc(device, g, x, dy, precision, splits, tile, made)
     x, dy = _operands(device, g, "conv2d backward", x=x, dy=dy)
     if not device.runs_kernels:
@@ -487,5 +496,113 @@ def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, t
     workspace = xp.empty(splits * dw.size, dtype=np.float32) if splits > 1 else None
     for launch in backward_filter_launches(device, g, x, dy, dw, splits, chunk, workspace,
                                            precision, tile):
+        device.launch(launch)
+    return dw
+
+# --------------------------------------------------------------------------- channels-last backward filter
+# kernels/conv_tc_backward_filter_nhwc.cu after the layout kernels (x and dy to channels
+# last, rounded to the precision): exactly what conv_tc_backward_filter computes (the
+# same split of the N*P*Q reduction, the same summation order: bit for bit), from
+# 16-byte copies of channels-last operands instead of 4-byte gathers. One group with any
+# C and K (laid out with channels padded to multiples of 4 by zeros: the GEMM computes
+# their rows and columns but stores only the real ones), or Cg and Kg multiples of 4.
+VECTOR = 4  # channels a 16-byte copy moves
+FILTER_NHWC_KERNEL = "conv_tc_backward_filter_nhwc"
+BACKWARD_FILTER_NHWC = KernelModule(f"{FILTER_NHWC_KERNEL}.cu", tuple(
+    name_expression(FILTER_NHWC_KERNEL, _template_args(p, t)) for p in _TEMPLATE
+    for t in TILES))
+
+
+def filter_layout_channels(g: Geometry) -> tuple[int, int]:
+    """(Cx, Kx): the channels a pixel of the channels-last x and dy. groups == 1: C and K
+    rounded up to multiples of ``VECTOR`` (the extra channels zeros); else C and K."""
+    if g.groups == 1:
+        return -(-g.c // VECTOR) * VECTOR, -(-g.k // VECTOR) * VECTOR
+    return g.c, g.k
+
+
+def filter_layout_rounding(precision: str):
+    """What the layout kernels round to for ``precision``'s GEMM: TF32 values (float32),
+    or nothing for BF16, whose GEMM rounds as it packs its pairs (cvt.rn.bf16x2: the same
+    values; its kk-major rows hold a pair's two values in two rows, so the layout's
+    16-bit BF16 would not save the packing)."""
+    return "tf32" if precision == "tf32" else None
+
+
+def filter_workspace_shapes(g: Geometry) -> dict:
+    """The channels-last copies: "x" (N, H, W, Cx) and "dy" (N, P, Q, Kx), flat
+    (``filter_layout_channels``)."""
+    cx, kx = filter_layout_channels(g)
+    return {"x": (g.n * g.h * g.w * cx,), "dy": (g.n * g.p * g.q * kx,)}
+
+
+def _check_filter(g: Geometry) -> None:
+    if not channels_last(g, "filter"):
+        raise ValueError(f"conv2d: the channels-last tensor-core backward filter needs "
+                         f"groups == 1 or Cg and Kg multiples of {VECTOR}; got groups={g.groups}, "
+                         f"Cg={g.cg}, Kg={g.kg}")
+
+
+def _check_filter_sizes(g: Geometry) -> None:
+    """``check_kernel_sizes`` of ``g``, and of ``g`` with the padded channels."""
+    check_kernel_sizes(g)
+    cx, kx = filter_layout_channels(g)
+    if (cx, kx) != (g.c, g.k):
+        check_kernel_sizes(_conv.geometry((g.n, cx, g.h, g.w), (kx, cx, g.r, g.s),
+                                          (g.stride_h, g.stride_w), (g.pad_h, g.pad_w), 1))
+
+
+def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, splits: int,
+                                  chunk: int, workspace=None, precision="tf32",
+                                  tile=None, ready=()) -> list[Launch]:
+    """The Launches writing dL/dw into ``dw``: x (N, C, H*W) and dy (N, K, P*Q) to
+    channels last (float32, padded to ``filter_layout_channels``, ``filter_layout_rounding``), into ``xt``
+    and ``dyt`` (``filter_workspace_shapes``), but those named in ``ready`` ("x", "dy": already
+    there, made by another pass: ``shares_layout``); the split GEMM into ``dw``
+    (one split) or ``workspace`` (``splits * dw.size`` floats); then conv_split_sum in
+    split order. ``splits``, ``chunk``: ``plan_filter``'s for ``tile`` (as
+    ``filter_tile``)."""
+    precision = _tensor_core(precision)
+    _check_filter(g)
+    cx, kx = filter_layout_channels(g)
+    cols = cx // g.groups * g.r * g.s  # the GEMM's columns (r, s, c < Cx / groups)
+    bm, bn = filter_tile(device, g, tile)
+    grid = (-(-cols // bn), -(-g.kg // bm), g.groups * splits)
+    targs = _template_args(precision, (bm, bn))
+    rounding = filter_layout_rounding(precision)
+    layout = [_layout_ops.to_channels_last_launch(device, src, dst, g.n, rows, plane, rounding, out)
+              for name, src, dst, rows, plane, out in (("x", x, xt, g.c, g.h * g.w, cx),
+                                                       ("dy", dy, dyt, g.k, g.p * g.q, kx))
+              if name not in ready]
+    tail = (np.int32(chunk), np.int32(cx), np.int32(kx))
+    gemm = Launch(BACKWARD_FILTER_NHWC, FILTER_NHWC_KERNEL, template_args=targs, grid=grid, block=(THREADS,),
+                  args=(xt, dyt, dw, *g.scalars(), *tail))
+    return layout + split_gemm_launches(device, gemm, dw, splits, workspace)
+
+
+def backward_filter_nhwc(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None,
+                         layouts=None):
+    """dL/dw from dL/dy and the input through the channels-last kernel on ``device``
+    (``splits``, ``tile``: as ``backward_filter``'s; ``layouts``: x's and dy's
+    channels-last arrays other passes made, {"x": ..., "dy": ...}, used in place of
+    laying them out again)."""
+    precision = _tensor_core(precision)
+    _check_filter(g)
+    x, dy = _operands(device, g, "conv2d backward", x=x, dy=dy)
+    if not device.runs_kernels:
+        return backward_filter_reference(g, x, dy, precision)
+    xp = device.xp
+    if g.n == 0:
+        return xp.zeros(g.w_shape, dtype=np.float32)
+    _check_filter_sizes(g)
+    tile = filter_tile(device, g, tile)
+    splits, chunk = plan_filter(device, g, splits, tile, precision)
+    dw = xp.empty(g.w_shape, dtype=np.float32)
+    workspace = xp.empty(splits * dw.size, dtype=np.float32) if splits > 1 else None
+    made = layouts or {}
+    ws = {k: made[k] if k in made else xp.empty(shape, dtype=np.float32)
+          for k, shape in filter_workspace_shapes(g).items()}
+    for launch in backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], splits,
+                                                chunk, workspace, precision, tile, tuple(made)):
         device.launch(launch)
     return dw

@@ -35,8 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..ops import (conv, conv_layout, conv_tc, conv_tc_filter_nhwc, conv_winograd, cross_entropy,
-                   dropout, linear, lrn, lrn_max_pool, max_pool, relu, sgd)
+from ..ops import (conv, conv_layout, conv_tc, conv_winograd, cross_entropy, dropout, linear, lrn,
+                   lrn_max_pool, max_pool, relu, sgd)
 from ..toolchain.launch import Launch
 
 REDUCED_ELEMENTS = 1 << 18
@@ -256,8 +256,8 @@ def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=No
     if conv_tc.prefers_channels_last(g, "filter"):
         made = shared or {}   # laid out by forward / backward data already
         layout = {k: made[k] if k in made else arrays(v)
-                  for k, v in conv_tc_filter_nhwc.workspace_shapes(g).items()}
-        launches = conv_tc_filter_nhwc.backward_filter_nhwc_launches(
+                  for k, v in conv_tc.filter_workspace_shapes(g).items()}
+        launches = conv_tc.backward_filter_nhwc_launches(
             dev, g, x, dy, dw, layout["x"], layout["dy"], splits, chunk, ws, precision, tile,
             tuple(made))
         todo = [k for k in ("x", "dy") if k not in made]
