@@ -474,30 +474,37 @@ def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None, layou
 def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None,
                     layout=None, layouts=None):
     """dL/dw from dL/dy and the input with ``precision``'s operands on ``device``
-    (``tile``, ``layout``: as ``forward``'s; channels-last: ``backward_filter_nhwc``,
-    the same result bit for bit, taking the arrays ``layouts`` holds from forward and
-    backward data, which it empties)."""
+    (``tile``, ``layout``: as ``forward``'s; channels-last: the same result bit for bit,
+    taking the arrays ``layouts`` holds from forward and backward data, which it
+    empties)."""
     precision = _tensor_core(precision)
     made = dict(layouts or {})
     if layouts:
         layouts.clear()   # taken: they live no longer than this pass
-    if _layout(g, "filter", layout) == "nhwc" and device.runs_kernels:
-        return backward_filter_nhwc(device, g, x, dy, precision, splits, tile, made)
+    nhwc = _layout(g, "filter", layout) == "nhwc"
     x, dy = _operands(device, g, "conv2d backward", x=x, dy=dy)
     if not device.runs_kernels:
         return backward_filter_reference(g, x, dy, precision)
     xp = device.xp
     if g.n == 0:
         return xp.zeros(g.w_shape, dtype=np.float32)
-    check_kernel_sizes(g)
+    (_check_filter_sizes if nhwc else check_kernel_sizes)(g)
     tile = filter_tile(device, g, tile)
     splits, chunk = plan_filter(device, g, splits, tile, precision)
     dw = xp.empty(g.w_shape, dtype=np.float32)
     workspace = xp.empty(splits * dw.size, dtype=np.float32) if splits > 1 else None
-    for launch in backward_filter_launches(device, g, x, dy, dw, splits, chunk, workspace,
-                                           precision, tile):
+    if nhwc:
+        ws = {k: made[k] if k in made else xp.empty(shape, dtype=np.float32)
+              for k, shape in filter_workspace_shapes(g).items()}
+        launches = backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], splits,
+                                                 chunk, workspace, precision, tile, tuple(made))
+    else:
+        launches = backward_filter_launches(device, g, x, dy, dw, splits, chunk, workspace,
+                                            precision, tile)
+    for launch in launches:
         device.launch(launch)
     return dw
+
 
 # --------------------------------------------------------------------------- channels-last backward filter
 # kernels/conv_tc_backward_filter_nhwc.cu after the layout kernels (x and dy to channels
@@ -582,27 +589,6 @@ def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, split
 
 def backward_filter_nhwc(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None,
                          layouts=None):
-    """dL/dw from dL/dy and the input through the channels-last kernel on ``device``
-    (``splits``, ``tile``: as ``backward_filter``'s; ``layouts``: x's and dy's
-    channels-last arrays other passes made, {"x": ..., "dy": ...}, used in place of
-    laying them out again)."""
-    precision = _tensor_core(precision)
-    _check_filter(g)
-    x, dy = _operands(device, g, "conv2d backward", x=x, dy=dy)
-    if not device.runs_kernels:
-        return backward_filter_reference(g, x, dy, precision)
-    xp = device.xp
-    if g.n == 0:
-        return xp.zeros(g.w_shape, dtype=np.float32)
-    _check_filter_sizes(g)
-    tile = filter_tile(device, g, tile)
-    splits, chunk = plan_filter(device, g, splits, tile, precision)
-    dw = xp.empty(g.w_shape, dtype=np.float32)
-    workspace = xp.empty(splits * dw.size, dtype=np.float32) if splits > 1 else None
-    made = layouts or {}
-    ws = {k: made[k] if k in made else xp.empty(shape, dtype=np.float32)
-          for k, shape in filter_workspace_shapes(g).items()}
-    for launch in backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], splits,
-                                                chunk, workspace, precision, tile, tuple(made)):
-        device.launch(launch)
-    return dw
+    """``backward_filter`` on the channels-last kernel (ValueError where
+    ``channels_last(g, "filter")`` does not hold)."""
+    return backward_filter(device, g, x, dy, precision, splits, tile, "nhwc", layouts)
