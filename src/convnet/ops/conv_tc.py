@@ -235,7 +235,7 @@ def data_geometry(g: Geometry) -> Geometry:
 def _small(g: Geometry) -> bool:
     """Forward's small-channel form: one group of at most 4 channels (AlexNet's conv1),
     each pixel's channels padded with zeros to one 16-byte copy (``_pixel``)."""
-    return g.groups == 1 and g.c <= 4 and g.cg % BLOCK_K != 0
+    return g.groups == 1 and g.c <= 4
 
 
 def _pixel(g: Geometry, precision: str) -> int:
@@ -543,13 +543,6 @@ def filter_workspace_shapes(g: Geometry) -> dict:
     return {"x": (g.n * g.h * g.w * cx,), "dy": (g.n * g.p * g.q * kx,)}
 
 
-def _check_filter(g: Geometry) -> None:
-    if not channels_last(g, "filter"):
-        raise ValueError(f"conv2d: the channels-last tensor-core backward filter needs "
-                         f"groups == 1 or Cg and Kg multiples of {VECTOR}; got groups={g.groups}, "
-                         f"Cg={g.cg}, Kg={g.kg}")
-
-
 def _check_filter_sizes(g: Geometry) -> None:
     """``check_kernel_sizes`` of ``g``, and of ``g`` with the padded channels."""
     check_kernel_sizes(g)
@@ -570,7 +563,7 @@ def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, split
     split order. ``splits``, ``chunk``: ``plan_filter``'s for ``tile`` (as
     ``filter_tile``)."""
     precision = _tensor_core(precision)
-    _check_filter(g)
+    _layout(g, "filter", "nhwc")
     cx, kx = filter_layout_channels(g)
     cols = cx // g.groups * g.r * g.s  # the GEMM's columns (r, s, c < Cx / groups)
     bm, bn = filter_tile(device, g, tile)
