@@ -262,6 +262,8 @@ EMU_EXPORT void emu_shared_range(char** start, std::size_t* bytes) {
   *start = __start_emu_shared;
   *bytes = __start_emu_shared ? static_cast<std::size_t>(__stop_emu_shared - __start_emu_shared) : 0;
 }
+// ldmatrix (issue 12): emu_ldmatrix.h.
+#include "emu_ldmatrix.h"
 extern "C" void __asan_set_error_report_callback(void (*)(const char*)) __attribute__((weak));
 static void emu_asan_report(const char*) {
   char where[256];

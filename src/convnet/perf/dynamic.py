@@ -82,13 +82,18 @@ def site_key(file: str | None, line: int | None, space: str, kind: str) -> str:
     """A memory site as both sides name it. cp.async is one site for the whole kernel:
     the GPU build places its LDGSTS at the PTX in ``kernels/cp_async.cuh``, the emulator
     its reads in ``emu_cp_async.h`` (where the deferred copy is taken), so neither line
-    matches the other's; every copy goes through that one helper, so their counts do."""
+    matches the other's; every copy goes through that one helper, so their counts do.
+    ldmatrix likewise: its LDSM sits at the PTX in ``kernels/mma.cuh``, the emulator's
+    row reads in ``emu_ldmatrix.h``."""
     if file == "emu_cp_async.h" and space == "global":
         return CP_ASYNC_SITE
+    if file == "emu_ldmatrix.h" and space == "shared":
+        return LDMATRIX_SITE
     return f"{file}:{line}:{space}:{kind}"
 
 
 CP_ASYNC_SITE = "cp.async:0:global:read"
+LDMATRIX_SITE = "ldmatrix:0:shared:read"
 
 
 def _region(instructions, skipped: bool = False) -> dict:
@@ -103,7 +108,8 @@ def _region(instructions, skipped: bool = False) -> dict:
         access = None if i.predicate == "@!PT" else _access(i)
         if access is not None:
             file, line = i.source or (None, None)
-            key = CP_ASYNC_SITE if i.opcode == "LDGSTS" else site_key(file, line, *access)
+            key = (CP_ASYNC_SITE if i.opcode == "LDGSTS" else LDMATRIX_SITE if i.opcode == "LDSM"
+                   else site_key(file, line, *access))
             memory[key] += 1
             if not skipped and i.predicate in (None, "@PT"):
                 always[key] += 1
