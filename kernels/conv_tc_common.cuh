@@ -217,6 +217,37 @@ static __device__ __forceinline__ void cn_tc_mma_slice(const FragA& fa, const Fr
     }
 }
 
+// The BF16 mma of one slice whose operands are held k-row by k-row as 16-bit values,
+// a[kk][m] and b[kk][j] (rows of lda and ldb elements, 16-byte multiples), the
+// fragments read by ldmatrix.x4.trans (kernels/mma.cuh): A's four 8 x 8 matrices of
+// mma tile mi are (kk 0-7 | 8-15) x (rows 0-7 | 8-15), matrix q at lanes 8q.. = a0..a3;
+// B's are b0 and b1 of two column tiles ni, ni + 1. Lane l gives row l % 8 of matrix
+// l / 8. Each fragment element is the same value the lambda readers of
+// cn_tc_mma_slice would pack, the products and their order the same.
+template <int BN, int BM>
+static __device__ __forceinline__ void cn_tc_mma_slice_trans(const unsigned short* a, int lda, const unsigned short* b,
+                                                             int ldb, CnTcAcc<BN, BM>& acc)
+{
+    constexpr int MI = CN_TC_MI(BM), NI = CN_TC_NI(BN);
+    static_assert(NI % 2 == 0, "B fragments come two column tiles an ldmatrix");
+    const int lane = threadIdx.x & 31, q = lane >> 3, r = lane & 7;
+    const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
+    unsigned fa[MI][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+        cn_ldmatrix<4, true>(fa[mi], a + (r + 8 * (q >> 1)) * lda + wm + 16 * mi + 8 * (q & 1));
+#pragma unroll
+    for (int ni = 0; ni < NI; ni += 2) {
+        unsigned fb[4];
+        cn_ldmatrix<4, true>(fb, b + (r + 8 * (q & 1)) * ldb + wn + 8 * (ni + (q >> 1)));
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) cn_mma_bf16(acc[mi][ni + h], fa[mi], &fb[2 * h], acc[mi][ni + h]);
+        }
+    }
+}
+
 // One slice of k-major operands out of stage `st`: the registers are the words.
 template <int PREC, int BN, int BM>
 static __device__ __forceinline__ void cn_tc_slice(const CnTcKSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)

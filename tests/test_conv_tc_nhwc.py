@@ -160,35 +160,38 @@ def test_clean_under_the_checks(device, check):
     np.testing.assert_array_equal(ys, want[2])
 
 
-def test_backward_filter_takes_the_layouts_of_forward_and_backward_data(device, monkeypatch):
-    """TF32: forward's channels-last x and backward data's dy are the arrays backward
-    filter would make (``conv_tc.shares_layout``): kept in ``layouts``, taken by the
-    filter (which lays out neither again and empties the dict), the same dw bit for
-    bit; F.conv2d's backward does it too. BF16 (16-bit layouts for forward and data,
-    floats for the filter) and conv1 (the filter runs NCHW) share nothing."""
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_backward_filter_takes_the_layouts_of_forward_and_backward_data(device, monkeypatch, precision):
+    """Forward's channels-last x and backward data's dy are the arrays backward filter
+    would make (``conv_tc.shares_layout``: TF32 floats, BF16 16-bit values): kept in
+    ``layouts``, taken by the filter (which lays out neither again and empties the
+    dict), the same dw bit for bit; F.conv2d's backward does it too. conv1 (the filter
+    runs NCHW) shares nothing, nor does BF16 where its filter cannot run channels-last
+    (Cg a multiple of 4, not 8)."""
     import convnet
     from convnet import functional as F
     g, x, w, b, dy = data(SHAPES[1], 21)
-    assert conv_tc.shares_layout(g, "forward", "tf32") and conv_tc.shares_layout(g, "data", "tf32")
-    assert not conv_tc.shares_layout(g, "forward", "bf16")
+    assert conv_tc.shares_layout(g, "forward", precision) and conv_tc.shares_layout(g, "data", precision)
     conv1 = conv_ops.geometry((128, 3, 224, 224), (96, 3, 11, 11), 4, 2, 1)
-    assert not conv_tc.shares_layout(conv1, "forward", "tf32")
+    assert not conv_tc.shares_layout(conv1, "forward", precision)
+    by4 = conv_ops.geometry((1, 64, 5, 5), (24, 32, 3, 3), 1, 1, 2)   # Cg = 32, Kg = 12
+    assert conv_tc.shares_layout(by4, "forward", "tf32") and not conv_tc.shares_layout(by4, "forward", "bf16")
     launched = []
     real_launch = device.launch
     monkeypatch.setattr(device, "launch", lambda launch: (launched.append(launch.kernel), real_launch(launch))[1])
-    want = conv_tc.backward_filter(device, g, x, dy, "tf32")
+    want = conv_tc.backward_filter(device, g, x, dy, precision)
     assert launched.count("conv_to_channels_last") == 2
     layouts: dict = {}
-    conv_tc.forward(device, g, x, w, b, True, "tf32", layouts=layouts)
-    conv_tc.backward_data(device, g, dy, w, "tf32", layouts=layouts)
+    conv_tc.forward(device, g, x, w, b, True, precision, layouts=layouts)
+    conv_tc.backward_data(device, g, dy, w, precision, layouts=layouts)
     assert set(layouts) == {"x", "dy"}
     launched.clear()
-    got = conv_tc.backward_filter(device, g, x, dy, "tf32", layouts=layouts)
+    got = conv_tc.backward_filter(device, g, x, dy, precision, layouts=layouts)
     assert "conv_to_channels_last" not in launched and layouts == {}
     np.testing.assert_array_equal(got, want)
     # through autograd: the same gradients, the filter's layouts not made again
     xt, wt = (convnet.tensor(a, device=device, requires_grad=True) for a in (x, w))
-    y = F.conv2d(xt, wt, stride=1, padding=(1, 2), groups=2, precision="tf32")
+    y = F.conv2d(xt, wt, stride=1, padding=(1, 2), groups=2, precision=precision)
     launched.clear()
     y.backward(convnet.tensor(dy, device=device))
     assert launched.count("conv_to_channels_last") == 1   # dy, once, for data and filter

@@ -43,7 +43,7 @@ __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "BACKWARD_FILTER_NHWC", "BLOCK_K"
            "backward_filter", "backward_filter_launches", "backward_filter_nhwc",
            "backward_filter_nhwc_launches", "backward_filter_reference", "channels_last",
            "choose_tile", "data_geometry", "error_bound", "filter_layout_channels",
-           "filter_tile", "filter_workspace_shapes", "forward", "forward_launch",
+           "filter_tile", "filter_vector", "filter_workspace_shapes", "forward", "forward_launch",
            "forward_nhwc_launches", "forward_reference", "launch_tile", "nhwc_workspace_shapes",
            "plan_filter", "prefers_channels_last", "shares_layout", "split_gemm_launches"]
 
@@ -178,7 +178,7 @@ def forward_launch(device, g: Geometry, x, w, b, y, relu=False, precision="tf32"
 LAYOUTS = ("nchw", "nhwc")
 
 
-def channels_last(g: Geometry, part: str) -> bool:
+def channels_last(g: Geometry, part: str, precision: str = "tf32") -> bool:
     """Whether ``part`` ("forward", "data" or "filter") of ``g`` can run channels-last:
     forward and backward data on ``conv_tc_forward_nhwc`` where the reduction's channels
     a group (Cg forward, Kg for backward data) are a multiple of ``BLOCK_K``, so that a
@@ -187,37 +187,41 @@ def channels_last(g: Geometry, part: str) -> bool:
     (conv1's 3); backward data also needs unit stride and padding below the filter (it
     runs as the forward convolution of dy with the flipped filter); backward filter on ``conv_tc_backward_filter_nhwc``
     (``backward_filter_nhwc``) for groups == 1 with any C and K (the layouts pad both
-    to multiples of 4 with zero channels: conv1's C = 3), and for groups > 1 where Cg and
-    Kg are multiples of 4 (a 16-byte copy: 4 channels of a pixel)."""
+    to multiples of ``filter_vector(precision)`` with zero channels: conv1's C = 3), and
+    for groups > 1 where Cg and Kg are multiples of it (a 16-byte copy: 4 TF32 or 8 BF16
+    channels of a pixel)."""
     if part == "forward":
         return g.cg % BLOCK_K == 0 or _small(g)
     if part == "filter":
-        return g.groups == 1 or (g.cg % 4 == 0 and g.kg % 4 == 0)
+        v = filter_vector(precision)
+        return g.groups == 1 or (g.cg % v == 0 and g.kg % v == 0)
     return (g.kg % BLOCK_K == 0 and g.stride_h == g.stride_w == 1 and g.pad_h < g.r
             and g.pad_w < g.s)
 
 
-def prefers_channels_last(g: Geometry, part: str) -> bool:
+def prefers_channels_last(g: Geometry, part: str, precision: str = "tf32") -> bool:
     """Whether ``part`` of ``g`` runs channels-last by default: wherever it can
     (``channels_last``) but backward filter's padded form (one group whose C or K is not
-    a multiple of 4): its layouts cost more than the GEMM saves (AlexNet's conv1,
-    predicted on an H100 in TF32: 178 us of GEMM + 141 us of layouts against the NCHW
-    kernel's 248 us)."""
+    a multiple of ``filter_vector``): its layouts cost more than the GEMM saves
+    (AlexNet's conv1, predicted on an H100 in TF32: 178 us of GEMM + 141 us of layouts
+    against the NCHW kernel's 248 us)."""
     if part == "filter":
-        return g.cg % 4 == 0 and g.kg % 4 == 0
-    return channels_last(g, part)
+        v = filter_vector(precision)
+        return g.cg % v == 0 and g.kg % v == 0
+    return channels_last(g, part, precision)
 
 
-def _layout(g: Geometry, part: str, layout) -> str:
+def _layout(g: Geometry, part: str, layout, precision: str = "tf32") -> str:
     """``layout`` ("nchw", "nhwc", or None: ``prefers_channels_last``'s), checked."""
     if layout is None:
-        return "nhwc" if prefers_channels_last(g, part) else "nchw"
+        return "nhwc" if prefers_channels_last(g, part, precision) else "nchw"
     if layout not in LAYOUTS:
         raise ValueError(f"conv2d: tensor-core layout must be one of {LAYOUTS}, got {layout!r}")
-    if layout == "nhwc" and not channels_last(g, part):
+    if layout == "nhwc" and not channels_last(g, part, precision):
+        v = filter_vector(precision)
         raise ValueError(f"conv2d: the channels-last tensor-core {part} pass needs "
                          + {"forward": "Cg a multiple of 16",
-                            "filter": "one group, or Cg and Kg multiples of 4"}.get(
+                            "filter": f"one group, or Cg and Kg multiples of {v} in {precision}"}.get(
                              part, "Kg a multiple of 16, unit stride and padding below the filter")
                          + f"; got Cg={g.cg}, Kg={g.kg}, stride=({g.stride_h}, {g.stride_w}), "
                          f"pad=({g.pad_h}, {g.pad_w}), filter {g.r}x{g.s}")
@@ -274,7 +278,7 @@ def forward_nhwc_launches(device, g: Geometry, x, w, b, y, xt, wt, relu=False,
     to channels last, rounded to ``precision`` (into the workspaces ``xt``, ``wt`` of
     ``nhwc_workspace_shapes``), then the GEMM."""
     precision = _tensor_core(precision)
-    _layout(g, "forward", "nhwc")
+    _layout(g, "forward", "nhwc", precision)
     c = _pixel(g, precision)
     return [_layout_ops.to_channels_last_launch(device, x, xt, g.n, g.c, g.h * g.w, precision,
                                                 c),
@@ -288,7 +292,7 @@ def backward_data_nhwc_launches(device, g: Geometry, dy, w, dx, dyt, wt, precisi
     """The Launches writing dL/dx into ``dx`` channels-last (``data_geometry``): dy to
     channels last and the filter flipped, both rounded, then the GEMM."""
     precision = _tensor_core(precision)
-    _layout(g, "data", "nhwc")
+    _layout(g, "data", "nhwc", precision)
     return [_layout_ops.to_channels_last_launch(device, dy, dyt, g.n, g.k, g.p * g.q, precision),
             _layout_ops.filter_for_data_launch(device, w, wt, g.groups, precision),
             _gemm_nhwc(device, data_geometry(g), dyt, wt, None, dx, False, precision, tile)]
@@ -297,13 +301,13 @@ def backward_data_nhwc_launches(device, g: Geometry, dy, w, dx, dyt, wt, precisi
 def shares_layout(g: Geometry, part: str, precision: str) -> bool:
     """Whether the channels-last operand ``part`` ("forward" or "data") lays out (x or
     dy) is the very array backward filter would lay out, so that it can take it
-    (``layouts=``) instead of making it again: TF32 (both round to TF32 floats; BF16's
-    forward and data write 16-bit values, its filter floats), both passes
-    channels-last, the same channels a pixel."""
-    if precision != "tf32" or not (prefers_channels_last(g, part)
-                                   and prefers_channels_last(g, "filter")):
+    (``layouts=``) instead of making it again: both passes channels-last, the same
+    rounding (each precision's layouts round alike: TF32 floats, BF16 16-bit values)
+    and the same channels a pixel."""
+    precision = _tensor_core(precision)
+    if not (prefers_channels_last(g, part, precision) and prefers_channels_last(g, "filter", precision)):
         return False
-    cx, kx = filter_layout_channels(g)
+    cx, kx = filter_layout_channels(g, precision)
     return _pixel(g, precision) == cx if part == "forward" else kx == g.k
 
 
@@ -481,21 +485,24 @@ def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, t
     made = dict(layouts or {})
     if layouts:
         layouts.clear()   # taken: they live no longer than this pass
-    nhwc = _layout(g, "filter", layout) == "nhwc"
+    nhwc = _layout(g, "filter", layout, precision) == "nhwc"
     x, dy = _operands(device, g, "conv2d backward", x=x, dy=dy)
     if not device.runs_kernels:
         return backward_filter_reference(g, x, dy, precision)
     xp = device.xp
     if g.n == 0:
         return xp.zeros(g.w_shape, dtype=np.float32)
-    (_check_filter_sizes if nhwc else check_kernel_sizes)(g)
+    if nhwc:
+        _check_filter_sizes(g, precision)
+    else:
+        check_kernel_sizes(g)
     tile = filter_tile(device, g, tile)
     splits, chunk = plan_filter(device, g, splits, tile, precision)
     dw = xp.empty(g.w_shape, dtype=np.float32)
     workspace = xp.empty(splits * dw.size, dtype=np.float32) if splits > 1 else None
     if nhwc:
-        ws = {k: made[k] if k in made else xp.empty(shape, dtype=np.float32)
-              for k, shape in filter_workspace_shapes(g).items()}
+        ws = {k: made[k] if k in made else xp.empty(shape, dtype=_layout_ops.dtype_for(precision))
+              for k, shape in filter_workspace_shapes(g, precision).items()}
         launches = backward_filter_nhwc_launches(device, g, x, dy, dw, ws["x"], ws["dy"], splits,
                                                  chunk, workspace, precision, tile, tuple(made))
     else:
@@ -508,45 +515,44 @@ def backward_filter(device, g: Geometry, x, dy, precision="tf32", splits=None, t
 
 # --------------------------------------------------------------------------- channels-last backward filter
 # kernels/conv_tc_backward_filter_nhwc.cu after the layout kernels (x and dy to channels
-# last, rounded to the precision): exactly what conv_tc_backward_filter computes (the
-# same split of the N*P*Q reduction, the same summation order: bit for bit), from
-# 16-byte copies of channels-last operands instead of 4-byte gathers. One group with any
-# C and K (laid out with channels padded to multiples of 4 by zeros: the GEMM computes
-# their rows and columns but stores only the real ones), or Cg and Kg multiples of 4.
-VECTOR = 4  # channels a 16-byte copy moves
+# last, rounded to the precision: TF32 floats or BF16 16-bit values): exactly what
+# conv_tc_backward_filter computes (the same split of the N*P*Q reduction, the same
+# summation order: bit for bit), from 16-byte copies of channels-last operands instead of
+# 4-byte gathers. One group with any C and K (laid out with channels padded to multiples
+# of ``filter_vector`` by zeros: the GEMM computes their rows and columns but stores only
+# the real ones), or Cg and Kg multiples of it.
 FILTER_NHWC_KERNEL = "conv_tc_backward_filter_nhwc"
 BACKWARD_FILTER_NHWC = KernelModule(f"{FILTER_NHWC_KERNEL}.cu", tuple(
     name_expression(FILTER_NHWC_KERNEL, _template_args(p, t)) for p in _TEMPLATE
     for t in TILES))
 
 
-def filter_layout_channels(g: Geometry) -> tuple[int, int]:
+def filter_vector(precision: str = "tf32") -> int:
+    """Channels a 16-byte copy of the channels-last filter kernel moves: 4 TF32 floats
+    or 8 BF16 values."""
+    return 8 if _tensor_core(precision) == "bf16" else 4
+
+
+def filter_layout_channels(g: Geometry, precision: str = "tf32") -> tuple[int, int]:
     """(Cx, Kx): the channels a pixel of the channels-last x and dy. groups == 1: C and K
-    rounded up to multiples of ``VECTOR`` (the extra channels zeros); else C and K."""
+    rounded up to multiples of ``filter_vector`` (the extra channels zeros); else C and K."""
     if g.groups == 1:
-        return -(-g.c // VECTOR) * VECTOR, -(-g.k // VECTOR) * VECTOR
+        v = filter_vector(precision)
+        return -(-g.c // v) * v, -(-g.k // v) * v
     return g.c, g.k
 
 
-def filter_layout_rounding(precision: str):
-    """What the layout kernels round to for ``precision``'s GEMM: TF32 values (float32),
-    or nothing for BF16, whose GEMM rounds as it packs its pairs (cvt.rn.bf16x2: the same
-    values; its kk-major rows hold a pair's two values in two rows, so the layout's
-    16-bit BF16 would not save the packing)."""
-    return "tf32" if precision == "tf32" else None
-
-
-def filter_workspace_shapes(g: Geometry) -> dict:
+def filter_workspace_shapes(g: Geometry, precision: str = "tf32") -> dict:
     """The channels-last copies: "x" (N, H, W, Cx) and "dy" (N, P, Q, Kx), flat
-    (``filter_layout_channels``)."""
-    cx, kx = filter_layout_channels(g)
+    (``filter_layout_channels``), of ``ops.conv_layout.dtype_for(precision)``."""
+    cx, kx = filter_layout_channels(g, precision)
     return {"x": (g.n * g.h * g.w * cx,), "dy": (g.n * g.p * g.q * kx,)}
 
 
-def _check_filter_sizes(g: Geometry) -> None:
+def _check_filter_sizes(g: Geometry, precision: str = "tf32") -> None:
     """``check_kernel_sizes`` of ``g``, and of ``g`` with the padded channels."""
     check_kernel_sizes(g)
-    cx, kx = filter_layout_channels(g)
+    cx, kx = filter_layout_channels(g, precision)
     if (cx, kx) != (g.c, g.k):
         check_kernel_sizes(_conv.geometry((g.n, cx, g.h, g.w), (kx, cx, g.r, g.s),
                                           (g.stride_h, g.stride_w), (g.pad_h, g.pad_w), 1))
@@ -556,21 +562,20 @@ def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, split
                                   chunk: int, workspace=None, precision="tf32",
                                   tile=None, ready=()) -> list[Launch]:
     """The Launches writing dL/dw into ``dw``: x (N, C, H*W) and dy (N, K, P*Q) to
-    channels last (float32, padded to ``filter_layout_channels``, ``filter_layout_rounding``), into ``xt``
+    channels last (rounded to ``precision``, padded to ``filter_layout_channels``), into ``xt``
     and ``dyt`` (``filter_workspace_shapes``), but those named in ``ready`` ("x", "dy": already
     there, made by another pass: ``shares_layout``); the split GEMM into ``dw``
     (one split) or ``workspace`` (``splits * dw.size`` floats); then conv_split_sum in
     split order. ``splits``, ``chunk``: ``plan_filter``'s for ``tile`` (as
     ``filter_tile``)."""
     precision = _tensor_core(precision)
-    _layout(g, "filter", "nhwc")
-    cx, kx = filter_layout_channels(g)
+    _layout(g, "filter", "nhwc", precision)
+    cx, kx = filter_layout_channels(g, precision)
     cols = cx // g.groups * g.r * g.s  # the GEMM's columns (r, s, c < Cx / groups)
     bm, bn = filter_tile(device, g, tile)
     grid = (-(-cols // bn), -(-g.kg // bm), g.groups * splits)
     targs = _template_args(precision, (bm, bn))
-    rounding = filter_layout_rounding(precision)
-    layout = [_layout_ops.to_channels_last_launch(device, src, dst, g.n, rows, plane, rounding, out)
+    layout = [_layout_ops.to_channels_last_launch(device, src, dst, g.n, rows, plane, precision, out)
               for name, src, dst, rows, plane, out in (("x", x, xt, g.c, g.h * g.w, cx),
                                                        ("dy", dy, dyt, g.k, g.p * g.q, kx))
               if name not in ready]

@@ -213,7 +213,7 @@ def _tensor_core_pass(name, dev, g, part, operands, arrays, choices, precision,
     when, tile = ("forward" if part == "forward" else "backward"), choices.get(part)
     bias = (b,) if b is not None else ()
     out = []
-    if conv_tc.prefers_channels_last(g, part):
+    if conv_tc.prefers_channels_last(g, part, precision):
         ws = {k: arrays(v, conv_layout.dtype_for(precision))
               for k, v in conv_tc.nhwc_workspace_shapes(g, part, precision).items()}
         build = (conv_tc.forward_nhwc_launches if part == "forward"
@@ -253,10 +253,10 @@ def _tensor_core_filter(name, dev, g, x, dy, arrays, choices, precision, tile=No
     dw = arrays(g.w_shape)
     ws = arrays((splits * dw.size,)) if splits > 1 else None
     out, reads = [], (x, dy)
-    if conv_tc.prefers_channels_last(g, "filter"):
+    if conv_tc.prefers_channels_last(g, "filter", precision):
         made = shared or {}   # laid out by forward / backward data already
-        layout = {k: made[k] if k in made else arrays(v)
-                  for k, v in conv_tc.filter_workspace_shapes(g).items()}
+        layout = {k: made[k] if k in made else arrays(v, conv_layout.dtype_for(precision))
+                  for k, v in conv_tc.filter_workspace_shapes(g, precision).items()}
         launches = conv_tc.backward_filter_nhwc_launches(
             dev, g, x, dy, dw, layout["x"], layout["dy"], splits, chunk, ws, precision, tile,
             tuple(made))
