@@ -51,7 +51,7 @@ struct CnTcFSmem {
 
 // One slice of kk-major operands out of stage `st` into the accumulators (found by
 // cn_tc_gemm through argument-dependent lookup): TF32 words as they are; BF16 by
-// ldmatrix.trans (cn_tc_mma_slice_trans).
+// ldmatrix.trans (cn_tc_mma_slice_ldsm).
 template <int BN, int BM>
 static __device__ __forceinline__ void cn_tc_fslice(const CnTcFSmem<0, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
 {
@@ -61,8 +61,8 @@ static __device__ __forceinline__ void cn_tc_fslice(const CnTcFSmem<0, BN, BM>& 
 template <int BN, int BM>
 static __device__ __forceinline__ void cn_tc_fslice(const CnTcFSmem<1, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
 {
-    cn_tc_mma_slice_trans<BN, BM>(&sm.a[st][0][0], CnTcFSmem<1, BN, BM>::LDA, &sm.b[st][0][0],
-                                  CnTcFSmem<1, BN, BM>::LDB, acc);
+    cn_tc_mma_slice_ldsm<1, true, BN, BM>(&sm.a[st][0][0], CnTcFSmem<1, BN, BM>::LDA, &sm.b[st][0][0],
+                                          CnTcFSmem<1, BN, BM>::LDB, acc);
 }
 template <int PREC, int BN, int BM>
 static __device__ __forceinline__ void cn_tc_slice(const CnTcFSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)

@@ -217,43 +217,62 @@ static __device__ __forceinline__ void cn_tc_mma_slice(const FragA& fa, const Fr
     }
 }
 
-// The BF16 mma of one slice whose operands are held k-row by k-row as 16-bit values,
-// a[kk][m] and b[kk][j] (rows of lda and ldb elements, 16-byte multiples), the
-// fragments read by ldmatrix.x4.trans (kernels/mma.cuh): A's four 8 x 8 matrices of
-// mma tile mi are (kk 0-7 | 8-15) x (rows 0-7 | 8-15), matrix q at lanes 8q.. = a0..a3;
-// B's are b0 and b1 of two column tiles ni, ni + 1. Lane l gives row l % 8 of matrix
-// l / 8. Each fragment element is the same value the lambda readers of
-// cn_tc_mma_slice would pack, the products and their order the same.
-template <int BN, int BM>
-static __device__ __forceinline__ void cn_tc_mma_slice_trans(const unsigned short* a, int lda, const unsigned short* b,
-                                                             int ldb, CnTcAcc<BN, BM>& acc)
+// The mma of one slice from operands in shared memory, the fragments read by
+// ldmatrix.x4 (kernels/mma.cuh), which moves 8 x 8 matrices of 16-bit elements: a TF32
+// word is two of them, so a matrix of 8 rows x 4 TF32 words hands lane (g, t) word t of
+// row g, the TF32 fragment layout. TRANS (BF16 only): held k-row by k-row, a[kk][m] and
+// b[kk][j] (the filter kernel), read transposed; else k-major, a[m][kk] and b[j][kk]
+// (the channels-last forward), read as they are. Rows of lda and ldb 16-bit units,
+// 16-byte multiples; a k step of 8 (TF32: two per slice) or 16 (BF16) is 16 units wide.
+// A's four 8 x 8 matrices of mma tile mi are (rows 0-7 | 8-15) x (k 0-3 | 4-7 TF32
+// words, or kk 0-7 | 8-15 BF16), matrix q = a[q] (rows + 8 (q & 1), k half q >> 1);
+// B's are b0 and b1 of two column tiles ni, ni + 1 (k half q & 1, columns + 8 (q >> 1)).
+// Lane l gives row l % 8 of matrix l / 8. Each fragment element is the value the lambda
+// readers of cn_tc_mma_slice would hand over, the products and their order the same.
+template <int PREC, bool TRANS, int BN, int BM>
+static __device__ __forceinline__ void cn_tc_mma_slice_ldsm(const unsigned short* a, int lda, const unsigned short* b,
+                                                            int ldb, CnTcAcc<BN, BM>& acc)
 {
+    static_assert(PREC == 1 || !TRANS, "a transposed ldmatrix moves 16-bit elements: BF16 only");
     constexpr int MI = CN_TC_MI(BM), NI = CN_TC_NI(BN);
     static_assert(NI % 2 == 0, "B fragments come two column tiles an ldmatrix");
     const int lane = threadIdx.x & 31, q = lane >> 3, r = lane & 7;
     const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
-    unsigned fa[MI][4];
+    // this lane's row of a matrix whose first row or column is mn and first k unit is k
+    auto at = [&](const unsigned short* base, int ld, int mn, int k) {
+        return TRANS ? base + (k + r) * ld + mn : base + (mn + r) * ld + k;
+    };
 #pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-        cn_ldmatrix<4, true>(fa[mi], a + (r + 8 * (q >> 1)) * lda + wm + 16 * mi + 8 * (q & 1));
+    for (int ks = 0; ks < (PREC ? 1 : 2); ++ks) {
+        unsigned fa[MI][4];
 #pragma unroll
-    for (int ni = 0; ni < NI; ni += 2) {
-        unsigned fb[4];
-        cn_ldmatrix<4, true>(fb, b + (r + 8 * (q & 1)) * ldb + wn + 8 * (ni + (q >> 1)));
+        for (int mi = 0; mi < MI; ++mi)
+            cn_ldmatrix<4, TRANS>(fa[mi], at(a, lda, wm + 16 * mi + 8 * (q & 1), 16 * ks + 8 * (q >> 1)));
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+        for (int ni = 0; ni < NI; ni += 2) {
+            unsigned fb[4];
+            cn_ldmatrix<4, TRANS>(fb, at(b, ldb, wn + 8 * (ni + (q >> 1)), 16 * ks + 8 * (q & 1)));
 #pragma unroll
-            for (int mi = 0; mi < MI; ++mi) cn_mma_bf16(acc[mi][ni + h], fa[mi], &fb[2 * h], acc[mi][ni + h]);
+            for (int h = 0; h < 2; ++h) {
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi) {
+                    if (PREC == 0) cn_mma_tf32(acc[mi][ni + h], fa[mi], &fb[2 * h], acc[mi][ni + h]);
+                    else cn_mma_bf16(acc[mi][ni + h], fa[mi], &fb[2 * h], acc[mi][ni + h]);
+                }
+            }
         }
     }
 }
 
-// One slice of k-major operands out of stage `st`: the registers are the words.
+// One slice of k-major operands out of stage `st` by ldmatrix (cn_tc_mma_slice_ldsm):
+// the registers are the shared words, rows of CN_TC_LDK(PREC) words.
 template <int PREC, int BN, int BM>
 static __device__ __forceinline__ void cn_tc_slice(const CnTcKSmem<PREC, BN, BM>& sm, int st, CnTcAcc<BN, BM>& acc)
 {
-    cn_tc_mma_slice<PREC, BN, BM>([&](int r, int k) { return sm.a[st][r][k]; },
-                                  [&](int c, int k) { return sm.b[st][c][k]; }, acc);
+    cn_tc_mma_slice_ldsm<PREC, false, BN, BM>(reinterpret_cast<const unsigned short*>(&sm.a[st][0][0]),
+                                              2 * CN_TC_LDK(PREC),
+                                              reinterpret_cast<const unsigned short*>(&sm.b[st][0][0]),
+                                              2 * CN_TC_LDK(PREC), acc);
 }
 
 // One slice out of stage `st`, rounded as it is read: A's rows kk fastest (a BF16 pair
