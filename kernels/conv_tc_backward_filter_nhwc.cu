@@ -32,8 +32,7 @@
 // Launch: block = 128 threads; grid = (ceil(Cgx*R*S / BN), ceil(Kg / BM), splits *
 // groups), blockIdx.z = split * groups + g; BN = 128 or 96, BM = 128 or 64 (default 128:
 // two-argument names); static shared memory at 128 x 128: 34 KiB (TF32) or 17 KiB
-// (BF16), plus the 512-byte row table; BF16 at most 168 registers (3 blocks an SM).
-// 32-bit indices (the host checks the sizes).
+// (BF16), plus the 512-byte row table. 32-bit indices (the host checks the sizes).
 #include "conv_tc_common.cuh"
 
 // Both operands kk-major: a[stage][kk][m] and b[stage][kk][j] of the layout's elements,
@@ -89,10 +88,8 @@ static __device__ __forceinline__ void cn_tc_frows_write(CnTcFRows& rows, int sl
     }
 }
 
-// BF16 asks for three resident blocks an SM (at most 168 registers: its 128 x 128 tile
-// needs 198 unbounded, and fits 168 without spilling); TF32 leaves ptxas free (0: no minimum).
 template <int PREC, int BN, int BM = 128>
-__global__ void __launch_bounds__(CN_TC_THREADS, PREC ? 3 : 0)
+__global__ void __launch_bounds__(CN_TC_THREADS)
 conv_tc_backward_filter_nhwc(const void* __restrict__ x_, const void* __restrict__ dy_, float* __restrict__ out,
                              int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                              int sh, int sw, int ph, int pw, int groups, int chunk, int Cx, int Kx)
