@@ -123,20 +123,26 @@ class Tour:
 
     def layouts(self):
         """conv_layout's channels-last transpose on conv2's input (two images: 96 x 729,
-        neither a multiple of the 32 x 32 tile) and conv2's filter (256, 48, 25), and
-        backward data's flipped filter of conv3 (384, 256, 3, 3) and of a grouped one."""
+        neither a multiple of the 32 x 32 tile), the forward's filter of conv2 (256, 48,
+        5, 5) and of conv1 (channels padded), and backward data's flipped filter of conv3
+        (384, 256, 3, 3) and of a grouped one."""
         d, c = self.device, self.cpu
-        for shape, precision, rows in (((2, 96, 27 * 27), None, None), ((256, 48, 25), "tf32", None),
-                                       ((2, 3, 45), "bf16", 8), ((2, 3, 45), "tf32", 4)):
+        for shape, precision, rows in (((256, 48, 5, 5), "tf32", None), ((96, 3, 11, 11), "bf16", 8)):
+            w = self.data(*shape)
+            self.check(f"conv_layout filter to channels-last {shape} {precision} {rows}",
+                       conv_layout.filter_to_channels_last(d, self.on(w), precision, rows),
+                       conv_layout.filter_to_channels_last(c, w, precision, rows), rtol=0, atol=0)
+        for shape, precision, rows in (((2, 96, 27 * 27), None, None), ((2, 3, 45), "bf16", 8),
+                                       ((2, 3, 45), "tf32", 4)):
             a = self.data(*shape)   # rows: a few channels padded, a thread per pixel
             self.check(f"conv_layout to channels-last {shape} {precision} {rows}",
                        conv_layout.to_channels_last(d, self.on(a), precision, rows),
                        conv_layout.to_channels_last(c, a, precision, rows), rtol=0, atol=0)
-        for shape, groups in (((384, 256, 3, 3), 1), ((6, 2, 5, 3), 2)):
+        for shape, groups, precision in (((384, 256, 3, 3), 1, "bf16"), ((6, 2, 5, 3), 2, None)):
             w = self.data(*shape)
-            self.check(f"conv_layout filter for backward data {shape} groups {groups}",
-                       conv_layout.filter_for_data(d, self.on(w), groups),
-                       conv_layout.filter_for_data(c, w, groups), rtol=0, atol=0)
+            self.check(f"conv_layout filter for backward data {shape} groups {groups} {precision}",
+                       conv_layout.filter_for_data(d, self.on(w), groups, precision),
+                       conv_layout.filter_for_data(c, w, groups, precision), rtol=0, atol=0)
 
     # ---------------------------------------------------------------- LRN and max-pool
     def normalization(self):

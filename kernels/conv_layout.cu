@@ -3,10 +3,11 @@
 // conv_to_channels_last: a batched 2-D transpose, (B, R, C) -> (B, C, R); activations
 //   (N, C, H*W) -> (N, H*W, C) and filters (K, Cg, R*S) -> (K, R*S, Cg);
 //   conv_pixels_to_channels_last: the same for a few rows (channels), a thread a pixel.
-// conv_filter_for_data: the filter of backward data as a forward convolution's filter
-//   (per group: channels-out c, taps flipped, filters k fastest).
+// conv_filter_layout: a filter (K, Cg, R*S) -> (K, R*S, Cg) for the forward GEMM, or
+//   backward data's filter as a forward convolution's (per group: channels-out c, taps
+//   flipped, filters k fastest).
 //
-// Both round what they move to the tensor cores' operands when asked (ROUND 1: TF32,
+// All round what they move to the tensor cores' operands when asked (ROUND 1: TF32,
 // cvt.rna.tf32.f32 with the 13 low bits cleared, written as float; 2: BF16, round to
 // nearest even, written as its 16 bits (unsigned short): half the bytes for the GEMM to
 // copy; 0: float as it is), so that the GEMM that reads the result rounds nothing.
@@ -101,25 +102,58 @@ __global__ void conv_pixels_to_channels_last(const float* __restrict__ in,
     }
 }
 
-// out[((g*Cg + c)*RS + t)*Kg + k] = w[((g*Kg + k)*Cg + c)*RS + (RS - 1 - t)], Kg = K / groups.
+// A filter w (K, Cg, RS) laid out for the channels-last GEMM, as rows of F elements:
+//   forward (DATA false): out[(k*RS + t)*Fo + c] = w[(k*Cg + c)*RS + t], F = Cg, the
+//     columns Cg <= c < Fo zeros (a small channel count made a whole 16-byte copy);
+//   backward data (DATA true): out[((g*Cg + c)*RS + t)*Kg + k] = w[((g*Kg + k)*Cg + c)*RS
+//     + (RS - 1 - t)], Kg = K / groups, F = Fo = Kg: per group, channels-out c, taps
+//     flipped, filters k fastest (backward data's filter as a forward convolution's).
 //
-// Layout: w (K, Cg, RS) -> out (groups*Cg, RS, Kg). Launch shape: 1-D grid-stride, a
-// thread per output element (consecutive threads write consecutive elements; the reads
-// stride by Cg*RS, which a few-MB filter forgives).
+// Launch shape: 1-D grid-stride over chunks of 4 consecutive output elements of a row
+// (rows * ceil(Fo / 4) chunks): a thread finds its row and tap with two divisions, reads
+// its 4 values (stride RS or Cg*RS: a few-MB filter stays in cache) and writes them
+// with one 16-byte (TF32, float) or 8-byte (BF16) store when Fo % 4 == 0, else one at
+// a time. The host checks every index fits in int.
 template <int ROUND>
-__global__ void conv_filter_for_data(const float* __restrict__ w, typename CnLayoutValue<ROUND>::type* __restrict__ out,
-                                     int K, int Cg, int RS, int groups)
+static __device__ __forceinline__ void cn_layout_store4(typename CnLayoutValue<ROUND>::type* dst, const float (&v)[4],
+                                                        int n, bool whole)
+{
+    if (whole && ROUND == 2) {
+        const unsigned lo = CnLayoutValue<2>::of(v[0]) | ((unsigned)CnLayoutValue<2>::of(v[1]) << 16);
+        const unsigned hi = CnLayoutValue<2>::of(v[2]) | ((unsigned)CnLayoutValue<2>::of(v[3]) << 16);
+        *reinterpret_cast<uint2*>(dst) = make_uint2(lo, hi);
+    } else if (whole) {
+        *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+        for (int i = 0; i < n; ++i) dst[i] = CnLayoutValue<ROUND>::of(v[i]);
+    }
+}
+template <int ROUND, bool DATA>
+__global__ void conv_filter_layout(const float* __restrict__ w, typename CnLayoutValue<ROUND>::type* __restrict__ out,
+                                   int K, int Cg, int RS, int groups, int Fo)
 {
     const int Kg = K / groups;
-    const long long total = (long long)K * Cg * RS;
-    for (long long o = cn_global_thread(); o < total; o += cn_grid_threads()) {
-        int rest = (int)o;
-        const int k = rest % Kg;
-        rest /= Kg;
-        const int t = rest % RS;
-        rest /= RS;
-        const int c = rest % Cg;
-        const int g = rest / Cg;
-        out[o] = CnLayoutValue<ROUND>::of(CnLayoutValue<ROUND>::rounded(w[((g * Kg + k) * Cg + c) * RS + (RS - 1 - t)]));
+    const int F = DATA ? Kg : Cg;                      // the row's real elements (Fo >= F)
+    const int rows = DATA ? groups * Cg * RS : K * RS;
+    const int chunks = (Fo + 3) / 4;
+    const bool whole = Fo % 4 == 0;                    // every chunk a full, aligned store
+    const int total = rows * chunks;
+    for (int q = (int)cn_global_thread(); q < total; q += (int)cn_grid_threads()) {
+        const int row = q / chunks;
+        const int f0 = 4 * (q - row * chunks);
+        const int lead = row / RS, t = row - lead * RS;  // lead: k (forward) or g*Cg + c (data)
+        int src, step;
+        if (DATA) {
+            const int g = lead / Cg, c = lead - g * Cg;
+            src = ((g * Kg + f0) * Cg + c) * RS + (RS - 1 - t);
+            step = Cg * RS;
+        } else {
+            src = (lead * Cg + f0) * RS + t;
+            step = RS;
+        }
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[i] = f0 + i < F ? CnLayoutValue<ROUND>::rounded(w[src + i * step]) : 0.0f;
+        cn_layout_store4<ROUND>(out + row * Fo + f0, v, min(4, Fo - f0), whole);
     }
 }

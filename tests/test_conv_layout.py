@@ -1,6 +1,7 @@
-"""conv_layout: the channels-last transpose and backward data's filter, the kernels
-(emu, cuda) against the NumPy references bit for bit, on awkward shapes, under every
-emu check mode, and the errors."""
+"""conv_layout: the channels-last transpose, the forward's and backward data's filters,
+the kernels (emu, cuda) against the NumPy references bit for bit, on awkward shapes
+(rows whose length is a multiple of 4: whole-chunk stores; others: one at a time),
+under every emu check mode, and the errors."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -60,7 +61,23 @@ def test_transpose_matches_reference(kernel_device, shape):
     np.testing.assert_array_equal(got, conv_layout.to_channels_last_reference(a))
 
 
-@pytest.mark.parametrize("shape", FILTER_SHAPES, ids=str)
+@pytest.mark.parametrize("out_rows", [None, 8])
+@pytest.mark.parametrize("shape", FILTER_SHAPES + [(3, 16, 3, 3, 1), (2, 12, 1, 5, 1)], ids=str)
+def test_filter_to_channels_last_matches_reference(kernel_device, shape, out_rows):
+    """The forward's filter: (K, Cg, R*S) transposed per filter, the channels past Cg
+    (``out_rows``) zeros."""
+    *wshape, _ = shape
+    w = _data(wshape, sum(shape))
+    k, cg, r, s = wshape
+    out_rows = None if out_rows is None or out_rows < cg else out_rows
+    got = kernel_device.to_numpy(conv_layout.filter_to_channels_last(kernel_device, kernel_device.asarray(w),
+                                                                     out_rows=out_rows))
+    want = conv_layout.to_channels_last_reference(w.reshape(k, cg, r * s), out_rows=out_rows)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", FILTER_SHAPES + [(16, 3, 3, 3, 2), (24, 2, 2, 3, 3)], ids=str)
 def test_filter_matches_reference(kernel_device, shape):
     *wshape, groups = shape
     w = _data(wshape, sum(shape))
@@ -84,6 +101,7 @@ def test_kernels_are_clean_under_the_checks(check):
     device = require_device("emu")
     a, w = _data((3, 33, 65), 4), _data((12, 5, 3, 3), 5)
     want = conv_layout.to_channels_last_reference(a), conv_layout.filter_for_data_reference(w, 3)
+    w16 = _data((24, 8, 3, 3), 7)    # Kg = 8: whole-chunk stores (BF16: 8 bytes)
     schedule = "random" if check == "race" else "reverse"
     looped = np.empty_like(want[0])  # one block row through all three batches: the tile reused
     few = _data((2, 3, 45), 6)       # a thread per pixel, BF16 padded to 8 channels
@@ -91,6 +109,12 @@ def test_kernels_are_clean_under_the_checks(check):
         got = conv_layout.to_channels_last(device, a), conv_layout.filter_for_data(device, w, 3)
         device.launch(_launch_one_block_row(a, looped))
         pixels = conv_layout.to_channels_last(device, few, "bf16", out_rows=8)
+        filters = [conv_layout.filter_for_data(device, w16, 3, "bf16"),
+                   conv_layout.filter_to_channels_last(device, w16, "bf16"),
+                   conv_layout.filter_to_channels_last(device, w, "tf32", out_rows=6)]
+    np.testing.assert_array_equal(filters[0], conv_layout.filter_for_data_reference(w16, 3, "bf16"))
+    np.testing.assert_array_equal(filters[1], conv_layout.to_channels_last_reference(w16.reshape(24, 8, 9), "bf16"))
+    np.testing.assert_array_equal(filters[2], conv_layout.to_channels_last_reference(w.reshape(12, 5, 9), "tf32", 6))
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(looped, want[0])
@@ -128,11 +152,19 @@ def test_launch_shapes():
     assert few.kernel == "conv_pixels_to_channels_last" and few.template_args == (1,)
     assert few.block == (256, 1, 1) and few.args[2:] == (128, 3, 224 * 224, 4)
     assert conv_layout.to_channels_last_launch(emu_dev, a, a, 100_000, 64, 64).grid == (4, 256, 1)
+    # filters: a thread per 4 output elements of a row (Kg, or Cg and its padding)
     launch = conv_layout.filter_for_data_launch(gpu, np.zeros((384, 256, 3, 3), np.float32), a, 1)
-    assert launch.block == (256, 1, 1) and launch.grid == (384 * 256 * 9 // 256, 1, 1)
-    assert launch.args[2:] == (384, 256, 9, 1) and all(isinstance(v, np.int32) for v in launch.args[2:])
+    assert launch.kernel == "conv_filter_layout" and launch.template_args == (0, True)
+    assert launch.block == (256, 1, 1) and launch.grid == (256 * 9 * 96 // 256, 1, 1)
+    assert launch.args[2:] == (384, 256, 9, 1, 384) and all(isinstance(v, np.int32) for v in launch.args[2:])
+    launch = conv_layout.filter_to_channels_last_launch(gpu, np.zeros((96, 3, 11, 11), np.float32), a, "bf16", 8)
+    assert launch.template_args == (2, False) and launch.args[2:] == (96, 3, 121, 1, 8)
+    assert launch.grid == (-(-96 * 121 * 2 // 256), 1, 1)
+    with pytest.raises(ValueError, match="out_rows 2 is fewer than the channels 3"):
+        conv_layout.filter_to_channels_last_launch(gpu, np.zeros((96, 3, 11, 11), np.float32), a, "bf16", 2)
     assert set(conv_layout.MODULE.kernels) == {f"{k}<{r}>" for r in (0, 1, 2) for k in (
-        "conv_to_channels_last", "conv_filter_for_data", "conv_pixels_to_channels_last")}
+        "conv_to_channels_last", "conv_pixels_to_channels_last")} | {
+        f"conv_filter_layout<{r}, {d}>" for r in (0, 1, 2) for d in ("false", "true")}
 
 
 @pytest.mark.parametrize("which", ["transpose", "filter"])
@@ -202,6 +234,9 @@ def test_both_kernels_round_to_the_tensor_core_operands(kernel_device, precision
                                                              precision))
     want = conv_layout.filter_for_data_reference(w, 2, precision)
     assert_same_bits(got, want)
+    got = kernel_device.to_numpy(conv_layout.filter_to_channels_last(kernel_device, kernel_device.asarray(w),
+                                                                     precision))
+    assert_same_bits(got, conv_layout.to_channels_last_reference(w.reshape(6, 11, 30), precision))
     with pytest.raises(ValueError, match="precision must be one of"):
         conv_layout.to_channels_last_launch(kernel_device, a, a, 3, 33, 20, "fp16")
 

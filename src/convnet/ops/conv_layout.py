@@ -1,7 +1,8 @@
 """Layout changes for the channels-last tensor-core convolution (``kernels/conv_layout.cu``).
 
 ``to_channels_last(device, a3)``: a (B, R, C) array -> (B, C, R), a batched transpose
-(activations (N, C, H*W) -> (N, H*W, C); filters (K, Cg, R*S) -> (K, R*S, Cg)).
+(activations (N, C, H*W) -> (N, H*W, C)); ``filter_to_channels_last(device, w)``: a
+filter (K, Cg, R, S) -> (K, R*S, Cg), the same transpose by a kernel for short rows.
 ``filter_for_data(device, w, groups)``: a filter (K, Cg, R, S) -> (groups*Cg, R*S, Kg),
 backward data's filter as a forward convolution's: per group, channels-out c, taps
 flipped, filters k fastest.
@@ -27,9 +28,9 @@ from .elementwise import BLOCK, EMU_MAX_BLOCKS, grid_for, max_blocks
 # ROUND: what the kernels round the values they move to (the tensor cores' operands)
 ROUNDING = {None: 0, "tf32": 1, "bf16": 2}
 MODULE = KernelModule("conv_layout.cu", tuple(
-    name_expression(kernel, (r,)) for kernel in ("conv_to_channels_last", "conv_filter_for_data",
-                                                 "conv_pixels_to_channels_last")
-    for r in ROUNDING.values()))
+    name_expression(kernel, (r,)) for kernel in ("conv_to_channels_last", "conv_pixels_to_channels_last")
+    for r in ROUNDING.values()) + tuple(
+    name_expression("conv_filter_layout", (r, data)) for data in (False, True) for r in ROUNDING.values()))
 PIXEL_ROWS = 8    # at most this many output rows: a thread per pixel, not 32 x 32 tiles
 
 TILE = 32         # the transpose's tile: TILE x TILE elements
@@ -134,13 +135,33 @@ def to_channels_last_launch(device, src, dst, batches: int, rows: int, cols: int
                         np.int32(out_rows)))
 
 
-def filter_for_data_launch(device, w, out, groups: int, precision=None) -> Launch:
-    """1-D grid-stride, a thread per element up to the device's cap."""
+def _filter_layout_launch(device, w, out, groups: int, precision, data: bool, out_rows) -> Launch:
+    """conv_filter_layout: 1-D grid-stride, a thread per 4 output elements of a row, up to
+    the device's cap."""
     k, cg, r, s = w.shape
-    n = k * cg * r * s
-    grid = max(1, min(-(-n // BLOCK), max_blocks(device)))
-    return Launch(MODULE, "conv_filter_for_data", template_args=_round(precision), grid=(grid,), block=(BLOCK,),
-                  args=(w, out, np.int32(k), np.int32(cg), np.int32(r * s), np.int32(groups)))
+    fo = k // groups if data else out_rows
+    chunks = (groups * cg if data else k) * r * s * -(-fo // 4)
+    if chunks * 4 > INT32_MAX:
+        raise ValueError(f"conv_filter_layout: {chunks * 4} output elements pass the kernel's int32 indices")
+    grid = max(1, min(-(-chunks // BLOCK), max_blocks(device)))
+    return Launch(MODULE, "conv_filter_layout", template_args=(*_round(precision), data), grid=(grid,),
+                  block=(BLOCK,), args=(w, out, np.int32(k), np.int32(cg), np.int32(r * s),
+                                        np.int32(groups), np.int32(fo)))
+
+
+def filter_to_channels_last_launch(device, w, out, precision=None, out_rows=None) -> Launch:
+    """``w`` (K, Cg, R, S) -> ``out`` (K, R*S, out_rows), the channels past Cg zeros
+    (``out_rows`` >= Cg, default Cg)."""
+    cg = w.shape[1]
+    out_rows = cg if out_rows is None else out_rows
+    if out_rows < cg:
+        raise ValueError(f"filter_to_channels_last: out_rows {out_rows} is fewer than the channels {cg}")
+    return _filter_layout_launch(device, w, out, 1, precision, False, out_rows)
+
+
+def filter_for_data_launch(device, w, out, groups: int, precision=None) -> Launch:
+    """``w`` (K, Cg, R, S) -> ``out`` (groups*Cg, R*S, Kg) (``filter_for_data``)."""
+    return _filter_layout_launch(device, w, out, groups, precision, True, None)
 
 
 # --------------------------------------------------------------------------- on a device
@@ -159,6 +180,21 @@ def to_channels_last(device, a3, precision=None, out_rows=None):
     if out.size:
         device.launch(to_channels_last_launch(device, a3, out, batches, rows, cols, precision,
                                               out_rows))
+    return out
+
+
+def filter_to_channels_last(device, w, precision=None, out_rows=None):
+    """(K, Cg, R, S) -> (K, R*S, out_rows) on ``device``: ``to_channels_last`` of the
+    filter's (K, Cg, R*S) view (``out_rows``: as its)."""
+    op = "filter_to_channels_last"
+    _check(op, w, 4, "the filter w", "(K, Cg, R, S)")
+    k, cg, r, s = w.shape
+    if not device.runs_kernels:
+        return to_channels_last_reference(w.reshape(k, cg, r * s), precision, out_rows)
+    w = _check_kernel_input(device, op, w, "the filter w")
+    out = device.xp.empty((k, r * s, cg if out_rows is None else out_rows), dtype_for(precision))
+    if w.size:
+        device.launch(filter_to_channels_last_launch(device, w, out, precision, out_rows))
     return out
 
 

@@ -282,8 +282,7 @@ def forward_nhwc_launches(device, g: Geometry, x, w, b, y, xt, wt, relu=False,
     c = _pixel(g, precision)
     return [_layout_ops.to_channels_last_launch(device, x, xt, g.n, g.c, g.h * g.w, precision,
                                                 c),
-            _layout_ops.to_channels_last_launch(device, w, wt, g.k, g.cg, g.r * g.s, precision,
-                                                c // g.groups),
+            _layout_ops.filter_to_channels_last_launch(device, w, wt, precision, c // g.groups),
             _gemm_nhwc(device, g, xt, wt, b, y, relu, precision, tile)]
 
 
