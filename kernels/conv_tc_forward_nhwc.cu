@@ -12,15 +12,16 @@
 // when has_bias == 0); y (N, K, P, Q) float32 (NCHW, as the library's tensors). Cg is a
 // multiple of 16: a slice of 16 kk is one tap (r, s) and 16 consecutive channels, 64
 // (TF32) or 32 (BF16) contiguous bytes of x and of each filter row. SMALL: one group
-// whose pixels the layout padded to one 16-byte copy (C = 4 TF32 or 8 BF16 channels,
-// zeros past the real ones: AlexNet's conv1 has 3): a slice is 4 (TF32) or 2 (BF16)
-// whole taps, one a copy, and the reduction's last slice may pass the last tap.
+// whose pixels the layout padded to 4 channels (zeros past the real ones: AlexNet's
+// conv1 has 3), one copy a pixel: 16 bytes in TF32, 8 in BF16; a slice is 4 whole
+// taps, one a copy, and the reduction's last slice may pass the last tap.
 //
 // Implicit GEMM per group g: A[m][kk] = w[g*Kg + m][kk] (Kg x R*S*Cg, dense rows),
 // B[kk][j] = x[n][h0 + r][w0 + s][g*Cg + c] for j = (n, p, q), zero outside the image.
-// Both operands go global -> shared as 16-byte cp.async, four (TF32) or two (BF16) a
-// row per slice (CnTcKSmem, conv_tc_common.cuh); a column's image position (h0, w0)
-// and offset are computed once, and a copy tests its tap against them (no tap table).
+// Both operands go global -> shared as cp.async of CP bytes (16; BF16's small form 8),
+// four (TF32, BF16 small) or two (BF16) a row per slice (CnTcKSmem,
+// conv_tc_common.cuh); a column's image position (h0, w0) and offset are computed
+// once, and a copy tests its tap against them (no tap table).
 // The epilogue: cn_tc_store_nchw.
 //
 // Launch: block = 128 threads; grid = (ceil(N*P*Q / BN), ceil(Kg / BM), groups);
@@ -38,21 +39,25 @@ conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
 {
     __shared__ __align__(16) CnTcKSmem<PREC, BN, BM> sm;
     typedef typename CnTcOperand<PREC>::type E;  // an operand element: float or BF16 bits
-    constexpr int ROWS = CN_TC_K_ROWS(PREC);     // rows a round of copies
+    // BF16's small form copies 8 bytes (4 channels, a pixel) and so has TF32's geometry
+    // of copies: four a row's slice, 32 rows a round (cn_tc_k_row<0>)
+    constexpr int CP = PREC && SMALL ? 8 : 16;    // bytes a copy
+    constexpr int GEO = PREC && !SMALL;           // the copies' row and word mapping
+    constexpr int ROWS = CN_TC_K_ROWS(GEO);       // rows a round of copies
     constexpr int AI = (BM + ROWS - 1) / ROWS, BI = (BN + ROWS - 1) / ROWS;
-    constexpr int CHUNKS = CN_TC_K_CHUNKS(PREC);  // 16-byte copies a row's slice
+    constexpr int CHUNKS = CN_TC_K_CHUNKS(GEO);   // copies a row's slice
     const E* x = static_cast<const E*>(x_);
     const E* w = static_cast<const E*>(w_);
 
     const int g = blockIdx.z;
     const int Cg = C / groups, Kg = K / groups;
     const int PQ = P * Q;
-    const int kd = R * S * Cg;  // a multiple of 16, or (SMALL) of a copy's elements
+    const int kd = R * S * Cg;  // a multiple of 16, or (SMALL) of 4
     const int cols = N * PQ;
     const int m0 = blockIdx.y * BM;
     const int n0 = blockIdx.x * BN;
-    const int word = cn_tc_k_word<PREC>();
-    const int chunk = word * (PREC ? 2 : 1);  // this thread's first element of a row's slice
+    const int word = cn_tc_k_word<GEO>() * CP / 16;  // this thread's first word of a row's slice
+    const int chunk = word * (PREC ? 2 : 1);        // and its first element
 
     // A: this thread's rows (an index into w; rows past Kg copy zeros)
     const E* wg = w + g * Kg * kd + chunk;
@@ -60,8 +65,8 @@ conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
     bool aok[AI];
 #pragma unroll
     for (int i = 0; i < AI; ++i) {
-        const int m = m0 + cn_tc_k_row<PREC>(i);
-        aok[i] = m < Kg && cn_tc_k_row<PREC>(i) < BM;
+        const int m = m0 + cn_tc_k_row<GEO>(i);
+        aok[i] = m < Kg && cn_tc_k_row<GEO>(i) < BM;
         aoff[i] = aok[i] ? m * kd : 0;
     }
     // B: this thread's columns: the image position of tap (0, 0) (a column past the end
@@ -70,7 +75,7 @@ conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
     int bh[BI], bw[BI], boff[BI];
 #pragma unroll
     for (int i = 0; i < BI; ++i) {
-        const int j = n0 + cn_tc_k_row<PREC>(i);
+        const int j = n0 + cn_tc_k_row<GEO>(i);
         const int n = j / PQ, pq = j - n * PQ;
         const int p = pq / Q;
         bh[i] = j < cols ? p * sh - ph : -(1 << 30);
@@ -80,10 +85,10 @@ conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
 
     // The tap of this thread's copies: kk = (r, s, c0), stepped one slice per load (loads
     // come in order). Cg % 16 == 0: one tap a slice, the same for every thread. SMALL
-    // (groups 1, C = a copy's elements: the layout padded the channels): a copy is one
-    // whole tap, this thread's the slice's tap number word / 4 (its own walk), and the
-    // last slice may pass the last tap (r = R: zeros).
-    int tr = 0, ts = SMALL ? word / 4 : 0, tc = 0;
+    // (groups 1, C = 4: the layout padded the channels): a copy is one whole tap, this
+    // thread's the slice's tap number word / (CP / 4) (its own walk), and the last slice
+    // may pass the last tap (r = R: zeros).
+    int tr = 0, ts = SMALL ? word / (CP / 4) : 0, tc = 0;
     // (r, s) of ts < S + CHUNKS past (tr, 0): at most CHUNKS carries (S >= 1), no loop
     auto carry = [&]() {
 #pragma unroll
@@ -96,17 +101,17 @@ conv_tc_forward_nhwc(const void* __restrict__ x_, const void* __restrict__ w_,
         const bool live = !SMALL || tr < R;
 #pragma unroll
         for (int i = 0; i < AI; ++i) {
-            const int row = cn_tc_k_row<PREC>(i);
+            const int row = cn_tc_k_row<GEO>(i);
             if (BM % ROWS == 0 || row < BM)
-                cn_cp_async<16>(&sm.a[stage][row][word], wg + (live ? aoff[i] + k0 : 0), aok[i] && live);
+                cn_cp_async<CP>(&sm.a[stage][row][word], wg + (live ? aoff[i] + k0 : 0), aok[i] && live);
         }
         const int tap = (tr * W + ts) * C + tc;
 #pragma unroll
         for (int i = 0; i < BI; ++i) {
-            const int row = cn_tc_k_row<PREC>(i);
+            const int row = cn_tc_k_row<GEO>(i);
             const bool ok = live && (unsigned)(bh[i] + tr) < (unsigned)H && (unsigned)(bw[i] + ts) < (unsigned)W;
             if (BN % ROWS == 0 || row < BN)
-                cn_cp_async<16>(&sm.b[stage][row][word], x + (ok ? boff[i] + tap : 0), ok);
+                cn_cp_async<CP>(&sm.b[stage][row][word], x + (ok ? boff[i] + tap : 0), ok);
         }
         if (SMALL) {
             ts += CHUNKS;

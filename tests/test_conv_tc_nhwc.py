@@ -5,8 +5,8 @@ arithmetic bit for bit (operands rounded to TF32/BF16, exact products, FP32 sums
 kk = (r, s, c) ascending, c fastest, then the bias and ReLU), and against the float64
 result of the rounded operands within ``ops.conv_tc.error_bound``; forward at any
 stride, backward data at unit stride as the forward convolution of dy with the
-flipped filter; the small form (one group of at most 4 channels, padded to a 16-byte
-copy a pixel: AlexNet's conv1); every tile; groups, padding, partial tiles; the layout
+flipped filter; the small form (one group of at most 4 channels, padded to 4, a copy a
+pixel: 16 bytes TF32, 8 BF16; AlexNet's conv1); every tile; groups, padding, partial tiles; the layout
 rule and its errors; clean under the race, init and align checks."""
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ SHAPES = [
     (2, 32, 6, 5, 32, 2, 3, 1, (1, 2), 2),       # groups; data: Kg = 16, asymmetric pad
     (1, 16, 7, 6, 130, 1, 1, 1, 0, 1),           # K past a 128-row tile, 1x1
     (3, 16, 9, 8, 16, 3, 3, (2, 1), (0, 1), 1),  # strided forward; columns past a tile
-    # the small form (one group of at most 4 channels, padded to a 16-byte copy a pixel)
+    # the small form (one group of at most 4 channels, padded to 4: one copy a pixel)
     (2, 3, 19, 17, 8, 11, 11, 4, 2, 1),          # conv1-like: 121 taps, the last slice short
     (1, 1, 6, 7, 130, 2, 3, 1, (1, 0), 1),       # one channel, K past a 128-row tile
     (3, 4, 5, 5, 5, 1, 1, 1, 0, 1),              # 1x1: more taps a slice than the filter has
@@ -150,14 +150,16 @@ def test_clean_under_the_checks(device, check):
     g, x, w, b, dy = data(SHAPES[1], 7)
     small = data(SHAPES[7], 8)   # the small form
     want = (model(g, x, w, b, True, "bf16"), model_data(g, dy, w, "tf32"),
-            model(*small[:4], False, "tf32"))
+            model(*small[:4], False, "tf32"), model(*small[:4], True, "bf16"))
     with emu.debug(check=check):
         y = conv_tc.forward(device, g, x, w, b, True, "bf16", tile=(64, 128))
         dx = conv_tc.backward_data(device, g, dy, w, "tf32", tile=(128, 96))
         ys = conv_tc.forward(device, *small[:4], False, "tf32", tile=(128, 96))
+        ysb = conv_tc.forward(device, *small[:4], True, "bf16", tile=(128, 128))  # 8-byte copies
     np.testing.assert_array_equal(y, want[0])
     np.testing.assert_array_equal(dx, want[1])
     np.testing.assert_array_equal(ys, want[2])
+    np.testing.assert_array_equal(ysb, want[3])
 
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])

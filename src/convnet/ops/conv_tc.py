@@ -236,16 +236,19 @@ def data_geometry(g: Geometry) -> Geometry:
                           (g.r - 1 - g.pad_h, g.s - 1 - g.pad_w), g.groups)
 
 
+SMALL_CHANNELS = 4  # the small form's channels a pixel: one copy (16 bytes TF32, 8 BF16)
+
+
 def _small(g: Geometry) -> bool:
     """Forward's small-channel form: one group of at most 4 channels (AlexNet's conv1),
-    each pixel's channels padded with zeros to one 16-byte copy (``_pixel``)."""
-    return g.groups == 1 and g.c <= 4
+    each pixel's channels padded with zeros to ``SMALL_CHANNELS``, one copy (``_pixel``)."""
+    return g.groups == 1 and g.c <= SMALL_CHANNELS
 
 
 def _pixel(g: Geometry, precision: str) -> int:
-    """The channels a pixel has in the forward's channels-last layout: C, or (small) a
-    16-byte copy's elements: 4 TF32 or 8 BF16 values."""
-    return (4 if precision == "tf32" else 8) if _small(g) else g.c
+    """The channels a pixel has in the forward's channels-last layout: C, or (small)
+    ``SMALL_CHANNELS`` (a copy: 16 bytes of TF32, 8 of BF16)."""
+    return SMALL_CHANNELS if _small(g) else g.c
 
 
 def nhwc_workspace_shapes(g: Geometry, part: str, precision: str) -> dict:
