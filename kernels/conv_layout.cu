@@ -48,8 +48,9 @@ struct CnLayoutValue<2> {
 // block steps through the batches b = blockIdx.y, + gridDim.y, ... so any batch count
 // fits. A tile is read along j (coalesced: 32 consecutive floats a warp) into shared
 // memory and written along i (coalesced too); its rows are padded to 33 floats so that
-// neither the column reads nor the row writes of a warp meet on one bank. Edges are
-// masked, reads and writes alike, so no thread reads a shared element nobody wrote.
+// neither the column reads nor the row writes of a warp meet on one bank. A tile inside
+// the matrix moves with no test; an edge tile masks its reads and writes alike, so no
+// thread reads a shared element nobody wrote.
 template <int ROUND>
 __global__ void __launch_bounds__(CN_LAYOUT_TILE * CN_LAYOUT_ROWS)
 conv_to_channels_last(const float* __restrict__ in, typename CnLayoutValue<ROUND>::type* __restrict__ out,
@@ -61,21 +62,35 @@ conv_to_channels_last(const float* __restrict__ in, typename CnLayoutValue<ROUND
     const int j0 = (int)(blockIdx.x % tiles_j) * CN_LAYOUT_TILE;   // tile's first column
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int matrix = rows * cols;
+    // a whole tile inside the matrix (and so inside out_rows): no test an element
+    const bool full = i0 + CN_LAYOUT_TILE <= rows && j0 + CN_LAYOUT_TILE <= cols;
     for (int b = blockIdx.y; b < batches; b += gridDim.y) {
         const float* src = in + (long long)b * matrix;
         typename CnLayoutValue<ROUND>::type* dst = out + (long long)b * out_rows * cols;
         const int j = j0 + tx;
+        if (full) {
 #pragma unroll
-        for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
-            const int i = i0 + ty + k;
-            if (i < out_rows && j < cols) tile[ty + k][tx] = i < rows ? CnLayoutValue<ROUND>::rounded(src[i * cols + j]) : 0.0f;
+            for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS)
+                tile[ty + k][tx] = CnLayoutValue<ROUND>::rounded(src[(i0 + ty + k) * cols + j]);
+        } else {
+#pragma unroll
+            for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
+                const int i = i0 + ty + k;
+                if (i < out_rows && j < cols) tile[ty + k][tx] = i < rows ? CnLayoutValue<ROUND>::rounded(src[i * cols + j]) : 0.0f;
+            }
         }
         __syncthreads();
         const int i = i0 + tx;
+        if (full) {
 #pragma unroll
-        for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
-            const int jj = j0 + ty + k;
-            if (i < out_rows && jj < cols) dst[jj * out_rows + i] = CnLayoutValue<ROUND>::of(tile[tx][ty + k]);
+            for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS)
+                dst[(j0 + ty + k) * out_rows + i] = CnLayoutValue<ROUND>::of(tile[tx][ty + k]);
+        } else {
+#pragma unroll
+            for (int k = 0; k < CN_LAYOUT_TILE; k += CN_LAYOUT_ROWS) {
+                const int jj = j0 + ty + k;
+                if (i < out_rows && jj < cols) dst[jj * out_rows + i] = CnLayoutValue<ROUND>::of(tile[tx][ty + k]);
+            }
         }
         __syncthreads();   // the tile is rewritten for the next batch
     }
