@@ -225,6 +225,33 @@ def test_figures_round_trip():
             pytest.approx((1e6, 2e5, 3e4, 5e4))
         assert k.pipe_instructions == pytest.approx({"fp32": 4e4, "mufu": 10.0})
         assert (k.registers, k.static_shared, k.blocks) == (96, 4096, row.planned.blocks)
+    # the GEMM's figures are kept for its shape too (integer arguments: batch 4, 8
+    # channels, 9 x 9, 16 filters, ...), the elementwise kernel's only pooled
+    key = choose.shape_key(gemm.launch)
+    assert key.startswith(gemm.launch.name + "@4,8,9,9,16,") and figures[key] == figures[gemm.launch.name]
+    assert not any(k.startswith(elementwise.launch.name + "@") for k in figures)
+
+
+def test_a_shape_with_its_own_figures_is_predicted_from_them(monkeypatch):
+    """Figures of a launch's very shape (``shape_key``) come before its kernel's pooled
+    ones, from the cache or the defaults alike, and only for the kernel's current source."""
+    from convnet.perf.layers import conv_layer, standin_arrays
+    dev = predict.standin_device("h100")
+    planned = conv_layer("t", 256, 13, 384, 3, 1, 1, precision="tf32").build(dev, 128, standin_arrays, {}, False)
+    gemm = next(p for p in planned if p.part == "forward" and p.launch.kernel.startswith("conv_tc"))
+    pooled, where = choose._figures_for(gemm.launch, "sm_90")
+    assert where == "defaults" and pooled is not None
+    own = {**pooled, "instructions": 3.0, "source": choose.source_key(gemm.launch.module)}
+    key = choose.shape_key(gemm.launch)
+    monkeypatch.setattr(choose, "default_figures", lambda: {gemm.launch.name: pooled, key: own})
+    monkeypatch.setattr(choose, "cached_figures", lambda arch: {})
+    assert choose._figures_for(gemm.launch, "sm_90") == (own, "defaults")
+    monkeypatch.setattr(choose, "cached_figures", lambda arch: {key: {**own, "instructions": 4.0}})
+    assert choose._figures_for(gemm.launch, "sm_90")[0]["instructions"] == 4.0
+    monkeypatch.setattr(choose, "cached_figures", lambda arch: {key: {**own, "source": "edited"}})
+    monkeypatch.setattr(choose, "default_figures", lambda: {gemm.launch.name: pooled,
+                                                             key: {**own, "source": "edited"}})
+    assert choose._figures_for(gemm.launch, "sm_90") == (pooled, "defaults")
 
 
 def test_saved_figures_are_used_and_checked_against_the_source(monkeypatch):

@@ -20,7 +20,10 @@ a kernel instantiation is, to first order, independent of the shape it runs:
 ``convnet perf`` saves them after every table (``save_figures``) under
 ``convnet.cache.cache_dir()/perf/choose-<arch>.json``, each kernel keyed by its name
 expression and checked against a digest of its expanded source (an edited kernel's
-figures are not used). A prediction is then arithmetic: the layer's launches built by
+figures are not used); a convolution GEMM's figures are kept per shape too
+(``shape_key``: its integer arguments), and a launch of a shape that has its own are
+predicted from those (pooled over layers, a kernel's figures mispredicted TF32 conv3's
+backward data on 128 x 128 by 8 %, and the chooser took it over 128 x 96). A prediction is then arithmetic: the layer's launches built by
 ``convnet.perf.layers.conv_layer`` for a stand-in of the GPU at the real batch
 (shape-only arrays: the grids, footprints and FLOPs of that shape), each launch's
 figures times its units, ``model.predict`` per launch, summed over the three passes
@@ -83,6 +86,8 @@ import statistics
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..cache import cache_dir
 from . import gpus
@@ -197,9 +202,21 @@ def _per_flop(row) -> bool:
     return p.work is None and p.part is not None and bool(p.flops)
 
 
+def shape_key(launch) -> str:
+    """A GEMM launch's figures key for its very shape: the kernel's name expression and
+    its integer arguments (the problem's sizes, batch included), ``name@128,96,...``."""
+    ints = [str(int(a)) for a in launch.args
+            if isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_))]
+    return f"{launch.name}@{','.join(ints)}"
+
+
 def figures_from_table(table) -> dict:
-    """``{kernel name: figures}`` of every launch of a predicted ``Table`` whose emulated
-    traffic was measured (see the module docstring); rows of one kernel are pooled."""
+    """``{key: figures}`` of every launch of a predicted ``Table`` whose emulated traffic
+    was measured (see the module docstring): per kernel (its name expression; rows of one
+    kernel are pooled) and, for a convolution's GEMM (counted per tile), per shape too
+    (``shape_key``): the same kernel's figures differ from one layer to another (the
+    prologue and epilogue against the reduction, partial tiles), so a choice for a shape
+    the table ran is predicted from that shape's own figures."""
     sums: dict = {}
     for row in table.rows:
         p = row.planned
@@ -209,23 +226,24 @@ def figures_from_table(table) -> dict:
         units = _units(p, per)
         if units <= 0:
             continue
-        s = sums.setdefault(p.launch.name, {
-            "source": source_key(p.launch.module), "per": per, "units": 0.0,
-            "registers": row.static["registers"], "static_shared": row.static["shared_bytes"],
-            "math_share": row.math_share, "load_bytes": 0.0, "store_bytes": 0.0,
-            "shared_wavefronts": 0.0, "instructions": 0.0, "pipes": {}, "counted": True})
-        if s["per"] != per:
-            continue   # one way of counting per kernel: the first row's
-        s["units"] += units
-        s["load_bytes"] += row.traffic.load_bytes
-        s["store_bytes"] += row.traffic.store_bytes
-        s["shared_wavefronts"] += row.traffic.shared_wavefronts
-        if row.dynamic is None:
-            s["counted"] = False
-        else:
-            s["instructions"] += row.dynamic.instructions
-            for pipe, n in row.dynamic.pipes.items():
-                s["pipes"][pipe] = s["pipes"].get(pipe, 0.0) + n
+        for key in (p.launch.name, shape_key(p.launch)) if per == "tile" else (p.launch.name,):
+            s = sums.setdefault(key, {
+                "source": source_key(p.launch.module), "per": per, "units": 0.0,
+                "registers": row.static["registers"], "static_shared": row.static["shared_bytes"],
+                "math_share": row.math_share, "load_bytes": 0.0, "store_bytes": 0.0,
+                "shared_wavefronts": 0.0, "instructions": 0.0, "pipes": {}, "counted": True})
+            if s["per"] != per:
+                continue   # one way of counting per kernel: the first row's
+            s["units"] += units
+            s["load_bytes"] += row.traffic.load_bytes
+            s["store_bytes"] += row.traffic.store_bytes
+            s["shared_wavefronts"] += row.traffic.shared_wavefronts
+            if row.dynamic is None:
+                s["counted"] = False
+            else:
+                s["instructions"] += row.dynamic.instructions
+                for pipe, n in row.dynamic.pipes.items():
+                    s["pipes"][pipe] = s["pipes"].get(pipe, 0.0) + n
     out = {}
     for name, s in sums.items():
         u = s["units"]
@@ -302,9 +320,17 @@ def save_figures(table) -> int:
 
 
 def _figures_for(launch, arch: str):
-    """(figures, "cache" | "defaults") of a launch's kernel, or (None, "none")."""
+    """(figures, "cache" | "defaults") of a launch, or (None, "none"): its shape's own
+    (``shape_key``: this machine's cache, then the shipped defaults, each only for the
+    kernel's current source), else its kernel's pooled figures (the cache's for the
+    current source, then the defaults' as shipped)."""
+    key, source = shape_key(launch), source_key(launch.module)
+    for figures, where in ((cached_figures(arch), "cache"), (default_figures(), "defaults")):
+        entry = figures.get(key)
+        if entry is not None and entry.get("source") == source:
+            return entry, where
     entry = cached_figures(arch).get(launch.name)
-    if entry is not None and entry.get("source") == source_key(launch.module):
+    if entry is not None and entry.get("source") == source:
         return entry, "cache"
     entry = default_figures().get(launch.name)
     if entry is not None:
@@ -501,8 +527,6 @@ def gpu_for(device) -> tuple[gpus.GPU, str]:
 
 def _winograd_fits(g) -> bool:
     """Whether Winograd's workspaces (backward filter's with one split) have 32-bit indices."""
-    import numpy as np
-
     from ..ops._arrays import INT32_MAX
     from ..ops import conv_winograd
     return all(int(np.prod(shape)) <= INT32_MAX for part in ("forward", "data", "filter")
