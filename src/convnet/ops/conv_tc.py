@@ -20,9 +20,9 @@ accumulation; forward with bias and ReLU fused, backward data, backward filter
   after ``ops.conv_layout``'s layout kernels, which round the operands as they move
   them): where ``channels_last`` allows and ``prefers_channels_last`` says, each pass
   runs so (``layout="nchw"|"nhwc"`` forces one); backward data at unit stride is the
-  forward convolution of dy with the flipped filter (``data_geometry``); in TF32
-  backward filter takes the arrays forward and backward data laid out (``layouts=``,
-  ``shares_layout``).
+  forward convolution of dy with the flipped filter (``data_geometry``); backward
+  filter takes the arrays forward and backward data laid out, in either precision
+  (``layouts=``, ``shares_layout``).
 """
 from __future__ import annotations
 
@@ -335,7 +335,7 @@ def forward(device, g: Geometry, x, w, b=None, relu=False, precision="tf32", til
     for backward filter where ``shares_layout``)."""
     precision = _tensor_core(precision)
     x, w, b = _operands(device, g, "conv2d", x=x, w=w, b=b)
-    layout = _layout(g, "forward", layout)
+    layout = _layout(g, "forward", layout, precision)
     if not device.runs_kernels:
         return forward_reference(g, x, w, b, relu, precision)
     y = device.xp.empty(g.y_shape, dtype=np.float32)
@@ -464,7 +464,7 @@ def backward_data(device, g: Geometry, dy, w, precision="tf32", tile=None, layou
     ``layout``, ``layouts``: as ``forward``'s; dy's array is the one kept)."""
     precision = _tensor_core(precision)
     dy, w = _operands(device, g, "conv2d backward", dy=dy, w=w)
-    layout = _layout(g, "data", layout)
+    layout = _layout(g, "data", layout, precision)
     if not device.runs_kernels:
         return backward_data_reference(g, dy, w, precision)
     dx = device.xp.empty(g.x_shape, dtype=np.float32)
@@ -590,5 +590,5 @@ def backward_filter_nhwc_launches(device, g: Geometry, x, dy, dw, xt, dyt, split
 def backward_filter_nhwc(device, g: Geometry, x, dy, precision="tf32", splits=None, tile=None,
                          layouts=None):
     """``backward_filter`` on the channels-last kernel (ValueError where
-    ``channels_last(g, "filter")`` does not hold)."""
+    ``channels_last(g, "filter", precision)`` does not hold)."""
     return backward_filter(device, g, x, dy, precision, splits, tile, "nhwc", layouts)
