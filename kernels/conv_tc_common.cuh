@@ -340,47 +340,59 @@ static __device__ __forceinline__ void cn_tc_store(const CnTcAcc<BN, BM>& acc, S
 // The epilogue of a GEMM whose rows m are channels ch0 + m of an NCHW tensor out (N,
 // channels, plane) and whose columns j = (n, i) are the positions i < plane of image n
 // (forward: y; backward data: dx): out[n][ch0 + m][i] = D[m][j] (+ bias[ch0 + m] when
-// has_bias; then ReLU keeping NaN when relu) for m < rows and j < cols. A thread's
-// rows (their offsets and biases) are set up once and each of its 2 BN/16 columns
-// divides once: not a division per value.
+// has_bias; then ReLU keeping NaN when relu) for m < rows and j < cols, for a thread
+// holding the results of R rows and C columns of the block's tile: row_of(r) and
+// col_of(c) their indices in the tile, value(r, c) the result. A thread's rows (their
+// offsets and biases) are set up once and each of its columns divides once: not a
+// division per value. Any fragment layout: cn_tc_store_nchw (mma's warps) and the
+// warpgroup engine's (conv_tc_wgmma.cuh).
+template <int R, int C, class RowOf, class ColOf, class Value>
+static __device__ __forceinline__ void cn_tc_store_nchw_frag(const RowOf& row_of, const ColOf& col_of,
+                                                             const Value& value, float* __restrict__ out,
+                                                             const float* __restrict__ bias, int has_bias, int relu,
+                                                             int m0, int n0, int rows, int cols, int plane,
+                                                             int channels, int ch0)
+{
+    // no bias adds -0 (x + -0 is x, -0 included); the ReLU zeroes v <= lo: 0, or NaN
+    // (never true) without it, so NaN is kept either way
+    const float lo = relu ? 0.0f : __int_as_float(0x7fc00000);
+    int at[R];
+    float add[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int m = m0 + row_of(r);
+        at[r] = m < rows ? (ch0 + m) * plane : -1;  // -1: a row past the end
+        add[r] = has_bias && m < rows ? bias[ch0 + m] : -0.0f;
+    }
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        const int j = n0 + col_of(c);
+        if (j >= cols) continue;
+        const int n = j / plane;
+        float* col = out + n * channels * plane + (j - n * plane);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (at[r] < 0) continue;
+            const float v = value(r, c) + add[r];
+            col[at[r]] = v <= lo ? 0.0f : v;
+        }
+    }
+}
+
+// cn_tc_store_nchw_frag for the 2 x 2 warps' mma fragments: row r = (mi, e0), column
+// c = (ni, e1) of cn_tc_store's layout.
 template <int BN, int BM>
 static __device__ __forceinline__ void cn_tc_store_nchw(const CnTcAcc<BN, BM>& acc, float* __restrict__ out,
                                                         const float* __restrict__ bias, int has_bias, int relu,
                                                         int m0, int n0, int rows, int cols, int plane,
                                                         int channels, int ch0)
 {
-    constexpr int MI = CN_TC_MI(BM);
     const int lane = threadIdx.x & 31;
     const int gq = lane >> 2, tq = lane & 3;
     const int wm = cn_tc_wm<BM>(), wn = cn_tc_wn<BN>();
-    // no bias adds -0 (x + -0 is x, -0 included); the ReLU zeroes v <= lo: 0, or NaN
-    // (never true) without it, so NaN is kept either way
-    const float lo = relu ? 0.0f : __int_as_float(0x7fc00000);
-    int at[MI][2];
-    float add[MI][2];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int e0 = 0; e0 < 2; ++e0) {
-            const int m = m0 + wm + 16 * mi + gq + 8 * e0;
-            at[mi][e0] = m < rows ? (ch0 + m) * plane : -1;  // -1: a row past the end
-            add[mi][e0] = has_bias && m < rows ? bias[ch0 + m] : -0.0f;
-        }
-#pragma unroll
-    for (int ni = 0; ni < CN_TC_NI(BN); ++ni)
-#pragma unroll
-        for (int e1 = 0; e1 < 2; ++e1) {
-            const int j = n0 + wn + 8 * ni + 2 * tq + e1;
-            if (j >= cols) continue;
-            const int n = j / plane;
-            float* col = out + n * channels * plane + (j - n * plane);
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-                for (int e0 = 0; e0 < 2; ++e0) {
-                    if (at[mi][e0] < 0) continue;
-                    const float v = acc[mi][ni][2 * e0 + e1] + add[mi][e0];
-                    col[at[mi][e0]] = v <= lo ? 0.0f : v;
-                }
-        }
+    auto row_of = [&](int r) { return wm + 16 * (r >> 1) + gq + 8 * (r & 1); };
+    auto col_of = [&](int c) { return wn + 8 * (c >> 1) + 2 * tq + (c & 1); };
+    auto value = [&](int r, int c) { return acc[r >> 1][c >> 1][2 * (r & 1) + (c & 1)]; };
+    cn_tc_store_nchw_frag<2 * CN_TC_MI(BM), 2 * CN_TC_NI(BN)>(row_of, col_of, value, out, bias, has_bias, relu, m0,
+                                                              n0, rows, cols, plane, channels, ch0);
 }

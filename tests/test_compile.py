@@ -85,7 +85,8 @@ def test_there_are_kernel_modules():
 def test_module_compiles_without_spills(module):
     rows = nvrtc.compile_report([module], archs=("sm_80", "sm_90"))
     built = {(r.kernel, r.arch) for r in rows}
-    assert built == {(k, a) for k in module.kernels for a in ("sm_80", "sm_90")}
+    assert built == {(k, module.build_arch(a)) for k in module.kernels for a in ("sm_80", "sm_90")
+                     if module.build_arch(a)}
     spilling = [f"{r.kernel} ({r.arch}): {r.spill_stores} B stored, {r.spill_loads} B loaded"
                 for r in rows if r.spills]
     assert not spilling, f"{module.source}: kernels spill registers: {'; '.join(spilling)}"

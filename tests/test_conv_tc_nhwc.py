@@ -7,7 +7,9 @@ result of the rounded operands within ``ops.conv_tc.error_bound``; forward at an
 stride, backward data at unit stride as the forward convolution of dy with the
 flipped filter; the small form (one group of at most 4 channels, padded to 4, a copy a
 pixel: 16 bytes TF32, 8 BF16; AlexNet's conv1); every tile; groups, padding, partial tiles; the layout
-rule and its errors; clean under the race, init and align checks."""
+rule and its errors; clean under the race, init and align checks. The warpgroup engine
+(kernels/conv_tc_forward_wgmma.cu: the same body by Hopper's wgmma, conv_tc.WGMMA_TILES)
+gives the same bits on every shape and tile, and is clean under the checks too."""
 from __future__ import annotations
 
 import numpy as np
@@ -116,6 +118,41 @@ def test_backward_data_equals_the_model_and_the_bound(device, precision, index):
     dya, wa = (np.abs(round_operand(a, precision)).astype(np.float64) for a in (dy, w))
     bound = conv_tc.error_bound(g.kg * g.r * g.s, conv_ops.backward_data_reference(g, dya, wa))
     assert (np.abs(dx - exact) <= bound).all()
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("index", range(len(SHAPES) + len(DATA_SHAPES)))
+def test_the_warpgroup_engine_gives_the_same_bits(device, precision, index):
+    tile = conv_tc.WGMMA_TILES[index % len(conv_tc.WGMMA_TILES)]
+    if index < len(SHAPES):
+        g, x, w, b, _ = data(SHAPES[index], index)
+        y = conv_tc.forward(device, g, x, w, b, index % 2 == 0, precision, tile=tile)
+        np.testing.assert_array_equal(y, model(g, x, w, b, index % 2 == 0, precision))
+    else:
+        g, x, w, b, dy = data(DATA_SHAPES[index - len(SHAPES)], 10 + index)
+        dx = conv_tc.backward_data(device, g, dy, w, precision, tile=tile)
+        np.testing.assert_array_equal(dx, model_data(g, dy, w, precision))
+
+
+@pytest.mark.parametrize("check", ["race", "init", "align"])
+def test_the_warpgroup_engine_is_clean_under_the_checks(device, check):
+    g, x, w, b, dy = data(SHAPES[1], 7)
+    small = data(SHAPES[7], 8)   # the small form
+    want = (model(g, x, w, b, True, "tf32"), model_data(g, dy, w, "bf16"), model(*small[:4], True, "bf16"))
+    with emu.debug(check=check):
+        y = conv_tc.forward(device, g, x, w, b, True, "tf32", tile=(128, 96, "wgmma"))
+        dx = conv_tc.backward_data(device, g, dy, w, "bf16", tile=(64, 128, "wgmma"))
+        ysb = conv_tc.forward(device, *small[:4], True, "bf16", tile=(128, 128, "wgmma"))  # 8-byte copies
+    np.testing.assert_array_equal(y, want[0])
+    np.testing.assert_array_equal(dx, want[1])
+    np.testing.assert_array_equal(ysb, want[2])
+
+
+def test_warpgroup_tiles_and_their_shared_memory():
+    assert conv_tc.wgmma_shared_bytes("tf32", (128, 128)) == 72 * 1024   # the kernel's comment
+    assert conv_tc.wgmma_shared_bytes("bf16", (128, 128)) == 36 * 1024
+    with pytest.raises(ValueError, match="is not instantiated"):
+        conv_tc.forward(emu.EmuDevice(), *data(SHAPES[0], 0)[:4], False, "tf32", tile=(128, 64, "wgmma"))
 
 
 def test_the_layout_rule_and_its_errors(device):

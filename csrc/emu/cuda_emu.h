@@ -140,8 +140,10 @@ static inline double max(double a, double b) { return fmax(a, b); }
 // The arithmetic intrinsics (conversions, rounding modes, fast math, integer
 // intrinsics) with sm_90's semantics: emu_math.h (issue 10, item 6).
 #include "emu_math.h"
-// Tensor-core mma.sync and cp.async (issue 12): emu_mma.h, emu_cp_async.h.
+// Tensor-core mma.sync, the async proxy and cp.async (issue 12): emu_mma.h, emu_async_proxy.h,
+// emu_cp_async.h.
 #include "emu_mma.h"
+#include "emu_async_proxy.h"
 #include "emu_cp_async.h"
 static inline int __float_as_int(float x) { int i; std::memcpy(&i, &x, 4); return i; }
 static inline unsigned __float_as_uint(float x) { unsigned i; std::memcpy(&i, &x, 4); return i; }
@@ -248,10 +250,14 @@ template <class... A>
 static inline void emu_call(void (*f)(A...), void** args) {
   emu_invoke(f, args, std::index_sequence_for<A...>{});
 }
+static inline void emu_wgmma_reset();   // emu_wgmma.h
+static inline void emu_wgmma_finish();
 template <auto F>
 static void emu_thunk(void** args) {
   emu_cp_async_reset();  // a thread starts with no cp.async pending
+  emu_wgmma_reset();     // ... and no wgmma
   emu_call(F, args);
+  emu_wgmma_finish();    // a wgmma still in flight at exit is a fault
 }
 
 // ---------------------------------------------------------------- library entry points
@@ -262,8 +268,9 @@ EMU_EXPORT void emu_shared_range(char** start, std::size_t* bytes) {
   *start = __start_emu_shared;
   *bytes = __start_emu_shared ? static_cast<std::size_t>(__stop_emu_shared - __start_emu_shared) : 0;
 }
-// ldmatrix (issue 12): emu_ldmatrix.h.
+// ldmatrix and wgmma (issue 12): emu_ldmatrix.h, emu_wgmma.h.
 #include "emu_ldmatrix.h"
+#include "emu_wgmma.h"
 extern "C" void __asan_set_error_report_callback(void (*)(const char*)) __attribute__((weak));
 static void emu_asan_report(const char*) {
   char where[256];

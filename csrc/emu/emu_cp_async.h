@@ -129,6 +129,7 @@ static inline void emu_cp_async_wait_at(int n, const char* file, int line) {
     const EmuCpAsyncEntry& e = q->entry[i];
     void* dst = reinterpret_cast<void*>(static_cast<uintptr_t>(e.dst_size & ((uint64_t(1) << 56) - 1)));
     const int bytes = static_cast<int>(e.dst_size >> 56);
+    emu_proxy_written(dst, bytes);  // a generic-proxy write (emu_async_proxy.h)
     if (bytes == 16) {
       uint4 v;
       std::memcpy(&v, e.data, 16);

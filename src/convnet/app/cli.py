@@ -18,7 +18,11 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_kernels(args) -> int:
-    """Compile every kernel module with NVRTC and print registers/spills; 1 on spill or error."""
+    """Compile every kernel module with NVRTC and print registers/spills; 1 on spill or error.
+
+    A module built only for an architecture-specific feature set (``feature_arch``,
+    sm_90a) has rows for that arch alone; a note under the table names the asked
+    architectures it is not built for (not a failure)."""
     from ..toolchain import nvrtc
     from ..ops import kernel_modules
 
@@ -34,7 +38,8 @@ def cmd_kernels(args) -> int:
     try:
         archs = [nvrtc.normalize_arch(a) for a in archs]
         supported = nvrtc.supported_archs()
-        unsupported = [a for a in archs if a not in supported]
+        # sm_90a (a feature set of sm_90) is supported where sm_90 is
+        unsupported = [a for a in archs if (a[:-1] if a[-1].isalpha() else a) not in supported]
         if unsupported:
             raise ValueError(f"NVRTC {'.'.join(map(str, nvrtc.version()))} cannot target "
                              f"{', '.join(unsupported)} (it supports {', '.join(supported)})")
@@ -46,13 +51,18 @@ def cmd_kernels(args) -> int:
         return 0
 
     rows, failures = nvrtc.compile_all(modules, archs)
+    skipped = nvrtc.not_built(modules, archs)
     if rows:
         nvrtc.print_report(rows)
+    if skipped:
+        print(f"\n{nvrtc.format_not_built(skipped)}")
     spilling = [r for r in rows if r.spills]
     for exc in failures:
         print(f"\nerror: {exc}", file=sys.stderr)
     print(f"\n{len(modules)} module(s) for {', '.join(archs)}: {len(rows)} kernel build(s), "
-          f"{len(spilling)} spilling; {len(failures)} module build(s) failed")
+          f"{len(spilling)} spilling; {len(failures)} module build(s) failed"
+          + (f"; {len(skipped)} module build(s) skipped (built only for "
+             f"{', '.join(sorted({m.feature_arch for m, _ in skipped}))})" if skipped else ""))
     return 1 if spilling or failures else 0
 
 

@@ -15,6 +15,15 @@ First GPU contact (issue 10, item 8):
   modules on disk keyed on the source text and options; the text handed to it has
   ``#line`` names relative to the kernel folder's parent (``kernels/conv_forward.cu``),
   so the same kernels compiled from another checkout hit that cache.
+* **Feature-set modules** (``KernelModule.feature_arch``, ``sm_90a`` for ``wgmma.*``)
+  run only on a GPU of their base architecture (``DeviceError`` on another). CuPy
+  appends its own ``-arch`` for the GPU to the options of ``RawModule(code=...)``
+  (``cupy/cuda/compiler.py``), so an ``sm_90a`` option cannot be passed reliably:
+  ``toolchain.nvrtc`` builds the CUBIN for ``sm_90a`` itself (the same text and
+  ``NVRTC_OPTIONS``), it is kept on disk under ``convnet.cache.cache_dir() / "cubin"``
+  (keyed on the text, options, instantiation and NVRTC version, with the mangled
+  name NVRTC lowered the name expression to) and loaded with
+  ``cupy.RawModule(path=...)``, whose ``get_function`` takes that mangled name.
 * **Launch resources.** Before the first launch of a kernel with a given block the
   loaded function's own figures (``num_regs``, ``shared_size_bytes``,
   ``max_threads_per_block``) go through ``toolchain.resources.check_launch`` for this GPU's
@@ -35,11 +44,16 @@ First GPU contact (issue 10, item 8):
 """
 from __future__ import annotations
 
+import json
+import os
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from ..cache import cache_dir
+from ..toolchain import nvrtc
 from ..toolchain.kernel_source import digest, expand
 from ..toolchain.nvrtc import NVRTC_OPTIONS
 from ..toolchain.resources import DEFAULT_SHARED_BYTES, check_launch
@@ -122,7 +136,8 @@ def unavailable_reason() -> str | None:
 # --------------------------------------------------------------------------- compiled modules
 
 _LOCK = threading.Lock()
-_RAW_MODULES: dict[str, object] = {}     # digest(text, options, name) -> cupy.RawModule
+_RAW_MODULES: dict[object, object] = {}  # digest(text, options, name) -> cupy.RawModule;
+# ("\0cubin", module, name, arch) -> (RawModule of a feature-set CUBIN, mangled name)
 _MODULE_TEXT: dict[object, str] = {}     # KernelModule -> its portable expanded text
 
 
@@ -147,6 +162,43 @@ def _raw_module(cupy, module, name: str):
             raw = _RAW_MODULES[key] = cupy.RawModule(code=text, options=NVRTC_OPTIONS,
                                                      name_expressions=[name])
         return raw
+
+
+def _feature_cubin(module, name: str, arch: str) -> tuple[str, str]:
+    """The CUBIN file of the one instantiation ``name`` of a feature-set module built by
+    our NVRTC for ``arch`` (its ``feature_arch``) and the mangled name of the kernel in
+    it; built the first time, then read from the disk cache."""
+    text = instantiation_source(module, name)
+    options = [*NVRTC_OPTIONS, f"--gpu-architecture={arch}"]
+    key = digest(text, *options, "\0kernel", name, ".".join(map(str, nvrtc.version())))
+    stem = f"{Path(str(module.source)).stem}-{arch}-{key[:24]}"
+    cubin = cache_dir() / "cubin" / f"{stem}.cubin"
+    names = cubin.with_suffix(".json")  # {name expression: mangled name}
+    try:
+        mangled = json.loads(names.read_text())[name]
+        if cubin.is_file():
+            return str(cubin), mangled
+    except (OSError, ValueError, KeyError):
+        pass
+    build = nvrtc._compile(text, str(module.source), (name,), options)
+    cubin.parent.mkdir(parents=True, exist_ok=True)
+    for path, data in ((cubin, build.cubin), (names, json.dumps(build.lowered).encode())):
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return str(cubin), build.lowered[name]
+
+
+def _feature_module(cupy, module, name: str, arch: str):
+    """``(RawModule, mangled name)`` of the one instantiation ``name`` of a feature-set
+    module, loaded from the CUBIN ``_feature_cubin`` builds for ``arch`` (once per process)."""
+    with _LOCK:
+        key = ("\0cubin", module, name, arch)
+        found = _RAW_MODULES.get(key)
+        if found is None:
+            path, mangled = _feature_cubin(module, name, arch)
+            found = _RAW_MODULES[key] = (cupy.RawModule(path=path), mangled)
+        return found
 
 
 class _BoundCupy:
@@ -274,9 +326,19 @@ class CUDADevice(Device):
         key = (launch.module, launch.name)
         function = self._functions.get(key)
         if function is None:
-            raw = _raw_module(self.cupy, launch.module, launch.name)
+            module = launch.module
+            if module.feature_arch is None:
+                raw, name = _raw_module(self.cupy, module, launch.name), launch.name
+            else:
+                arch = module.build_arch(self.arch)
+                if arch is None:
+                    raise DeviceError(
+                        f"{launch.name} ({module.source}) uses the {module.feature_arch} "
+                        f"feature set and runs only on {module.base_arch} GPUs; {self.name} "
+                        f"is {self.arch}")
+                raw, name = _feature_module(self.cupy, module, launch.name, arch)
             with self._device():
-                function = raw.get_function(launch.name)  # compiles for this GPU once
+                function = raw.get_function(name)  # compiles (or loads) for this GPU once
             self._functions[key] = function
         return function
 

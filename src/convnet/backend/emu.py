@@ -233,7 +233,8 @@ _CHECK_FLAGS = {
                  "-include", "emu_profile.h"], []),
 }
 # Headers cuda_emu.h includes (part of every build's cache key).
-_INCLUDED_HEADERS = ("emu_math.h", "emu_mma.h", "emu_cp_async.h", "emu_ldmatrix.h")
+_INCLUDED_HEADERS = ("emu_math.h", "emu_mma.h", "emu_async_proxy.h", "emu_cp_async.h", "emu_ldmatrix.h",
+                     "emu_wgmma.h")
 # Headers a check mode forces in besides cuda_emu.h (part of its cache key).
 _CHECK_HEADERS = {"profile": ("emu_profile.h", "emu_hooks.h")}
 _COMMON = ["-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-unused-function"]

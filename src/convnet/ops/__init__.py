@@ -24,6 +24,7 @@ KERNEL_MODULES: tuple[KernelModule, ...] = (
     conv_tc.BACKWARD_FILTER_NHWC,
     conv_tc.FORWARD,
     conv_tc.FORWARD_NHWC,
+    conv_tc.FORWARD_WGMMA,
     conv_winograd.GEMM,
     conv_winograd.IN,
     conv_winograd.OUT,

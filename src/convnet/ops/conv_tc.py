@@ -38,13 +38,15 @@ from .conv import _operands
 from .elementwise import BLOCK, max_blocks
 
 __all__ = ["BACKWARD_DATA", "BACKWARD_FILTER", "BACKWARD_FILTER_NHWC", "BLOCK_K", "BLOCK_M",
-           "BLOCK_N", "FORWARD", "FORWARD_NHWC", "LAYOUTS", "THREADS", "TILES", "backward_data",
+           "BLOCK_N", "FORWARD", "FORWARD_NHWC", "FORWARD_WGMMA", "LAYOUTS", "THREADS", "TILES",
+           "WGMMA", "WGMMA_TILES", "backward_data",
            "backward_data_launch", "backward_data_nhwc_launches", "backward_data_reference",
            "backward_filter", "backward_filter_launches", "backward_filter_nhwc",
            "backward_filter_nhwc_launches", "backward_filter_reference", "channels_last",
            "choose_tile", "data_geometry", "error_bound", "filter_layout_channels",
            "filter_tile", "filter_vector", "filter_workspace_shapes", "forward", "forward_launch",
-           "forward_nhwc_launches", "forward_reference", "launch_tile", "nhwc_workspace_shapes",
+           "forward_nhwc_launches", "forward_reference", "is_wgmma", "launch_tile",
+           "nhwc_workspace_shapes", "wgmma_shared_bytes",
            "plan_filter", "prefers_channels_last", "shares_layout", "split_gemm_launches"]
 
 BLOCK_M = 128  # GEMM rows per block of the tallest tile
@@ -55,6 +57,13 @@ _TEMPLATE = {"tf32": 0, "bf16": 1}
 # (rows, columns) of a block's tile: the kernels' <.., BN, .., BM> instantiations (BM's
 # default 128 is left out of the names)
 TILES = ((128, 128), (128, 96), (64, 128))
+# The same tiles on Hopper's warpgroup engine (kernels/conv_tc_forward_wgmma.cu, sm_90a):
+# the channels-last forward and backward-data GEMM runs by wgmma; every other kernel of
+# the pass (layouts, NCHW forms, backward filter) runs as on the plain tile.
+WGMMA = "wgmma"
+WGMMA_TILES = tuple((bm, bn, WGMMA) for bm, bn in TILES)
+WGMMA_STAGES = 4       # CN_WG_STAGES
+_WGMMA_LBO = 144       # CnTcWgEngine::LBO: bytes between a row's 16-byte chunks
 # per tile: (resident blocks per SM on sm_80/sm_90 by the NVRTC register report: 2 for
 # the 128-row tiles (up to 254 registers), 4 for 64 x 128 (at most 128); the rate of a resident block relative to 128 x 128's: 0.7 for 128 x 96,
 # from the model's predictions (H100 b128 conv3: the 96 tile's 1.71 waves lost to 128's
@@ -86,6 +95,23 @@ FORWARD_NHWC = _module("conv_tc_forward_nhwc", ((False,), (True,)))
 # backward data: <precision, BN, unit[, BM]> (unit: sh = sw = 1, no division)
 BACKWARD_DATA = _module("conv_tc_backward_data", ((True,), (False,)))
 BACKWARD_FILTER = _module("conv_tc_backward_filter")
+# the same instantiations by wgmma (sm_90a only)
+FORWARD_WGMMA = KernelModule("conv_tc_forward_wgmma.cu", tuple(
+    name.replace("conv_tc_forward_nhwc", "conv_tc_forward_wgmma") for name in FORWARD_NHWC.kernels),
+    feature_arch="sm_90a")
+
+
+def wgmma_shared_bytes(precision: str, tile) -> int:
+    """The dynamic shared memory of conv_tc_forward_wgmma on ``tile``: WGMMA_STAGES
+    slices of A's and B's rows, 16 kk a row in 16-byte chunks _WGMMA_LBO apart
+    (CnTcWgEngine::SHARED_BYTES)."""
+    chunks = 2 if precision == "bf16" else 4
+    return WGMMA_STAGES * (tile[0] + tile[1]) // 8 * chunks * _WGMMA_LBO
+
+
+def is_wgmma(tile) -> bool:
+    """Whether ``tile`` is one of ``WGMMA_TILES``."""
+    return tile is not None and len(tile) == 3 and tile[2] == WGMMA
 
 
 def choose_tile(device, rows: int, cols: int, batches: int = 1) -> tuple[int, int]:
@@ -103,22 +129,30 @@ def choose_tile(device, rows: int, cols: int, batches: int = 1) -> tuple[int, in
     return min(TILES, key=cost)
 
 
-def launch_tile(launch: Launch) -> tuple[int, int]:
-    """The tile (of ``TILES``) a conv_tc Launch runs."""
+def launch_tile(launch: Launch) -> tuple:
+    """The tile (of ``TILES``, or ``WGMMA_TILES`` for the warpgroup GEMM) a conv_tc
+    Launch runs."""
     args = launch.template_args
-    flagged = launch.kernel in ("conv_tc_backward_data", "conv_tc_forward_nhwc")  # <P, BN, flag[, BM]>
+    flagged = launch.kernel in ("conv_tc_backward_data", "conv_tc_forward_nhwc",
+                                "conv_tc_forward_wgmma")  # <P, BN, flag[, BM]>
     bm = args[-1] if len(args) == (4 if flagged else 3) else BLOCK_M
-    return (int(bm), int(args[1]))
+    return (int(bm), int(args[1])) + ((WGMMA,) if launch.kernel == "conv_tc_forward_wgmma" else ())
+
+
+def _check_tile(tile) -> tuple:
+    if tuple(tile) not in TILES + WGMMA_TILES:
+        raise ValueError(f"conv2d: tensor-core tile {tuple(tile)!r} is not instantiated; "
+                         f"exported: {', '.join(str(t) for t in TILES + WGMMA_TILES)}")
+    return tuple(tile)
 
 
 def _pick_tile(device, tile, rows: int, cols: int, batches: int) -> tuple[int, int]:
-    """``tile`` (which must be one of ``TILES``), or ``choose_tile``'s when None."""
+    """``tile`` (which must be one of ``TILES`` or ``WGMMA_TILES``; a kernel without a
+    warpgroup form runs a warpgroup tile as its plain one), or ``choose_tile``'s when
+    None: (rows, columns)."""
     if tile is None:
         return choose_tile(device, rows, cols, batches)
-    if tuple(tile) not in TILES:
-        raise ValueError(f"conv2d: tensor-core tile {tuple(tile)!r} is not instantiated; "
-                         f"exported: {', '.join(str(t) for t in TILES)}")
-    return tuple(tile)
+    return _check_tile(tile)[:2]
 
 
 def _tensor_core(precision) -> str:
@@ -268,9 +302,12 @@ def _gemm_nhwc(device, g: Geometry, xt, wt, b, y, relu, precision, tile) -> Laun
     bm, bn = _pick_tile(device, tile, g.kg, cols, g.groups)
     scalars = list(g.scalars())
     scalars[1] = np.int32(_pixel(g, precision))   # C: the layout's channels
-    return Launch(FORWARD_NHWC, "conv_tc_forward_nhwc",
+    wg = tile is not None and is_wgmma(tuple(tile))
+    return Launch(FORWARD_WGMMA if wg else FORWARD_NHWC,
+                  "conv_tc_forward_wgmma" if wg else "conv_tc_forward_nhwc",
                   template_args=_template_args(precision, (bm, bn), _small(g)),
                   grid=(-(-cols // bn), -(-g.kg // bm), g.groups), block=(THREADS,),
+                  shared_bytes=wgmma_shared_bytes(precision, (bm, bn)) if wg else 0,
                   args=(xt, wt, y if b is None else b, y, *scalars,  # bias unread: y
                         np.int32(b is not None), np.int32(bool(relu))))
 
@@ -373,7 +410,7 @@ def plan_filter(device, g: Geometry, splits=None, tile=(BLOCK_M, BLOCK_N),
         blocks = -(-g.kg // tile[0]) * -(-crs // tile[1]) * g.groups
         most = max(1, npq // (32 * BLOCK_K))
         if device.kind == "cuda":
-            slots = device.parallel_units * _TILE_MODEL["cuda"][tuple(tile)][0]
+            slots = device.parallel_units * _TILE_MODEL["cuda"][tuple(tile)[:2]][0]
             splits = _splits_for_gpu(blocks, slots, npq, most, tile, g.k * crs,
                                      _FLOP_PER_BYTE[_tensor_core(precision)])
         else:

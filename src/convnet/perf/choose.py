@@ -486,10 +486,21 @@ def direct_tiles(g, gpu) -> dict:
 
 def tensor_core_tiles(g, gpu, precision: str) -> dict:
     """``direct_tiles`` for the tensor-core engine in ``precision``: per pass, the fastest
-    of ``ops.conv_tc.TILES`` predicted (a pass where fewer than two have figures is left
-    to the engine's own choice)."""
+    of ``ops.conv_tc.TILES`` predicted, and of ``WGMMA_TILES`` on a GPU whose
+    architecture runs the warpgroup GEMM (its module's base architecture, sm_90); a pass
+    where fewer than two have figures is left to the engine's own choice. A warpgroup
+    tile runs its pass's other kernels as the plain tile, so where a pass has no
+    warpgroup GEMM (backward filter, NCHW forms) both predict alike and the plain tile,
+    listed first, wins the tie."""
+    return _fastest_tiles(g, gpus.gpu(gpu), tensor_core_menu(gpu), precision)
+
+
+def tensor_core_menu(gpu) -> tuple:
+    """The tensor-core tiles the chooser weighs on ``gpu``: ``TILES``, with
+    ``WGMMA_TILES`` where the GPU's architecture is the warpgroup module's base."""
     from ..ops import conv_tc
-    return _fastest_tiles(g, gpus.gpu(gpu), tuple(conv_tc.TILES), precision)
+    wgmma = gpus.gpu(gpu).arch.name == conv_tc.FORWARD_WGMMA.base_arch
+    return tuple(conv_tc.TILES) + (tuple(conv_tc.WGMMA_TILES) if wgmma else ())
 
 
 def _fastest_tiles(g, g_: gpus.GPU, menu: tuple, precision: str) -> dict:

@@ -13,6 +13,12 @@ CPU, so results are kept in-process and on disk under
 on the expanded source text, the NVRTC options, the architecture and this file's
 format version (NVRTC output is deterministic for those, so the cache is never
 stale after a kernel or header edit).
+
+A module with a ``feature_arch`` (``sm_90a``: ``wgmma.*``) is compiled for it when
+``arch`` is its base (``sm_90``), so the figures are those of the build that runs;
+asked for another architecture, whose GPUs cannot run it, ``kernel_figures`` raises
+``ArchitectureError`` naming the module and the architecture it needs (callers ask
+only for modules the GPU runs).
 """
 from __future__ import annotations
 
@@ -39,10 +45,11 @@ def _key(text: str, arch: str) -> str:
 
 def kernel_figures(module: KernelModule, arch: str = "sm_90") -> dict[str, dict]:
     """``{kernel name expression: static figures}`` for every kernel of ``module`` on
-    ``arch`` (see the module docstring); compiles only on a cache miss."""
+    ``arch`` (see the module docstring; a feature-set module: its ``build_arch``, whose
+    name the figures' ``arch`` carries); compiles only on a cache miss."""
     from . import dynamic, sass  # needs NVRTC and nvdisasm only when compiling
 
-    arch = nvrtc.normalize_arch(arch)
+    arch = module.require_arch(nvrtc.normalize_arch(arch))
     text = expand(module.source)
     key = _key(text + "\0" + "\0".join(module.kernels), arch)
     with _LOCK:

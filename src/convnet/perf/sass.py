@@ -61,7 +61,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..toolchain import nvrtc
@@ -498,8 +498,11 @@ def compile_source(source_text: str, program_name: str, kernels, arch: str,
 
 
 def module_sass(module: KernelModule, arch: str = "sm_90") -> list[KernelSass]:
-    """The machine code of every kernel a KernelModule exports, built for ``arch``."""
-    return compile_source(expand(module.source), str(module.source), module.kernels, arch)
+    """The machine code of every kernel a KernelModule exports, built for ``arch`` (a
+    feature-set module: its ``build_arch``, sm_90 -> sm_90a; ArchitectureError for an
+    architecture it is not built for)."""
+    return compile_source(expand(module.source), str(module.source), module.kernels,
+                          module.require_arch(nvrtc.normalize_arch(arch)))
 
 
 # --------------------------------------------------------------------------- the report
@@ -583,13 +586,14 @@ def static_report(modules=None, arch: str = "sm_90", block_threads=None, dynamic
     all, a mapping from name expression to value, or a callable ``(module, kernel)``
     returning it (None: unknown). A kernel with no block size given gets its
     ``__launch_bounds__`` maximum; with neither, no occupancy. Modules compile in
-    threads (NVRTC and nvdisasm release the GIL); the first failure is raised.
+    threads (NVRTC and nvdisasm release the GIL); the first failure is raised. Modules
+    built only for another architecture's feature set (``feature_arch``) are left out.
     """
     if modules is None:
         from ..ops import kernel_modules
         modules = kernel_modules()
-    modules = list(modules)
     arch = nvrtc.normalize_arch(arch)
+    modules = [m for m in modules if m.build_arch(arch) is not None]
     nvrtc._bindings()
     nvdisasm_path()  # fail early, with the install hints, before any work
     if not modules:
@@ -677,7 +681,7 @@ def main(argv=None) -> int:
     from ..ops import kernel_modules
     modules = kernel_modules()
     if args.filter:
-        modules = [KernelModule(m.source, tuple(k for k in m.kernels if args.filter in k))
+        modules = [replace(m, kernels=tuple(k for k in m.kernels if args.filter in k))
                    for m in modules if any(args.filter in k for k in m.kernels)]
     began = time.perf_counter()
     rows = static_report(modules, arch, block_threads=lambda m, k: None)

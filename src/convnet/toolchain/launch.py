@@ -7,9 +7,18 @@ A ``KernelModule`` is one ``kernels/*.cu`` file together with the kernels it
 exports: plain ``extern "C"`` names, or template instantiations written as C++
 name expressions (``"lrn_forward<true>"``). That list is the one place where
 template instantiations are made, for NVRTC and g++ alike.
+
+A module that uses instructions of an architecture-specific feature set (Hopper's
+warpgroup MMA, ``wgmma.*``, exists only in ``sm_90a``) names it as its
+``feature_arch``: it is built only for that architecture's GPUs (``sm_90``),
+compiled there as ``sm_90a``, and every consumer asks ``build_arch`` which build
+an architecture gets (the compile report, the launch-resource check, the
+performance model, the ``cuda`` executor). The ``emu`` executor's g++ build
+ignores it (the kernel's ``#if defined(__CUDA_ARCH__)`` fallback runs there).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,22 +35,64 @@ MAX_DYNAMIC_SHARED_BYTES = 227 * 1024
 SCALAR_TYPES = (np.int32, np.uint32, np.int64, np.uint64, np.float32, np.float64)
 
 
+_FEATURE_ARCH = re.compile(r"sm_(\d{2,3})a")
+
+
 class LaunchError(ValueError):
     """A launch description that no executor could run."""
 
 
+class ArchitectureError(LaunchError):
+    """A kernel module asked for an architecture it is not built for."""
+
+
 @dataclass(frozen=True)
 class KernelModule:
-    """One kernel source file and the kernels (name expressions) it exports."""
+    """One kernel source file and the kernels (name expressions) it exports.
+
+    ``feature_arch`` (``"sm_90a"``, or None for a portable module): the module uses
+    instructions of that architecture-specific feature set, so it is built only for
+    its base architecture (``base_arch``, ``"sm_90"``), as ``feature_arch``.
+    """
 
     source: str
     kernels: tuple[str, ...]
+    feature_arch: str | None = None
 
     def __post_init__(self):
         if not self.kernels:
             raise LaunchError(f"{self.source}: a kernel module must export at least one kernel")
         if len(set(self.kernels)) != len(self.kernels):
             raise LaunchError(f"{self.source}: kernel names listed twice: {self.kernels}")
+        if self.feature_arch is not None and not (
+                isinstance(self.feature_arch, str) and _FEATURE_ARCH.fullmatch(self.feature_arch)):
+            raise LaunchError(f"{self.source}: feature_arch must name an architecture-specific "
+                              f"feature set such as 'sm_90a' (sm_NNa), got {self.feature_arch!r}")
+
+    @property
+    def base_arch(self) -> str | None:
+        """The architecture whose GPUs run a feature-set module (``"sm_90"`` for
+        ``"sm_90a"``); None for a portable module."""
+        return None if self.feature_arch is None else self.feature_arch[:-1]
+
+    def build_arch(self, arch: str) -> str | None:
+        """The architecture this module is compiled for when ``arch`` (a normalized name,
+        ``"sm_90"``) is asked: ``arch`` itself for a portable module; for a feature-set
+        module its ``feature_arch`` when ``arch`` is its base or the feature arch itself,
+        and None (not built: no GPU of ``arch`` can run it) otherwise."""
+        if self.feature_arch is None:
+            return arch
+        return self.feature_arch if arch in (self.base_arch, self.feature_arch) else None
+
+    def require_arch(self, arch: str) -> str:
+        """``build_arch(arch)``, or ArchitectureError naming the module and the
+        architecture it needs when it is not built for ``arch``."""
+        built = self.build_arch(arch)
+        if built is None:
+            raise ArchitectureError(
+                f"{self.source} uses the {self.feature_arch} feature set and is built only for "
+                f"{self.feature_arch}: it runs on {self.base_arch} GPUs, not on {arch}")
+        return built
 
 
 def name_expression(name: str, template_args: tuple = ()) -> str:

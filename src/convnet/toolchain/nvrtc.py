@@ -33,6 +33,14 @@ spill stores/loads, static shared memory and stack frame from the ptxas log
 module's name expressions to them). A source that does not compile raises
 ``CompileError`` carrying NVRTC's full log, whose messages name the real file
 and line thanks to the ``#line`` markers of the expanded source.
+
+A module with a ``feature_arch`` (``KernelModule``: ``"sm_90a"``, for ``wgmma.*``,
+which plain ``sm_90`` rejects) is compiled for that feature arch when its base is
+asked (``--gpu-architecture=sm_90a`` for ``sm_90``; its report rows say ``sm_90a``)
+and not at all for other architectures: ``compile_all`` and ``compile_report`` leave
+those builds out without failing, ``not_built`` lists them and ``format_not_built``
+says so (``convnet kernels`` prints it under the table); ``compile_module`` asked for
+such an architecture raises ``ArchitectureError``.
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .kernel_source import expand
-from .launch import KernelModule
+from .launch import ArchitectureError, KernelModule  # noqa: F401 (ArchitectureError: for callers)
 
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17", "-ftz=true")
 REPORT_ARCHS: tuple[str, ...] = ("sm_80", "sm_90")
@@ -245,8 +253,10 @@ def compile_options(arch: str) -> list[str]:
 
 
 def compile_module(module: KernelModule, arch: str = "sm_80") -> list[KernelReport]:
-    """Compile one KernelModule for ``arch`` and report each of its kernels."""
-    arch = normalize_arch(arch)
+    """Compile one KernelModule for ``arch`` and report each of its kernels. A
+    feature-set module is compiled for its ``build_arch`` (``sm_90`` -> ``sm_90a``,
+    which its rows name); ArchitectureError for an architecture it is not built for."""
+    arch = module.require_arch(normalize_arch(arch))
     build = _compile(expand(module.source), str(module.source), module.kernels,
                      compile_options(arch))
     usage = parse_ptxas_log(build.log)
@@ -281,10 +291,13 @@ def compile_report(modules, archs=REPORT_ARCHS, jobs: int | None = None) -> list
 def compile_all(modules, archs=REPORT_ARCHS, jobs: int | None = None):
     """Like ``compile_report`` but keeps going: ``(rows, failures)``, failures being the
     exceptions (CompileError, ReportError, KernelSourceError) of the builds that failed.
-    NVRTC releases the GIL, so the builds run in threads."""
+    NVRTC releases the GIL, so the builds run in threads. A feature-set module is built
+    once for its feature arch (when ``archs`` hold its base) and left out for the other
+    architectures (``not_built`` lists what was left out)."""
     archs = [normalize_arch(a) for a in archs]
     _bindings()  # fail early, with the install hint, before any work
-    work = [(m, a) for m in modules for a in archs]
+    work = list(dict.fromkeys((m, m.build_arch(a)) for m in modules for a in archs
+                              if m.build_arch(a) is not None))
     if not work:
         return [], []
 
@@ -299,6 +312,13 @@ def compile_all(modules, archs=REPORT_ARCHS, jobs: int | None = None):
     rows = [row for built, _ in results for row in built]
     failures = [exc for _, exc in results if exc is not None]
     return rows, failures
+
+
+def not_built(modules, archs=REPORT_ARCHS) -> list[tuple[KernelModule, str]]:
+    """``(module, arch)`` for every feature-set module and asked architecture it is not
+    built for (``KernelModule.build_arch`` None): what ``compile_all`` leaves out."""
+    archs = [normalize_arch(a) for a in archs]
+    return [(m, a) for m in modules for a in archs if m.build_arch(a) is None]
 
 
 # --------------------------------------------------------------------------- the ptxas log
@@ -399,6 +419,17 @@ def format_report(rows) -> str:
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths if w).rstrip())
     return "\n".join(lines)
+
+
+def format_not_built(pairs) -> str:
+    """One line per module of ``not_built``'s pairs: the architecture it is built for
+    only, and the asked ones it was not built for."""
+    skipped: dict[KernelModule, list[str]] = {}
+    for module, arch in pairs:
+        skipped.setdefault(module, []).append(arch)
+    return "\n".join(f"{m.source}: built only for {m.feature_arch} (it uses the "
+                     f"{m.feature_arch} feature set); not built for {', '.join(archs)}"
+                     for m, archs in skipped.items())
 
 
 def print_report(rows, file=None) -> None:

@@ -29,6 +29,14 @@ The architecture: a ``cuda`` device checks against its own compute capability. T
 ``perf.gpus.ARCHS``: the strictest — what runs on emu then runs on an A100, an A10
 and an RTX 4090 too) or ``none`` (no resource check).
 
+A module built only for an architecture-specific feature set (``KernelModule.feature_arch``,
+``sm_90a``) is checked with the figures of that build wherever its base architecture
+(``sm_90``) is asked. No GPU of another architecture can run it, so ``emu`` checks
+its launches on the base architecture in place of the ``CONVNET_EMU_ARCH`` ones it
+is not built for (with ``all``: on sm_90 only; a launch is never left unchecked
+unless the setting is ``none``), and ``check_launch`` / ``kernel_resources`` asked
+for such an architecture explicitly raise ``ArchitectureError`` (a ``LaunchError``).
+
 The NVRTC report (registers, static shared memory, launch bounds) is compiled once
 per kernel instantiation and architecture and kept on disk under
 ``convnet.cache.cache_dir() / "nvrtc"``, keyed on the portable expanded source (the
@@ -141,10 +149,20 @@ def emu_archs() -> tuple[str, ...]:
 _CHECKED: dict[tuple, tuple[Checked, ...]] = {}
 
 
+def module_archs(module, archs) -> tuple[str, ...]:
+    """The architectures a launch of ``module`` is checked on when ``archs`` are asked:
+    ``archs`` for a portable module; for a feature-set module (sm_90a) the ones it is
+    built for, its base architecture (sm_90) standing in for the others."""
+    if module.feature_arch is None:
+        return tuple(archs)
+    return tuple(dict.fromkeys(a if module.build_arch(a) else module.base_arch for a in archs))
+
+
 def check_emu(launch) -> tuple[Checked, ...]:
-    """``check`` against every architecture of ``emu_archs()``, with the NVRTC report's
-    resources (cached per kernel, block size, shared bytes and architectures)."""
-    archs = emu_archs()
+    """``check`` against every architecture of ``emu_archs()`` (``module_archs`` of the
+    launch's module), with the NVRTC report's resources (cached per kernel, block size,
+    shared bytes and architectures)."""
+    archs = module_archs(launch.module, emu_archs())
     key = (launch.module, launch.name, launch.threads_per_block, launch.shared_bytes, archs)
     done = _CHECKED.get(key)
     if done is None:
@@ -164,9 +182,11 @@ _WARNED = False
 def kernel_resources(module, name: str, arch: str) -> KernelResources:
     """The resources of kernel ``name`` of ``module`` on ``arch``: NVRTC's report
     (cached on disk), or — without NVRTC — the launch bounds from the source alone,
-    after one warning per process."""
-    from .nvrtc import NVRTCUnavailable
+    after one warning per process. A feature-set module gets its ``build_arch``'s
+    figures; ArchitectureError for an architecture it is not built for."""
+    from .nvrtc import NVRTCUnavailable, normalize_arch
 
+    module.require_arch(normalize_arch(arch))
     key = (module, name, arch)
     found = _MEMORY.get(key)
     if found is not None:
@@ -196,11 +216,12 @@ def resource_cache_dir() -> Path:
 
 def nvrtc_resources(module, name: str, arch: str) -> KernelResources:
     """Registers, static shared memory and launch bounds of one instantiation from an
-    NVRTC build of it alone for ``arch`` (the project's options), cached on disk; every
-    other entry the same build reports (the file's ``extern "C"`` kernels) is cached too."""
+    NVRTC build of it alone for ``arch`` (the project's options; a feature-set module's
+    ``build_arch``: sm_90 -> sm_90a), cached on disk; every other entry the same build
+    reports (the file's ``extern "C"`` kernels) is cached too."""
     from . import nvrtc
 
-    arch = nvrtc.normalize_arch(arch)
+    arch = module.require_arch(nvrtc.normalize_arch(arch))
     text = expand(module.source, portable=True)
     options = nvrtc.compile_options(arch)
     version = ".".join(map(str, nvrtc.version()))
