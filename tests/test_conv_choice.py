@@ -350,6 +350,14 @@ def test_direct_tiles_are_the_predicted_fastest(name, no_model):
     assert c.parts["direct"] == pytest.approx(want)
 
 
+def test_warpgroup_tiles_are_weighed_on_sm_90_only():
+    from convnet.ops import conv_tc
+    for gpu in ("h100", "h200"):
+        assert choose.tensor_core_menu(gpu) == tuple(conv_tc.TILES) + tuple(conv_tc.WGMMA_TILES)
+    for gpu in ("a100", "rtx4090"):
+        assert choose.tensor_core_menu(gpu) == tuple(conv_tc.TILES)
+
+
 def test_the_direct_engine_takes_the_tiles_on_cuda_only(monkeypatch):
     g = geometry("conv4", batch=8)
     emu = require_device("emu")

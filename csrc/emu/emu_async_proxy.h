@@ -18,7 +18,9 @@
 // st.shared writes are not tracked (the kernels feed wgmma through cp.async only); the
 // race check still orders every read after its write. State lives in the library image
 // (one copy per worker: a block runs all its threads on one OS thread), which the checks
-// and the profiler leave out.
+// and the profiler leave out; the functions that touch it are not instrumented
+// (EMU_PROXY_FN), so the random schedule, which switches threads at instrumented
+// accesses, never splits an update of the serial number.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +37,8 @@ static EmuProxyMark emu_proxy_marks[EMU_PROXY_DYNAMIC_BYTES / 16];
 static uint64_t emu_proxy_fenced[EMU_PROXY_THREADS];  // serial of each thread's last fence
 static uint64_t emu_proxy_serial = 0;
 
+#define EMU_PROXY_FN __attribute__((noinline, no_sanitize_thread)) static
+
 static inline unsigned emu_proxy_thread() {
   const EmuThreadIds* ids = emu_self();
   return ids->thread_idx.x + ids->block_dim.x * (ids->thread_idx.y + ids->block_dim.y * ids->thread_idx.z);
@@ -49,20 +53,20 @@ static inline long emu_proxy_chunk(const void* p) {
 }
 
 // A generic-proxy write of `bytes` at p by the calling thread (a landed cp.async).
-static inline void emu_proxy_written(const void* p, int bytes) {
+EMU_PROXY_FN void emu_proxy_written(const void* p, int bytes) {
   const long first = emu_proxy_chunk(p);
   if (first < 0) return;
   const long last = emu_proxy_chunk(static_cast<const char*>(p) + bytes - 1);
   for (long c = first; c <= last && c >= 0; ++c) emu_proxy_marks[c] = {emu_proxy_thread() + 1, ++emu_proxy_serial};
 }
 
-static inline void emu_fence_proxy_async() {
+EMU_PROXY_FN void emu_fence_proxy_async() {
   const unsigned t = emu_proxy_thread();
   if (t < EMU_PROXY_THREADS) emu_proxy_fenced[t] = ++emu_proxy_serial;
 }
 
 // Faults unless every chunk of [p, p + bytes) is visible to the async proxy.
-static inline void emu_proxy_check_read(const void* p, int bytes, const char* what_reads, const char* file,
+EMU_PROXY_FN void emu_proxy_check_read(const void* p, int bytes, const char* what_reads, const char* file,
                                         int line) {
   const long first = emu_proxy_chunk(p);
   if (first < 0) return;

@@ -138,34 +138,35 @@ static inline const char* emu_wgmma_at(uint64_t desc, int prec, int row, int k) 
   return base + start + (row % 8) * 16 + (row / 8) * sbo + (k % t) * size + (k / t) * lbo;
 }
 
-static inline float emu_wgmma_value(const char* p, int prec) {
+// The operand rows lane (g, t) of warp w needs for its results, as the tensor core reads
+// them (not instrumented: the profiled reads below are the traffic): rows 16w + g + 8e0
+// of A and rows 8i + 2t + e1 of B (D's columns), each row's K elements (two 16-byte
+// chunks). They also make the hash that tells whether they changed in flight.
+struct EmuWgmmaRows {
+  unsigned char a[2][32];
+  unsigned char b[EMU_WGMMA_MAX_N / 4][32];
+};
+static inline uint64_t emu_wgmma_gather(uint64_t da, uint64_t db, int prec, int n, int w, int g, int t,
+                                        EmuWgmmaRows& rows) {
+  const int chunk = prec ? 8 : 4;  // elements a chunk
+  for (int e0 = 0; e0 < 2; ++e0)
+    for (int c = 0; c < 2; ++c) emu_wgmma_peek(rows.a[e0] + 16 * c, emu_wgmma_at(da, prec, 16 * w + g + 8 * e0, c * chunk), 16);
+  for (int j = 0; j < n / 4; ++j)
+    for (int c = 0; c < 2; ++c)
+      emu_wgmma_peek(rows.b[j] + 16 * c, emu_wgmma_at(db, prec, 8 * (j >> 1) + 2 * t + (j & 1), c * chunk), 16);
+  return emu_wgmma_hash(emu_wgmma_hash(14695981039346656037ull, rows.a, sizeof rows.a), rows.b, 32u * (n / 4));
+}
+
+// Element k of a gathered row, as the tensor core reads it (TF32: the top 19 bits).
+static inline float emu_wgmma_value(const unsigned char* row, int prec, int k) {
   if (prec) {
     uint16_t h;
-    emu_wgmma_peek(&h, p, 2);
+    std::memcpy(&h, row + 2 * k, 2);
     return emu_bf16_to_f32(h);
   }
   uint32_t b;
-  emu_wgmma_peek(&b, p, 4);
+  std::memcpy(&b, row + 4 * k, 4);
   return emu_tf32_value(b);
-}
-
-// The hash of the operand bytes lane (g, t) of warp w reads for its results.
-static inline uint64_t emu_wgmma_operand_hash(const EmuWgmmaOp& op, int w, int g, int t) {
-  const int K = op.prec ? 16 : 8, size = op.prec ? 2 : 4, n = 2 * op.count;
-  uint64_t h = 14695981039346656037ull;
-  unsigned char e[4];
-  for (int k = 0; k < K; ++k) {
-    for (int e0 = 0; e0 < 2; ++e0) {
-      emu_wgmma_peek(e, emu_wgmma_at(op.da, op.prec, 16 * w + g + 8 * e0, k), size);
-      h = emu_wgmma_hash(h, e, size);
-    }
-    for (int c = 2 * t; c < n; c += 8)
-      for (int e1 = 0; e1 < 2; ++e1) {
-        emu_wgmma_peek(e, emu_wgmma_at(op.db, op.prec, c + e1, k), size);
-        h = emu_wgmma_hash(h, e, size);
-      }
-  }
-  return h;
 }
 
 // One profiled 16-byte read of chunk c (0 or 1) of row `row`, after the proxy check.
@@ -268,17 +269,20 @@ static inline void emu_wgmma_mma_at(float* d, int n, int prec, uint64_t da, uint
       break;
     }
   const int K = prec ? 16 : 8, g = lane >> 2, t = lane & 3;
-  for (int j = 0; j < op.count; ++j) {
-    const int row = 16 * w + g + 8 * ((j >> 1) & 1), col = 8 * (j >> 2) + 2 * t + (j & 1);
+  EmuWgmmaRows mine_rows;
+  op.op_hash = emu_wgmma_gather(da, db, prec, n, w, g, t, mine_rows);
+  float A[2][16], B[EMU_WGMMA_MAX_N / 4][16];
+  for (int k = 0; k < K; ++k) {
+    for (int e0 = 0; e0 < 2; ++e0) A[e0][k] = emu_wgmma_value(mine_rows.a[e0], prec, k);
+    for (int j = 0; j < n / 4; ++j) B[j][k] = emu_wgmma_value(mine_rows.b[j], prec, k);
+  }
+  for (int j = 0; j < op.count; ++j) {  // row g + 8 e0 (of the warp's 16), column 8 i + 2 t + e1
+    const float* a = A[(j >> 1) & 1];
+    const float* b = B[2 * (j >> 2) + (j & 1)];
     float s = scale_d ? c[j] : 0.0f;
-    for (int k = 0; k < K; ++k) {
-      const float a = emu_wgmma_value(emu_wgmma_at(da, prec, row, k), prec);
-      const float b = emu_wgmma_value(emu_wgmma_at(db, prec, col, k), prec);
-      s = emu_opaque(s + emu_opaque(a * b));
-    }
+    for (int k = 0; k < K; ++k) s = emu_opaque(s + emu_opaque(a[k] * b[k]));
     op.v[j] = emu_ftz(s);
   }
-  op.op_hash = emu_wgmma_operand_hash(op, w, g, t);
   ++st.count;
   (void)emu_api->warp(EMU_WARP_SYNC, 0xffffffffu, 0, 0, 32, file, line);
 }
@@ -294,7 +298,8 @@ static inline void emu_wgmma_wait_at(int n, const char* file, int line) {
     const int done = st.group_end[0];
     for (int i = 0; i < done; ++i) {
       EmuWgmmaOp& op = st.op[i];
-      if (emu_wgmma_operand_hash(op, warp & 3, lane >> 2, lane & 3) != op.op_hash) {
+      EmuWgmmaRows rows;
+      if (emu_wgmma_gather(op.da, op.db, op.prec, 2 * op.count, warp & 3, lane >> 2, lane & 3, rows) != op.op_hash) {
         std::snprintf(what, sizeof what, "shared memory read by the wgmma.mma_async at %s:%d changed before the "
                       "wgmma.wait_group that covers it (an operand stage overwritten in flight)", op.file, op.line);
         emu_api->fault(what, file, line);
