@@ -380,17 +380,20 @@ def test_the_direct_engine_takes_the_tiles_on_cuda_only(monkeypatch):
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 def test_the_tensor_cores_take_the_chosen_tiles_on_cuda_only(monkeypatch, precision):
-    """Per pass the fastest of ops.conv_tc.TILES predicted (each predicted from its own
-    figures), handed to the tensor-core passes on cuda; the engine's own elsewhere."""
+    """Per pass the fastest of the H100's menu (ops.conv_tc.TILES and WGMMA_TILES)
+    predicted (each predicted from its own figures), handed to the tensor-core passes on
+    cuda; the engine's own elsewhere."""
     from convnet.ops import conv_tc
     g = geometry("conv3", batch=128)
     emu = require_device("emu")
     assert F.conv.tensor_core_ops(emu, g, precision).tiles == {}
     tiles = choose.tensor_core_tiles(g, "h100", precision)
-    assert set(tiles) == {"forward", "data", "filter"} and set(tiles.values()) <= set(conv_tc.TILES)
+    menu = choose.tensor_core_menu("h100")
+    assert set(tiles) == {"forward", "data", "filter"} and set(tiles.values()) <= set(menu)
+    assert tiles["filter"] in conv_tc.TILES   # no warpgroup kernel: the plain tile wins the tie
     for part, tile in tiles.items():
         times = {t: choose.predict_parts(g, "direct", "h100", tiles={part: t},
-                                         precision=precision)[0][part] for t in conv_tc.TILES}
+                                         precision=precision)[0][part] for t in menu}
         assert times[tile] == min(times.values()), (part, times)
     runtime = SimpleNamespace(getDeviceProperties=lambda index: {"name": "NVIDIA H100 80GB HBM3"})
     cuda = SimpleNamespace(kind="cuda", index=0, name="cuda:0",

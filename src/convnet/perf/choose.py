@@ -411,14 +411,17 @@ def _ratio(ratios: dict | None, algorithm: str, part: str | None) -> float:
 
 def _inputs(planned, figures):
     """``model.KernelInputs`` of a launch from its kernel's per-unit figures (None: the
-    arrays' footprint only)."""
+    arrays' footprint only); a tensor-core GEMM's compute bound is its precision's peak,
+    as in the full model (without ``tensor`` a GEMM whose instruction mix is mostly not
+    FP32 had no compute term: the chooser saw the warpgroup GEMM's 1.28-wave grid on
+    conv3 as shared-bound at 91 us where the full model says 121)."""
     from .model import KernelInputs
     p = planned
     if p.launch is None:
         return KernelInputs(p.kernel, 0, 0, p.flops, p.read_bytes, p.write_bytes, gemm=True)
     base = dict(name=p.launch.name, blocks=p.blocks, threads_per_block=p.launch.threads_per_block,
                 flops=p.flops, read_bytes=p.read_bytes, write_bytes=p.write_bytes,
-                dynamic_shared=p.launch.shared_bytes)
+                dynamic_shared=p.launch.shared_bytes, tensor=p.tensor)
     if figures is None:
         return KernelInputs(**base)
     units = _units(p, figures["per"])
