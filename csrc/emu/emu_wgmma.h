@@ -100,6 +100,7 @@ static inline void emu_wgmma_finish() {
   emu_api->fault(what, st.op[0].file, st.op[0].line);
 }
 
+#define EMU_WGMMA_HASH0 14695981039346656037ull  // FNV-1a's offset basis
 static inline uint64_t emu_wgmma_hash(uint64_t h, const void* p, std::size_t n) {
   const unsigned char* b = static_cast<const unsigned char*>(p);
   for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
@@ -154,7 +155,7 @@ static inline uint64_t emu_wgmma_gather(uint64_t da, uint64_t db, int prec, int 
   for (int j = 0; j < n / 4; ++j)
     for (int c = 0; c < 2; ++c)
       emu_wgmma_peek(rows.b[j] + 16 * c, emu_wgmma_at(db, prec, 8 * (j >> 1) + 2 * t + (j & 1), c * chunk), 16);
-  return emu_wgmma_hash(emu_wgmma_hash(14695981039346656037ull, rows.a, sizeof rows.a), rows.b, 32u * (n / 4));
+  return emu_wgmma_hash(emu_wgmma_hash(EMU_WGMMA_HASH0, rows.a, sizeof rows.a), rows.b, 32u * (n / 4));
 }
 
 // Element k of a gathered row, as the tensor core reads it (TF32: the top 19 bits).
@@ -259,7 +260,7 @@ static inline void emu_wgmma_mma_at(float* d, int n, int prec, uint64_t da, uint
   op.file = file;
   op.line = line;
   const float* c = d;  // C: the latest in-flight result on these registers, else the registers
-  op.d_hash = emu_wgmma_hash(14695981039346656037ull, d, sizeof(float) * op.count);
+  op.d_hash = emu_wgmma_hash(EMU_WGMMA_HASH0, d, sizeof(float) * op.count);
   for (int i = st.count - 1; i >= 0; --i)
     if (st.op[i].d == d) {
       if (st.op[i].count != op.count) {
@@ -304,13 +305,13 @@ static inline void emu_wgmma_wait_at(int n, const char* file, int line) {
                       "wgmma.wait_group that covers it (an operand stage overwritten in flight)", op.file, op.line);
         emu_api->fault(what, file, line);
       }
-      if (emu_wgmma_hash(14695981039346656037ull, op.d, sizeof(float) * op.count) != op.d_hash) {
+      if (emu_wgmma_hash(EMU_WGMMA_HASH0, op.d, sizeof(float) * op.count) != op.d_hash) {
         std::snprintf(what, sizeof what, "the accumulators of the wgmma.mma_async at %s:%d were written before the "
                       "wgmma.wait_group that covers it", op.file, op.line);
         emu_api->fault(what, file, line);
       }
       std::memcpy(op.d, op.v, sizeof(float) * op.count);
-      const uint64_t now = emu_wgmma_hash(14695981039346656037ull, op.d, sizeof(float) * op.count);
+      const uint64_t now = emu_wgmma_hash(EMU_WGMMA_HASH0, op.d, sizeof(float) * op.count);
       for (int j = i + 1; j < st.count; ++j)  // later ops on these registers expect what landed
         if (st.op[j].d == op.d) st.op[j].d_hash = now;
     }

@@ -45,14 +45,13 @@ First GPU contact (issue 10, item 8):
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from ..cache import cache_dir
+from ..cache import cache_dir, write_atomic
 from ..toolchain import nvrtc
 from ..toolchain.kernel_source import digest, expand
 from ..toolchain.nvrtc import NVRTC_OPTIONS
@@ -181,11 +180,8 @@ def _feature_cubin(module, name: str, arch: str) -> tuple[str, str]:
     except (OSError, ValueError, KeyError):
         pass
     build = nvrtc._compile(text, str(module.source), (name,), options)
-    cubin.parent.mkdir(parents=True, exist_ok=True)
-    for path, data in ((cubin, build.cubin), (names, json.dumps(build.lowered).encode())):
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+    write_atomic(cubin, build.cubin)
+    write_atomic(names, json.dumps(build.lowered))
     return str(cubin), build.lowered[name]
 
 

@@ -111,7 +111,7 @@ def wgmma_shared_bytes(precision: str, tile) -> int:
 
 def is_wgmma(tile) -> bool:
     """Whether ``tile`` is one of ``WGMMA_TILES``."""
-    return tile is not None and len(tile) == 3 and tile[2] == WGMMA
+    return tile is not None and tuple(tile)[2:] == (WGMMA,)
 
 
 def choose_tile(device, rows: int, cols: int, batches: int = 1) -> tuple[int, int]:
@@ -302,7 +302,7 @@ def _gemm_nhwc(device, g: Geometry, xt, wt, b, y, relu, precision, tile) -> Laun
     bm, bn = _pick_tile(device, tile, g.kg, cols, g.groups)
     scalars = list(g.scalars())
     scalars[1] = np.int32(_pixel(g, precision))   # C: the layout's channels
-    wg = tile is not None and is_wgmma(tuple(tile))
+    wg = is_wgmma(tile)
     return Launch(FORWARD_WGMMA if wg else FORWARD_NHWC,
                   "conv_tc_forward_wgmma" if wg else "conv_tc_forward_nhwc",
                   template_args=_template_args(precision, (bm, bn), _small(g)),

@@ -89,7 +89,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import cache_dir
+from ..cache import cache_dir, write_atomic
 from . import gpus
 
 FORMAT = 4  # 4: tensor-core GEMMs per FLOP of whole tiles too (3: the direct engine's
@@ -310,10 +310,7 @@ def save_figures(table) -> int:
     with _LOCK:
         merged = _read(path)
         merged.update({k: v for k, v in found.items() if _better(v, merged.get(k))})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "arch": arch, "figures": merged}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"format": FORMAT, "arch": arch, "figures": merged}))
         _FIGURES[arch] = merged
         _state["version"] += 1
     return len(found)

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 
-from ..cache import cache_dir
+from ..cache import cache_dir, write_atomic
 from ..toolchain import nvrtc
 from ..toolchain.kernel_source import expand
 from ..toolchain.launch import KernelModule
@@ -68,10 +67,7 @@ def kernel_figures(module: KernelModule, arch: str = "sm_90") -> dict[str, dict]
                                                occupancy=None).as_dict(),
                               "kernel_math_share": k.mix.share("math"),
                               "regions": dynamic.regions(k)} for k in built}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(figures))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(figures))
     with _LOCK:
         _MEMORY[key] = figures
     return figures

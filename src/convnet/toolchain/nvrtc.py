@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .kernel_source import expand
-from .launch import ArchitectureError, KernelModule  # noqa: F401 (ArchitectureError: for callers)
+from .launch import KernelModule
 
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17", "-ftz=true")
 REPORT_ARCHS: tuple[str, ...] = ("sm_80", "sm_90")

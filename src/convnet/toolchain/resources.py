@@ -57,6 +57,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..cache import write_atomic
 from .kernel_source import digest, expand, source_path
 from .launch import LaunchError
 
@@ -248,10 +249,7 @@ def nvrtc_resources(module, name: str, arch: str) -> KernelResources:
                                 f"for {name}; log:\n{build.log}")
     with _LOCK:
         table = {**_read(path), **fresh}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(table, indent=1, sort_keys=True))
     return KernelResources(**fresh[name])
 
 
